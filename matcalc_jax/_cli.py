@@ -1,0 +1,174 @@
+"""The ``matcalc-jax`` command: ``verify``, ``list`` and ``docs``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+PLATFORMS = ("cpu", "gpu", "default")
+
+
+def _split(values: Sequence[str] | None) -> list[str] | None:
+    """Accept both ``--rules a b`` and ``--rules a,b``."""
+    if values is None:
+        return None
+    return [item for value in values for item in value.split(",") if item]
+
+
+def _select_platform(platform: str) -> None:
+    import jax
+
+    if platform == "cpu":
+        jax.config.update("jax_platforms", "cpu")
+    elif platform == "gpu":
+        jax.config.update("jax_platforms", "cuda")
+
+
+def _progress(rule_id: str, dtype: str, size: int) -> None:
+    if sys.stderr.isatty():
+        print(f"\rchecking {rule_id:<24} {dtype:<8} size {size:<5}", end="", file=sys.stderr)
+
+
+def _format_error(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"
+
+
+def _print_report(report) -> None:
+    from matcalc_jax._catalogue import rule
+
+    env = report.environment
+    print(
+        f"device: {env['platform']} ({env['device_kind']}), jax {env['jax']}, "
+        f"jaxlib {env['jaxlib']}, x64 {env['x64']}, matmul precision {env['matmul_precision']}"
+    )
+    dtypes = list(dict.fromkeys(c.dtype for c in report.checks))
+    sizes = sorted({c.size for c in report.checks})
+    print(f"sizes {sizes}; errors are max |closed - reference| / max |reference| over sizes")
+    columns = [("rule", 22), ("formula", 46)]
+    for dtype in dtypes:
+        short = dtype.replace("float", "f")
+        columns += [(f"{short} fwd", 9), (f"{short} rev", 9)]
+        if dtype == "float64":
+            columns.append((f"{short} fd", 9))
+    columns.append(("verdict", 7))
+    print("  ".join(name.ljust(width) for name, width in columns))
+    print("  ".join("-" * width for _, width in columns))
+    for rule_id in report.rule_ids:
+        formula = rule(rule_id).plain
+        if len(formula) > 46:
+            formula = formula[:45] + "~"
+        cells = [rule_id.ljust(22), formula.ljust(46)]
+        for dtype in dtypes:
+            references = ["jacfwd", "jacrev"] + (
+                ["finite_difference"] if dtype == "float64" else []
+            )
+            for reference in references:
+                cells.append(_format_error(report.max_error(rule_id, dtype, reference)).ljust(9))
+        cells.append("pass" if report.rule_passed(rule_id) else "FAIL")
+        print("  ".join(cells))
+    for check in report.failures():
+        print(
+            f"FAIL {check.rule} {check.dtype} size {check.size} vs {check.reference}: "
+            f"error {check.error:.3e} > tolerance {check.tolerance:.1e} {check.detail}".rstrip()
+        )
+    passed = sum(report.rule_passed(r) for r in report.rule_ids)
+    print(f"{passed} of {len(report.rule_ids)} rules pass ({len(report.checks)} checks)")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from matcalc_jax._harness import DTYPES, verify
+
+    report = verify(
+        _split(args.rules),
+        dtypes=_split(args.dtype) or DTYPES,
+        sizes=args.size,
+        seed=args.seed,
+        progress=_progress,
+    )
+    if sys.stderr.isatty():
+        print("\r" + " " * 50 + "\r", end="", file=sys.stderr)
+    _print_report(report)
+    if args.json:
+        report.to_json(args.json)
+        print(f"report written to {args.json}")
+    return 0 if report.passed else 1
+
+
+def _list(args: argparse.Namespace) -> int:
+    from matcalc_jax._catalogue import rules
+
+    for r in rules():
+        print(f"{r.id:<22} {r.source:<5} {r.plain}")
+    return 0
+
+
+def _docs(args: argparse.Namespace) -> int:
+    from matcalc_jax._docs import render_rules_markdown
+
+    text = render_rules_markdown()
+    path = Path(args.out)
+    if args.check:
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            print(f"{path} is stale: run `matcalc-jax docs --out {path}`", file=sys.stderr)
+            return 1
+        print(f"{path} is up to date")
+        return 0
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="matcalc-jax",
+        description="Matrix-calculus rules: closed-form Jacobians checked against JAX autodiff.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    verify = commands.add_parser(
+        "verify", help="check every closed form against jacfwd, jacrev and finite differences"
+    )
+    verify.add_argument("--rules", nargs="+", help="rule ids (default: all)")
+    verify.add_argument(
+        "--dtype", nargs="+", help="dtypes (default: float32 float64); float16, bfloat16 too"
+    )
+    verify.add_argument("--size", nargs="+", type=int, help="sizes (default: 1 4 16)")
+    verify.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    verify.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    verify.add_argument(
+        "--platform",
+        choices=PLATFORMS,
+        default="cpu",
+        help="cpu (default), gpu, or default (JAX's own choice)",
+    )
+    verify.set_defaults(run=_verify)
+
+    listing = commands.add_parser("list", help="list the rules with their formulas")
+    listing.set_defaults(run=_list, platform="default")
+
+    docs = commands.add_parser("docs", help="write docs/rules.md from the catalogue")
+    docs.add_argument("--out", default="docs/rules.md", help="path (default: docs/rules.md)")
+    docs.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
+    docs.set_defaults(run=_docs, platform="default")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sizes = getattr(args, "size", None)
+    if sizes is not None and any(s < 1 for s in sizes):
+        parser.error(f"--size takes positive integers; got {sizes}")
+    _select_platform(args.platform)
+    try:
+        return args.run(args)
+    except (KeyError, ValueError, TypeError) as error:
+        message = error.args[0] if error.args else str(error)
+        print(f"matcalc-jax: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Softmax: d softmax(x)/dx = diag(s) - s s^T with s = softmax(x); symmetric, so the same
+in both layouts."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
+
+from matcalc_jax import _random, _validate
+from matcalc_jax._layout import Layout, check_layout
+from matcalc_jax._rule import Rule
+
+
+def softmax_map(x: ArrayLike) -> Array:
+    """``jax.nn.softmax(x)`` for a vector x, with the shape checked."""
+    return jax.nn.softmax(_validate.vector("softmax", "x", x))
+
+
+def softmax_jacobian(x: ArrayLike, *, layout: Layout = "numerator") -> Array:
+    """Jacobian of softmax at x of shape (K,): diag(s) - s s^T with s = softmax(x).
+
+    The diagonal s_i - s_i^2 = s_i (1 - s_i) cancels when s_i is close to 1
+    (``jax.jacfwd`` of ``jax.nn.softmax`` loses digits there). Only the largest entry can
+    exceed 1/2, so its complement 1 - s_k is summed from the other entries instead,
+    and every entry of the Jacobian keeps full relative accuracy.
+
+    s is computed by ``jax.nn.softmax`` (max-shifted, so large logits are fine). An entry
+    x_k = -inf gives s_k = 0 and a zero row and column k; all entries -inf give NaN, like
+    softmax itself.
+
+    >>> import jax.numpy as jnp
+    >>> softmax_jacobian(jnp.zeros(2, jnp.float32))
+    Array([[ 0.25, -0.25],
+           [-0.25,  0.25]], dtype=float32)
+    """
+    check_layout("softmax", layout)
+    s = softmax_map(x)
+    n = s.shape[0]
+    if n == 0:
+        return jnp.zeros((0, 0), s.dtype)
+    index = jnp.arange(n)
+    is_largest = index == jnp.argmax(s)
+    others = jnp.sum(jnp.where(is_largest, jnp.zeros((), s.dtype), s))
+    complement = jnp.where(is_largest, others, 1 - s)
+    return jnp.where(index[:, None] == index[None, :], s * complement, -s[:, None] * s[None, :])
+
+
+RULES = (
+    Rule(
+        id="softmax",
+        title="Softmax",
+        formula=r"\frac{\partial \operatorname{softmax}(\mathbf{x})}{\partial \mathbf{x}}"
+        r"=\operatorname{diag}(\operatorname{softmax}(\mathbf{x}))"
+        r"-\operatorname{softmax}(\mathbf{x}) \operatorname{softmax}(\mathbf{x})^{\mathrm{T}}",
+        numerator_formula=r"\operatorname{diag}(\mathbf{s})-\mathbf{s} \mathbf{s}^{\mathrm{T}},"
+        r"\ \mathbf{s}=\operatorname{softmax}(\mathbf{x})",
+        plain="d softmax(x)/dx = diag(s) - s s^T",
+        source="nndl",
+        shapes="x in R^K",
+        fn=softmax_map,
+        wrt=0,
+        closed_form=softmax_jacobian,
+        public="matcalc_jax.softmax_jacobian",
+        make_example=lambda key, dtype, size: (_random.normal(key, (size,), dtype),),
+        notes="x_k = -inf gives a zero row and column k; an all -inf x gives NaN, like softmax.",
+    ),
+)

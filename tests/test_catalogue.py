@@ -1,0 +1,102 @@
+"""The rule records: ids, order, fields, examples, and the generated docs."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import matcalc_jax as mj
+from matcalc_jax._docs import render_rules_markdown
+
+SEED_IDS = [
+    "product_inner",
+    "product_bilinear",
+    "product_scalar_vector",
+    "chain_vector",
+    "chain_matrix_trace",
+    "chain_matrix_vector",
+    "chain_scalar",
+    "identity",
+    "linear",
+    "linear_transposed",
+    "elementwise",
+    "logistic_scalar",
+    "logistic_vector",
+]
+APPENDIX_IDS = ["sum", "power", "exp", "log", "logistic_general", "softmax"]
+RULES = mj.rules()
+IDS = [r.id for r in RULES]
+
+
+def test_rules_lists_the_seed_first_in_seed_order_then_the_appendix():
+    assert IDS == SEED_IDS + APPENDIX_IDS
+    assert [r.source for r in RULES[: len(SEED_IDS)]] == ["seed"] * len(SEED_IDS)
+    assert {r.source for r in RULES[len(SEED_IDS) :]} == {"nndl"}
+
+
+def test_rule_returns_the_record_with_that_id():
+    for r in RULES:
+        assert mj.rule(r.id) is r
+
+
+def test_unknown_rule_id_is_a_key_error_listing_the_known_ids():
+    with pytest.raises(KeyError) as info:
+        mj.rule("lienar")
+    message = str(info.value)
+    assert "'lienar'" in message
+    assert all(rule_id in message for rule_id in IDS)
+
+
+@pytest.mark.parametrize("r", RULES, ids=IDS)
+def test_record_fields_are_filled(r):
+    assert r.title and r.formula and r.numerator_formula and r.plain and r.shapes
+    assert "\\" in r.formula or "=" in r.formula
+    assert r.wrt >= 0
+    name = r.public.removeprefix("matcalc_jax.")
+    assert callable(getattr(mj, name)), f"{r.public} is not public"
+
+
+@pytest.mark.parametrize("r", RULES, ids=IDS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_example_gives_valid_arguments_of_the_dtype(r, dtype):
+    args = r.example(jax.random.key(1), dtype)
+    assert 0 <= r.wrt < len(args)
+    assert all(jnp.asarray(a).dtype == dtype for a in args)
+    out = r.fn(*args)
+    assert out.dtype == dtype
+    assert bool(jnp.all(jnp.isfinite(out)))
+
+
+@pytest.mark.parametrize("r", RULES, ids=IDS)
+def test_example_size_sets_the_differentiated_argument(r):
+    args = r.example(jax.random.key(2), jnp.float32, size=7)
+    x = jnp.asarray(args[r.wrt])
+    if x.ndim == 0 and len(args) > 1:  # scalar argument: size sets the intermediate vectors
+        assert any(7 in jnp.shape(a) for a in args)
+    elif x.ndim == 0:  # a lone scalar argument: nothing to size
+        assert args[0].shape == ()
+    else:
+        assert x.shape[0] == 7
+
+
+def test_example_refuses_bad_size_and_dtype():
+    r = mj.rule("linear")
+    with pytest.raises(ValueError, match="size=0"):
+        r.example(jax.random.key(0), size=0)
+    with pytest.raises(TypeError, match="floating"):
+        r.example(jax.random.key(0), dtype=jnp.int32)
+
+
+def test_docs_rules_md_is_up_to_date():
+    path = Path(__file__).resolve().parents[1] / "docs" / "rules.md"
+    assert path.read_text(encoding="utf-8") == render_rules_markdown(), (
+        "docs/rules.md is stale: run `matcalc-jax docs`"
+    )
+
+
+def test_docs_rules_md_names_every_rule_and_closed_form():
+    text = render_rules_markdown()
+    for r in RULES:
+        assert f"`{r.id}`" in text
+        assert r.public in text

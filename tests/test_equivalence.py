@@ -1,0 +1,97 @@
+"""The contract: every closed form equals jax.jacfwd / jax.jacrev, eager and under jit, in
+both layouts, and central finite differences in float64."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import matcalc_jax as mj
+from matcalc_jax._harness import check_rule, relative_error
+from matcalc_jax._layout import swap_out_in
+
+from .helpers import FLOAT_DTYPES, assert_jacobians_close, key
+
+RULES = mj.rules()
+IDS = [r.id for r in RULES]
+COMBINATORS = {
+    "product_inner",
+    "product_bilinear",
+    "product_scalar_vector",
+    "chain_vector",
+    "chain_matrix_trace",
+    "chain_matrix_vector",
+    "chain_scalar",
+    "sum",
+}
+
+
+@pytest.mark.parametrize("r", RULES, ids=IDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("size", [1, 5])
+def test_harness_passes_every_check(r, dtype, size):
+    checks = check_rule(r, dtype, size, key(size))
+    expected = {"jacfwd", "jacrev", "eager", "denominator"}
+    if dtype == "float64":
+        expected.add("finite_difference")
+    assert {c.reference for c in checks} == expected
+    failed = [c for c in checks if not c.passed]
+    assert not failed, failed
+
+
+@pytest.mark.parametrize("r", RULES, ids=IDS)
+def test_float64_closed_form_matches_jacfwd_to_1e_10(r):
+    args = r.example(key(3), jnp.float64, size=6)
+    closed = r.jacobian(*args)
+    autodiff = jax.jacfwd(r.fn, argnums=r.wrt)(*args)
+    assert closed.shape == autodiff.shape
+    assert closed.dtype == jnp.float64
+    assert relative_error(closed, autodiff) < 1e-10
+
+
+@pytest.mark.parametrize("r", RULES, ids=IDS)
+def test_denominator_layout_is_the_axis_swapped_numerator(r):
+    args = r.example(key(4), jnp.float64, size=3)
+    numerator = r.jacobian(*args)
+    denominator = r.jacobian(*args, layout="denominator")
+    out_ndim = numerator.ndim - jnp.ndim(args[r.wrt])
+    swapped = swap_out_in(numerator, out_ndim)
+    if r.id in COMBINATORS:  # the seed's products in the seed's order: equal to rounding
+        assert_jacobians_close(denominator, swapped)
+    else:  # nothing but an arrangement of the same numbers: bitwise
+        np.testing.assert_array_equal(denominator, swapped)
+
+
+@pytest.mark.parametrize("r", RULES, ids=IDS)
+@pytest.mark.parametrize("layout", mj.LAYOUTS)
+def test_autodiff_twins_take_the_same_layout(r, layout):
+    args = r.example(key(5), jnp.float64, size=3)
+    closed = r.jacobian(*args, layout=layout)
+    assert_jacobians_close(closed, r.jacfwd(*args, layout=layout))
+    assert_jacobians_close(closed, r.jacrev(*args, layout=layout))
+
+
+@pytest.mark.parametrize("r", RULES, ids=IDS)
+def test_closed_form_preserves_float32(r):
+    args = r.example(key(6), jnp.float32, size=3)
+    assert r.jacobian(*args).dtype == jnp.float32
+    assert jax.jit(r.jacobian, static_argnames="layout")(*args, layout="denominator").dtype == (
+        jnp.float32
+    )
+
+
+def test_seed_linear_rule_holds_literally_in_denominator_layout():
+    A = jnp.arange(6.0).reshape(2, 3)
+    x = jnp.ones(3)
+    np.testing.assert_array_equal(mj.linear_jacobian(A, x, layout="denominator"), A.T)
+    np.testing.assert_array_equal(mj.linear_jacobian(A, x), jax.jacfwd(lambda x: A @ x)(x))
+    y = jnp.ones(2)
+    np.testing.assert_array_equal(mj.linear_transposed_jacobian(y, A, layout="denominator"), A)
+
+
+def test_identity_matches_jacfwd_in_its_dtype():
+    for dtype in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64):
+        x = jnp.ones(4, dtype)
+        eye = mj.identity_jacobian(x)
+        assert eye.dtype == dtype
+        np.testing.assert_array_equal(eye, jax.jacfwd(lambda v: v)(x))

@@ -1,0 +1,21 @@
+"""The README's Python examples run as written."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_blocks_run():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) >= 2
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), namespace)
+    import jax
+    import jax.numpy as jnp
+
+    from .helpers import assert_jacobians_close
+
+    W, x = namespace["W"], namespace["x"]
+    assert_jacobians_close(namespace["J"], jax.jacfwd(lambda x: jnp.tanh(W @ x))(x))
