@@ -12,6 +12,7 @@ Each combinator takes its pieces and returns the result in one stated ``layout``
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -20,13 +21,21 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from matcalc_jax import _random, _validate
-from matcalc_jax._elementwise import elementwise_jacobian
-from matcalc_jax._layout import Layout, check_layout, compose, contract_output
+from matcalc_jax._layout import Layout, check_layout, contract_output, multiply_in_layout
 from matcalc_jax._linear import linear_jacobian
+from matcalc_jax._operators import (
+    Dense,
+    Diagonal,
+    JacobianOperator,
+    Kronecker,
+    as_operator,
+    compose,
+    is_operator,
+)
 from matcalc_jax._rule import Rule
 
 
-def chain_vector(dz_dy: ArrayLike, dy_dx: ArrayLike, *, layout: Layout = "numerator") -> Array:
+def chain_vector(dz_dy: Any, dy_dx: Any, *, layout: Layout = "numerator") -> Any:
     """Chain rule through a vector y: dz/dx = (dy/dx)(dz/dy) in the seed's layout.
 
     Denominator layout (the seed): ``dy_dx @ dz_dy``; numerator layout: ``dz_dy @ dy_dx``.
@@ -37,20 +46,24 @@ def chain_vector(dz_dy: ArrayLike, dy_dx: ArrayLike, *, layout: Layout = "numera
         x.shape + (s,) denominator.
       layout: the layout of both pieces and of the result.
 
+    Either piece may be a structured Jacobian (``matcalc_jax.Diagonal``, ``Dense``, ...);
+    then the result is one too, composed with the structure kept (see ``docs/structured.md``).
+
     Returns:
       dz/dx: (n,) + x.shape numerator, x.shape + (n,) denominator.
     """
     layout = check_layout("chain_vector", layout)
+    if is_operator(dz_dy) or is_operator(dy_dx):
+        outer = _outer_operator("chain_vector", "dz_dy", dz_dy, layout)
+        return compose(outer, as_operator("chain_vector", "dy_dx", dy_dx, outer.in_shape, layout))
     outer = _validate.floating("chain_vector", "dz_dy", dz_dy)
     _validate.rank("chain_vector", "dz_dy", outer, 2, "a matrix (z and y are vectors)")
     s = outer.shape[1] if layout == "numerator" else outer.shape[0]
     inner, _ = _validate.jacobian("chain_vector", "dy_dx", dy_dx, (s,), layout)
-    return compose(outer, inner, layout)
+    return multiply_in_layout(outer, inner, layout)
 
 
-def chain_matrix_trace(
-    dz_dY: ArrayLike, dY_dX: ArrayLike, *, layout: Layout = "numerator"
-) -> Array:
+def chain_matrix_trace(dz_dY: ArrayLike, dY_dX: Any, *, layout: Layout = "numerator") -> Any:
     """Matrix chain rule: dz/dX_ij = tr((dz/dY)^T dY/dX_ij).
 
     Computed for every (i, j) at once as ``sum_ab (dz/dY)_ab dY_ab/dX_ij``, which is the trace
@@ -58,40 +71,54 @@ def chain_matrix_trace(
 
     Args:
       dz_dY: (s, t), the derivative of the scalar z with respect to Y (same in both layouts).
-      dY_dX: (s, t, p, q) in numerator layout, (p, q, s, t) in denominator layout.
+      dY_dX: (s, t, p, q) in numerator layout, (p, q, s, t) in denominator layout; or a
+        structured Jacobian such as ``matcalc_jax.Kronecker(A, B)`` for Y = A X B, which gives
+        dz/dX = A^T (dz/dY) B^T without forming the tensor (returned as a ``Dense``).
 
     Returns:
       dz/dX of shape (p, q) in both layouts.
     """
-    layout = check_layout("chain_matrix_trace", layout)
-    outer = _validate.floating("chain_matrix_trace", "dz_dY", dz_dY)
-    _validate.rank("chain_matrix_trace", "dz_dY", outer, 2, "a matrix (dz/dY for scalar z)")
-    inner, x_shape = _validate.jacobian("chain_matrix_trace", "dY_dX", dY_dX, outer.shape, layout)
-    _check_matrix_input("chain_matrix_trace", "dY_dX", inner, x_shape)
-    return contract_output(outer, inner, layout)
+    return _gradient_through("chain_matrix_trace", "dz_dY", dz_dY, "dY_dX", dY_dX, 2, layout)
 
 
-def chain_matrix_vector(
-    dz_dy: ArrayLike, dy_dX: ArrayLike, *, layout: Layout = "numerator"
-) -> Array:
+def chain_matrix_vector(dz_dy: ArrayLike, dy_dX: Any, *, layout: Layout = "numerator") -> Any:
     """Chain rule from a matrix through a vector: dz/dX_ij = (dz/dy)^T dy/dX_ij.
 
     Args:
       dz_dy: (s,), the gradient of the scalar z with respect to y (same in both layouts).
-      dy_dX: (s, p, q) in numerator layout, (p, q, s) in denominator layout.
+      dy_dX: (s, p, q) in numerator layout, (p, q, s) in denominator layout; or a
+        structured Jacobian (then the result is a ``Dense`` holding dz/dX).
 
     Returns:
       dz/dX of shape (p, q) in both layouts.
     """
-    layout = check_layout("chain_matrix_vector", layout)
-    outer = _validate.floating("chain_matrix_vector", "dz_dy", dz_dy)
-    _validate.rank("chain_matrix_vector", "dz_dy", outer, 1, "a vector (dz/dy for scalar z)")
-    inner, x_shape = _validate.jacobian("chain_matrix_vector", "dy_dX", dy_dX, outer.shape, layout)
-    _check_matrix_input("chain_matrix_vector", "dy_dX", inner, x_shape)
-    return contract_output(outer, inner, layout)
+    return _gradient_through("chain_matrix_vector", "dz_dy", dz_dy, "dy_dX", dy_dX, 1, layout)
 
 
-def chain_scalar(dg_du: ArrayLike, du_dx: ArrayLike, *, layout: Layout = "numerator") -> Array:
+def _gradient_through(
+    rule_id: str,
+    outer_name: str,
+    outer: ArrayLike,
+    inner_name: str,
+    inner: Any,
+    rank: int,
+    layout: Layout,
+) -> Any:
+    """The two matrix chain rules: contract dz/dY (a cotangent) with dY/dX's output axes."""
+    layout = check_layout(rule_id, layout)
+    outer = _validate.floating(rule_id, outer_name, outer)
+    what = "a matrix (dz/dY for scalar z)" if rank == 2 else "a vector (dz/dy for scalar z)"
+    _validate.rank(rule_id, outer_name, outer, rank, what)
+    if is_operator(inner):
+        op = as_operator(rule_id, inner_name, inner, outer.shape, layout)
+        _check_matrix_input(rule_id, inner_name, op.shape, op.in_shape)
+        return Dense(op.vm(outer), 0, layout)
+    jacobian, x_shape = _validate.jacobian(rule_id, inner_name, inner, outer.shape, layout)
+    _check_matrix_input(rule_id, inner_name, jacobian.shape, x_shape)
+    return contract_output(outer, jacobian, layout)
+
+
+def chain_scalar(dg_du: Any, du_dx: ArrayLike, *, layout: Layout = "numerator") -> Any:
     """Chain rule from a scalar x through a vector u: dg/dx.
 
     The seed prints dg/dx = (dg/du)^T du/dx, which holds only when du/dx is read as a
@@ -99,27 +126,67 @@ def chain_scalar(dg_du: ArrayLike, du_dx: ArrayLike, *, layout: Layout = "numera
     ``du_dx @ dg_du`` (denominator); see ``docs/errata.md``.
 
     Args:
-      dg_du: Jacobian of g in R^t with respect to u in R^s: (t, s) numerator, (s, t) denominator.
+      dg_du: Jacobian of g in R^t with respect to u in R^s: (t, s) numerator, (s, t)
+        denominator; or a structured Jacobian (then the result is a ``Dense`` holding dg/dx).
       du_dx: (s,), the derivative of u with respect to the scalar x (same in both layouts).
 
     Returns:
       dg/dx of shape (t,) in both layouts.
     """
     layout = check_layout("chain_scalar", layout)
+    inner = _validate.floating("chain_scalar", "du_dx", du_dx)
+    if is_operator(dg_du):
+        outer = _outer_operator("chain_scalar", "dg_du", dg_du, layout)
+        _validate.shape("chain_scalar", "du_dx", inner, outer.in_shape, "the input of dg_du")
+        return Dense(outer.mv(inner), len(outer.out_shape), layout)
     outer = _validate.floating("chain_scalar", "dg_du", dg_du)
     _validate.rank("chain_scalar", "dg_du", outer, 2, "a matrix (g and u are vectors)")
-    inner = _validate.floating("chain_scalar", "du_dx", du_dx)
     s = outer.shape[1] if layout == "numerator" else outer.shape[0]
     _validate.shape(
         "chain_scalar", "du_dx", inner, (s,), f"the u axis of dg_du, shape {outer.shape}"
     )
-    return compose(outer, inner, layout)
+    return multiply_in_layout(outer, inner, layout)
 
 
-def _check_matrix_input(rule_id: str, name: str, jacobian: Array, x_shape: tuple) -> None:
+def chain_elementwise(derivative: ArrayLike, dy_dx: Any, *, layout: Layout = "numerator") -> Any:
+    """Chain rule through an elementwise map z_k = f(y_k): dz/dx = diag(f'(y)) dy/dx.
+
+    The same as ``chain_vector(elementwise_jacobian(derivative), dy_dx, layout=layout)``,
+    but computed as a broadcast (row k of dy/dx scaled by f'(y_k)), never forming the
+    diagonal matrix or multiplying by it: O(s * x.size) work instead of O(s^2 * x.size).
+    With a structured ``dy_dx`` it returns ``Diagonal(derivative)`` composed with it.
+
+    Args:
+      derivative: f'(y), shape (s,).
+      dy_dx: (s,) + x.shape numerator, x.shape + (s,) denominator.
+
+    Returns:
+      dz/dx, the same shape as ``dy_dx``.
+    """
+    layout = check_layout("chain_elementwise", layout)
+    d = _validate.vector("chain_elementwise", "derivative", derivative)
+    if is_operator(dy_dx):
+        inner = as_operator("chain_elementwise", "dy_dx", dy_dx, d.shape, layout)
+        return compose(Diagonal(d, layout), inner)
+    inner, x_shape = _validate.jacobian("chain_elementwise", "dy_dx", dy_dx, d.shape, layout)
+    if layout == "numerator":
+        return d.reshape(d.shape + (1,) * len(x_shape)) * inner
+    return inner * d
+
+
+def _outer_operator(rule_id: str, name: str, piece: Any, layout: Layout) -> JacobianOperator:
+    """The outer piece of a chain rule (vector in, vector out) as an operator."""
+    if is_operator(piece):
+        return as_operator(rule_id, name, piece, piece.out_shape, layout)
+    array = _validate.floating(rule_id, name, piece)
+    _validate.rank(rule_id, name, array, 2, "a matrix (both sides are vectors)")
+    return Dense.from_array(array, 1, layout)
+
+
+def _check_matrix_input(rule_id: str, name: str, shape: tuple, x_shape: tuple) -> None:
     if len(x_shape) != 2:
         raise ValueError(
-            f"rule {rule_id!r}: argument {name!r} has shape {tuple(jacobian.shape)}, whose "
+            f"rule {rule_id!r}: argument {name!r} has shape {tuple(shape)}, whose "
             f"input axes {x_shape} are not those of a matrix X (p, q)"
         )
 
@@ -127,13 +194,19 @@ def _check_matrix_input(rule_id: str, name: str, jacobian: Array, x_shape: tuple
 # ------------------------------------------------------------ pieces for the catalogue
 
 
-def tanh_layer(V: Array, x: Array, layout: Layout) -> tuple[Array, Array]:
-    """z = tanh(V x) and dz/dx = diag(1 - z^2) V, by ``chain_vector`` of two seed rules."""
+def linear_piece(M: Array, x: Array, layout: Layout, structured: bool) -> Any:
+    """d(M x)/dx: the seed's linear rule, dense or as a ``Dense`` operator."""
+    if structured:
+        return Dense(M, 1, layout)
+    return linear_jacobian(M, x, layout=layout)
+
+
+def tanh_layer(V: Array, x: Array, layout: Layout, structured: bool = False) -> tuple[Array, Any]:
+    """z = tanh(V x) and dz/dx = diag(1 - z^2) V: the chain rule through the seed's
+    elementwise rule and its linear rule (``chain_elementwise``, so never a dense diagonal)."""
     z = jnp.tanh(V @ x)
-    dz_dx = chain_vector(
-        elementwise_jacobian(1 - jnp.square(z), layout=layout),
-        linear_jacobian(V, x, layout=layout),
-        layout=layout,
+    dz_dx = chain_elementwise(
+        1 - jnp.square(z), linear_piece(V, x, layout, structured), layout=layout
     )
     return z, dz_dx
 
@@ -159,11 +232,13 @@ def _chain_vector_fn(x: Array, W: Array, V: Array) -> Array:
     return V @ jnp.tanh(W @ x)
 
 
-def _chain_vector_jacobian(x: Array, W: Array, V: Array, *, layout: Layout = "numerator") -> Array:
+def _chain_vector_jacobian(
+    x: Array, W: Array, V: Array, *, layout: Layout = "numerator", structured: bool = False
+) -> Any:
     layout = check_layout("chain_vector", layout)
     x, W, V = _chain_vector_args(x, W, V)
-    y, dy_dx = tanh_layer(W, x, layout)
-    return chain_vector(linear_jacobian(V, y, layout=layout), dy_dx, layout=layout)
+    y, dy_dx = tanh_layer(W, x, layout, structured)
+    return chain_vector(linear_piece(V, y, layout, structured), dy_dx, layout=layout)
 
 
 def _chain_vector_example(key: Array, dtype: Any, size: int) -> tuple[Array, ...]:
@@ -194,13 +269,14 @@ def _chain_matrix_trace_fn(X: Array, A: Array, B: Array) -> Array:
 
 
 def _chain_matrix_trace_jacobian(
-    X: Array, A: Array, B: Array, *, layout: Layout = "numerator"
-) -> Array:
+    X: Array, A: Array, B: Array, *, layout: Layout = "numerator", structured: bool = False
+) -> Any:
     layout = check_layout("chain_matrix_trace", layout)
     X, A, B = _check_affine("chain_matrix_trace", X, A, B)
     Y = A @ X @ B
     dz_dY = 1 - jnp.square(jnp.tanh(Y))
-    return chain_matrix_trace(dz_dY, matrix_product_jacobian(A, B, layout), layout=layout)
+    dY_dX = Kronecker(A, B, layout) if structured else matrix_product_jacobian(A, B, layout)
+    return chain_matrix_trace(dz_dY, dY_dX, layout=layout)
 
 
 def _chain_matrix_trace_example(key: Array, dtype: Any, size: int) -> tuple[Array, ...]:
@@ -228,12 +304,16 @@ def _chain_matrix_vector_fn(X: Array, v: Array) -> Array:
     return jnp.sum(jnp.tanh(X @ v))
 
 
-def _chain_matrix_vector_jacobian(X: Array, v: Array, *, layout: Layout = "numerator") -> Array:
+def _chain_matrix_vector_jacobian(
+    X: Array, v: Array, *, layout: Layout = "numerator", structured: bool = False
+) -> Any:
     layout = check_layout("chain_matrix_vector", layout)
     X, v = _check_matrix_vector(X, v)
     dz_dy = 1 - jnp.square(jnp.tanh(X @ v))
-    # y = X v: dy_a/dX_ij = delta_ai v_j.
+    # y = X v = I X v: dy_a/dX_ij = delta_ai v_j.
     eye = jnp.eye(X.shape[0], dtype=X.dtype)
+    if structured:
+        return chain_matrix_vector(dz_dy, Kronecker(eye, v, layout), layout=layout)
     spec = "ai,j->aij" if layout == "numerator" else "ai,j->ija"
     return chain_matrix_vector(dz_dy, jnp.einsum(spec, eye, v), layout=layout)
 
@@ -256,12 +336,14 @@ def _chain_scalar_fn(x: Array, a: Array, W: Array) -> Array:
     return W @ jnp.tanh(x * a)
 
 
-def _chain_scalar_jacobian(x: Array, a: Array, W: Array, *, layout: Layout = "numerator") -> Array:
+def _chain_scalar_jacobian(
+    x: Array, a: Array, W: Array, *, layout: Layout = "numerator", structured: bool = False
+) -> Any:
     layout = check_layout("chain_scalar", layout)
     x, a, W = _chain_scalar_args(x, a, W)
     u = jnp.tanh(x * a)
     du_dx = a * (1 - jnp.square(u))
-    return chain_scalar(linear_jacobian(W, u, layout=layout), du_dx, layout=layout)
+    return chain_scalar(linear_piece(W, u, layout, structured), du_dx, layout=layout)
 
 
 def _chain_scalar_example(key: Array, dtype: Any, size: int) -> tuple[Array, ...]:
@@ -288,6 +370,7 @@ RULES = (
         fn=_chain_vector_fn,
         wrt=0,
         closed_form=_chain_vector_jacobian,
+        structured_form=partial(_chain_vector_jacobian, structured=True),
         public="matcalc_jax.chain_vector",
         make_example=_chain_vector_example,
     ),
@@ -305,6 +388,7 @@ RULES = (
         fn=_chain_matrix_trace_fn,
         wrt=0,
         closed_form=_chain_matrix_trace_jacobian,
+        structured_form=partial(_chain_matrix_trace_jacobian, structured=True),
         public="matcalc_jax.chain_matrix_trace",
         make_example=_chain_matrix_trace_example,
         notes="Builds the real (s, t, p, q) tensor dY/dX, as the seed writes it: O(size^4) memory.",
@@ -322,6 +406,7 @@ RULES = (
         fn=_chain_matrix_vector_fn,
         wrt=0,
         closed_form=_chain_matrix_vector_jacobian,
+        structured_form=partial(_chain_matrix_vector_jacobian, structured=True),
         public="matcalc_jax.chain_matrix_vector",
         make_example=_chain_matrix_vector_example,
     ),
@@ -338,6 +423,7 @@ RULES = (
         fn=_chain_scalar_fn,
         wrt=0,
         closed_form=_chain_scalar_jacobian,
+        structured_form=partial(_chain_scalar_jacobian, structured=True),
         public="matcalc_jax.chain_scalar",
         make_example=_chain_scalar_example,
         notes="The printed order holds only with du/dx read as a column: see docs/errata.md.",

@@ -1,4 +1,4 @@
-"""The ``matcalc-jax`` command: ``verify``, ``list`` and ``docs``."""
+"""The ``matcalc-jax`` command: ``verify``, ``bench``, ``list`` and ``docs``."""
 
 from __future__ import annotations
 
@@ -96,6 +96,56 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _bench_progress(done: int, total: int, label: str) -> None:
+    """A progress bar on a terminal; one line per case in a log."""
+    if not sys.stderr.isatty():
+        print(f"[{done}/{total}] {label}", file=sys.stderr, flush=True)
+        return
+    width = 30
+    filled = width * done // max(total, 1)
+    bar = "#" * filled + "." * (width - filled)
+    end = "\n" if done == total else ""
+    print(f"\r[{bar}] {done}/{total} {label:<40}", end=end, file=sys.stderr, flush=True)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from matcalc_jax import _bench_output as output
+    from matcalc_jax._bench import bench
+
+    report = bench(
+        _split(args.rules),
+        dtypes=_split(args.dtype) or ("float32",),
+        sizes=args.sizes,
+        quick=args.quick,
+        rounds=args.rounds,
+        progress=_bench_progress,
+    )
+    env = report.environment
+    print(
+        f"device: {env['platform']} ({env['device_kind']}), jax {env['jax']}, "
+        f"{env['cpu_count']} cpus, host {env['host']}; times are medians of "
+        f"{report.settings['rounds']} rounds"
+    )
+    print(output.format_table(report))
+    print(
+        "speed-up: best of jacfwd/jacrev over closed form; clear: closed form's upper quartile "
+        "below autodiff's lower; x floor: closed form over the time to write the Jacobian"
+    )
+    if args.out:
+        output.write_json(report, args.out)
+        print(f"wrote {args.out}")
+    if args.csv:
+        Path(args.csv).write_text(output.format_csv(report), encoding="utf-8")
+        print(f"wrote {args.csv}")
+    if args.markdown:
+        Path(args.markdown).write_text(output.format_markdown(report), encoding="utf-8")
+        print(f"wrote {args.markdown}")
+    if args.plots:
+        for path in output.write_plots(report, args.plots):
+            print(f"wrote {path}")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     from matcalc_jax._catalogue import rules
 
@@ -145,6 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.set_defaults(run=_verify)
 
+    bench = commands.add_parser(
+        "bench", help="time closed forms against jacfwd, jacrev and the write floor"
+    )
+    bench.add_argument("--rules", nargs="+", help="rule ids (default: all)")
+    bench.add_argument("--dtype", nargs="+", help="dtypes (default: float32)")
+    bench.add_argument("--sizes", nargs="+", type=int, help="sizes for every rule")
+    bench.add_argument("--quick", action="store_true", help="two small sizes, three rounds")
+    bench.add_argument("--rounds", type=int, help="rounds of samples (default 7; quick 3)")
+    bench.add_argument("--out", metavar="PATH", help="write the results as JSON")
+    bench.add_argument("--csv", metavar="PATH", help="write every timing as CSV")
+    bench.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
+    bench.add_argument("--plots", metavar="DIR", help="write PNG plots (needs matplotlib)")
+    bench.add_argument(
+        "--platform", choices=PLATFORMS, default="cpu", help="cpu (default), gpu, or default"
+    )
+    bench.set_defaults(run=_bench)
+
     listing = commands.add_parser("list", help="list the rules with their formulas")
     listing.set_defaults(run=_list, platform="default")
 
@@ -158,9 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    sizes = getattr(args, "size", None)
-    if sizes is not None and any(s < 1 for s in sizes):
-        parser.error(f"--size takes positive integers; got {sizes}")
+    for option in ("size", "sizes", "rounds"):
+        value = getattr(args, option, None)
+        values = value if isinstance(value, list) else [value]
+        if value is not None and any(v < 1 for v in values):
+            parser.error(f"--{option} takes positive integers; got {value}")
     _select_platform(args.platform)
     try:
         return args.run(args)

@@ -9,6 +9,7 @@ off-diagonal entries are exact structural zeros: a NaN or inf in ``f'(x_k)`` app
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -18,6 +19,7 @@ from jax.typing import ArrayLike
 
 from matcalc_jax import _random, _validate
 from matcalc_jax._layout import Layout, check_layout
+from matcalc_jax._operators import Diagonal
 from matcalc_jax._rule import Rule
 
 
@@ -68,6 +70,10 @@ def logistic_scalar_jacobian(x: ArrayLike, *, layout: Layout = "numerator") -> A
     """sigma'(x) = sigma(x)(1 - sigma(x)) for a scalar x (a 0-d array); see
     :func:`logistic_prime` for how it stays exact in the tails."""
     check_layout("logistic_scalar", layout)
+    return _logistic_scalar_derivative(x)
+
+
+def _logistic_scalar_derivative(x: ArrayLike) -> Array:
     return logistic_prime(_validate.scalar("logistic_scalar", "x", x))
 
 
@@ -75,7 +81,11 @@ def logistic_jacobian(x: ArrayLike, *, layout: Layout = "numerator") -> Array:
     """sigma'(x) = diag(sigma(x) * (1 - sigma(x))) for x of shape (K,), computed stably by
     :func:`logistic_prime`."""
     check_layout("logistic_vector", layout)
-    return diagonal_matrix(logistic_prime(_validate.vector("logistic_vector", "x", x)))
+    return diagonal_matrix(_logistic_vector_derivative(x))
+
+
+def _logistic_vector_derivative(x: ArrayLike) -> Array:
+    return logistic_prime(_validate.vector("logistic_vector", "x", x))
 
 
 def power_jacobian(x: ArrayLike, r: ArrayLike, *, layout: Layout = "numerator") -> Array:
@@ -89,16 +99,23 @@ def power_jacobian(x: ArrayLike, r: ArrayLike, *, layout: Layout = "numerator") 
     is the zero matrix, also at x_k = 0, where the naive ``0 * 0**-1`` would be NaN.
     """
     check_layout("power", layout)
+    return diagonal_matrix(_power_derivative(x, r))
+
+
+def _power_derivative(x: ArrayLike, r: ArrayLike) -> Array:
     x = _validate.vector("power", "x", x)
     r = _validate.scalar("power", "r", r)
-    derivative = jnp.where(r == 0, jnp.zeros_like(x), r * x ** (r - 1))
-    return diagonal_matrix(derivative)
+    return jnp.where(r == 0, jnp.zeros_like(x), r * x ** (r - 1))
 
 
 def exp_jacobian(x: ArrayLike, *, layout: Layout = "numerator") -> Array:
     """Jacobian of exp(x) (elementwise): diag(exp(x))."""
     check_layout("exp", layout)
-    return diagonal_matrix(jnp.exp(_validate.vector("exp", "x", x)))
+    return diagonal_matrix(_exp_derivative(x))
+
+
+def _exp_derivative(x: ArrayLike) -> Array:
+    return jnp.exp(_validate.vector("exp", "x", x))
 
 
 def log_jacobian(x: ArrayLike, *, layout: Layout = "numerator") -> Array:
@@ -108,7 +125,11 @@ def log_jacobian(x: ArrayLike, *, layout: Layout = "numerator") -> Array:
     ``log(x_k)`` is NaN) the entry is still 1/x_k, as ``jax.jacfwd`` of ``jnp.log`` gives.
     """
     check_layout("log", layout)
-    return diagonal_matrix(1 / _validate.vector("log", "x", x))
+    return diagonal_matrix(_log_derivative(x))
+
+
+def _log_derivative(x: ArrayLike) -> Array:
+    return 1 / _validate.vector("log", "x", x)
 
 
 def logistic_general(x: ArrayLike, L: ArrayLike, k: ArrayLike, x0: ArrayLike) -> Array:
@@ -128,14 +149,32 @@ def logistic_general_jacobian(
       L: the maximum value, k: the steepness, x0: the midpoint; each a 0-d array.
     """
     check_layout("logistic_general", layout)
+    return diagonal_matrix(_logistic_general_derivative(x, L, k, x0))
+
+
+def _logistic_general_derivative(x: ArrayLike, L: ArrayLike, k: ArrayLike, x0: ArrayLike) -> Array:
     x = _validate.vector("logistic_general", "x", x)
     L = _validate.scalar("logistic_general", "L", L)
     k = _validate.scalar("logistic_general", "k", k)
     x0 = _validate.scalar("logistic_general", "x0", x0)
-    return diagonal_matrix(L * k * logistic_prime(k * (x - x0)))
+    return L * k * logistic_prime(k * (x - x0))
 
 
 # ---------------------------------------------------------------------------- catalogue
+
+
+def _diagonal_form(rule_id: str, derivative: Callable[..., Array]) -> Callable[..., Diagonal]:
+    """The structured closed form of an elementwise rule: ``Diagonal(f'(x))``, computed by
+    the same checked derivative function as the dense form's ``diagonal_matrix(f'(x))``."""
+
+    def structured(*args: Any, layout: Layout = "numerator") -> Diagonal:
+        return Diagonal(derivative(*args), check_layout(rule_id, layout))
+
+    return structured
+
+
+def _tanh_derivative(x: Array) -> Array:
+    return 1 - jnp.square(jnp.tanh(_validate.vector("elementwise", "x", x)))
 
 
 def _tanh_map(x: Array) -> Array:
@@ -143,8 +182,7 @@ def _tanh_map(x: Array) -> Array:
 
 
 def _tanh_jacobian(x: Array, *, layout: Layout = "numerator") -> Array:
-    z = jnp.tanh(_validate.vector("elementwise", "x", x))
-    return elementwise_jacobian(1 - jnp.square(z), layout=layout)
+    return elementwise_jacobian(_tanh_derivative(x), layout=layout)
 
 
 def _one_vector(key: Array, dtype: Any, size: int) -> tuple[Array, ...]:
@@ -197,6 +235,7 @@ RULES = (
         fn=_tanh_map,
         wrt=0,
         closed_form=_tanh_jacobian,
+        structured_form=_diagonal_form("elementwise", _tanh_derivative),
         public="matcalc_jax.elementwise_jacobian",
         make_example=_one_vector,
         notes="NaN in f'(x_k) appears at J[k, k] only; off-diagonal entries are exact zeros.",
@@ -212,6 +251,7 @@ RULES = (
         fn=lambda x: jax.nn.sigmoid(_validate.scalar("logistic_scalar", "x", x)),
         wrt=0,
         closed_form=logistic_scalar_jacobian,
+        structured_form=_diagonal_form("logistic_scalar", _logistic_scalar_derivative),
         public="matcalc_jax.logistic_scalar_jacobian",
         make_example=_one_scalar,
         notes=_EDGES_LOGISTIC,
@@ -228,6 +268,7 @@ RULES = (
         fn=lambda x: jax.nn.sigmoid(_validate.vector("logistic_vector", "x", x)),
         wrt=0,
         closed_form=logistic_jacobian,
+        structured_form=_diagonal_form("logistic_vector", _logistic_vector_derivative),
         public="matcalc_jax.logistic_jacobian",
         make_example=_one_vector,
         notes=_EDGES_LOGISTIC,
@@ -243,6 +284,7 @@ RULES = (
         fn=lambda x, r: _validate.vector("power", "x", x) ** _validate.scalar("power", "r", r),
         wrt=0,
         closed_form=power_jacobian,
+        structured_form=_diagonal_form("power", _power_derivative),
         public="matcalc_jax.power_jacobian",
         make_example=_power_example,
         notes="x_k = 0 with r < 1 gives inf at J[k, k]; r = 0 gives the zero matrix.",
@@ -258,6 +300,7 @@ RULES = (
         fn=lambda x: jnp.exp(_validate.vector("exp", "x", x)),
         wrt=0,
         closed_form=exp_jacobian,
+        structured_form=_diagonal_form("exp", _exp_derivative),
         public="matcalc_jax.exp_jacobian",
         make_example=_one_vector,
         notes="Overflows to inf where exp(x) does (x > 88.7 in float32).",
@@ -273,6 +316,7 @@ RULES = (
         fn=lambda x: jnp.log(_validate.vector("log", "x", x)),
         wrt=0,
         closed_form=log_jacobian,
+        structured_form=_diagonal_form("log", _log_derivative),
         public="matcalc_jax.log_jacobian",
         make_example=_positive_vector,
         notes="x_k = 0 gives +inf at J[k, k].",
@@ -292,6 +336,7 @@ RULES = (
         ),
         wrt=0,
         closed_form=logistic_general_jacobian,
+        structured_form=_diagonal_form("logistic_general", _logistic_general_derivative),
         public="matcalc_jax.logistic_general_jacobian",
         make_example=_logistic_general_example,
         notes="Stable in the tails like logistic_prime: no NaN or inf for finite arguments.",

@@ -13,7 +13,12 @@ function jit-compiled:
   combinators compute the seed's denominator-layout products in the seed's order, so there
   they agree to rounding;
 - ``finite_difference`` (float64 only): against central differences of the map, an oracle
-  that does not use JAX's autodiff.
+  that does not use JAX's autodiff;
+- ``structured``: the rule's structured Jacobian (``rule.structured``), ``to_dense()``,
+  against the dense closed form;
+- ``mv`` / ``vm``: the structured Jacobian's Jacobian-vector and vector-Jacobian products
+  against ``jax.jvp`` and ``jax.vjp`` of the map, on random tangents and cotangents;
+- ``adjoint``: ``<u, J v>`` against ``<J^T u, v>`` for the structured ``mv`` and ``vm``.
 
 Errors are normwise relative (``max|a - b| / max|b|``) and compared with the one tolerance
 table (``matcalc_jax._tolerance``). Matrix products run at precision "highest", so TF32 on a
@@ -43,7 +48,17 @@ from matcalc_jax._layout import swap_out_in
 from matcalc_jax._rule import Rule
 from matcalc_jax._tolerance import FINITE_DIFFERENCE_TOLERANCE, tolerance
 
-REFERENCES: tuple[str, ...] = ("jacfwd", "jacrev", "eager", "denominator", "finite_difference")
+REFERENCES: tuple[str, ...] = (
+    "jacfwd",
+    "jacrev",
+    "eager",
+    "denominator",
+    "finite_difference",
+    "structured",
+    "mv",
+    "vm",
+    "adjoint",
+)
 DTYPES: tuple[str, ...] = ("float32", "float64")
 SIZES: tuple[int, ...] = (1, 4, 16)
 REPORT_SCHEMA = "matcalc-jax/verify/1"
@@ -252,12 +267,49 @@ def check_rule(rule: Rule, dtype: str, size: int, key: Array, *, eager: bool = T
             actual=closed_denominator(*args),
         ),
     ]
+    checks += _structured_checks(rule, args, jacobian, key, record, tol)
     if eager:
         checks.append(record("eager", jacobian, tol, actual=rule.jacobian(*args)))
     if jnp.dtype(dtype) == jnp.float64:
         fd = finite_difference_jacobian(rule.fn, args, rule.wrt)
         checks.append(record("finite_difference", fd, FINITE_DIFFERENCE_TOLERANCE))
     return checks
+
+
+def _structured_checks(
+    rule: Rule, args: tuple, jacobian: Array, key: Array, record: Callable, tol: float
+) -> list[Check]:
+    """The structured Jacobian against the dense closed form, jax.jvp and jax.vjp."""
+    x = jnp.asarray(args[rule.wrt])
+    out = jax.eval_shape(rule.fn, *args)
+    k_tangent, k_cotangent = jax.random.split(jax.random.fold_in(key, 7))
+    tangent = jax.random.normal(k_tangent, x.shape, x.dtype)
+    cotangent = jax.random.normal(k_cotangent, out.shape, out.dtype)
+
+    def of_x(call: tuple) -> Callable[[Array], Array]:
+        return lambda x: rule.fn(*call[: rule.wrt], x, *call[rule.wrt + 1 :])
+
+    @jax.jit
+    def structured(*call: Any) -> tuple[Array, Array, Array]:
+        op = rule.structured(*call)
+        return op.to_dense(), op.mv(tangent), op.vm(cotangent)
+
+    @jax.jit
+    def autodiff(*call: Any) -> tuple[Array, Array]:
+        _, jvp = jax.jvp(of_x(call), (call[rule.wrt],), (tangent,))
+        _, pullback = jax.vjp(of_x(call), call[rule.wrt])
+        return jvp, pullback(cotangent)[0]
+
+    dense, mv, vm = structured(*args)
+    jvp, vjp = autodiff(*args)
+    forward = jnp.vdot(cotangent, mv)  # <u, J v>
+    backward = jnp.vdot(vm, tangent)  # <J^T u, v>
+    return [
+        record("structured", jacobian, tol, actual=dense),
+        record("mv", jvp, tol, actual=mv),
+        record("vm", vjp, tol, actual=vm),
+        record("adjoint", backward, tol, actual=forward),
+    ]
 
 
 def verify(
@@ -276,7 +328,7 @@ def verify(
 
     >>> report = verify(["linear"], dtypes=["float32"], sizes=[3])
     >>> report.passed, len(report.checks)
-    (True, 4)
+    (True, 8)
     """
     selected = all_rules() if rule_ids is None else tuple(get_rule(r) for r in rule_ids)
     dtypes = tuple(dtypes)

@@ -67,7 +67,7 @@ def contract_output(cotangent: Array, jacobian: Array, layout: Layout) -> Array:
     return jnp.tensordot(jacobian, cotangent, axes=axes)
 
 
-def compose(outer: Array, inner: Array, layout: Layout) -> Array:
+def multiply_in_layout(outer: Array, inner: Array, layout: Layout) -> Array:
     """The chain rule for a vector intermediate y: ``dz/dy`` composed with ``dy/dx``.
 
     Numerator layout: ``(dz/dy)(dy/dx)``; denominator layout: ``(dy/dx)(dz/dy)``.

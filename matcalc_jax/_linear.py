@@ -15,6 +15,7 @@ from jax.typing import ArrayLike
 
 from matcalc_jax import _random, _validate
 from matcalc_jax._layout import Layout, check_layout
+from matcalc_jax._operators import Dense, Identity
 from matcalc_jax._rule import Rule
 
 
@@ -78,6 +79,26 @@ def linear_transposed_jacobian(
 # ---------------------------------------------------------------------------- catalogue
 
 
+def _identity_structured(x: ArrayLike, *, layout: Layout = "numerator") -> Identity:
+    layout = check_layout("identity", layout)
+    x = _validate.vector("identity", "x", x)
+    return Identity(tuple(x.shape), x.dtype.name, layout)
+
+
+def _linear_structured(A: ArrayLike, x: ArrayLike, *, layout: Layout = "numerator") -> Dense:
+    layout = check_layout("linear", layout)
+    A, _ = _matrix_vector("linear", A, x, axis=1)
+    return Dense(A, 1, layout)
+
+
+def _linear_transposed_structured(
+    x: ArrayLike, A: ArrayLike, *, layout: Layout = "numerator"
+) -> Dense:
+    layout = check_layout("linear_transposed", layout)
+    A, _ = _matrix_vector("linear_transposed", A, x, axis=0)
+    return Dense(A.T, 1, layout)
+
+
 def linear_map(A: ArrayLike, x: ArrayLike) -> Array:
     """``A @ x`` with the shapes checked."""
     A, x = _matrix_vector("linear", A, x, axis=1)
@@ -112,6 +133,7 @@ RULES = (
         fn=lambda x: _validate.vector("identity", "x", x),
         wrt=0,
         closed_form=identity_jacobian,
+        structured_form=_identity_structured,
         public="matcalc_jax.identity_jacobian",
         make_example=lambda key, dtype, size: (_random.normal(key, (size,), dtype),),
     ),
@@ -126,6 +148,7 @@ RULES = (
         fn=linear_map,
         wrt=1,
         closed_form=linear_jacobian,
+        structured_form=_linear_structured,
         public="matcalc_jax.linear_jacobian",
         make_example=_linear_example,
     ),
@@ -140,6 +163,7 @@ RULES = (
         fn=linear_transposed_map,
         wrt=0,
         closed_form=linear_transposed_jacobian,
+        structured_form=_linear_transposed_structured,
         public="matcalc_jax.linear_transposed_jacobian",
         make_example=_linear_transposed_example,
     ),

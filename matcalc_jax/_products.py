@@ -11,6 +11,7 @@ x may have any shape; y and z are vectors (a scalar for y in rule 3).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -19,9 +20,9 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from matcalc_jax import _random, _validate
-from matcalc_jax._chains import tanh_layer
+from matcalc_jax._chains import linear_piece, tanh_layer
 from matcalc_jax._layout import Layout, check_layout, contract_output
-from matcalc_jax._linear import linear_jacobian
+from matcalc_jax._operators import Dense, LowRank, Scaled, as_operator, is_operator
 from matcalc_jax._rule import Rule
 
 
@@ -54,9 +55,32 @@ def product_inner(
     y = _validate.vector("product_inner", "y", y)
     z = _validate.vector("product_inner", "z", z)
     _validate.shape("product_inner", "z", z, y.shape, "the shape of y")
-    dy_dx, x_shape = _validate.jacobian("product_inner", "dy_dx", dy_dx, y.shape, layout)
-    dz_dx, _ = _validate.jacobian("product_inner", "dz_dx", dz_dx, z.shape, layout, x_shape)
-    return contract_output(z, dy_dx, layout) + contract_output(y, dz_dx, layout)
+    return _gradient("product_inner", [(z, "dy_dx", dy_dx), (y, "dz_dx", dz_dx)], layout)
+
+
+def _gradient(rule_id: str, terms: list[tuple[Array, str, Any]], layout: Layout) -> Any:
+    """sum over terms of cotangent^T (dpiece/dx), the gradient of a scalar product.
+
+    Dense pieces are contracted as arrays; if any piece is structured, every piece is taken
+    as an operator and contracted with its ``vm``, and the gradient comes back as a
+    ``Dense`` operator with no output axes.
+    """
+    if any(is_operator(piece) for _, _, piece in terms):
+        x_shape = None
+        gradient = 0
+        for cotangent, name, piece in terms:
+            op = as_operator(rule_id, name, piece, cotangent.shape, layout, x_shape)
+            x_shape = op.in_shape
+            gradient = gradient + op.vm(cotangent)
+        return Dense(gradient, 0, layout)
+    x_shape = None
+    gradient = 0
+    for cotangent, name, piece in terms:
+        jacobian, x_shape = _validate.jacobian(
+            rule_id, name, piece, cotangent.shape, layout, x_shape
+        )
+        gradient = gradient + contract_output(cotangent, jacobian, layout)
+    return gradient
 
 
 def product_bilinear(
@@ -83,9 +107,8 @@ def product_bilinear(
     z = _validate.vector("product_bilinear", "z", z)
     A = _validate.floating("product_bilinear", "A", A)
     _validate.shape("product_bilinear", "A", A, y.shape + z.shape, "(len(y), len(z))")
-    dy_dx, x_shape = _validate.jacobian("product_bilinear", "dy_dx", dy_dx, y.shape, layout)
-    dz_dx, _ = _validate.jacobian("product_bilinear", "dz_dx", dz_dx, z.shape, layout, x_shape)
-    return contract_output(A @ z, dy_dx, layout) + contract_output(A.T @ y, dz_dx, layout)
+    terms = [(A @ z, "dy_dx", dy_dx), (A.T @ y, "dz_dx", dz_dx)]
+    return _gradient("product_bilinear", terms, layout)
 
 
 def product_scalar_vector(
@@ -112,6 +135,15 @@ def product_scalar_vector(
     y = _validate.floating("product_scalar_vector", "y", y)
     _validate.rank("product_scalar_vector", "y", y, 0, "a scalar (0-d array)")
     z = _validate.vector("product_scalar_vector", "z", z)
+    if is_operator(dz_dx):
+        dz = as_operator("product_scalar_vector", "dz_dx", dz_dx, z.shape, layout)
+        dy = _validate.floating("product_scalar_vector", "dy_dx", dy_dx)
+        _validate.shape("product_scalar_vector", "dy_dx", dy, dz.in_shape, "the input of dz_dx")
+        if dy.ndim == 1:  # the rank-one term z (dy/dx)^T stays rank one
+            outer = LowRank(z[:, None], dy[:, None], layout)
+        else:
+            outer = Dense(jnp.tensordot(z, dy, axes=0), 1, layout)
+        return Scaled(y, dz) + outer
     dz_dx, x_shape = _validate.jacobian("product_scalar_vector", "dz_dx", dz_dx, z.shape, layout)
     dy_dx, _ = _validate.jacobian("product_scalar_vector", "dy_dx", dy_dx, (), layout, x_shape)
     if layout == "numerator":
@@ -127,7 +159,12 @@ def sum_rule(dy_dx: ArrayLike, dz_dx: ArrayLike, *, layout: Layout = "numerator"
     The pieces must have the same shape (and the same layout, which is not visible in a
     shape: it is the caller's to keep).
     """
-    check_layout("sum", layout)
+    layout = check_layout("sum", layout)
+    if is_operator(dy_dx) or is_operator(dz_dx):
+        first = dy_dx if is_operator(dy_dx) else dz_dx
+        dy = as_operator("sum", "dy_dx", dy_dx, first.out_shape, layout, first.in_shape)
+        dz = as_operator("sum", "dz_dx", dz_dx, first.out_shape, layout, first.in_shape)
+        return dy + dz
     dy_dx = _validate.floating("sum", "dy_dx", dy_dx)
     dz_dx = _validate.floating("sum", "dz_dx", dz_dx)
     _validate.shape("sum", "dz_dx", dz_dx, dy_dx.shape, "the shape of dy_dx")
@@ -154,11 +191,14 @@ def _inner_fn(x: Array, W: Array, V: Array) -> Array:
     return (W @ x) @ jnp.tanh(V @ x)
 
 
-def _inner_jacobian(x: Array, W: Array, V: Array, *, layout: Layout = "numerator") -> Array:
+def _inner_jacobian(
+    x: Array, W: Array, V: Array, *, layout: Layout = "numerator", structured: bool = False
+) -> Any:
     layout = check_layout("product_inner", layout)
     x, W, V = _layers("product_inner", x, W, V)
-    z, dz_dx = tanh_layer(V, x, layout)
-    return product_inner(W @ x, z, linear_jacobian(W, x, layout=layout), dz_dx, layout=layout)
+    z, dz_dx = tanh_layer(V, x, layout, structured)
+    dy_dx = linear_piece(W, x, layout, structured)
+    return product_inner(W @ x, z, dy_dx, dz_dx, layout=layout)
 
 
 def _two_layers_example(key: Array, dtype: Any, size: int) -> tuple[Array, ...]:
@@ -184,12 +224,18 @@ def _bilinear_fn(x: Array, A: Array, W: Array, V: Array) -> Array:
 
 
 def _bilinear_jacobian(
-    x: Array, A: Array, W: Array, V: Array, *, layout: Layout = "numerator"
-) -> Array:
+    x: Array,
+    A: Array,
+    W: Array,
+    V: Array,
+    *,
+    layout: Layout = "numerator",
+    structured: bool = False,
+) -> Any:
     layout = check_layout("product_bilinear", layout)
     x, A, W, V = _bilinear_args(x, A, W, V)
-    z, dz_dx = tanh_layer(V, x, layout)
-    dy_dx = linear_jacobian(W, x, layout=layout)
+    z, dz_dx = tanh_layer(V, x, layout, structured)
+    dy_dx = linear_piece(W, x, layout, structured)
     return product_bilinear(W @ x, A, z, dy_dx, dz_dx, layout=layout)
 
 
@@ -217,10 +263,12 @@ def _scalar_vector_fn(x: Array, u: Array, V: Array) -> Array:
     return (u @ x) * jnp.tanh(V @ x)
 
 
-def _scalar_vector_jacobian(x: Array, u: Array, V: Array, *, layout: Layout = "numerator") -> Array:
+def _scalar_vector_jacobian(
+    x: Array, u: Array, V: Array, *, layout: Layout = "numerator", structured: bool = False
+) -> Any:
     layout = check_layout("product_scalar_vector", layout)
     x, u, V = _scalar_vector_args(x, u, V)
-    z, dz_dx = tanh_layer(V, x, layout)
+    z, dz_dx = tanh_layer(V, x, layout, structured)
     # y = u^T x, so dy/dx = u in both layouts.
     return product_scalar_vector(u @ x, z, u, dz_dx, layout=layout)
 
@@ -241,11 +289,13 @@ def _sum_fn(x: Array, W: Array, V: Array) -> Array:
     return W @ x + jnp.tanh(V @ x)
 
 
-def _sum_jacobian(x: Array, W: Array, V: Array, *, layout: Layout = "numerator") -> Array:
+def _sum_jacobian(
+    x: Array, W: Array, V: Array, *, layout: Layout = "numerator", structured: bool = False
+) -> Any:
     layout = check_layout("sum", layout)
     x, W, V = _layers("sum", x, W, V)
-    _, dz_dx = tanh_layer(V, x, layout)
-    return sum_rule(linear_jacobian(W, x, layout=layout), dz_dx, layout=layout)
+    _, dz_dx = tanh_layer(V, x, layout, structured)
+    return sum_rule(linear_piece(W, x, layout, structured), dz_dx, layout=layout)
 
 
 RULES = (
@@ -264,6 +314,7 @@ RULES = (
         fn=_inner_fn,
         wrt=0,
         closed_form=_inner_jacobian,
+        structured_form=partial(_inner_jacobian, structured=True),
         public="matcalc_jax.product_inner",
         make_example=_two_layers_example,
     ),
@@ -283,6 +334,7 @@ RULES = (
         fn=_bilinear_fn,
         wrt=0,
         closed_form=_bilinear_jacobian,
+        structured_form=partial(_bilinear_jacobian, structured=True),
         public="matcalc_jax.product_bilinear",
         make_example=_bilinear_example,
     ),
@@ -300,6 +352,7 @@ RULES = (
         fn=_scalar_vector_fn,
         wrt=0,
         closed_form=_scalar_vector_jacobian,
+        structured_form=partial(_scalar_vector_jacobian, structured=True),
         public="matcalc_jax.product_scalar_vector",
         make_example=_scalar_vector_example,
         notes="The printed (dy/dx) z^T holds in denominator layout only: see docs/errata.md.",
@@ -318,6 +371,7 @@ RULES = (
         fn=_sum_fn,
         wrt=0,
         closed_form=_sum_jacobian,
+        structured_form=partial(_sum_jacobian, structured=True),
         public="matcalc_jax.sum_rule",
         make_example=_two_layers_example,
     ),

@@ -29,6 +29,8 @@ class Rule:
       wrt: index of the positional argument of ``fn`` that is differentiated.
       closed_form: the hand-written Jacobian ``closed_form(*args, layout=...)``; never calls
         autodiff.
+      structured_form: the same Jacobian as a structured operator (``matcalc_jax.Diagonal``,
+        ``Kronecker``, ...), ``structured_form(*args, layout=...)``; never calls autodiff.
       public: the public function that implements the rule (``"matcalc_jax.linear_jacobian"``).
       make_example: ``make_example(key, dtype, size) -> tuple`` of valid arguments for ``fn``.
       default_size: the size used by ``example`` when none is given.
@@ -45,6 +47,7 @@ class Rule:
     fn: Callable[..., Array]
     wrt: int
     closed_form: Callable[..., Array]
+    structured_form: Callable[..., Any]
     public: str
     make_example: Callable[[Array, Any, int], tuple[Array, ...]]
     default_size: int = 4
@@ -53,6 +56,11 @@ class Rule:
     def jacobian(self, *args: Any, layout: Layout = "numerator") -> Array:
         """The hand-written closed-form Jacobian of ``fn`` with respect to ``args[wrt]``."""
         return self.closed_form(*args, layout=layout)
+
+    def structured(self, *args: Any, layout: Layout = "numerator") -> Any:
+        """The closed form as a structured Jacobian (a ``matcalc_jax.JacobianOperator``) of the
+        tightest type the formula allows; ``.to_dense()`` gives :meth:`jacobian`'s array."""
+        return self.structured_form(*args, layout=layout)
 
     def jacfwd(self, *args: Any, layout: Layout = "numerator") -> Array:
         """``jax.jacfwd`` of ``fn`` with respect to ``args[wrt]``, arranged in ``layout``."""

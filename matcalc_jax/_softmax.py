@@ -10,6 +10,7 @@ from jax.typing import ArrayLike
 
 from matcalc_jax import _random, _validate
 from matcalc_jax._layout import Layout, check_layout
+from matcalc_jax._operators import DiagonalPlusLowRank
 from matcalc_jax._rule import Rule
 
 
@@ -47,6 +48,13 @@ def softmax_jacobian(x: ArrayLike, *, layout: Layout = "numerator") -> Array:
     return jnp.where(index[:, None] == index[None, :], s * complement, -s[:, None] * s[None, :])
 
 
+def _softmax_structured(x: ArrayLike, *, layout: Layout = "numerator") -> DiagonalPlusLowRank:
+    """diag(s) - s s^T as diagonal plus rank one: O(K) memory, O(K) products."""
+    layout = check_layout("softmax", layout)
+    s = softmax_map(x)
+    return DiagonalPlusLowRank(s, -s[:, None], s[:, None], layout)
+
+
 RULES = (
     Rule(
         id="softmax",
@@ -62,6 +70,7 @@ RULES = (
         fn=softmax_map,
         wrt=0,
         closed_form=softmax_jacobian,
+        structured_form=_softmax_structured,
         public="matcalc_jax.softmax_jacobian",
         make_example=lambda key, dtype, size: (_random.normal(key, (size,), dtype),),
         notes="x_k = -inf gives a zero row and column k; an all -inf x gives NaN, like softmax.",

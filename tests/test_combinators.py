@@ -169,3 +169,21 @@ def test_combinators_work_under_jit_and_vmap():
     got = jax.jit(jax.vmap(gradient))(x)
     expected = jax.vmap(jax.grad(lambda x: jnp.sin(B @ x) @ jnp.sin(B @ x)))(x)
     assert_jacobians_close(got, expected)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_chain_elementwise_equals_chain_vector_through_the_diagonal(layout):
+    B, X = draw(12, (4,), (4, 2, 3))
+    derivative = jnp.cos(B)
+    dy_dx = from_numerator(X, 1, layout)  # any x shape: here (2, 3)
+    got = mj.chain_elementwise(derivative, dy_dx, layout=layout)
+    expected = mj.chain_vector(mj.elementwise_jacobian(derivative), dy_dx, layout=layout)
+    assert got.shape == dy_dx.shape
+    assert_jacobians_close(got, expected)
+
+
+def test_chain_elementwise_checks_its_pieces():
+    with pytest.raises(ValueError, match=r"'chain_elementwise'.*'dy_dx'"):
+        mj.chain_elementwise(jnp.ones(3), jnp.ones((4, 2)))
+    with pytest.raises(ValueError, match=r"'chain_elementwise'.*'derivative'"):
+        mj.chain_elementwise(jnp.ones((3, 3)), jnp.ones((3, 2)))

@@ -31,7 +31,7 @@ COMBINATORS = {
 @pytest.mark.parametrize("size", [1, 5])
 def test_harness_passes_every_check(r, dtype, size):
     checks = check_rule(r, dtype, size, key(size))
-    expected = {"jacfwd", "jacrev", "eager", "denominator"}
+    expected = {"jacfwd", "jacrev", "eager", "denominator", "structured", "mv", "vm", "adjoint"}
     if dtype == "float64":
         expected.add("finite_difference")
     assert {c.reference for c in checks} == expected

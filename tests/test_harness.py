@@ -102,6 +102,10 @@ def test_verify_reports_every_rule_and_converts_to_json(tmp_path):
         "eager",
         "denominator",
         "finite_difference",
+        "structured",
+        "mv",
+        "vm",
+        "adjoint",
     }
     assert "finite_difference" not in summary["float32"]
     assert len(data["checks"]) == len(report.checks)

@@ -1,0 +1,346 @@
+"""Benchmarks: each rule's closed form against jax.jacfwd, jax.jacrev (and jax.grad where the
+output is a scalar), and against a write floor, measured side by side in one run.
+
+Method (JAX's benchmarking guidance): every function is compiled apart
+(``jit(f).lower(*args).compile()``) and its compile time reported apart; it is warmed up; each
+sample runs it enough times in a row to last about ``min_sample_s`` and ends with
+``jax.block_until_ready``; the methods of one case are sampled in turn, round after round,
+so that a slow spell of a shared machine hits them alike; the report gives the median and
+the quartiles over rounds. Inputs are the rule's random example (never zeros), the same for
+every method of a case. Matrix products run at precision "highest".
+
+The floor is the time the device needs to write an array of the Jacobian's shape and dtype,
+measured as a jitted ``c * iota`` (one fused elementwise loop over the output, the kind of
+loop the closed forms compile to): no method can return that Jacobian much faster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from matcalc_jax._catalogue import rule as get_rule
+from matcalc_jax._catalogue import rules as all_rules
+from matcalc_jax._harness import _x64, environment
+from matcalc_jax._rule import Rule
+
+BENCH_SCHEMA = "matcalc-jax/bench/1"
+AUTODIFF = ("jacfwd", "jacrev", "grad")
+
+#: Default size sweeps. Sizes are the length of the differentiated argument (its side for a
+#: matrix). Rules whose closed form or autodiff needs matrix-matrix products stop at 2048;
+#: the others reach a 4096 x 4096 Jacobian, and the rules with a diagonal or diagonal-plus-
+#: low-rank structure go on to 16384, where only the structured methods are timed. The
+#: matrix chain rules build (size^4 and size^3) tensors, and jacfwd of a (p, q) argument
+#: pushes a (pq, p, q) identity through the map, so they stop where those fit in memory.
+VECTOR_SIZES = (64, 256, 1024, 4096)
+DIAGONAL_SIZES = (64, 256, 1024, 4096, 16384)
+MATMUL_SIZES = (64, 256, 1024, 2048)
+SIZES: dict[str, tuple[int, ...]] = {
+    "product_inner": MATMUL_SIZES,
+    "product_bilinear": MATMUL_SIZES,
+    "product_scalar_vector": MATMUL_SIZES,
+    "chain_vector": MATMUL_SIZES,
+    "chain_matrix_trace": (8, 16, 32, 48),
+    "chain_matrix_vector": (16, 32, 64, 96),
+    "chain_scalar": VECTOR_SIZES,
+    "sum": MATMUL_SIZES,
+    "identity": DIAGONAL_SIZES,
+    "elementwise": DIAGONAL_SIZES,
+    "logistic_vector": DIAGONAL_SIZES,
+    "power": DIAGONAL_SIZES,
+    "exp": DIAGONAL_SIZES,
+    "log": DIAGONAL_SIZES,
+    "logistic_general": DIAGONAL_SIZES,
+    "softmax": DIAGONAL_SIZES,
+}
+QUICK_SIZES: dict[str, tuple[int, ...]] = {
+    "chain_matrix_trace": (4, 8),
+    "chain_matrix_vector": (8, 16),
+}
+
+
+def default_sizes(rule_id: str, quick: bool = False) -> tuple[int, ...]:
+    """The size sweep of ``rule_id``; ``quick`` gives two small sizes."""
+    if quick:
+        return QUICK_SIZES.get(rule_id, (16, 64))
+    return SIZES.get(rule_id, VECTOR_SIZES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """One method of one case: times in seconds, memory in bytes (None where not exposed)."""
+
+    rule: str
+    dtype: str
+    size: int
+    method: str
+    compile_s: float
+    median_s: float
+    p25_s: float
+    p75_s: float
+    calls_per_sample: int
+    samples: int
+    temp_bytes: int | None
+    output_bytes: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """All methods of one (rule, dtype, size), and the derived ratios."""
+
+    rule: str
+    dtype: str
+    size: int
+    jacobian_shape: tuple[int, ...]
+    timings: dict[str, Timing]
+
+    @property
+    def dense(self) -> bool:
+        """True when the dense methods were timed (the Jacobian was small enough)."""
+        return "closed" in self.timings
+
+    def best_autodiff(self, methods: Sequence[str] = ("jacfwd", "jacrev")) -> Timing | None:
+        """The fastest of ``methods`` that were measured, or None."""
+        measured = [self.timings[m] for m in methods if m in self.timings]
+        return min(measured, key=_median) if measured else None
+
+    def speedup(self, method: str = "closed", over: str = "best") -> float | None:
+        """Median time of ``over`` (``"best"``: the best of jacfwd and jacrev) over the
+        median time of ``method``; None where either was not measured."""
+        reference = self.best_autodiff() if over == "best" else self.timings.get(over)
+        if reference is None or method not in self.timings:
+            return None
+        return reference.median_s / self.timings[method].median_s
+
+    def speedup_clear(self, method: str = "closed", over: str = "best") -> bool | None:
+        """True when ``method``'s upper quartile is below ``over``'s lower quartile: faster
+        outside the run's spread; None where either was not measured."""
+        reference = self.best_autodiff() if over == "best" else self.timings.get(over)
+        if reference is None or method not in self.timings:
+            return None
+        return self.timings[method].p75_s < reference.p25_s
+
+    def floor_multiple(self, method: str = "closed") -> float | None:
+        """The method's median time as a multiple of the write floor's; None if not timed."""
+        if method not in self.timings:
+            return None
+        return self.timings[method].median_s / self.timings["floor"].median_s
+
+
+def _median(t: Timing) -> float:
+    return t.median_s
+
+
+def _memory(compiled: Any) -> tuple[int | None, int | None]:
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # not every backend exposes it
+        return None, None
+    if stats is None:
+        return None, None
+    return int(stats.temp_size_in_bytes), int(stats.output_size_in_bytes)
+
+
+def _run(compiled: Any, args: Sequence[Any], calls: int) -> float:
+    """Seconds per call over ``calls`` back-to-back calls, ending on block_until_ready."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        out = compiled(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / calls
+
+
+def write_floor(fill: jax.Array, *, shape: tuple[int, ...]) -> jax.Array:
+    """An array of ``shape`` written by one fused elementwise loop: ``fill * iota``."""
+    if not shape:  # a scalar Jacobian
+        return -fill
+    return fill * jax.lax.broadcasted_iota(fill.dtype, shape, len(shape) - 1)
+
+
+def methods_for(rule: Rule, args: Sequence[Any], dense: bool = True) -> dict[str, Callable]:
+    """The functions timed for one case, each taking the rule's arguments.
+
+    ``closed``: the dense closed form; ``jacfwd``, ``jacrev`` (and ``grad`` for a scalar
+    output): autodiff's dense Jacobian; ``structured``: the structured closed form
+    (``rule.structured``); ``mv``: its Jacobian-vector product with a fixed random tangent;
+    ``jvp``: ``jax.jvp`` of the map with the same tangent. ``dense=False`` leaves out the
+    dense methods (for sizes where a dense Jacobian would not fit).
+    """
+    x = jnp.asarray(args[rule.wrt])
+    tangent = jax.random.normal(jax.random.key(1), x.shape, x.dtype)
+
+    def of_x(call: Sequence[Any]) -> Callable:
+        return lambda x: rule.fn(*call[: rule.wrt], x, *call[rule.wrt + 1 :])
+
+    methods: dict[str, Callable] = {}
+    if dense:
+        methods["closed"] = partial(rule.jacobian, layout="numerator")
+        methods["jacfwd"] = rule.jacfwd
+        methods["jacrev"] = rule.jacrev
+        if jax.eval_shape(rule.fn, *args).shape == ():
+            methods["grad"] = jax.grad(rule.fn, argnums=rule.wrt)
+    methods["structured"] = rule.structured
+    methods["mv"] = lambda *call: rule.structured(*call).mv(tangent)
+    methods["jvp"] = lambda *call: jax.jvp(of_x(call), (call[rule.wrt],), (tangent,))[1]
+    return methods
+
+
+def bench_case(
+    rule: Rule,
+    dtype: str,
+    size: int,
+    *,
+    rounds: int = 7,
+    min_sample_s: float = 2e-3,
+    seed: int = 0,
+    max_dense_bytes: int = 2**28,
+) -> Case:
+    """Time every method of one case, interleaved round by round.
+
+    Where the dense Jacobian would take more than ``max_dense_bytes`` (256 MiB), only the
+    structured form, its ``mv``, ``jax.jvp`` and the floor are timed.
+    """
+    args = rule.example(jax.random.fold_in(jax.random.key(seed), size), jnp.dtype(dtype), size)
+    shape = jax.eval_shape(partial(rule.jacobian, layout="numerator"), *args)
+    dense_bytes = math.prod(shape.shape) * jnp.dtype(shape.dtype).itemsize
+    methods = methods_for(rule, args, dense=dense_bytes <= max_dense_bytes)
+    fill = jnp.asarray(0.5, shape.dtype)
+    methods["floor"] = partial(write_floor, shape=shape.shape)
+    call_args = {name: args for name in methods}
+    call_args["floor"] = (fill,)
+
+    compiled, compile_s, calls = {}, {}, {}
+    for name, fn in methods.items():
+        lowered = jax.jit(fn).lower(*call_args[name])
+        start = time.perf_counter()
+        compiled[name] = lowered.compile()
+        compile_s[name] = time.perf_counter() - start
+        per_call = _run(compiled[name], call_args[name], 1)  # warm-up
+        per_call = _run(compiled[name], call_args[name], 1)
+        calls[name] = max(1, min(10_000, math.ceil(min_sample_s / max(per_call, 1e-9))))
+
+    samples: dict[str, list[float]] = {name: [] for name in methods}
+    order = list(methods)
+    for round_index in range(rounds):
+        shift = round_index % len(order)
+        for name in order[shift:] + order[:shift]:
+            samples[name].append(_run(compiled[name], call_args[name], calls[name]))
+
+    timings = {}
+    for name in methods:
+        p25, median, p75 = np.percentile(samples[name], [25, 50, 75])
+        temp, output = _memory(compiled[name])
+        timings[name] = Timing(
+            rule.id,
+            dtype,
+            size,
+            name,
+            compile_s[name],
+            float(median),
+            float(p25),
+            float(p75),
+            calls[name],
+            rounds,
+            temp,
+            output,
+        )
+    return Case(rule.id, dtype, size, tuple(shape.shape), timings)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchReport:
+    """Every case of a run, and where it ran."""
+
+    cases: tuple[Case, ...]
+    environment: dict[str, Any]
+    settings: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary with schema ``BENCH_SCHEMA``."""
+        return {
+            "schema": BENCH_SCHEMA,
+            "environment": self.environment,
+            "settings": self.settings,
+            "cases": [
+                {
+                    "rule": c.rule,
+                    "dtype": c.dtype,
+                    "size": c.size,
+                    "jacobian_shape": list(c.jacobian_shape),
+                    "speedup_vs_best_jac": c.speedup(),
+                    "speedup_clear": c.speedup_clear(),
+                    "structured_speedup_vs_best_jac": c.speedup("structured"),
+                    "mv_speedup_vs_jvp": c.speedup("mv", over="jvp"),
+                    "mv_speedup_clear": c.speedup_clear("mv", over="jvp"),
+                    "closed_floor_multiple": c.floor_multiple(),
+                    "timings": {m: dataclasses.asdict(t) for m, t in c.timings.items()},
+                }
+                for c in self.cases
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchReport:
+        """Read back a report written by :meth:`to_dict` (same schema only)."""
+        if data.get("schema") != BENCH_SCHEMA:
+            raise ValueError(f"schema {data.get('schema')!r} is not {BENCH_SCHEMA!r}")
+        cases = tuple(
+            Case(
+                c["rule"],
+                c["dtype"],
+                c["size"],
+                tuple(c["jacobian_shape"]),
+                {m: Timing(**t) for m, t in c["timings"].items()},
+            )
+            for c in data["cases"]
+        )
+        return cls(cases, data["environment"], data["settings"])
+
+
+def bench(
+    rule_ids: Iterable[str] | None = None,
+    *,
+    dtypes: Iterable[str] = ("float32",),
+    sizes: Sequence[int] | None = None,
+    quick: bool = False,
+    rounds: int | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> BenchReport:
+    """Benchmark every rule (or ``rule_ids``) at every dtype over its size sweep.
+
+    ``sizes`` overrides every rule's sweep; ``quick`` takes two small sizes and three rounds
+    (a check that the benchmark runs, not a measurement). ``progress`` is called with
+    (cases done, cases in all, label) before each case.
+    """
+    selected = all_rules() if rule_ids is None else tuple(get_rule(r) for r in rule_ids)
+    dtypes = tuple(dtypes)
+    rounds = rounds if rounds is not None else (3 if quick else 7)
+    plan = [
+        (r, dtype, size)
+        for r in selected
+        for dtype in dtypes
+        for size in (tuple(sizes) if sizes else default_sizes(r.id, quick))
+    ]
+    cases = []
+    with _x64("float64" in dtypes), jax.default_matmul_precision("highest"):
+        env = environment()
+        env["cpu_count"] = os.cpu_count()
+        for index, (r, dtype, size) in enumerate(plan):
+            if progress is not None:
+                progress(index, len(plan), f"{r.id} {dtype} {size}")
+            cases.append(bench_case(r, dtype, size, rounds=rounds, seed=seed))
+        if progress is not None:
+            progress(len(plan), len(plan), "done")
+    settings = {"rounds": rounds, "quick": quick, "seed": seed, "dtypes": list(dtypes)}
+    return BenchReport(tuple(cases), env, settings)

@@ -1,0 +1,140 @@
+"""The benchmark runs and reports what it measured. Nothing here asserts a speed: timings
+on a shared machine are for the benchmark's ratios, not for tests."""
+
+import json
+
+import jax.numpy as jnp
+import pytest
+
+import matcalc_jax as mj
+from matcalc_jax import _bench_output as output
+from matcalc_jax._bench import (
+    BENCH_SCHEMA,
+    BenchReport,
+    bench,
+    bench_case,
+    default_sizes,
+    write_floor,
+)
+from matcalc_jax._cli import main
+
+
+@pytest.fixture(scope="module")
+def report():
+    return bench(["linear", "product_inner"], dtypes=["float32"], sizes=[4, 8], rounds=2)
+
+
+def test_every_case_times_closed_form_autodiff_and_floor(report):
+    assert [(c.rule, c.size) for c in report.cases] == [
+        ("linear", 4),
+        ("linear", 8),
+        ("product_inner", 4),
+        ("product_inner", 8),
+    ]
+    for case in report.cases:
+        expected = {"closed", "jacfwd", "jacrev", "floor", "structured", "mv", "jvp"}
+        if case.rule == "product_inner":  # scalar output: jax.grad is timed too
+            expected.add("grad")
+        assert set(case.timings) == expected
+        for t in case.timings.values():
+            assert 0 < t.p25_s <= t.median_s <= t.p75_s
+            assert t.compile_s > 0 and t.samples == 2 and t.calls_per_sample >= 1
+        assert case.speedup() > 0 and case.floor_multiple() > 0
+        assert case.speedup("structured") > 0 and case.speedup("mv", over="jvp") > 0
+
+
+def test_large_cases_time_only_the_structured_methods():
+    case = bench_case(mj.rule("exp"), "float32", 64, rounds=1, max_dense_bytes=1024)
+    assert set(case.timings) == {"structured", "mv", "jvp", "floor"}
+    assert not case.dense
+    assert case.speedup() is None and case.speedup_clear() is None
+    assert case.speedup("mv", over="jvp") > 0
+    assert output.rows(BenchReport((case,), {}, {}))[0][3] == "-"  # no closed-form time
+
+
+def test_jacobian_shape_and_memory_are_recorded(report):
+    linear = report.cases[1]
+    assert linear.jacobian_shape == (9, 8)
+    closed = linear.timings["closed"]
+    if closed.output_bytes is not None:  # CPU and GPU backends expose memory_analysis
+        assert closed.output_bytes == 9 * 8 * 4
+
+
+def test_report_round_trips_through_json(report, tmp_path):
+    path = tmp_path / "bench.json"
+    output.write_json(report, path)
+    data = json.loads(path.read_text())
+    assert data["schema"] == BENCH_SCHEMA
+    assert data["environment"]["platform"] == "cpu"
+    assert data["settings"]["rounds"] == 2
+    again = output.read_json(path)
+    assert again.cases == report.cases
+
+
+def test_reading_another_schema_is_an_error():
+    with pytest.raises(ValueError, match="schema"):
+        BenchReport.from_dict({"schema": "something/else", "cases": []})
+
+
+def test_table_markdown_and_csv_have_a_row_per_case(report):
+    table = output.format_table(report)
+    assert table.count("\n") == 1 + len(report.cases)
+    assert "speed-up" in table and "product_inner" in table
+    markdown = output.format_markdown(report)
+    assert markdown.count("\n| ") == len(report.cases)
+    rows = output.format_csv(report).strip().splitlines()
+    assert len(rows) == 1 + sum(len(c.timings) for c in report.cases)
+
+
+def test_plots_are_written(report, tmp_path):
+    pytest.importorskip("matplotlib")
+    paths = output.write_plots(report, tmp_path)
+    assert {p.name for p in paths} == {"time_vs_size_float32.png", "speedup_float32.png"}
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_write_floor_writes_the_jacobian_shape_and_dtype():
+    out = write_floor(jnp.float32(2.0), shape=(3, 4))
+    assert out.shape == (3, 4) and out.dtype == jnp.float32
+    assert float(out[0, 1]) == 2.0
+    assert write_floor(jnp.float64(2.0), shape=()).shape == ()  # logistic_scalar's Jacobian
+
+
+def test_default_sizes_cover_every_rule():
+    for r in mj.rules():
+        assert len(default_sizes(r.id)) >= 3
+        assert len(default_sizes(r.id, quick=True)) == 2
+    assert max(default_sizes("softmax")) == 16384  # structured only above 4096
+    assert max(default_sizes("chain_vector")) == 2048
+
+
+def test_cli_bench_writes_its_outputs(tmp_path, capsys):
+    json_path, csv_path, md_path = tmp_path / "b.json", tmp_path / "b.csv", tmp_path / "b.md"
+    code = main(
+        [
+            "bench",
+            "--rules",
+            "exp",
+            "--sizes",
+            "4",
+            "--rounds",
+            "1",
+            "--out",
+            str(json_path),
+            "--csv",
+            str(csv_path),
+            "--markdown",
+            str(md_path),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "exp" in out and "speed-up" in out
+    assert json.loads(json_path.read_text())["cases"][0]["rule"] == "exp"
+    assert csv_path.read_text().startswith("rule,dtype,size,method")
+    assert md_path.read_text().startswith("| rule |")
+
+
+def test_cli_bench_rejects_zero_rounds():
+    with pytest.raises(SystemExit):
+        main(["bench", "--rounds", "0"])

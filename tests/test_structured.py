@@ -1,0 +1,236 @@
+"""Structured Jacobians: every rule's structured form equals its dense closed form and
+autodiff; the operator algebra keeps structure; pytrees pass through jit and vmap."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import matcalc_jax as mj
+from matcalc_jax._layout import swap_out_in
+
+from .helpers import FLOAT_DTYPES, assert_jacobians_close, key
+
+RULES = mj.rules()
+IDS = [r.id for r in RULES]
+
+TIGHTEST = {
+    "product_inner": mj.Dense,  # a gradient: dense is its only form
+    "product_bilinear": mj.Dense,
+    "product_scalar_vector": mj.Sum,  # y dz/dx + z (dy/dx)^T: scaled composition + rank one
+    "chain_vector": mj.Composition,  # V diag(f') W, never multiplied out
+    "chain_matrix_trace": mj.Dense,  # gradient A^T (dz/dY) B^T from the Kronecker form
+    "chain_matrix_vector": mj.Dense,
+    "chain_scalar": mj.Dense,
+    "identity": mj.Identity,
+    "linear": mj.Dense,
+    "linear_transposed": mj.Dense,
+    "elementwise": mj.Diagonal,
+    "logistic_scalar": mj.Diagonal,
+    "logistic_vector": mj.Diagonal,
+    "sum": mj.Sum,
+    "power": mj.Diagonal,
+    "exp": mj.Diagonal,
+    "log": mj.Diagonal,
+    "logistic_general": mj.Diagonal,
+    "softmax": mj.DiagonalPlusLowRank,
+}
+
+
+@pytest.mark.parametrize("r", RULES, ids=IDS)
+def test_each_rule_returns_its_tightest_type(r):
+    assert set(TIGHTEST) == set(IDS)
+    op = r.structured(*r.example(key(0)))
+    assert type(op) is TIGHTEST[r.id]
+    assert isinstance(op, mj.JacobianOperator)
+
+
+@pytest.mark.parametrize("r", RULES, ids=IDS)
+@pytest.mark.parametrize("layout", mj.LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_structured_to_dense_equals_the_dense_closed_form_and_jacfwd(r, layout, dtype):
+    args = r.example(key(1), jnp.dtype(dtype), size=4)
+    op = jax.jit(r.structured, static_argnames="layout")(*args, layout=layout)
+    assert op.layout == layout
+    dense = op.to_dense()
+    assert dense.shape == op.shape
+    assert dense.dtype == jnp.dtype(dtype)
+    assert_jacobians_close(dense, r.jacobian(*args, layout=layout))
+    assert_jacobians_close(dense, r.jacfwd(*args, layout=layout))
+
+
+@pytest.mark.parametrize("r", RULES, ids=IDS)
+def test_mv_and_vm_equal_jvp_and_vjp_under_jit_and_vmap(r):
+    args = r.example(key(2), jnp.float64, size=3)
+    x = jnp.asarray(args[r.wrt])
+    out = r.fn(*args)
+    tangents = jax.random.normal(key(3), (5, *x.shape), jnp.float64)
+    cotangents = jax.random.normal(key(4), (5, *out.shape), jnp.float64)
+
+    def of_x(x):
+        return r.fn(*args[: r.wrt], x, *args[r.wrt + 1 :])
+
+    op = jax.jit(r.structured)(*args)
+    mv = jax.jit(jax.vmap(op.mv))(tangents)
+    vm = jax.jit(jax.vmap(op.vm))(cotangents)
+    jvp = jax.vmap(lambda t: jax.jvp(of_x, (x,), (t,))[1])(tangents)
+    _, pullback = jax.vjp(of_x, x)
+    vjp = jax.vmap(lambda u: pullback(u)[0])(cotangents)
+    assert_jacobians_close(mv, jvp)
+    assert_jacobians_close(vm, vjp)
+    # The adjoint identity <u, J v> = <J^T u, v>, for each pair.
+    forward = jnp.sum(cotangents * mv, axis=tuple(range(1, mv.ndim)))
+    backward = jnp.sum(vm * tangents, axis=tuple(range(1, vm.ndim)))
+    assert_jacobians_close(forward, backward)
+
+
+def test_structured_forms_vmap_over_the_rule_arguments():
+    xs = jax.random.normal(key(5), (6, 4), jnp.float64)
+    ops = jax.vmap(mj.rule("softmax").structured)(xs)  # a batch of operators (a pytree)
+    dense = jax.vmap(lambda op: op.to_dense())(ops)
+    np.testing.assert_allclose(dense, jax.vmap(jax.jacfwd(jax.nn.softmax))(xs), atol=1e-12)
+
+
+def test_operators_are_pytrees():
+    op = mj.Diagonal(jnp.arange(3.0))
+    doubled = jax.tree_util.tree_map(lambda leaf: 2 * leaf, op)
+    assert type(doubled) is mj.Diagonal
+    np.testing.assert_array_equal(doubled.values, [0.0, 2.0, 4.0])
+    composite = mj.Scaled(jnp.float32(2.0), mj.Kronecker(jnp.eye(2), jnp.ones((3, 4))))
+    leaves, treedef = jax.tree_util.tree_flatten(composite)
+    assert len(leaves) == 3
+    rebuilt = jax.tree_util.tree_unflatten(treedef, leaves)
+    np.testing.assert_array_equal(rebuilt.to_dense(), composite.to_dense())
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        mj.Identity((3,), "float64"),
+        mj.Diagonal(jnp.array([1.0, -2.0, 3.0])),
+        mj.Dense(jnp.arange(6.0).reshape(2, 3), 1),
+        mj.LowRank(jnp.ones((2, 1)), jnp.arange(3.0)[:, None]),
+        mj.DiagonalPlusLowRank(jnp.arange(3.0), jnp.ones((3, 2)), jnp.ones((3, 2))),
+        mj.Kronecker(jnp.arange(6.0).reshape(3, 2), jnp.arange(12.0).reshape(3, 4)),
+        mj.Kronecker(jnp.arange(6.0).reshape(3, 2), jnp.arange(3.0)),
+        mj.BlockDiagonal(jnp.arange(24.0).reshape(2, 3, 4)),
+    ],
+    ids=lambda op: type(op).__name__,
+)
+def test_transpose_swaps_the_layout_and_the_dense_axes(op):
+    numerator = op.to_dense()
+    transposed = op.transpose()
+    assert transposed.layout == "denominator"
+    np.testing.assert_array_equal(transposed.to_dense(), swap_out_in(numerator, len(op.out_shape)))
+    np.testing.assert_array_equal(op.T.T.to_dense(), numerator)
+    np.testing.assert_array_equal(transposed.to_dense("numerator"), numerator)
+    # mv and vm are the map itself, whatever the layout.
+    v = jnp.ones(op.in_shape)
+    np.testing.assert_array_equal(transposed.mv(v), op.mv(v))
+
+
+def test_diagonal_of_square_operators_and_refusal_of_others():
+    d = mj.DiagonalPlusLowRank(jnp.arange(3.0), jnp.ones((3, 1)), jnp.arange(3.0)[:, None])
+    np.testing.assert_array_equal(d.diagonal(), jnp.diagonal(d.to_dense()))
+    k = mj.Kronecker(jnp.arange(4.0).reshape(2, 2), jnp.arange(9.0).reshape(3, 3))
+    np.testing.assert_array_equal(
+        k.diagonal(), jnp.diagonal(k.to_dense().reshape(6, 6)).reshape(2, 3)
+    )
+    b = mj.BlockDiagonal(jnp.arange(18.0).reshape(2, 3, 3))
+    np.testing.assert_array_equal(
+        b.diagonal(), jnp.diagonal(b.to_dense().reshape(6, 6)).reshape(2, 3)
+    )
+    s = mj.Dense(jnp.arange(4.0).reshape(2, 2), 1) + mj.Identity((2,), "float32")
+    np.testing.assert_array_equal(s.diagonal(), [1.0, 4.0])
+    with pytest.raises(ValueError, match=r"diagonal\(\).*square.*\(2,\).*\(3,\)"):
+        mj.Dense(jnp.ones((2, 3)), 1).diagonal()
+    with pytest.raises(ValueError, match="square"):
+        mj.LowRank(jnp.ones((2, 1)), jnp.ones((3, 1))).diagonal()
+
+
+def test_composition_keeps_structure_where_the_algebra_allows():
+    d1, d2 = mj.Diagonal(jnp.array([1.0, 2.0])), mj.Diagonal(jnp.array([3.0, 4.0]))
+    both = d1 @ d2
+    assert type(both) is mj.Diagonal
+    np.testing.assert_array_equal(both.values, [3.0, 8.0])
+
+    A1, B1 = jnp.arange(6.0).reshape(3, 2), jnp.arange(8.0).reshape(4, 2)
+    A2, B2 = jnp.arange(4.0).reshape(2, 2), jnp.arange(12.0).reshape(3, 4)
+    outer, inner = mj.Kronecker(A1, B1), mj.Kronecker(A2, B2)  # X (2,3) -> (2,4) -> (3,2)
+    kron = outer @ inner
+    assert type(kron) is mj.Kronecker
+    expected = jnp.tensordot(outer.to_dense(), inner.to_dense(), axes=2)
+    np.testing.assert_allclose(kron.to_dense(), expected)
+
+    b1 = mj.BlockDiagonal(jax.random.normal(key(6), (3, 2, 4)))
+    b2 = mj.BlockDiagonal(jax.random.normal(key(7), (3, 4, 5)))
+    blocks = b1 @ b2
+    assert type(blocks) is mj.BlockDiagonal
+    np.testing.assert_allclose(
+        blocks.to_dense(), jnp.tensordot(b1.to_dense(), b2.to_dense(), axes=2), rtol=1e-12
+    )
+
+    M = mj.Dense(jnp.arange(6.0).reshape(2, 3), 1)
+    assert mj.Identity((2,), "float64") @ M is M
+    assert M @ mj.Identity((3,), "float64") is M
+    scaled = (2.0 * d1) @ M
+    assert type(scaled) is mj.Scaled
+    lazy = d1 @ M
+    assert type(lazy) is mj.Composition
+    np.testing.assert_array_equal(lazy.to_dense(), jnp.diag(d1.values) @ M.to_dense())
+    np.testing.assert_array_equal(scaled.to_dense(), 2 * lazy.to_dense())
+
+
+def test_at_reads_its_operands_in_the_layout_order():
+    W = jnp.arange(6.0).reshape(3, 2)  # dy/dx, x in R^2, y in R^3
+    d = jnp.array([1.0, -1.0, 2.0])  # dz/dy = diag(d)
+    numerator = mj.Diagonal(d) @ mj.Dense(W, 1)  # (dz/dy)(dy/dx)
+    denominator = mj.Dense(W, 1, "denominator") @ mj.Diagonal(d, "denominator")  # seed order
+    np.testing.assert_array_equal(numerator.to_dense(), d[:, None] * W)
+    np.testing.assert_array_equal(denominator.to_dense(), (d[:, None] * W).T)
+
+
+def test_bad_compositions_and_sums_raise_clear_errors():
+    M = mj.Dense(jnp.ones((2, 3)), 1)
+    with pytest.raises(ValueError, match=r"takes \(3,\) but the inner .* gives \(2,\)"):
+        _ = M @ M
+    with pytest.raises(ValueError, match=r"numerator-layout .* denominator-layout"):
+        _ = M @ mj.Dense(jnp.ones((3, 3)), 1, "denominator")
+    with pytest.raises(ValueError, match="cannot add"):
+        _ = M + mj.Dense(jnp.ones((3, 2)), 1)
+    with pytest.raises(ValueError, match=r"Dense.mv: argument has shape \(2,\); expected \(3,\)"):
+        M.mv(jnp.ones(2))
+    with pytest.raises(ValueError, match="layout"):
+        M.to_dense(layout="rows")
+
+
+def test_combinators_take_structured_pieces_and_keep_structure():
+    x = jax.random.normal(key(8), (4,), jnp.float64)
+    W = jax.random.normal(key(9), (5, 4), jnp.float64)
+    z = jnp.tanh(W @ x)
+    dz = mj.chain_elementwise(1 - z**2, mj.Dense(W, 1))
+    assert type(dz) is mj.Composition
+    dense_dz = mj.chain_elementwise(1 - z**2, W)
+    np.testing.assert_allclose(dz.to_dense(), dense_dz)
+    # chain_vector with a Diagonal keeps Diagonal @ Diagonal diagonal.
+    assert type(mj.chain_vector(mj.Diagonal(z), mj.Diagonal(z))) is mj.Diagonal
+    # Mixed dense and structured pieces: the dense one is wrapped.
+    grad = mj.product_inner(z, z, dz, dense_dz)
+    np.testing.assert_allclose(
+        grad.to_dense(), jax.grad(lambda x: jnp.tanh(W @ x) @ jnp.tanh(W @ x))(x)
+    )
+    with pytest.raises(ValueError, match=r"'product_inner'.*'dy_dx'.*denominator"):
+        mj.product_inner(z, z, dz.transpose(), dense_dz)
+
+
+def test_batched_jacobian_is_block_diagonal_never_n_by_n():
+    xs = jax.random.normal(key(10), (7, 4), jnp.float64)
+    op = mj.batched_jacobian(mj.softmax_jacobian, xs)
+    assert type(op) is mj.BlockDiagonal
+    assert op.blocks.shape == (7, 4, 4)
+    batched = jax.vmap(jax.nn.softmax)
+    np.testing.assert_allclose(op.to_dense(), jax.jacfwd(batched)(xs), atol=1e-15)
+    v = jax.random.normal(key(11), xs.shape, jnp.float64)
+    np.testing.assert_allclose(op.mv(v), jax.jvp(batched, (xs,), (v,))[1], atol=1e-15)
+    with pytest.raises(ValueError, match=r"'xs' has shape \(4,\)"):
+        mj.batched_jacobian(mj.softmax_jacobian, xs[0])
