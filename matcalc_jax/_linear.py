@@ -96,7 +96,7 @@ def _linear_transposed_structured(
 ) -> Dense:
     layout = check_layout("linear_transposed", layout)
     A, _ = _matrix_vector("linear_transposed", A, x, axis=0)
-    return Dense(A.T, 1, layout)
+    return Dense(A, 1, layout, stored="denominator")  # A is (m, n) = in + out: no transpose
 
 
 def linear_map(A: ArrayLike, x: ArrayLike) -> Array:

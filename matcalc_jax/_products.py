@@ -107,7 +107,7 @@ def product_bilinear(
     z = _validate.vector("product_bilinear", "z", z)
     A = _validate.floating("product_bilinear", "A", A)
     _validate.shape("product_bilinear", "A", A, y.shape + z.shape, "(len(y), len(z))")
-    terms = [(A @ z, "dy_dx", dy_dx), (A.T @ y, "dz_dx", dz_dx)]
+    terms = [(A @ z, "dy_dx", dy_dx), (y @ A, "dz_dx", dz_dx)]  # y @ A = A^T y, no transpose
     return _gradient("product_bilinear", terms, layout)
 
 

@@ -109,6 +109,7 @@ def test_operators_are_pytrees():
         mj.Identity((3,), "float64"),
         mj.Diagonal(jnp.array([1.0, -2.0, 3.0])),
         mj.Dense(jnp.arange(6.0).reshape(2, 3), 1),
+        mj.Dense(jnp.arange(6.0).reshape(3, 2), 1, stored="denominator"),
         mj.LowRank(jnp.ones((2, 1)), jnp.arange(3.0)[:, None]),
         mj.DiagonalPlusLowRank(jnp.arange(3.0), jnp.ones((3, 2)), jnp.ones((3, 2))),
         mj.Kronecker(jnp.arange(6.0).reshape(3, 2), jnp.arange(12.0).reshape(3, 4)),
@@ -234,3 +235,16 @@ def test_batched_jacobian_is_block_diagonal_never_n_by_n():
     np.testing.assert_allclose(op.mv(v), jax.jvp(batched, (xs,), (v,))[1], atol=1e-15)
     with pytest.raises(ValueError, match=r"'xs' has shape \(4,\)"):
         mj.batched_jacobian(mj.softmax_jacobian, xs[0])
+
+
+def test_dense_stored_either_way_is_the_same_map():
+    A = jax.random.normal(key(12), (3, 4), jnp.float64)  # out 3, in 4
+    numerator = mj.Dense(A, 1)
+    denominator = mj.Dense.from_array(A.T, 1, "denominator")
+    assert denominator.stored == "denominator" and denominator.array is not None
+    assert denominator.out_shape == (3,) and denominator.in_shape == (4,)
+    v, u = jnp.arange(4.0), jnp.arange(3.0)
+    np.testing.assert_allclose(denominator.mv(v), numerator.mv(v))
+    np.testing.assert_allclose(denominator.vm(u), numerator.vm(u))
+    np.testing.assert_array_equal(denominator.to_dense("numerator"), A)
+    np.testing.assert_array_equal(denominator.to_dense(), A.T)

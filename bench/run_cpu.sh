@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The full CPU run committed in bench/results/ (about 15 minutes on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p bench/results
+matcalc-jax bench --platform cpu --dtype float32 float64 \
+  --out bench/results/cpu.json --csv bench/results/cpu.csv \
+  --markdown bench/results/cpu.md --plots bench/results
