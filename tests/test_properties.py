@@ -105,3 +105,38 @@ def test_product_inner_and_chain_vector_on_random_layers(args):
     assert_jacobians_close(mj.product_inner(y, z, dy, dz), expected)
     dy_den, dz_den = dy.T, dz.T
     assert_jacobians_close(mj.product_inner(y, z, dy_den, dz_den, layout="denominator"), expected)
+
+
+@st.composite
+def operators(draw):
+    """A random structured operator of any leaf type, with random shapes and values."""
+    n, m, r = draw(sizes), draw(sizes), draw(st.integers(1, 3))
+    kind = draw(st.sampled_from(["dense", "low_rank", "dplr", "kron", "kron_vec", "blocks"]))
+    if kind == "dense":
+        return mj.Dense(draw(matrices(n, m)), 1)
+    if kind == "low_rank":
+        return mj.LowRank(draw(matrices(n, r)), draw(matrices(m, r)))
+    if kind == "dplr":
+        return mj.DiagonalPlusLowRank(draw(vectors(n)), draw(matrices(n, r)), draw(matrices(n, r)))
+    if kind == "kron":
+        return mj.Kronecker(draw(matrices(n, m)), draw(matrices(r, n)))
+    if kind == "kron_vec":
+        return mj.Kronecker(draw(matrices(n, m)), draw(vectors(r)))
+    blocks = hnp.arrays(np.float64, (r, n, m), elements=values).map(jnp.asarray)
+    return mj.BlockDiagonal(draw(blocks))
+
+
+@given(operators(), st.integers(0, 2**31 - 1))
+def test_operator_products_equal_the_dense_matrix(op, seed):
+    """mv, vm and diagonal of every leaf type against its own dense matrix."""
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    v = jax.random.normal(k1, op.in_shape, jnp.float64)
+    u = jax.random.normal(k2, op.out_shape, jnp.float64)
+    dense = op.to_dense()
+    in_ndim = len(op.in_shape)
+    np.testing.assert_allclose(op.mv(v), jnp.tensordot(dense, v, axes=in_ndim), atol=1e-9)
+    np.testing.assert_allclose(op.vm(u), jnp.tensordot(u, dense, axes=len(op.out_shape)), atol=1e-9)
+    if op.in_shape == op.out_shape:
+        size = int(np.prod(op.in_shape))
+        diagonal = jnp.diagonal(dense.reshape(size, size)).reshape(op.in_shape)
+        np.testing.assert_allclose(op.diagonal(), diagonal, atol=1e-12)
