@@ -6,3 +6,5 @@ mkdir -p bench/results
 matcalc-jax bench --platform cpu --dtype float32 float64 \
   --out bench/results/cpu.json --csv bench/results/cpu.csv \
   --markdown bench/results/cpu.md --plots bench/results
+matcalc-jax bench-models --rounds 15 --out bench/results/models_cpu.json \
+  | tee bench/results/models_cpu.txt

@@ -6,6 +6,7 @@ below, that takes ``layout="numerator"`` (JAX's ``out.shape + in.shape``, the de
 rules are combinators: they build a Jacobian from the Jacobians of the pieces.
 """
 
+from matcalc_jax import mlp, nn
 from matcalc_jax._catalogue import rule, rules
 from matcalc_jax._chains import (
     chain_elementwise,
@@ -85,6 +86,8 @@ __all__ = [
     "logistic_jacobian",
     "logistic_prime",
     "logistic_scalar_jacobian",
+    "mlp",
+    "nn",
     "power_jacobian",
     "product_bilinear",
     "product_inner",

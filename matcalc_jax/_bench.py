@@ -195,6 +195,55 @@ def methods_for(rule: Rule, args: Sequence[Any], dense: bool = True) -> dict[str
     return methods
 
 
+def time_methods(
+    label: str,
+    dtype: str,
+    size: int,
+    methods: dict[str, Callable],
+    call_args: dict[str, Sequence[Any]],
+    *,
+    rounds: int = 7,
+    min_sample_s: float = 2e-3,
+) -> dict[str, Timing]:
+    """Compile each method apart, warm it up, and time all of them in interleaved rounds."""
+    compiled, compile_s, calls = {}, {}, {}
+    for name, fn in methods.items():
+        lowered = jax.jit(fn).lower(*call_args[name])
+        start = time.perf_counter()
+        compiled[name] = lowered.compile()
+        compile_s[name] = time.perf_counter() - start
+        per_call = _run(compiled[name], call_args[name], 1)  # warm-up
+        per_call = _run(compiled[name], call_args[name], 1)
+        calls[name] = max(1, min(10_000, math.ceil(min_sample_s / max(per_call, 1e-9))))
+
+    samples: dict[str, list[float]] = {name: [] for name in methods}
+    order = list(methods)
+    for round_index in range(rounds):
+        shift = round_index % len(order)
+        for name in order[shift:] + order[:shift]:
+            samples[name].append(_run(compiled[name], call_args[name], calls[name]))
+
+    timings = {}
+    for name in methods:
+        p25, median, p75 = np.percentile(samples[name], [25, 50, 75])
+        temp, output = _memory(compiled[name])
+        timings[name] = Timing(
+            label,
+            dtype,
+            size,
+            name,
+            compile_s[name],
+            float(median),
+            float(p25),
+            float(p75),
+            calls[name],
+            rounds,
+            temp,
+            output,
+        )
+    return timings
+
+
 def bench_case(
     rule: Rule,
     dtype: str,
@@ -218,42 +267,9 @@ def bench_case(
     methods["floor"] = partial(write_floor, shape=shape.shape)
     call_args = {name: args for name in methods}
     call_args["floor"] = (fill,)
-
-    compiled, compile_s, calls = {}, {}, {}
-    for name, fn in methods.items():
-        lowered = jax.jit(fn).lower(*call_args[name])
-        start = time.perf_counter()
-        compiled[name] = lowered.compile()
-        compile_s[name] = time.perf_counter() - start
-        per_call = _run(compiled[name], call_args[name], 1)  # warm-up
-        per_call = _run(compiled[name], call_args[name], 1)
-        calls[name] = max(1, min(10_000, math.ceil(min_sample_s / max(per_call, 1e-9))))
-
-    samples: dict[str, list[float]] = {name: [] for name in methods}
-    order = list(methods)
-    for round_index in range(rounds):
-        shift = round_index % len(order)
-        for name in order[shift:] + order[:shift]:
-            samples[name].append(_run(compiled[name], call_args[name], calls[name]))
-
-    timings = {}
-    for name in methods:
-        p25, median, p75 = np.percentile(samples[name], [25, 50, 75])
-        temp, output = _memory(compiled[name])
-        timings[name] = Timing(
-            rule.id,
-            dtype,
-            size,
-            name,
-            compile_s[name],
-            float(median),
-            float(p25),
-            float(p75),
-            calls[name],
-            rounds,
-            temp,
-            output,
-        )
+    timings = time_methods(
+        rule.id, dtype, size, methods, call_args, rounds=rounds, min_sample_s=min_sample_s
+    )
     return Case(rule.id, dtype, size, tuple(shape.shape), timings)
 
 

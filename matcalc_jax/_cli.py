@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -150,6 +151,36 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_models(args: argparse.Namespace) -> int:
+    import json
+
+    from matcalc_jax._bench_models import bench_models, format_models
+    from matcalc_jax._harness import environment
+
+    cases = bench_models(dtype=args.dtype, quick=args.quick, rounds=args.rounds)
+    env = environment()
+    print(f"device: {env['platform']} ({env['device_kind']}), jax {env['jax']}")
+    print(format_models(cases))
+    if args.out:
+        data = {
+            "schema": "matcalc-jax/bench-models/1",
+            "environment": env,
+            "cases": [
+                {
+                    "case": c.rule,
+                    "dtype": c.dtype,
+                    "width": c.size,
+                    "batch": c.jacobian_shape[0],
+                    "timings": {m: dataclasses.asdict(t) for m, t in c.timings.items()},
+                }
+                for c in cases
+            ],
+        }
+        Path(args.out).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     from matcalc_jax._catalogue import rules
 
@@ -215,6 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--platform", choices=PLATFORMS, default="cpu", help="cpu (default), gpu, or default"
     )
     bench.set_defaults(run=_bench)
+
+    models = commands.add_parser(
+        "bench-models",
+        help="time an MLP training step with matcalc_jax.nn against jax.nn, and the "
+        "closed-form backprop against jax.grad",
+    )
+    models.add_argument("--dtype", default="float32", help="dtype (default: float32)")
+    models.add_argument("--quick", action="store_true", help="one small size, three rounds")
+    models.add_argument("--rounds", type=int, help="rounds of samples (default 7; quick 3)")
+    models.add_argument("--out", metavar="PATH", help="write the results as JSON")
+    models.add_argument(
+        "--platform", choices=PLATFORMS, default="cpu", help="cpu (default), gpu, or default"
+    )
+    models.set_defaults(run=_bench_models)
 
     listing = commands.add_parser("list", help="list the rules with their formulas")
     listing.set_defaults(run=_list, platform="default")

@@ -138,3 +138,15 @@ def test_cli_bench_writes_its_outputs(tmp_path, capsys):
 def test_cli_bench_rejects_zero_rounds():
     with pytest.raises(SystemExit):
         main(["bench", "--rounds", "0"])
+
+
+def test_model_benchmark_runs_and_reports_both_libraries(tmp_path, capsys):
+    path = tmp_path / "models.json"
+    assert main(["bench-models", "--quick", "--rounds", "1", "--out", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "jax.nn step / matcalc_jax.nn step" in out
+    assert "closed-form backprop" in out
+    data = json.loads(path.read_text())
+    assert {c["case"] for c in data["cases"]} == {"mlp_train_step", "mlp_gradient"}
+    gradient = next(c for c in data["cases"] if c["case"] == "mlp_gradient")
+    assert set(gradient["timings"]) == {"closed", "grad", "grad_jax_nn"}

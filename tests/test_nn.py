@@ -1,0 +1,195 @@
+"""matcalc_jax.nn: values and derivatives against jax.nn where jax.nn is right, the edges
+where it is not, and every transformation a model puts them through."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from matcalc_jax import nn
+
+from .helpers import assert_jacobians_close, key
+
+ELEMENTWISE = {
+    "sigmoid": jax.nn.sigmoid,
+    "softplus": jax.nn.softplus,
+    "log_sigmoid": jax.nn.log_sigmoid,
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+}
+REDUCTIONS = {
+    "softmax": jax.nn.softmax,
+    "log_softmax": jax.nn.log_softmax,
+    "logsumexp": jax.nn.logsumexp,
+}
+ALL_FLOATS = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
+
+
+def moderate(dtype, shape=(7,), seed=0):
+    """Inputs where jax.nn is accurate: |x| < 3, away from relu's kink."""
+    x = 1.5 * jax.random.normal(key(seed), shape, jnp.float64)
+    return jnp.where(jnp.abs(x) < 1e-3, 0.5, x).astype(dtype)
+
+
+@pytest.mark.parametrize("name", list(ELEMENTWISE))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_elementwise_values_and_two_derivatives_match_jax_nn(name, dtype):
+    ours, theirs = getattr(nn, name), ELEMENTWISE[name]
+    x = moderate(dtype)
+    assert_jacobians_close(ours(x), theirs(x))
+    for order in (1, 2):
+        d_ours, d_theirs = ours, theirs
+        for _ in range(order):
+            d_ours, d_theirs = jax.grad(d_ours), jax.grad(d_theirs)
+        assert_jacobians_close(jax.vmap(d_ours)(x), jax.vmap(d_theirs)(x))
+
+
+@pytest.mark.parametrize("name", list(REDUCTIONS))
+@pytest.mark.parametrize("axis", [-1, 0])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_reductions_match_jax_nn_in_value_jacobian_and_hessian(name, axis, dtype):
+    ours = lambda x: getattr(nn, name)(x, axis=axis)  # noqa: E731
+    theirs = lambda x: REDUCTIONS[name](x, axis=axis)  # noqa: E731
+    x = moderate(dtype, (3, 4), seed=1)
+    assert_jacobians_close(ours(x), theirs(x))
+    assert_jacobians_close(jax.jacfwd(ours)(x), jax.jacfwd(theirs)(x))
+    assert_jacobians_close(jax.jacrev(ours)(x), jax.jacrev(theirs)(x))
+    loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x)))  # noqa: E731
+    assert_jacobians_close(jax.hessian(loss(ours))(x), jax.hessian(loss(theirs))(x))
+
+
+def test_logsumexp_reduces_every_axis_by_default_like_jax_nn():
+    x = moderate(jnp.float64, (3, 4))
+    assert nn.logsumexp(x).shape == ()
+    assert_jacobians_close(nn.logsumexp(x), jax.nn.logsumexp(x))
+    assert_jacobians_close(nn.logsumexp(x, axis=(0, 1)), jax.nn.logsumexp(x))
+
+
+@pytest.mark.parametrize("name", ["inner", "bilinear", "dense", "linear"])
+def test_seed_forms_match_autodiff_of_the_plain_formula(name):
+    k = jax.random.split(key(2), 4)
+    y, z = jax.random.normal(k[0], (3,), jnp.float64), jax.random.normal(k[1], (4,), jnp.float64)
+    A = jax.random.normal(k[2], (3, 4), jnp.float64)
+    b = jax.random.normal(k[3], (3,), jnp.float64)
+    cases = {
+        "inner": (nn.inner, lambda y, z: y @ z, (y, y[::-1])),
+        "bilinear": (nn.bilinear, lambda y, A, z: y @ A @ z, (y, A, z)),
+        "dense": (nn.dense, lambda W, x, b: W @ x + b, (A, z, b)),
+        "linear": (nn.linear, lambda A, x: A @ x, (A, z)),
+    }
+    ours, plain, args = cases[name]
+    argnums = tuple(range(len(args)))
+    assert_jacobians_close(ours(*args), plain(*args))
+    for transform in (jax.jacfwd, jax.jacrev):
+        got = transform(ours, argnums=argnums)(*args)
+        expected = transform(plain, argnums=argnums)(*args)
+        for g, e in zip(got, expected, strict=True):
+            assert_jacobians_close(g, e)
+
+
+def test_works_under_jit_vmap_scan_cond_and_hessian():
+    xs = moderate(jnp.float64, (5, 4))
+
+    def loss(x):
+        return nn.logsumexp(nn.tanh(x)) + jnp.sum(nn.sigmoid(x) * nn.softplus(x))
+
+    def reference(x):
+        return jax.nn.logsumexp(jnp.tanh(x)) + jnp.sum(jax.nn.sigmoid(x) * jax.nn.softplus(x))
+
+    assert_jacobians_close(jax.jit(jax.vmap(jax.grad(loss)))(xs), jax.vmap(jax.grad(reference))(xs))
+    assert_jacobians_close(jax.hessian(loss)(xs[0]), jax.hessian(reference)(xs[0]))
+
+    def scan_sum(f):
+        def step(carry, x):
+            return carry + f(x), None
+
+        return lambda xs: jax.lax.scan(step, jnp.zeros((), xs.dtype), xs)[0]
+
+    assert_jacobians_close(jax.grad(scan_sum(loss))(xs), jax.grad(scan_sum(reference))(xs))
+    branch = lambda f: lambda x: jax.lax.cond(x[0] > 0, f, lambda x: -f(x), x)  # noqa: E731
+    assert_jacobians_close(jax.grad(branch(loss))(xs[1]), jax.grad(branch(reference))(xs[1]))
+    assert_jacobians_close(jax.jacfwd(branch(loss))(xs[2]), jax.jacfwd(branch(reference))(xs[2]))
+
+
+def test_regression_sigmoid_derivative_at_37_4_in_float64_is_not_zero():
+    x = jnp.float64(37.4)
+    assert float(jax.nn.sigmoid(x) * (1 - jax.nn.sigmoid(x))) == 0.0  # the naive formula
+    assert float(jax.grad(nn.sigmoid)(x)) == pytest.approx(5.7198728773e-17, rel=1e-9)
+    assert float(jax.grad(nn.log_sigmoid)(-x)) == pytest.approx(1.0)
+    assert float(jax.grad(nn.log_sigmoid)(x)) == pytest.approx(5.7198728773e-17, rel=1e-9)
+
+
+def test_regression_tanh_derivative_in_the_tail_is_not_zero():
+    x = jnp.float64(20.0)
+    assert float(1 - jnp.tanh(x) ** 2) == 0.0  # the naive formula
+    assert float(jax.grad(nn.tanh)(x)) == pytest.approx(4 * np.exp(-40.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "logsumexp"])
+def test_regression_fully_masked_rows_give_finite_documented_derivatives(name):
+    x = jnp.array([[0.5, -1.0, 2.0], [-jnp.inf, -jnp.inf, -jnp.inf]])
+    f = lambda x: getattr(nn, name)(x, axis=-1)  # noqa: E731
+    values = f(x)
+    expected_masked = {"softmax": 0.0, "log_softmax": -jnp.inf, "logsumexp": -jnp.inf}[name]
+    np.testing.assert_array_equal(values[1], expected_masked)
+    for transform in (jax.jacfwd, jax.jacrev):
+        J = transform(f)(x)
+        assert bool(jnp.all(jnp.isfinite(J)))
+        np.testing.assert_array_equal(J[1], 0.0)
+        # The unmasked row is untouched: it matches jax.nn.
+        reference = transform(lambda x: getattr(jax.nn, name)(x, axis=-1))(x[:1])
+        assert_jacobians_close(J[:1, ..., :1, :], reference)
+    naive = jax.jacrev(lambda x: getattr(jax.nn, name)(x, axis=-1))(x)
+    assert bool(jnp.any(jnp.isnan(naive)))  # what jax.nn gives for the masked row
+
+
+def test_a_masked_entry_has_zero_weight_and_zero_derivative():
+    x = jnp.array([1.0, -jnp.inf, 0.0])
+    np.testing.assert_array_equal(nn.softmax(x)[1], 0.0)
+    J = jax.jacfwd(nn.softmax)(x)
+    np.testing.assert_array_equal(J[1], 0.0)
+    np.testing.assert_array_equal(J[:, 1], 0.0)
+    np.testing.assert_allclose(jax.grad(nn.logsumexp)(x), jax.nn.softmax(x), atol=1e-7)
+
+
+def test_large_logits_are_fine():
+    x = jnp.array([1e4, 1e4 - 2.0, -1e4], jnp.float32)
+    for f in (nn.softmax, nn.log_softmax):
+        J = jax.jacfwd(f)(x)
+        assert bool(jnp.all(jnp.isfinite(f(x)))) and bool(jnp.all(jnp.isfinite(J)))
+    assert float(nn.logsumexp(x)) == pytest.approx(1e4 + np.log1p(np.exp(-2.0)), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ALL_FLOATS)
+@pytest.mark.parametrize("name", list(ELEMENTWISE) + list(REDUCTIONS))
+def test_no_nan_or_inf_for_finite_inputs_in_any_float(name, dtype):
+    big = float(jnp.finfo(dtype).max)
+    x = jnp.array([-big, -1e4, -60.0, -1.0, 0.0, 1.0, 60.0, 1e4, big], dtype)
+    f = getattr(nn, name)
+    values = f(x)
+    gradient = jax.grad(lambda x: jnp.sum(f(x)))(x)
+    assert gradient.dtype == dtype
+    if name != "log_softmax":  # x_k - logsumexp(x) spans 2 * max here: it overflows to -inf
+        assert bool(jnp.all(jnp.isfinite(values))), values
+    assert bool(jnp.all(jnp.isfinite(gradient))), gradient
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False, width=32))
+def test_sigmoid_and_tanh_derivatives_are_finite_and_bounded_for_any_float32(x):
+    x = jnp.float32(x)
+    assert 0.0 <= float(jax.grad(nn.sigmoid)(x)) <= 0.25
+    assert 0.0 <= float(jax.grad(nn.tanh)(x)) <= 1.0
+    assert 0.0 <= float(jax.grad(nn.softplus)(x)) <= 1.0
+
+
+def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(TypeError, match=r"'nn.sigmoid'.*'x'.*int32"):
+        nn.sigmoid(jnp.arange(3, dtype=jnp.int32))
+    with pytest.raises(ValueError, match=r"'nn.dense'.*'b'.*\(2,\).*\(3,\)"):
+        nn.dense(jnp.ones((3, 4)), jnp.ones(4), jnp.ones(2))
+    with pytest.raises(ValueError, match="out of range"):
+        nn.softmax(jnp.ones(3), axis=1)
+    with pytest.raises(TypeError, match="axis"):
+        nn.softmax(jnp.ones(3), axis="last")
