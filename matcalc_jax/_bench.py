@@ -114,21 +114,24 @@ class Case:
         measured = [self.timings[m] for m in methods if m in self.timings]
         return min(measured, key=_median) if measured else None
 
-    def speedup(self, method: str = "closed", over: str = "best") -> float | None:
-        """Median time of ``over`` (``"best"``: the best of jacfwd and jacrev) over the
-        median time of ``method``; None where either was not measured."""
+    def _pair(self, method: str, over: str) -> tuple[Timing, Timing] | None:
+        """(method, reference) timings; ``over="best"`` is the best of jacfwd and jacrev."""
         reference = self.best_autodiff() if over == "best" else self.timings.get(over)
         if reference is None or method not in self.timings:
             return None
-        return reference.median_s / self.timings[method].median_s
+        return self.timings[method], reference
+
+    def speedup(self, method: str = "closed", over: str = "best") -> float | None:
+        """Median time of ``over`` (``"best"``: the best of jacfwd and jacrev) over the
+        median time of ``method``; None where either was not measured."""
+        pair = self._pair(method, over)
+        return None if pair is None else pair[1].median_s / pair[0].median_s
 
     def speedup_clear(self, method: str = "closed", over: str = "best") -> bool | None:
         """True when ``method``'s upper quartile is below ``over``'s lower quartile: faster
         outside the run's spread; None where either was not measured."""
-        reference = self.best_autodiff() if over == "best" else self.timings.get(over)
-        if reference is None or method not in self.timings:
-            return None
-        return self.timings[method].p75_s < reference.p25_s
+        pair = self._pair(method, over)
+        return None if pair is None else pair[0].p75_s < pair[1].p25_s
 
     def floor_multiple(self, method: str = "closed") -> float | None:
         """The method's median time as a multiple of the write floor's; None if not timed."""

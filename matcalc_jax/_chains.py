@@ -21,7 +21,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from matcalc_jax import _random, _validate
-from matcalc_jax._layout import Layout, check_layout, contract_output, multiply_in_layout
+from matcalc_jax._layout import Layout, check_layout, multiply_in_layout
 from matcalc_jax._linear import linear_jacobian
 from matcalc_jax._operators import (
     Dense,
@@ -109,13 +109,10 @@ def _gradient_through(
     outer = _validate.floating(rule_id, outer_name, outer)
     what = "a matrix (dz/dY for scalar z)" if rank == 2 else "a vector (dz/dy for scalar z)"
     _validate.rank(rule_id, outer_name, outer, rank, what)
-    if is_operator(inner):
-        op = as_operator(rule_id, inner_name, inner, outer.shape, layout)
-        _check_matrix_input(rule_id, inner_name, op.shape, op.in_shape)
-        return Dense(op.vm(outer), 0, layout)
-    jacobian, x_shape = _validate.jacobian(rule_id, inner_name, inner, outer.shape, layout)
-    _check_matrix_input(rule_id, inner_name, jacobian.shape, x_shape)
-    return contract_output(outer, jacobian, layout)
+    op = as_operator(rule_id, inner_name, inner, outer.shape, layout)  # dense: checked, wrapped
+    _check_matrix_input(rule_id, inner_name, op.shape, op.in_shape)
+    gradient = op.vm(outer)
+    return Dense(gradient, 0, layout) if is_operator(inner) else gradient
 
 
 def chain_scalar(dg_du: Any, du_dx: ArrayLike, *, layout: Layout = "numerator") -> Any:

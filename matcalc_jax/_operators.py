@@ -47,7 +47,7 @@ import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from matcalc_jax._layout import Layout, check_layout, from_numerator
+from matcalc_jax._layout import Layout, check_layout, contract_output, from_numerator
 
 _OTHER: dict[str, Layout] = {"numerator": "denominator", "denominator": "numerator"}
 
@@ -299,9 +299,7 @@ class Dense(JacobianOperator):
 
     def vm(self, cotangent: ArrayLike) -> Array:
         cotangent = _check_tangent(self, "vm", cotangent, self.out_shape)
-        if self.stored == "numerator":
-            return jnp.tensordot(cotangent, self.array, axes=self.out_ndim)
-        return jnp.tensordot(self.array, cotangent, axes=self.out_ndim)
+        return contract_output(cotangent, self.array, self.stored)
 
     def _numerator(self) -> Array:
         if self.stored == "numerator":

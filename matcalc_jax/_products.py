@@ -21,7 +21,7 @@ from jax.typing import ArrayLike
 
 from matcalc_jax import _random, _validate
 from matcalc_jax._chains import linear_piece, tanh_layer
-from matcalc_jax._layout import Layout, check_layout, contract_output
+from matcalc_jax._layout import Layout, check_layout
 from matcalc_jax._operators import Dense, LowRank, Scaled, as_operator, is_operator
 from matcalc_jax._rule import Rule
 
@@ -61,25 +61,19 @@ def product_inner(
 def _gradient(rule_id: str, terms: list[tuple[Array, str, Any]], layout: Layout) -> Any:
     """sum over terms of cotangent^T (dpiece/dx), the gradient of a scalar product.
 
-    Dense pieces are contracted as arrays; if any piece is structured, every piece is taken
-    as an operator and contracted with its ``vm``, and the gradient comes back as a
-    ``Dense`` operator with no output axes.
+    Every piece is taken as an operator (a dense array is checked and wrapped in ``Dense``,
+    whose ``vm`` is the plain contraction) and contracted with its ``vm``. The gradient is
+    an array for dense pieces, and a ``Dense`` operator with no output axes if any piece was
+    structured.
     """
-    if any(is_operator(piece) for _, _, piece in terms):
-        x_shape = None
-        gradient = 0
-        for cotangent, name, piece in terms:
-            op = as_operator(rule_id, name, piece, cotangent.shape, layout, x_shape)
-            x_shape = op.in_shape
-            gradient = gradient + op.vm(cotangent)
-        return Dense(gradient, 0, layout)
     x_shape = None
     gradient = 0
     for cotangent, name, piece in terms:
-        jacobian, x_shape = _validate.jacobian(
-            rule_id, name, piece, cotangent.shape, layout, x_shape
-        )
-        gradient = gradient + contract_output(cotangent, jacobian, layout)
+        op = as_operator(rule_id, name, piece, cotangent.shape, layout, x_shape)
+        x_shape = op.in_shape
+        gradient = gradient + op.vm(cotangent)
+    if any(is_operator(piece) for _, _, piece in terms):
+        return Dense(gradient, 0, layout)
     return gradient
 
 
