@@ -7,6 +7,16 @@ rules are combinators: they build a Jacobian from the Jacobians of the pieces.
 """
 
 from matcalc_jax import mlp, nn
+from matcalc_jax._affine import (
+    affine_matrix_gradient,
+    affine_matrix_jacobian,
+    kronecker_vec_jacobian,
+    linear_layer_bias_jacobian,
+    linear_layer_input_jacobian,
+    linear_layer_weight_jacobian,
+    trace_chain_per_entry,
+    trace_chain_vec,
+)
 from matcalc_jax._catalogue import rule, rules
 from matcalc_jax._chains import (
     chain_elementwise,
@@ -27,8 +37,30 @@ from matcalc_jax._elementwise import (
     power_jacobian,
 )
 from matcalc_jax._harness import Report, verify
+from matcalc_jax._inverse import (
+    det_gradient,
+    inverse_jacobian,
+    logdet_gradient,
+    reciprocal_condition,
+    solve_jacobian,
+    solve_rhs_jacobian,
+)
 from matcalc_jax._layout import LAYOUTS, Layout
 from matcalc_jax._linear import identity_jacobian, linear_jacobian, linear_transposed_jacobian
+from matcalc_jax._objectives import (
+    least_squares,
+    least_squares_gradient,
+    least_squares_hessian,
+    logistic_regression_gradient,
+    logistic_regression_hessian,
+    logistic_regression_loss,
+    quadratic_form,
+    quadratic_form_gradient,
+    quadratic_form_hessian,
+    softmax_cross_entropy,
+    softmax_cross_entropy_gradient,
+    softmax_cross_entropy_hessian,
+)
 from matcalc_jax._operators import (
     BlockDiagonal,
     Composition,
@@ -41,6 +73,7 @@ from matcalc_jax._operators import (
     LowRank,
     Scaled,
     Sum,
+    WeightedGram,
     batched_jacobian,
     compose,
 )
@@ -48,6 +81,13 @@ from matcalc_jax._products import product_bilinear, product_inner, product_scala
 from matcalc_jax._rule import Rule
 from matcalc_jax._softmax import softmax_jacobian
 from matcalc_jax._tolerance import TOLERANCES, tolerance
+from matcalc_jax._traces import (
+    frobenius_gradient,
+    frobenius_hessian,
+    trace_linear_gradient,
+    trace_quadratic_gradient,
+    trace_quadratic_hessian,
+)
 
 __version__ = "0.1.0"
 
@@ -68,6 +108,9 @@ __all__ = [
     "Rule",
     "Scaled",
     "Sum",
+    "WeightedGram",
+    "affine_matrix_gradient",
+    "affine_matrix_jacobian",
     "batched_jacobian",
     "chain_elementwise",
     "chain_matrix_trace",
@@ -75,16 +118,31 @@ __all__ = [
     "chain_scalar",
     "chain_vector",
     "compose",
+    "det_gradient",
     "elementwise_jacobian",
     "exp_jacobian",
+    "frobenius_gradient",
+    "frobenius_hessian",
     "identity_jacobian",
+    "inverse_jacobian",
+    "kronecker_vec_jacobian",
+    "least_squares",
+    "least_squares_gradient",
+    "least_squares_hessian",
     "linear_jacobian",
+    "linear_layer_bias_jacobian",
+    "linear_layer_input_jacobian",
+    "linear_layer_weight_jacobian",
     "linear_transposed_jacobian",
     "log_jacobian",
+    "logdet_gradient",
     "logistic_general",
     "logistic_general_jacobian",
     "logistic_jacobian",
     "logistic_prime",
+    "logistic_regression_gradient",
+    "logistic_regression_hessian",
+    "logistic_regression_loss",
     "logistic_scalar_jacobian",
     "mlp",
     "nn",
@@ -92,10 +150,24 @@ __all__ = [
     "product_bilinear",
     "product_inner",
     "product_scalar_vector",
+    "quadratic_form",
+    "quadratic_form_gradient",
+    "quadratic_form_hessian",
+    "reciprocal_condition",
     "rule",
     "rules",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_gradient",
+    "softmax_cross_entropy_hessian",
     "softmax_jacobian",
+    "solve_jacobian",
+    "solve_rhs_jacobian",
     "sum_rule",
     "tolerance",
+    "trace_chain_per_entry",
+    "trace_chain_vec",
+    "trace_linear_gradient",
+    "trace_quadratic_gradient",
+    "trace_quadratic_hessian",
     "verify",
 ]

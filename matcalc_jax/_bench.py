@@ -9,6 +9,12 @@ so that a slow spell of a shared machine hits them alike; the report gives the m
 the quartiles over rounds. Inputs are the rule's random example (never zeros), the same for
 every method of a case. Matrix products run at precision "highest".
 
+For the rules with a closed-form Hessian the same case also times the second derivatives:
+``hessian`` (the dense closed form) against ``jax_hessian`` (``jax.hessian``, forward over
+reverse), and the Hessian-vector product three ways: ``hvp`` (the structured Hessian's
+``mv``), ``hvp_dense`` (the dense closed-form Hessian, formed and applied to the vector) and
+``fwd_over_rev`` (``jax.jvp`` of ``jax.grad``).
+
 The floor is the time the device needs to write an array of the Jacobian's shape and dtype,
 measured as a jitted ``c * iota`` (one fused elementwise loop over the output, the kind of
 loop the closed forms compile to): no method can return that Jacobian much faster.
@@ -45,6 +51,7 @@ AUTODIFF = ("jacfwd", "jacrev", "grad")
 VECTOR_SIZES = (64, 256, 1024, 4096)
 DIAGONAL_SIZES = (64, 256, 1024, 4096, 16384)
 MATMUL_SIZES = (64, 256, 1024, 2048)
+MATRIX_SIZES = (8, 16, 32, 64)
 SIZES: dict[str, tuple[int, ...]] = {
     "product_inner": MATMUL_SIZES,
     "product_bilinear": MATMUL_SIZES,
@@ -62,10 +69,33 @@ SIZES: dict[str, tuple[int, ...]] = {
     "log": DIAGONAL_SIZES,
     "logistic_general": DIAGONAL_SIZES,
     "softmax": DIAGONAL_SIZES,
+    "affine_matrix": (8, 16, 32, 48),
+    "linear_layer": (16, 64, 128, 256),
+    "linear_layer_input": MATMUL_SIZES,
+    "linear_layer_bias": VECTOR_SIZES,
+    "trace_linear": MATRIX_SIZES,
+    "trace_quadratic": MATRIX_SIZES,
+    "frobenius": MATRIX_SIZES,
+    "quadratic_form": MATMUL_SIZES,
+    "least_squares": MATMUL_SIZES,
+    "inverse": MATRIX_SIZES,
+    "det": MATRIX_SIZES,
+    "logdet": MATRIX_SIZES,
+    "solve": MATRIX_SIZES,
+    "solve_rhs": (64, 256, 1024),
+    "logistic_regression": MATMUL_SIZES,
+    "softmax_cross_entropy": DIAGONAL_SIZES,
 }
+#: Matrix-argument rules whose dense Jacobian or Hessian has four axes of the size.
+_FOUR_AXES = ("chain_matrix_trace", "affine_matrix", "inverse", "trace_quadratic", "frobenius")
 QUICK_SIZES: dict[str, tuple[int, ...]] = {
-    "chain_matrix_trace": (4, 8),
+    **{rule_id: (4, 8) for rule_id in _FOUR_AXES},
     "chain_matrix_vector": (8, 16),
+    "linear_layer": (8, 16),
+    "trace_linear": (8, 16),
+    "det": (8, 16),
+    "logdet": (8, 16),
+    "solve": (8, 16),
 }
 
 
@@ -133,6 +163,11 @@ class Case:
         pair = self._pair(method, over)
         return None if pair is None else pair[0].p75_s < pair[1].p25_s
 
+    @property
+    def hessian(self) -> bool:
+        """True when Hessian methods were timed."""
+        return "fwd_over_rev" in self.timings
+
     def floor_multiple(self, method: str = "closed") -> float | None:
         """The method's median time as a multiple of the write floor's; None if not timed."""
         if method not in self.timings:
@@ -170,7 +205,9 @@ def write_floor(fill: jax.Array, *, shape: tuple[int, ...]) -> jax.Array:
     return fill * jax.lax.broadcasted_iota(fill.dtype, shape, len(shape) - 1)
 
 
-def methods_for(rule: Rule, args: Sequence[Any], dense: bool = True) -> dict[str, Callable]:
+def methods_for(
+    rule: Rule, args: Sequence[Any], dense: bool = True, dense_hessian: bool = True
+) -> dict[str, Callable]:
     """The functions timed for one case, each taking the rule's arguments.
 
     ``closed``: the dense closed form; ``jacfwd``, ``jacrev`` (and ``grad`` for a scalar
@@ -178,6 +215,11 @@ def methods_for(rule: Rule, args: Sequence[Any], dense: bool = True) -> dict[str
     (``rule.structured``); ``mv``: its Jacobian-vector product with a fixed random tangent;
     ``jvp``: ``jax.jvp`` of the map with the same tangent. ``dense=False`` leaves out the
     dense methods (for sizes where a dense Jacobian would not fit).
+
+    For a rule with a Hessian: ``hessian`` and ``jax_hessian`` (dense), ``hvp_dense`` (the
+    dense closed-form Hessian times the tangent), ``hvp`` (the structured Hessian's ``mv``)
+    and ``fwd_over_rev`` (``jax.jvp`` of ``jax.grad``); ``dense_hessian=False`` leaves out the
+    three dense ones.
     """
     x = jnp.asarray(args[rule.wrt])
     tangent = jax.random.normal(jax.random.key(1), x.shape, x.dtype)
@@ -195,6 +237,21 @@ def methods_for(rule: Rule, args: Sequence[Any], dense: bool = True) -> dict[str
     methods["structured"] = rule.structured
     methods["mv"] = lambda *call: rule.structured(*call).mv(tangent)
     methods["jvp"] = lambda *call: jax.jvp(of_x(call), (call[rule.wrt],), (tangent,))[1]
+    if rule.has_hessian:
+        methods.update(_hessian_methods(rule, tangent, dense_hessian))
+    return methods
+
+
+def _hessian_methods(rule: Rule, tangent: jax.Array, dense: bool) -> dict[str, Callable]:
+    methods: dict[str, Callable] = {}
+    if dense:
+        methods["hessian"] = rule.hessian
+        methods["jax_hessian"] = rule.jax_hessian
+        methods["hvp_dense"] = lambda *call: jnp.tensordot(
+            rule.hessian(*call), tangent, axes=tangent.ndim
+        )
+    methods["hvp"] = lambda *call: rule.hessian_operator(*call).mv(tangent)
+    methods["fwd_over_rev"] = partial(rule.jax_hvp, tangent=tangent)
     return methods
 
 
@@ -260,12 +317,20 @@ def bench_case(
     """Time every method of one case, interleaved round by round.
 
     Where the dense Jacobian would take more than ``max_dense_bytes`` (256 MiB), only the
-    structured form, its ``mv``, ``jax.jvp`` and the floor are timed.
+    structured form, its ``mv``, ``jax.jvp`` and the floor are timed; the same bound on the
+    dense Hessian leaves out the dense Hessian methods.
     """
     args = rule.example(jax.random.fold_in(jax.random.key(seed), size), jnp.dtype(dtype), size)
     shape = jax.eval_shape(partial(rule.jacobian, layout="numerator"), *args)
-    dense_bytes = math.prod(shape.shape) * jnp.dtype(shape.dtype).itemsize
-    methods = methods_for(rule, args, dense=dense_bytes <= max_dense_bytes)
+    itemsize = jnp.dtype(shape.dtype).itemsize
+    dense_bytes = math.prod(shape.shape) * itemsize
+    hessian_bytes = jnp.size(args[rule.wrt]) ** 2 * itemsize
+    methods = methods_for(
+        rule,
+        args,
+        dense=dense_bytes <= max_dense_bytes,
+        dense_hessian=hessian_bytes <= max_dense_bytes,
+    )
     fill = jnp.asarray(0.5, shape.dtype)
     methods["floor"] = partial(write_floor, shape=shape.shape)
     call_args = {name: args for name in methods}
@@ -274,6 +339,24 @@ def bench_case(
         rule.id, dtype, size, methods, call_args, rounds=rounds, min_sample_s=min_sample_s
     )
     return Case(rule.id, dtype, size, tuple(shape.shape), timings)
+
+
+#: The Hessian ratios of a case: (JSON key, method, reference).
+HESSIAN_RATIOS = (
+    ("hessian_speedup_vs_jax_hessian", "hessian", "jax_hessian"),
+    ("hvp_speedup_vs_dense_hessian", "hvp", "hvp_dense"),
+    ("hvp_speedup_vs_fwd_over_rev", "hvp", "fwd_over_rev"),
+)
+
+
+def _hessian_ratios(case: Case) -> dict[str, Any]:
+    if not case.hessian:
+        return {}
+    ratios: dict[str, Any] = {}
+    for key, method, reference in HESSIAN_RATIOS:
+        ratios[key] = case.speedup(method, over=reference)
+        ratios[key.replace("speedup", "clear")] = case.speedup_clear(method, over=reference)
+    return ratios
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +385,7 @@ class BenchReport:
                     "mv_speedup_vs_jvp": c.speedup("mv", over="jvp"),
                     "mv_speedup_clear": c.speedup_clear("mv", over="jvp"),
                     "closed_floor_multiple": c.floor_multiple(),
+                    **_hessian_ratios(c),
                     "timings": {m: dataclasses.asdict(t) for m, t in c.timings.items()},
                 }
                 for c in self.cases

@@ -30,6 +30,24 @@ COLUMNS = (
 )
 
 
+HESSIAN_COLUMNS = (
+    "rule",
+    "dtype",
+    "size",
+    "hessian ms",
+    "jax.hessian ms",
+    "speed-up",
+    "clear",
+    "hvp ms",
+    "H v ms",
+    "fwd-over-rev ms",
+    "H v / hvp",
+    "clear",
+    "fwd-over-rev / hvp",
+    "clear",
+)
+
+
 def _ms(case: Case, method: str) -> str:
     timing = case.timings.get(method)
     return "-" if timing is None else f"{timing.median_s * 1e3:.3g}"
@@ -75,21 +93,66 @@ def rows(report: BenchReport) -> list[list[str]]:
     ]
 
 
-def format_table(report: BenchReport) -> str:
-    """A fixed-width table for the terminal."""
-    table = [list(COLUMNS), *rows(report)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+def hessian_rows(report: BenchReport) -> list[list[str]]:
+    """One row per case that timed Hessians, in the order of ``HESSIAN_COLUMNS``."""
+    table = []
+    for case in report.cases:
+        if not case.hessian:
+            continue
+        row = [
+            case.rule,
+            case.dtype,
+            str(case.size),
+            _ms(case, "hessian"),
+            _ms(case, "jax_hessian"),
+        ]
+        row += [
+            _ratio(case.speedup("hessian", over="jax_hessian")),
+            _clear(case.speedup_clear("hessian", over="jax_hessian")),
+            _ms(case, "hvp"),
+            _ms(case, "hvp_dense"),
+            _ms(case, "fwd_over_rev"),
+        ]
+        for reference in ("hvp_dense", "fwd_over_rev"):
+            row += [
+                _ratio(case.speedup("hvp", over=reference)),
+                _clear(case.speedup_clear("hvp", over=reference)),
+            ]
+        table.append(row)
+    return table
+
+
+def _fixed_width(columns: tuple[str, ...], body: list[list[str]]) -> str:
+    table = [list(columns), *body]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def format_markdown(report: BenchReport) -> str:
-    """A Markdown table."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows(report):
+def _markdown(columns: tuple[str, ...], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in body:
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def format_table(report: BenchReport) -> str:
+    """A fixed-width table for the terminal (and a second one for the Hessians, if any)."""
+    text = _fixed_width(COLUMNS, rows(report))
+    hessians = hessian_rows(report)
+    if hessians:
+        text += "\n\nHessians\n" + _fixed_width(HESSIAN_COLUMNS, hessians)
+    return text
+
+
+def format_markdown(report: BenchReport) -> str:
+    """A Markdown table (and a second one for the Hessians, if any)."""
+    text = _markdown(COLUMNS, rows(report))
+    hessians = hessian_rows(report)
+    if hessians:
+        text += "\n### Hessians\n\n" + _markdown(HESSIAN_COLUMNS, hessians)
+    return text
 
 
 def format_csv(report: BenchReport) -> str:
@@ -165,29 +228,9 @@ def write_plots(report: BenchReport, directory: str | os.PathLike) -> list[Path]
         "floor": "k:",
     }
     for dtype in dtypes:
-        columns = 4
-        rows_ = -(-len(rule_ids) // columns)
-        fig, axes = plt.subplots(rows_, columns, figsize=(4 * columns, 3 * rows_), squeeze=False)
-        for ax, rule_id in zip(axes.flat, rule_ids, strict=False):
-            cases = [c for c in report.cases if c.rule == rule_id and c.dtype == dtype]
-            for method, style in styles.items():
-                measured = [c for c in cases if method in c.timings]
-                if measured:
-                    times = [c.timings[method].median_s * 1e3 for c in measured]
-                    ax.loglog([c.size for c in measured], times, style, label=method, markersize=4)
-            ax.set_title(rule_id, fontsize=9)
-            ax.set_xlabel("size", fontsize=8)
-            ax.set_ylabel("ms", fontsize=8)
-            ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(rule_ids) :]:
-            ax.axis("off")
-        axes.flat[0].legend(fontsize=7)
-        fig.suptitle(f"Jacobian time vs size ({dtype}, {report.environment['device_kind']})")
-        fig.tight_layout()
+        title = f"Jacobian time vs size ({dtype}, {report.environment['device_kind']})"
         path = directory / f"time_vs_size_{dtype}.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
+        written.append(_time_panels(plt, report, dtype, rule_ids, styles, title, path, 4))
 
         largest = []
         for rule_id in rule_ids:
@@ -213,4 +256,61 @@ def write_plots(report: BenchReport, directory: str | os.PathLike) -> list[Path]
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
+        hessian_path = _hessian_plot(plt, report, dtype, directory)
+        if hessian_path is not None:
+            written.append(hessian_path)
     return written
+
+
+HESSIAN_STYLES = {
+    "hessian": "o-",
+    "jax_hessian": "s--",
+    "hvp": "D-",
+    "hvp_dense": "x-",
+    "fwd_over_rev": "^--",
+}
+
+
+def _hessian_plot(plt, report: BenchReport, dtype: str, directory: Path) -> Path | None:
+    """Time vs size of the Hessian methods, one panel per rule with a Hessian."""
+    rule_ids = list(dict.fromkeys(c.rule for c in report.cases if c.hessian and c.dtype == dtype))
+    if not rule_ids:
+        return None
+    title = f"Hessian and Hessian-vector product time vs size ({dtype})"
+    path = directory / f"hessian_{dtype}.png"
+    return _time_panels(plt, report, dtype, rule_ids, HESSIAN_STYLES, title, path, 3)
+
+
+def _time_panels(
+    plt,
+    report: BenchReport,
+    dtype: str,
+    rule_ids: list[str],
+    styles: dict[str, str],
+    title: str,
+    path: Path,
+    columns: int,
+) -> Path:
+    """One log-log panel of time against size per rule, a line per method in ``styles``."""
+    columns = min(columns, len(rule_ids))
+    rows_ = -(-len(rule_ids) // columns)
+    fig, axes = plt.subplots(rows_, columns, figsize=(4 * columns, 3 * rows_), squeeze=False)
+    for ax, rule_id in zip(axes.flat, rule_ids, strict=False):
+        cases = [c for c in report.cases if c.rule == rule_id and c.dtype == dtype]
+        for method, style in styles.items():
+            measured = [c for c in cases if method in c.timings]
+            if measured:
+                times = [c.timings[method].median_s * 1e3 for c in measured]
+                ax.loglog([c.size for c in measured], times, style, label=method, markersize=4)
+        ax.set_title(rule_id, fontsize=9)
+        ax.set_xlabel("size", fontsize=8)
+        ax.set_ylabel("ms", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(rule_ids) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

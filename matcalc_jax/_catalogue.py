@@ -1,8 +1,19 @@
-"""The catalogue: every rule, the seed's first in the seed's order."""
+"""The catalogue: every rule, the seed's first in the seed's order, then the rest of its
+appendix, then the matrix-argument rules and objectives with Hessians."""
 
 from __future__ import annotations
 
-from matcalc_jax import _chains, _elementwise, _linear, _products, _softmax
+from matcalc_jax import (
+    _affine,
+    _chains,
+    _elementwise,
+    _inverse,
+    _linear,
+    _objectives,
+    _products,
+    _softmax,
+    _traces,
+)
 from matcalc_jax._rule import Rule
 
 SEED_ORDER = (
@@ -21,18 +32,47 @@ SEED_ORDER = (
     "logistic_vector",
 )
 APPENDIX_ORDER = ("sum", "power", "exp", "log", "logistic_general", "softmax")
+MATRIX_ORDER = (
+    "affine_matrix",
+    "linear_layer",
+    "linear_layer_input",
+    "linear_layer_bias",
+    "trace_linear",
+    "trace_quadratic",
+    "frobenius",
+    "quadratic_form",
+    "least_squares",
+    "inverse",
+    "det",
+    "logdet",
+    "solve",
+    "solve_rhs",
+    "logistic_regression",
+    "softmax_cross_entropy",
+)
 
 _BY_ID: dict[str, Rule] = {
     r.id: r
-    for module in (_products, _chains, _linear, _elementwise, _softmax)
+    for module in (
+        _products,
+        _chains,
+        _linear,
+        _elementwise,
+        _softmax,
+        _affine,
+        _traces,
+        _inverse,
+        _objectives,
+    )
     for r in module.RULES
 }
-_ORDER = SEED_ORDER + APPENDIX_ORDER
+_ORDER = SEED_ORDER + APPENDIX_ORDER + MATRIX_ORDER
 assert sorted(_ORDER) == sorted(_BY_ID), "catalogue order and rule modules disagree"
 
 
 def rules() -> tuple[Rule, ...]:
-    """Every rule of the catalogue: the seed's rules in the seed's order, then the appendix's."""
+    """Every rule of the catalogue: the seed's rules in the seed's order, then the appendix's,
+    then the matrix-argument rules and objectives."""
     return tuple(_BY_ID[rule_id] for rule_id in _ORDER)
 
 

@@ -21,6 +21,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from matcalc_jax import _random, _validate
+from matcalc_jax._affine import matrix_product_jacobian, matrix_vector_jacobian
 from matcalc_jax._layout import Layout, check_layout, multiply_in_layout
 from matcalc_jax._linear import linear_jacobian
 from matcalc_jax._operators import (
@@ -208,13 +209,6 @@ def tanh_layer(V: Array, x: Array, layout: Layout, structured: bool = False) -> 
     return z, dz_dx
 
 
-def matrix_product_jacobian(A: Array, B: Array, layout: Layout) -> Array:
-    """The 4-index tensor dY/dX of Y = A X B: dY_ab/dX_ij = A_ai B_jb."""
-    if layout == "numerator":
-        return jnp.einsum("ai,jb->abij", A, B)
-    return jnp.einsum("ai,jb->ijab", A, B)
-
-
 def _chain_vector_args(x: ArrayLike, W: ArrayLike, V: ArrayLike) -> tuple[Array, ...]:
     x = _validate.vector("chain_vector", "x", x)
     W = _validate.matrix_acting_on("chain_vector", "W", W, "x", x)
@@ -248,20 +242,8 @@ def _chain_vector_example(key: Array, dtype: Any, size: int) -> tuple[Array, ...
     )
 
 
-def _check_affine(rule_id: str, X: ArrayLike, A: ArrayLike, B: ArrayLike) -> tuple[Array, ...]:
-    X = _validate.floating(rule_id, "X", X)
-    A = _validate.floating(rule_id, "A", A)
-    B = _validate.floating(rule_id, "B", B)
-    _validate.rank(rule_id, "X", X, 2, "a matrix")
-    _validate.rank(rule_id, "A", A, 2, "a matrix")
-    _validate.rank(rule_id, "B", B, 2, "a matrix")
-    _validate.shape(rule_id, "A", A, (A.shape[0], X.shape[0]), f"A @ X with X of shape {X.shape}")
-    _validate.shape(rule_id, "B", B, (X.shape[1], B.shape[1]), f"X @ B with X of shape {X.shape}")
-    return X, A, B
-
-
 def _chain_matrix_trace_fn(X: Array, A: Array, B: Array) -> Array:
-    X, A, B = _check_affine("chain_matrix_trace", X, A, B)
+    A, X, B = _validate.affine("chain_matrix_trace", A, X, B)
     return jnp.sum(jnp.tanh(A @ X @ B))
 
 
@@ -269,7 +251,7 @@ def _chain_matrix_trace_jacobian(
     X: Array, A: Array, B: Array, *, layout: Layout = "numerator", structured: bool = False
 ) -> Any:
     layout = check_layout("chain_matrix_trace", layout)
-    X, A, B = _check_affine("chain_matrix_trace", X, A, B)
+    A, X, B = _validate.affine("chain_matrix_trace", A, X, B)
     Y = A @ X @ B
     dz_dY = 1 - jnp.square(jnp.tanh(Y))
     dY_dX = Kronecker(A, B, layout) if structured else matrix_product_jacobian(A, B, layout)
@@ -308,11 +290,8 @@ def _chain_matrix_vector_jacobian(
     X, v = _check_matrix_vector(X, v)
     dz_dy = 1 - jnp.square(jnp.tanh(X @ v))
     # y = X v = I X v: dy_a/dX_ij = delta_ai v_j.
-    eye = jnp.eye(X.shape[0], dtype=X.dtype)
-    if structured:
-        return chain_matrix_vector(dz_dy, Kronecker(eye, v, layout), layout=layout)
-    spec = "ai,j->aij" if layout == "numerator" else "ai,j->ija"
-    return chain_matrix_vector(dz_dy, jnp.einsum(spec, eye, v), layout=layout)
+    dy_dX = matrix_vector_jacobian(X.shape[0], v, layout, structured)
+    return chain_matrix_vector(dz_dy, dy_dX, layout=layout)
 
 
 def _chain_matrix_vector_example(key: Array, dtype: Any, size: int) -> tuple[Array, ...]:

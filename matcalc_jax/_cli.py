@@ -49,7 +49,8 @@ def _print_report(report) -> None:
     print(f"sizes {sizes}; errors are max |closed - reference| / max |reference| over sizes")
     print(
         "verdict: every check passed (jacfwd, jacrev, eager, denominator layout, finite "
-        "differences, structured form, mv, vm, adjoint); details with --json"
+        "differences, structured form, mv, vm, adjoint; for Hessians: jax.hessian, structured "
+        "form, forward-over-reverse hvp, finite differences); details with --json"
     )
     columns = [("rule", 22), ("formula", 46)]
     for dtype in dtypes:
@@ -57,6 +58,7 @@ def _print_report(report) -> None:
         columns += [(f"{short} fwd", 9), (f"{short} rev", 9)]
         if dtype == "float64":
             columns.append((f"{short} fd", 9))
+        columns.append((f"{short} hess", 9))
     columns.append(("verdict", 7))
     print("  ".join(name.ljust(width) for name, width in columns))
     print("  ".join("-" * width for _, width in columns))
@@ -69,6 +71,7 @@ def _print_report(report) -> None:
             references = ["jacfwd", "jacrev"] + (
                 ["finite_difference"] if dtype == "float64" else []
             )
+            references.append("hessian")
             for reference in references:
                 cells.append(_format_error(report.max_error(rule_id, dtype, reference)).ljust(9))
         cells.append("pass" if report.rule_passed(rule_id) else "FAIL")
@@ -136,6 +139,12 @@ def _bench(args: argparse.Namespace) -> int:
         "speed-up: best of jacfwd/jacrev over closed form; clear: closed form's upper quartile "
         "below autodiff's lower; x floor: closed form over the time to write the Jacobian"
     )
+    if any(case.hessian for case in report.cases):
+        print(
+            "Hessians: speed-up is jax.hessian over the closed-form Hessian; H v is the dense "
+            "closed-form Hessian formed and applied to a vector; hvp is the structured "
+            "Hessian's mv; ratios above 1 mean hvp is faster"
+        )
     if args.out:
         output.write_json(report, args.out)
         print(f"wrote {args.out}")

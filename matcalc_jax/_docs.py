@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import jax
+
 from matcalc_jax._catalogue import rules
+
+_KEY = jax.random.key(0)
 
 _SOURCES = {
     "seed": "the seed page (Qiu Xipeng, *Neural Networks and Deep Learning*, appendix B)",
     "nndl": "*Neural Networks and Deep Learning* (Qiu Xipeng), appendix B, beyond the seed page",
+    "matrix-cookbook": "K. B. Petersen and M. S. Pedersen, *The Matrix Cookbook*, version of "
+    "November 15, 2012, by equation or section number",
+    "Bishop": "C. M. Bishop, *Pattern Recognition and Machine Learning* (2006), by section",
+    "standard": "textbook results with no single canonical equation (the layer y = W x + b)",
 }
 
 
@@ -49,6 +57,15 @@ def render_rules_markdown() -> str:
             f"argument {r.wrt} of `rule({r.id!r}).fn`",
             f"- Source: {r.source}",
         ]
+        if r.has_hessian:
+            name = r.hessian_form.__name__
+            lines.append(
+                f"- Hessian: `matcalc_jax.{name}` (dense, `x.shape + x.shape`); "
+                f"`matcalc_jax.{name}(..., structured=True)` gives "
+                f"`{type(r.hessian_operator(*r.example(_KEY))).__name__}`, whose `mv` is the "
+                "Hessian-vector product; checked against `jax.hessian` and "
+                "`jax.jvp(jax.grad(f))` (see [hessians.md](hessians.md))"
+            )
         if r.notes:
             lines.append(f"- Edges: {r.notes}")
         lines.append("")

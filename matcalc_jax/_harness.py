@@ -20,6 +20,15 @@ function jit-compiled:
   against ``jax.jvp`` and ``jax.vjp`` of the map, on random tangents and cotangents;
 - ``adjoint``: ``<u, J v>`` against ``<J^T u, v>`` for the structured ``mv`` and ``vm``.
 
+For the rules with a closed-form Hessian (scalar maps, ``rule.has_hessian``):
+
+- ``hessian``: the closed-form Hessian against ``jax.hessian`` (forward over reverse);
+- ``hessian_structured``: the structured Hessian's ``to_dense()`` against the closed form;
+- ``hvp``: the structured Hessian's ``mv`` against autodiff's forward-over-reverse
+  Hessian-vector product ``jax.jvp(jax.grad(f))``, on a random direction;
+- ``hessian_finite_difference`` (float64 only): against central differences of the
+  closed-form gradient (itself checked against differences of the map).
+
 Errors are normwise relative (``max|a - b| / max|b|``) and compared with the one tolerance
 table (``matcalc_jax._tolerance``). Matrix products run at precision "highest", so TF32 on a
 GPU is not mistaken for a wrong rule.
@@ -58,6 +67,10 @@ REFERENCES: tuple[str, ...] = (
     "mv",
     "vm",
     "adjoint",
+    "hessian",
+    "hessian_structured",
+    "hvp",
+    "hessian_finite_difference",
 )
 DTYPES: tuple[str, ...] = ("float32", "float64")
 SIZES: tuple[int, ...] = (1, 4, 16)
@@ -268,6 +281,8 @@ def check_rule(rule: Rule, dtype: str, size: int, key: Array, *, eager: bool = T
         ),
     ]
     checks += _structured_checks(rule, args, jacobian, key, record, tol)
+    if rule.has_hessian:
+        checks += _hessian_checks(rule, args, key, record, tol)
     if eager:
         checks.append(record("eager", jacobian, tol, actual=rule.jacobian(*args)))
     if jnp.dtype(dtype) == jnp.float64:
@@ -310,6 +325,38 @@ def _structured_checks(
         record("vm", vjp, tol, actual=vm),
         record("adjoint", backward, tol, actual=forward),
     ]
+
+
+def _hessian_checks(
+    rule: Rule, args: tuple, key: Array, record: Callable, tol: float
+) -> list[Check]:
+    """The closed-form Hessian against jax.hessian, its structured form, forward-over-reverse
+    Hessian-vector products and (float64) finite differences of the closed-form gradient."""
+    x = jnp.asarray(args[rule.wrt])
+    tangent = jax.random.normal(jax.random.fold_in(key, 11), x.shape, x.dtype)
+
+    @jax.jit
+    def closed(*call: Any) -> tuple[Array, Array, Array]:
+        op = rule.hessian_operator(*call)
+        return rule.hessian(*call), op.to_dense(), op.mv(tangent)
+
+    @jax.jit
+    def autodiff(*call: Any) -> tuple[Array, Array]:
+        return rule.jax_hessian(*call), rule.jax_hvp(*call, tangent=tangent)
+
+    hessian, dense, hvp = closed(*args)
+    jax_hessian, jax_hvp = autodiff(*args)
+    checks = [
+        record("hessian", jax_hessian, tol, actual=hessian),
+        record("hessian_structured", hessian, tol, actual=dense),
+        record("hvp", jax_hvp, tol, actual=hvp),
+    ]
+    if x.dtype == jnp.float64:
+        fd = finite_difference_jacobian(rule.jacobian, args, rule.wrt)
+        checks.append(
+            record("hessian_finite_difference", fd, FINITE_DIFFERENCE_TOLERANCE, actual=hessian)
+        )
+    return checks
 
 
 def verify(

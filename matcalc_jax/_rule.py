@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from matcalc_jax._layout import Layout, check_layout, from_numerator
+from matcalc_jax._operators import Dense
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,12 @@ class Rule:
       make_example: ``make_example(key, dtype, size) -> tuple`` of valid arguments for ``fn``.
       default_size: the size used by ``example`` when none is given.
       notes: what the rule does with edge inputs (NaN, inf, domain boundaries).
+      hessian_form: for a rule whose map is scalar, the hand-written Hessian
+        ``hessian_form(*args)`` of shape ``x.shape + x.shape`` (symmetric, so the same in both
+        layouts); ``None`` where the catalogue gives none. Never calls autodiff.
+      structured_hessian_form: the same Hessian as a structured operator (``WeightedGram``,
+        ``Kronecker``, ...) whose ``mv`` is the Hessian-vector product; ``None`` with
+        ``hessian_form``.
     """
 
     id: str
@@ -52,6 +59,17 @@ class Rule:
     make_example: Callable[[Array, Any, int], tuple[Array, ...]]
     default_size: int = 4
     notes: str = ""
+    hessian_form: Callable[..., Array] | None = None
+    structured_hessian_form: Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.hessian_form is None) != (self.structured_hessian_form is None):
+            raise ValueError(f"rule {self.id!r}: give both Hessian forms or neither")
+
+    @property
+    def has_hessian(self) -> bool:
+        """True when the rule has a closed-form Hessian (its map is scalar)."""
+        return self.hessian_form is not None
 
     def jacobian(self, *args: Any, layout: Layout = "numerator") -> Array:
         """The hand-written closed-form Jacobian of ``fn`` with respect to ``args[wrt]``."""
@@ -69,6 +87,42 @@ class Rule:
     def jacrev(self, *args: Any, layout: Layout = "numerator") -> Array:
         """``jax.jacrev`` of ``fn`` with respect to ``args[wrt]``, arranged in ``layout``."""
         return self._autodiff(jax.jacrev, args, layout)
+
+    def hessian(self, *args: Any) -> Array:
+        """The hand-written Hessian of the scalar ``fn`` with respect to ``args[wrt]``, of
+        shape ``x.shape + x.shape``; ``ValueError`` for a rule without one."""
+        return self._hessian_form("hessian")(*args)
+
+    def hessian_operator(self, *args: Any) -> Any:
+        """The Hessian as a structured operator; ``.mv(v)`` is the Hessian-vector product and
+        ``.to_dense()`` equals :meth:`hessian`."""
+        return self._hessian_form("hessian_operator")(*args)
+
+    def jax_hessian(self, *args: Any) -> Array:
+        """``jax.hessian`` (forward over reverse) of ``fn`` with respect to ``args[wrt]``."""
+        self._hessian_form("jax_hessian")
+        return jax.hessian(self.fn, argnums=self.wrt)(*args)
+
+    def jax_hvp(self, *args: Any, tangent: Any) -> Array:
+        """Autodiff's Hessian-vector product, forward over reverse: ``jax.jvp`` of
+        ``jax.grad(fn)`` in the direction ``tangent`` (of ``args[wrt]``'s shape)."""
+        self._hessian_form("jax_hvp")
+        before, after = args[: self.wrt], args[self.wrt + 1 :]
+
+        def gradient(x: Array) -> Array:
+            return jax.grad(self.fn, argnums=len(before))(*before, x, *after)
+
+        return jax.jvp(gradient, (args[self.wrt],), (tangent,))[1]
+
+    def _hessian_form(self, what: str) -> Callable[..., Any]:
+        form = self.hessian_form if what == "hessian" else self.structured_hessian_form
+        if form is None:
+            with_hessian = ", ".join(r.id for r in _rules_with_hessian())
+            raise ValueError(
+                f"rule {self.id!r} has no closed-form Hessian ({what}); rules with one: "
+                f"{with_hessian}"
+            )
+        return form
 
     def example(self, key: Array, dtype: Any = jnp.float32, size: int | None = None) -> tuple:
         """Random valid arguments for ``fn``, of ``dtype``, drawn to be well conditioned.
@@ -93,3 +147,29 @@ class Rule:
         jacobian = transform(self.fn, argnums=self.wrt)(*args)
         out_ndim = jacobian.ndim - jnp.ndim(args[self.wrt])
         return from_numerator(jacobian, out_ndim, layout)
+
+
+def _rules_with_hessian() -> tuple[Rule, ...]:
+    from matcalc_jax._catalogue import rules
+
+    return tuple(r for r in rules() if r.has_hessian)
+
+
+def gradient_forms(
+    rule_id: str, gradient: Callable[..., Array]
+) -> tuple[Callable[..., Array], Callable[..., Dense]]:
+    """The closed and structured forms of a rule whose map is scalar, from its gradient.
+
+    A scalar-by-x derivative has x's shape in both layouts, so ``layout`` is only checked;
+    the structured form is the gradient held in a ``Dense`` with no output axes.
+    """
+
+    def closed(*args: Any, layout: Layout = "numerator") -> Array:
+        check_layout(rule_id, layout)
+        return gradient(*args)
+
+    def structured(*args: Any, layout: Layout = "numerator") -> Dense:
+        layout = check_layout(rule_id, layout)
+        return Dense(gradient(*args), 0, layout)
+
+    return closed, structured

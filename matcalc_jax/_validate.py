@@ -113,3 +113,31 @@ def matrix_acting_on(
             f"shape {tuple(vector.shape)}"
         )
     return array
+
+
+def matrix(rule_id: str, name: str, value: ArrayLike) -> Array:
+    """A floating matrix (rank 2), else the error of :func:`floating` or :func:`rank`."""
+    array = floating(rule_id, name, value)
+    rank(rule_id, name, array, 2, "a matrix")
+    return array
+
+
+def square(rule_id: str, name: str, value: ArrayLike) -> Array:
+    """A floating square matrix (n, n)."""
+    array = matrix(rule_id, name, value)
+    if array.shape[0] != array.shape[1]:
+        raise ValueError(
+            f"rule {rule_id!r}: argument {name!r} has shape {tuple(array.shape)}; expected a "
+            "square matrix (n, n)"
+        )
+    return array
+
+
+def affine(rule_id: str, A: ArrayLike, X: ArrayLike, B: ArrayLike) -> tuple[Array, Array, Array]:
+    """A (s, p), X (p, q), B (q, t): the three factors of A X B, with their shapes checked."""
+    X = matrix(rule_id, "X", X)
+    A = matrix(rule_id, "A", A)
+    B = matrix(rule_id, "B", B)
+    shape(rule_id, "A", A, (A.shape[0], X.shape[0]), f"A @ X with X of shape {X.shape}")
+    shape(rule_id, "B", B, (X.shape[1], B.shape[1]), f"X @ B with X of shape {X.shape}")
+    return A, X, B

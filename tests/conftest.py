@@ -1,4 +1,12 @@
-"""Test settings: float64 available everywhere, hypothesis without deadlines (jit compiles)."""
+"""Test settings: float64 available everywhere, hypothesis without deadlines (jit compiles).
+
+The suite runs in parallel processes (pytest-xdist, ``-n auto`` in pyproject.toml); on a GPU
+each process takes GPU memory as it needs it instead of JAX's default 75% up front.
+"""
+
+import os
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax
 from hypothesis import settings

@@ -25,14 +25,63 @@ SEED_IDS = [
     "logistic_vector",
 ]
 APPENDIX_IDS = ["sum", "power", "exp", "log", "logistic_general", "softmax"]
+MATRIX_IDS = [
+    "affine_matrix",
+    "linear_layer",
+    "linear_layer_input",
+    "linear_layer_bias",
+    "trace_linear",
+    "trace_quadratic",
+    "frobenius",
+    "quadratic_form",
+    "least_squares",
+    "inverse",
+    "det",
+    "logdet",
+    "solve",
+    "solve_rhs",
+    "logistic_regression",
+    "softmax_cross_entropy",
+]
+HESSIAN_IDS = {
+    "trace_quadratic",
+    "frobenius",
+    "quadratic_form",
+    "least_squares",
+    "logistic_regression",
+    "softmax_cross_entropy",
+}
 RULES = mj.rules()
 IDS = [r.id for r in RULES]
 
 
-def test_rules_lists_the_seed_first_in_seed_order_then_the_appendix():
-    assert IDS == SEED_IDS + APPENDIX_IDS
+def test_rules_lists_the_seed_first_in_seed_order_then_the_appendix_then_matrix_rules():
+    assert IDS == SEED_IDS + APPENDIX_IDS + MATRIX_IDS
     assert [r.source for r in RULES[: len(SEED_IDS)]] == ["seed"] * len(SEED_IDS)
-    assert {r.source for r in RULES[len(SEED_IDS) :]} == {"nndl"}
+    appendix = RULES[len(SEED_IDS) : len(SEED_IDS) + len(APPENDIX_IDS)]
+    assert {r.source for r in appendix} == {"nndl"}
+
+
+@pytest.mark.parametrize("r", RULES[-len(MATRIX_IDS) :], ids=MATRIX_IDS)
+def test_matrix_rules_name_their_reference(r):
+    assert r.source.startswith(("matrix-cookbook", "Bishop", "standard"))
+    if r.source.startswith("matrix-cookbook"):
+        assert "eq." in r.source or "sec." in r.source
+
+
+def test_hessians_are_given_for_the_scalar_objectives():
+    assert {r.id for r in RULES if r.has_hessian} == HESSIAN_IDS
+    for r in RULES:
+        if r.has_hessian:
+            args = r.example(jax.random.key(0))
+            assert jax.eval_shape(r.fn, *args).shape == ()
+
+
+def test_a_rule_without_a_hessian_says_which_rules_have_one():
+    with pytest.raises(ValueError) as info:
+        mj.rule("linear").hessian(*mj.rule("linear").example(jax.random.key(0)))
+    assert "'linear' has no closed-form Hessian" in str(info.value)
+    assert all(rule_id in str(info.value) for rule_id in HESSIAN_IDS)
 
 
 def test_rule_returns_the_record_with_that_id():

@@ -34,6 +34,10 @@ def test_harness_passes_every_check(r, dtype, size):
     expected = {"jacfwd", "jacrev", "eager", "denominator", "structured", "mv", "vm", "adjoint"}
     if dtype == "float64":
         expected.add("finite_difference")
+    if r.has_hessian:
+        expected |= {"hessian", "hessian_structured", "hvp"}
+        if dtype == "float64":
+            expected.add("hessian_finite_difference")
     assert {c.reference for c in checks} == expected
     failed = [c for c in checks if not c.passed]
     assert not failed, failed

@@ -146,6 +146,91 @@ CASES = {
         ValueError,
         ["'chain_scalar'", "'du_dx'", "(4,)", "(3,)"],
     ),
+    "affine_matrix A columns": (
+        lambda: mj.affine_matrix_jacobian(M23, M23, M34),
+        ValueError,
+        ["'affine_matrix'", "'A'", "(2, 3)", "(2, 2)", "A @ X"],
+    ),
+    "affine_matrix gradient dz_dY": (
+        lambda: mj.affine_matrix_gradient(M34, M23, M34),
+        ValueError,
+        ["'affine_matrix'", "'dz_dY'", "(3, 4)", "(2, 4)"],
+    ),
+    "trace_chain_per_entry tensor": (
+        lambda: mj.trace_chain_per_entry(M23, jnp.ones((2, 4, 5, 5))),
+        ValueError,
+        ["'chain_matrix_trace'", "'dY_dX'", "(2, 4, 5, 5)"],
+    ),
+    "linear_layer bias length": (
+        lambda: mj.linear_layer_weight_jacobian(M23, v3, v3),
+        ValueError,
+        ["'linear_layer'", "'b'", "(3,)", "(2,)", "rows of W"],
+    ),
+    "linear_layer_input x length": (
+        lambda: mj.linear_layer_input_jacobian(M23, v4, jnp.ones(2)),
+        ValueError,
+        ["'linear_layer_input'", "'x'", "(4,)"],
+    ),
+    "trace_linear A shape": (
+        lambda: mj.trace_linear_gradient(M23, M23),
+        ValueError,
+        ["'trace_linear'", "'A'", "(2, 3)", "(3, 2)"],
+    ),
+    "trace_quadratic A shape": (
+        lambda: mj.trace_quadratic_gradient(M23, jnp.eye(3)),
+        ValueError,
+        ["'trace_quadratic'", "'A'", "(3, 3)", "(2, 2)"],
+    ),
+    "frobenius rank": (
+        lambda: mj.frobenius_gradient(v3),
+        ValueError,
+        ["'frobenius'", "'X'", "(3,)", "rank 2"],
+    ),
+    "inverse not square": (
+        lambda: mj.inverse_jacobian(M23),
+        ValueError,
+        ["'inverse'", "'X'", "(2, 3)", "square"],
+    ),
+    "det integer": (
+        lambda: mj.det_gradient(jnp.eye(3, dtype=jnp.int32)),
+        TypeError,
+        ["'det'", "'X'", "int32"],
+    ),
+    "logdet not square": (
+        lambda: mj.logdet_gradient(M34),
+        ValueError,
+        ["'logdet'", "'X'", "(3, 4)", "square"],
+    ),
+    "solve b length": (
+        lambda: mj.solve_jacobian(jnp.eye(3), v4),
+        ValueError,
+        ["'solve'", "'b'", "(4,)", "(3,)"],
+    ),
+    "solve_rhs A not square": (
+        lambda: mj.solve_rhs_jacobian(M23, v3),
+        ValueError,
+        ["'solve_rhs'", "'A'", "(2, 3)", "square"],
+    ),
+    "quadratic_form A shape": (
+        lambda: mj.quadratic_form_hessian(v3, M34),
+        ValueError,
+        ["'quadratic_form'", "'A'", "(3, 4)", "(3, 3)"],
+    ),
+    "least_squares b length": (
+        lambda: mj.least_squares_gradient(v3, M23, v3),
+        ValueError,
+        ["'least_squares'", "'b'", "(3,)", "(2,)"],
+    ),
+    "logistic_regression labels": (
+        lambda: mj.logistic_regression_hessian(v3, M23, v3),
+        ValueError,
+        ["'logistic_regression'", "'y'", "(3,)", "(2,)", "one label per row"],
+    ),
+    "softmax_cross_entropy targets": (
+        lambda: mj.softmax_cross_entropy_gradient(v3, v4),
+        ValueError,
+        ["'softmax_cross_entropy'", "'t'", "(4,)", "(3,)"],
+    ),
 }
 
 

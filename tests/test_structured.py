@@ -34,6 +34,22 @@ TIGHTEST = {
     "log": mj.Diagonal,
     "logistic_general": mj.Diagonal,
     "softmax": mj.DiagonalPlusLowRank,
+    "affine_matrix": mj.Kronecker,  # A (x) B^T
+    "linear_layer": mj.Kronecker,  # I (x) x^T
+    "linear_layer_input": mj.Dense,
+    "linear_layer_bias": mj.Identity,
+    "trace_linear": mj.Dense,  # gradients of scalar maps: dense is their only form
+    "trace_quadratic": mj.Dense,
+    "frobenius": mj.Dense,
+    "quadratic_form": mj.Dense,
+    "least_squares": mj.Dense,
+    "inverse": mj.Kronecker,  # -X^-1 (x) X^-T
+    "det": mj.Dense,
+    "logdet": mj.Dense,
+    "solve": mj.Kronecker,  # -A^-1 (x) y^T
+    "solve_rhs": mj.Dense,
+    "logistic_regression": mj.Dense,
+    "softmax_cross_entropy": mj.Dense,
 }
 
 

@@ -1,0 +1,322 @@
+r"""The inverse, the determinant, the log-determinant and linear solves.
+
+All four come from one differential, d(X^{-1}) = -X^{-1} (dX) X^{-1} (Matrix Cookbook
+eq. (40)), and Jacobi's formula d det(X) = det(X) tr(X^{-1} dX):
+
+- d(X^{-1})_kl / dX_ij = -(X^{-1})_ki (X^{-1})_jl, the map V -> -X^{-1} V X^{-1};
+- d det(X) / dX = det(X) X^{-T}, the transposed adjugate;
+- d log det(X) / dX = X^{-T};
+- for y = A^{-1} b: dy/db = A^{-1} and dy_k/dA_ij = -(A^{-1})_ki y_j.
+
+Singular inputs. A closed form that needs X^{-1} checks the reciprocal condition number
+rcond = 1 / (||X||_1 ||X^{-1}||_1), which is cheap once X^{-1} is known. When
+rcond < eps of the dtype, X is singular to working precision and X^{-1} has no correct
+digits: the result is then NaN in every entry (under ``jax.jit`` a value cannot raise), never a
+silent garbage gradient. Above that, the error of X^{-1} grows like eps / rcond, as for any
+method. The determinant needs no inverse: its gradient, the transposed adjugate, is smooth
+everywhere and is computed from the SVD when X is near singular, so it stays exact at
+singular X (where det(X) X^{-T} would be 0 * inf).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
+
+from matcalc_jax import _random, _validate
+from matcalc_jax._affine import matrix_product_jacobian
+from matcalc_jax._layout import Layout, check_layout
+from matcalc_jax._operators import Dense, Kronecker
+from matcalc_jax._rule import Rule, gradient_forms
+from matcalc_jax._traces import COOKBOOK
+
+
+def _one_norm(M: Array) -> Array:
+    return jnp.max(jnp.sum(jnp.abs(M), axis=0), initial=0.0)
+
+
+def reciprocal_condition(X: ArrayLike, X_inverse: ArrayLike) -> Array:
+    """rcond = 1 / (||X||_1 ||X^{-1}||_1), between 0 (singular) and 1 (orthogonal-like).
+
+    NaN or infinite entries in ``X_inverse`` (what an LU of a singular matrix gives) give 0.
+    """
+    X, X_inverse = jnp.asarray(X), jnp.asarray(X_inverse)
+    rcond = 1 / (_one_norm(X) * _one_norm(X_inverse))
+    return jnp.where(jnp.isfinite(rcond), rcond, jnp.zeros((), rcond.dtype))
+
+
+def is_singular(X: ArrayLike, X_inverse: ArrayLike) -> Array:
+    """True when X is singular to working precision: rcond < eps of the dtype."""
+    X = jnp.asarray(X)
+    return ~(reciprocal_condition(X, X_inverse) >= jnp.finfo(X.dtype).eps)
+
+
+def checked_inverse(rule_id: str, name: str, X: ArrayLike) -> Array:
+    """X^{-1} for a square X, all NaN where X is singular to working precision."""
+    X = _validate.square(rule_id, name, X)
+    X_inverse = jnp.linalg.inv(X)
+    return jnp.where(is_singular(X, X_inverse), jnp.full_like(X_inverse, jnp.nan), X_inverse)
+
+
+# ------------------------------------------------------------------------ X^{-1}
+
+
+def inverse_map(X: ArrayLike) -> Array:
+    """X^{-1} for a square X."""
+    return jnp.linalg.inv(_validate.square("inverse", "X", X))
+
+
+def inverse_jacobian(X: ArrayLike, *, layout: Layout = "numerator") -> Array:
+    """d(X^{-1})/dX: d(X^{-1})_kl / dX_ij = -(X^{-1})_ki (X^{-1})_jl.
+
+    Numerator layout (n, n, n, n) indexed [k, l, i, j]; denominator layout [i, j, k, l].
+    NaN everywhere when X is singular to working precision (see the module docstring).
+    The structured form ``Kronecker(-X^{-1}, X^{-1})`` applies V -> -X^{-1} V X^{-1}.
+    """
+    layout = check_layout("inverse", layout)
+    X_inverse = checked_inverse("inverse", "X", X)
+    return matrix_product_jacobian(-X_inverse, X_inverse, layout)
+
+
+def _inverse_structured(X: ArrayLike, *, layout: Layout = "numerator") -> Kronecker:
+    layout = check_layout("inverse", layout)
+    X_inverse = checked_inverse("inverse", "X", X)
+    return Kronecker(-X_inverse, X_inverse, layout)
+
+
+# ------------------------------------------------------------------------ det(X)
+
+
+def det_map(X: ArrayLike) -> Array:
+    """det(X) for a square X."""
+    return jnp.linalg.det(_validate.square("det", "X", X))
+
+
+def _adjugate_transposed_svd(X: Array) -> Array:
+    """adj(X)^T = det(U) det(V) U diag(prod_{j != i} s_j) V^T for X = U diag(s) V^T.
+
+    Products of all singular values but one, from prefix and suffix products (no division),
+    so it is exact where X is singular.
+    """
+    U, s, Vh = jnp.linalg.svd(X)
+    one = jnp.ones((1,), s.dtype)
+    before = jnp.cumprod(jnp.concatenate([one, s[:-1]]))
+    after = jnp.cumprod(jnp.concatenate([one, s[:0:-1]]))[::-1]
+    sign = jnp.linalg.det(U) * jnp.linalg.det(Vh)
+    return sign * (U * (before * after)) @ Vh
+
+
+def det_gradient(X: ArrayLike) -> Array:
+    """d det(X)/dX = det(X) X^{-T}, the transposed adjugate, of shape (n, n).
+
+    Where X is well conditioned (rcond >= sqrt(eps)) it is det(X) X^{-T} from one LU;
+    below that the adjugate comes from the SVD, which stays exact up to and at singular X
+    (the gradient of det there is finite and, for rank n - 1, nonzero).
+
+    >>> import jax.numpy as jnp
+    >>> det_gradient(jnp.array([[2.0, 0.0], [0.0, 3.0]], jnp.float32))
+    Array([[3., 0.],
+           [0., 2.]], dtype=float32)
+    """
+    X = _validate.square("det", "X", X)
+    X_inverse = jnp.linalg.inv(X)
+    well = reciprocal_condition(X, X_inverse) >= jnp.sqrt(jnp.finfo(X.dtype).eps)
+    return jax.lax.cond(
+        well,
+        lambda: jnp.linalg.det(X) * X_inverse.T,
+        lambda: _adjugate_transposed_svd(X),
+    )
+
+
+# ------------------------------------------------------------------- log det(X)
+
+
+def logdet_map(X: ArrayLike) -> Array:
+    """log det(X), NaN where det(X) <= 0 (like ``jnp.log`` of a non-positive number)."""
+    X = _validate.square("logdet", "X", X)
+    sign, logabs = jnp.linalg.slogdet(X)
+    return jnp.where(sign > 0, logabs, jnp.full_like(logabs, jnp.nan))
+
+
+def logdet_gradient(X: ArrayLike, *, absolute: bool = False) -> Array:
+    """d log det(X)/dX = X^{-T}, of shape (n, n).
+
+    log det is defined where det(X) > 0: elsewhere the result is NaN in every entry, like the
+    map (``jax.grad`` of the same map gives zeros there, since the map is a constant NaN).
+    With ``absolute=True`` it is the gradient of log|det(X)|, X^{-T} for any nonsingular X.
+    NaN where X is singular to working precision in both cases.
+    """
+    X = _validate.square("logdet", "X", X)
+    gradient = checked_inverse("logdet", "X", X).T
+    if absolute:
+        return gradient
+    sign, _ = jnp.linalg.slogdet(X)
+    return jnp.where(sign > 0, gradient, jnp.full_like(gradient, jnp.nan))
+
+
+# --------------------------------------------------------------------- A^{-1} b
+
+
+def _solve_args(rule_id: str, A: ArrayLike, b: ArrayLike) -> tuple[Array, Array]:
+    A = _validate.square(rule_id, "A", A)
+    b = _validate.vector(rule_id, "b", b)
+    _validate.shape(rule_id, "b", b, (A.shape[0],), f"the rows of A, shape {tuple(A.shape)}")
+    return A, b
+
+
+def solve_map(A: ArrayLike, b: ArrayLike, *, rule_id: str = "solve") -> Array:
+    """y = A^{-1} b by ``jnp.linalg.solve`` (errors name ``rule_id``)."""
+    A, b = _solve_args(rule_id, A, b)
+    return jnp.linalg.solve(A, b)
+
+
+def solve_jacobian(A: ArrayLike, b: ArrayLike, *, layout: Layout = "numerator") -> Array:
+    """dy/dA of y = A^{-1} b: dy_k/dA_ij = -(A^{-1})_ki y_j.
+
+    Numerator layout (n, n, n) indexed [k, i, j]; denominator [i, j, k]. Its vector-Jacobian
+    product is the familiar -(A^{-T} u) y^T. NaN where A is singular to working precision.
+    """
+    layout = check_layout("solve", layout)
+    A, b = _solve_args("solve", A, b)
+    A_inverse = checked_inverse("solve", "A", A)
+    y = A_inverse @ b
+    spec = "ki,j->kij" if layout == "numerator" else "ki,j->ijk"
+    return jnp.einsum(spec, -A_inverse, y)
+
+
+def solve_rhs_jacobian(A: ArrayLike, b: ArrayLike, *, layout: Layout = "numerator") -> Array:
+    """dy/db of y = A^{-1} b: A^{-1} in numerator layout, A^{-T} in denominator layout.
+
+    NaN where A is singular to working precision.
+    """
+    layout = check_layout("solve_rhs", layout)
+    A, _ = _solve_args("solve_rhs", A, b)
+    A_inverse = checked_inverse("solve_rhs", "A", A)
+    return A_inverse if layout == "numerator" else A_inverse.T
+
+
+def _solve_structured(A: ArrayLike, b: ArrayLike, *, layout: Layout = "numerator") -> Kronecker:
+    layout = check_layout("solve", layout)
+    A, b = _solve_args("solve", A, b)
+    A_inverse = checked_inverse("solve", "A", A)
+    return Kronecker(-A_inverse, A_inverse @ b, layout)
+
+
+def _solve_rhs_structured(A: ArrayLike, b: ArrayLike, *, layout: Layout = "numerator") -> Dense:
+    layout = check_layout("solve_rhs", layout)
+    A, _ = _solve_args("solve_rhs", A, b)
+    return Dense(checked_inverse("solve_rhs", "A", A), 1, layout)
+
+
+# ---------------------------------------------------------------------- catalogue
+
+
+def _square_example(key: Array, dtype: Any, size: int) -> tuple[Array]:
+    return (_random.well_conditioned(key, size, dtype),)
+
+
+def _solve_example(key: Array, dtype: Any, size: int) -> tuple[Array, Array]:
+    ka, kb = jax.random.split(key)
+    return _random.well_conditioned(ka, size, dtype), _random.normal(kb, (size,), dtype)
+
+
+_det_closed, _det_structured = gradient_forms("det", det_gradient)
+_logdet_closed, _logdet_structured = gradient_forms("logdet", logdet_gradient)
+
+_SINGULAR = "NaN in every entry where X is singular to working precision (rcond < eps)."
+_EXAMPLE = "Examples are I + G / (2 ||G||_2): singular values in [1/2, 3/2], det > 0."
+
+RULES = (
+    Rule(
+        id="inverse",
+        title="Matrix inverse",
+        formula=r"\partial\left(X^{-1}\right)=-X^{-1}(\partial X) X^{-1}",
+        numerator_formula=r"\frac{\partial (X^{-1})_{k l}}{\partial X_{i j}}"
+        r"=-(X^{-1})_{k i}(X^{-1})_{j l}",
+        plain="d(X^-1) = -X^-1 dX X^-1",
+        source=f"{COOKBOOK} eq. (40)",
+        shapes="X in R^{n x n}, invertible",
+        fn=inverse_map,
+        wrt=0,
+        closed_form=inverse_jacobian,
+        structured_form=_inverse_structured,
+        public="matcalc_jax.inverse_jacobian",
+        make_example=_square_example,
+        notes=f"{_SINGULAR} {_EXAMPLE}",
+    ),
+    Rule(
+        id="det",
+        title="Determinant",
+        formula=r"\frac{\partial \det(X)}{\partial X}=\det(X)\left(X^{-1}\right)^{\mathrm{T}}",
+        numerator_formula=r"\det(X) X^{-\mathrm{T}}=\operatorname{adj}(X)^{\mathrm{T}}",
+        plain="d det(X)/dX = det(X) X^-T",
+        source=f"{COOKBOOK} sec. 2.1.1",
+        shapes="X in R^{n x n}",
+        fn=det_map,
+        wrt=0,
+        closed_form=_det_closed,
+        structured_form=_det_structured,
+        public="matcalc_jax.det_gradient",
+        make_example=_square_example,
+        notes="Finite and exact at singular X (the transposed adjugate, from the SVD below "
+        f"rcond = sqrt(eps)). {_EXAMPLE}",
+    ),
+    Rule(
+        id="logdet",
+        title="Log-determinant",
+        formula=r"\frac{\partial \ln \det(X)}{\partial X}=\left(X^{-1}\right)^{\mathrm{T}}",
+        numerator_formula=r"X^{-\mathrm{T}}",
+        plain="d log det(X)/dX = X^-T",
+        source=f"{COOKBOOK} sec. 2.1.1",
+        shapes="X in R^{n x n}, det(X) > 0",
+        fn=logdet_map,
+        wrt=0,
+        closed_form=_logdet_closed,
+        structured_form=_logdet_structured,
+        public="matcalc_jax.logdet_gradient",
+        make_example=_square_example,
+        notes="NaN in every entry where det(X) <= 0 (the map is NaN there); "
+        "logdet_gradient(X, absolute=True) is the gradient of log|det X|. "
+        f"{_SINGULAR} {_EXAMPLE}",
+    ),
+    Rule(
+        id="solve",
+        title="Linear solve, by the matrix",
+        formula=r"\frac{\partial\left(A^{-1} \mathbf{b}\right)}{\partial A_{i j}}"
+        r"=-A^{-1} J^{i j} A^{-1} \mathbf{b}",
+        numerator_formula=r"\frac{\partial y_{k}}{\partial A_{i j}}=-(A^{-1})_{k i} y_{j},\ "
+        r"\mathbf{y}=A^{-1} \mathbf{b}",
+        plain="dy_k/dA_ij = -(A^-1)_ki y_j, y = A^-1 b",
+        source=f"{COOKBOOK} eq. (40) applied to A^-1 b",
+        shapes="A in R^{n x n}, b in R^n, y = A^{-1} b in R^n",
+        fn=solve_map,
+        wrt=0,
+        closed_form=solve_jacobian,
+        structured_form=_solve_structured,
+        public="matcalc_jax.solve_jacobian",
+        make_example=_solve_example,
+        notes=f"{_SINGULAR.replace('X', 'A')} {_EXAMPLE}",
+    ),
+    Rule(
+        id="solve_rhs",
+        title="Linear solve, by the right-hand side",
+        formula=r"\frac{\partial\left(A^{-1} \mathbf{b}\right)}{\partial \mathbf{b}}"
+        r"=A^{-\mathrm{T}}",
+        numerator_formula=r"A^{-1}",
+        plain="d(A^-1 b)/db = A^-T",
+        source=f"{COOKBOOK} sec. 2.4.1 (d(Ax)/dx with A^-1)",
+        shapes="A in R^{n x n}, b in R^n",
+        fn=partial(solve_map, rule_id="solve_rhs"),
+        wrt=1,
+        closed_form=solve_rhs_jacobian,
+        structured_form=_solve_rhs_structured,
+        public="matcalc_jax.solve_rhs_jacobian",
+        make_example=_solve_example,
+        notes=f"{_SINGULAR.replace('X', 'A')} {_EXAMPLE}",
+    ),
+)
