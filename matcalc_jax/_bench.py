@@ -70,7 +70,7 @@ SIZES: dict[str, tuple[int, ...]] = {
     "logistic_general": DIAGONAL_SIZES,
     "softmax": DIAGONAL_SIZES,
     "affine_matrix": (8, 16, 32, 48),
-    "linear_layer": (16, 64, 128, 256),
+    "linear_layer": (16, 32, 64, 128),  # jacfwd pushes an (n m)^2 standard basis
     "linear_layer_input": MATMUL_SIZES,
     "linear_layer_bias": VECTOR_SIZES,
     "trace_linear": MATRIX_SIZES,

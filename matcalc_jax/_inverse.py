@@ -124,11 +124,18 @@ def det_gradient(X: ArrayLike) -> Array:
            [0., 2.]], dtype=float32)
     """
     X = _validate.square("det", "X", X)
-    X_inverse = jnp.linalg.inv(X)
-    well = reciprocal_condition(X, X_inverse) >= jnp.sqrt(jnp.finfo(X.dtype).eps)
+    n = X.shape[0]
+    lu, pivots = jax.scipy.linalg.lu_factor(X)  # one LU for both det(X) and X^{-T}
+    swaps = jnp.sum(pivots != jnp.arange(n, dtype=pivots.dtype))
+    sign = jnp.where(swaps % 2 == 0, 1, -1).astype(X.dtype)
+    det = sign * jnp.prod(jnp.diagonal(lu))
+    inverse_transposed = jax.scipy.linalg.lu_solve(
+        (lu, pivots), jnp.eye(n, dtype=X.dtype), trans=1
+    )  # solves X^T Z = I
+    well = reciprocal_condition(X.T, inverse_transposed) >= jnp.sqrt(jnp.finfo(X.dtype).eps)
     return jax.lax.cond(
         well,
-        lambda: jnp.linalg.det(X) * X_inverse.T,
+        lambda: det * inverse_transposed,
         lambda: _adjugate_transposed_svd(X),
     )
 

@@ -19,3 +19,9 @@ def test_readme_python_blocks_run():
 
     W, x = namespace["W"], namespace["x"]
     assert_jacobians_close(namespace["J"], jax.jacfwd(lambda x: jnp.tanh(W @ x))(x))
+    w, X, y = namespace["w"], namespace["X"], namespace["y"]
+    assert namespace["r"].id == "logistic_regression"
+    hessian = jax.hessian(namespace["r"].fn)(w, X, y)
+    assert_jacobians_close(namespace["H"], hessian)
+    v = jnp.ones(w.shape[0], w.dtype)
+    assert_jacobians_close(namespace["Hop"].mv(v), namespace["H"] @ v)
