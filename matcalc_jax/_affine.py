@@ -34,6 +34,13 @@ from matcalc_jax._rule import Rule
 VEC_ORDERS: tuple[str, ...] = ("row", "column")
 
 
+def _check_order(rule_id: str, order: object) -> None:
+    if order not in VEC_ORDERS:
+        raise ValueError(
+            f"rule {rule_id!r}: order={order!r} is not a vec order; expected one of {VEC_ORDERS}"
+        )
+
+
 def matrix_product_jacobian(A: Array, B: Array, layout: Layout) -> Array:
     """The 4-index tensor dY/dX of Y = A X B: dY_ab/dX_ij = A_ai B_jb."""
     if layout == "numerator":
@@ -183,11 +190,7 @@ def kronecker_vec_jacobian(A: ArrayLike, B: ArrayLike, *, order: str = "row") ->
     >>> kronecker_vec_jacobian(jnp.ones((2, 3)), jnp.ones((4, 5))).shape
     (10, 12)
     """
-    if order not in VEC_ORDERS:
-        raise ValueError(
-            f"rule 'affine_matrix': order={order!r} is not a vec order; expected one of "
-            f"{VEC_ORDERS}"
-        )
+    _check_order("affine_matrix", order)
     A = _validate.matrix("affine_matrix", "A", A)
     B = _validate.matrix("affine_matrix", "B", B)
     if order == "row":
@@ -210,11 +213,7 @@ def trace_chain_vec(
     Returns:
       dz/dX of shape (p, q).
     """
-    if order not in VEC_ORDERS:
-        raise ValueError(
-            f"rule 'chain_matrix_trace': order={order!r} is not a vec order; expected one of "
-            f"{VEC_ORDERS}"
-        )
+    _check_order("chain_matrix_trace", order)
     G = _validate.matrix("chain_matrix_trace", "dz_dY", dz_dY)
     p, q = (int(d) for d in x_shape)
     J = _validate.matrix("chain_matrix_trace", "dvecY_dvecX", dvecY_dvecX)

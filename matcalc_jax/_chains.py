@@ -212,8 +212,7 @@ def tanh_layer(V: Array, x: Array, layout: Layout, structured: bool = False) -> 
 def _chain_vector_args(x: ArrayLike, W: ArrayLike, V: ArrayLike) -> tuple[Array, ...]:
     x = _validate.vector("chain_vector", "x", x)
     W = _validate.matrix_acting_on("chain_vector", "W", W, "x", x)
-    V = _validate.floating("chain_vector", "V", V)
-    _validate.rank("chain_vector", "V", V, 2, "a matrix")
+    V = _validate.matrix("chain_vector", "V", V)
     _validate.shape("chain_vector", "V", V, (V.shape[0], W.shape[0]), "V @ tanh(W x)")
     return x, W, V
 
@@ -269,9 +268,8 @@ def _chain_matrix_trace_example(key: Array, dtype: Any, size: int) -> tuple[Arra
 
 
 def _check_matrix_vector(X: ArrayLike, v: ArrayLike) -> tuple[Array, Array]:
-    X = _validate.floating("chain_matrix_vector", "X", X)
+    X = _validate.matrix("chain_matrix_vector", "X", X)
     v = _validate.floating("chain_matrix_vector", "v", v)
-    _validate.rank("chain_matrix_vector", "X", X, 2, "a matrix")
     _validate.shape(
         "chain_matrix_vector", "v", v, (X.shape[1],), f"X @ v with X of shape {X.shape}"
     )

@@ -63,6 +63,22 @@ def checked_inverse(rule_id: str, name: str, X: ArrayLike) -> Array:
     return jnp.where(is_singular(X, X_inverse), jnp.full_like(X_inverse, jnp.nan), X_inverse)
 
 
+def _lu_factor(X: Array) -> tuple[Array, Array, Array]:
+    """One LU of a square X, for det(X) and X^{-T} together.
+
+    Returns (the parity of the row swaps as +-1, the diagonal of U, X^{-T}), so that
+    det(X) = parity * prod(diagonal).
+    """
+    n = X.shape[0]
+    lu, pivots = jax.scipy.linalg.lu_factor(X)
+    swaps = jnp.sum(pivots != jnp.arange(n, dtype=pivots.dtype))
+    parity = jnp.where(swaps % 2 == 0, 1, -1).astype(X.dtype)
+    inverse_transposed = jax.scipy.linalg.lu_solve(
+        (lu, pivots), jnp.eye(n, dtype=X.dtype), trans=1
+    )  # solves X^T Z = I
+    return parity, jnp.diagonal(lu), inverse_transposed
+
+
 # ------------------------------------------------------------------------ X^{-1}
 
 
@@ -124,14 +140,8 @@ def det_gradient(X: ArrayLike) -> Array:
            [0., 2.]], dtype=float32)
     """
     X = _validate.square("det", "X", X)
-    n = X.shape[0]
-    lu, pivots = jax.scipy.linalg.lu_factor(X)  # one LU for both det(X) and X^{-T}
-    swaps = jnp.sum(pivots != jnp.arange(n, dtype=pivots.dtype))
-    sign = jnp.where(swaps % 2 == 0, 1, -1).astype(X.dtype)
-    det = sign * jnp.prod(jnp.diagonal(lu))
-    inverse_transposed = jax.scipy.linalg.lu_solve(
-        (lu, pivots), jnp.eye(n, dtype=X.dtype), trans=1
-    )  # solves X^T Z = I
+    parity, diagonal, inverse_transposed = _lu_factor(X)
+    det = parity * jnp.prod(diagonal)
     well = reciprocal_condition(X.T, inverse_transposed) >= jnp.sqrt(jnp.finfo(X.dtype).eps)
     return jax.lax.cond(
         well,
@@ -159,11 +169,13 @@ def logdet_gradient(X: ArrayLike, *, absolute: bool = False) -> Array:
     NaN where X is singular to working precision in both cases.
     """
     X = _validate.square("logdet", "X", X)
-    gradient = checked_inverse("logdet", "X", X).T
+    parity, diagonal, inverse_transposed = _lu_factor(X)  # one LU for X^{-T} and det's sign
+    nan = jnp.full_like(inverse_transposed, jnp.nan)
+    gradient = jnp.where(is_singular(X, inverse_transposed.T), nan, inverse_transposed)
     if absolute:
         return gradient
-    sign, _ = jnp.linalg.slogdet(X)
-    return jnp.where(sign > 0, gradient, jnp.full_like(gradient, jnp.nan))
+    positive = parity * jnp.prod(jnp.sign(diagonal)) > 0
+    return jnp.where(positive, gradient, nan)
 
 
 # --------------------------------------------------------------------- A^{-1} b

@@ -21,8 +21,7 @@ from matcalc_jax._rule import Rule
 
 def _matrix_vector(rule_id: str, A: ArrayLike, x: ArrayLike, axis: int) -> tuple[Array, Array]:
     """Check that A is a matrix whose ``axis`` matches the length of the vector x."""
-    A = _validate.floating(rule_id, "A", A)
-    _validate.rank(rule_id, "A", A, 2, "a matrix")
+    A = _validate.matrix(rule_id, "A", A)
     x = _validate.vector(rule_id, "x", x)
     side = "columns" if axis == 1 else "rows"
     _validate.shape(

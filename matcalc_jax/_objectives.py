@@ -27,7 +27,7 @@ from jax.typing import ArrayLike
 
 from matcalc_jax import _random, _validate
 from matcalc_jax._elementwise import logistic_prime
-from matcalc_jax._operators import Dense, Sum, WeightedGram
+from matcalc_jax._operators import Dense, DiagonalPlusLowRank, Sum, WeightedGram
 from matcalc_jax._rule import Rule, gradient_forms
 from matcalc_jax._softmax import _softmax_structured, softmax_jacobian
 from matcalc_jax._traces import COOKBOOK
@@ -62,9 +62,8 @@ def quadratic_form_hessian(x: ArrayLike, A: ArrayLike, *, structured: bool = Fal
     ``mv`` is A v + v A: the Hessian-vector product without forming A + A^T.
     """
     x, A = _quadratic_args(x, A)
-    if structured:
-        return Sum((Dense(A, 1), Dense(A, 1, stored="denominator")))
-    return A + A.T
+    op = Sum((Dense(A, 1), Dense(A, 1, stored="denominator")))
+    return op if structured else op.to_dense()
 
 
 # --------------------------------------------------------------------- ||Ax - b||^2
@@ -185,7 +184,7 @@ def softmax_cross_entropy_hessian(z: ArrayLike, t: ArrayLike, *, structured: boo
     total = jnp.sum(t)
     if structured:
         op = _softmax_structured(z)
-        return type(op)(total * op.values, total * op.U, op.V, op.layout)
+        return DiagonalPlusLowRank(total * op.values, total * op.U, op.V)
     return total * softmax_jacobian(z)
 
 

@@ -91,22 +91,24 @@ class Rule:
     def hessian(self, *args: Any) -> Array:
         """The hand-written Hessian of the scalar ``fn`` with respect to ``args[wrt]``, of
         shape ``x.shape + x.shape``; ``ValueError`` for a rule without one."""
-        return self._hessian_form("hessian")(*args)
+        self._require_hessian("hessian")
+        return self.hessian_form(*args)
 
     def hessian_operator(self, *args: Any) -> Any:
         """The Hessian as a structured operator; ``.mv(v)`` is the Hessian-vector product and
         ``.to_dense()`` equals :meth:`hessian`."""
-        return self._hessian_form("hessian_operator")(*args)
+        self._require_hessian("hessian_operator")
+        return self.structured_hessian_form(*args)
 
     def jax_hessian(self, *args: Any) -> Array:
         """``jax.hessian`` (forward over reverse) of ``fn`` with respect to ``args[wrt]``."""
-        self._hessian_form("jax_hessian")
+        self._require_hessian("jax_hessian")
         return jax.hessian(self.fn, argnums=self.wrt)(*args)
 
     def jax_hvp(self, *args: Any, tangent: Any) -> Array:
         """Autodiff's Hessian-vector product, forward over reverse: ``jax.jvp`` of
         ``jax.grad(fn)`` in the direction ``tangent`` (of ``args[wrt]``'s shape)."""
-        self._hessian_form("jax_hvp")
+        self._require_hessian("jax_hvp")
         before, after = args[: self.wrt], args[self.wrt + 1 :]
 
         def gradient(x: Array) -> Array:
@@ -114,15 +116,13 @@ class Rule:
 
         return jax.jvp(gradient, (args[self.wrt],), (tangent,))[1]
 
-    def _hessian_form(self, what: str) -> Callable[..., Any]:
-        form = self.hessian_form if what == "hessian" else self.structured_hessian_form
-        if form is None:
+    def _require_hessian(self, what: str) -> None:
+        if not self.has_hessian:
             with_hessian = ", ".join(r.id for r in _rules_with_hessian())
             raise ValueError(
                 f"rule {self.id!r} has no closed-form Hessian ({what}); rules with one: "
                 f"{with_hessian}"
             )
-        return form
 
     def example(self, key: Array, dtype: Any = jnp.float32, size: int | None = None) -> tuple:
         """Random valid arguments for ``fn``, of ``dtype``, drawn to be well conditioned.

@@ -82,11 +82,8 @@ def trace_quadratic_hessian(X: ArrayLike, A: ArrayLike, *, structured: bool = Fa
     ``Kronecker(A + A^T, I)`` whose ``mv`` costs one (p, p) x (p, q) product.
     """
     X, A = _trace_quadratic_args(X, A)
-    S = A + A.T
-    eye = jnp.eye(X.shape[1], dtype=X.dtype)
-    if structured:
-        return Kronecker(S, eye)
-    return jnp.einsum("ik,jl->ijkl", S, eye)
+    op = Kronecker(A + A.T, jnp.eye(X.shape[1], dtype=X.dtype))
+    return op if structured else op.to_dense()
 
 
 # ------------------------------------------------------------------------ ||X||_F^2
@@ -108,11 +105,8 @@ def frobenius_hessian(X: ArrayLike, *, structured: bool = False) -> Any:
     """The Hessian of ||X||_F^2: 2 I on (p, q) matrices; ``structured=True`` gives
     ``Scaled(2, Identity)``, which stores nothing but the shape."""
     X = _validate.matrix("frobenius", "X", X)
-    two = jnp.asarray(2, X.dtype)
-    if structured:
-        return Scaled(two, Identity(tuple(X.shape), X.dtype.name))
-    n = X.size
-    return (two * jnp.eye(n, dtype=X.dtype)).reshape(X.shape + X.shape)
+    op = Scaled(jnp.asarray(2, X.dtype), Identity(tuple(X.shape), X.dtype.name))
+    return op if structured else op.to_dense()
 
 
 # ---------------------------------------------------------------------- catalogue

@@ -104,8 +104,7 @@ def matrix_acting_on(
     rule_id: str, name: str, value: ArrayLike, vector_name: str, vector: Array
 ) -> Array:
     """A floating matrix whose number of columns is the length of ``vector``."""
-    array = floating(rule_id, name, value)
-    rank(rule_id, name, array, 2, "a matrix")
+    array = matrix(rule_id, name, value)
     if array.shape[1] != vector.shape[0]:
         raise ValueError(
             f"rule {rule_id!r}: argument {name!r} has shape {tuple(array.shape)}; expected "
