@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from matcalc_jax import _random, _validate
+from matcalc_jax import _activations, _random, _validate
 from matcalc_jax._affine import matrix_product_jacobian, matrix_vector_jacobian
 from matcalc_jax._layout import Layout, check_layout, multiply_in_layout
 from matcalc_jax._linear import linear_jacobian
@@ -200,11 +200,12 @@ def linear_piece(M: Array, x: Array, layout: Layout, structured: bool) -> Any:
 
 
 def tanh_layer(V: Array, x: Array, layout: Layout, structured: bool = False) -> tuple[Array, Any]:
-    """z = tanh(V x) and dz/dx = diag(1 - z^2) V: the chain rule through the seed's
+    """z = tanh(V x) and dz/dx = diag(tanh'(V x)) V: the chain rule through the seed's
     elementwise rule and its linear rule (``chain_elementwise``, so never a dense diagonal)."""
-    z = jnp.tanh(V @ x)
+    y = V @ x
+    z = jnp.tanh(y)
     dz_dx = chain_elementwise(
-        1 - jnp.square(z), linear_piece(V, x, layout, structured), layout=layout
+        _activations.tanh_prime(y), linear_piece(V, x, layout, structured), layout=layout
     )
     return z, dz_dx
 
@@ -252,7 +253,7 @@ def _chain_matrix_trace_jacobian(
     layout = check_layout("chain_matrix_trace", layout)
     A, X, B = _validate.affine("chain_matrix_trace", A, X, B)
     Y = A @ X @ B
-    dz_dY = 1 - jnp.square(jnp.tanh(Y))
+    dz_dY = _activations.tanh_prime(Y)
     dY_dX = Kronecker(A, B, layout) if structured else matrix_product_jacobian(A, B, layout)
     return chain_matrix_trace(dz_dY, dY_dX, layout=layout)
 
@@ -286,7 +287,7 @@ def _chain_matrix_vector_jacobian(
 ) -> Any:
     layout = check_layout("chain_matrix_vector", layout)
     X, v = _check_matrix_vector(X, v)
-    dz_dy = 1 - jnp.square(jnp.tanh(X @ v))
+    dz_dy = _activations.tanh_prime(X @ v)
     # y = X v = I X v: dy_a/dX_ij = delta_ai v_j.
     dy_dX = matrix_vector_jacobian(X.shape[0], v, layout, structured)
     return chain_matrix_vector(dz_dy, dy_dX, layout=layout)

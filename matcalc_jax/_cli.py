@@ -214,6 +214,22 @@ def _docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _accuracy(args: argparse.Namespace) -> int:
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_enable_x64", True)
+    from matcalc_jax import _accuracy
+
+    text = _accuracy.markdown()
+    if args.out == "-":
+        print(text)
+    else:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="matcalc-jax",
@@ -273,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list the rules with their formulas")
     listing.set_defaults(run=_list, platform="default")
 
+    accuracy = commands.add_parser(
+        "accuracy",
+        help="measure matcalc_jax.nn and jax.nn against mpmath (ulps) and write the table",
+    )
+    accuracy.add_argument("--out", default="-", help="a Markdown file, or - for stdout")
+    accuracy.set_defaults(run=_accuracy, platform="cpu")
     docs = commands.add_parser("docs", help="write docs/rules.md from the catalogue")
     docs.add_argument("--out", default="docs/rules.md", help="path (default: docs/rules.md)")
     docs.add_argument("--check", action="store_true", help="exit 1 if the file is stale")

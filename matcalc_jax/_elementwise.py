@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from matcalc_jax import _random, _validate
+from matcalc_jax import _activations, _random, _validate
 from matcalc_jax._layout import Layout, check_layout
 from matcalc_jax._operators import Diagonal
 from matcalc_jax._rule import Rule
@@ -42,9 +42,7 @@ def logistic_prime(x: ArrayLike) -> Array:
     >>> float(logistic_prime(jnp.float32(0.0)))
     0.25
     """
-    x = _validate.floating("logistic_prime", "x", x)
-    e = jnp.exp(-jnp.abs(x))
-    return e / jnp.square(1 + e)
+    return _activations.logistic_prime(_validate.floating("logistic_prime", "x", x))
 
 
 def elementwise_jacobian(derivative: ArrayLike, *, layout: Layout = "numerator") -> Array:
@@ -174,7 +172,8 @@ def _diagonal_form(rule_id: str, derivative: Callable[..., Array]) -> Callable[.
 
 
 def _tanh_derivative(x: Array) -> Array:
-    return 1 - jnp.square(jnp.tanh(_validate.vector("elementwise", "x", x)))
+    """tanh'(x) = sech^2(x), exact in the tails (never 1 - tanh^2)."""
+    return _activations.tanh_prime(_validate.vector("elementwise", "x", x))
 
 
 def _tanh_map(x: Array) -> Array:

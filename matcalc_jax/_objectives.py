@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from matcalc_jax import _random, _validate
+from matcalc_jax import _activations, _random, _validate
 from matcalc_jax._elementwise import logistic_prime
 from matcalc_jax._operators import Dense, DiagonalPlusLowRank, Sum, WeightedGram
 from matcalc_jax._rule import Rule, gradient_forms
@@ -134,7 +134,7 @@ def logistic_regression_loss(w: ArrayLike, X: ArrayLike, y: ArrayLike) -> Array:
 def logistic_regression_gradient(w: ArrayLike, X: ArrayLike, y: ArrayLike) -> Array:
     """X^T (s - y) with s = sigma(X w)."""
     w, X, y = _logistic_args(w, X, y)
-    return (jax.nn.sigmoid(X @ w) - y) @ X
+    return (_activations.sigmoid(X @ w) - y) @ X
 
 
 def logistic_regression_hessian(

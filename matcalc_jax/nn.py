@@ -1,179 +1,271 @@
-"""Drop-in activations and forms whose derivatives are the kit's closed forms.
+"""Drop-in replacements for ``jax.nn`` whose derivatives are the kit's closed forms.
+
+Every function takes what its ``jax.nn`` namesake takes (``axis``, ``where=``, ``alpha``,
+integer and boolean inputs, promoted as ``jax.nn`` promotes them, empty arrays, every float
+dtype) and returns the same dtype, so replacing ``jax.nn.f`` by ``matcalc_jax.nn.f`` in a
+model changes nothing but the digits ``jax.nn`` gets wrong. Integer inputs are promoted for
+every function, also where ``jax.nn`` refuses them (``jax.nn.sigmoid`` of an int32 array).
 
 Each function is a ``jax.custom_jvp`` (not ``custom_vjp``, so forward and reverse mode both
-work: ``jacfwd``, ``jacrev``, ``grad``, ``hessian``) whose tangent rule is the closed form,
-linear in the tangents, and written in differentiable jnp operations, so second derivatives
-come out right too. They work under ``jit``, ``vmap``, ``lax.scan`` and ``lax.cond``.
+work: ``jacfwd``, ``jacrev``, ``grad``, ``hessian``) whose tangent is the closed-form
+derivative from :mod:`matcalc_jax._activations`, itself a ``custom_jvp`` whose tangent is the
+closed-form second derivative. They work under ``jit``, ``vmap``, ``lax.scan`` and
+``lax.cond``.
 
-Numerics, beyond ``jax.nn``:
+Numerics, beyond ``jax.nn`` (measured against mpmath in docs/accuracy.md):
 
-- ``sigmoid``, ``log_sigmoid``, ``softplus``: sigma'(x) as e / (1 + e)^2 with
-  e = exp(-|x|) (:func:`matcalc_jax.logistic_prime`): the float64 derivative at x = 37.4 is
-  5.8e-17, not 0; no NaN or inf for any finite input in float16, bfloat16, float32, float64.
-- ``tanh``: tanh'(x) = sech^2(x) = 4 e / (1 + e)^2 with e = exp(-2|x|), not 1 - tanh^2,
-  which is exactly 0 from |x| of about 19 in float64.
-- ``logsumexp``, ``softmax``, ``log_softmax``: max-shifted (logits of 1e4 are fine). A slice
-  that is entirely ``-inf`` (fully masked) gives ``logsumexp = -inf``, ``softmax = 0``,
-  ``log_softmax = -inf``, and derivatives 0, where ``jax.nn`` gives NaN. A single ``-inf`` entry
-  (masked) has softmax 0 and a zero row and column in the Jacobian, as in ``jax.nn``.
-- ``relu``: derivative 0 at x = 0, as ``jax.nn.relu``.
+- sigma'(x) is e / (1 + e)^2 with e = exp(-|x|), tanh'(x) is 4 e / (1 + e)^2 with
+  e = exp(-2|x|): exact in the tails, where sigma (1 - sigma) and 1 - tanh^2 are 0.
+- ``float16`` and ``bfloat16`` inputs are computed in float32 and rounded once.
+- ``softmax``, ``log_softmax``, ``logsumexp``: max-shifted, and the sum of the shifted
+  exponentials is carried as 1 + r, r the sum of the entries below the maximum, so
+  ``log_softmax([40, 0, -40])[0]`` is -log1p(r) = -4.2e-18, not 0; the Jacobian is centred
+  on the largest entry, so its diagonal s_k (1 - s_k) keeps every digit when s_k is near 1.
+- NaN in, NaN out: a NaN anywhere in a slice makes the slice's softmax, log_softmax,
+  logsumexp and their derivatives NaN. A +inf logit makes softmax and log_softmax NaN and
+  logsumexp +inf (with a NaN gradient). A single -inf entry (masked) has softmax 0 and a zero
+  row and column in the softmax Jacobian; a slice that is entirely -inf, or masked entirely
+  by ``where=``, gives softmax 0, log_softmax and logsumexp -inf, derivatives 0 (``jax.nn``
+  gives NaN for the all -inf slice). The table is in docs/models.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from matcalc_jax import _validate
+from matcalc_jax import _activations, _validate
 
 Axis = int | tuple[int, ...]
 
+#: Inputs of these dtypes are computed in float32 and the result rounded once.
+LOW_PRECISION = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 
-def _floating(name: str, value: ArrayLike, argument: str = "x") -> Array:
-    return _validate.floating(f"nn.{name}", argument, value)
+
+#: jax.nn functions that mix x with a Python float (alpha * x, ...): integers become the
+#: default float type (float64 with x64 on), as in ``jax.nn.elu``.
+_WEAK_FLOAT = ("elu", "selu", "celu", "leaky_relu", "relu6")
+
+
+def _inexact(name: str, value: ArrayLike, argument: str = "x") -> Array:
+    """``value`` as a float array: floats kept, bool and integers promoted as jax.nn promotes
+    them: 64-bit integers to float64 and the others to float32, as ``jnp.sin`` does, except
+    for bool, Python ints and the functions in ``_WEAK_FLOAT``, which take the default float
+    type."""
+    array = _array(name, value, argument)
+    if jnp.issubdtype(array.dtype, jnp.floating):
+        return array
+    if array.dtype == jnp.bool_ or jnp.issubdtype(array.dtype, jnp.integer):
+        wide = array.dtype.itemsize == 8
+        weak = name in _WEAK_FLOAT or array.dtype == jnp.bool_ or not hasattr(value, "dtype")
+        target = jax.dtypes.canonicalize_dtype(jnp.float64 if wide or weak else jnp.float32)
+        return array.astype(target)
+    raise TypeError(
+        f"nn.{name}: argument {argument!r} has dtype {array.dtype}; expected a real number "
+        "dtype (a float, an integer or bool)"
+    )
+
+
+def _array(name: str, value: ArrayLike, argument: str) -> Array:
+    try:
+        return jnp.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"nn.{name}: argument {argument!r} is {type(value).__name__}; expected an array "
+            f"or a number ({error})"
+        ) from None
+
+
+def _working_dtype(dtype: jnp.dtype) -> jnp.dtype:
+    return jnp.dtype(jnp.float32) if dtype in LOW_PRECISION else dtype
+
+
+def _in_working_precision(function: Callable[..., Array], x: Array, *params: Array) -> Array:
+    """function(x, *params) computed in float32 for float16 and bfloat16 x, rounded once."""
+    working = _working_dtype(x.dtype)
+    params = tuple(jnp.asarray(p, working) for p in params)
+    return function(x.astype(working), *params).astype(x.dtype)
 
 
 # --------------------------------------------------------------------- elementwise maps
 
 
-@jax.custom_jvp
-def _sigmoid(x: Array) -> Array:
-    return jax.nn.sigmoid(x)
-
-
-@_sigmoid.defjvp
-def _sigmoid_jvp(primals: tuple, tangents: tuple) -> tuple[Array, Array]:
-    (x,), (t,) = primals, tangents
-    # One exponential for both: e = exp(-|x|), sigma = 1/(1+e) or e/(1+e), sigma' = e/(1+e)^2.
-    e = jnp.exp(-jnp.abs(x))
-    inverse = 1 / (1 + e)
-    y = jnp.where(x >= 0, inverse, e * inverse)
-    return y, e * jnp.square(inverse) * t
-
-
 def sigmoid(x: ArrayLike) -> Array:
-    """sigma(x) = 1 / (1 + exp(-x)); derivative sigma'(x), exact in the tails.
+    """sigma(x) = 1 / (1 + exp(-x)); derivative sigma'(x) = e / (1 + e)^2, e = exp(-|x|),
+    exact in the tails (5.7e-17 at 37.4 in float64, where sigma (1 - sigma) is 0).
 
     >>> import jax, jax.numpy as jnp
     >>> float(jax.grad(sigmoid)(jnp.float32(0.0)))
     0.25
     """
-    return _sigmoid(_floating("sigmoid", x))
-
-
-@jax.custom_jvp
-def _softplus(x: Array) -> Array:
-    return jnp.logaddexp(x, jnp.zeros((), x.dtype))
-
-
-@_softplus.defjvp
-def _softplus_jvp(primals: tuple, tangents: tuple) -> tuple[Array, Array]:
-    (x,), (t,) = primals, tangents
-    return _softplus(x), _sigmoid(x) * t
-
-
-def softplus(x: ArrayLike) -> Array:
-    """log(1 + exp(x)); derivative sigma(x)."""
-    return _softplus(_floating("softplus", x))
+    return _in_working_precision(_activations.sigmoid, _inexact("sigmoid", x))
 
 
 def log_sigmoid(x: ArrayLike) -> Array:
     """log sigma(x) = -softplus(-x); derivative sigma(-x) = 1 - sigma(x), without cancellation."""
-    return -_softplus(-_floating("log_sigmoid", x))
+    return _in_working_precision(_activations.log_sigmoid, _inexact("log_sigmoid", x))
 
 
-def tanh_prime(x: ArrayLike) -> Array:
-    """tanh'(x) = sech^2(x), computed as 4 e / (1 + e)^2 with e = exp(-2|x|): no cancellation,
-    0 only where it underflows, NaN only for NaN."""
-    x = _floating("tanh_prime", x)
-    e = jnp.exp(-2 * jnp.abs(x))
-    return 4 * e / jnp.square(1 + e)
-
-
-@jax.custom_jvp
-def _tanh(x: Array) -> Array:
-    return jnp.tanh(x)
-
-
-@_tanh.defjvp
-def _tanh_jvp(primals: tuple, tangents: tuple) -> tuple[Array, Array]:
-    (x,), (t,) = primals, tangents
-    # One exponential for both: m = expm1(-2|x|), e = 1 + m, tanh|x| = -m / (2 + m) (no
-    # cancellation near 0), tanh' = 4 e / (1 + e)^2 (none in the tails).
-    m = jnp.expm1(-2 * jnp.abs(x))
-    y = jnp.sign(x) * (-m / (2 + m))
-    return y, 4 * (1 + m) / jnp.square(2 + m) * t
+def softplus(x: ArrayLike) -> Array:
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)); derivative sigma(x), second sigma'(x)."""
+    return _in_working_precision(_activations.softplus, _inexact("softplus", x))
 
 
 def tanh(x: ArrayLike) -> Array:
-    """tanh(x); derivative sech^2(x) = 4 e / (1 + e)^2, e = exp(-2|x|), exact in the tails."""
-    return _tanh(_floating("tanh", x))
+    """tanh(x); derivative sech^2(x) = 4 e / (1 + e)^2, e = exp(-2|x|), exact in the tails
+    (1.7e-17 at 20 in float64, where 1 - tanh^2 is 0); second derivative -2 tanh sech^2."""
+    return _in_working_precision(_activations.tanh, _inexact("tanh", x))
 
 
-@jax.custom_jvp
-def _relu(x: Array) -> Array:
-    return jnp.maximum(x, jnp.zeros((), x.dtype))
+def tanh_prime(x: ArrayLike) -> Array:
+    """tanh'(x) = sech^2(x) = 4 e / (1 + e)^2 with e = exp(-2|x|): no cancellation, 0 only
+    where it underflows, NaN only for NaN. The derivative of :func:`tanh`, as an array."""
+    return _in_working_precision(_activations.tanh_prime, _inexact("tanh_prime", x))
 
 
-@_relu.defjvp
-def _relu_jvp(primals: tuple, tangents: tuple) -> tuple[Array, Array]:
-    (x,), (t,) = primals, tangents
-    return _relu(x), jnp.where(x > 0, t, jnp.zeros((), t.dtype))
+def silu(x: ArrayLike) -> Array:
+    """silu(x) = swish(x) = x sigma(x); derivative sigma(x) (1 + x sigma(-x))."""
+    return _in_working_precision(_activations.silu, _inexact("silu", x))
+
+
+swish = silu
+
+
+def gelu(x: ArrayLike, approximate: bool = True) -> Array:
+    """The Gaussian error linear unit: x Phi(x) (``approximate=False``, derivative
+    Phi(x) + x phi(x)), or its tanh form 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))
+    (the default, as in jax.nn), computed as x sigma(2u), exact in the left tail."""
+    function = _activations.gelu_tanh if approximate else _activations.gelu
+    return _in_working_precision(function, _inexact("gelu", x))
+
+
+def elu(x: ArrayLike, alpha: ArrayLike = 1.0) -> Array:
+    """x for x > 0, alpha (exp(x) - 1) otherwise; derivative 1 or alpha exp(x) (alpha at 0,
+    as jax.nn.elu). Differentiable in ``alpha`` too."""
+    return _in_working_precision(_activations.elu, _inexact("elu", x), alpha)
+
+
+def selu(x: ArrayLike) -> Array:
+    """scale * elu(x, alpha) with scale = 1.0507..., alpha = 1.6732... (self-normalizing)."""
+    return _in_working_precision(_activations.selu, _inexact("selu", x))
+
+
+def celu(x: ArrayLike, alpha: ArrayLike = 1.0) -> Array:
+    """max(x, 0) + alpha (exp(min(x, 0) / alpha) - 1); derivative 1 or exp(x / alpha)."""
+    return _in_working_precision(_activations.celu, _inexact("celu", x), alpha)
+
+
+def soft_sign(x: ArrayLike) -> Array:
+    """x / (1 + |x|); derivative 1 / (1 + |x|)^2."""
+    return _in_working_precision(_activations.soft_sign, _inexact("soft_sign", x))
+
+
+softsign = soft_sign
+
+
+def leaky_relu(x: ArrayLike, negative_slope: ArrayLike = 0.01) -> Array:
+    """x for x >= 0, negative_slope * x otherwise; derivative 1 at 0 (as jax.nn.leaky_relu)."""
+    x = _inexact("leaky_relu", x)
+    return _in_working_precision(_activations.leaky_relu, x, negative_slope)
+
+
+def _piecewise_linear(
+    name: str, function: Callable[[Array], Array], integers: Callable[[Array], Array], x: ArrayLike
+) -> Array:
+    """Integers stay integers (as in jax.nn, where these are selections of x)."""
+    array = _array(name, x, "x")
+    if array.dtype == jnp.bool_ or jnp.issubdtype(array.dtype, jnp.integer):
+        return integers(array)
+    return _in_working_precision(function, _inexact(name, array))
 
 
 def relu(x: ArrayLike) -> Array:
     """max(x, 0); derivative 1 for x > 0, else 0 (0 at x = 0, like ``jax.nn.relu``)."""
-    return _relu(_floating("relu", x))
+    return _piecewise_linear("relu", _activations.relu, lambda x: jnp.maximum(x, 0), x)
+
+
+def relu6(x: ArrayLike) -> Array:
+    """min(max(x, 0), 6); derivative 1 on (0, 6), else 0 (like ``jax.nn.relu6``)."""
+    return _in_working_precision(_activations.relu6, _inexact("relu6", x))
+
+
+def hard_tanh(x: ArrayLike) -> Array:
+    """clip(x, -1, 1); derivative 1 on [-1, 1], else 0 (like ``jax.nn.hard_tanh``)."""
+    return _piecewise_linear(
+        "hard_tanh",
+        _activations.hard_tanh,
+        lambda x: jnp.where(x > 1, 1, jnp.where(x < -1, -1, x)),
+        x,
+    )
 
 
 # ------------------------------------------------------------------- reductions over axis
 
 
-def _safe_max(x: Array, axis: Axis) -> Array:
-    """The max over ``axis`` (kept), with 0 where a slice has no finite maximum."""
-    m = jnp.max(x, axis=axis, keepdims=True)
-    return jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, jnp.zeros((), x.dtype)))
+def _shifted(x: Array, axis: Axis) -> tuple[Array, Array, Array, Array]:
+    """The max-shifted pieces of logsumexp over ``axis`` (kept as size-1 axes).
+
+    Returns d = x - m, e = exp(d), r and ``masked``, where m is the maximum and
+    sum(e) = 1 + r exactly in exact arithmetic: r sums the entries below the maximum plus
+    (number of maxima - 1), so log sum(e) = log1p(r) keeps the digits that log(1 + r) loses.
+    ``masked`` marks slices with no entry above -inf (all -inf, or empty): there m is taken as
+    0. A +inf maximum makes r NaN.
+    """
+    m = jnp.max(x, axis=axis, keepdims=True, initial=-jnp.inf)
+    masked = m == -jnp.inf
+    d = x - jnp.where(masked, jnp.zeros((), x.dtype), m)
+    e = jnp.exp(d)
+    top = x == m
+    below = jnp.sum(jnp.where(top, jnp.zeros((), x.dtype), e), axis=axis, keepdims=True)
+    ties = jnp.sum(top, axis=axis, keepdims=True, dtype=x.dtype) - 1
+    r = jnp.where(m == jnp.inf, jnp.nan, below + ties)
+    return d, e, r, masked
 
 
 def _logsumexp_keepdims(x: Array, axis: Axis) -> Array:
-    m = _safe_max(x, axis)
-    return jnp.log(jnp.sum(jnp.exp(x - m), axis=axis, keepdims=True)) + m
+    _, _, r, masked = _shifted(x, axis)
+    m = jnp.max(x, axis=axis, keepdims=True, initial=-jnp.inf)
+    lse = jnp.where(masked, -jnp.inf, jnp.where(masked, 0, m) + jnp.log1p(r))
+    return jnp.where(m == jnp.inf, jnp.inf, lse)
 
 
-def _weights(x: Array, lse: Array) -> Array:
-    """softmax(x) = exp(x - lse), and 0 for a slice that is entirely -inf."""
-    finite = jnp.isfinite(lse)
-    return jnp.where(finite, jnp.exp(x - jnp.where(finite, lse, jnp.zeros((), x.dtype))), 0)
+def _first_maximum(x: Array, axis: tuple[int, ...]) -> Array:
+    """A mask of x's shape: True at the first maximal entry of each slice over ``axis``."""
+    m = jnp.max(x, axis=axis, keepdims=True, initial=-jnp.inf)
+    kept = [a for a in range(x.ndim) if a not in axis]
+    moved = jnp.transpose(x == m, kept + list(axis))
+    flat = moved.reshape(*moved.shape[: len(kept)], -1)
+    first = flat & (jnp.cumsum(flat, axis=-1) == 1)
+    return jnp.transpose(first.reshape(moved.shape), np.argsort(kept + list(axis)))
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _logsumexp(x: Array, axis: Axis) -> Array:
-    return jnp.squeeze(_logsumexp_keepdims(x, axis), axis=axis)
+def _centred(x: Array, s: Array, t: Array, axis: tuple[int, ...]) -> Array:
+    """(I - 1 s^T) t = t - sum(s t), written so that it and its transpose are both accurate.
 
-
-@_logsumexp.defjvp
-def _logsumexp_jvp(axis: Axis, primals: tuple, tangents: tuple) -> tuple[Array, Array]:
-    (x,), (t,) = primals, tangents
-    lse = _logsumexp_keepdims(x, axis)
-    w = _weights(x, lse)
-    return jnp.squeeze(lse, axis=axis), jnp.sum(w * t, axis=axis)
-
-
-def logsumexp(x: ArrayLike, axis: Axis | None = None) -> Array:
-    """log sum exp(x) over ``axis`` (all axes by default, like ``jax.nn.logsumexp``);
-    gradient softmax(x). An all ``-inf`` slice gives -inf with gradient 0
-    (``jax.nn.logsumexp``'s gradient is NaN there)."""
-    x = _floating("logsumexp", x)
-    return _logsumexp(x, _normalize_axis(axis, x.ndim))
+    It is q t + (s t - sum(s t)) with q = 1 - s, except at the first largest entry k, where
+    q_k = 1 - s_k is taken as the sum of the other entries of s: the (k, k) entry of the
+    Jacobian is then that small sum, not a difference of two numbers near 1, in forward mode
+    and in the transpose JAX derives for reverse mode (s_k t_k - s_k t_k is exactly 0).
+    q_k and 1 - s_k are the same function of x, so the second derivative is unchanged.
+    """
+    top = _first_maximum(x, axis)
+    zero = jnp.zeros((), s.dtype)
+    others = jnp.sum(jnp.where(top, zero, s), axis=axis, keepdims=True)
+    complement = jnp.where(top, others, 1 - s)
+    weighted = s * t
+    return complement * t + (weighted - jnp.sum(weighted, axis=axis, keepdims=True))
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _softmax(x: Array, axis: Axis) -> Array:
-    return _weights(x, _logsumexp_keepdims(x, axis))
+    _, e, r, masked = _shifted(x, axis)
+    return jnp.where(masked, jnp.zeros((), x.dtype), e / (1 + r))
 
 
 @_softmax.defjvp
@@ -181,51 +273,143 @@ def _softmax_jvp(axis: Axis, primals: tuple, tangents: tuple) -> tuple[Array, Ar
     (x,), (t,) = primals, tangents
     s = _softmax(x, axis)
     # The kit's closed form (diag(s) - s s^T) t, never formed as a matrix.
-    return s, s * (t - jnp.sum(s * t, axis=axis, keepdims=True))
-
-
-def softmax(x: ArrayLike, axis: Axis = -1) -> Array:
-    """softmax over ``axis``; Jacobian diag(s) - s s^T applied to the tangent. An all ``-inf``
-    slice gives 0 with derivative 0 (``jax.nn.softmax`` gives NaN)."""
-    x = _floating("softmax", x)
-    return _softmax(x, _normalize_axis(axis, x.ndim))
+    return s, s * _centred(x, s, t, axis)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _log_softmax(x: Array, axis: Axis) -> Array:
-    lse = _logsumexp_keepdims(x, axis)
-    return jnp.where(jnp.isfinite(lse), x - lse, -jnp.inf)
+    d, _, r, masked = _shifted(x, axis)
+    return jnp.where(masked, -jnp.inf, d - jnp.log1p(r))
 
 
 @_log_softmax.defjvp
 def _log_softmax_jvp(axis: Axis, primals: tuple, tangents: tuple) -> tuple[Array, Array]:
     (x,), (t,) = primals, tangents
-    lse = _logsumexp_keepdims(x, axis)
-    finite = jnp.isfinite(lse)
-    shifted = x - jnp.where(finite, lse, jnp.zeros((), x.dtype))
-    s = jnp.where(finite, jnp.exp(shifted), 0)
-    tangent = jnp.where(finite, t - jnp.sum(s * t, axis=axis, keepdims=True), 0)
-    return jnp.where(finite, shifted, -jnp.inf), tangent
+    s = _softmax(x, axis)
+    masked = jnp.max(x, axis=axis, keepdims=True, initial=-jnp.inf) == -jnp.inf
+    tangent = jnp.where(masked, jnp.zeros((), t.dtype), _centred(x, s, t, axis))
+    return _log_softmax(x, axis), tangent  # (I - 1 s^T) t
 
 
-def log_softmax(x: ArrayLike, axis: Axis = -1) -> Array:
-    """x - logsumexp(x) over ``axis``; Jacobian I - 1 s^T. An all ``-inf`` slice gives -inf
-    with derivative 0 (``jax.nn.log_softmax`` gives NaN)."""
-    x = _floating("log_softmax", x)
-    return _log_softmax(x, _normalize_axis(axis, x.ndim))
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _logsumexp(x: Array, axis: Axis) -> Array:
+    return _logsumexp_keepdims(x, axis)
+
+
+@_logsumexp.defjvp
+def _logsumexp_jvp(axis: Axis, primals: tuple, tangents: tuple) -> tuple[Array, Array]:
+    (x,), (t,) = primals, tangents
+    s = _softmax(x, axis)
+    return _logsumexp(x, axis), jnp.sum(s * t, axis=axis, keepdims=True)  # s^T t
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _weighted_logsumexp(x: Array, b: Array, axis: Axis) -> tuple[Array, Array]:
+    """log|sum b exp(x)| and its sign, over ``axis`` (kept)."""
+    m = jnp.max(jnp.where(b != 0, x, -jnp.inf), axis=axis, keepdims=True, initial=-jnp.inf)
+    m = jnp.where(jnp.isfinite(m), m, jnp.zeros((), x.dtype))
+    total = jnp.sum(b * jnp.exp(x - m), axis=axis, keepdims=True)
+    return m + jnp.log(jnp.abs(total)), jnp.sign(total)
+
+
+@_weighted_logsumexp.defjvp
+def _weighted_logsumexp_jvp(axis: Axis, primals: tuple, tangents: tuple) -> tuple:
+    (x, b), (tx, tb) = primals, tangents
+    lse, sign = _weighted_logsumexp(x, b, axis)
+    # d log|S| = (sum b e^x dx + sum e^x db) / S with S = sign * exp(lse).
+    scale = jnp.exp(x - lse) * sign
+    tangent = jnp.sum(scale * (b * tx + tb), axis=axis, keepdims=True)
+    return (lse, sign), (tangent, jnp.zeros_like(sign))
+
+
+def _mask(name: str, where: ArrayLike | None, x: Array) -> Array | None:
+    """``where`` as a boolean array of x's shape, or None."""
+    if where is None:
+        return None
+    mask = _array(name, where, "where")
+    try:
+        return jnp.broadcast_to(mask.astype(bool), x.shape)
+    except ValueError:
+        raise ValueError(
+            f"nn.{name}: argument 'where' has shape {tuple(mask.shape)}; expected a shape "
+            f"that broadcasts to x's {tuple(x.shape)}"
+        ) from None
+
+
+def _masked_input(x: Array, mask: Array | None) -> Array:
+    return x if mask is None else jnp.where(mask, x, -jnp.inf)
+
+
+def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> Array:
+    """exp(x) / sum exp(x) over ``axis``; Jacobian diag(s) - s s^T applied to the tangent.
+
+    ``where`` (booleans broadcasting to x) leaves entries out: they get 0 and derivative 0.
+    A slice with nothing left (all -inf, or all masked) gives 0 with derivative 0."""
+    x = _inexact("softmax", x)
+    axes, mask = _normalize_axis(axis, x.ndim), _mask("softmax", where, x)
+    s = _in_working_precision(lambda x: _softmax(x, axes), _masked_input(x, mask))
+    return s if mask is None else jnp.where(mask, s, jnp.zeros((), s.dtype))
+
+
+def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> Array:
+    """x - logsumexp(x) over ``axis``; Jacobian I - 1 s^T. Masked entries (``where``) are
+    -inf with derivative 0; a slice with nothing left is -inf with derivative 0."""
+    x = _inexact("log_softmax", x)
+    axes, mask = _normalize_axis(axis, x.ndim), _mask("log_softmax", where, x)
+    y = _in_working_precision(lambda x: _log_softmax(x, axes), _masked_input(x, mask))
+    return y if mask is None else jnp.where(mask, y, -jnp.inf)
+
+
+def logsumexp(
+    a: ArrayLike,
+    axis: Axis | None = None,
+    b: ArrayLike | None = None,
+    keepdims: bool = False,
+    return_sign: bool = False,
+    where: ArrayLike | None = None,
+) -> Array | tuple[Array, Array]:
+    """log sum exp(a) over ``axis`` (every axis by default), as ``jax.nn.logsumexp``;
+    gradient softmax(a). With ``b``: log|sum b exp(a)|, and its sign if ``return_sign``
+    (without it, a negative sum gives NaN). An all -inf (or all masked) slice gives -inf
+    with gradient 0, where ``jax.nn.logsumexp``'s gradient is NaN."""
+    x = _inexact("logsumexp", a, "a")
+    axes, mask = _normalize_axis(axis, x.ndim), _mask("logsumexp", where, x)
+    x = _masked_input(x, mask)
+    if b is None and not return_sign:
+        lse = _in_working_precision(lambda x: _logsumexp(x, axes), x)
+        return lse if keepdims else jnp.squeeze(lse, axis=axes)
+    weights = jnp.ones_like(x) if b is None else _inexact("logsumexp", b, "b")
+    try:
+        weights = jnp.broadcast_to(weights, x.shape)
+    except ValueError:
+        raise ValueError(
+            f"nn.logsumexp: argument 'b' has shape {tuple(jnp.shape(b))}; expected a shape "
+            f"that broadcasts to a's {tuple(x.shape)}"
+        ) from None
+    if mask is not None:
+        weights = jnp.where(mask, weights, jnp.zeros((), weights.dtype))
+    dtype = jnp.result_type(x, weights)
+    working = _working_dtype(dtype)
+    lse, sign = _weighted_logsumexp(x.astype(working), weights.astype(working), axes)
+    lse, sign = lse.astype(dtype), sign.astype(dtype)
+    if not keepdims:
+        lse, sign = jnp.squeeze(lse, axis=axes), jnp.squeeze(sign, axis=axes)
+    if return_sign:
+        return lse, sign
+    return jnp.where(sign < 0, jnp.nan, lse)
 
 
 def _normalize_axis(axis: Axis | None, ndim: int) -> tuple[int, ...]:
     """``axis`` as a tuple of non-negative ints (None: every axis); a hashable static."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else axis
-    if not isinstance(axes, tuple | list) or not all(isinstance(a, int) for a in axes):
+    axes = (axis,) if isinstance(axis, int | np.integer) else axis
+    if not isinstance(axes, tuple | list) or not all(isinstance(a, int | np.integer) for a in axes):
         raise TypeError(f"nn: axis={axis!r}; expected an int, a tuple of ints or None")
     for a in axes:
         if not -ndim <= a < ndim:
             raise ValueError(f"nn: axis {a} is out of range for an array of rank {ndim}")
-    return tuple(a % ndim for a in axes)
+    return tuple(int(a) % ndim for a in axes)
 
 
 # ------------------------------------------------------------------ the seed's forms
