@@ -208,10 +208,10 @@ def hard_tanh(x: ArrayLike) -> Array:
 # ------------------------------------------------------------------- reductions over axis
 
 
-def _shifted(x: Array, axis: Axis) -> tuple[Array, Array, Array, Array]:
+def _shifted(x: Array, axis: Axis) -> tuple[Array, Array, Array, Array, Array]:
     """The max-shifted pieces of logsumexp over ``axis`` (kept as size-1 axes).
 
-    Returns d = x - m, e = exp(d), r and ``masked``, where m is the maximum and
+    Returns d = x - m, e = exp(d), r, ``masked`` and m, where m is the maximum and
     sum(e) = 1 + r exactly in exact arithmetic: r sums the entries below the maximum plus
     (number of maxima - 1), so log sum(e) = log1p(r) keeps the digits that log(1 + r) loses.
     ``masked`` marks slices with no entry above -inf (all -inf, or empty): there m is taken as
@@ -225,12 +225,11 @@ def _shifted(x: Array, axis: Axis) -> tuple[Array, Array, Array, Array]:
     below = jnp.sum(jnp.where(top, jnp.zeros((), x.dtype), e), axis=axis, keepdims=True)
     ties = jnp.sum(top, axis=axis, keepdims=True, dtype=x.dtype) - 1
     r = jnp.where(m == jnp.inf, jnp.nan, below + ties)
-    return d, e, r, masked
+    return d, e, r, masked, m
 
 
 def _logsumexp_keepdims(x: Array, axis: Axis) -> Array:
-    _, _, r, masked = _shifted(x, axis)
-    m = jnp.max(x, axis=axis, keepdims=True, initial=-jnp.inf)
+    _, _, r, masked, m = _shifted(x, axis)
     lse = jnp.where(masked, -jnp.inf, jnp.where(masked, 0, m) + jnp.log1p(r))
     return jnp.where(m == jnp.inf, jnp.inf, lse)
 
@@ -264,7 +263,7 @@ def _centred(x: Array, s: Array, t: Array, axis: tuple[int, ...]) -> Array:
 
 @partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _softmax(x: Array, axis: Axis) -> Array:
-    _, e, r, masked = _shifted(x, axis)
+    _, e, r, masked, _ = _shifted(x, axis)
     return jnp.where(masked, jnp.zeros((), x.dtype), e / (1 + r))
 
 
@@ -278,7 +277,7 @@ def _softmax_jvp(axis: Axis, primals: tuple, tangents: tuple) -> tuple[Array, Ar
 
 @partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _log_softmax(x: Array, axis: Axis) -> Array:
-    d, _, r, masked = _shifted(x, axis)
+    d, _, r, masked, _ = _shifted(x, axis)
     return jnp.where(masked, -jnp.inf, d - jnp.log1p(r))
 
 

@@ -23,6 +23,16 @@ def assert_jacobians_close(actual: Any, expected: Any, dtype: Any = None) -> Non
     assert error <= bound, f"relative error {error:.3e} > tolerance {bound:.1e} ({dtype})"
 
 
+def assert_derivatives_close(ours: Any, theirs: Any, x: Any, orders: tuple = (1, 2)) -> None:
+    """Elementwise f and g agree in value and in each derivative order, by jax.grad."""
+    assert_jacobians_close(ours(x), theirs(x))
+    for order in orders:
+        d_ours, d_theirs = ours, theirs
+        for _ in range(order):
+            d_ours, d_theirs = jax.grad(d_ours), jax.grad(d_theirs)
+        assert_jacobians_close(jax.vmap(d_ours)(x), jax.vmap(d_theirs)(x))
+
+
 def key(seed: int = 0) -> jax.Array:
     """A PRNG key; tests draw their inputs from fixed seeds so failures reproduce."""
     return jax.random.key(seed)
