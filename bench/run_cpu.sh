@@ -8,14 +8,14 @@ matcalc-jax bench --platform cpu --dtype float32 float64 \
   --rules product_inner product_bilinear product_scalar_vector chain_vector \
   chain_matrix_trace chain_matrix_vector chain_scalar identity linear linear_transposed \
   elementwise logistic_scalar logistic_vector sum power exp log logistic_general softmax \
-  --out bench/results/cpu.json --csv bench/results/cpu.csv \
+  --json bench/results/cpu.json --csv bench/results/cpu.csv \
   --markdown bench/results/cpu.md --plots bench/results
 # The matrix-argument rules and the Hessians (float32).
 matcalc-jax bench --platform cpu --dtype float32 \
   --rules affine_matrix linear_layer linear_layer_input linear_layer_bias trace_linear \
   trace_quadratic frobenius quadratic_form least_squares inverse det logdet solve solve_rhs \
   logistic_regression softmax_cross_entropy \
-  --out bench/results/matrix_cpu.json --csv bench/results/matrix_cpu.csv \
+  --json bench/results/matrix_cpu.json --csv bench/results/matrix_cpu.csv \
   --markdown bench/results/matrix_cpu.md --plots bench/results/matrix
-matcalc-jax bench-models --rounds 15 --out bench/results/models_cpu.json \
+matcalc-jax bench-models --rounds 15 --json bench/results/models_cpu.json \
   | tee bench/results/models_cpu.txt

@@ -70,7 +70,7 @@ def _exp_times(a: Array, b: Array) -> Array:
     normal number. For a > K (K = half of -log of the smallest normal number, an integer)
     it is (b exp(K - a)) e^-K, where K - a is exact. 0 wherever the exponential is 0, also
     if b overflowed there."""
-    k = float(math.floor(-math.log(float(np.finfo(a.dtype).tiny)) / 2))
+    k = float(math.floor(-math.log(float(jnp.finfo(a.dtype).tiny)) / 2))
     big = a > k
     exponential = jnp.exp(jnp.where(big, k - a, -a))
     product = jnp.where(exponential == 0, jnp.zeros((), a.dtype), b * exponential)
@@ -177,7 +177,7 @@ def _exp_times_half_square(x: Array, b: Array) -> Array:
     """b exp(-x^2 / 2) with x^2 split exactly (Veltkamp): x = h + l with h of half the
     significand, so h^2 / 2 is exact and only the small h l + l^2 / 2 is rounded; the
     exponential then has the accuracy of exp itself, not the x^2 eps of a rounded square."""
-    bits = np.finfo(x.dtype).nmant + 1
+    bits = jnp.finfo(x.dtype).nmant + 1
     x = jnp.clip(x, -64, 64)  # exp(-2048) is 0 in every float type
     c = x * float(2 ** ((bits + 1) // 2) + 1)
     high = c - (c - x)

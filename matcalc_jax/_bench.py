@@ -22,6 +22,7 @@ loop the closed forms compile to): no method can return that Jacobian much faste
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
 import os
@@ -89,20 +90,20 @@ SIZES: dict[str, tuple[int, ...]] = {
 #: Matrix-argument rules whose dense Jacobian or Hessian has four axes of the size.
 _FOUR_AXES = ("chain_matrix_trace", "affine_matrix", "inverse", "trace_quadratic", "frobenius")
 QUICK_SIZES: dict[str, tuple[int, ...]] = {
-    **{rule_id: (4, 8) for rule_id in _FOUR_AXES},
-    "chain_matrix_vector": (8, 16),
-    "linear_layer": (8, 16),
-    "trace_linear": (8, 16),
-    "det": (8, 16),
-    "logdet": (8, 16),
-    "solve": (8, 16),
+    **{rule_id: (4,) for rule_id in _FOUR_AXES},
+    "chain_matrix_vector": (8,),
+    "linear_layer": (8,),
+    "trace_linear": (8,),
+    "det": (8,),
+    "logdet": (8,),
+    "solve": (8,),
 }
 
 
 def default_sizes(rule_id: str, quick: bool = False) -> tuple[int, ...]:
-    """The size sweep of ``rule_id``; ``quick`` gives two small sizes."""
+    """The size sweep of ``rule_id``; ``quick`` gives one small size."""
     if quick:
-        return QUICK_SIZES.get(rule_id, (16, 64))
+        return QUICK_SIZES.get(rule_id, (16,))
     return SIZES.get(rule_id, VECTOR_SIZES)
 
 
@@ -122,6 +123,10 @@ class Timing:
     samples: int
     temp_bytes: int | None
     output_bytes: int | None
+    noise: bool = False
+    """True when the time is dominated by dispatch (under twice the run's empty-call time)
+    or, summed over a sample, within 100 ticks of the timer: such a time says nothing about
+    the method, and a ratio with it is never "clear"."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +166,14 @@ class Case:
         """True when ``method``'s upper quartile is below ``over``'s lower quartile: faster
         outside the run's spread; None where either was not measured."""
         pair = self._pair(method, over)
-        return None if pair is None else pair[0].p75_s < pair[1].p25_s
+        if pair is None:
+            return None
+        return not self.noisy(method, over) and pair[0].p75_s < pair[1].p25_s
+
+    def noisy(self, method: str = "closed", over: str = "best") -> bool | None:
+        """True when either time of the ratio is dispatch or timer noise (``Timing.noise``)."""
+        pair = self._pair(method, over)
+        return None if pair is None else pair[0].noise or pair[1].noise
 
     @property
     def hessian(self) -> bool:
@@ -264,14 +276,32 @@ def time_methods(
     *,
     rounds: int = 7,
     min_sample_s: float = 2e-3,
+    dispatch_s: float = 0.0,
+    parallel_compile: bool = False,
 ) -> dict[str, Timing]:
-    """Compile each method apart, warm it up, and time all of them in interleaved rounds."""
+    """Compile each method apart, warm it up, and time all of them in interleaved rounds.
+
+    ``parallel_compile`` compiles the methods in threads at once (faster; each compile time
+    then includes waiting for the others).
+
+    A median under twice ``dispatch_s`` (the time of an empty jitted call, see
+    :func:`dispatch_time`), or a sample within 100 ticks of the timer, is marked ``noise``.
+    """
+    resolution = time.get_clock_info("perf_counter").resolution
     compiled, compile_s, calls = {}, {}, {}
-    for name, fn in methods.items():
-        lowered = jax.jit(fn).lower(*call_args[name])
+
+    def build(name: str) -> tuple[Any, float]:
+        lowered = jax.jit(methods[name]).lower(*call_args[name])
         start = time.perf_counter()
-        compiled[name] = lowered.compile()
-        compile_s[name] = time.perf_counter() - start
+        return lowered.compile(), time.perf_counter() - start
+
+    if parallel_compile:
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            built = dict(zip(methods, pool.map(build, methods), strict=True))
+    else:
+        built = {name: build(name) for name in methods}
+    for name in methods:
+        compiled[name], compile_s[name] = built[name]
         per_call = _run(compiled[name], call_args[name], 1)  # warm-up
         per_call = _run(compiled[name], call_args[name], 1)
         calls[name] = max(1, min(10_000, math.ceil(min_sample_s / max(per_call, 1e-9))))
@@ -300,8 +330,18 @@ def time_methods(
             rounds,
             temp,
             output,
+            bool(median < 2 * dispatch_s or median * calls[name] < 100 * resolution),
         )
     return timings
+
+
+def dispatch_time(rounds: int = 7, calls: int = 200) -> float:
+    """The median time of an empty jitted call (a scalar plus one): what every call costs
+    before any work, the floor under which a timing measures dispatch, not the method."""
+    compiled = jax.jit(lambda x: x + 1).lower(jnp.float32(0)).compile()
+    argument = jnp.float32(0)
+    _run(compiled, (argument,), calls)  # warm-up
+    return float(np.median([_run(compiled, (argument,), calls) for _ in range(rounds)]))
 
 
 def bench_case(
@@ -313,6 +353,8 @@ def bench_case(
     min_sample_s: float = 2e-3,
     seed: int = 0,
     max_dense_bytes: int = 2**28,
+    dispatch_s: float = 0.0,
+    parallel_compile: bool = False,
 ) -> Case:
     """Time every method of one case, interleaved round by round.
 
@@ -336,7 +378,15 @@ def bench_case(
     call_args = {name: args for name in methods}
     call_args["floor"] = (fill,)
     timings = time_methods(
-        rule.id, dtype, size, methods, call_args, rounds=rounds, min_sample_s=min_sample_s
+        rule.id,
+        dtype,
+        size,
+        methods,
+        call_args,
+        rounds=rounds,
+        min_sample_s=min_sample_s,
+        dispatch_s=dispatch_s,
+        parallel_compile=parallel_compile,
     )
     return Case(rule.id, dtype, size, tuple(shape.shape), timings)
 
@@ -422,9 +472,10 @@ def bench(
 ) -> BenchReport:
     """Benchmark every rule (or ``rule_ids``) at every dtype over its size sweep.
 
-    ``sizes`` overrides every rule's sweep; ``quick`` takes two small sizes and three rounds
-    (a check that the benchmark runs, not a measurement). ``progress`` is called with
-    (cases done, cases in all, label) before each case.
+    ``sizes`` overrides every rule's sweep; ``quick`` takes one small size per rule, three
+    rounds and 1 ms samples, and compiles a case's methods side by side on every core (a
+    check that the benchmark runs, not a measurement: its compile times overlap).
+    ``progress`` is called with (cases done, cases in all, label) before each case.
     """
     selected = all_rules() if rule_ids is None else tuple(get_rule(r) for r in rule_ids)
     dtypes = tuple(dtypes)
@@ -435,15 +486,36 @@ def bench(
         for dtype in dtypes
         for size in (tuple(sizes) if sizes else default_sizes(r.id, quick))
     ]
+    min_sample_s = 1e-3 if quick else 2e-3
     cases = []
     with _x64("float64" in dtypes), jax.default_matmul_precision("highest"):
         env = environment()
         env["cpu_count"] = os.cpu_count()
+        dispatch_s = dispatch_time()
         for index, (r, dtype, size) in enumerate(plan):
             if progress is not None:
                 progress(index, len(plan), f"{r.id} {dtype} {size}")
-            cases.append(bench_case(r, dtype, size, rounds=rounds, seed=seed))
+            cases.append(
+                bench_case(
+                    r,
+                    dtype,
+                    size,
+                    rounds=rounds,
+                    seed=seed,
+                    min_sample_s=min_sample_s,
+                    dispatch_s=dispatch_s,
+                    parallel_compile=quick,
+                )
+            )
         if progress is not None:
             progress(len(plan), len(plan), "done")
-    settings = {"rounds": rounds, "quick": quick, "seed": seed, "dtypes": list(dtypes)}
+    settings = {
+        "rounds": rounds,
+        "quick": quick,
+        "seed": seed,
+        "dtypes": list(dtypes),
+        "min_sample_s": min_sample_s,
+        "dispatch_s": dispatch_s,
+        "timer_resolution_s": time.get_clock_info("perf_counter").resolution,
+    }
     return BenchReport(tuple(cases), env, settings)

@@ -57,8 +57,13 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
-def _clear(value: bool | None) -> str:
-    return "-" if value is None else ("yes" if value else "no")
+def _clear(case: Case, method: str = "closed", over: str = "best") -> str:
+    value = case.speedup_clear(method, over=over)
+    if value is None:
+        return "-"
+    if case.noisy(method, over):
+        return "noise"
+    return "yes" if value else "no"
 
 
 def _compile(case: Case) -> str:
@@ -80,7 +85,7 @@ def rows(report: BenchReport) -> list[list[str]]:
             _ms(case, "jacrev"),
             _ms(case, "grad"),
             _ratio(case.speedup()),
-            _clear(case.speedup_clear()),
+            _clear(case),
             _ratio(case.floor_multiple()),
             _compile(case),
             _ms(case, "structured"),
@@ -108,7 +113,7 @@ def hessian_rows(report: BenchReport) -> list[list[str]]:
         ]
         row += [
             _ratio(case.speedup("hessian", over="jax_hessian")),
-            _clear(case.speedup_clear("hessian", over="jax_hessian")),
+            _clear(case, "hessian", "jax_hessian"),
             _ms(case, "hvp"),
             _ms(case, "hvp_dense"),
             _ms(case, "fwd_over_rev"),
@@ -116,7 +121,7 @@ def hessian_rows(report: BenchReport) -> list[list[str]]:
         for reference in ("hvp_dense", "fwd_over_rev"):
             row += [
                 _ratio(case.speedup("hvp", over=reference)),
-                _clear(case.speedup_clear("hvp", over=reference)),
+                _clear(case, "hvp", reference),
             ]
         table.append(row)
     return table
@@ -137,12 +142,28 @@ def _markdown(columns: tuple[str, ...], body: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_table(report: BenchReport) -> str:
-    """A fixed-width table for the terminal (and a second one for the Hessians, if any)."""
-    text = _fixed_width(COLUMNS, rows(report))
+#: The columns of the terminal table that fit in 100 columns (``wide=False``), by index.
+COMPACT = (0, 1, 2, 3, 4, 5, 7, 8, 9)
+HESSIAN_COMPACT = (0, 1, 2, 3, 4, 5, 6, 7)
+
+
+def _select(columns: tuple[str, ...], body: list[list[str]], keep: tuple[int, ...]) -> tuple:
+    return tuple(columns[i] for i in keep), [[row[i] for i in keep] for row in body]
+
+
+def format_table(report: BenchReport, *, wide: bool = False) -> str:
+    """A fixed-width table for the terminal (and a second one for the Hessians, if any);
+    ``wide=False`` keeps the columns that fit in 100 characters."""
+    columns, body = COLUMNS, rows(report)
+    if not wide:
+        columns, body = _select(columns, body, COMPACT)
+    text = _fixed_width(columns, body)
     hessians = hessian_rows(report)
     if hessians:
-        text += "\n\nHessians\n" + _fixed_width(HESSIAN_COLUMNS, hessians)
+        columns = HESSIAN_COLUMNS
+        if not wide:
+            columns, hessians = _select(columns, hessians, HESSIAN_COMPACT)
+        text += "\n\nHessians\n" + _fixed_width(columns, hessians)
     return text
 
 
@@ -196,8 +217,14 @@ def format_csv(report: BenchReport) -> str:
     return buffer.getvalue()
 
 
+def to_json_text(report: BenchReport) -> str:
+    """The report as JSON text (schema ``matcalc-jax/bench/1``)."""
+    return json.dumps(report.to_dict(), indent=1)
+
+
 def write_json(report: BenchReport, path: str | os.PathLike) -> None:
-    Path(path).write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
+    """Write :func:`to_json_text` to ``path``."""
+    Path(path).write_text(to_json_text(report) + "\n", encoding="utf-8")
 
 
 def read_json(path: str | os.PathLike) -> BenchReport:

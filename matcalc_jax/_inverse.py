@@ -20,6 +20,8 @@ singular X (where det(X) X^{-T} would be 0 * inf).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -34,6 +36,35 @@ from matcalc_jax._layout import Layout, check_layout
 from matcalc_jax._operators import Dense, Kronecker
 from matcalc_jax._rule import Rule, gradient_forms
 from matcalc_jax._traces import COOKBOOK
+
+_HALF = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
+
+
+def in_working_precision(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` on float16/bfloat16 arguments in float32 and round its result once.
+
+    jaxlib's CPU LAPACK (LU, triangular solves, SVD) has no half-precision kernels, and a
+    factorization in 8 or 11 bits would lose most of them anyway: the inverse, determinant
+    and solves of a half-precision matrix are computed in float32, and the result (an array,
+    or every array in a structured operator) is rounded to the arguments' dtype at the end.
+    Other dtypes pass through untouched.
+    """
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        low = [a.dtype for a in args if getattr(a, "dtype", None) in _HALF]
+        if not low:
+            return fn(*args, **kwargs)
+        dtype = jnp.result_type(*low)
+        wide = [
+            jnp.asarray(a, jnp.float32) if getattr(a, "dtype", None) in _HALF else a for a in args
+        ]
+        result = fn(*wide, **kwargs)
+        return jax.tree.map(
+            lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, result
+        )
+
+    return wrapped
 
 
 def _one_norm(M: Array) -> Array:
@@ -82,11 +113,13 @@ def _lu_factor(X: Array) -> tuple[Array, Array, Array]:
 # ------------------------------------------------------------------------ X^{-1}
 
 
+@in_working_precision
 def inverse_map(X: ArrayLike) -> Array:
     """X^{-1} for a square X."""
     return jnp.linalg.inv(_validate.square("inverse", "X", X))
 
 
+@in_working_precision
 def inverse_jacobian(X: ArrayLike, *, layout: Layout = "numerator") -> Array:
     """d(X^{-1})/dX: d(X^{-1})_kl / dX_ij = -(X^{-1})_ki (X^{-1})_jl.
 
@@ -99,6 +132,7 @@ def inverse_jacobian(X: ArrayLike, *, layout: Layout = "numerator") -> Array:
     return matrix_product_jacobian(-X_inverse, X_inverse, layout)
 
 
+@in_working_precision
 def _inverse_structured(X: ArrayLike, *, layout: Layout = "numerator") -> Kronecker:
     layout = check_layout("inverse", layout)
     X_inverse = checked_inverse("inverse", "X", X)
@@ -108,6 +142,7 @@ def _inverse_structured(X: ArrayLike, *, layout: Layout = "numerator") -> Kronec
 # ------------------------------------------------------------------------ det(X)
 
 
+@in_working_precision
 def det_map(X: ArrayLike) -> Array:
     """det(X) for a square X."""
     return jnp.linalg.det(_validate.square("det", "X", X))
@@ -127,6 +162,7 @@ def _adjugate_transposed_svd(X: Array) -> Array:
     return sign * (U * (before * after)) @ Vh
 
 
+@in_working_precision
 def det_gradient(X: ArrayLike) -> Array:
     """d det(X)/dX = det(X) X^{-T}, the transposed adjugate, of shape (n, n).
 
@@ -153,6 +189,7 @@ def det_gradient(X: ArrayLike) -> Array:
 # ------------------------------------------------------------------- log det(X)
 
 
+@in_working_precision
 def logdet_map(X: ArrayLike) -> Array:
     """log det(X), NaN where det(X) <= 0 (like ``jnp.log`` of a non-positive number)."""
     X = _validate.square("logdet", "X", X)
@@ -160,6 +197,7 @@ def logdet_map(X: ArrayLike) -> Array:
     return jnp.where(sign > 0, logabs, jnp.full_like(logabs, jnp.nan))
 
 
+@in_working_precision
 def logdet_gradient(X: ArrayLike, *, absolute: bool = False) -> Array:
     """d log det(X)/dX = X^{-T}, of shape (n, n).
 
@@ -188,12 +226,14 @@ def _solve_args(rule_id: str, A: ArrayLike, b: ArrayLike) -> tuple[Array, Array]
     return A, b
 
 
+@in_working_precision
 def solve_map(A: ArrayLike, b: ArrayLike, *, rule_id: str = "solve") -> Array:
     """y = A^{-1} b by ``jnp.linalg.solve`` (errors name ``rule_id``)."""
     A, b = _solve_args(rule_id, A, b)
     return jnp.linalg.solve(A, b)
 
 
+@in_working_precision
 def solve_jacobian(A: ArrayLike, b: ArrayLike, *, layout: Layout = "numerator") -> Array:
     """dy/dA of y = A^{-1} b: dy_k/dA_ij = -(A^{-1})_ki y_j.
 
@@ -208,6 +248,7 @@ def solve_jacobian(A: ArrayLike, b: ArrayLike, *, layout: Layout = "numerator") 
     return jnp.einsum(spec, -A_inverse, y)
 
 
+@in_working_precision
 def solve_rhs_jacobian(A: ArrayLike, b: ArrayLike, *, layout: Layout = "numerator") -> Array:
     """dy/db of y = A^{-1} b: A^{-1} in numerator layout, A^{-T} in denominator layout.
 
@@ -219,6 +260,7 @@ def solve_rhs_jacobian(A: ArrayLike, b: ArrayLike, *, layout: Layout = "numerato
     return A_inverse if layout == "numerator" else A_inverse.T
 
 
+@in_working_precision
 def _solve_structured(A: ArrayLike, b: ArrayLike, *, layout: Layout = "numerator") -> Kronecker:
     layout = check_layout("solve", layout)
     A, b = _solve_args("solve", A, b)
@@ -226,6 +268,7 @@ def _solve_structured(A: ArrayLike, b: ArrayLike, *, layout: Layout = "numerator
     return Kronecker(-A_inverse, A_inverse @ b, layout)
 
 
+@in_working_precision
 def _solve_rhs_structured(A: ArrayLike, b: ArrayLike, *, layout: Layout = "numerator") -> Dense:
     layout = check_layout("solve_rhs", layout)
     A, _ = _solve_args("solve_rhs", A, b)

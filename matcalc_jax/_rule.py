@@ -131,6 +131,12 @@ class Rule:
         scalar argument, the length of the intermediate vectors); ``None`` gives a small default.
         """
         size = self.default_size if size is None else int(size)
+        self.check_example(dtype, size)
+        return self.make_example(key, jnp.dtype(dtype), size)
+
+    def check_example(self, dtype: Any, size: int) -> None:
+        """Raise the error :meth:`example` would raise for ``dtype`` and ``size``, drawing
+        nothing."""
         if size < 1:
             raise ValueError(f"rule {self.id!r}: size={size}; expected a positive integer")
         if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
@@ -140,7 +146,6 @@ class Rule:
                 f"rule {self.id!r}: dtype=float64 needs 64-bit mode; call "
                 "jax.config.update('jax_enable_x64', True) first (JAX would silently give float32)"
             )
-        return self.make_example(key, jnp.dtype(dtype), size)
 
     def _autodiff(self, transform: Callable, args: tuple, layout: Layout) -> Array:
         layout = check_layout(self.id, layout)

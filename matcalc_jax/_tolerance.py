@@ -27,14 +27,26 @@ TOLERANCES: dict[str, float] = {
 FINITE_DIFFERENCE_TOLERANCE: float = 1e-7
 
 
+def tolerance_key(dtype: Any) -> str:
+    """The table's key for ``dtype`` (a dtype or its name); ``KeyError`` naming the known
+    dtypes for one not in the table.
+
+    >>> tolerance_key("bfloat16")
+    'bfloat16'
+    """
+    try:
+        name = np.dtype(jnp.dtype(dtype)).name
+    except TypeError:
+        name = str(dtype)
+    if name not in TOLERANCES:
+        raise KeyError(f"no tolerance for dtype {name!r}; known: {sorted(TOLERANCES)}")
+    return name
+
+
 def tolerance(dtype: Any) -> float:
     """The tolerance for ``dtype`` (a dtype or its name); ``KeyError`` for a dtype not in the table.
 
     >>> tolerance("float64")
     1e-12
     """
-    name = np.dtype(jnp.dtype(dtype)).name if not isinstance(dtype, str) else dtype
-    try:
-        return TOLERANCES[name]
-    except KeyError:
-        raise KeyError(f"no tolerance for dtype {name!r}; known: {sorted(TOLERANCES)}") from None
+    return TOLERANCES[tolerance_key(dtype)]

@@ -24,13 +24,30 @@ def assert_jacobians_close(actual: Any, expected: Any, dtype: Any = None) -> Non
 
 
 def assert_derivatives_close(ours: Any, theirs: Any, x: Any, orders: tuple = (1, 2)) -> None:
-    """Elementwise f and g agree in value and in each derivative order, by jax.grad."""
-    assert_jacobians_close(ours(x), theirs(x))
-    for order in orders:
-        d_ours, d_theirs = ours, theirs
-        for _ in range(order):
-            d_ours, d_theirs = jax.grad(d_ours), jax.grad(d_theirs)
-        assert_jacobians_close(jax.vmap(d_ours)(x), jax.vmap(d_theirs)(x))
+    """Elementwise f and g agree in value and in each derivative order, by jax.grad.
+
+    Everything is computed in one jitted program (one compilation, not one per primitive).
+    """
+
+    def value_and_derivatives(f: Any, x: Any) -> list:
+        results = [f(x)]
+        for order in orders:
+            derivative = f
+            for _ in range(order):
+                derivative = jax.grad(derivative)
+            results.append(jax.vmap(derivative)(x))
+        return results
+
+    both = jax.jit(lambda x: (value_and_derivatives(ours, x), value_and_derivatives(theirs, x)))
+    for actual, expected in zip(*both(x), strict=True):
+        assert_jacobians_close(actual, expected)
+
+
+def assert_all_close(pairs: Any, *args: Any) -> None:
+    """``pairs(*args)`` returns (actual, expected) pairs; it runs as one jitted program, and
+    each pair must agree within the tolerance (see :func:`assert_jacobians_close`)."""
+    for actual, expected in jax.jit(pairs)(*args):
+        assert_jacobians_close(actual, expected)
 
 
 def key(seed: int = 0) -> jax.Array:

@@ -11,9 +11,13 @@ from matcalc_jax import _bench_output as output
 from matcalc_jax._bench import (
     BENCH_SCHEMA,
     BenchReport,
+    Case,
+    Timing,
     bench,
     bench_case,
     default_sizes,
+    dispatch_time,
+    time_methods,
     write_floor,
 )
 from matcalc_jax._cli import main
@@ -103,7 +107,7 @@ def test_write_floor_writes_the_jacobian_shape_and_dtype():
 def test_default_sizes_cover_every_rule():
     for r in mj.rules():
         assert len(default_sizes(r.id)) >= 3
-        assert len(default_sizes(r.id, quick=True)) == 2
+        assert len(default_sizes(r.id, quick=True)) == 1
     assert max(default_sizes("softmax")) == 16384  # structured only above 4096
     assert max(default_sizes("chain_vector")) == 2048
 
@@ -119,7 +123,7 @@ def test_cli_bench_writes_its_outputs(tmp_path, capsys):
             "4",
             "--rounds",
             "1",
-            "--out",
+            "--json",
             str(json_path),
             "--csv",
             str(csv_path),
@@ -142,7 +146,7 @@ def test_cli_bench_rejects_zero_rounds():
 
 def test_model_benchmark_runs_and_reports_both_libraries(tmp_path, capsys):
     path = tmp_path / "models.json"
-    assert main(["bench-models", "--quick", "--rounds", "1", "--out", str(path)]) == 0
+    assert main(["bench-models", "--quick", "--rounds", "1", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert "jax.nn step / matcalc_jax.nn step" in out
     assert "closed-form backprop" in out
@@ -150,3 +154,60 @@ def test_model_benchmark_runs_and_reports_both_libraries(tmp_path, capsys):
     assert {c["case"] for c in data["cases"]} == {"mlp_train_step", "mlp_gradient"}
     gradient = next(c for c in data["cases"] if c["case"] == "mlp_gradient")
     assert set(gradient["timings"]) == {"closed", "grad", "grad_jax_nn"}
+
+
+def test_cli_bench_json_dash_prints_json_alone_and_old_out_still_works(tmp_path, capsys):
+    argv = ["bench", "--rules", "identity", "--sizes", "4", "--rounds", "1"]
+    assert main([*argv, "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["cases"][0]["rule"] == "identity"
+    assert "speed-up" in captured.err and max(map(len, captured.err.splitlines())) <= 100
+    path = tmp_path / "old.json"
+    assert main([*argv, "--out", str(path)]) == 0
+    assert "--out is deprecated; use --json" in capsys.readouterr().err
+    assert json.loads(path.read_text())["schema"] == BENCH_SCHEMA
+
+
+def _timing(method, median, noise=False):
+    spread = median / 100
+    return Timing(
+        "r",
+        "float32",
+        4,
+        method,
+        0.0,
+        median,
+        median - spread,
+        median + spread,
+        1000,
+        3,
+        None,
+        None,
+        noise,
+    )
+
+
+def test_a_timing_that_is_dispatch_noise_is_never_a_clear_win():
+    # 390 times faster, quartiles far apart: clear, unless the fast side is dispatch noise
+    fast, slow = _timing("closed", 1e-6), _timing("jacfwd", 3.9e-4)
+    floor = _timing("floor", 1e-6)
+    case = Case("r", "float32", 4, (4, 4), {"closed": fast, "jacfwd": slow, "floor": floor})
+    assert case.speedup() == pytest.approx(390) and case.speedup_clear() is True
+    noisy = dict(case.timings, closed=_timing("closed", 1e-6, noise=True))
+    case = Case("r", "float32", 4, (4, 4), noisy)
+    assert case.noisy() is True and case.speedup_clear() is False
+    report = BenchReport((case,), {}, {})
+    assert "noise" in output.format_table(report).splitlines()[2].split()
+
+
+def test_times_under_twice_the_dispatch_cost_are_marked_noise():
+    args = (jnp.ones(3),)
+    timings = time_methods(
+        "r", "float32", 3, {"sum": jnp.sum}, {"sum": args}, rounds=1, dispatch_s=1.0
+    )
+    assert timings["sum"].noise  # any call is under 2 s
+    timings = time_methods(
+        "r", "float32", 3, {"sum": jnp.sum}, {"sum": args}, rounds=1, dispatch_s=0.0
+    )
+    assert not timings["sum"].noise
+    assert 0 < dispatch_time(rounds=1, calls=10) < 1.0

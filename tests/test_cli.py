@@ -1,47 +1,115 @@
 """The command line: list, verify (table, exit code, JSON), docs --check, bad arguments."""
 
+import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 import matcalc_jax as mj
-from matcalc_jax._cli import main
+from matcalc_jax import _catalogue as catalogue
+from matcalc_jax._cli import main, verdict
+from matcalc_jax._harness import Check, Report
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_list_prints_every_rule(capsys):
+def test_list_prints_every_rule_in_aligned_columns_of_at_most_100(capsys):
     assert main(["list"]) == 0
-    out = capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["id", "formula", "source"]
     for r in mj.rules():
-        assert r.id in out and r.plain in out
+        assert any(line.startswith(r.id + " ") for line in lines)
+    assert max(len(line) for line in lines) <= 100
+    formula_at = {
+        line.index(r.plain[:20])
+        for r in mj.rules()
+        for line in lines[1:]
+        if line.startswith(r.id + " ")
+    }
+    assert len(formula_at) == 1  # every formula starts in the same column
+    assert main(["list", "--wide"]) == 0
+    wide = capsys.readouterr().out
+    assert all(r.plain in wide and r.source in wide for r in mj.rules())
 
 
-def test_verify_prints_a_table_and_writes_json(capsys, tmp_path):
+def _verify(argv, capsys):
+    code = main(["verify", "--no-cache", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_verify_prints_a_table_of_at_most_100_columns_and_writes_json(capsys, tmp_path):
     path = tmp_path / "report.json"
-    code = main(
-        [
-            "verify",
-            "--rules",
-            "linear,softmax",
-            "--dtype",
-            "float32",
-            "--size",
-            "3",
-            "--json",
-            str(path),
-        ]
+    code, out, err = _verify(
+        ["--rules", "linear,softmax", "--dtype", "float32", "--sizes", "3", "--json", str(path)],
+        capsys,
     )
-    out = capsys.readouterr().out
     assert code == 0
     assert "device: cpu" in out
-    assert "d(Ax)/dx = A^T" in out
     assert "2 of 2 rules pass" in out
+    assert "verdict: PASS, all 16 checks of 2 rules passed" in out.splitlines()
+    table = [line for line in out.splitlines() if not line.startswith("report written")]
+    assert max(len(line) for line in table) <= 100
     data = json.loads(path.read_text())
     assert data["passed"] is True and set(data["rules"]) == {"linear", "softmax"}
+    # a log (stderr is not a terminal here) gets one progress line per rule
+    assert "[1/2] linear: 8 checks, pass" in err and "[2/2] softmax: 8 checks, pass" in err
+
+
+def test_verify_wide_adds_the_formulas(capsys):
+    code, out, _ = _verify(
+        ["--rules", "linear", "--dtype", "float32", "--sizes", "2", "--wide"], capsys
+    )
+    assert code == 0 and "d(Ax)/dx = A^T" in out
+
+
+def test_verify_json_dash_writes_json_to_stdout_and_the_table_to_stderr(capsys):
+    code, out, err = _verify(
+        ["--rules", "identity", "--dtype", "float32", "--sizes", "2", "--json", "-"], capsys
+    )
+    assert code == 0
+    assert json.loads(out)["passed"] is True  # stdout is JSON and nothing else
+    assert "verdict: PASS" in err
+    assert not Path("-").exists()
+
+
+def test_old_spellings_still_work_with_a_deprecation_note(capsys, tmp_path):
+    code, _, err = _verify(["--rules", "identity", "--dtype", "float32", "--size", "2"], capsys)
+    assert code == 0
+    assert "--size is deprecated; use --sizes" in err
+
+
+def _failing_linear(monkeypatch):
+    linear = mj.rule("linear")
+    wrong = dataclasses.replace(linear, closed_form=lambda A, x, layout="numerator": 2 * A)
+    monkeypatch.setitem(catalogue._BY_ID, "linear", wrong)
+
+
+def test_verify_exits_1_and_says_fail_when_a_check_fails(capsys, monkeypatch):
+    _failing_linear(monkeypatch)
+    code, out, err = _verify(["--rules", "linear", "--dtype", "float32", "--sizes", "2"], capsys)
+    assert code == 1
+    assert "verdict: FAIL" in out and "verdict: PASS" not in out
+    assert out.splitlines()[2].startswith("verdict: FAIL")  # the header says it too
+    assert "FAIL linear float32 size 2 vs jacfwd" in out
+    assert "[1/1] linear: 8 checks, FAIL" in err
+
+
+def test_verdict_counts_failures_and_names_the_rules():
+    def check(rule_id, passed):
+        return Check(rule_id, "float32", 2, "jacfwd", 0.0 if passed else 1.0, 1e-5, passed)
+
+    report = Report((check("a", True), check("b", False), check("b", False)), {})
+    assert verdict(report) == "verdict: FAIL, 2 of 3 checks failed, in 1 of 2 rules (b)"
+    assert (
+        verdict(Report((check("a", True),), {})) == "verdict: PASS, all 1 checks of 1 rules passed"
+    )
+    assert verdict(Report((), {})) == "verdict: nothing was checked"
 
 
 def test_verify_unknown_rule_exits_2_with_the_known_ids(capsys):
@@ -50,10 +118,60 @@ def test_verify_unknown_rule_exits_2_with_the_known_ids(capsys):
     assert "unknown rule id 'nope'" in err and "softmax" in err
 
 
-def test_verify_bad_size_is_a_usage_error(capsys):
+def test_verify_unknown_dtype_exits_2(capsys):
+    assert main(["verify", "--dtype", "float8"]) == 2
+    assert "no tolerance for dtype 'float8'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--sizes", "0"], ["--size", "-1"], ["--timeout", "0"]])
+def test_verify_bad_numbers_are_usage_errors(capsys, argv):
     with pytest.raises(SystemExit) as info:
-        main(["verify", "--size", "0"])
+        main(["verify", *argv])
     assert info.value.code == 2
+    assert "expected a positive" in capsys.readouterr().err
+
+
+def _run_cli(*argv, env=None, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "matcalc_jax", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _has_gpu() -> bool:
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.skipif(_has_gpu(), reason="this machine has a GPU")
+@pytest.mark.parametrize("command", ["verify", "bench"])
+def test_a_platform_this_machine_lacks_exits_3_with_one_line(command):
+    result = _run_cli(command, "--platform", "gpu")
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines() == [
+        "matcalc-jax: error: --platform gpu: JAX finds no gpu device on this machine"
+    ]
+
+
+def test_the_watchdog_stops_a_stuck_run_with_exit_1_and_says_where():
+    stuck = (
+        "import sys, time; import matcalc_jax._harness as h; "
+        "h.run_case = lambda *a, **k: time.sleep(120); "
+        "from matcalc_jax._cli import main; "
+        "sys.exit(main(['verify', '--no-cache', '--rules', 'exp', '--dtype', 'float32', "
+        "'--sizes', '2', '--timeout', '1']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", stuck], capture_output=True, text=True, timeout=100
+    )
+    assert result.returncode == 1
+    assert "no progress for" in result.stderr
+    assert "at exp float32 size 2" in result.stderr
 
 
 def test_docs_check_passes_on_the_committed_file(capsys):

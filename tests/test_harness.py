@@ -3,6 +3,8 @@ catches a wrong closed form (a check that cannot fail would be worthless)."""
 
 import dataclasses
 import json
+import re
+import time
 
 import jax
 import jax.numpy as jnp
@@ -12,12 +14,15 @@ import pytest
 import matcalc_jax as mj
 from matcalc_jax._harness import (
     REPORT_SCHEMA,
+    _product_scales,
+    central_differences,
     check_rule,
     finite_difference_jacobian,
     relative_error,
     verify,
 )
 from matcalc_jax._tolerance import TOLERANCES, tolerance
+from matcalc_jax._watchdog import Watchdog
 
 from .helpers import key
 
@@ -137,3 +142,85 @@ def test_tolerance_table_has_one_bound_per_dtype():
 def test_verify_in_half_precision_runs_on_the_elementwise_rules():
     report = verify(["exp", "logistic_vector"], dtypes=["bfloat16"], sizes=[4])
     assert report.passed, report.failures()
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="jaxlib's CPU LAPACK kernels")
+def test_finite_differences_factorize_every_perturbed_matrix_in_one_batched_call():
+    # Two batched LAPACK calls that XLA may run at once deadlock jaxlib 0.10 on a 2-thread
+    # pool (each blocks a pool thread waiting for work queued behind the other): x + h e_k
+    # and x - h e_k must go through the map in one vmapped call, so one batched LU.
+    inverse = mj.rule("inverse")
+    X = inverse.example(key(0), jnp.float64, 4)[0]
+    compiled = central_differences(inverse.fn, 0).lower([X]).compile().as_text()
+    calls = re.findall(r'custom_call_target="(lapack_\w+)"', compiled)
+    assert calls.count("lapack_dgetrf_ffi") == 1  # two vmapped calls of inv compile to two
+
+
+def test_products_are_measured_against_the_size_of_their_terms():
+    # J v = 1 - (1 - 1e-6) cancels to 1e-6; one rounding error of 1e-7 in a term is
+    # 10% of the result but 1e-7 of |J| |v|, the scale the product check uses
+    J, v, u = np.array([[1.0, 1.0]]), np.array([1.0, -(1 - 1e-6)]), np.array([2.0])
+    scales = _product_scales(J, v, u, in_ndim=1)
+    assert scales == {"mv": pytest.approx(2 - 1e-6), "vm": 2.0, "adjoint": pytest.approx(4 - 2e-6)}
+    exact = J @ v
+    assert relative_error(exact + 1e-7, exact) == pytest.approx(0.1)
+    assert relative_error(exact + 1e-7, exact, scales["mv"]) == pytest.approx(5e-8, rel=1e-6)
+
+
+def test_a_product_that_cancels_no_longer_fails_its_float32_check():
+    # chain_matrix_vector at size 1, the draw of the default run: J v cancels to 1e-3 of its
+    # terms, and the normwise error against |J v| was 5e-5 > 1e-5
+    r = mj.rule("chain_matrix_vector")
+    k = jax.random.fold_in(jax.random.key(0), 5 * 1000 + 1)
+    checks = check_rule(r, "float32", 1, k, eager=False)
+    assert all(c.passed for c in checks), [c for c in checks if not c.passed]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_rules_that_need_lapack_run_in_half_precision_against_float64(dtype):
+    report = verify(["inverse", "det", "logdet", "solve", "solve_rhs"], dtypes=[dtype], sizes=[3])
+    assert report.passed, report.failures()
+    assert {c.dtype for c in report.checks} == {dtype}
+    X = jnp.eye(3, dtype=dtype) * 2
+    J = mj.inverse_jacobian(X)
+    assert J.dtype == jnp.dtype(dtype)
+    expected = mj.inverse_jacobian(X.astype(jnp.float64))
+    assert relative_error(J, expected) == 0.0  # -1/4 and 0 are exact in every dtype
+
+
+def test_the_harness_catches_a_ten_percent_error_in_bfloat16():
+    rule = mj.rule("exp")
+    wrong = dataclasses.replace(
+        rule, closed_form=lambda x, layout="numerator": rule.closed_form(x, layout=layout) * 1.1
+    )
+    checks = check_rule(wrong, "bfloat16", 4, key(3))
+    assert not next(c for c in checks if c.reference == "jacfwd").passed
+
+
+def test_verify_sends_progress_before_each_step_and_after_each_rule():
+    events = []
+    verify(["identity", "exp"], dtypes=["float32"], sizes=[2, 3], progress=events.append)
+    rules = [e for e in events if e.kind == "rule"]
+    assert [(e.rule, len(e.checks), e.cases_done) for e in rules] == [
+        ("identity", 15, 2),
+        ("exp", 15, 4),
+    ]
+    stages = [e for e in events if e.kind == "stage"]
+    assert {e.stage for e in stages} >= {"compiling, drawing, eager", "closed forms and autodiff"}
+    assert all(e.cases_total == 4 and e.rule_count == 2 for e in events)
+
+
+def test_the_watchdog_calls_back_once_when_no_beat_comes():
+    hangs = []
+    with Watchdog(0.2, lambda label, waited: hangs.append((label, waited)), poll_s=0.05) as dog:
+        dog.beat("step one")
+        time.sleep(0.1)
+        dog.beat("step two")
+        time.sleep(0.6)
+    assert len(hangs) == 1 and hangs[0][0] == "step two" and hangs[0][1] >= 0.2
+    quiet = []
+    with Watchdog(5, lambda *a: quiet.append(a)) as dog:
+        dog.beat("fast")
+    assert quiet == []
+    with pytest.raises(ValueError, match="timeout_s"):
+        Watchdog(0, lambda *a: None)

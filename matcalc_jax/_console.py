@@ -1,0 +1,70 @@
+"""What the command line shows while it works: progress on stderr, lines fitted to a width.
+
+On a terminal, progress is one line redrawn in place (a bar, the step, the time so far); in a
+log (stderr not a terminal: CI, a pipe, a file) it is one line per finished unit of work, so
+that a log shows what was done and when, and a silent log means a stuck run.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+#: Lines of tables and listings are fitted to this many columns unless asked for more.
+WIDTH = 100
+
+
+def clip(line: str, width: int | None = WIDTH) -> str:
+    """``line`` cut to ``width`` columns, a cut marked with ``~``; ``None`` keeps it whole."""
+    if width is None or len(line) <= width:
+        return line
+    return line[: width - 1] + "~"
+
+
+def seconds(value: float) -> str:
+    """A duration for people: ``0.4 s``, ``41 s``, ``3 min 12 s``."""
+    if value < 10:
+        return f"{value:.1f} s"
+    if value < 120:
+        return f"{value:.0f} s"
+    return f"{int(value // 60)} min {int(value % 60)} s"
+
+
+class Progress:
+    """Progress on ``stream`` (stderr by default): a bar on a terminal, lines in a log."""
+
+    def __init__(self, stream: TextIO | None = None, *, tty: bool | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.started = time.perf_counter()
+        self._drawn = False
+
+    def elapsed(self) -> float:
+        """Seconds since the progress started."""
+        return time.perf_counter() - self.started
+
+    def bar(self, done: int, total: int, label: str) -> None:
+        """Redraw the bar (terminal only): ``done`` of ``total`` units, now at ``label``."""
+        if not self.tty:
+            return
+        width = 24
+        filled = width * done // max(total, 1)
+        line = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label} "
+            f"({seconds(self.elapsed())})"
+        )
+        print("\r" + clip(line, WIDTH - 1).ljust(WIDTH - 1), end="", file=self.stream, flush=True)
+        self._drawn = True
+
+    def line(self, text: str) -> None:
+        """One line of progress in a log (on a terminal, the bar is redrawn instead)."""
+        if self.tty:
+            return
+        print(f"{text} ({seconds(self.elapsed())})", file=self.stream, flush=True)
+
+    def finish(self) -> None:
+        """Clear the bar, so that what follows starts on a clean line."""
+        if self._drawn:
+            print("\r" + " " * (WIDTH - 1) + "\r", end="", file=self.stream, flush=True)
+            self._drawn = False
