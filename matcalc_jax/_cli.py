@@ -40,6 +40,21 @@ class _Deprecated(argparse.Action):
         )
 
 
+def _compile_for_speed() -> None:
+    """Compile without LLVM optimization in this process (``verify`` only, and only before
+    JAX has started its backends, so never inside someone else's program).
+
+    ``verify``'s programs, its eager closed forms and its draws each run once on a few hundred
+    numbers: compilation is their whole cost, and optimizing the code would only slow it.
+    """
+    from jax._src import xla_bridge
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" in flags or xla_bridge.backends_are_initialized():
+        return
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
+
+
 def _select_platform(platform: str) -> None:
     """Point JAX at ``platform``; :class:`EnvironmentUnavailableError` when it has none."""
     import jax
@@ -575,6 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # a usage error exits 2 here, with argparse's message
     try:
+        if args.command == "verify":
+            _compile_for_speed()
         if args.platform != "default" or args.command in ("verify", "bench"):
             _select_platform(args.platform)
         return args.run(args)
