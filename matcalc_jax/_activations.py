@@ -77,6 +77,19 @@ def _exp_times(a: Array, b: Array) -> Array:
     return jnp.where(big, product * math.exp(-k), product)
 
 
+def _exp_over_square(a: Array, b: Array) -> Array:
+    """b e / (1 + e)^2 with e = exp(-a), a >= 0, from one exponential: the e of
+    :func:`_exp_times`, rescaled where it was shifted (there 1 + e rounds to 1 in every
+    dtype but float16, and is exact to rounding in float16)."""
+    k = float(math.floor(-math.log(float(jnp.finfo(a.dtype).tiny)) / 2))
+    big = a > k
+    exponential = jnp.exp(jnp.where(big, k - a, -a))
+    product = jnp.where(exponential == 0, jnp.zeros((), a.dtype), b * exponential)
+    numerator = jnp.where(big, product * math.exp(-k), product)
+    e = jnp.where(big, exponential * math.exp(-k), exponential)
+    return numerator / jnp.square(1 + e)
+
+
 def _exp_minus_abs(x: Array) -> Array:
     return jnp.exp(-jnp.abs(x))
 
@@ -120,7 +133,7 @@ log_sigmoid = _custom(lambda x: -_softplus_value(-x), lambda x: sigmoid(-x))
 
 def _tanh_prime_value(x: Array) -> Array:
     a = 2 * jnp.abs(x)
-    return _exp_times(a, jnp.asarray(4, x.dtype)) / jnp.square(1 + jnp.exp(-a))
+    return _exp_over_square(a, jnp.asarray(4, x.dtype))
 
 
 def _tanh_value(x: Array) -> Array:
@@ -161,7 +174,7 @@ def _silu_prime_value(x: Array) -> Array:
 def _silu_second_value(x: Array) -> Array:
     # sigma'(x) (2 - x tanh(x / 2)), sigma'(x) = e / (1 + e)^2
     a = jnp.abs(x)
-    return _exp_times(a, 2 - x * jnp.tanh(x / 2)) / jnp.square(1 + jnp.exp(-a))
+    return _exp_over_square(a, 2 - x * jnp.tanh(x / 2))
 
 
 silu_prime = _custom(_silu_prime_value, _silu_second_value)
@@ -267,7 +280,7 @@ def _gelu_tanh_second_value(x: Array) -> Array:
     u, du, d2u = _gelu_tanh_u(x)
     a = 2 * jnp.abs(u)
     bracket = 4 * du - 4 * x * jnp.square(du) * jnp.tanh(u) + 2 * x * d2u
-    return _exp_times(a, bracket) / jnp.square(1 + jnp.exp(-a))
+    return _exp_over_square(a, bracket)
 
 
 gelu_tanh_prime = _custom(_gelu_tanh_prime_value, _gelu_tanh_second_value)

@@ -4,6 +4,7 @@ benchmarks are (``time_methods``: compiled apart, interleaved rounds, medians)."
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -40,7 +41,8 @@ def _sgd(loss: Any) -> Any:
 def bench_models(
     *, dtype: str = "float32", quick: bool = False, rounds: int | None = None
 ) -> tuple[Case, ...]:
-    """Two cases per size: ``mlp_train_step`` (methods ``matcalc_nn``, ``jax_nn``) and
+    """Two cases per size: ``mlp_train_step`` (methods ``matcalc_nn``, ``jax_nn``, and
+    ``jnp_tanh``: matcalc_jax.nn's loss with ``jnp.tanh`` hidden layers) and
     ``mlp_gradient`` (methods ``closed`` backprop, ``grad`` of the matcalc_jax.nn loss,
     ``grad_jax_nn`` of the jax.nn loss). ``size`` is the hidden width."""
     rounds = rounds if rounds is not None else (3 if quick else 7)
@@ -48,7 +50,11 @@ def bench_models(
     for batch, width in QUICK_MODEL_SIZES if quick else MODEL_SIZES:
         params, x, labels = _problem(batch, width, jnp.dtype(dtype))
         args = (params, x, labels)
-        steps = {"matcalc_nn": _sgd(mlp.loss), "jax_nn": _sgd(_jax_nn_loss)}
+        steps = {
+            "matcalc_nn": _sgd(mlp.loss),
+            "jax_nn": _sgd(_jax_nn_loss),
+            "jnp_tanh": _sgd(partial(mlp.loss, activation=jnp.tanh)),
+        }
         timings = time_methods(
             "mlp_train_step", dtype, width, steps, dict.fromkeys(steps, args), rounds=rounds
         )
@@ -81,6 +87,11 @@ def format_models(cases: tuple[Case, ...]) -> str:
             ratio = case.speedup("matcalc_nn", over="jax_nn")
             clear = case.speedup_clear("matcalc_nn", over="jax_nn")
             lines.append(f"  jax.nn step / matcalc_jax.nn step = {ratio:.3f} (clear: {clear})")
+            ratio = case.speedup("jnp_tanh", over="jax_nn")
+            lines.append(
+                f"  jax.nn step / the same with jnp.tanh for nn.tanh = {ratio:.3f} (what "
+                "exact tanh' tails cost)"
+            )
         else:
             ratio = case.speedup("closed", over="grad_jax_nn")
             clear = case.speedup_clear("closed", over="grad_jax_nn")
