@@ -20,8 +20,6 @@ singular X (where det(X) X^{-T} would be 0 * inf).
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -34,37 +32,9 @@ from matcalc_jax import _random, _validate
 from matcalc_jax._affine import matrix_product_jacobian
 from matcalc_jax._layout import Layout, check_layout
 from matcalc_jax._operators import Dense, Kronecker
+from matcalc_jax._precision import in_working_precision
 from matcalc_jax._rule import Rule, gradient_forms
 from matcalc_jax._traces import COOKBOOK
-
-_HALF = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
-
-
-def in_working_precision(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``fn`` on float16/bfloat16 arguments in float32 and round its result once.
-
-    jaxlib's CPU LAPACK (LU, triangular solves, SVD) has no half-precision kernels, and a
-    factorization in 8 or 11 bits would lose most of them anyway: the inverse, determinant
-    and solves of a half-precision matrix are computed in float32, and the result (an array,
-    or every array in a structured operator) is rounded to the arguments' dtype at the end.
-    Other dtypes pass through untouched.
-    """
-
-    @functools.wraps(fn)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        low = [a.dtype for a in args if getattr(a, "dtype", None) in _HALF]
-        if not low:
-            return fn(*args, **kwargs)
-        dtype = jnp.result_type(*low)
-        wide = [
-            jnp.asarray(a, jnp.float32) if getattr(a, "dtype", None) in _HALF else a for a in args
-        ]
-        result = fn(*wide, **kwargs)
-        return jax.tree.map(
-            lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, result
-        )
-
-    return wrapped
 
 
 def _one_norm(M: Array) -> Array:

@@ -12,6 +12,7 @@ from jax import Array
 
 from matcalc_jax._layout import Layout, check_layout, from_numerator
 from matcalc_jax._operators import Dense
+from matcalc_jax._precision import in_working_precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,13 +73,16 @@ class Rule:
         return self.hessian_form is not None
 
     def jacobian(self, *args: Any, layout: Layout = "numerator") -> Array:
-        """The hand-written closed-form Jacobian of ``fn`` with respect to ``args[wrt]``."""
-        return self.closed_form(*args, layout=layout)
+        """The hand-written closed-form Jacobian of ``fn`` with respect to ``args[wrt]``.
+
+        float16 and bfloat16 arguments are computed in float32 and the result rounded once
+        (as for every method of the record that returns a derivative)."""
+        return in_working_precision(self.closed_form)(*args, layout=layout)
 
     def structured(self, *args: Any, layout: Layout = "numerator") -> Any:
         """The closed form as a structured Jacobian (a ``matcalc_jax.JacobianOperator``) of the
         tightest type the formula allows; ``.to_dense()`` gives :meth:`jacobian`'s array."""
-        return self.structured_form(*args, layout=layout)
+        return in_working_precision(self.structured_form)(*args, layout=layout)
 
     def jacfwd(self, *args: Any, layout: Layout = "numerator") -> Array:
         """``jax.jacfwd`` of ``fn`` with respect to ``args[wrt]``, arranged in ``layout``."""
@@ -92,13 +96,13 @@ class Rule:
         """The hand-written Hessian of the scalar ``fn`` with respect to ``args[wrt]``, of
         shape ``x.shape + x.shape``; ``ValueError`` for a rule without one."""
         self._require_hessian("hessian")
-        return self.hessian_form(*args)
+        return in_working_precision(self.hessian_form)(*args)
 
     def hessian_operator(self, *args: Any) -> Any:
         """The Hessian as a structured operator; ``.mv(v)`` is the Hessian-vector product and
         ``.to_dense()`` equals :meth:`hessian`."""
         self._require_hessian("hessian_operator")
-        return self.structured_hessian_form(*args)
+        return in_working_precision(self.structured_hessian_form)(*args)
 
     def jax_hessian(self, *args: Any) -> Array:
         """``jax.hessian`` (forward over reverse) of ``fn`` with respect to ``args[wrt]``."""
