@@ -41,8 +41,9 @@ class _Deprecated(argparse.Action):
 
 
 def _compile_for_speed() -> None:
-    """Compile without LLVM optimization in this process (``verify`` only, and only before
-    JAX has started its backends, so never inside someone else's program).
+    """Compile without LLVM optimization in this process: ``verify`` run as a command
+    (``main()`` without arguments), before JAX has started its backends; never when a
+    program calls ``main([...])`` in its own process.
 
     ``verify``'s programs, its eager closed forms and its draws each run once on a few hundred
     numbers: compilation is their whole cost, and optimizing the code would only slow it.
@@ -590,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # a usage error exits 2 here, with argparse's message
     try:
-        if args.command == "verify":
+        if args.command == "verify" and argv is None:  # the command line, not a caller's process
             _compile_for_speed()
         if args.platform != "default" or args.command in ("verify", "bench"):
             _select_platform(args.platform)
