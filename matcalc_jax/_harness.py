@@ -29,9 +29,16 @@ For the rules with a closed-form Hessian (scalar maps, ``rule.has_hessian``):
 - ``hessian_finite_difference`` (float64 only): against central differences of the
   closed-form gradient (itself checked against differences of the map).
 
-Errors are normwise relative (``max|a - b| / max|b|``) and compared with the one tolerance
-table (``matcalc_jax._tolerance``). Matrix products run at precision "highest", so TF32 on a
-GPU is not mistaken for a wrong rule.
+Errors are normwise relative (``max|a - b| / max|b|``; for the products ``mv``, ``vm``,
+``adjoint`` and ``hvp``, relative to the size of their terms, ``max(|J| |v|)``) and compared
+with the one tolerance table (``matcalc_jax._tolerance``). In float16 and bfloat16 the
+references are computed in float64. Matrix products run at precision "highest", so TF32 on
+a GPU is not mistaken for a wrong rule.
+
+A case is one compiled program that computes every array its checks compare (plus one for
+the finite differences in float64): :func:`prepare_case` compiles it, draws the inputs and
+runs the eager closed form; :func:`run_case` runs it and compares. :func:`verify` prepares
+cases ahead on worker threads and runs them one at a time on the calling thread.
 """
 
 from __future__ import annotations
@@ -462,13 +469,12 @@ def run_case(case: PreparedCase, *, stage: Callable[[str], None] | None = None) 
     docstring for the checks)."""
     stage = stage or (lambda name: None)
     rule, dtype, size = case.rule, case.dtype, case.size
-    dtype_name = dtype
     inputs = case.inputs
     stage("closed forms and autodiff")
     arrays = jax.device_get(inputs | case.program(inputs))
     args = arrays["args"]
     jacobian = arrays["closed"]
-    tol = tolerance(dtype_name)
+    tol = tolerance(dtype)
     in_ndim = np.ndim(args[rule.wrt])
     out_ndim = np.ndim(jacobian) - in_ndim
 
@@ -479,10 +485,10 @@ def run_case(case: PreparedCase, *, stage: Callable[[str], None] | None = None) 
         if np.shape(actual) != np.shape(expected):
             detail = f"shape {np.shape(actual)} != {np.shape(expected)}"
         elif np.asarray(actual).dtype != jnp.dtype(dtype):
-            detail = f"dtype {np.asarray(actual).dtype} != {dtype_name}"
+            detail = f"dtype {np.asarray(actual).dtype} != {dtype}"
         error = relative_error(actual, expected, scale)
         passed = not detail and error <= bound
-        return Check(rule.id, dtype_name, size, reference, error, bound, passed, detail)
+        return Check(rule.id, dtype, size, reference, error, bound, passed, detail)
 
     scales = _product_scales(arrays["jacfwd"], arrays["tangent"], arrays["cotangent"], in_ndim)
     forward = np.vdot(np.asarray(arrays["cotangent"], np.float64), arrays["mv"])  # <u, J v>
