@@ -70,23 +70,27 @@ def _exp_times(a: Array, b: Array) -> Array:
     normal number. For a > K (K = half of -log of the smallest normal number, an integer)
     it is (b exp(K - a)) e^-K, where K - a is exact. 0 wherever the exponential is 0, also
     if b overflowed there."""
+    return _exp_times_and_exp(a, b)[0]
+
+
+def _exp_times_and_exp(a: Array, b: Array) -> tuple[Array, Array]:
+    """(:func:`_exp_times` (a, b), exp(-a)) from one exponential, exp(-a) as exp(K - a) e^-K
+    where a > K (a subnormal there may flush to 0)."""
     k = float(math.floor(-math.log(float(jnp.finfo(a.dtype).tiny)) / 2))
     big = a > k
     exponential = jnp.exp(jnp.where(big, k - a, -a))
     product = jnp.where(exponential == 0, jnp.zeros((), a.dtype), b * exponential)
-    return jnp.where(big, product * math.exp(-k), product)
+    scale = math.exp(-k)
+    return (
+        jnp.where(big, product * scale, product),
+        jnp.where(big, exponential * scale, exponential),
+    )
 
 
 def _exp_over_square(a: Array, b: Array) -> Array:
-    """b e / (1 + e)^2 with e = exp(-a), a >= 0, from one exponential: the e of
-    :func:`_exp_times`, rescaled where it was shifted (there 1 + e rounds to 1 in every
-    dtype but float16, and is exact to rounding in float16)."""
-    k = float(math.floor(-math.log(float(jnp.finfo(a.dtype).tiny)) / 2))
-    big = a > k
-    exponential = jnp.exp(jnp.where(big, k - a, -a))
-    product = jnp.where(exponential == 0, jnp.zeros((), a.dtype), b * exponential)
-    numerator = jnp.where(big, product * math.exp(-k), product)
-    e = jnp.where(big, exponential * math.exp(-k), exponential)
+    """b e / (1 + e)^2 with e = exp(-a), a >= 0, from one exponential (where a > K, 1 + e
+    rounds to 1 in every dtype but float16, and is right to rounding in float16)."""
+    numerator, e = _exp_times_and_exp(a, b)
     return numerator / jnp.square(1 + e)
 
 

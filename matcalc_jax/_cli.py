@@ -236,12 +236,6 @@ def _verify(args: argparse.Namespace) -> int:
     from matcalc_jax._watchdog import Watchdog
 
     dtypes = [tolerance_key(d) for d in (_split(args.dtype) or DTYPES)]
-    rule_ids = _split(args.rules)
-    if rule_ids is not None:
-        from matcalc_jax._catalogue import rule
-
-        for rule_id in rule_ids:
-            rule(rule_id)  # an unknown id is a usage error before anything runs
     if not args.no_cache:
         _enable_compilation_cache(args.cache_dir)
     if any(reference_dtype(d) == "float64" for d in dtypes):
@@ -262,7 +256,9 @@ def _verify(args: argparse.Namespace) -> int:
         )
 
     with Watchdog(args.timeout, _hang) as watchdog:
-        report = verify(rule_ids, dtypes=dtypes, sizes=args.sizes, seed=args.seed, progress=show)
+        report = verify(
+            _split(args.rules), dtypes=dtypes, sizes=args.sizes, seed=args.seed, progress=show
+        )
     progress.finish()
     to_stdout = args.json == "-"
     print_report(report, wide=args.wide, out=sys.stderr if to_stdout else sys.stdout)

@@ -43,7 +43,6 @@ cases ahead on worker threads and runs them one at a time on the calling thread.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -182,7 +181,7 @@ def relative_error(actual: Any, expected: Any, scale: float | None = None) -> fl
     """Normwise relative error ``max|actual - expected| / max|expected|``, in float64.
 
     ``scale``, when given, replaces ``max|expected|`` (for a product such as J v, whose
-    terms can cancel: see :func:`check_rule`). Entries that are NaN in both arrays, or the
+    terms can cancel: see :func:`_product_scales`). Entries that are NaN in both arrays, or the
     same infinity in both, count as equal; any other NaN or inf, or different shapes, give
     ``inf``. A zero scale gives the absolute error.
 
@@ -308,11 +307,6 @@ def draw_case(rule: Rule, dtype: Any, size: int, key: Array) -> dict[str, Any]:
     return inputs
 
 
-def _input_shapes(rule: Rule, dtype: Any, size: int, key: Array) -> dict[str, Any]:
-    """The shapes and dtypes of :func:`draw_case`'s inputs, drawing nothing."""
-    return jax.eval_shape(lambda k: draw_case(rule, dtype, size, k), key)
-
-
 @functools.lru_cache(maxsize=32)
 def _case_program(rule: Rule, dtype: Any, size: int) -> Callable:
     """One compiled program for one case: from the inputs of :func:`draw_case` it computes
@@ -415,31 +409,28 @@ def prepare_case(
     eager closed forms may run beside them: they factorize one matrix at a time, never a
     batch (see ``central_differences``).
     """
-    dtype_name = str(jnp.dtype(dtype))
-    rule.check_example(jnp.dtype(dtype), size)  # a bad dtype or size, or no x64, raises here
+    dtype, size = jnp.dtype(dtype), int(size)
+    rule.check_example(dtype, size)  # a bad dtype or size, or no x64, raises here
     if reference_dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
         raise ValueError(
-            f"rule {rule.id!r}: dtype={dtype_name} is checked against float64 references; "
+            f"rule {rule.id!r}: dtype={dtype.name} is checked against float64 references; "
             "call jax.config.update('jax_enable_x64', True) first"
         )
-    shapes = _input_shapes(rule, jnp.dtype(dtype), int(size), key)
-    program = _case_program(rule, jnp.dtype(dtype), int(size)).lower(shapes).compile()
+    inputs = draw_case(rule, dtype, size, key)
+    program = _case_program(rule, dtype, size).lower(inputs).compile()
     differences: list[tuple[str, Any]] = []
-    if jnp.dtype(dtype) == jnp.float64:
+    if dtype == jnp.float64:
         maps = [("finite_difference", rule.fn)]
         if rule.has_hessian:
             maps.append(("hessian_finite_difference", rule.jacobian))
         for name, fn in maps:
-            lowered = central_differences(fn, rule.wrt).lower(list(shapes["args"]))
+            lowered = central_differences(fn, rule.wrt).lower(list(inputs["args"]))
             differences.append((name, lowered.compile()))
-    inputs = draw_case(rule, jnp.dtype(dtype), int(size), key)
     eager_jacobian = None
     if eager:
         with jax.default_matmul_precision("highest"):
             eager_jacobian = jax.block_until_ready(rule.jacobian(*inputs["args"]))
-    return PreparedCase(
-        rule, dtype_name, int(size), inputs, program, tuple(differences), eager_jacobian
-    )
+    return PreparedCase(rule, dtype.name, size, inputs, program, tuple(differences), eager_jacobian)
 
 
 def check_rule(
@@ -577,7 +568,7 @@ def verify(
     (True, 8)
     """
     selected = all_rules() if rule_ids is None else tuple(get_rule(r) for r in rule_ids)
-    dtypes = tuple(str(jnp.dtype(tolerance_key(d))) for d in dtypes)
+    dtypes = tuple(tolerance_key(d) for d in dtypes)
     sizes = SIZES if sizes is None else tuple(int(s) for s in sizes)
     if not sizes or any(size < 1 for size in sizes):
         raise ValueError(f"verify: sizes={list(sizes)}; expected positive integers")
@@ -605,7 +596,8 @@ def verify(
         # Prepare a few cases ahead on the workers; run their programs in order on this
         # thread, one at a time (two programs running at once can deadlock jaxlib 0.10's
         # LAPACK kernels: see ``central_differences``).
-        ahead = collections.deque(submit(*case) for case in plan[: 2 * workers])
+        window = 2 * workers
+        ahead = {i: submit(*plan[i]) for i in range(min(window, len(plan)))}
         started, rule_checks = time.perf_counter(), []
         for done, (index, rule, dtype, size) in enumerate(plan):
 
@@ -617,9 +609,9 @@ def verify(
                 )
 
             stage("compiling, drawing, eager")
-            prepared = ahead.popleft().result()
-            if done + len(ahead) + 1 < len(plan):
-                ahead.append(submit(*plan[done + len(ahead) + 1]))
+            prepared = ahead.pop(done).result()
+            if done + window < len(plan):
+                ahead[done + window] = submit(*plan[done + window])
             rule_checks += run_case(prepared, stage=stage)
             if done + 1 == len(plan) or plan[done + 1][0] != index:
                 checks += rule_checks
