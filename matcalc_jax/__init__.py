@@ -7,7 +7,10 @@ rules are combinators: they build a Jacobian from the Jacobians of the pieces.
 """
 
 from matcalc_jax import mlp, nn
-from matcalc_jax._affine import (
+from matcalc_jax.catalogue import rule, rules
+from matcalc_jax.catalogue.record import Rule
+from matcalc_jax.core.layout import LAYOUTS, Layout
+from matcalc_jax.forms.affine import (
     affine_matrix_gradient,
     affine_matrix_jacobian,
     kronecker_vec_jacobian,
@@ -17,15 +20,14 @@ from matcalc_jax._affine import (
     trace_chain_per_entry,
     trace_chain_vec,
 )
-from matcalc_jax._catalogue import rule, rules
-from matcalc_jax._chains import (
+from matcalc_jax.forms.chains import (
     chain_elementwise,
     chain_matrix_trace,
     chain_matrix_vector,
     chain_scalar,
     chain_vector,
 )
-from matcalc_jax._elementwise import (
+from matcalc_jax.forms.elementwise import (
     elementwise_jacobian,
     exp_jacobian,
     log_jacobian,
@@ -36,8 +38,7 @@ from matcalc_jax._elementwise import (
     logistic_scalar_jacobian,
     power_jacobian,
 )
-from matcalc_jax._harness import Report, verify
-from matcalc_jax._inverse import (
+from matcalc_jax.forms.inverse import (
     det_gradient,
     inverse_jacobian,
     logdet_gradient,
@@ -45,9 +46,8 @@ from matcalc_jax._inverse import (
     solve_jacobian,
     solve_rhs_jacobian,
 )
-from matcalc_jax._layout import LAYOUTS, Layout
-from matcalc_jax._linear import identity_jacobian, linear_jacobian, linear_transposed_jacobian
-from matcalc_jax._objectives import (
+from matcalc_jax.forms.linear import identity_jacobian, linear_jacobian, linear_transposed_jacobian
+from matcalc_jax.forms.objectives import (
     least_squares,
     least_squares_gradient,
     least_squares_hessian,
@@ -61,7 +61,21 @@ from matcalc_jax._objectives import (
     softmax_cross_entropy_gradient,
     softmax_cross_entropy_hessian,
 )
-from matcalc_jax._operators import (
+from matcalc_jax.forms.products import (
+    product_bilinear,
+    product_inner,
+    product_scalar_vector,
+    sum_rule,
+)
+from matcalc_jax.forms.softmax import softmax_jacobian
+from matcalc_jax.forms.traces import (
+    frobenius_gradient,
+    frobenius_hessian,
+    trace_linear_gradient,
+    trace_quadratic_gradient,
+    trace_quadratic_hessian,
+)
+from matcalc_jax.operators import (
     BlockDiagonal,
     Composition,
     Dense,
@@ -77,17 +91,8 @@ from matcalc_jax._operators import (
     batched_jacobian,
     compose,
 )
-from matcalc_jax._products import product_bilinear, product_inner, product_scalar_vector, sum_rule
-from matcalc_jax._rule import Rule
-from matcalc_jax._softmax import softmax_jacobian
-from matcalc_jax._tolerance import TOLERANCES, tolerance
-from matcalc_jax._traces import (
-    frobenius_gradient,
-    frobenius_hessian,
-    trace_linear_gradient,
-    trace_quadratic_gradient,
-    trace_quadratic_hessian,
-)
+from matcalc_jax.verification.harness import Report, verify
+from matcalc_jax.verification.tolerance import TOLERANCES, tolerance
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from matcalc_jax._cli import main
+from matcalc_jax.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from matcalc_jax import _validate, nn
+from matcalc_jax import nn
+from matcalc_jax.core import validate
 
 Params = list[tuple[Array, Array]]
 
@@ -41,11 +42,11 @@ def init(key: Array, sizes: Sequence[int], dtype: jnp.dtype = jnp.float32) -> Pa
 
 
 def _check(params: Params, x: Array, labels: Array) -> tuple[Array, Array]:
-    x = _validate.floating("mlp", "x", x)
-    _validate.rank("mlp", "x", x, 2, "a batch of inputs (N, d)")
-    labels = _validate.floating("mlp", "labels", labels)
+    x = validate.floating("mlp", "x", x)
+    validate.rank("mlp", "x", x, 2, "a batch of inputs (N, d)")
+    labels = validate.floating("mlp", "labels", labels)
     n_out = params[-1][0].shape[0]
-    _validate.shape("mlp", "labels", labels, (x.shape[0], n_out), "one-hot (N, classes)")
+    validate.shape("mlp", "labels", labels, (x.shape[0], n_out), "one-hot (N, classes)")
     return x, labels
 
 

@@ -8,7 +8,7 @@ every function, also where ``jax.nn`` refuses them (``jax.nn.sigmoid`` of an int
 
 Each function is a ``jax.custom_jvp`` (not ``custom_vjp``, so forward and reverse mode both
 work: ``jacfwd``, ``jacrev``, ``grad``, ``hessian``) whose tangent is the closed-form
-derivative from :mod:`matcalc_jax._activations`, itself a ``custom_jvp`` whose tangent is the
+derivative from :mod:`matcalc_jax.forms.activations`, itself a ``custom_jvp`` whose tangent is the
 closed-form second derivative. They work under ``jit``, ``vmap``, ``lax.scan`` and
 ``lax.cond``.
 
@@ -40,7 +40,8 @@ import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from matcalc_jax import _activations, _validate
+from matcalc_jax.core import validate
+from matcalc_jax.forms import activations
 
 Axis = int | tuple[int, ...]
 
@@ -104,34 +105,34 @@ def sigmoid(x: ArrayLike) -> Array:
     >>> float(jax.grad(sigmoid)(jnp.float32(0.0)))
     0.25
     """
-    return _in_working_precision(_activations.sigmoid, _inexact("sigmoid", x))
+    return _in_working_precision(activations.sigmoid, _inexact("sigmoid", x))
 
 
 def log_sigmoid(x: ArrayLike) -> Array:
     """log sigma(x) = -softplus(-x); derivative sigma(-x) = 1 - sigma(x), without cancellation."""
-    return _in_working_precision(_activations.log_sigmoid, _inexact("log_sigmoid", x))
+    return _in_working_precision(activations.log_sigmoid, _inexact("log_sigmoid", x))
 
 
 def softplus(x: ArrayLike) -> Array:
     """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)); derivative sigma(x), second sigma'(x)."""
-    return _in_working_precision(_activations.softplus, _inexact("softplus", x))
+    return _in_working_precision(activations.softplus, _inexact("softplus", x))
 
 
 def tanh(x: ArrayLike) -> Array:
     """tanh(x); derivative sech^2(x) = 4 e / (1 + e)^2, e = exp(-2|x|), exact in the tails
     (1.7e-17 at 20 in float64, where 1 - tanh^2 is 0); second derivative -2 tanh sech^2."""
-    return _in_working_precision(_activations.tanh, _inexact("tanh", x))
+    return _in_working_precision(activations.tanh, _inexact("tanh", x))
 
 
 def tanh_prime(x: ArrayLike) -> Array:
     """tanh'(x) = sech^2(x) = 4 e / (1 + e)^2 with e = exp(-2|x|): no cancellation, 0 only
     where it underflows, NaN only for NaN. The derivative of :func:`tanh`, as an array."""
-    return _in_working_precision(_activations.tanh_prime, _inexact("tanh_prime", x))
+    return _in_working_precision(activations.tanh_prime, _inexact("tanh_prime", x))
 
 
 def silu(x: ArrayLike) -> Array:
     """silu(x) = swish(x) = x sigma(x); derivative sigma(x) (1 + x sigma(-x))."""
-    return _in_working_precision(_activations.silu, _inexact("silu", x))
+    return _in_working_precision(activations.silu, _inexact("silu", x))
 
 
 swish = silu
@@ -141,29 +142,29 @@ def gelu(x: ArrayLike, approximate: bool = True) -> Array:
     """The Gaussian error linear unit: x Phi(x) (``approximate=False``, derivative
     Phi(x) + x phi(x)), or its tanh form 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))
     (the default, as in jax.nn), computed as x sigma(2u), exact in the left tail."""
-    function = _activations.gelu_tanh if approximate else _activations.gelu
+    function = activations.gelu_tanh if approximate else activations.gelu
     return _in_working_precision(function, _inexact("gelu", x))
 
 
 def elu(x: ArrayLike, alpha: ArrayLike = 1.0) -> Array:
     """x for x > 0, alpha (exp(x) - 1) otherwise; derivative 1 or alpha exp(x) (alpha at 0,
     as jax.nn.elu). Differentiable in ``alpha`` too."""
-    return _in_working_precision(_activations.elu, _inexact("elu", x), alpha)
+    return _in_working_precision(activations.elu, _inexact("elu", x), alpha)
 
 
 def selu(x: ArrayLike) -> Array:
     """scale * elu(x, alpha) with scale = 1.0507..., alpha = 1.6732... (self-normalizing)."""
-    return _in_working_precision(_activations.selu, _inexact("selu", x))
+    return _in_working_precision(activations.selu, _inexact("selu", x))
 
 
 def celu(x: ArrayLike, alpha: ArrayLike = 1.0) -> Array:
     """max(x, 0) + alpha (exp(min(x, 0) / alpha) - 1); derivative 1 or exp(x / alpha)."""
-    return _in_working_precision(_activations.celu, _inexact("celu", x), alpha)
+    return _in_working_precision(activations.celu, _inexact("celu", x), alpha)
 
 
 def soft_sign(x: ArrayLike) -> Array:
     """x / (1 + |x|); derivative 1 / (1 + |x|)^2."""
-    return _in_working_precision(_activations.soft_sign, _inexact("soft_sign", x))
+    return _in_working_precision(activations.soft_sign, _inexact("soft_sign", x))
 
 
 softsign = soft_sign
@@ -172,7 +173,7 @@ softsign = soft_sign
 def leaky_relu(x: ArrayLike, negative_slope: ArrayLike = 0.01) -> Array:
     """x for x >= 0, negative_slope * x otherwise; derivative 1 at 0 (as jax.nn.leaky_relu)."""
     x = _inexact("leaky_relu", x)
-    return _in_working_precision(_activations.leaky_relu, x, negative_slope)
+    return _in_working_precision(activations.leaky_relu, x, negative_slope)
 
 
 def _piecewise_linear(
@@ -187,19 +188,19 @@ def _piecewise_linear(
 
 def relu(x: ArrayLike) -> Array:
     """max(x, 0); derivative 1 for x > 0, else 0 (0 at x = 0, like ``jax.nn.relu``)."""
-    return _piecewise_linear("relu", _activations.relu, lambda x: jnp.maximum(x, 0), x)
+    return _piecewise_linear("relu", activations.relu, lambda x: jnp.maximum(x, 0), x)
 
 
 def relu6(x: ArrayLike) -> Array:
     """min(max(x, 0), 6); derivative 1 on (0, 6), else 0 (like ``jax.nn.relu6``)."""
-    return _in_working_precision(_activations.relu6, _inexact("relu6", x))
+    return _in_working_precision(activations.relu6, _inexact("relu6", x))
 
 
 def hard_tanh(x: ArrayLike) -> Array:
     """clip(x, -1, 1); derivative 1 on [-1, 1], else 0 (like ``jax.nn.hard_tanh``)."""
     return _piecewise_linear(
         "hard_tanh",
-        _activations.hard_tanh,
+        activations.hard_tanh,
         lambda x: jnp.where(x > 1, 1, jnp.where(x < -1, -1, x)),
         x,
     )
@@ -427,8 +428,8 @@ def _inner_jvp(primals: tuple, tangents: tuple) -> tuple[Array, Array]:
 
 def inner(y: ArrayLike, z: ArrayLike) -> Array:
     """y^T z for vectors y, z of one length (the seed's first product rule)."""
-    y, z = _validate.vector("nn.inner", "y", y), _validate.vector("nn.inner", "z", z)
-    _validate.shape("nn.inner", "z", z, y.shape, "the shape of y")
+    y, z = validate.vector("nn.inner", "y", y), validate.vector("nn.inner", "z", z)
+    validate.shape("nn.inner", "z", z, y.shape, "the shape of y")
     return _inner(y, z)
 
 
@@ -446,10 +447,10 @@ def _bilinear_jvp(primals: tuple, tangents: tuple) -> tuple[Array, Array]:
 
 def bilinear(y: ArrayLike, A: ArrayLike, z: ArrayLike) -> Array:
     """y^T A z for y (n,), A (n, p), z (p,) (the seed's second product rule)."""
-    y = _validate.vector("nn.bilinear", "y", y)
-    z = _validate.vector("nn.bilinear", "z", z)
-    A = _validate.floating("nn.bilinear", "A", A)
-    _validate.shape("nn.bilinear", "A", A, y.shape + z.shape, "(len(y), len(z))")
+    y = validate.vector("nn.bilinear", "y", y)
+    z = validate.vector("nn.bilinear", "z", z)
+    A = validate.floating("nn.bilinear", "A", A)
+    validate.shape("nn.bilinear", "A", A, y.shape + z.shape, "(len(y), len(z))")
     return _bilinear(y, A, z)
 
 
@@ -467,15 +468,15 @@ def _dense_jvp(primals: tuple, tangents: tuple) -> tuple[Array, Array]:
 def dense(W: ArrayLike, x: ArrayLike, b: ArrayLike) -> Array:
     """A dense layer W x + b for W (n, m), x (m,), b (n,); d/dx is W (the seed's A^T in
     denominator layout). For a batch, ``jax.vmap(dense, in_axes=(None, 0, None))``."""
-    x = _validate.vector("nn.dense", "x", x)
-    W = _validate.matrix_acting_on("nn.dense", "W", W, "x", x)
-    b = _validate.floating("nn.dense", "b", b)
-    _validate.shape("nn.dense", "b", b, (W.shape[0],), "the rows of W")
+    x = validate.vector("nn.dense", "x", x)
+    W = validate.matrix_acting_on("nn.dense", "W", W, "x", x)
+    b = validate.floating("nn.dense", "b", b)
+    validate.shape("nn.dense", "b", b, (W.shape[0],), "the rows of W")
     return _dense(W, x, b)
 
 
 def linear(A: ArrayLike, x: ArrayLike) -> Array:
     """A x for A (n, m), x (m,): ``dense`` without a bias."""
-    x = _validate.vector("nn.linear", "x", x)
-    A = _validate.matrix_acting_on("nn.linear", "A", A, "x", x)
+    x = validate.vector("nn.linear", "x", x)
+    A = validate.matrix_acting_on("nn.linear", "A", A, "x", x)
     return _dense(A, x, jnp.zeros(A.shape[0], jnp.result_type(A, x)))

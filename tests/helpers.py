@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from matcalc_jax import tolerance
-from matcalc_jax._harness import relative_error
+from matcalc_jax.verification.harness import relative_error
 
 FLOAT_DTYPES = ("float32", "float64")
 

@@ -7,7 +7,8 @@ import mpmath
 import numpy as np
 import pytest
 
-from matcalc_jax import _accuracy, nn
+from matcalc_jax.forms import activations
+from matcalc_jax.verification import accuracy as _accuracy
 
 pytest.importorskip("mpmath")
 
@@ -72,11 +73,9 @@ def test_the_points_span_each_dtype_to_its_largest_number():
 
 def test_a_wrong_derivative_fails_the_bound(monkeypatch):
     """Break sigma' by one part in 1e-10 and the measurement exceeds the float64 bound."""
-    wrong = jax.custom_jvp(lambda x: nn._activations._sigmoid_value(x))
-    wrong.defjvp(
-        lambda p, t: (wrong(p[0]), nn._activations.logistic_prime(p[0]) * (1 + 1e-10) * t[0])
-    )
-    monkeypatch.setattr(nn._activations, "sigmoid", wrong)
+    wrong = jax.custom_jvp(lambda x: activations._sigmoid_value(x))
+    wrong.defjvp(lambda p, t: (wrong(p[0]), activations.logistic_prime(p[0]) * (1 + 1e-10) * t[0]))
+    monkeypatch.setattr(activations, "sigmoid", wrong)
     _accuracy.evaluate.cache_clear()
     try:
         m = _accuracy.measure("sigmoid", 1, "float64")

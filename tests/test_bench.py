@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import pytest
 
 import matcalc_jax as mj
-from matcalc_jax import _bench_output as output
-from matcalc_jax._bench import (
+from matcalc_jax.benchmark import output
+from matcalc_jax.benchmark.rules import (
     BENCH_SCHEMA,
     BenchReport,
     Case,
@@ -20,7 +20,7 @@ from matcalc_jax._bench import (
     time_methods,
     write_floor,
 )
-from matcalc_jax._cli import main
+from matcalc_jax.cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +106,10 @@ def test_write_floor_writes_the_jacobian_shape_and_dtype():
 
 def test_default_sizes_cover_every_rule():
     for r in mj.rules():
-        assert len(default_sizes(r.id)) >= 3
-        assert len(default_sizes(r.id, quick=True)) == 1
-    assert max(default_sizes("softmax")) == 16384  # structured only above 4096
-    assert max(default_sizes("chain_vector")) == 2048
+        assert len(default_sizes(r)) >= 3
+        assert default_sizes(r, quick=True) == (r.quick_size,)
+    assert max(default_sizes(mj.rule("softmax"))) == 16384  # structured only above 4096
+    assert max(default_sizes(mj.rule("chain_vector"))) == 2048
 
 
 def test_cli_bench_writes_its_outputs(tmp_path, capsys):

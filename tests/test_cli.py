@@ -11,9 +11,9 @@ import jax
 import pytest
 
 import matcalc_jax as mj
-from matcalc_jax import _catalogue as catalogue
-from matcalc_jax._cli import main, verdict
-from matcalc_jax._harness import Check, Report
+from matcalc_jax import catalogue
+from matcalc_jax.cli.main import main, verdict
+from matcalc_jax.verification.harness import Check, Report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,9 +160,9 @@ def test_a_platform_this_machine_lacks_exits_3_with_one_line(command):
 
 def test_the_watchdog_stops_a_stuck_run_with_exit_1_and_says_where():
     stuck = (
-        "import sys, time; import matcalc_jax._harness as h; "
+        "import sys, time; import matcalc_jax.verification.harness as h; "
         "h.run_case = lambda *a, **k: time.sleep(120); "
-        "from matcalc_jax._cli import main; "
+        "from matcalc_jax.cli.main import main; "
         "sys.exit(main(['verify', '--no-cache', '--rules', 'exp', '--dtype', 'float32', "
         "'--sizes', '2', '--timeout', '1']))"
     )

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 import matcalc_jax as mj
-from matcalc_jax._layout import from_numerator
+from matcalc_jax.core.layout import from_numerator
 
 from .helpers import assert_jacobians_close, key
 

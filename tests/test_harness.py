@@ -6,23 +6,27 @@ import json
 import re
 import time
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import matcalc_jax as mj
-from matcalc_jax._harness import (
+from matcalc_jax.cli.watchdog import Watchdog
+from matcalc_jax.verification import harness
+from matcalc_jax.verification.harness import (
     REPORT_SCHEMA,
+    _case_program,
     _product_scales,
     central_differences,
     check_rule,
+    draw_case,
     finite_difference_jacobian,
     relative_error,
     verify,
 )
-from matcalc_jax._tolerance import TOLERANCES, tolerance
-from matcalc_jax._watchdog import Watchdog
+from matcalc_jax.verification.tolerance import TOLERANCES, tolerance
 
 from .helpers import key
 
@@ -236,3 +240,32 @@ def test_half_precision_closed_forms_are_computed_wide_and_rounded_once(r):
     half, exact = jax.jit(lambda a, w: (r.jacobian(*a), r.jacobian(*w)))(args, wide)
     assert half.dtype == jnp.bfloat16
     assert relative_error(half, exact) <= 2.0**-8
+
+
+def test_a_case_program_is_traced_once_and_reused_for_new_draws(monkeypatch):
+    """Each (rule, dtype, size) is traced once, however many draws are checked."""
+    r = mj.rule("softmax")
+    real = harness.case_function
+    monkeypatch.setattr(
+        harness, "case_function", lambda *case: chex.assert_max_traces(real(*case), n=2)
+    )
+    chex.clear_trace_counter()
+    _case_program.cache_clear()
+    try:
+        for size in (2, 3):
+            for seed in (1, 2):  # new values, same shapes and dtypes: no new trace
+                check_rule(r, "float32", size, key(seed))
+        with pytest.raises(AssertionError, match="traced > 2 times"):
+            check_rule(r, "float32", 4, key(3))  # a third case is a third trace
+    finally:
+        _case_program.cache_clear()
+        chex.clear_trace_counter()
+
+
+def test_a_case_refuses_an_example_drawn_in_another_dtype():
+    r = mj.rule("exp")
+    wrong = dataclasses.replace(
+        r, make_example=lambda k, dtype, size: r.make_example(k, "float64", size)
+    )
+    with pytest.raises(AssertionError, match="float64"):
+        draw_case(wrong, "float32", 3, key(0))

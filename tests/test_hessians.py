@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import matcalc_jax as mj
-from matcalc_jax._harness import check_rule, relative_error
+from matcalc_jax.verification.harness import check_rule, relative_error
 
 from .helpers import assert_jacobians_close, key
 

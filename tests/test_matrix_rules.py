@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import matcalc_jax as mj
-from matcalc_jax._harness import relative_error
+from matcalc_jax.verification.harness import relative_error
 
 from .helpers import assert_jacobians_close, key
 

@@ -1,0 +1,254 @@
+"""Catalogue declarations.
+
+The chain rules (the seed's four): instances through tanh, linear maps and Y = A X B of the
+combinators in :mod:`matcalc_jax.forms.chains`, and the pieces the product rules share.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
+
+from matcalc_jax.catalogue import draws
+from matcalc_jax.catalogue.record import MATMUL_SIZES, VECTOR_SIZES, Rule
+from matcalc_jax.core import validate
+from matcalc_jax.core.layout import Layout, check_layout
+from matcalc_jax.forms import activations
+from matcalc_jax.forms.affine import matrix_product_jacobian, matrix_vector_jacobian
+from matcalc_jax.forms.chains import (
+    chain_elementwise,
+    chain_matrix_trace,
+    chain_matrix_vector,
+    chain_scalar,
+    chain_vector,
+)
+from matcalc_jax.forms.linear import linear_jacobian
+from matcalc_jax.operators import (
+    Dense,
+    Kronecker,
+)
+
+# ------------------------------------------------------------ pieces for the catalogue
+
+
+def linear_piece(M: Array, x: Array, layout: Layout, structured: bool) -> Any:
+    """d(M x)/dx: the seed's linear rule, dense or as a ``Dense`` operator."""
+    if structured:
+        return Dense(M, 1, layout)
+    return linear_jacobian(M, x, layout=layout)
+
+
+def tanh_layer(V: Array, x: Array, layout: Layout, structured: bool = False) -> tuple[Array, Any]:
+    """z = tanh(V x) and dz/dx = diag(tanh'(V x)) V: the chain rule through the seed's
+    elementwise rule and its linear rule (``chain_elementwise``, so never a dense diagonal)."""
+    y = V @ x
+    z = jnp.tanh(y)
+    dz_dx = chain_elementwise(
+        activations.tanh_prime(y), linear_piece(V, x, layout, structured), layout=layout
+    )
+    return z, dz_dx
+
+
+def _chain_vector_args(x: ArrayLike, W: ArrayLike, V: ArrayLike) -> tuple[Array, ...]:
+    x = validate.vector("chain_vector", "x", x)
+    W = validate.matrix_acting_on("chain_vector", "W", W, "x", x)
+    V = validate.matrix("chain_vector", "V", V)
+    validate.shape("chain_vector", "V", V, (V.shape[0], W.shape[0]), "V @ tanh(W x)")
+    return x, W, V
+
+
+def _chain_vector_fn(x: Array, W: Array, V: Array) -> Array:
+    x, W, V = _chain_vector_args(x, W, V)
+    return V @ jnp.tanh(W @ x)
+
+
+def _chain_vector_jacobian(
+    x: Array, W: Array, V: Array, *, layout: Layout = "numerator", structured: bool = False
+) -> Any:
+    layout = check_layout("chain_vector", layout)
+    x, W, V = _chain_vector_args(x, W, V)
+    y, dy_dx = tanh_layer(W, x, layout, structured)
+    return chain_vector(linear_piece(V, y, layout, structured), dy_dx, layout=layout)
+
+
+def _chain_vector_example(key: Array, dtype: Any, size: int) -> tuple[Array, ...]:
+    kx, kw, kv = jax.random.split(key, 3)
+    m, s, n = size, size + 1, size + 2
+    return (
+        draws.normal(kx, (m,), dtype),
+        draws.matrix(kw, s, m, dtype),
+        draws.matrix(kv, n, s, dtype),
+    )
+
+
+def _chain_matrix_trace_fn(X: Array, A: Array, B: Array) -> Array:
+    A, X, B = validate.affine("chain_matrix_trace", A, X, B)
+    return jnp.sum(jnp.tanh(A @ X @ B))
+
+
+def _chain_matrix_trace_jacobian(
+    X: Array, A: Array, B: Array, *, layout: Layout = "numerator", structured: bool = False
+) -> Any:
+    layout = check_layout("chain_matrix_trace", layout)
+    A, X, B = validate.affine("chain_matrix_trace", A, X, B)
+    Y = A @ X @ B
+    dz_dY = activations.tanh_prime(Y)
+    dY_dX = Kronecker(A, B, layout) if structured else matrix_product_jacobian(A, B, layout)
+    return chain_matrix_trace(dz_dY, dY_dX, layout=layout)
+
+
+def _chain_matrix_trace_example(key: Array, dtype: Any, size: int) -> tuple[Array, ...]:
+    kx, ka, kb = jax.random.split(key, 3)
+    p, q, s, t = size, size + 1, size + 2, size + 3
+    return (
+        draws.normal(kx, (p, q), dtype),
+        draws.matrix(ka, s, p, dtype),
+        draws.matrix(kb, q, t, dtype),
+    )
+
+
+def _check_matrix_vector(X: ArrayLike, v: ArrayLike) -> tuple[Array, Array]:
+    X = validate.matrix("chain_matrix_vector", "X", X)
+    v = validate.floating("chain_matrix_vector", "v", v)
+    validate.shape("chain_matrix_vector", "v", v, (X.shape[1],), f"X @ v with X of shape {X.shape}")
+    return X, v
+
+
+def _chain_matrix_vector_fn(X: Array, v: Array) -> Array:
+    X, v = _check_matrix_vector(X, v)
+    return jnp.sum(jnp.tanh(X @ v))
+
+
+def _chain_matrix_vector_jacobian(
+    X: Array, v: Array, *, layout: Layout = "numerator", structured: bool = False
+) -> Any:
+    layout = check_layout("chain_matrix_vector", layout)
+    X, v = _check_matrix_vector(X, v)
+    dz_dy = activations.tanh_prime(X @ v)
+    # y = X v = I X v: dy_a/dX_ij = delta_ai v_j.
+    dy_dX = matrix_vector_jacobian(X.shape[0], v, layout, structured)
+    return chain_matrix_vector(dz_dy, dy_dX, layout=layout)
+
+
+def _chain_matrix_vector_example(key: Array, dtype: Any, size: int) -> tuple[Array, ...]:
+    kx, kv = jax.random.split(key)
+    q = size + 1
+    return draws.matrix(kx, size, q, dtype), draws.normal(kv, (q,), dtype)
+
+
+def _chain_scalar_args(x: ArrayLike, a: ArrayLike, W: ArrayLike) -> tuple[Array, ...]:
+    x = validate.scalar("chain_scalar", "x", x)
+    a = validate.vector("chain_scalar", "a", a)
+    W = validate.matrix_acting_on("chain_scalar", "W", W, "a", a)
+    return x, a, W
+
+
+def _chain_scalar_fn(x: Array, a: Array, W: Array) -> Array:
+    x, a, W = _chain_scalar_args(x, a, W)
+    return W @ jnp.tanh(x * a)
+
+
+def _chain_scalar_jacobian(
+    x: Array, a: Array, W: Array, *, layout: Layout = "numerator", structured: bool = False
+) -> Any:
+    layout = check_layout("chain_scalar", layout)
+    x, a, W = _chain_scalar_args(x, a, W)
+    u = jnp.tanh(x * a)
+    du_dx = a * (1 - jnp.square(u))
+    return chain_scalar(linear_piece(W, u, layout, structured), du_dx, layout=layout)
+
+
+def _chain_scalar_example(key: Array, dtype: Any, size: int) -> tuple[Array, ...]:
+    kx, ka, kw = jax.random.split(key, 3)
+    return (
+        draws.normal(kx, (), dtype),
+        draws.normal(ka, (size,), dtype),
+        draws.matrix(kw, size + 1, size, dtype),
+    )
+
+
+RULES = (
+    Rule(
+        id="chain_vector",
+        title="Chain rule, vector",
+        formula=r"\frac{\partial \mathbf{z}}{\partial \mathbf{x}}"
+        r"=\frac{\partial \mathbf{y}}{\partial \mathbf{x}}"
+        r"\frac{\partial \mathbf{z}}{\partial \mathbf{y}}",
+        numerator_formula=r"\frac{\partial \mathbf{z}}{\partial \mathbf{y}}"
+        r"\frac{\partial \mathbf{y}}{\partial \mathbf{x}}",
+        plain="dz/dx = (dy/dx)(dz/dy)",
+        source="seed",
+        shapes="x in R^m, y in R^s, z in R^n; instance y = tanh(W x), z = V y",
+        fn=_chain_vector_fn,
+        wrt=0,
+        closed_form=_chain_vector_jacobian,
+        structured_form=partial(_chain_vector_jacobian, structured=True),
+        public="matcalc_jax.chain_vector",
+        bench_sizes=MATMUL_SIZES,
+        make_example=_chain_vector_example,
+    ),
+    Rule(
+        id="chain_matrix_trace",
+        title="Chain rule, matrix through matrix (trace form)",
+        formula=r"\frac{\partial z}{\partial X_{i j}}=\operatorname{tr}\left(\left("
+        r"\frac{\partial z}{\partial Y}\right)^{\mathrm{T}}"
+        r"\frac{\partial Y}{\partial X_{i j}}\right)",
+        numerator_formula=r"\frac{\partial z}{\partial X_{i j}}=\sum_{a b}"
+        r"\frac{\partial z}{\partial Y_{a b}} \frac{\partial Y_{a b}}{\partial X_{i j}}",
+        plain="dz/dX_ij = tr((dz/dY)^T dY/dX_ij)",
+        source="seed",
+        shapes="X in R^{p x q}, Y in R^{s x t}, z scalar; instance Y = A X B, z = sum(tanh(Y))",
+        fn=_chain_matrix_trace_fn,
+        wrt=0,
+        closed_form=_chain_matrix_trace_jacobian,
+        structured_form=partial(_chain_matrix_trace_jacobian, structured=True),
+        public="matcalc_jax.chain_matrix_trace",
+        bench_sizes=(8, 16, 32, 48),
+        quick_size=4,
+        make_example=_chain_matrix_trace_example,
+        notes="Builds the real (s, t, p, q) tensor dY/dX, as the seed writes it: O(size^4) memory.",
+    ),
+    Rule(
+        id="chain_matrix_vector",
+        title="Chain rule, matrix through vector",
+        formula=r"\frac{\partial z}{\partial X_{i j}}=\left(\frac{\partial z}{\partial \mathbf{y}}"
+        r"\right)^{\mathrm{T}} \frac{\partial \mathbf{y}}{\partial X_{i j}}",
+        numerator_formula=r"\frac{\partial z}{\partial X_{i j}}=\sum_{a}"
+        r"\frac{\partial z}{\partial y_{a}} \frac{\partial y_{a}}{\partial X_{i j}}",
+        plain="dz/dX_ij = (dz/dy)^T dy/dX_ij",
+        source="seed",
+        shapes="X in R^{p x q}, y in R^s, z scalar; instance y = X v, z = sum(tanh(y))",
+        fn=_chain_matrix_vector_fn,
+        wrt=0,
+        closed_form=_chain_matrix_vector_jacobian,
+        structured_form=partial(_chain_matrix_vector_jacobian, structured=True),
+        public="matcalc_jax.chain_matrix_vector",
+        bench_sizes=(16, 32, 64, 96),
+        quick_size=8,
+        make_example=_chain_matrix_vector_example,
+    ),
+    Rule(
+        id="chain_scalar",
+        title="Chain rule, scalar through vector",
+        formula=r"\frac{\partial \mathbf{g}}{\partial x}=\left(\frac{\partial \mathbf{g}}"
+        r"{\partial \mathbf{u}}\right)^{\mathrm{T}} \frac{\partial \mathbf{u}}{\partial x}",
+        numerator_formula=r"\frac{\partial \mathbf{g}}{\partial \mathbf{u}}"
+        r"\frac{\partial \mathbf{u}}{\partial x}",
+        plain="dg/dx = (dg/du)^T du/dx",
+        source="seed",
+        shapes="x scalar, u in R^s, g in R^t; instance u = tanh(a x), g = W u",
+        fn=_chain_scalar_fn,
+        wrt=0,
+        closed_form=_chain_scalar_jacobian,
+        structured_form=partial(_chain_scalar_jacobian, structured=True),
+        public="matcalc_jax.chain_scalar",
+        bench_sizes=VECTOR_SIZES,
+        make_example=_chain_scalar_example,
+        notes="The printed order holds only with du/dx read as a column: see docs/errata.md.",
+    ),
+)

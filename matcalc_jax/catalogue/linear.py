@@ -1,0 +1,84 @@
+"""Catalogue declarations.
+
+The page's three important formulas: dx/dx = I, d(Ax)/dx = A^T, d(x^T A)/dx = A."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax import Array
+
+from matcalc_jax.catalogue import draws
+from matcalc_jax.catalogue.record import DIAGONAL_SIZES, Rule
+from matcalc_jax.core import validate
+from matcalc_jax.forms.linear import (
+    identity_jacobian,
+    identity_operator,
+    linear_jacobian,
+    linear_map,
+    linear_operator,
+    linear_transposed_jacobian,
+    linear_transposed_map,
+    linear_transposed_operator,
+)
+
+
+def _linear_example(key: Array, dtype: Any, size: int) -> tuple[Array, Array]:
+    ka, kx = jax.random.split(key)
+    return draws.matrix(ka, size + 1, size, dtype), draws.normal(kx, (size,), dtype)
+
+
+def _linear_transposed_example(key: Array, dtype: Any, size: int) -> tuple[Array, Array]:
+    A, x = _linear_example(key, dtype, size)
+    return x, A.T
+
+
+RULES = (
+    Rule(
+        id="identity",
+        title="Identity",
+        formula=r"\frac{\partial \mathbf{x}}{\partial \mathbf{x}}=I",
+        numerator_formula=r"I",
+        plain="dx/dx = I",
+        source="seed",
+        shapes="x in R^n",
+        fn=lambda x: validate.vector("identity", "x", x),
+        wrt=0,
+        closed_form=identity_jacobian,
+        structured_form=identity_operator,
+        public="matcalc_jax.identity_jacobian",
+        bench_sizes=DIAGONAL_SIZES,
+        make_example=lambda key, dtype, size: (draws.normal(key, (size,), dtype),),
+    ),
+    Rule(
+        id="linear",
+        title="Linear map",
+        formula=r"\frac{\partial A \mathbf{x}}{\partial \mathbf{x}}=A^{\mathrm{T}}",
+        numerator_formula=r"A",
+        plain="d(Ax)/dx = A^T",
+        source="seed",
+        shapes="A in R^{n x m}, x in R^m",
+        fn=linear_map,
+        wrt=1,
+        closed_form=linear_jacobian,
+        structured_form=linear_operator,
+        public="matcalc_jax.linear_jacobian",
+        make_example=_linear_example,
+    ),
+    Rule(
+        id="linear_transposed",
+        title="Transposed linear map",
+        formula=r"\frac{\partial \mathbf{x}^{\mathrm{T}} A}{\partial \mathbf{x}}=A",
+        numerator_formula=r"A^{\mathrm{T}}",
+        plain="d(x^T A)/dx = A",
+        source="seed",
+        shapes="x in R^m, A in R^{m x n}",
+        fn=linear_transposed_map,
+        wrt=0,
+        closed_form=linear_transposed_jacobian,
+        structured_form=linear_transposed_operator,
+        public="matcalc_jax.linear_transposed_jacobian",
+        make_example=_linear_transposed_example,
+    ),
+)

@@ -1,0 +1,196 @@
+"""The rule record: one matrix-calculus rule, its map, its closed form and its autodiff twins."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from matcalc_jax.core.layout import Layout, check_layout, from_numerator
+from matcalc_jax.core.precision import in_working_precision
+from matcalc_jax.operators import Dense
+
+#: The Matrix Cookbook, cited in the ``source`` of the matrix-argument rules.
+COOKBOOK = "matrix-cookbook (Petersen & Pedersen, 2012)"
+
+#: Benchmark size sweeps (``Rule.bench_sizes``): the length of the differentiated argument, its
+#: side for a matrix. Rules whose closed form or autodiff needs matrix-matrix products stop at
+#: 2048; the others reach a 4096 x 4096 Jacobian, and the rules with a diagonal or diagonal-
+#: plus-low-rank structure go on to 16384, where only the structured methods are timed. The
+#: matrix chain rules build (size^4 and size^3) tensors, and jacfwd of a (p, q) argument
+#: pushes a (pq, p, q) identity through the map, so they stop where those fit in memory.
+VECTOR_SIZES = (64, 256, 1024, 4096)
+DIAGONAL_SIZES = (64, 256, 1024, 4096, 16384)
+MATMUL_SIZES = (64, 256, 1024, 2048)
+MATRIX_SIZES = (8, 16, 32, 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One rule of the catalogue.
+
+    Attributes:
+      id: stable snake_case id (``"linear"``).
+      title: a short human name.
+      formula: the formula in LaTeX as printed in its source (denominator layout for the seed).
+      numerator_formula: the same derivative in numerator layout, in LaTeX.
+      plain: a one-line plain-text form of ``formula`` for terminals.
+      source: where the rule comes from (``"seed"``, ``"nndl"``).
+      shapes: the shapes of the objects in ``formula``.
+      fn: the map being differentiated, ``fn(*args) -> Array``.
+      wrt: index of the positional argument of ``fn`` that is differentiated.
+      closed_form: the hand-written Jacobian ``closed_form(*args, layout=...)``; never calls
+        autodiff.
+      structured_form: the same Jacobian as a structured operator (``matcalc_jax.Diagonal``,
+        ``Kronecker``, ...), ``structured_form(*args, layout=...)``; never calls autodiff.
+      public: the public function that implements the rule (``"matcalc_jax.linear_jacobian"``).
+      make_example: ``make_example(key, dtype, size) -> tuple`` of valid arguments for ``fn``.
+      default_size: the size used by ``example`` when none is given.
+      bench_sizes: the sizes ``matcalc-jax bench`` sweeps.
+      quick_size: the one size ``matcalc-jax bench --quick`` times (a dense Jacobian of four
+        axes of it must stay small).
+      notes: what the rule does with edge inputs (NaN, inf, domain boundaries).
+      hessian_form: for a rule whose map is scalar, the hand-written Hessian
+        ``hessian_form(*args)`` of shape ``x.shape + x.shape`` (symmetric, so the same in both
+        layouts); ``None`` where the catalogue gives none. Never calls autodiff.
+      structured_hessian_form: the same Hessian as a structured operator (``WeightedGram``,
+        ``Kronecker``, ...) whose ``mv`` is the Hessian-vector product; ``None`` with
+        ``hessian_form``.
+    """
+
+    id: str
+    title: str
+    formula: str
+    numerator_formula: str
+    plain: str
+    source: str
+    shapes: str
+    fn: Callable[..., Array]
+    wrt: int
+    closed_form: Callable[..., Array]
+    structured_form: Callable[..., Any]
+    public: str
+    make_example: Callable[[Array, Any, int], tuple[Array, ...]]
+    default_size: int = 4
+    bench_sizes: tuple[int, ...] = VECTOR_SIZES
+    quick_size: int = 16
+    notes: str = ""
+    hessian_form: Callable[..., Array] | None = None
+    structured_hessian_form: Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.hessian_form is None) != (self.structured_hessian_form is None):
+            raise ValueError(f"rule {self.id!r}: give both Hessian forms or neither")
+
+    @property
+    def has_hessian(self) -> bool:
+        """True when the rule has a closed-form Hessian (its map is scalar)."""
+        return self.hessian_form is not None
+
+    def jacobian(self, *args: Any, layout: Layout = "numerator") -> Array:
+        """The hand-written closed-form Jacobian of ``fn`` with respect to ``args[wrt]``.
+
+        float16 and bfloat16 arguments are computed in float32 and the result rounded once
+        (as for every method of the record that returns a derivative)."""
+        return in_working_precision(self.closed_form)(*args, layout=layout)
+
+    def structured(self, *args: Any, layout: Layout = "numerator") -> Any:
+        """The closed form as a structured Jacobian (a ``matcalc_jax.JacobianOperator``) of the
+        tightest type the formula allows; ``.to_dense()`` gives :meth:`jacobian`'s array."""
+        return in_working_precision(self.structured_form)(*args, layout=layout)
+
+    def jacfwd(self, *args: Any, layout: Layout = "numerator") -> Array:
+        """``jax.jacfwd`` of ``fn`` with respect to ``args[wrt]``, arranged in ``layout``."""
+        return self._autodiff(jax.jacfwd, args, layout)
+
+    def jacrev(self, *args: Any, layout: Layout = "numerator") -> Array:
+        """``jax.jacrev`` of ``fn`` with respect to ``args[wrt]``, arranged in ``layout``."""
+        return self._autodiff(jax.jacrev, args, layout)
+
+    def hessian(self, *args: Any) -> Array:
+        """The hand-written Hessian of the scalar ``fn`` with respect to ``args[wrt]``, of
+        shape ``x.shape + x.shape``; ``ValueError`` for a rule without one."""
+        self._require_hessian("hessian")
+        return in_working_precision(self.hessian_form)(*args)
+
+    def hessian_operator(self, *args: Any) -> Any:
+        """The Hessian as a structured operator; ``.mv(v)`` is the Hessian-vector product and
+        ``.to_dense()`` equals :meth:`hessian`."""
+        self._require_hessian("hessian_operator")
+        return in_working_precision(self.structured_hessian_form)(*args)
+
+    def jax_hessian(self, *args: Any) -> Array:
+        """``jax.hessian`` (forward over reverse) of ``fn`` with respect to ``args[wrt]``."""
+        self._require_hessian("jax_hessian")
+        return jax.hessian(self.fn, argnums=self.wrt)(*args)
+
+    def jax_hvp(self, *args: Any, tangent: Any) -> Array:
+        """Autodiff's Hessian-vector product, forward over reverse: ``jax.jvp`` of
+        ``jax.grad(fn)`` in the direction ``tangent`` (of ``args[wrt]``'s shape)."""
+        self._require_hessian("jax_hvp")
+        before, after = args[: self.wrt], args[self.wrt + 1 :]
+
+        def gradient(x: Array) -> Array:
+            return jax.grad(self.fn, argnums=len(before))(*before, x, *after)
+
+        return jax.jvp(gradient, (args[self.wrt],), (tangent,))[1]
+
+    def _require_hessian(self, what: str) -> None:
+        if not self.has_hessian:
+            raise ValueError(
+                f"rule {self.id!r} has no closed-form Hessian ({what}): its map is not scalar; "
+                "the rules with one are [r.id for r in matcalc_jax.rules() if r.has_hessian]"
+            )
+
+    def example(self, key: Array, dtype: Any = jnp.float32, size: int | None = None) -> tuple:
+        """Random valid arguments for ``fn``, of ``dtype``, drawn to be well conditioned.
+
+        ``size`` sets the length of the differentiated argument (its side, for a matrix; for a
+        scalar argument, the length of the intermediate vectors); ``None`` gives a small default.
+        """
+        size = self.default_size if size is None else int(size)
+        self.check_example(dtype, size)
+        return self.make_example(key, jnp.dtype(dtype), size)
+
+    def check_example(self, dtype: Any, size: int) -> None:
+        """Raise the error :meth:`example` would raise for ``dtype`` and ``size``, drawing
+        nothing."""
+        if size < 1:
+            raise ValueError(f"rule {self.id!r}: size={size}; expected a positive integer")
+        if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+            raise TypeError(f"rule {self.id!r}: dtype={dtype}; expected a floating dtype")
+        if jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
+            raise ValueError(
+                f"rule {self.id!r}: dtype=float64 needs 64-bit mode; call "
+                "jax.config.update('jax_enable_x64', True) first (JAX would silently give float32)"
+            )
+
+    def _autodiff(self, transform: Callable, args: tuple, layout: Layout) -> Array:
+        layout = check_layout(self.id, layout)
+        jacobian = transform(self.fn, argnums=self.wrt)(*args)
+        out_ndim = jacobian.ndim - jnp.ndim(args[self.wrt])
+        return from_numerator(jacobian, out_ndim, layout)
+
+
+def gradient_forms(
+    rule_id: str, gradient: Callable[..., Array]
+) -> tuple[Callable[..., Array], Callable[..., Dense]]:
+    """The closed and structured forms of a rule whose map is scalar, from its gradient.
+
+    A scalar-by-x derivative has x's shape in both layouts, so ``layout`` is only checked;
+    the structured form is the gradient held in a ``Dense`` with no output axes.
+    """
+
+    def closed(*args: Any, layout: Layout = "numerator") -> Array:
+        check_layout(rule_id, layout)
+        return gradient(*args)
+
+    def structured(*args: Any, layout: Layout = "numerator") -> Dense:
+        layout = check_layout(rule_id, layout)
+        return Dense(gradient(*args), 0, layout)
+
+    return closed, structured

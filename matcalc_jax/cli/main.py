@@ -1,0 +1,605 @@
+"""The ``matcalc-jax`` command: ``verify``, ``bench``, ``list`` and ``docs``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from matcalc_jax.cli.console import WIDTH, Progress, clip, seconds
+
+PLATFORMS = ("cpu", "gpu", "default")
+
+
+def _split(values: Sequence[str] | None) -> list[str] | None:
+    """Accept both ``--rules a b`` and ``--rules a,b``."""
+    if values is None:
+        return None
+    return [item for value in values for item in value.split(",") if item]
+
+
+class EnvironmentUnavailableError(Exception):
+    """This machine cannot do what was asked (no such platform, no float64): exit code 3."""
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling of an option: it still works, with a note on stderr."""
+
+    def __init__(self, *args, instead: str, **kwargs) -> None:
+        self.instead = instead
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        print(
+            f"matcalc-jax: note: {option_string} is deprecated; use {self.instead}",
+            file=sys.stderr,
+        )
+
+
+def _compile_for_speed() -> None:
+    """Compile without LLVM optimization in this process: ``verify`` run as a command
+    (``main()`` without arguments), before JAX has started its backends; never when a
+    program calls ``main([...])`` in its own process.
+
+    ``verify``'s programs, its eager closed forms and its draws each run once on a few hundred
+    numbers: compilation is their whole cost, and optimizing the code would only slow it.
+    """
+    from jax._src import xla_bridge
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" in flags or xla_bridge.backends_are_initialized():
+        return
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
+
+
+def _select_platform(platform: str) -> None:
+    """Point JAX at ``platform``; :class:`EnvironmentUnavailableError` when it has none."""
+    import jax
+
+    if platform == "cpu":
+        jax.config.update("jax_platforms", "cpu")
+    elif platform == "gpu":
+        jax.config.update("jax_platforms", "cuda")
+    try:
+        jax.devices()
+    except Exception as error:  # RuntimeError, or a bare AssertionError from jax's backends
+        text = str(error).strip()
+        reason = f" ({text.splitlines()[0]})" if text else ""
+        raise EnvironmentUnavailableError(
+            f"--platform {platform}: JAX finds no {platform} device on this machine{reason}"
+        ) from None
+
+
+def _require_x64() -> None:
+    """:class:`EnvironmentUnavailableError` unless float64 arrays work on the default device."""
+    import jax
+    import jax.numpy as jnp
+
+    from matcalc_jax import runtime
+
+    with runtime.x64(True):
+        try:
+            ok = jnp.ones(2, jnp.float64).sum().dtype == jnp.float64
+        except Exception as error:  # a backend without 64-bit support raises its own error
+            raise EnvironmentUnavailableError(
+                f"float64 is not available on {jax.devices()[0].platform}: {error}"
+            ) from None
+    if not ok:
+        raise EnvironmentUnavailableError(
+            f"float64 is not available on {jax.devices()[0].platform} (JAX gives float32)"
+        )
+
+
+def cache_directory() -> Path:
+    """Where ``verify`` keeps JAX's persistent compilation cache: ``$MATCALC_JAX_CACHE``,
+    else ``$XDG_CACHE_HOME/matcalc-jax/xla``, else ``~/.cache/matcalc-jax/xla``."""
+    if os.environ.get("MATCALC_JAX_CACHE"):
+        return Path(os.environ["MATCALC_JAX_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "matcalc-jax" / "xla"
+
+
+def _enable_compilation_cache(directory: str | None) -> str | None:
+    """Turn on JAX's persistent compilation cache in ``directory`` (default:
+    :func:`cache_directory`) for every program; a directory set by the user's own
+    ``JAX_COMPILATION_CACHE_DIR`` wins. Returns the directory, or None if it can't be made."""
+    import jax
+
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or directory or str(cache_directory())
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"matcalc-jax: note: no compilation cache ({error})", file=sys.stderr)
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def _format_error(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"
+
+
+def verdict(report) -> str:
+    """One line that says what happened: every check passed, or how many failed, where."""
+    checks, rules = len(report.checks), len(report.rule_ids)
+    failures = report.failures()
+    if not checks:
+        return "verdict: nothing was checked"
+    if not failures:
+        return f"verdict: PASS, all {checks} checks of {rules} rules passed"
+    failed = list(dict.fromkeys(c.rule for c in failures))
+    names = ", ".join(failed[:4]) + (", ..." if len(failed) > 4 else "")
+    return (
+        f"verdict: FAIL, {len(failures)} of {checks} checks failed, in {len(failed)} of "
+        f"{rules} rules ({names})"
+    )
+
+
+def _report_columns(dtypes: list[str], hessians: bool) -> list[tuple[str, str]]:
+    """(dtype, reference) of each error column of the table."""
+    columns = []
+    for dtype in dtypes:
+        columns += [(dtype, "jacfwd"), (dtype, "jacrev")]
+        if dtype == "float64":
+            columns.append((dtype, "finite_difference"))
+        if hessians:
+            columns.append((dtype, "hessian"))
+    return columns
+
+
+_SHORT = {"jacfwd": "fwd", "jacrev": "rev", "finite_difference": "fd", "hessian": "hess"}
+_SHORT_DTYPE = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
+
+
+def print_report(report, *, wide: bool = False, out=None) -> None:
+    """The verify report as a table: the largest error of each rule against jacfwd, jacrev,
+    finite differences and jax.hessian per dtype, a verdict per rule, every failure, and the
+    verdict. Lines fit in 100 columns unless ``wide`` (which adds the formulas)."""
+    from matcalc_jax.catalogue import rule
+
+    out = out or sys.stdout
+    width = None if wide else WIDTH
+    env = report.environment
+    dtypes = list(dict.fromkeys(c.dtype for c in report.checks))
+    sizes = sorted({c.size for c in report.checks})
+    lines = [
+        f"device: {env['platform']} ({env['device_kind']}), jax {env['jax']}, x64 "
+        f"{env['x64']}, matmul precision {env['matmul_precision']}",
+        f"sizes {sizes}; max |closed - reference| / max |reference| over sizes; every check: "
+        "--json",
+        verdict(report),
+    ]
+    hessians = any(c.reference == "hessian" for c in report.checks)
+    columns = _report_columns(dtypes, hessians)
+    name_width = max([4] + [len(r) for r in report.rule_ids])
+    cell = 7
+    if not wide and name_width + 2 + (cell + 2) * len(columns) + 7 > WIDTH:
+        # too many dtypes for one column per reference: the worst over references instead
+        columns = [(dtype, "worst") for dtype in dtypes]
+    header = ["rule".ljust(name_width)]
+    if wide:
+        header.append("formula".ljust(46))
+    header += [f"{_SHORT_DTYPE.get(d, d)} {_SHORT.get(r, r)}".ljust(cell) for d, r in columns]
+    header.append("verdict")
+    lines += ["  ".join(header), "  ".join("-" * len(h) for h in header)]
+    for rule_id in report.rule_ids:
+        cells = [rule_id.ljust(name_width)]
+        if wide:
+            cells.append(rule(rule_id).plain[:46].ljust(46))
+        for dtype, reference in columns:
+            if reference == "worst":
+                ratios = [
+                    c.error / c.tolerance
+                    for c in report.checks
+                    if (c.rule, c.dtype) == (rule_id, dtype) and c.tolerance > 0
+                ]
+                value = _format_error(max(ratios) if ratios else None)
+            else:
+                value = _format_error(report.max_error(rule_id, dtype, reference))
+            cells.append(value.ljust(cell))
+        cells.append("pass" if report.rule_passed(rule_id) else "FAIL")
+        lines.append("  ".join(cells))
+    if columns and columns[0][1] == "worst":
+        lines.append("worst: the largest error / tolerance over every check (above 1 fails)")
+    for check in report.failures():
+        lines.append(
+            f"FAIL {check.rule} {check.dtype} size {check.size} vs {check.reference}: error "
+            f"{check.error:.3e} > tolerance {check.tolerance:.1e} {check.detail}".rstrip()
+        )
+    passed = sum(report.rule_passed(r) for r in report.rule_ids)
+    lines.append(f"{passed} of {len(report.rule_ids)} rules pass ({len(report.checks)} checks)")
+    lines.append(verdict(report))
+    for line in lines:
+        print(clip(line, width), file=out)
+
+
+def _hang(label: str, waited: float) -> None:
+    """The watchdog's end of a stuck run: say where, then leave with exit code 1."""
+    print(
+        f"\nmatcalc-jax: error: no progress for {waited:.0f} s at {label}; stopping. The "
+        "program may be deadlocked; rerun with --timeout to wait longer.",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(1)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from matcalc_jax.cli.watchdog import Watchdog
+    from matcalc_jax.verification.harness import DTYPES, reference_dtype, verify
+    from matcalc_jax.verification.tolerance import tolerance_key
+
+    dtypes = [tolerance_key(d) for d in (_split(args.dtype) or DTYPES)]
+    if not args.no_cache:
+        _enable_compilation_cache(args.cache_dir)
+    if any(reference_dtype(d) == "float64" for d in dtypes):
+        _require_x64()
+    progress = Progress()
+
+    def show(event) -> None:
+        label = f"{event.rule} {event.dtype} size {event.size}: {event.stage}"
+        if event.kind == "stage":
+            watchdog.beat(label)
+            progress.bar(event.cases_done, event.cases_total, label)
+            return
+        failed = sum(not c.passed for c in event.checks)
+        outcome = "pass" if not failed else f"FAIL ({failed} failed)"
+        progress.line(
+            f"[{event.rule_index + 1}/{event.rule_count}] {event.rule}: "
+            f"{len(event.checks)} checks, {outcome}, {seconds(event.elapsed_s)}"
+        )
+
+    with Watchdog(args.timeout, _hang) as watchdog:
+        report = verify(
+            _split(args.rules), dtypes=dtypes, sizes=args.sizes, seed=args.seed, progress=show
+        )
+    progress.finish()
+    to_stdout = args.json == "-"
+    print_report(report, wide=args.wide, out=sys.stderr if to_stdout else sys.stdout)
+    print(f"verify took {seconds(progress.elapsed())}", file=sys.stderr)
+    if to_stdout:
+        print(report.to_json())
+    elif args.json:
+        report.to_json(args.json)
+        print(f"report written to {args.json}")
+    return 0 if report.passed else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from matcalc_jax.benchmark import output
+    from matcalc_jax.benchmark.rules import bench
+
+    progress = Progress()
+
+    def show(done: int, total: int, label: str) -> None:
+        progress.bar(done, total, label)
+        if done:
+            progress.line(f"[{done}/{total}] {previous[0]}")
+        previous[0] = label
+
+    previous = [""]
+    report = bench(
+        _split(args.rules),
+        dtypes=_split(args.dtype) or ("float32",),
+        sizes=args.sizes,
+        quick=args.quick,
+        rounds=args.rounds,
+        progress=show,
+    )
+    progress.finish()
+    to_stdout = args.json == "-"
+    out = sys.stderr if to_stdout else sys.stdout
+    width = None if args.wide else WIDTH
+    env = report.environment
+    lines = [
+        f"device: {env['platform']} ({env['device_kind']}), jax {env['jax']}, "
+        f"{env['cpu_count']} cpus; medians of {report.settings['rounds']} rounds",
+    ]
+    if args.quick:
+        lines.append(
+            "quick mode: proves that the benchmark runs; its few short rounds do not say "
+            "which method is faster"
+        )
+    lines += output.format_table(report, wide=args.wide).splitlines()
+    lines += [
+        "speed-up: best of jacfwd/jacrev over closed form; clear: closed form's upper quartile",
+        "below autodiff's lower, and both well above the timer's resolution and the dispatch",
+        "cost (else 'noise'); x floor: closed form over the time to write the Jacobian",
+    ]
+    if any(case.hessian for case in report.cases):
+        lines += [
+            "Hessians: speed-up is jax.hessian over the closed-form Hessian; H v is the dense",
+            "closed-form Hessian formed and applied to a vector; hvp is the structured",
+            "Hessian's mv; ratios above 1 mean hvp is faster",
+        ]
+    for line in lines:
+        print(clip(line, width), file=out)
+    print(f"bench took {seconds(progress.elapsed())}", file=sys.stderr)
+    if to_stdout:
+        print(output.to_json_text(report))
+    elif args.json:
+        output.write_json(report, args.json)
+        print(f"wrote {args.json}")
+    if args.csv:
+        Path(args.csv).write_text(output.format_csv(report), encoding="utf-8")
+        print(f"wrote {args.csv}", file=out)
+    if args.markdown:
+        Path(args.markdown).write_text(output.format_markdown(report), encoding="utf-8")
+        print(f"wrote {args.markdown}", file=out)
+    if args.plots:
+        for path in output.write_plots(report, args.plots):
+            print(f"wrote {path}", file=out)
+    return 0
+
+
+def _bench_models(args: argparse.Namespace) -> int:
+    import json
+
+    from matcalc_jax.benchmark.models import bench_models, format_models
+    from matcalc_jax.runtime import environment
+
+    cases = bench_models(dtype=args.dtype, quick=args.quick, rounds=args.rounds)
+    env = environment()
+    print(f"device: {env['platform']} ({env['device_kind']}), jax {env['jax']}")
+    print(format_models(cases))
+    if args.json:
+        data = {
+            "schema": "matcalc-jax/bench-models/1",
+            "environment": env,
+            "cases": [
+                {
+                    "case": c.rule,
+                    "dtype": c.dtype,
+                    "width": c.size,
+                    "batch": c.jacobian_shape[0],
+                    "timings": {m: dataclasses.asdict(t) for m, t in c.timings.items()},
+                }
+                for c in cases
+            ],
+        }
+        Path(args.json).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from matcalc_jax.catalogue import rules
+
+    catalogue = rules()
+    id_width = max(len(r.id) for r in catalogue)
+    formula_width = max(len(r.plain) for r in catalogue) if args.wide else 44
+    width = None if args.wide else WIDTH
+
+    def row(rule_id: str, formula: str, source: str) -> str:
+        formula = clip(formula, formula_width).ljust(formula_width)
+        return clip(f"{rule_id.ljust(id_width)}  {formula}  {source}", width)
+
+    print(row("id", "formula", "source"))
+    for r in catalogue:
+        print(row(r.id, r.plain, r.source))
+    return 0
+
+
+def _docs(args: argparse.Namespace) -> int:
+    from matcalc_jax.catalogue.markdown import render_rules_markdown
+
+    text = render_rules_markdown()
+    path = Path(args.out)
+    if args.check:
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            print(f"{path} is stale: run `matcalc-jax docs --out {path}`", file=sys.stderr)
+            return 1
+        print(f"{path} is up to date")
+        return 0
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
+    return 0
+
+
+def _accuracy(args: argparse.Namespace) -> int:
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_enable_x64", True)
+    from matcalc_jax.verification import accuracy as _accuracy
+
+    text = _accuracy.markdown()
+    if args.out == "-":
+        print(text)
+    else:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+VERIFY_EXAMPLES = """examples:
+  matcalc-jax verify                                  every rule, float32 and float64, sizes 1 4 16
+  matcalc-jax verify --rules inverse softmax --sizes 2 8
+  matcalc-jax verify --dtype bfloat16 float16         low precision, against float64 references
+  matcalc-jax verify --json report.json               also write every check as JSON
+  matcalc-jax verify --json - | jq .passed            JSON on stdout, the table on stderr
+  matcalc-jax verify --platform gpu                   on a GPU (exit 3 if there is none)
+
+exit codes: 0 every check passed; 1 a check failed, or a step made no progress for --timeout
+seconds; 2 a usage error; 3 this machine cannot do what was asked (no such platform, no
+float64)."""
+
+BENCH_EXAMPLES = """examples:
+  matcalc-jax bench --quick                           proves the benchmark runs (< 30 s)
+  matcalc-jax bench --rules softmax linear --dtype float32 float64 --sizes 256 1024
+  matcalc-jax bench --json results.json --csv results.csv --markdown table.md
+  matcalc-jax bench --platform gpu                    on a GPU (exit 3 if there is none)"""
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds; got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds; got {text}")
+    return value
+
+
+def _add_common(command: argparse.ArgumentParser, default_dtypes: str) -> None:
+    """The options ``verify`` and ``bench`` share, spelled the same."""
+    command.add_argument("--rules", nargs="+", metavar="ID", help="rule ids (default: all)")
+    command.add_argument(
+        "--dtype",
+        "--dtypes",
+        dest="dtype",
+        nargs="+",
+        metavar="DTYPE",
+        help=f"dtypes (default: {default_dtypes}); float16 and bfloat16 too",
+    )
+    command.add_argument(
+        "--sizes", nargs="+", type=_positive, metavar="N", help="sizes (default: per rule)"
+    )
+    command.add_argument(
+        "--json",
+        metavar="PATH",
+        help="write the results as JSON; - for stdout (the table then goes to stderr)",
+    )
+    command.add_argument("--wide", action="store_true", help="lines longer than 100 columns")
+    command.add_argument(
+        "--platform",
+        choices=PLATFORMS,
+        default="cpu",
+        help="cpu (default), gpu, or default (JAX's own choice)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="matcalc-jax",
+        description="Matrix-calculus rules: closed-form Jacobians checked against JAX autodiff.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
+
+    def command(name: str, about: str, examples: str, dtypes: str) -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, help=about, epilog=examples, formatter_class=raw)
+        _add_common(parser, dtypes)
+        return parser
+
+    verify = command(
+        "verify",
+        "check every closed form against jacfwd, jacrev and finite differences",
+        VERIFY_EXAMPLES,
+        "float32 float64",
+    )
+    verify.add_argument(
+        "--size",
+        dest="sizes",
+        nargs="+",
+        type=_positive,
+        action=_Deprecated,
+        instead="--sizes",
+        help=argparse.SUPPRESS,
+    )
+    verify.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    verify.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="fail when one step makes no progress for this long (default: 300)",
+    )
+    verify.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not use JAX's persistent compilation cache (default: on, in "
+        "~/.cache/matcalc-jax/xla or $MATCALC_JAX_CACHE)",
+    )
+    verify.add_argument("--cache-dir", metavar="DIR", help="the compilation cache's directory")
+    verify.set_defaults(run=_verify)
+
+    bench = command(
+        "bench",
+        "time closed forms against jacfwd, jacrev and the write floor",
+        BENCH_EXAMPLES,
+        "float32",
+    )
+    bench.add_argument(
+        "--out", dest="json", action=_Deprecated, instead="--json", help=argparse.SUPPRESS
+    )
+    bench.add_argument(
+        "--quick", action="store_true", help="one small size per rule, three short rounds"
+    )
+    bench.add_argument("--rounds", type=_positive, help="rounds of samples (default 7; quick 3)")
+    bench.add_argument("--csv", metavar="PATH", help="write every timing as CSV")
+    bench.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
+    bench.add_argument("--plots", metavar="DIR", help="write PNG plots (needs matplotlib)")
+    bench.set_defaults(run=_bench)
+
+    models = commands.add_parser(
+        "bench-models",
+        help="time an MLP training step with matcalc_jax.nn against jax.nn, and the "
+        "closed-form backprop against jax.grad",
+    )
+    models.add_argument("--dtype", default="float32", help="dtype (default: float32)")
+    models.add_argument("--quick", action="store_true", help="one small size, three rounds")
+    models.add_argument("--rounds", type=_positive, help="rounds of samples (default 7; quick 3)")
+    models.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    models.add_argument(
+        "--out", dest="json", action=_Deprecated, instead="--json", help=argparse.SUPPRESS
+    )
+    models.add_argument(
+        "--platform", choices=PLATFORMS, default="cpu", help="cpu (default), gpu, or default"
+    )
+    models.set_defaults(run=_bench_models)
+
+    listing = commands.add_parser("list", help="list the rules with their formulas")
+    listing.add_argument("--wide", action="store_true", help="lines longer than 100 columns")
+    listing.set_defaults(run=_list, platform="default")
+
+    accuracy = commands.add_parser(
+        "accuracy",
+        help="measure matcalc_jax.nn and jax.nn against mpmath (ulps) and write the table",
+    )
+    accuracy.add_argument("--out", default="-", help="a Markdown file, or - for stdout")
+    accuracy.set_defaults(run=_accuracy, platform="cpu")
+    docs = commands.add_parser("docs", help="write docs/rules.md from the catalogue")
+    docs.add_argument("--out", default="docs/rules.md", help="path (default: docs/rules.md)")
+    docs.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
+    docs.set_defaults(run=_docs, platform="default")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; the return value is the exit code (see ``verify --help``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # a usage error exits 2 here, with argparse's message
+    try:
+        if args.command == "verify" and argv is None:  # the command line, not a caller's process
+            _compile_for_speed()
+        if args.platform != "default" or args.command in ("verify", "bench"):
+            _select_platform(args.platform)
+        return args.run(args)
+    except EnvironmentUnavailableError as error:
+        print(f"matcalc-jax: error: {error}", file=sys.stderr)
+        return 3
+    except (KeyError, ValueError, TypeError) as error:
+        message = error.args[0] if error.args else str(error)
+        print(f"matcalc-jax: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,466 @@
+"""The operator interface, its algebra, and the generic composites.
+
+Every structured Jacobian is a :class:`JacobianOperator`: a linear map from tangents of
+``in_shape`` to tangents of ``out_shape``. The algebra is registered per type, so a new type
+brings its rules beside itself and nothing here is edited:
+
+- unary rules are methods a type overrides (``transpose``, ``diagonal``, ``trace``,
+  ``logdet``, ``solve``, ``scaled``); the defaults here are correct for any map and work on
+  the dense matrix, the fallback for a type without a cheaper rule;
+- composition and sums dispatch on both operand types through :func:`composition_rule` and
+  :func:`addition_rule`; a pair without a rule gives the lazy :class:`Composition` or
+  :class:`Sum`. Lookups walk the two types' MROs once per pair of types and are cached, so
+  the algebra costs a dictionary lookup per operation at trace time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+from jax.typing import ArrayLike
+
+from matcalc_jax.core.layout import Layout, check_layout, from_numerator
+
+
+def size_of(shape: tuple[int, ...]) -> int:
+    """The number of entries of an array of ``shape``."""
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def check_tangent(op: JacobianOperator, name: str, value: ArrayLike, shape: tuple) -> Array:
+    """``value`` as an array, or ``ValueError`` naming the operator and method unless it has
+    ``shape``."""
+    array = jnp.asarray(value)
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(
+            f"{type(op).__name__}.{name}: argument has shape {tuple(array.shape)}; "
+            f"expected {tuple(shape)}"
+        )
+    return array
+
+
+def register(cls: type, data: tuple[str, ...], meta: tuple[str, ...]) -> type:
+    """Make ``cls`` a frozen dataclass and a JAX pytree with ``data`` leaves."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
+    return cls
+
+
+class JacobianOperator:
+    """A structured Jacobian: a linear map from tangents of ``in_shape`` to tangents of
+    ``out_shape`` (see :mod:`matcalc_jax.operators`)."""
+
+    layout: Layout
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of ``to_dense()`` in this operator's layout."""
+        if self.layout == "numerator":
+            return self.out_shape + self.in_shape
+        return self.in_shape + self.out_shape
+
+    def mv(self, tangent: ArrayLike) -> Array:
+        """J v: a tangent of ``in_shape`` to a tangent of ``out_shape`` (what ``jax.jvp`` gives)."""
+        raise NotImplementedError
+
+    def vm(self, cotangent: ArrayLike) -> Array:
+        """u^T J: a cotangent of ``out_shape`` to one of ``in_shape`` (what ``jax.vjp`` gives)."""
+        raise NotImplementedError
+
+    def rmv(self, cotangent: ArrayLike) -> Array:
+        """J^T u, the same as :meth:`vm`."""
+        return self.vm(cotangent)
+
+    def _numerator(self) -> Array:
+        """The dense Jacobian in numerator layout, ``out_shape + in_shape``."""
+        raise NotImplementedError
+
+    def to_dense(self, layout: Layout | None = None) -> Array:
+        """The dense Jacobian in ``layout`` (default: the operator's own)."""
+        layout = self.layout if layout is None else check_layout("to_dense", layout)
+        return from_numerator(self._numerator(), len(self.out_shape), layout)
+
+    def with_layout(self, layout: Layout) -> JacobianOperator:
+        """The same map, arranged in ``layout`` by ``to_dense`` and read in its order by ``@``."""
+        layout = check_layout("with_layout", layout)
+        return dataclasses.replace(self, layout=layout)  # type: ignore[type-var]
+
+    # ------------------------------------------------------------------ unary algebra
+
+    def transpose(self) -> JacobianOperator:
+        """J^T, the transpose of the map: ``J.T.mv(u) == J.vm(u)``, ``J.T.vm(v) == J.mv(v)``,
+        and ``J.T.to_dense()`` is ``J.to_dense()`` with its out and in axes swapped."""
+        return Transposed(self)
+
+    @property
+    def T(self) -> JacobianOperator:  # noqa: N802
+        return self.transpose()
+
+    def scaled(self, scale: ArrayLike) -> JacobianOperator:
+        """c J for a scalar c."""
+        return Scaled(jnp.asarray(scale), self)
+
+    def diagonal(self) -> Array:
+        """The diagonal, of shape ``in_shape``; only for square operators (in = out shape)."""
+        return jnp.diagonal(self._square_matrix("diagonal")).reshape(self.in_shape)
+
+    def trace(self) -> Array:
+        """tr J, the sum of the diagonal; only for square operators."""
+        self._check_square("trace")
+        return jnp.sum(self.diagonal())
+
+    def logdet(self) -> Array:
+        """log |det J| (NaN-free: -inf for a singular map); only for square operators."""
+        return jnp.linalg.slogdet(self._square_matrix("logdet"))[1]
+
+    def solve(self, rhs: ArrayLike) -> Array:
+        """x with J x = rhs (``rhs`` of ``out_shape``, x of ``in_shape``); only for square
+        operators."""
+        matrix = self._square_matrix("solve")
+        rhs = check_tangent(self, "solve", rhs, self.out_shape)
+        return jnp.linalg.solve(matrix, rhs.reshape(-1)).reshape(self.in_shape)
+
+    def _square_matrix(self, what: str) -> Array:
+        """The dense numerator Jacobian as an (n, n) matrix, for the default rules."""
+        self._check_square(what)
+        n = size_of(self.in_shape)
+        return self._numerator().reshape(n, n)
+
+    def _check_square(self, what: str) -> None:
+        if self.in_shape != self.out_shape:
+            raise ValueError(
+                f"{what}() of a {type(self).__name__} needs a square operator; got out shape "
+                f"{self.out_shape} and in shape {self.in_shape}"
+            )
+
+    # ---------------------------------------------------------------------- operators
+
+    def __matmul__(self, other: JacobianOperator) -> JacobianOperator:
+        if not isinstance(other, JacobianOperator):
+            return NotImplemented
+        if self.layout != other.layout:
+            raise ValueError(
+                f"cannot compose a {self.layout}-layout {type(self).__name__} with a "
+                f"{other.layout}-layout {type(other).__name__}; use .with_layout() first"
+            )
+        if self.layout == "numerator":
+            return compose(self, other)
+        return compose(other, self)
+
+    def __add__(self, other: JacobianOperator) -> JacobianOperator:
+        if not isinstance(other, JacobianOperator):
+            return NotImplemented
+        return add(self, other)
+
+    def __mul__(self, scale: ArrayLike) -> JacobianOperator:
+        return self.scaled(scale)
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> JacobianOperator:
+        return self.scaled(jnp.asarray(-1, self.dtype))
+
+
+# ------------------------------------------------------------------- binary algebra
+
+_BinaryRule = Callable[[Any, Any], Any]
+_COMPOSITION_RULES: dict[tuple[type, type], _BinaryRule] = {}
+_SUM_RULES: dict[tuple[type, type], _BinaryRule] = {}
+
+
+def composition_rule(outer: type, inner: type) -> Callable[[_BinaryRule], _BinaryRule]:
+    """Register ``rule(outer, inner)`` as the composition of an ``outer`` after an ``inner``
+    operator (subclasses included). A rule may return ``None`` for operands whose structure
+    it cannot keep; the lazy :class:`Composition` is then used."""
+
+    def decorate(rule: _BinaryRule) -> _BinaryRule:
+        _COMPOSITION_RULES[outer, inner] = rule
+        _lookup.cache_clear()
+        return rule
+
+    return decorate
+
+
+def addition_rule(left: type, right: type) -> Callable[[_BinaryRule], _BinaryRule]:
+    """Register ``rule(left, right)`` as the sum of the two operator types (in this order;
+    register both orders for a symmetric rule). ``None`` falls back to :class:`Sum`."""
+
+    def decorate(rule: _BinaryRule) -> _BinaryRule:
+        _SUM_RULES[left, right] = rule
+        _lookup.cache_clear()
+        return rule
+
+    return decorate
+
+
+@functools.cache
+def _lookup(table: str, left: type, right: type) -> _BinaryRule | None:
+    rules = _COMPOSITION_RULES if table == "compose" else _SUM_RULES
+    for left_type in left.__mro__:
+        for right_type in right.__mro__:
+            if (left_type, right_type) in rules:
+                return rules[left_type, right_type]
+    return None
+
+
+def compose(outer: JacobianOperator, inner: JacobianOperator) -> JacobianOperator:
+    """dz/dx from dz/dy (``outer``) and dy/dx (``inner``), keeping the structure the
+    registered rules know; layout-free (``@`` reads its operands in the layout's order and
+    calls this)."""
+    if outer.in_shape != inner.out_shape:
+        raise ValueError(
+            f"cannot compose: the outer {type(outer).__name__} takes {outer.in_shape} but the "
+            f"inner {type(inner).__name__} gives {inner.out_shape}"
+        )
+    _check_same_layout("compose", outer, inner)
+    rule = _lookup("compose", type(outer), type(inner))
+    result = None if rule is None else rule(outer, inner)
+    return Composition(outer, inner) if result is None else result
+
+
+def add(left: JacobianOperator, right: JacobianOperator) -> JacobianOperator:
+    """left + right, keeping the structure the registered rules know."""
+    if (left.out_shape, left.in_shape) != (right.out_shape, right.in_shape):
+        raise ValueError(
+            f"cannot add a {type(right).__name__} ({right.out_shape} <- {right.in_shape}) to a "
+            f"{type(left).__name__} ({left.out_shape} <- {left.in_shape})"
+        )
+    _check_same_layout("add", left, right)
+    rule = _lookup("sum", type(left), type(right))
+    result = None if rule is None else rule(left, right)
+    return Sum((left, right)) if result is None else result
+
+
+def _check_same_layout(what: str, first: JacobianOperator, second: JacobianOperator) -> None:
+    if first.layout != second.layout:
+        raise ValueError(
+            f"cannot {what} a {first.layout}-layout {type(first).__name__} and a "
+            f"{second.layout}-layout {type(second).__name__}; use .with_layout() first"
+        )
+
+
+# ------------------------------------------------------------------------ composites
+
+
+class Transposed(JacobianOperator):
+    """J^T of an operator with no cheaper transpose: ``mv`` is its ``vm`` and back."""
+
+    operator: JacobianOperator
+
+    layout = property(lambda self: self.operator.layout)  # type: ignore[assignment]
+    out_shape = property(lambda self: self.operator.in_shape)
+    in_shape = property(lambda self: self.operator.out_shape)
+    dtype = property(lambda self: self.operator.dtype)
+
+    def mv(self, tangent: ArrayLike) -> Array:
+        return self.operator.vm(tangent)
+
+    def vm(self, cotangent: ArrayLike) -> Array:
+        return self.operator.mv(cotangent)
+
+    def _numerator(self) -> Array:
+        return from_numerator(
+            self.operator._numerator(), len(self.operator.out_shape), "denominator"
+        )
+
+    def with_layout(self, layout: Layout) -> JacobianOperator:
+        return Transposed(self.operator.with_layout(layout))
+
+    def transpose(self) -> JacobianOperator:
+        return self.operator
+
+    def diagonal(self) -> Array:
+        return self.operator.diagonal()
+
+    def trace(self) -> Array:
+        return self.operator.trace()
+
+    def logdet(self) -> Array:
+        return self.operator.logdet()
+
+
+Transposed = register(Transposed, ("operator",), ())
+
+
+class Scaled(JacobianOperator):
+    """c J for a scalar c."""
+
+    scale: Array
+    operator: JacobianOperator
+
+    layout = property(lambda self: self.operator.layout)  # type: ignore[assignment]
+    out_shape = property(lambda self: self.operator.out_shape)
+    in_shape = property(lambda self: self.operator.in_shape)
+    dtype = property(lambda self: jnp.result_type(self.scale, self.operator.dtype))
+
+    def mv(self, tangent: ArrayLike) -> Array:
+        return self.scale * self.operator.mv(tangent)
+
+    def vm(self, cotangent: ArrayLike) -> Array:
+        return self.scale * self.operator.vm(cotangent)
+
+    def _numerator(self) -> Array:
+        return self.scale * self.operator._numerator()
+
+    def with_layout(self, layout: Layout) -> JacobianOperator:
+        return Scaled(self.scale, self.operator.with_layout(layout))
+
+    def transpose(self) -> JacobianOperator:
+        return Scaled(self.scale, self.operator.transpose())
+
+    def scaled(self, scale: ArrayLike) -> JacobianOperator:
+        return Scaled(jnp.asarray(scale) * self.scale, self.operator)
+
+    def diagonal(self) -> Array:
+        return self.scale * self.operator.diagonal()
+
+    def trace(self) -> Array:
+        return self.scale * self.operator.trace()
+
+    def logdet(self) -> Array:
+        self._check_square("logdet")
+        return size_of(self.in_shape) * jnp.log(jnp.abs(self.scale)) + self.operator.logdet()
+
+    def solve(self, rhs: ArrayLike) -> Array:
+        return self.operator.solve(rhs) / self.scale
+
+
+Scaled = register(Scaled, ("scale", "operator"), ())
+
+
+class Sum(JacobianOperator):
+    """J1 + J2 + ...: terms of the same shapes and layout."""
+
+    terms: tuple[JacobianOperator, ...]
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(t, JacobianOperator) for t in self.terms):
+            return  # a pytree being rebuilt with placeholder leaves
+        first = self.terms[0]
+        for term in self.terms[1:]:
+            if (term.out_shape, term.in_shape, term.layout) != (
+                first.out_shape,
+                first.in_shape,
+                first.layout,
+            ):
+                raise ValueError(
+                    f"cannot add a {term.layout}-layout {type(term).__name__} "
+                    f"({term.out_shape} <- {term.in_shape}) to a {first.layout}-layout "
+                    f"{type(first).__name__} ({first.out_shape} <- {first.in_shape})"
+                )
+
+    layout = property(lambda self: self.terms[0].layout)  # type: ignore[assignment]
+    out_shape = property(lambda self: self.terms[0].out_shape)
+    in_shape = property(lambda self: self.terms[0].in_shape)
+    dtype = property(lambda self: jnp.result_type(*(t.dtype for t in self.terms)))
+
+    def _each(self, method: Callable[[JacobianOperator], Any]) -> Any:
+        return functools.reduce(operator.add, (method(t) for t in self.terms))
+
+    def mv(self, tangent: ArrayLike) -> Array:
+        return self._each(lambda t: t.mv(tangent))
+
+    def vm(self, cotangent: ArrayLike) -> Array:
+        return self._each(lambda t: t.vm(cotangent))
+
+    def _numerator(self) -> Array:
+        return self._each(lambda t: t._numerator())
+
+    def with_layout(self, layout: Layout) -> JacobianOperator:
+        return Sum(tuple(t.with_layout(layout) for t in self.terms))
+
+    def transpose(self) -> JacobianOperator:
+        return Sum(tuple(t.transpose() for t in self.terms))
+
+    def diagonal(self) -> Array:
+        return self._each(lambda t: t.diagonal())
+
+    def trace(self) -> Array:
+        return self._each(lambda t: t.trace())
+
+
+Sum = register(Sum, ("terms",), ())
+
+
+class Composition(JacobianOperator):
+    """outer o inner: apply ``inner`` (dy/dx), then ``outer`` (dz/dy); lazy."""
+
+    outer: JacobianOperator
+    inner: JacobianOperator
+
+    layout = property(lambda self: self.outer.layout)  # type: ignore[assignment]
+    out_shape = property(lambda self: self.outer.out_shape)
+    in_shape = property(lambda self: self.inner.in_shape)
+    dtype = property(lambda self: jnp.result_type(self.outer.dtype, self.inner.dtype))
+
+    def mv(self, tangent: ArrayLike) -> Array:
+        return self.outer.mv(self.inner.mv(tangent))
+
+    def vm(self, cotangent: ArrayLike) -> Array:
+        return self.inner.vm(self.outer.vm(cotangent))
+
+    def _numerator(self) -> Array:
+        # Apply the outer operator to every column of the inner Jacobian: a broadcast for
+        # a diagonal outer factor, one matrix product for a dense one.
+        inner = self.inner._numerator()
+        mid_ndim = len(self.inner.out_shape)
+        columns = inner.reshape((*inner.shape[:mid_ndim], -1))
+        dense = jax.vmap(self.outer.mv, in_axes=-1, out_axes=-1)(columns)
+        return dense.reshape(self.out_shape + self.in_shape)
+
+    def with_layout(self, layout: Layout) -> JacobianOperator:
+        return Composition(self.outer.with_layout(layout), self.inner.with_layout(layout))
+
+    def transpose(self) -> JacobianOperator:
+        return Composition(self.inner.transpose(), self.outer.transpose())
+
+    def _factors_square(self) -> bool:
+        return all(f.in_shape == f.out_shape for f in (self.outer, self.inner))
+
+    def logdet(self) -> Array:
+        if self._factors_square():  # det(A B) = det(A) det(B)
+            return self.outer.logdet() + self.inner.logdet()
+        return super().logdet()
+
+    def solve(self, rhs: ArrayLike) -> Array:
+        if self._factors_square():
+            return self.inner.solve(self.outer.solve(rhs))
+        return super().solve(rhs)
+
+
+Composition = register(Composition, ("outer", "inner"), ())
+
+
+@composition_rule(Scaled, JacobianOperator)
+def _scale_outside_outer(outer: Scaled, inner: JacobianOperator) -> JacobianOperator:
+    return Scaled(outer.scale, compose(outer.operator, inner))
+
+
+@composition_rule(JacobianOperator, Scaled)
+def _scale_outside_inner(outer: JacobianOperator, inner: Scaled) -> JacobianOperator:
+    return Scaled(inner.scale, compose(outer, inner.operator))
+
+
+def is_operator(value: Any) -> bool:
+    """True for a structured Jacobian."""
+    return isinstance(value, JacobianOperator)

@@ -1,0 +1,76 @@
+"""Diagonal: diag(d), the Jacobian of an elementwise map."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
+
+from matcalc_jax.core.layout import Layout
+from matcalc_jax.operators.base import (
+    JacobianOperator,
+    addition_rule,
+    check_tangent,
+    composition_rule,
+    register,
+    size_of,
+)
+
+
+class Diagonal(JacobianOperator):
+    """diag(d): the Jacobian of an elementwise map; d has the shape of x (and of f(x))."""
+
+    values: Array
+    layout: Layout = "numerator"
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(self.values.shape)
+
+    in_shape = out_shape
+
+    @property
+    def dtype(self) -> Any:
+        return self.values.dtype
+
+    def mv(self, tangent: ArrayLike) -> Array:
+        return self.values * check_tangent(self, "mv", tangent, self.in_shape)
+
+    def vm(self, cotangent: ArrayLike) -> Array:
+        return check_tangent(self, "vm", cotangent, self.out_shape) * self.values
+
+    def _numerator(self) -> Array:
+        n = size_of(self.in_shape)
+        flat = self.values.reshape(n)
+        dense = jnp.where(jnp.eye(n, dtype=bool), flat[None, :], jnp.zeros((), self.dtype))
+        return dense.reshape(self.out_shape + self.in_shape)
+
+    def transpose(self) -> JacobianOperator:
+        return self
+
+    def scaled(self, scale: ArrayLike) -> JacobianOperator:
+        return Diagonal(jnp.asarray(scale) * self.values, self.layout)
+
+    def diagonal(self) -> Array:
+        return self.values
+
+    def logdet(self) -> Array:
+        return jnp.sum(jnp.log(jnp.abs(self.values)))
+
+    def solve(self, rhs: ArrayLike) -> Array:
+        return check_tangent(self, "solve", rhs, self.out_shape) / self.values
+
+
+Diagonal = register(Diagonal, ("values",), ("layout",))
+
+
+@composition_rule(Diagonal, Diagonal)
+def _diagonal_diagonal(outer: Diagonal, inner: Diagonal) -> Diagonal:
+    return Diagonal(outer.values * inner.values, outer.layout)
+
+
+@addition_rule(Diagonal, Diagonal)
+def _add_diagonals(left: Diagonal, right: Diagonal) -> Diagonal:
+    return Diagonal(left.values + right.values, left.layout)

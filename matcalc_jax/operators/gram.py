@@ -1,0 +1,57 @@
+"""WeightedGram: X^T diag(w) X, a Hessian kept in factored form."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
+
+from matcalc_jax.core.layout import Layout
+from matcalc_jax.operators.base import JacobianOperator, check_tangent, register
+
+
+class WeightedGram(JacobianOperator):
+    """X^T diag(w) X for X of shape (n, d) and weights w of shape (n,): a (d, d) symmetric map.
+
+    The Hessians of logistic regression (w = s(1 - s)) and of least squares (w = 2) have this
+    form. It is never multiplied out unless asked: ``mv`` is X^T (w * (X v)), two
+    matrix-vector products, O(n d) work and memory instead of the O(n d^2) work of forming
+    the (d, d) matrix and the O(d^2) of applying it; ``diagonal`` is sum_k w_k X_ki^2, also
+    O(n d) (a Jacobi preconditioner without the matrix). Symmetric, so ``vm`` is ``mv``, the
+    transpose is itself, and the two layouts agree.
+    """
+
+    X: Array
+    weights: Array
+    layout: Layout = "numerator"
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (self.X.shape[1],)
+
+    in_shape = out_shape
+
+    @property
+    def dtype(self) -> Any:
+        return jnp.result_type(self.X, self.weights)
+
+    def mv(self, tangent: ArrayLike) -> Array:
+        tangent = check_tangent(self, "mv", tangent, self.in_shape)
+        return (self.weights * (self.X @ tangent)) @ self.X  # X^T u as u @ X: no transpose
+
+    def vm(self, cotangent: ArrayLike) -> Array:
+        return self.mv(check_tangent(self, "vm", cotangent, self.out_shape))
+
+    def _numerator(self) -> Array:
+        return (self.X * self.weights[:, None]).T @ self.X
+
+    def transpose(self) -> JacobianOperator:
+        return self
+
+    def diagonal(self) -> Array:
+        return self.weights @ jnp.square(self.X)
+
+
+WeightedGram = register(WeightedGram, ("X", "weights"), ("layout",))

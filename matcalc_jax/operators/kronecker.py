@@ -1,0 +1,92 @@
+"""Kronecker: the map X -> A X B of the matrix rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
+
+from matcalc_jax.core.layout import Layout
+from matcalc_jax.operators.base import (
+    JacobianOperator,
+    Transposed,
+    check_tangent,
+    composition_rule,
+    register,
+)
+
+
+class Kronecker(JacobianOperator):
+    """The map X -> A X B from (p, q) matrices to (s, t) matrices, A (s, p), B (q, t).
+
+    In row-major vec form it is the Kronecker product A (x) B^T. B may also be a vector of
+    shape (q,), for X -> A X b from (p, q) matrices to (s,) vectors. Its transpose is
+    G -> A^T G B^T; for square A and B, det = det(A)^q det(B)^p and A X B = C is solved by
+    X = A^{-1} C B^{-1}, from the factors alone.
+    """
+
+    A: Array
+    B: Array
+    layout: Layout = "numerator"
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (self.A.shape[0], *tuple(self.B.shape[1:]))
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return (self.A.shape[1], self.B.shape[0])
+
+    @property
+    def dtype(self) -> Any:
+        return jnp.result_type(self.A, self.B)
+
+    def mv(self, tangent: ArrayLike) -> Array:
+        return self.A @ check_tangent(self, "mv", tangent, self.in_shape) @ self.B
+
+    def vm(self, cotangent: ArrayLike) -> Array:
+        cotangent = check_tangent(self, "vm", cotangent, self.out_shape)
+        if self.B.ndim == 1:
+            return jnp.outer(cotangent @ self.A, self.B)
+        return jnp.einsum("ai,ab,jb->ij", self.A, cotangent, self.B)
+
+    def _numerator(self) -> Array:
+        if self.B.ndim == 1:
+            return jnp.einsum("ai,j->aij", self.A, self.B)
+        return jnp.einsum("ai,jb->abij", self.A, self.B)
+
+    def transpose(self) -> JacobianOperator:
+        if self.B.ndim == 1:  # its transpose maps vectors to matrices: no Kronecker form
+            return Transposed(self)
+        return Kronecker(self.A.T, self.B.T, self.layout)
+
+    def diagonal(self) -> Array:
+        self._check_square("diagonal")
+        return jnp.outer(jnp.diagonal(self.A), jnp.diagonal(self.B))
+
+    def trace(self) -> Array:
+        self._check_square("trace")
+        return jnp.trace(self.A) * jnp.trace(self.B)
+
+    def logdet(self) -> Array:
+        self._check_square("logdet")
+        p, q = self.in_shape
+        return q * jnp.linalg.slogdet(self.A)[1] + p * jnp.linalg.slogdet(self.B)[1]
+
+    def solve(self, rhs: ArrayLike) -> Array:
+        self._check_square("solve")
+        rhs = check_tangent(self, "solve", rhs, self.out_shape)
+        left = jnp.linalg.solve(self.A, rhs)  # A^{-1} C
+        return jnp.linalg.solve(self.B.T, left.T).T  # (A^{-1} C) B^{-1}
+
+
+Kronecker = register(Kronecker, ("A", "B"), ("layout",))
+
+
+@composition_rule(Kronecker, Kronecker)
+def _kronecker_kronecker(outer: Kronecker, inner: Kronecker) -> Kronecker | None:
+    if inner.B.ndim != 2:
+        return None
+    return Kronecker(outer.A @ inner.A, inner.B @ outer.B, outer.layout)

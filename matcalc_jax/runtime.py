@@ -1,0 +1,60 @@
+"""The runtime: 64-bit mode, matrix-product precision, and a description of the machine.
+
+Verification and benchmarks run under :func:`precise`: float64 on when a dtype needs it, and
+matrix products at precision "highest", so that TF32 on a GPU is never mistaken for a wrong
+rule. :func:`environment` records what a run saw, for its JSON report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+
+
+def needs_x64(dtype: Any) -> bool:
+    """True for float64, and for float16 and bfloat16, whose references are float64."""
+    return jnp.dtype(dtype).itemsize != 4
+
+
+@contextlib.contextmanager
+def x64(enabled: bool) -> Iterator[None]:
+    """Turn ``jax_enable_x64`` on for the block when ``enabled``, restoring it afterwards."""
+    before = bool(jax.config.jax_enable_x64)
+    if enabled and not before:
+        jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        if enabled and not before:
+            jax.config.update("jax_enable_x64", False)
+
+
+@contextlib.contextmanager
+def precise(dtypes: Iterable[Any] = ()) -> Iterator[dict[str, Any]]:
+    """64-bit mode when any of ``dtypes`` needs it, matrix products at "highest"; yields
+    :func:`environment` as seen inside."""
+    with x64(any(needs_x64(d) for d in dtypes)), jax.default_matmul_precision("highest"):
+        yield environment()
+
+
+def environment() -> dict[str, Any]:
+    """Where the code runs: device, versions, x64 flag, the matmul precision in force, host."""
+    device = jax.devices()[0]
+    return {
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "x64": bool(jax.config.jax_enable_x64),
+        "matmul_precision": jax.config.jax_default_matmul_precision or "default",
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "machine": platform.machine(),
+    }

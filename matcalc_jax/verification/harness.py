@@ -1,0 +1,607 @@
+"""The equivalence harness: closed form vs jacfwd vs jacrev vs finite differences.
+
+One harness serves the tests, the command line (``matcalc-jax verify``) and the benchmarks.
+For each rule, dtype and size it draws the rule's example arguments and checks, each
+function jit-compiled:
+
+- ``jacfwd``: the closed form against ``jax.jacfwd`` of the rule's map;
+- ``jacrev``: the closed form against ``jax.jacrev``;
+- ``eager``: the closed form run eagerly against the same under ``jax.jit``;
+- ``denominator``: the closed form with ``layout="denominator"`` against the numerator one
+  with its out and in axes swapped. For the rules whose Jacobian does not depend on the
+  layout's arithmetic (all but the product and chain rules) the two are bitwise equal; the
+  combinators compute the seed's denominator-layout products in the seed's order, so there
+  they agree to rounding;
+- ``finite_difference`` (float64 only): against central differences of the map, an oracle
+  that does not use JAX's autodiff;
+- ``structured``: the rule's structured Jacobian (``rule.structured``), ``to_dense()``,
+  against the dense closed form;
+- ``mv`` / ``vm``: the structured Jacobian's Jacobian-vector and vector-Jacobian products
+  against ``jax.jvp`` and ``jax.vjp`` of the map, on random tangents and cotangents;
+- ``adjoint``: ``<u, J v>`` against ``<J^T u, v>`` for the structured ``mv`` and ``vm``.
+
+For the rules with a closed-form Hessian (scalar maps, ``rule.has_hessian``):
+
+- ``hessian``: the closed-form Hessian against ``jax.hessian`` (forward over reverse);
+- ``hessian_structured``: the structured Hessian's ``to_dense()`` against the closed form;
+- ``hvp``: the structured Hessian's ``mv`` against autodiff's forward-over-reverse
+  Hessian-vector product ``jax.jvp(jax.grad(f))``, on a random direction;
+- ``hessian_finite_difference`` (float64 only): against central differences of the
+  closed-form gradient (itself checked against differences of the map).
+
+Errors are normwise relative (``max|a - b| / max|b|``; for the products ``mv``, ``vm``,
+``adjoint`` and ``hvp``, relative to the size of their terms, ``max(|J| |v|)``) and compared
+with the one tolerance table (``matcalc_jax.verification.tolerance``). In float16 and bfloat16 the
+references are computed in float64. Matrix products run at precision "highest", so TF32 on
+a GPU is not mistaken for a wrong rule.
+
+A case is one compiled program that computes every array its checks compare (plus one for
+the finite differences in float64): :func:`prepare_case` compiles it, draws the inputs and
+runs the eager closed form; :func:`run_case` runs it and compares. :func:`verify` prepares
+cases ahead on worker threads and runs them one at a time on the calling thread.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from matcalc_jax import runtime
+from matcalc_jax.catalogue import select
+from matcalc_jax.catalogue.record import Rule
+from matcalc_jax.core.layout import swap_out_in
+from matcalc_jax.verification.tolerance import FINITE_DIFFERENCE_TOLERANCE, tolerance, tolerance_key
+
+REFERENCES: tuple[str, ...] = (
+    "jacfwd",
+    "jacrev",
+    "eager",
+    "denominator",
+    "finite_difference",
+    "structured",
+    "mv",
+    "vm",
+    "adjoint",
+    "hessian",
+    "hessian_structured",
+    "hvp",
+    "hessian_finite_difference",
+)
+DTYPES: tuple[str, ...] = ("float32", "float64")
+SIZES: tuple[int, ...] = (1, 4, 16)
+REPORT_SCHEMA = "matcalc-jax/verify/1"
+#: XLA options for the harness's programs. They run once, on arrays of a few hundred
+#: entries, so compile time is all their cost: no LLVM optimization (the arithmetic, and
+#: so the values compared, are the same; the code is slower, which nothing here notices).
+COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One comparison: a rule's closed form against one reference, at one dtype and size."""
+
+    rule: str
+    dtype: str
+    size: int
+    reference: str
+    error: float
+    tolerance: float
+    passed: bool
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """The result of :func:`verify`: every check, and where it ran."""
+
+    checks: tuple[Check, ...]
+    environment: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        """True when every check passed."""
+        return all(c.passed for c in self.checks)
+
+    @property
+    def rule_ids(self) -> tuple[str, ...]:
+        """The rules checked, in the order they were checked."""
+        return tuple(dict.fromkeys(c.rule for c in self.checks))
+
+    def failures(self) -> tuple[Check, ...]:
+        """The checks that failed."""
+        return tuple(c for c in self.checks if not c.passed)
+
+    def rule_passed(self, rule_id: str) -> bool:
+        """True when every check of ``rule_id`` passed."""
+        return all(c.passed for c in self.checks if c.rule == rule_id)
+
+    def max_error(self, rule_id: str, dtype: str, reference: str) -> float | None:
+        """The largest error of ``rule_id`` against ``reference`` at ``dtype`` over all sizes."""
+        errors = [
+            c.error
+            for c in self.checks
+            if (c.rule, c.dtype, c.reference) == (rule_id, dtype, reference)
+        ]
+        return max(errors) if errors else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary: schema, environment, verdict, per-rule summary, checks."""
+        dtypes = tuple(dict.fromkeys(c.dtype for c in self.checks))
+        summary = {
+            rule_id: {
+                "passed": self.rule_passed(rule_id),
+                "max_error": {
+                    dtype: {
+                        ref: self.max_error(rule_id, dtype, ref)
+                        for ref in REFERENCES
+                        if self.max_error(rule_id, dtype, ref) is not None
+                    }
+                    for dtype in dtypes
+                },
+            }
+            for rule_id in self.rule_ids
+        }
+        return {
+            "schema": REPORT_SCHEMA,
+            "environment": self.environment,
+            "passed": self.passed,
+            "rules": summary,
+            "checks": [dataclasses.asdict(c) for c in self.checks],
+        }
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        """The report as JSON text; also written to ``path`` when one is given."""
+        text = json.dumps(self.to_dict(), indent=2, default=_json_number)
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+        return text
+
+
+def _json_number(value: Any) -> Any:
+    return float(value)
+
+
+def relative_error(actual: Any, expected: Any, scale: float | None = None) -> float:
+    """Normwise relative error ``max|actual - expected| / max|expected|``, in float64.
+
+    ``scale``, when given, replaces ``max|expected|`` (for a product such as J v, whose
+    terms can cancel: see :func:`_product_scales`). Entries that are NaN in both arrays, or the
+    same infinity in both, count as equal; any other NaN or inf, or different shapes, give
+    ``inf``. A zero scale gives the absolute error.
+
+    >>> relative_error(np.array([1.0, 2.0]), np.array([1.0, 2.5]))
+    0.2
+    """
+    a = np.asarray(actual, dtype=np.float64)
+    b = np.asarray(expected, dtype=np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    if not np.all(np.isfinite(a) | same) or not np.all(np.isfinite(b) | same):
+        return float("inf")
+    with np.errstate(invalid="ignore"):  # inf - inf where both are the same infinity
+        difference = np.where(same, 0.0, np.abs(a - b))
+    if scale is None:
+        scale = np.max(np.abs(np.where(np.isfinite(b), b, 0.0)), initial=0.0)
+    worst = float(np.max(difference, initial=0.0))
+    return worst / float(scale) if scale > 0 else worst
+
+
+def finite_difference_jacobian(fn: Callable[..., Array], args: Sequence[Any], wrt: int) -> Array:
+    """Central-difference Jacobian of ``fn`` with respect to ``args[wrt]``, in float64.
+
+    Numerator layout, ``out.shape + in.shape``. The step for entry k is
+    ``eps**(1/3) * (1 + |x_k|)``, which balances truncation (O(h^2)) and rounding
+    (O(eps / h)) errors. Needs ``jax_enable_x64``.
+    """
+    args64 = [jnp.asarray(a, jnp.float64) for a in args]
+    return central_differences(fn, wrt)(args64)
+
+
+def central_differences(fn: Callable[..., Array], wrt: int) -> Callable[[list], Array]:
+    """The compiled program behind :func:`finite_difference_jacobian`.
+
+    All 2n perturbed points go through ``fn`` in one vmapped call, x + h e_k and x - h e_k
+    stacked, never two: jaxlib 0.10's CPU LAPACK kernels (LU, triangular solves, ...) split
+    a large batch over XLA's intra-op thread pool and block a pool thread until it is done,
+    and two such calls that XLA runs at once on a 2-thread pool wait for each other forever.
+    One batched call cannot.
+    """
+
+    def at(point: Array, call: list[Array]) -> Array:
+        call = list(call)
+        call[wrt] = point.reshape(jnp.shape(call[wrt]))
+        return fn(*call)
+
+    @partial(jax.jit, compiler_options=COMPILER_OPTIONS)
+    def central(call: list[Array]) -> Array:
+        with jax.default_matmul_precision("highest"):
+            return differences(call)
+
+    def differences(call: list[Array]) -> Array:
+        x_shape = jnp.shape(call[wrt])
+        flat = call[wrt].reshape(-1)
+        steps = np.finfo(np.float64).eps ** (1 / 3) * (1 + jnp.abs(flat))
+        directions = jnp.eye(flat.size, dtype=jnp.float64) * steps[:, None]
+        points = jnp.concatenate([flat[None, :] + directions, flat[None, :] - directions])
+        plus, minus = jnp.split(jax.vmap(at, in_axes=(0, None))(points, call), 2)
+        columns = (plus - minus) / (2 * steps.reshape((-1,) + (1,) * (plus.ndim - 1)))
+        jacobian = jnp.moveaxis(columns, 0, -1)  # out.shape + (in.size,)
+        return jacobian.reshape(jacobian.shape[:-1] + x_shape)
+
+    return central
+
+
+def reference_dtype(dtype: Any) -> Any:
+    """The dtype the references are computed in: float64 for float16 and bfloat16 (their
+    own autodiff would carry their own rounding), else ``dtype`` itself."""
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(jnp.float64) if dtype.itemsize < 4 else dtype
+
+
+def draw_case(rule: Rule, dtype: Any, size: int, key: Array) -> dict[str, Any]:
+    """The random inputs of one case: the rule's example arguments, a tangent v and a
+    cotangent u for the products, and a direction for the Hessian-vector product.
+
+    Drawn eagerly, outside the case's compiled program: ``jax.random`` compiles one small
+    program per shape and dtype and reuses it across rules, where drawing inside every case's
+    program would compile the generator again each time (most of a case's compile time).
+    """
+    args = rule.example(key, dtype, size)
+    chex.assert_type(args, jnp.dtype(dtype))  # an example in another dtype tests nothing
+    x = jnp.asarray(args[rule.wrt])
+    out = jax.eval_shape(rule.fn, *args)
+    k_tangent, k_cotangent = jax.random.split(jax.random.fold_in(key, 7))
+    inputs = {
+        "args": args,
+        "tangent": jax.random.normal(k_tangent, x.shape, x.dtype),
+        "cotangent": jax.random.normal(k_cotangent, out.shape, out.dtype),
+    }
+    if rule.has_hessian:
+        inputs["hessian_tangent"] = jax.random.normal(jax.random.fold_in(key, 11), x.shape, x.dtype)
+    return inputs
+
+
+@functools.lru_cache(maxsize=32)
+def _case_program(rule: Rule, dtype: Any, size: int) -> Callable:
+    """:func:`case_function`, jit-compiled (without LLVM optimization: see
+    ``COMPILER_OPTIONS``) and cached per case."""
+    return jax.jit(case_function(rule, dtype, size), compiler_options=COMPILER_OPTIONS)
+
+
+def case_function(rule: Rule, dtype: Any, size: int) -> Callable:
+    """The program of one case, before compilation: from the inputs of :func:`draw_case` it computes
+    every array the checks compare, the closed forms in ``dtype`` and the references in
+    :func:`reference_dtype`.
+
+    One program per case rather than one per check: a program's compile time has a fixed
+    part, and the pieces share their arguments. The arrays are the same as when each piece
+    is compiled apart.
+    """
+    reference = reference_dtype(dtype)
+
+    def of_x(call: Sequence[Any]) -> Callable[[Array], Array]:
+        return lambda x: rule.fn(*call[: rule.wrt], x, *call[rule.wrt + 1 :])
+
+    def program(inputs: dict[str, Any]) -> dict[str, Any]:
+        with jax.default_matmul_precision("highest"):
+            return arrays(inputs)
+
+    def arrays(inputs: dict[str, Any]) -> dict[str, Any]:
+        args, tangent, cotangent = inputs["args"], inputs["tangent"], inputs["cotangent"]
+        wide = tuple(jnp.asarray(a).astype(reference) for a in args)
+        wide_tangent = tangent.astype(reference)
+        wide_cotangent = cotangent.astype(reference)
+        op = rule.structured(*args)
+        computed = {
+            "closed": rule.jacobian(*args, layout="numerator"),
+            "closed_denominator": rule.jacobian(*args, layout="denominator"),
+            "structured": op.to_dense(),
+            "mv": op.mv(tangent),
+            "vm": op.vm(cotangent),
+            "jacfwd": rule.jacfwd(*wide),
+            "jacrev": rule.jacrev(*wide),
+            "jvp": jax.jvp(of_x(wide), (wide[rule.wrt],), (wide_tangent,))[1],
+            "vjp": jax.vjp(of_x(wide), wide[rule.wrt])[1](wide_cotangent)[0],
+        }
+        if rule.has_hessian:
+            hessian_tangent = inputs["hessian_tangent"]
+            hessian_op = rule.hessian_operator(*args)
+            computed |= {
+                "hessian": rule.hessian(*args),
+                "hessian_structured": hessian_op.to_dense(),
+                "hvp": hessian_op.mv(hessian_tangent),
+                "jax_hessian": rule.jax_hessian(*wide),
+                "jax_hvp": rule.jax_hvp(*wide, tangent=hessian_tangent.astype(reference)),
+            }
+        return computed
+
+    return program
+
+
+def _flat_magnitude(array: Any, in_ndim: int) -> np.ndarray:
+    """|array| in float64 as a matrix (out, in): the last ``in_ndim`` axes are the input's."""
+    a = np.abs(np.asarray(array, dtype=np.float64))
+    in_size = int(np.prod(a.shape[a.ndim - in_ndim :], dtype=np.int64))
+    return a.reshape(-1, in_size)
+
+
+def _product_scales(jacobian: Any, tangent: Any, cotangent: Any, in_ndim: int) -> dict:
+    """Scales for the products of a Jacobian J: max(|J| |v|), max(|J|^T |u|) and
+    |u|^T |J| |v|, the sizes of the sums that J v, J^T u and <u, J v> add up.
+
+    A product can cancel to far below these (J v of a single entry with terms of both
+    signs); its rounding error cannot, so the error of a product is measured against them.
+    A wrong rule is still wrong by a fraction of order one of the same scale.
+    """
+    J = _flat_magnitude(jacobian, in_ndim)
+    v = np.abs(np.asarray(tangent, dtype=np.float64)).reshape(-1)
+    u = np.abs(np.asarray(cotangent, dtype=np.float64)).reshape(-1)
+    Jv = J @ v
+    return {
+        "mv": float(np.max(Jv, initial=0.0)),
+        "vm": float(np.max(u @ J, initial=0.0)),
+        "adjoint": float(u @ Jv),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedCase:
+    """One case (rule, dtype, size) ready to run: its programs compiled, its inputs drawn
+    and, if asked, its closed form run eagerly."""
+
+    rule: Rule
+    dtype: str
+    size: int
+    inputs: dict[str, Any]
+    program: Any
+    finite_differences: tuple[tuple[str, Any], ...]
+    eager_jacobian: Any = None
+
+
+def prepare_case(
+    rule: Rule, dtype: str, size: int, key: Array, *, eager: bool = True
+) -> PreparedCase:
+    """Compile every program of one case, draw its inputs and (``eager``) run its closed
+    form op by op; run no compiled program.
+
+    Thread-safe: :func:`verify` prepares cases ahead in worker threads (XLA compiles with
+    the GIL released) while the main thread runs the compiled programs, one at a time. The
+    eager closed forms may run beside them: they factorize one matrix at a time, never a
+    batch (see ``central_differences``).
+    """
+    dtype, size = jnp.dtype(dtype), int(size)
+    rule.check_example(dtype, size)  # a bad dtype or size, or no x64, raises here
+    if reference_dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            f"rule {rule.id!r}: dtype={dtype.name} is checked against float64 references; "
+            "call jax.config.update('jax_enable_x64', True) first"
+        )
+    inputs = draw_case(rule, dtype, size, key)
+    program = _case_program(rule, dtype, size).lower(inputs).compile()
+    differences: list[tuple[str, Any]] = []
+    if dtype == jnp.float64:
+        maps = [("finite_difference", rule.fn)]
+        if rule.has_hessian:
+            maps.append(("hessian_finite_difference", rule.jacobian))
+        for name, fn in maps:
+            lowered = central_differences(fn, rule.wrt).lower(list(inputs["args"]))
+            differences.append((name, lowered.compile()))
+    eager_jacobian = None
+    if eager:
+        with jax.default_matmul_precision("highest"):
+            eager_jacobian = jax.block_until_ready(rule.jacobian(*inputs["args"]))
+    return PreparedCase(rule, dtype.name, size, inputs, program, tuple(differences), eager_jacobian)
+
+
+def check_rule(
+    rule: Rule,
+    dtype: str,
+    size: int,
+    key: Array,
+    *,
+    eager: bool = True,
+    stage: Callable[[str], None] | None = None,
+) -> list[Check]:
+    """Every check of one rule at one dtype and size (x64 must be on for float64, float16
+    and bfloat16, whose references are computed in float64).
+
+    ``eager=False`` leaves out the eager-vs-jit check, the slowest one (op-by-op dispatch
+    compiles each primitive for each new shape); :func:`verify` runs it once per rule and dtype.
+    ``stage`` is called with the name of each step before it runs (for progress and the
+    watchdog).
+    """
+    stage = stage or (lambda name: None)
+    stage("compiling")
+    return run_case(prepare_case(rule, dtype, size, key, eager=eager), stage=stage)
+
+
+def run_case(case: PreparedCase, *, stage: Callable[[str], None] | None = None) -> list[Check]:
+    """Run the compiled programs of one case and compare what they give (see the module's
+    docstring for the checks)."""
+    stage = stage or (lambda name: None)
+    rule, dtype, size = case.rule, case.dtype, case.size
+    inputs = case.inputs
+    stage("closed forms and autodiff")
+    arrays = jax.device_get(inputs | case.program(inputs))
+    args = arrays["args"]
+    jacobian = arrays["closed"]
+    tol = tolerance(dtype)
+    in_ndim = np.ndim(args[rule.wrt])
+    out_ndim = np.ndim(jacobian) - in_ndim
+
+    def record(
+        reference: str, expected: Any, bound: float, actual: Any = jacobian, scale: Any = None
+    ) -> Check:
+        detail = ""
+        if np.shape(actual) != np.shape(expected):
+            detail = f"shape {np.shape(actual)} != {np.shape(expected)}"
+        elif np.asarray(actual).dtype != jnp.dtype(dtype):
+            detail = f"dtype {np.asarray(actual).dtype} != {dtype}"
+        error = relative_error(actual, expected, scale)
+        passed = not detail and error <= bound
+        return Check(rule.id, dtype, size, reference, error, bound, passed, detail)
+
+    scales = _product_scales(arrays["jacfwd"], arrays["tangent"], arrays["cotangent"], in_ndim)
+    forward = np.vdot(np.asarray(arrays["cotangent"], np.float64), arrays["mv"])  # <u, J v>
+    backward = np.vdot(np.asarray(arrays["vm"], np.float64), arrays["tangent"])  # <J^T u, v>
+    checks = [
+        record("jacfwd", arrays["jacfwd"], tol),
+        record("jacrev", arrays["jacrev"], tol),
+        record(
+            "denominator",
+            swap_out_in(jacobian, out_ndim),
+            tol,
+            actual=arrays["closed_denominator"],
+        ),
+        record("structured", jacobian, tol, actual=arrays["structured"]),
+        record("mv", arrays["jvp"], tol, actual=arrays["mv"], scale=scales["mv"]),
+        record("vm", arrays["vjp"], tol, actual=arrays["vm"], scale=scales["vm"]),
+        record(
+            "adjoint",
+            np.asarray(backward, dtype=arrays["mv"].dtype),
+            tol,
+            actual=np.asarray(forward, dtype=arrays["mv"].dtype),
+            scale=scales["adjoint"],
+        ),
+    ]
+    if rule.has_hessian:
+        hessian = arrays["hessian"]
+        hvp_scale = _product_scales(
+            arrays["jax_hessian"], arrays["hessian_tangent"], arrays["hessian_tangent"], in_ndim
+        )["mv"]
+        checks += [
+            record("hessian", arrays["jax_hessian"], tol, actual=hessian),
+            record("hessian_structured", hessian, tol, actual=arrays["hessian_structured"]),
+            record("hvp", arrays["jax_hvp"], tol, actual=arrays["hvp"], scale=hvp_scale),
+        ]
+    if case.eager_jacobian is not None:
+        checks.append(record("eager", jacobian, tol, actual=case.eager_jacobian))
+    for name, program in case.finite_differences:
+        stage(name.replace("_", " "))
+        fd = program(list(inputs["args"]))
+        actual = arrays["hessian"] if name == "hessian_finite_difference" else jacobian
+        checks.append(record(name, fd, FINITE_DIFFERENCE_TOLERANCE, actual=actual))
+    return checks
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """What :func:`verify` is doing, sent to its ``progress`` callback.
+
+    ``kind`` is ``"stage"`` before each compiled program of a case runs (``stage`` names it),
+    and ``"rule"`` once a rule is done at every dtype and size (``checks`` are its checks,
+    ``elapsed_s`` the seconds it took).
+    """
+
+    kind: str
+    rule: str
+    dtype: str
+    size: int
+    stage: str
+    cases_done: int
+    cases_total: int
+    rule_index: int
+    rule_count: int
+    checks: tuple[Check, ...] = ()
+    elapsed_s: float = 0.0
+
+
+def verify(
+    rule_ids: Iterable[str] | None = None,
+    *,
+    dtypes: Iterable[str] = DTYPES,
+    sizes: Iterable[int] | None = None,
+    seed: int = 0,
+    progress: Callable[[Progress], None] | None = None,
+    workers: int | None = None,
+) -> Report:
+    """Check every rule (or ``rule_ids``) at every dtype and size; return a :class:`Report`.
+
+    float64, float16 and bfloat16 turn ``jax_enable_x64`` on for the duration of the call
+    (the low-precision dtypes are checked against float64 references). The eager-vs-jit check
+    runs at the last size only. ``progress`` receives a :class:`Progress` before each compiled
+    program and after each rule. ``workers`` threads (default: the CPU count, at most 4)
+    compile the cases ahead of the one running.
+
+    >>> report = verify(["linear"], dtypes=["float32"], sizes=[3])
+    >>> report.passed, len(report.checks)
+    (True, 8)
+    """
+    selected = select(rule_ids)
+    dtypes = tuple(tolerance_key(d) for d in dtypes)
+    sizes = SIZES if sizes is None else tuple(int(s) for s in sizes)
+    if not sizes or any(size < 1 for size in sizes):
+        raise ValueError(f"verify: sizes={list(sizes)}; expected positive integers")
+    plan = [
+        (index, rule, dtype, size)
+        for index, rule in enumerate(selected)
+        for dtype in dtypes
+        for size in sizes
+    ]
+    send = progress or (lambda event: None)
+    workers = max(1, min(os.cpu_count() or 1, 4)) if workers is None else workers
+    checks: list[Check] = []
+    with (
+        runtime.precise(dtypes) as env,
+        concurrent.futures.ThreadPoolExecutor(workers, "matcalc-jax-compile") as pool,
+    ):
+
+        def submit(index: int, rule: Rule, dtype: str, size: int) -> concurrent.futures.Future:
+            key = jax.random.fold_in(jax.random.key(seed), index * 1000 + size)
+            return pool.submit(prepare_case, rule, dtype, size, key, eager=size == sizes[-1])
+
+        # Prepare a few cases ahead on the workers; run their programs in order on this
+        # thread, one at a time (two programs running at once can deadlock jaxlib 0.10's
+        # LAPACK kernels: see ``central_differences``).
+        window = 2 * workers
+        ahead = {i: submit(*plan[i]) for i in range(min(window, len(plan)))}
+        started, rule_checks = time.perf_counter(), []
+        for done, (index, rule, dtype, size) in enumerate(plan):
+
+            def stage(name: str, rule=rule, dtype=dtype, size=size, done=done, index=index) -> None:
+                send(
+                    Progress(
+                        "stage", rule.id, dtype, size, name, done, len(plan), index, len(selected)
+                    )
+                )
+
+            stage("compiling, drawing, eager")
+            prepared = ahead.pop(done).result()
+            if done + window < len(plan):
+                ahead[done + window] = submit(*plan[done + window])
+            rule_checks += run_case(prepared, stage=stage)
+            if done + 1 == len(plan) or plan[done + 1][0] != index:
+                checks += rule_checks
+                elapsed = time.perf_counter() - started
+                send(
+                    Progress(
+                        "rule",
+                        rule.id,
+                        dtype,
+                        size,
+                        "done",
+                        done + 1,
+                        len(plan),
+                        index,
+                        len(selected),
+                        tuple(rule_checks),
+                        elapsed,
+                    )
+                )
+                started, rule_checks = time.perf_counter(), []
+    return Report(tuple(checks), env)

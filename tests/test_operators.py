@@ -1,0 +1,210 @@
+"""The operator algebra, type by type, against the dense matrix as the oracle: the transpose
+of the map, scaling, sums, composition, and for square maps diagonal, trace, log|det| and
+solve. Every operator type of the package appears here (a new type without a case fails
+``test_every_operator_type_has_a_case``)."""
+
+import inspect
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import matcalc_jax as mj
+from matcalc_jax import operators
+from matcalc_jax.core.layout import swap_out_in
+
+from .helpers import key
+
+
+def _normal(seed, shape):
+    return jax.random.normal(key(seed), shape, jnp.float64)
+
+
+def _well_conditioned(seed, n):
+    return jnp.eye(n) + 0.3 * _normal(seed, (n, n)) / np.sqrt(n)
+
+
+#: One instance of every type, shapes chosen rectangular where the type allows.
+CASES = {
+    "Identity": lambda: mj.Identity((3,), "float64"),
+    "Diagonal": lambda: mj.Diagonal(_normal(1, (3,)) + 3.0),
+    "Dense": lambda: mj.Dense(_normal(2, (2, 3)), 1),
+    "Dense_stored_denominator": lambda: mj.Dense(_normal(3, (3, 2)), 1, stored="denominator"),
+    "Dense_matrix_to_vector": lambda: mj.Dense(_normal(4, (2, 3, 4)), 1),
+    "LowRank": lambda: mj.LowRank(_normal(5, (2, 1)), _normal(6, (3, 1))),
+    "DiagonalPlusLowRank": lambda: mj.DiagonalPlusLowRank(
+        _normal(7, (4,)) ** 2 + 1.0, 0.3 * _normal(8, (4, 2)), 0.3 * _normal(9, (4, 2))
+    ),
+    "Kronecker": lambda: mj.Kronecker(_normal(10, (3, 2)), _normal(11, (4, 5))),
+    "Kronecker_vector": lambda: mj.Kronecker(_normal(12, (3, 2)), _normal(13, (4,))),
+    "BlockDiagonal": lambda: mj.BlockDiagonal(_normal(14, (2, 3, 4))),
+    "WeightedGram": lambda: mj.WeightedGram(_normal(15, (5, 3)), _normal(16, (5,)) ** 2),
+    "Scaled": lambda: mj.Scaled(jnp.asarray(-2.0), mj.Dense(_normal(17, (2, 3)), 1)),
+    "Sum": lambda: mj.Sum((mj.Dense(_normal(18, (2, 3)), 1), mj.Dense(_normal(19, (2, 3)), 1))),
+    "Composition": lambda: mj.Composition(
+        mj.Dense(_normal(20, (2, 4)), 1), mj.Dense(_normal(21, (4, 3)), 1)
+    ),
+    "Transposed": lambda: operators.Transposed(mj.Dense(_normal(22, (2, 3)), 1)),
+}
+#: Square instances, well conditioned, for diagonal, trace, logdet and solve.
+SQUARE = {
+    "Identity": lambda: mj.Identity((2, 3), "float64"),
+    "Diagonal": lambda: mj.Diagonal(jnp.array([2.0, -0.5, 3.0])),
+    "Dense": lambda: mj.Dense(_well_conditioned(30, 4), 1),
+    "Dense_stored_denominator": lambda: mj.Dense(_well_conditioned(31, 4), 1, stored="denominator"),
+    "DiagonalPlusLowRank": CASES["DiagonalPlusLowRank"],
+    "softmax": lambda: (
+        mj.rule("softmax").structured(_normal(32, (5,))) + mj.Diagonal(jnp.full((5,), 0.5))
+    ),
+    "Kronecker": lambda: mj.Kronecker(_well_conditioned(33, 3), -_well_conditioned(34, 2)),
+    "BlockDiagonal": lambda: mj.BlockDiagonal(
+        jnp.stack([_well_conditioned(35, 3), -_well_conditioned(36, 3)])
+    ),
+    "WeightedGram": lambda: mj.WeightedGram(_normal(37, (6, 3)), _normal(38, (6,)) ** 2 + 0.5),
+    "Scaled": lambda: mj.Scaled(jnp.asarray(-2.0), mj.Dense(_well_conditioned(39, 3), 1)),
+    "Sum": lambda: mj.Sum((mj.Identity((3,), "float64"), mj.Dense(0.2 * _normal(40, (3, 3)), 1))),
+    "Composition": lambda: mj.Composition(
+        mj.Diagonal(jnp.array([1.0, -2.0, 0.5])), mj.Dense(_well_conditioned(41, 3), 1)
+    ),
+    "Transposed": lambda: operators.Transposed(mj.Dense(_well_conditioned(42, 3), 1)),
+    "LowRank_plus_Identity": lambda: mj.Sum(
+        (mj.Identity((3,), "float64"), mj.LowRank(_normal(43, (3, 1)), _normal(44, (3, 1))))
+    ),
+}
+
+
+def _matrix(op):
+    """The numerator Jacobian as an (out size, in size) matrix."""
+    dense = np.asarray(op.to_dense("numerator"))
+    return dense.reshape(int(np.prod(op.out_shape)), int(np.prod(op.in_shape)))
+
+
+def test_every_operator_type_has_a_case():
+    types = {
+        obj
+        for module in (operators.base, *(getattr(operators, m) for m in dir(operators)))
+        if inspect.ismodule(module)
+        for obj in vars(module).values()
+        if inspect.isclass(obj) and issubclass(obj, mj.JacobianOperator)
+    }
+    covered = {type(make()) for make in CASES.values()}
+    assert types - {mj.JacobianOperator} <= covered
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_transpose_is_the_transpose_of_the_map(name):
+    op = CASES[name]()
+    t = op.T
+    chex.assert_equal(t.in_shape, op.out_shape)
+    chex.assert_equal(t.out_shape, op.in_shape)
+    u = _normal(50, op.out_shape)
+    v = _normal(51, op.in_shape)
+    chex.assert_trees_all_close(t.mv(u), op.vm(u), rtol=1e-12, atol=0)
+    chex.assert_trees_all_close(t.vm(v), op.mv(v), rtol=1e-12, atol=0)
+    expected = swap_out_in(op.to_dense("numerator"), len(op.out_shape))
+    chex.assert_trees_all_close(t.to_dense("numerator"), expected, rtol=1e-12, atol=0)
+    chex.assert_trees_all_close(op.T.T.to_dense(), op.to_dense(), rtol=1e-12, atol=0)
+    assert t.layout == op.layout  # the layout is an arrangement, not part of the map
+    chex.assert_trees_all_close(jax.jit(lambda o: o.T.to_dense())(op), t.to_dense())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_layout_only_arranges_to_dense(name):
+    op = CASES[name]()
+    denominator = op.with_layout("denominator")
+    v = _normal(52, op.in_shape)
+    np.testing.assert_array_equal(denominator.mv(v), op.mv(v))
+    chex.assert_trees_all_close(
+        denominator.to_dense(), swap_out_in(op.to_dense(), len(op.out_shape)), rtol=1e-15
+    )
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_scaling_sum_and_negation_are_the_dense_ones(name):
+    op = CASES[name]()
+    dense = _matrix(op)
+    np.testing.assert_allclose(_matrix(2.5 * op), 2.5 * dense, rtol=1e-14)
+    np.testing.assert_allclose(_matrix(-op), -dense, rtol=1e-14)
+    np.testing.assert_allclose(_matrix(op + op), 2 * dense, rtol=1e-14)
+    np.testing.assert_allclose(_matrix((op * 3.0).T), 3.0 * dense.T, rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", sorted(SQUARE))
+def test_square_rules_match_the_dense_matrix(name):
+    op = SQUARE[name]()
+    dense = _matrix(op)
+    np.testing.assert_allclose(np.ravel(op.diagonal()), np.diagonal(dense), rtol=1e-12)
+    np.testing.assert_allclose(op.trace(), np.trace(dense), rtol=1e-12)
+    np.testing.assert_allclose(op.logdet(), np.linalg.slogdet(dense)[1], rtol=1e-10)
+    b = _normal(53, op.out_shape)
+    x = op.solve(b)
+    chex.assert_shape(x, op.in_shape)
+    np.testing.assert_allclose(np.ravel(x), np.linalg.solve(dense, np.ravel(b)), rtol=1e-9)
+    np.testing.assert_allclose(op.mv(x), b, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(op.T.logdet(), op.logdet(), rtol=1e-12)
+
+
+def test_structured_rules_never_form_the_dense_matrix():
+    """log|det| and solve of the structured types run on their factors: the jaxpr holds no
+    array of the dense matrix's size."""
+    n = 64
+    ops = {
+        "Diagonal": mj.Diagonal(jnp.arange(1.0, n + 1)),
+        "DiagonalPlusLowRank": mj.DiagonalPlusLowRank(
+            jnp.arange(1.0, n + 1), jnp.ones((n, 1)) / n, jnp.ones((n, 1))
+        ),
+        "Kronecker": mj.Kronecker(_well_conditioned(60, 8), _well_conditioned(61, 8)),
+    }
+    for name, op in ops.items():
+        size = int(np.prod(op.in_shape))
+        for what in (lambda o: o.logdet(), lambda o: o.solve(jnp.ones(o.out_shape))):
+            jaxpr = jax.make_jaxpr(what)(op)
+            largest = max(
+                (int(np.prod(v.aval.shape)) for e in jaxpr.eqns for v in e.outvars), default=0
+            )
+            assert largest < size * size, name
+
+
+def test_non_square_operators_refuse_square_rules_by_name():
+    op = CASES["Dense"]()
+    for what in ("diagonal", "trace", "logdet"):
+        with pytest.raises(ValueError, match=rf"{what}\(\) of a Dense needs a square operator"):
+            getattr(op, what)()
+    with pytest.raises(ValueError, match=r"solve\(\) of a Dense needs a square operator"):
+        op.solve(jnp.ones(2))
+    with pytest.raises(ValueError, match=r"Diagonal.solve: argument has shape \(2,\)"):
+        mj.Diagonal(jnp.ones(3)).solve(jnp.ones(2))
+
+
+def test_sums_and_compositions_keep_the_structure_their_types_register():
+    d = mj.Diagonal(jnp.arange(1.0, 4.0))
+    assert type(d + d) is mj.Diagonal
+    assert type(2.0 * d) is mj.Diagonal
+    assert type(d @ d) is mj.Diagonal
+    assert type(mj.Identity((3,), "float64") @ d) is mj.Diagonal
+    k = mj.Kronecker(jnp.ones((2, 3)), jnp.ones((4, 5)))
+    assert type(k.T) is mj.Kronecker
+    assert type(CASES["Kronecker_vector"]().T) is operators.Transposed
+    dense = mj.Dense(jnp.ones((2, 3)), 1)
+    assert dense.T.array is dense.array  # the transpose reads the same array, no copy
+
+
+def test_a_new_type_brings_its_own_composition_rule():
+    class Zero(mj.JacobianOperator):
+        def __init__(self, n):
+            self.n, self.layout = n, "numerator"
+
+        out_shape = in_shape = property(lambda self: (self.n,))
+        dtype = jnp.float64
+
+    calls = []
+
+    @operators.composition_rule(Zero, mj.JacobianOperator)
+    def _zero_after_anything(outer, inner):
+        calls.append(type(inner))
+        return outer
+
+    assert mj.compose(Zero(3), mj.Diagonal(jnp.ones(3))) is not None and calls == [mj.Diagonal]
+    assert type(mj.compose(mj.Diagonal(jnp.ones(3)), mj.Diagonal(jnp.ones(3)))) is mj.Diagonal
