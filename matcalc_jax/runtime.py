@@ -1,6 +1,6 @@
 """The runtime: 64-bit mode, matrix-product precision, and a description of the machine.
 
-Verification and benchmarks run under :func:`precise`: float64 on when a dtype needs it, and
+Verification and benchmarks run under :func:`precise`: float64 on when they need it, and
 matrix products at precision "highest", so that TF32 on a GPU is never mistaken for a wrong
 rule. :func:`environment` records what a run saw, for its JSON report.
 """
@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import platform
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import jaxlib
-
-
-def needs_x64(dtype: Any) -> bool:
-    """True for float64, and for float16 and bfloat16, whose references are float64."""
-    return jnp.dtype(dtype).itemsize != 4
 
 
 @contextlib.contextmanager
@@ -36,10 +30,10 @@ def x64(enabled: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def precise(dtypes: Iterable[Any] = ()) -> Iterator[dict[str, Any]]:
-    """64-bit mode when any of ``dtypes`` needs it, matrix products at "highest"; yields
+def precise(enable_x64: bool) -> Iterator[dict[str, Any]]:
+    """64-bit mode when ``enable_x64``, matrix products at "highest"; yields
     :func:`environment` as seen inside."""
-    with x64(any(needs_x64(d) for d in dtypes)), jax.default_matmul_precision("highest"):
+    with x64(enable_x64), jax.default_matmul_precision("highest"):
         yield environment()
 
 

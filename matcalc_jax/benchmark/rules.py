@@ -429,7 +429,7 @@ def bench(
     ]
     min_sample_s = 1e-3 if quick else 2e-3
     cases = []
-    with runtime.precise(dtypes) as env:
+    with runtime.precise("float64" in dtypes) as env:
         env["cpu_count"] = os.cpu_count()
         dispatch_s = dispatch_time()
         for index, (r, dtype, size) in enumerate(plan):

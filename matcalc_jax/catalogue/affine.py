@@ -62,8 +62,9 @@ def _layer_rule(
     closed: Any,
     structured: Any,
     public: str,
+    *,
     bench_sizes: tuple[int, ...],
-    quick_size: int,
+    quick_size: int = 16,
 ) -> Rule:
     return Rule(
         id=rule_id,
@@ -117,8 +118,8 @@ RULES = (
         linear_layer_weight_jacobian,
         linear_layer_weight_operator,
         "matcalc_jax.linear_layer_weight_jacobian",
-        (16, 32, 64, 128),
-        8,
+        bench_sizes=(16, 32, 64, 128),  # jacfwd pushes an (n m)^2 standard basis
+        quick_size=8,
     ),
     _layer_rule(
         "linear_layer_input",
@@ -130,8 +131,7 @@ RULES = (
         linear_layer_input_jacobian,
         linear_layer_input_operator,
         "matcalc_jax.linear_layer_input_jacobian",
-        MATMUL_SIZES,
-        16,
+        bench_sizes=MATMUL_SIZES,
     ),
     _layer_rule(
         "linear_layer_bias",
@@ -143,7 +143,6 @@ RULES = (
         linear_layer_bias_jacobian,
         linear_layer_bias_operator,
         "matcalc_jax.linear_layer_bias_jacobian",
-        VECTOR_SIZES,
-        16,
+        bench_sizes=VECTOR_SIZES,
     ),
 )

@@ -33,7 +33,7 @@ from matcalc_jax.operators import (
     Kronecker,
 )
 
-# ------------------------------------------------------------ pieces for the catalogue
+# ------------------------------------------- pieces shared with the product rules
 
 
 def linear_piece(M: Array, x: Array, layout: Layout, structured: bool) -> Any:

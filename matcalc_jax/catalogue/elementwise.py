@@ -6,7 +6,6 @@ vector), and the appendix's power, exp, log and general logistic.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -16,37 +15,25 @@ from jax import Array
 from matcalc_jax.catalogue import draws
 from matcalc_jax.catalogue.record import DIAGONAL_SIZES, Rule
 from matcalc_jax.core import validate
-from matcalc_jax.core.layout import Layout, check_layout
+from matcalc_jax.core.layout import Layout
 from matcalc_jax.forms import activations
 from matcalc_jax.forms.elementwise import (
+    diagonal_operator,
     elementwise_jacobian,
-    exp_derivative,
     exp_jacobian,
-    log_derivative,
+    exp_operator,
     log_jacobian,
+    log_operator,
     logistic_general,
-    logistic_general_derivative,
     logistic_general_jacobian,
+    logistic_general_operator,
     logistic_jacobian,
-    logistic_scalar_derivative,
+    logistic_operator,
     logistic_scalar_jacobian,
-    logistic_vector_derivative,
-    power_derivative,
+    logistic_scalar_operator,
     power_jacobian,
+    power_operator,
 )
-from matcalc_jax.operators import Diagonal
-
-# ---------------------------------------------------------------------------- catalogue
-
-
-def _diagonal_form(rule_id: str, derivative: Callable[..., Array]) -> Callable[..., Diagonal]:
-    """The structured closed form of an elementwise rule: ``Diagonal(f'(x))``, computed by
-    the same checked derivative function as the dense form's ``diagonal_matrix(f'(x))``."""
-
-    def structured(*args: Any, layout: Layout = "numerator") -> Diagonal:
-        return Diagonal(derivative(*args), check_layout(rule_id, layout))
-
-    return structured
 
 
 def _tanh_derivative(x: Array) -> Array:
@@ -112,7 +99,7 @@ RULES = (
         fn=_tanh_map,
         wrt=0,
         closed_form=_tanh_jacobian,
-        structured_form=_diagonal_form("elementwise", _tanh_derivative),
+        structured_form=diagonal_operator("elementwise", _tanh_derivative),
         public="matcalc_jax.elementwise_jacobian",
         bench_sizes=DIAGONAL_SIZES,
         make_example=_one_vector,
@@ -129,7 +116,7 @@ RULES = (
         fn=lambda x: jax.nn.sigmoid(validate.scalar("logistic_scalar", "x", x)),
         wrt=0,
         closed_form=logistic_scalar_jacobian,
-        structured_form=_diagonal_form("logistic_scalar", logistic_scalar_derivative),
+        structured_form=logistic_scalar_operator,
         public="matcalc_jax.logistic_scalar_jacobian",
         make_example=_one_scalar,
         notes=_EDGES_LOGISTIC,
@@ -146,7 +133,7 @@ RULES = (
         fn=lambda x: jax.nn.sigmoid(validate.vector("logistic_vector", "x", x)),
         wrt=0,
         closed_form=logistic_jacobian,
-        structured_form=_diagonal_form("logistic_vector", logistic_vector_derivative),
+        structured_form=logistic_operator,
         public="matcalc_jax.logistic_jacobian",
         bench_sizes=DIAGONAL_SIZES,
         make_example=_one_vector,
@@ -163,7 +150,7 @@ RULES = (
         fn=lambda x, r: validate.vector("power", "x", x) ** validate.scalar("power", "r", r),
         wrt=0,
         closed_form=power_jacobian,
-        structured_form=_diagonal_form("power", power_derivative),
+        structured_form=power_operator,
         public="matcalc_jax.power_jacobian",
         bench_sizes=DIAGONAL_SIZES,
         make_example=_power_example,
@@ -180,7 +167,7 @@ RULES = (
         fn=lambda x: jnp.exp(validate.vector("exp", "x", x)),
         wrt=0,
         closed_form=exp_jacobian,
-        structured_form=_diagonal_form("exp", exp_derivative),
+        structured_form=exp_operator,
         public="matcalc_jax.exp_jacobian",
         bench_sizes=DIAGONAL_SIZES,
         make_example=_one_vector,
@@ -197,7 +184,7 @@ RULES = (
         fn=lambda x: jnp.log(validate.vector("log", "x", x)),
         wrt=0,
         closed_form=log_jacobian,
-        structured_form=_diagonal_form("log", log_derivative),
+        structured_form=log_operator,
         public="matcalc_jax.log_jacobian",
         bench_sizes=DIAGONAL_SIZES,
         make_example=_positive_vector,
@@ -218,7 +205,7 @@ RULES = (
         ),
         wrt=0,
         closed_form=logistic_general_jacobian,
-        structured_form=_diagonal_form("logistic_general", logistic_general_derivative),
+        structured_form=logistic_general_operator,
         public="matcalc_jax.logistic_general_jacobian",
         bench_sizes=DIAGONAL_SIZES,
         make_example=_logistic_general_example,

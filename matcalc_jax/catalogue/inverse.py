@@ -27,8 +27,6 @@ from matcalc_jax.forms.inverse import (
     solve_rhs_operator,
 )
 
-# ---------------------------------------------------------------------- catalogue
-
 
 def _square_example(key: Array, dtype: Any, size: int) -> tuple[Array]:
     return (draws.well_conditioned(key, size, dtype),)

@@ -22,11 +22,6 @@ from matcalc_jax.catalogue.record import (
 )
 from matcalc_jax.forms import objectives
 
-# ---------------------------------------------------------------------- x^T A x
-
-
-# ---------------------------------------------------------------------- catalogue
-
 
 def _quadratic_example(key: Array, dtype: Any, size: int) -> tuple[Array, Array]:
     kx, ka = jax.random.split(key)

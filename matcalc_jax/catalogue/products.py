@@ -27,8 +27,6 @@ from matcalc_jax.forms.products import (
     sum_rule,
 )
 
-# ---------------------------------------------------------------------------- catalogue
-
 
 def _layers(
     rule_id: str, x: ArrayLike, W: ArrayLike, V: ArrayLike, same_height: bool = True

@@ -23,8 +23,6 @@ from matcalc_jax.forms.traces import (
     trace_quadratic_map,
 )
 
-# ---------------------------------------------------------------------- catalogue
-
 
 def _trace_linear_example(key: Array, dtype: Any, size: int) -> tuple[Array, Array]:
     ka, kx = jax.random.split(key)

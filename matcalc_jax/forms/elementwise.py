@@ -9,6 +9,9 @@ off-diagonal entries are exact structural zeros: a NaN or inf in ``f'(x_k)`` app
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from jax import Array
@@ -17,6 +20,7 @@ from jax.typing import ArrayLike
 from matcalc_jax.core import validate
 from matcalc_jax.core.layout import Layout, check_layout
 from matcalc_jax.forms import activations
+from matcalc_jax.operators import Diagonal
 
 
 def diagonal_matrix(diagonal: Array) -> Array:
@@ -64,10 +68,10 @@ def logistic_scalar_jacobian(x: ArrayLike, *, layout: Layout = "numerator") -> A
     """sigma'(x) = sigma(x)(1 - sigma(x)) for a scalar x (a 0-d array); see
     :func:`logistic_prime` for how it stays exact in the tails."""
     check_layout("logistic_scalar", layout)
-    return logistic_scalar_derivative(x)
+    return _logistic_scalar_derivative(x)
 
 
-def logistic_scalar_derivative(x: ArrayLike) -> Array:
+def _logistic_scalar_derivative(x: ArrayLike) -> Array:
     return logistic_prime(validate.scalar("logistic_scalar", "x", x))
 
 
@@ -75,10 +79,10 @@ def logistic_jacobian(x: ArrayLike, *, layout: Layout = "numerator") -> Array:
     """sigma'(x) = diag(sigma(x) * (1 - sigma(x))) for x of shape (K,), computed stably by
     :func:`logistic_prime`."""
     check_layout("logistic_vector", layout)
-    return diagonal_matrix(logistic_vector_derivative(x))
+    return diagonal_matrix(_logistic_vector_derivative(x))
 
 
-def logistic_vector_derivative(x: ArrayLike) -> Array:
+def _logistic_vector_derivative(x: ArrayLike) -> Array:
     return logistic_prime(validate.vector("logistic_vector", "x", x))
 
 
@@ -93,10 +97,10 @@ def power_jacobian(x: ArrayLike, r: ArrayLike, *, layout: Layout = "numerator") 
     is the zero matrix, also at x_k = 0, where the naive ``0 * 0**-1`` would be NaN.
     """
     check_layout("power", layout)
-    return diagonal_matrix(power_derivative(x, r))
+    return diagonal_matrix(_power_derivative(x, r))
 
 
-def power_derivative(x: ArrayLike, r: ArrayLike) -> Array:
+def _power_derivative(x: ArrayLike, r: ArrayLike) -> Array:
     x = validate.vector("power", "x", x)
     r = validate.scalar("power", "r", r)
     return jnp.where(r == 0, jnp.zeros_like(x), r * x ** (r - 1))
@@ -105,10 +109,10 @@ def power_derivative(x: ArrayLike, r: ArrayLike) -> Array:
 def exp_jacobian(x: ArrayLike, *, layout: Layout = "numerator") -> Array:
     """Jacobian of exp(x) (elementwise): diag(exp(x))."""
     check_layout("exp", layout)
-    return diagonal_matrix(exp_derivative(x))
+    return diagonal_matrix(_exp_derivative(x))
 
 
-def exp_derivative(x: ArrayLike) -> Array:
+def _exp_derivative(x: ArrayLike) -> Array:
     return jnp.exp(validate.vector("exp", "x", x))
 
 
@@ -119,10 +123,10 @@ def log_jacobian(x: ArrayLike, *, layout: Layout = "numerator") -> Array:
     ``log(x_k)`` is NaN) the entry is still 1/x_k, as ``jax.jacfwd`` of ``jnp.log`` gives.
     """
     check_layout("log", layout)
-    return diagonal_matrix(log_derivative(x))
+    return diagonal_matrix(_log_derivative(x))
 
 
-def log_derivative(x: ArrayLike) -> Array:
+def _log_derivative(x: ArrayLike) -> Array:
     return 1 / validate.vector("log", "x", x)
 
 
@@ -143,12 +147,30 @@ def logistic_general_jacobian(
       L: the maximum value, k: the steepness, x0: the midpoint; each a 0-d array.
     """
     check_layout("logistic_general", layout)
-    return diagonal_matrix(logistic_general_derivative(x, L, k, x0))
+    return diagonal_matrix(_logistic_general_derivative(x, L, k, x0))
 
 
-def logistic_general_derivative(x: ArrayLike, L: ArrayLike, k: ArrayLike, x0: ArrayLike) -> Array:
+def _logistic_general_derivative(x: ArrayLike, L: ArrayLike, k: ArrayLike, x0: ArrayLike) -> Array:
     x = validate.vector("logistic_general", "x", x)
     L = validate.scalar("logistic_general", "L", L)
     k = validate.scalar("logistic_general", "k", k)
     x0 = validate.scalar("logistic_general", "x0", x0)
     return L * k * logistic_prime(k * (x - x0))
+
+
+def diagonal_operator(rule_id: str, derivative: Callable[..., Array]) -> Callable[..., Diagonal]:
+    """The structured twin of an elementwise rule: ``Diagonal(f'(x))``, from the same checked
+    derivative function as the dense form's ``diagonal_matrix(f'(x))``."""
+
+    def operator(*args: Any, layout: Layout = "numerator") -> Diagonal:
+        return Diagonal(derivative(*args), check_layout(rule_id, layout))
+
+    return operator
+
+
+logistic_scalar_operator = diagonal_operator("logistic_scalar", _logistic_scalar_derivative)
+logistic_operator = diagonal_operator("logistic_vector", _logistic_vector_derivative)
+power_operator = diagonal_operator("power", _power_derivative)
+exp_operator = diagonal_operator("exp", _exp_derivative)
+log_operator = diagonal_operator("log", _log_derivative)
+logistic_general_operator = diagonal_operator("logistic_general", _logistic_general_derivative)

@@ -69,7 +69,7 @@ def linear_transposed_jacobian(
     return A.T if layout == "numerator" else A
 
 
-# ---------------------------------------------------------------------------- catalogue
+# ----------------------------------------------------------- structured twins and maps
 
 
 def identity_operator(x: ArrayLike, *, layout: Layout = "numerator") -> Identity:

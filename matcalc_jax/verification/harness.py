@@ -557,7 +557,7 @@ def verify(
     workers = max(1, min(os.cpu_count() or 1, 4)) if workers is None else workers
     checks: list[Check] = []
     with (
-        runtime.precise(dtypes) as env,
+        runtime.precise(any(reference_dtype(d) == jnp.float64 for d in dtypes)) as env,
         concurrent.futures.ThreadPoolExecutor(workers, "matcalc-jax-compile") as pool,
     ):
 
