@@ -19,3 +19,6 @@ matcalc-jax bench --platform cpu --dtype float32 \
   --markdown bench/results/matrix_cpu.md --plots bench/results/matrix
 matcalc-jax bench-models --rounds 15 --json bench/results/models_cpu.json \
   | tee bench/results/models_cpu.txt
+# The transform on the corpus, beside asdex and sparsejac (pip install -e ".[bench]").
+matcalc-jax bench-transform --json bench/results/transform_cpu.json \
+  --markdown bench/results/transform_cpu.md

@@ -4,10 +4,13 @@ Every rule of the catalogue (``rules()``, ``rule(id)``) has a hand-written close
 below, that takes ``layout="numerator"`` (JAX's ``out.shape + in.shape``, the default) or
 ``layout="denominator"`` (the seed page's ``in.shape + out.shape``). The product and chain
 rules are combinators: they build a Jacobian from the Jacobians of the pieces.
+
+``jacobian(f)`` derives the structured Jacobian of any JAX program with those rules as its
+primitives (see :mod:`matcalc_jax.transform`); ``programs()`` is the corpus it is checked on.
 """
 
 from matcalc_jax import mlp, nn
-from matcalc_jax.catalogue import rule, rules
+from matcalc_jax.catalogue import programs, rule, rules
 from matcalc_jax.catalogue.record import Rule
 from matcalc_jax.core.layout import LAYOUTS, Layout
 from matcalc_jax.forms.affine import (
@@ -78,6 +81,7 @@ from matcalc_jax.forms.traces import (
 from matcalc_jax.operators import (
     BlockDiagonal,
     Composition,
+    Contraction,
     Dense,
     Diagonal,
     DiagonalPlusLowRank,
@@ -88,9 +92,11 @@ from matcalc_jax.operators import (
     Scaled,
     Sum,
     WeightedGram,
+    Zero,
     batched_jacobian,
     compose,
 )
+from matcalc_jax.transform import UnsupportedPrimitiveError, jacobian
 from matcalc_jax.verification.harness import Report, verify
 from matcalc_jax.verification.tolerance import TOLERANCES, tolerance
 
@@ -101,6 +107,7 @@ __all__ = [
     "TOLERANCES",
     "BlockDiagonal",
     "Composition",
+    "Contraction",
     "Dense",
     "Diagonal",
     "DiagonalPlusLowRank",
@@ -113,7 +120,9 @@ __all__ = [
     "Rule",
     "Scaled",
     "Sum",
+    "UnsupportedPrimitiveError",
     "WeightedGram",
+    "Zero",
     "affine_matrix_gradient",
     "affine_matrix_jacobian",
     "batched_jacobian",
@@ -130,6 +139,7 @@ __all__ = [
     "frobenius_hessian",
     "identity_jacobian",
     "inverse_jacobian",
+    "jacobian",
     "kronecker_vec_jacobian",
     "least_squares",
     "least_squares_gradient",
@@ -155,6 +165,7 @@ __all__ = [
     "product_bilinear",
     "product_inner",
     "product_scalar_vector",
+    "programs",
     "quadratic_form",
     "quadratic_form_gradient",
     "quadratic_form_hessian",

@@ -13,11 +13,12 @@ ALLOWED = {
     "core": set(),
     "runtime": set(),
     "operators": {"core"},
+    "transform": {"core", "operators"},
     "forms": {"core", "operators"},
     "nn": {"core", "forms"},
     "mlp": {"core", "forms", "nn"},
-    "catalogue": {"core", "operators", "forms"},
-    "verification": {"core", "operators", "forms", "catalogue", "runtime", "nn"},
+    "catalogue": {"core", "operators", "forms", "transform"},
+    "verification": {"core", "operators", "forms", "catalogue", "runtime", "nn", "transform"},
     "benchmark": {
         "core",
         "operators",
@@ -27,6 +28,7 @@ ALLOWED = {
         "verification",
         "mlp",
         "nn",
+        "transform",
     },
     "cli": {"catalogue", "runtime", "verification", "benchmark"},
 }

@@ -211,3 +211,23 @@ def test_times_under_twice_the_dispatch_cost_are_marked_noise():
     )
     assert not timings["sum"].noise
     assert 0 < dispatch_time(rounds=1, calls=10) < 1.0
+
+
+def test_transform_benchmark_reports_its_ratios(tmp_path, capsys):
+    path = tmp_path / "transform.json"
+    code = main(
+        ["bench-transform", "--quick", "--no-peers", "--rounds", "1",
+         "--programs", "nn_softmax", "per_example_mlp", "--json", str(path)]
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads(path.read_text())
+    assert [row["program"] for row in data["ratios"]] == ["nn_softmax", "per_example_mlp"]
+    for row in data["ratios"]:
+        assert {"build_speedup", "dense_speedup", "mv_over_jvp", "build_over_forward"} <= set(row)
+        assert row["build_speedup"] > 0 and "build_speedup_vs_asdex" not in row
+    blocks = data["special"]["per_example_mlp"]
+    assert blocks["operator"] == "BlockDiagonal"
+    assert blocks["stored_entries"] == blocks["batch"] * blocks["width"] ** 2
+    million = data["special"]["elementwise_million"]
+    assert million["temp_bytes_per_entry"] is not None and million["n"] == 10_000
+    assert "| nn_softmax |" in capsys.readouterr().out

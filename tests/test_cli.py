@@ -22,8 +22,9 @@ def test_list_prints_every_rule_in_aligned_columns_of_at_most_100(capsys):
     assert main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["id", "formula", "source"]
-    for r in mj.rules():
+    for r in mj.rules() + mj.programs():
         assert any(line.startswith(r.id + " ") for line in lines)
+    assert lines[-1].split()[-1] == "program"
     assert max(len(line) for line in lines) <= 100
     formula_at = {
         line.index(r.plain[:20])
@@ -52,13 +53,13 @@ def test_verify_prints_a_table_of_at_most_100_columns_and_writes_json(capsys, tm
     assert code == 0
     assert "device: cpu" in out
     assert "2 of 2 rules pass" in out
-    assert "verdict: PASS, all 16 checks of 2 rules passed" in out.splitlines()
+    assert "verdict: PASS, all 20 checks of 2 rules passed" in out.splitlines()
     table = [line for line in out.splitlines() if not line.startswith("report written")]
     assert max(len(line) for line in table) <= 100
     data = json.loads(path.read_text())
     assert data["passed"] is True and set(data["rules"]) == {"linear", "softmax"}
     # a log (stderr is not a terminal here) gets one progress line per rule
-    assert "[1/2] linear: 8 checks, pass" in err and "[2/2] softmax: 8 checks, pass" in err
+    assert "[1/2] linear: 10 checks, pass" in err and "[2/2] softmax: 10 checks, pass" in err
 
 
 def test_verify_wide_adds_the_formulas(capsys):
@@ -97,7 +98,7 @@ def test_verify_exits_1_and_says_fail_when_a_check_fails(capsys, monkeypatch):
     assert "verdict: FAIL" in out and "verdict: PASS" not in out
     assert out.splitlines()[2].startswith("verdict: FAIL")  # the header says it too
     assert "FAIL linear float32 size 2 vs jacfwd" in out
-    assert "[1/1] linear: 8 checks, FAIL" in err
+    assert "[1/1] linear: 10 checks, FAIL" in err
 
 
 def test_verdict_counts_failures_and_names_the_rules():

@@ -26,6 +26,7 @@ def test_harness_passes_every_check(r, dtype, size):
     eager = size == 5  # as in verify: op-by-op dispatch at one size (it compiles each op)
     checks = check_rule(r, dtype, size, key(size), eager=eager)
     expected = {"jacfwd", "jacrev", "denominator", "structured", "mv", "vm", "adjoint"}
+    expected |= {"transform", "transform_storage"}  # matcalc_jax.jacobian rediscovers it
     if eager:
         expected.add("eager")
     if dtype == "float64":

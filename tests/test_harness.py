@@ -117,6 +117,8 @@ def test_verify_reports_every_rule_and_converts_to_json(tmp_path):
         "mv",
         "vm",
         "adjoint",
+        "transform",
+        "transform_storage",
     }
     assert "finite_difference" not in summary["float32"]
     assert len(data["checks"]) == len(report.checks)
@@ -206,8 +208,8 @@ def test_verify_sends_progress_before_each_step_and_after_each_rule():
     verify(["identity", "exp"], dtypes=["float32"], sizes=[2, 3], progress=events.append)
     rules = [e for e in events if e.kind == "rule"]
     assert [(e.rule, len(e.checks), e.cases_done) for e in rules] == [
-        ("identity", 15, 2),
-        ("exp", 15, 4),
+        ("identity", 17, 2),
+        ("exp", 17, 4),
     ]
     stages = [e for e in events if e.kind == "stage"]
     assert {e.stage for e in stages} >= {"compiling, drawing, eager", "closed forms and autodiff"}

@@ -48,6 +48,15 @@ CASES = {
         mj.Dense(_normal(20, (2, 4)), 1), mj.Dense(_normal(21, (4, 3)), 1)
     ),
     "Transposed": lambda: operators.Transposed(mj.Dense(_normal(22, (2, 3)), 1)),
+    "LowRank_tensor": lambda: mj.LowRank(_normal(23, (2, 3, 2)), _normal(24, (4, 2))),
+    # X (3, 4) -> A X^T over a batch axis: a permutation, a contraction and a pass-through.
+    "Contraction": lambda: operators.Contraction(
+        (2, 3), (3, 4), "float64", _normal(25, (2, 4)), ("ab", "cb", "ca")
+    ),
+    "Contraction_sum_and_broadcast": lambda: operators.Contraction(
+        (2, 4), (3, 4), "float64", None, ("ab", "", "cb")
+    ),
+    "Zero": lambda: operators.Zero((2,), (3, 2), "float64"),
 }
 #: Square instances, well conditioned, for diagonal, trace, logdet and solve.
 SQUARE = {
@@ -70,6 +79,13 @@ SQUARE = {
         mj.Diagonal(jnp.array([1.0, -2.0, 0.5])), mj.Dense(_well_conditioned(41, 3), 1)
     ),
     "Transposed": lambda: operators.Transposed(mj.Dense(_well_conditioned(42, 3), 1)),
+    "Contraction_batched": lambda: operators.Contraction(
+        (2, 3),
+        (2, 3),
+        "float64",
+        jnp.stack([_well_conditioned(45, 3), -_well_conditioned(46, 3)]),
+        ("ab", "acb", "ac"),
+    ),
     "LowRank_plus_Identity": lambda: mj.Sum(
         (mj.Identity((3,), "float64"), mj.LowRank(_normal(43, (3, 1)), _normal(44, (3, 1))))
     ),
@@ -91,7 +107,7 @@ def test_every_operator_type_has_a_case():
         if inspect.isclass(obj) and issubclass(obj, mj.JacobianOperator)
     }
     covered = {type(make()) for make in CASES.values()}
-    assert types - {mj.JacobianOperator} <= covered
+    assert types - {mj.JacobianOperator, operators.ShapedOperator} <= covered
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -25,3 +25,10 @@ def test_readme_python_blocks_run():
     assert_jacobians_close(namespace["H"], hessian)
     v = jnp.ones(w.shape[0], w.dtype)
     assert_jacobians_close(namespace["Hop"].mv(v), namespace["H"] @ v)
+    # the transform's example: exact log|det| of a 10^6 diagonal, softmax's structure
+    z = namespace["z"]
+    derivative = 1 + 0.65 * (1 - jnp.tanh(1.3 * z - 0.2) ** 2)
+    assert_jacobians_close(namespace["Jf"].logdet(), jnp.sum(jnp.log(derivative)))
+    assert type(namespace["Js"]).__name__ == "DiagonalPlusLowRank"
+    logits = jnp.arange(4.0)
+    assert_jacobians_close(namespace["Js"].to_dense(), jax.jacfwd(jax.nn.softmax)(logits))

@@ -22,6 +22,7 @@ from matcalc_jax.catalogue import (
     softmax,
     traces,
 )
+from matcalc_jax.catalogue.corpus import PROGRAMS
 from matcalc_jax.catalogue.record import Rule
 
 #: The family modules, in catalogue order.
@@ -39,9 +40,9 @@ def _source_rank(rule: Rule) -> int:
 _RULES: tuple[Rule, ...] = tuple(
     sorted((r for family in FAMILIES for r in family.RULES), key=_source_rank)
 )
-_BY_ID: dict[str, Rule] = {r.id: r for r in _RULES}
-if len(_BY_ID) != len(_RULES):
-    raise ImportError("two catalogue rules share an id")
+_BY_ID: dict[str, Rule] = {r.id: r for r in _RULES + PROGRAMS}
+if len(_BY_ID) != len(_RULES) + len(PROGRAMS):
+    raise ImportError("two catalogue rules or programs share an id")
 
 
 def rules() -> tuple[Rule, ...]:
@@ -50,8 +51,15 @@ def rules() -> tuple[Rule, ...]:
     return _RULES
 
 
+def programs() -> tuple[Rule, ...]:
+    """The corpus: whole programs whose Jacobians the transform derives
+    (:mod:`matcalc_jax.catalogue.corpus`), checked by the same harness as the rules."""
+    return PROGRAMS
+
+
 def rule(rule_id: str) -> Rule:
-    """The rule with id ``rule_id``; an unknown id raises ``KeyError`` listing the known ids.
+    """The rule or corpus program with id ``rule_id``; an unknown id raises ``KeyError``
+    listing the known ids.
 
     >>> rule("linear").plain
     'd(Ax)/dx = A^T'
@@ -64,6 +72,8 @@ def rule(rule_id: str) -> Rule:
 
 
 def select(rule_ids: Iterable[str] | None = None) -> tuple[Rule, ...]:
-    """The rules with ``rule_ids``, in the order given (every rule for ``None``); an unknown
-    id raises the ``KeyError`` of :func:`rule`."""
-    return rules() if rule_ids is None else tuple(rule(rule_id) for rule_id in rule_ids)
+    """The rules and programs with ``rule_ids``, in the order given (every rule, then every
+    program, for ``None``); an unknown id raises the ``KeyError`` of :func:`rule`."""
+    if rule_ids is None:
+        return rules() + programs()
+    return tuple(rule(rule_id) for rule_id in rule_ids)

@@ -368,10 +368,37 @@ def _bench_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _list(args: argparse.Namespace) -> int:
-    from matcalc_jax.catalogue import rules
+def _bench_transform(args: argparse.Namespace) -> int:
+    import json
 
-    catalogue = rules()
+    from matcalc_jax.benchmark.transform import bench_transform, format_transform
+    from matcalc_jax.runtime import environment
+
+    def progress(done: int, total: int, label: str) -> None:
+        print(f"[{done}/{total}] {label}", file=sys.stderr, flush=True)
+
+    data = bench_transform(
+        args.programs, quick=args.quick, rounds=args.rounds,
+        peers=() if args.no_peers else None, progress=progress,
+    )  # fmt: skip
+    data["environment"] = environment()
+    env = data["environment"]
+    print(f"device: {env['platform']} ({env['device_kind']}), jax {env['jax']}")
+    table = format_transform(data)
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n", encoding="utf-8")
+        print(f"wrote {args.markdown}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from matcalc_jax.catalogue import programs, rules
+
+    catalogue = rules() + programs()
     id_width = max(len(r.id) for r in catalogue)
     formula_width = max(len(r.plain) for r in catalogue) if args.wide else 44
     width = None if args.wide else WIDTH
@@ -565,7 +592,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.set_defaults(run=_bench_models)
 
-    listing = commands.add_parser("list", help="list the rules with their formulas")
+    transform = commands.add_parser(
+        "bench-transform",
+        help="time matcalc_jax.jacobian on the corpus programs against jax.jacfwd / "
+        "jax.jacrev (and asdex, sparsejac when installed)",
+    )
+    transform.add_argument("--programs", nargs="+", metavar="ID", help="program ids")
+    transform.add_argument("--quick", action="store_true", help="one small size, three rounds")
+    transform.add_argument("--rounds", type=_positive, help="rounds (default 7; quick 3)")
+    transform.add_argument("--no-peers", action="store_true", help="leave out asdex, sparsejac")
+    transform.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    transform.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
+    transform.add_argument(
+        "--platform", choices=PLATFORMS, default="cpu", help="cpu (default), gpu, or default"
+    )
+    transform.set_defaults(run=_bench_transform)
+
+    listing = commands.add_parser(
+        "list", help="list the rules with their formulas, then the transform's corpus programs"
+    )
     listing.add_argument("--wide", action="store_true", help="lines longer than 100 columns")
     listing.set_defaults(run=_list, platform="default")
 

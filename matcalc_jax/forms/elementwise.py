@@ -18,16 +18,10 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from matcalc_jax.core import validate
+from matcalc_jax.core.arrays import diagonal_matrix
 from matcalc_jax.core.layout import Layout, check_layout
 from matcalc_jax.forms import activations
 from matcalc_jax.operators import Diagonal
-
-
-def diagonal_matrix(diagonal: Array) -> Array:
-    """The square matrix with ``diagonal`` on its diagonal and exact zeros elsewhere."""
-    n = diagonal.shape[0]
-    on_diagonal = jnp.eye(n, dtype=bool)
-    return jnp.where(on_diagonal, diagonal[None, :], jnp.zeros((), diagonal.dtype))
 
 
 def logistic_prime(x: ArrayLike) -> Array:

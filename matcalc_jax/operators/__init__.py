@@ -8,6 +8,7 @@ builds dense K x K (or s x t x p x q) arrays. These types keep the structure:
 type                          the Jacobian                           memory
 ============================  =====================================  ==================
 ``Identity``                  I                                      O(1)
+``Zero``                      0 (the value does not depend on x)     O(1)
 ``Diagonal``                  diag(d)                                O(K)
 ``Dense``                     any array                              O(out * in)
 ``LowRank``                   U V^T                                  O((out + in) r)
@@ -15,6 +16,8 @@ type                          the Jacobian                           memory
 ``Kronecker``                 X -> A X B (vec: A (x) B^T)            O(sp + qt)
 ``BlockDiagonal``             a map applied over a batch axis        O(N n m)
 ``WeightedGram``              X^T diag(w) X (a Hessian, factored)    O(n d)
+``Contraction``               v -> einsum(v, core): A x, X B, sums,  O(core)
+                              broadcasts, transposes
 ``Scaled``, ``Sum``,          c J, J1 + J2, J1 o J2                  their parts
 ``Composition``
 ============================  =====================================  ==================
@@ -44,6 +47,7 @@ from matcalc_jax.operators.base import (
     Composition,
     JacobianOperator,
     Scaled,
+    ShapedOperator,
     Sum,
     Transposed,
     add,
@@ -51,18 +55,22 @@ from matcalc_jax.operators.base import (
     compose,
     composition_rule,
     is_operator,
+    storage,
 )
 from matcalc_jax.operators.block_diagonal import BlockDiagonal, batched_jacobian
+from matcalc_jax.operators.contraction import Contraction
 from matcalc_jax.operators.dense import Dense, as_operator
 from matcalc_jax.operators.diagonal import Diagonal
 from matcalc_jax.operators.gram import WeightedGram
 from matcalc_jax.operators.identity import Identity
 from matcalc_jax.operators.kronecker import Kronecker
 from matcalc_jax.operators.low_rank import DiagonalPlusLowRank, LowRank
+from matcalc_jax.operators.zero import Zero
 
 __all__ = [
     "BlockDiagonal",
     "Composition",
+    "Contraction",
     "Dense",
     "Diagonal",
     "DiagonalPlusLowRank",
@@ -71,9 +79,11 @@ __all__ = [
     "Kronecker",
     "LowRank",
     "Scaled",
+    "ShapedOperator",
     "Sum",
     "Transposed",
     "WeightedGram",
+    "Zero",
     "add",
     "addition_rule",
     "as_operator",
@@ -81,4 +91,5 @@ __all__ = [
     "compose",
     "composition_rule",
     "is_operator",
+    "storage",
 ]

@@ -30,6 +30,16 @@ from jax.typing import ArrayLike
 from matcalc_jax.core.layout import Layout, check_layout, from_numerator
 
 
+def _shape(shape: tuple[int, ...]) -> str:
+    return str(tuple(shape))
+
+
+def storage(op: Any) -> int:
+    """The number of array entries an operator stores (all its pytree leaves)."""
+    leaves = jax.tree_util.tree_leaves(op)
+    return sum(size_of(getattr(leaf, "shape", np.shape(leaf))) for leaf in leaves)
+
+
 def size_of(shape: tuple[int, ...]) -> int:
     """The number of entries of an array of ``shape``."""
     return int(np.prod(shape, dtype=np.int64))
@@ -153,6 +163,46 @@ class JacobianOperator:
                 f"{self.out_shape} and in shape {self.in_shape}"
             )
 
+    # -------------------------------------------------------------------- structure
+
+    def children(self) -> tuple[JacobianOperator, ...]:
+        """The operators this one is built from (none for a leaf type)."""
+        found: list[JacobianOperator] = []
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, field.name)
+            values = value if isinstance(value, tuple) else (value,)
+            found.extend(v for v in values if isinstance(v, JacobianOperator))
+        return tuple(found)
+
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        """Pairs (output axis, input axis) along which the map mixes nothing: the Jacobian is
+        block-diagonal along them (a map applied independently to each slice)."""
+        return frozenset()
+
+    def describe(self) -> str:
+        """A short note on the parameters, for ``print``."""
+        return ""
+
+    @property
+    def fallbacks(self) -> tuple[str, ...]:
+        """The parts derived by the autodiff fallback (see :func:`matcalc_jax.jacobian`)."""
+        own = (self.describe(),) if getattr(self, "is_fallback", False) else ()
+        return own + tuple(note for child in self.children() for note in child.fallbacks)
+
+    def _lines(self, depth: int) -> list[str]:
+        note = self.describe()
+        head = (
+            f"{'  ' * depth}{type(self).__name__}{' ' + note if note else ''}: "
+            f"{_shape(self.out_shape)} <- {_shape(self.in_shape)}, "
+            f"{jnp.dtype(self.dtype).name}, stores {storage(self)}"
+        )
+        return [head] + [line for c in self.children() for line in c._lines(depth + 1)]
+
+    def __str__(self) -> str:
+        """The structure as an indented tree: each part's type, shapes, dtype and the number
+        of array entries it stores."""
+        return "\n".join(self._lines(0))
+
     # ---------------------------------------------------------------------- operators
 
     def __matmul__(self, other: JacobianOperator) -> JacobianOperator:
@@ -181,6 +231,20 @@ class JacobianOperator:
         return self.scaled(jnp.asarray(-1, self.dtype))
 
 
+@dataclasses.dataclass(frozen=True)
+class ShapedOperator(JacobianOperator):
+    """An operator whose shapes and dtype are compile-time fields (``out_sizes``,
+    ``in_sizes``, ``dtype_name``), for maps that store no array to read them from."""
+
+    out_sizes: tuple[int, ...]
+    in_sizes: tuple[int, ...]
+    dtype_name: str
+
+    out_shape = property(lambda self: tuple(self.out_sizes))
+    in_shape = property(lambda self: tuple(self.in_sizes))
+    dtype = property(lambda self: jnp.dtype(self.dtype_name))
+
+
 # ------------------------------------------------------------------- binary algebra
 
 _BinaryRule = Callable[[Any, Any], Any]
@@ -191,7 +255,8 @@ _SUM_RULES: dict[tuple[type, type], _BinaryRule] = {}
 def composition_rule(outer: type, inner: type) -> Callable[[_BinaryRule], _BinaryRule]:
     """Register ``rule(outer, inner)`` as the composition of an ``outer`` after an ``inner``
     operator (subclasses included). A rule may return ``None`` for operands whose structure
-    it cannot keep; the lazy :class:`Composition` is then used."""
+    it cannot keep; the next rule that applies (for the operands' base types) is then tried,
+    and the lazy :class:`Composition` is used when none does."""
 
     def decorate(rule: _BinaryRule) -> _BinaryRule:
         _COMPOSITION_RULES[outer, inner] = rule
@@ -214,12 +279,23 @@ def addition_rule(left: type, right: type) -> Callable[[_BinaryRule], _BinaryRul
 
 
 @functools.cache
-def _lookup(table: str, left: type, right: type) -> _BinaryRule | None:
+def _lookup(table: str, left: type, right: type) -> tuple[_BinaryRule, ...]:
+    """The rules registered for a pair of types and their bases, most specific first."""
     rules = _COMPOSITION_RULES if table == "compose" else _SUM_RULES
-    for left_type in left.__mro__:
-        for right_type in right.__mro__:
-            if (left_type, right_type) in rules:
-                return rules[left_type, right_type]
+    return tuple(
+        rules[left_type, right_type]
+        for left_type in left.__mro__
+        for right_type in right.__mro__
+        if (left_type, right_type) in rules
+    )
+
+
+def _first(table: str, left: JacobianOperator, right: JacobianOperator) -> Any:
+    """The result of the first applicable rule (one that does not return ``None``)."""
+    for rule in _lookup(table, type(left), type(right)):
+        result = rule(left, right)
+        if result is not None:
+            return result
     return None
 
 
@@ -233,8 +309,7 @@ def compose(outer: JacobianOperator, inner: JacobianOperator) -> JacobianOperato
             f"inner {type(inner).__name__} gives {inner.out_shape}"
         )
     _check_same_layout("compose", outer, inner)
-    rule = _lookup("compose", type(outer), type(inner))
-    result = None if rule is None else rule(outer, inner)
+    result = _first("compose", outer, inner)
     return Composition(outer, inner) if result is None else result
 
 
@@ -246,8 +321,7 @@ def add(left: JacobianOperator, right: JacobianOperator) -> JacobianOperator:
             f"{type(left).__name__} ({left.out_shape} <- {left.in_shape})"
         )
     _check_same_layout("add", left, right)
-    rule = _lookup("sum", type(left), type(right))
-    result = None if rule is None else rule(left, right)
+    result = _first("sum", left, right)
     return Sum((left, right)) if result is None else result
 
 
@@ -298,6 +372,9 @@ class Transposed(JacobianOperator):
     def logdet(self) -> Array:
         return self.operator.logdet()
 
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        return frozenset((i, o) for o, i in self.operator.batch_axes())
+
 
 Transposed = register(Transposed, ("operator",), ())
 
@@ -343,6 +420,12 @@ class Scaled(JacobianOperator):
 
     def solve(self, rhs: ArrayLike) -> Array:
         return self.operator.solve(rhs) / self.scale
+
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        return self.operator.batch_axes()
+
+    def describe(self) -> str:
+        return "" if self.scale.ndim else "c"
 
 
 Scaled = register(Scaled, ("scale", "operator"), ())
@@ -398,6 +481,9 @@ class Sum(JacobianOperator):
     def trace(self) -> Array:
         return self._each(lambda t: t.trace())
 
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        return frozenset.intersection(*(t.batch_axes() for t in self.terms))
+
 
 Sum = register(Sum, ("terms",), ())
 
@@ -411,7 +497,7 @@ class Composition(JacobianOperator):
     layout = property(lambda self: self.outer.layout)  # type: ignore[assignment]
     out_shape = property(lambda self: self.outer.out_shape)
     in_shape = property(lambda self: self.inner.in_shape)
-    dtype = property(lambda self: jnp.result_type(self.outer.dtype, self.inner.dtype))
+    dtype = property(lambda self: self.outer.dtype)  # what outer.mv returns
 
     def mv(self, tangent: ArrayLike) -> Array:
         return self.outer.mv(self.inner.mv(tangent))
@@ -447,18 +533,42 @@ class Composition(JacobianOperator):
             return self.inner.solve(self.outer.solve(rhs))
         return super().solve(rhs)
 
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        inner = dict(self.inner.batch_axes())  # middle axis -> input axis
+        return frozenset((o, inner[m]) for o, m in self.outer.batch_axes() if m in inner)
+
 
 Composition = register(Composition, ("outer", "inner"), ())
 
 
+@composition_rule(JacobianOperator, Composition)
+def regroup_inner(outer: JacobianOperator, inner: Composition) -> JacobianOperator | None:
+    # outer o (a o b) = (outer o a) o b when outer o a simplifies.
+    merged = compose(outer, inner.outer)
+    if isinstance(merged, Composition) and merged.outer is outer:
+        return None
+    return compose(merged, inner.inner)
+
+
+@composition_rule(Composition, JacobianOperator)
+def regroup_outer(outer: Composition, inner: JacobianOperator) -> JacobianOperator | None:
+    # (a o b) o inner = a o (b o inner) when b o inner simplifies.
+    merged = compose(outer.inner, inner)
+    if isinstance(merged, Composition) and merged.inner is inner:
+        return None
+    return compose(outer.outer, merged)
+
+
 @composition_rule(Scaled, JacobianOperator)
 def _scale_outside_outer(outer: Scaled, inner: JacobianOperator) -> JacobianOperator:
-    return Scaled(outer.scale, compose(outer.operator, inner))
+    result = compose(outer.operator, inner)
+    return result.scaled(jnp.asarray(outer.scale, result.dtype))
 
 
 @composition_rule(JacobianOperator, Scaled)
 def _scale_outside_inner(outer: JacobianOperator, inner: Scaled) -> JacobianOperator:
-    return Scaled(inner.scale, compose(outer, inner.operator))
+    result = compose(outer, inner.operator)
+    return result.scaled(jnp.asarray(inner.scale, result.dtype))
 
 
 def is_operator(value: Any) -> bool:

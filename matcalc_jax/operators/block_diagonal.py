@@ -16,6 +16,7 @@ from matcalc_jax.operators.base import (
     composition_rule,
     register,
 )
+from matcalc_jax.operators.diagonal import Diagonal
 
 
 class BlockDiagonal(JacobianOperator):
@@ -70,8 +71,21 @@ class BlockDiagonal(JacobianOperator):
         rhs = check_tangent(self, "solve", rhs, self.out_shape)
         return jnp.linalg.solve(self.blocks, rhs[..., None])[..., 0]
 
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        return frozenset({(0, 0)})
+
 
 BlockDiagonal = register(BlockDiagonal, ("blocks",), ("layout",))
+
+
+@composition_rule(Diagonal, BlockDiagonal)
+def _diagonal_block(outer: Diagonal, inner: BlockDiagonal) -> BlockDiagonal:
+    return BlockDiagonal(outer.values[:, :, None] * inner.blocks, inner.layout)
+
+
+@composition_rule(BlockDiagonal, Diagonal)
+def _block_diagonal(outer: BlockDiagonal, inner: Diagonal) -> BlockDiagonal:
+    return BlockDiagonal(outer.blocks * inner.values[:, None, :], outer.layout)
 
 
 @composition_rule(BlockDiagonal, BlockDiagonal)

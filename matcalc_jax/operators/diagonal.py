@@ -8,15 +8,19 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
+from matcalc_jax.core.arrays import diagonal_matrix
 from matcalc_jax.core.layout import Layout
 from matcalc_jax.operators.base import (
     JacobianOperator,
+    Scaled,
+    add,
     addition_rule,
     check_tangent,
     composition_rule,
     register,
     size_of,
 )
+from matcalc_jax.operators.identity import Identity
 
 
 class Diagonal(JacobianOperator):
@@ -44,7 +48,7 @@ class Diagonal(JacobianOperator):
     def _numerator(self) -> Array:
         n = size_of(self.in_shape)
         flat = self.values.reshape(n)
-        dense = jnp.where(jnp.eye(n, dtype=bool), flat[None, :], jnp.zeros((), self.dtype))
+        dense = diagonal_matrix(flat)
         return dense.reshape(self.out_shape + self.in_shape)
 
     def transpose(self) -> JacobianOperator:
@@ -62,6 +66,9 @@ class Diagonal(JacobianOperator):
     def solve(self, rhs: ArrayLike) -> Array:
         return check_tangent(self, "solve", rhs, self.out_shape) / self.values
 
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        return frozenset((k, k) for k in range(len(self.in_shape)))
+
 
 Diagonal = register(Diagonal, ("values",), ("layout",))
 
@@ -69,6 +76,30 @@ Diagonal = register(Diagonal, ("values",), ("layout",))
 @composition_rule(Diagonal, Diagonal)
 def _diagonal_diagonal(outer: Diagonal, inner: Diagonal) -> Diagonal:
     return Diagonal(outer.values * inner.values, outer.layout)
+
+
+@addition_rule(Diagonal, Identity)
+def _diagonal_plus_identity(left: Diagonal, right: Identity) -> Diagonal:
+    return Diagonal(left.values + 1, left.layout)
+
+
+@addition_rule(Identity, Diagonal)
+def _identity_plus_diagonal(left: Identity, right: Diagonal) -> Diagonal:
+    return Diagonal(right.values + 1, right.layout)
+
+
+@addition_rule(Scaled, JacobianOperator)
+def _scaled_identity_plus(left: Scaled, right: JacobianOperator) -> JacobianOperator | None:
+    # c I joins a sum as the diagonal it is (c I + diag(d) + U V^T stays structured).
+    if not isinstance(left.operator, Identity) or isinstance(right, Scaled):
+        return None
+    values = jnp.broadcast_to(left.scale, left.in_shape).astype(left.dtype)
+    return add(Diagonal(values, left.layout), right)
+
+
+@addition_rule(JacobianOperator, Scaled)
+def _plus_scaled_identity(left: JacobianOperator, right: Scaled) -> JacobianOperator | None:
+    return _scaled_identity_plus(right, left)
 
 
 @addition_rule(Diagonal, Diagonal)

@@ -62,6 +62,9 @@ class Identity(JacobianOperator):
     def solve(self, rhs: ArrayLike) -> Array:
         return check_tangent(self, "solve", rhs, self.out_shape)
 
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        return frozenset((k, k) for k in range(len(self.in_shape)))
+
 
 Identity = register(Identity, (), ("size_shape", "dtype_name", "layout"))
 

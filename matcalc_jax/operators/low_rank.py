@@ -4,16 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
+from matcalc_jax.core.arrays import add_to_diagonal
 from matcalc_jax.core.layout import Layout
-from matcalc_jax.operators.base import JacobianOperator, check_tangent, register
+from matcalc_jax.operators.base import (
+    JacobianOperator,
+    addition_rule,
+    check_tangent,
+    composition_rule,
+    register,
+    size_of,
+)
+from matcalc_jax.operators.diagonal import Diagonal
+from matcalc_jax.operators.identity import Identity
 
 
 class LowRank(JacobianOperator):
-    """U V^T with U of shape (n, r) and V of shape (m, r): vectors in, vectors out."""
+    """U V^T: U of shape ``out_shape + (r,)``, V of shape ``in_shape + (r,)`` (for vectors,
+    (n, r) and (m, r)). Any map composed with it stays low rank: ``A (U V^T) = (A U) V^T``
+    and ``(U V^T) B = U (B^T V)^T``, r products with the other map."""
 
     U: Array
     V: Array
@@ -21,27 +34,36 @@ class LowRank(JacobianOperator):
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        return (self.U.shape[0],)
+        return tuple(self.U.shape[:-1])
 
     @property
     def in_shape(self) -> tuple[int, ...]:
-        return (self.V.shape[0],)
+        return tuple(self.V.shape[:-1])
+
+    @property
+    def rank(self) -> int:
+        return self.U.shape[-1]
 
     @property
     def dtype(self) -> Any:
         return jnp.result_type(self.U, self.V)
 
     def mv(self, tangent: ArrayLike) -> Array:
-        return self.U @ (check_tangent(self, "mv", tangent, self.in_shape) @ self.V)
+        tangent = check_tangent(self, "mv", tangent, self.in_shape)
+        return self.U @ jnp.tensordot(tangent, self.V, axes=tangent.ndim)
 
     def vm(self, cotangent: ArrayLike) -> Array:
-        return self.V @ (check_tangent(self, "vm", cotangent, self.out_shape) @ self.U)
+        cotangent = check_tangent(self, "vm", cotangent, self.out_shape)
+        return self.V @ jnp.tensordot(cotangent, self.U, axes=cotangent.ndim)
 
     def _numerator(self) -> Array:
-        return self.U @ self.V.T
+        return jnp.tensordot(self.U, self.V, axes=((-1,), (-1,)))
 
     def transpose(self) -> JacobianOperator:
         return LowRank(self.V, self.U, self.layout)
+
+    def scaled(self, scale: ArrayLike) -> JacobianOperator:
+        return LowRank(jnp.asarray(scale, self.dtype) * self.U, self.V, self.layout)
 
     def diagonal(self) -> Array:
         self._check_square("diagonal")
@@ -84,12 +106,15 @@ class DiagonalPlusLowRank(JacobianOperator):
         return cotangent * self.values + self.V @ (cotangent @ self.U)
 
     def _numerator(self) -> Array:
-        n = self.values.shape[0]
         low_rank = self.U @ self.V.T
-        return jnp.where(jnp.eye(n, dtype=bool), self.values[None, :] + low_rank, low_rank)
+        return add_to_diagonal(low_rank, self.values)
 
     def transpose(self) -> JacobianOperator:
         return DiagonalPlusLowRank(self.values, self.V, self.U, self.layout)
+
+    def scaled(self, scale: ArrayLike) -> JacobianOperator:
+        scale = jnp.asarray(scale, self.dtype)
+        return DiagonalPlusLowRank(scale * self.values, scale * self.U, self.V, self.layout)
 
     def diagonal(self) -> Array:
         return self.values + jnp.sum(self.U * self.V, axis=-1)
@@ -111,3 +136,96 @@ class DiagonalPlusLowRank(JacobianOperator):
 
 
 DiagonalPlusLowRank = register(DiagonalPlusLowRank, ("values", "U", "V"), ("layout",))
+
+
+def _columns(apply: Any, factor: Array) -> Array:
+    """``apply`` on each of the r columns of a factor of shape ``shape + (r,)``."""
+    return jax.vmap(apply, in_axes=-1, out_axes=-1)(factor)
+
+
+def _canonical(U: Array, V: Array, layout: Layout) -> LowRank:
+    """U V^T with a one-entry side folded into the other: rank one. U is on the output's
+    side, so its dtype is the map's."""
+    V = V.astype(U.dtype)
+    if U.shape[-1] > 1 and size_of(U.shape[:-1]) == 1:
+        return LowRank(jnp.ones_like(U[..., :1]), (V @ U.reshape(-1))[..., None], layout)
+    if V.shape[-1] > 1 and size_of(V.shape[:-1]) == 1:
+        return LowRank((U @ V.reshape(-1))[..., None], jnp.ones_like(V[..., :1]), layout)
+    return LowRank(U, V, layout)
+
+
+@composition_rule(JacobianOperator, LowRank)
+def _after_low_rank(outer: JacobianOperator, inner: LowRank) -> LowRank:
+    return _canonical(_columns(outer.mv, inner.U), inner.V, inner.layout)
+
+
+@composition_rule(LowRank, JacobianOperator)
+def _before_low_rank(outer: LowRank, inner: JacobianOperator) -> LowRank:
+    return _canonical(outer.U, _columns(inner.vm, outer.V), outer.layout)
+
+
+@addition_rule(LowRank, LowRank)
+def _add_low_ranks(left: LowRank, right: LowRank) -> LowRank:
+    U = jnp.concatenate([left.U, right.U.astype(left.U.dtype)], axis=-1)
+    V = jnp.concatenate([left.V, right.V.astype(left.V.dtype)], axis=-1)
+    return _canonical(U, V, left.layout)
+
+
+def _diagonal_values(op: JacobianOperator) -> Array:
+    return op.diagonal() if isinstance(op, Identity) else op.values
+
+
+@addition_rule(Diagonal, LowRank)
+@addition_rule(Identity, LowRank)
+def _diagonal_plus_low_rank(left: JacobianOperator, right: LowRank) -> JacobianOperator | None:
+    if len(left.in_shape) != 1:
+        return None
+    return DiagonalPlusLowRank(_diagonal_values(left), right.U, right.V, left.layout)
+
+
+@addition_rule(LowRank, Diagonal)
+@addition_rule(LowRank, Identity)
+def _low_rank_plus_diagonal(left: LowRank, right: JacobianOperator) -> JacobianOperator | None:
+    return _diagonal_plus_low_rank(right, left)
+
+
+@addition_rule(DiagonalPlusLowRank, LowRank)
+def _dplr_plus_low_rank(left: DiagonalPlusLowRank, right: LowRank) -> DiagonalPlusLowRank:
+    low_rank = _add_low_ranks(LowRank(left.U, left.V), right)
+    return DiagonalPlusLowRank(left.values, low_rank.U, low_rank.V, left.layout)
+
+
+@addition_rule(LowRank, DiagonalPlusLowRank)
+def _low_rank_plus_dplr(left: LowRank, right: DiagonalPlusLowRank) -> DiagonalPlusLowRank:
+    return _dplr_plus_low_rank(right, left)
+
+
+@addition_rule(DiagonalPlusLowRank, Diagonal)
+@addition_rule(DiagonalPlusLowRank, Identity)
+def _dplr_plus_diagonal(left: DiagonalPlusLowRank, right: JacobianOperator) -> JacobianOperator:
+    values = left.values + _diagonal_values(right)
+    return DiagonalPlusLowRank(values, left.U, left.V, left.layout)
+
+
+@addition_rule(Diagonal, DiagonalPlusLowRank)
+@addition_rule(Identity, DiagonalPlusLowRank)
+def _diagonal_plus_dplr(left: JacobianOperator, right: DiagonalPlusLowRank) -> JacobianOperator:
+    return _dplr_plus_diagonal(right, left)
+
+
+@addition_rule(DiagonalPlusLowRank, DiagonalPlusLowRank)
+def _add_dplrs(left: DiagonalPlusLowRank, right: DiagonalPlusLowRank) -> DiagonalPlusLowRank:
+    sum_ = _dplr_plus_low_rank(left, LowRank(right.U, right.V))
+    return _dplr_plus_diagonal(sum_, Diagonal(right.values))
+
+
+@composition_rule(Diagonal, DiagonalPlusLowRank)
+def _diagonal_after_dplr(outer: Diagonal, inner: DiagonalPlusLowRank) -> DiagonalPlusLowRank:
+    d = outer.values
+    return DiagonalPlusLowRank(d * inner.values, d[:, None] * inner.U, inner.V, inner.layout)
+
+
+@composition_rule(DiagonalPlusLowRank, Diagonal)
+def _dplr_after_diagonal(outer: DiagonalPlusLowRank, inner: Diagonal) -> DiagonalPlusLowRank:
+    d = inner.values
+    return DiagonalPlusLowRank(outer.values * d, outer.U, d[:, None] * outer.V, outer.layout)

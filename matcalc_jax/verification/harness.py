@@ -18,7 +18,14 @@ function jit-compiled:
   against the dense closed form;
 - ``mv`` / ``vm``: the structured Jacobian's Jacobian-vector and vector-Jacobian products
   against ``jax.jvp`` and ``jax.vjp`` of the map, on random tangents and cotangents;
-- ``adjoint``: ``<u, J v>`` against ``<J^T u, v>`` for the structured ``mv`` and ``vm``.
+- ``adjoint``: ``<u, J v>`` against ``<J^T u, v>`` for the structured ``mv`` and ``vm``;
+- ``transform`` (catalogue rules): ``matcalc_jax.jacobian(rule.fn)``, the structured
+  Jacobian derived from the program, ``to_dense()``, against the closed form;
+- ``transform_storage`` (catalogue rules): the entries the derived operator stores over those
+  of the hand-written ``rule.structured``, at most 2: the transform rediscovers the structure.
+
+The corpus programs (``source == "program"``) are checked the same way, their closed form
+being the transform itself.
 
 For the rules with a closed-form Hessian (scalar maps, ``rule.has_hessian``):
 
@@ -63,6 +70,8 @@ from matcalc_jax import runtime
 from matcalc_jax.catalogue import select
 from matcalc_jax.catalogue.record import Rule
 from matcalc_jax.core.layout import swap_out_in
+from matcalc_jax.operators.base import storage
+from matcalc_jax.transform import jacobian as transform_jacobian
 from matcalc_jax.verification.tolerance import FINITE_DIFFERENCE_TOLERANCE, tolerance, tolerance_key
 
 REFERENCES: tuple[str, ...] = (
@@ -79,7 +88,11 @@ REFERENCES: tuple[str, ...] = (
     "hessian_structured",
     "hvp",
     "hessian_finite_difference",
+    "transform",
+    "transform_storage",
 )
+#: The most entries the transform may store per entry of the hand-written structured form.
+STORAGE_RATIO = 2.0
 DTYPES: tuple[str, ...] = ("float32", "float64")
 SIZES: tuple[int, ...] = (1, 4, 16)
 REPORT_SCHEMA = "matcalc-jax/verify/1"
@@ -277,22 +290,24 @@ def draw_case(rule: Rule, dtype: Any, size: int, key: Array) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=32)
-def _case_program(rule: Rule, dtype: Any, size: int) -> Callable:
+def _case_program(rule: Rule, dtype: Any, size: int, transform: bool = True) -> Callable:
     """:func:`case_function`, jit-compiled (without LLVM optimization: see
     ``COMPILER_OPTIONS``) and cached per case."""
-    return jax.jit(case_function(rule, dtype, size), compiler_options=COMPILER_OPTIONS)
+    return jax.jit(case_function(rule, dtype, size, transform), compiler_options=COMPILER_OPTIONS)
 
 
-def case_function(rule: Rule, dtype: Any, size: int) -> Callable:
+def case_function(rule: Rule, dtype: Any, size: int, transform: bool = True) -> Callable:
     """The program of one case, before compilation: from the inputs of :func:`draw_case` it computes
     every array the checks compare, the closed forms in ``dtype`` and the references in
     :func:`reference_dtype`.
 
     One program per case rather than one per check: a program's compile time has a fixed
     part, and the pieces share their arguments. The arrays are the same as when each piece
-    is compiled apart.
+    is compiled apart. ``transform`` adds ``matcalc_jax.jacobian(rule.fn)`` for a catalogue
+    rule.
     """
     reference = reference_dtype(dtype)
+    transform = transform and rule.source != "program"
 
     def of_x(call: Sequence[Any]) -> Callable[[Array], Array]:
         return lambda x: rule.fn(*call[: rule.wrt], x, *call[rule.wrt + 1 :])
@@ -318,6 +333,8 @@ def case_function(rule: Rule, dtype: Any, size: int) -> Callable:
             "jvp": jax.jvp(of_x(wide), (wide[rule.wrt],), (wide_tangent,))[1],
             "vjp": jax.vjp(of_x(wide), wide[rule.wrt])[1](wide_cotangent)[0],
         }
+        if transform:
+            computed["transform"] = transform_jacobian(rule.fn, rule.wrt)(*args).to_dense()
         if rule.has_hessian:
             hessian_tangent = inputs["hessian_tangent"]
             hessian_op = rule.hessian_operator(*args)
@@ -371,10 +388,11 @@ class PreparedCase:
     program: Any
     finite_differences: tuple[tuple[str, Any], ...]
     eager_jacobian: Any = None
+    storage: tuple[int, int] | None = None
 
 
 def prepare_case(
-    rule: Rule, dtype: str, size: int, key: Array, *, eager: bool = True
+    rule: Rule, dtype: str, size: int, key: Array, *, eager: bool = True, transform: bool = True
 ) -> PreparedCase:
     """Compile every program of one case, draw its inputs and (``eager``) run its closed
     form op by op; run no compiled program.
@@ -392,7 +410,7 @@ def prepare_case(
             "call jax.config.update('jax_enable_x64', True) first"
         )
     inputs = draw_case(rule, dtype, size, key)
-    program = _case_program(rule, dtype, size).lower(inputs).compile()
+    program = _case_program(rule, dtype, size, transform).lower(inputs).compile()
     differences: list[tuple[str, Any]] = []
     if dtype == jnp.float64:
         maps = [("finite_difference", rule.fn)]
@@ -401,11 +419,20 @@ def prepare_case(
         for name, fn in maps:
             lowered = central_differences(fn, rule.wrt).lower(list(inputs["args"]))
             differences.append((name, lowered.compile()))
+    stored = None
+    if (
+        transform and rule.source != "program"
+    ):  # entries of (the transform's operator, the rule's own)
+        args = inputs["args"]
+        derived = jax.eval_shape(transform_jacobian(rule.fn, rule.wrt), *args)
+        stored = (storage(derived), storage(jax.eval_shape(rule.structured, *args)))
     eager_jacobian = None
     if eager:
         with jax.default_matmul_precision("highest"):
             eager_jacobian = jax.block_until_ready(rule.jacobian(*inputs["args"]))
-    return PreparedCase(rule, dtype.name, size, inputs, program, tuple(differences), eager_jacobian)
+    return PreparedCase(
+        rule, dtype.name, size, inputs, program, tuple(differences), eager_jacobian, stored
+    )
 
 
 def check_rule(
@@ -489,6 +516,16 @@ def run_case(case: PreparedCase, *, stage: Callable[[str], None] | None = None) 
             record("hessian_structured", hessian, tol, actual=arrays["hessian_structured"]),
             record("hvp", arrays["jax_hvp"], tol, actual=arrays["hvp"], scale=hvp_scale),
         ]
+    if "transform" in arrays:
+        checks.append(record("transform", jacobian, tol, actual=arrays["transform"]))
+    if case.storage is not None:
+        derived, own = case.storage
+        ratio = derived / own if own else (0.0 if derived == 0 else float("inf"))
+        detail = f"stores {derived} entries; rule.structured stores {own}"
+        passed = ratio <= STORAGE_RATIO
+        checks.append(
+            Check(rule.id, dtype, size, "transform_storage", ratio, STORAGE_RATIO, passed, detail)
+        )
     if case.eager_jacobian is not None:
         checks.append(record("eager", jacobian, tol, actual=case.eager_jacobian))
     for name, program in case.finite_differences:
@@ -534,13 +571,13 @@ def verify(
 
     float64, float16 and bfloat16 turn ``jax_enable_x64`` on for the duration of the call
     (the low-precision dtypes are checked against float64 references). The eager-vs-jit check
-    runs at the last size only. ``progress`` receives a :class:`Progress` before each compiled
-    program and after each rule. ``workers`` threads (default: the CPU count, at most 4)
-    compile the cases ahead of the one running.
+    and the transform's checks run at the last size only. ``progress`` receives a
+    :class:`Progress` before each compiled program and after each rule. ``workers`` threads
+    (default: the CPU count, at most 4) compile the cases ahead of the one running.
 
     >>> report = verify(["linear"], dtypes=["float32"], sizes=[3])
     >>> report.passed, len(report.checks)
-    (True, 8)
+    (True, 10)
     """
     selected = select(rule_ids)
     dtypes = tuple(tolerance_key(d) for d in dtypes)
@@ -563,7 +600,8 @@ def verify(
 
         def submit(index: int, rule: Rule, dtype: str, size: int) -> concurrent.futures.Future:
             key = jax.random.fold_in(jax.random.key(seed), index * 1000 + size)
-            return pool.submit(prepare_case, rule, dtype, size, key, eager=size == sizes[-1])
+            last = size == sizes[-1]
+            return pool.submit(prepare_case, rule, dtype, size, key, eager=last, transform=last)
 
         # Prepare a few cases ahead on the workers; run their programs in order on this
         # thread, one at a time (two programs running at once can deadlock jaxlib 0.10's

@@ -1,0 +1,241 @@
+"""The corpus: whole programs whose Jacobians come from the transform, not from a rule.
+
+Each program is a :class:`Rule` record whose closed form is ``matcalc_jax.jacobian(fn)``
+(``to_dense`` for the dense form, the operator itself for the structured one), so the
+harness checks the transform on it exactly as it checks a hand-written rule: against
+``jax.jacfwd`` and ``jax.jacrev``, its ``mv`` and ``vm`` against ``jax.jvp`` and ``jax.vjp``,
+and in float64 against finite differences. ``structure`` names the operator type the
+transform should find (the tests pin it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from matcalc_jax.catalogue import draws
+from matcalc_jax.catalogue.record import DIAGONAL_SIZES, MATMUL_SIZES, MATRIX_SIZES, Rule
+from matcalc_jax.core.layout import Layout, from_numerator
+from matcalc_jax.transform import jacobian
+
+#: The operator type the transform should find for each program, at sizes above one.
+STRUCTURE: dict[str, str] = {}
+
+
+def _transform_forms(fn: Any, wrt: int) -> tuple[Any, Any]:
+    def closed(*args: Any, layout: Layout = "numerator") -> Array:
+        op = jacobian(fn, wrt)(*args)
+        return from_numerator(op.to_dense(), len(op.out_shape), layout)
+
+    def structured(*args: Any, layout: Layout = "numerator") -> Any:
+        return jacobian(fn, wrt)(*args).with_layout(layout)
+
+    return closed, structured
+
+
+def program(
+    id: str, title: str, plain: str, fn: Any, wrt: int, make_example: Any, structure: str, **extra
+) -> Rule:
+    """A corpus program as a :class:`Rule` whose closed form is the transform."""
+    closed, structured = _transform_forms(fn, wrt)
+    STRUCTURE[id] = structure
+    return Rule(
+        id=id,
+        title=title,
+        formula=plain,
+        numerator_formula=plain,
+        plain=plain,
+        source="program",
+        shapes=extra.pop("shapes", ""),
+        fn=fn,
+        wrt=wrt,
+        closed_form=closed,
+        structured_form=structured,
+        public="matcalc_jax.jacobian",
+        make_example=make_example,
+        **extra,
+    )
+
+
+def _scaled(key: Array, rows: int, cols: int, dtype: Any) -> Array:
+    """A weight matrix with entries of size 1/(2 sqrt(cols)): W x has entries of size 1/2
+    for x of size 1, so tanh(W x + b) stays off its flat tails, where 1 - tanh^2 is a
+    difference of nearly equal numbers and no two correct methods agree to float32's
+    tolerance."""
+    return draws.normal(key, (rows, cols), dtype) / (2 * np.sqrt(cols)).astype(dtype)
+
+
+def _affine_example(key: Array, dtype: Any, size: int) -> tuple:
+    k_x, k_w, k_b = jax.random.split(key, 3)
+    return (
+        draws.normal(k_x, (size,), dtype),
+        _scaled(k_w, size, size, dtype),
+        draws.normal(k_b, (size,), dtype) / 4,
+    )
+
+
+def tanh_affine(x: Array, W: Array, b: Array) -> Array:
+    """tanh(W x + b)."""
+    return jnp.tanh(W @ x + b)
+
+
+def _weight_example(key: Array, dtype: Any, size: int) -> tuple:
+    x, W, b = _affine_example(key, dtype, size)
+    return W, x, b
+
+
+def tanh_affine_weight(W: Array, x: Array, b: Array) -> Array:
+    """tanh(W x + b), its weight first."""
+    return jnp.tanh(W @ x + b)
+
+
+def mlp3(x: Array, W1: Array, W2: Array, W3: Array) -> Array:
+    """W3 tanh(W2 tanh(W1 x)): a three-layer perceptron."""
+    return W3 @ jnp.tanh(W2 @ jnp.tanh(W1 @ x))
+
+
+def _mlp3_example(key: Array, dtype: Any, size: int) -> tuple:
+    k_x, *k_w = jax.random.split(key, 4)
+    return (draws.normal(k_x, (size,), dtype), *(_scaled(k, size, size, dtype) for k in k_w))
+
+
+def log_softmax_linear(x: Array, A: Array) -> Array:
+    """log softmax(A x), through jax.nn."""
+    return jax.nn.log_softmax(A @ x)
+
+
+def exp_sin_cubic(x: Array) -> Array:
+    """exp(x) sin(x) + x^3."""
+    return jnp.exp(x) * jnp.sin(x) + x**3
+
+
+def quadratic(x: Array, A: Array) -> Array:
+    """x^T A x."""
+    return x @ A @ x
+
+
+def sandwich(X: Array, A: Array, B: Array) -> Array:
+    """A X B, by X."""
+    return A @ X @ B
+
+
+def _sandwich_example(key: Array, dtype: Any, size: int) -> tuple:
+    k_x, k_a, k_b = jax.random.split(key, 3)
+    return (
+        draws.normal(k_x, (size, size), dtype),
+        _scaled(k_a, size + 1, size, dtype),
+        _scaled(k_b, size, size + 2, dtype),
+    )
+
+
+#: Width of the per-example network (the batch is the size).
+WIDTH = 4
+
+
+def per_example_mlp(xs: Array, W1: Array, W2: Array) -> Array:
+    """tanh(W2 tanh(W1 x_b)) for every row x_b of the batch xs, by ``jax.vmap``."""
+    return jax.vmap(lambda x: jnp.tanh(W2 @ jnp.tanh(W1 @ x)))(xs)
+
+
+def _per_example_example(key: Array, dtype: Any, size: int) -> tuple:
+    k_x, k_1, k_2 = jax.random.split(key, 3)
+    return (
+        draws.normal(k_x, (size, WIDTH), dtype),
+        _scaled(k_1, WIDTH, WIDTH, dtype),
+        _scaled(k_2, WIDTH, WIDTH, dtype),
+    )
+
+
+def elementwise_flow(x: Array, scale: Array, shift: Array) -> Array:
+    """x + 0.5 tanh(scale x + shift): an invertible elementwise flow layer
+    (y' = 1 + 0.5 scale (1 - tanh^2) > 0 for |scale| < 2)."""
+    return x + 0.5 * jnp.tanh(scale * x + shift)
+
+
+def _flow_example(key: Array, dtype: Any, size: int) -> tuple:
+    k_x, k_s, k_t = jax.random.split(key, 3)
+    return (
+        draws.normal(k_x, (size,), dtype),
+        draws.uniform(k_s, (size,), dtype, -1.5, 1.5),
+        draws.normal(k_t, (size,), dtype),
+    )
+
+
+def layer_norm(x: Array, gain: Array, bias: Array) -> Array:
+    """(x - mean x) / sqrt(var x + 1e-5) * gain + bias."""
+    centred = x - jnp.mean(x)
+    return centred / jnp.sqrt(jnp.var(x) + 1e-5) * gain + bias
+
+
+def _layer_norm_example(key: Array, dtype: Any, size: int) -> tuple:
+    # At least three entries: with one the output is b, with two it is b +- g, whatever x;
+    # their Jacobians are 0 up to eps / s^3 terms and rounding, in which no two methods
+    # agree to a relative tolerance.
+    k_x, k_g, k_b = jax.random.split(key, 3)
+    return tuple(draws.normal(k, (max(size, 3),), dtype) for k in (k_x, k_g, k_b))
+
+
+def _vector_and_matrix(key: Array, dtype: Any, size: int) -> tuple:
+    k_x, k_a = jax.random.split(key)
+    return draws.normal(k_x, (size,), dtype), _scaled(k_a, size, size, dtype)
+
+
+def _vector(key: Array, dtype: Any, size: int) -> tuple:
+    return (draws.normal(key, (size,), dtype),)
+
+
+PROGRAMS = (
+    program(
+        "tanh_affine_by_x", "tanh(W x + b) by x", "J = diag(1 - y^2) W", tanh_affine, 0,
+        _affine_example, "Composition", bench_sizes=MATMUL_SIZES, shapes="x, b in R^n; W n x n",
+    ),
+    program(
+        "tanh_affine_by_W", "tanh(W x + b) by W", "dy_i/dW_kj = (1 - y_i^2) [i = k] x_j",
+        tanh_affine_weight, 0, _weight_example, "Composition", bench_sizes=(64, 256, 512),
+        shapes="W n x n; x, b in R^n",
+    ),
+    program(
+        "mlp3_input", "Three-layer MLP by its input", "J = W3 D2 W2 D1 W1", mlp3, 0,
+        _mlp3_example, "Composition", bench_sizes=(64, 256, 1024), shapes="x in R^n; W_i n x n",
+    ),
+    program(
+        "nn_softmax", "jax.nn.softmax", "J = diag(s) - s s^T", jax.nn.softmax, 0, _vector,
+        "DiagonalPlusLowRank", bench_sizes=DIAGONAL_SIZES, shapes="x in R^n",
+    ),
+    program(
+        "nn_log_softmax_linear", "jax.nn.log_softmax(A x)", "J = (I - 1 s^T) A",
+        log_softmax_linear, 0, _vector_and_matrix, "Sum", bench_sizes=MATMUL_SIZES,
+        shapes="x in R^n; A n x n",
+    ),
+    program(
+        "exp_sin_cubic", "exp(x) sin(x) + x^3", "J = diag(e^x (sin x + cos x) + 3 x^2)",
+        exp_sin_cubic, 0, _vector, "Diagonal", bench_sizes=DIAGONAL_SIZES, shapes="x in R^n",
+    ),
+    program(
+        "quadratic_program", "x^T A x", "J = x^T (A + A^T)", quadratic, 0, _vector_and_matrix,
+        "LowRank", bench_sizes=MATMUL_SIZES, shapes="x in R^n; A n x n",
+    ),
+    program(
+        "sandwich_AXB", "A X B by X", "J = A (x) B^T", sandwich, 0, _sandwich_example,
+        "Kronecker", bench_sizes=MATRIX_SIZES, shapes="X n x n; A (n+1) x n; B n x (n+2)",
+    ),
+    program(
+        "per_example_mlp", "A vmapped per-example MLP by the batch",
+        "J = blockdiag(dy_b/dx_b)", per_example_mlp, 0, _per_example_example, "BlockDiagonal",
+        bench_sizes=(64, 256, 1024), shapes=f"xs N x {WIDTH}; W_i {WIDTH} x {WIDTH}",
+    ),
+    program(
+        "elementwise_flow", "Elementwise flow layer x + 0.5 tanh(a x + b)",
+        "J = diag(1 + 0.5 a (1 - tanh^2)), log|det J| = sum log J_ii", elementwise_flow, 0,
+        _flow_example, "Diagonal", bench_sizes=DIAGONAL_SIZES, shapes="x, a, b in R^n",
+    ),
+    program(
+        "layer_norm", "Layer normalization", "J = diag(g / s) (I - 1 1^T / n - z z^T / n)",
+        layer_norm, 0, _layer_norm_example, "DiagonalPlusLowRank", bench_sizes=DIAGONAL_SIZES,
+        shapes="x, g, b in R^n",
+    ),
+)  # fmt: skip

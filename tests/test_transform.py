@@ -1,0 +1,378 @@
+"""matcalc_jax.jacobian: the structured Jacobian of a JAX program, against autodiff.
+
+The contract (DESIGN 6): ``to_dense()`` equals ``jax.jacfwd``, ``mv`` / ``vm`` equal
+``jax.jvp`` / ``jax.vjp``, ``diagonal`` / ``trace`` / ``logdet`` for square Jacobians,
+``print(J)`` shows the structure, an unknown primitive is an error unless the caller opts
+into the recorded autodiff fallback, and the transform never calls autodiff itself.
+"""
+
+import ast
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import matcalc_jax as mj
+from matcalc_jax import operators
+from matcalc_jax.catalogue import corpus
+from matcalc_jax.catalogue.corpus import STRUCTURE
+from matcalc_jax.transform import UnsupportedPrimitiveError, supported_primitives
+
+from .helpers import assert_jacobians_close, key
+
+SIZE = 6
+
+
+def _args(rule, dtype="float64", size=SIZE, seed=0):
+    return rule.example(key(seed), jnp.dtype(dtype), size)
+
+
+def _at(fn, args, wrt):
+    return lambda x: fn(*args[:wrt], x, *args[wrt + 1 :])
+
+
+# --------------------------------------------------------------- the catalogue proves it
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rule", mj.rules(), ids=lambda r: r.id)
+def test_transform_rediscovers_every_rule(rule, dtype):
+    """jacobian(rule.fn) equals the hand-written closed form, under jit, and stores at most
+    twice what the hand-written structured form stores."""
+    args = _args(rule, dtype)
+    derive = jax.jit(lambda *a: mj.jacobian(rule.fn, rule.wrt)(*a).to_dense())
+    assert_jacobians_close(derive(*args), rule.jacobian(*args), dtype)
+    derived = mj.jacobian(rule.fn, rule.wrt)(*args)
+    own = rule.structured(*args)
+    assert operators.storage(derived) <= 2 * operators.storage(own), (derived, own)
+
+
+# -------------------------------------------------------------------- the corpus, 4 ways
+
+
+@pytest.mark.parametrize("program", corpus.PROGRAMS, ids=lambda r: r.id)
+def test_corpus_program_against_autodiff(program):
+    args = _args(program)
+    J = mj.jacobian(program.fn, program.wrt)(*args)
+    assert type(J).__name__ == STRUCTURE[program.id], str(J)
+    f = _at(program.fn, args, program.wrt)
+    x = args[program.wrt]
+    assert_jacobians_close(J.to_dense(), jax.jacfwd(f)(x))
+    assert_jacobians_close(J.to_dense(), jax.jacrev(f)(x))
+    tangent = jax.random.normal(key(1), x.shape, x.dtype)
+    y, pullback = jax.vjp(f, x)
+    cotangent = jax.random.normal(key(2), y.shape, y.dtype)
+    assert_jacobians_close(J.mv(tangent), jax.jvp(f, (x,), (tangent,))[1])
+    assert_jacobians_close(J.vm(cotangent), pullback(cotangent)[0])
+
+
+def test_programs_are_in_verify():
+    report = mj.verify(["nn_softmax", "layer_norm"], dtypes=["float64"], sizes=[5])
+    assert report.passed
+    assert {"jacfwd", "jacrev", "mv", "vm", "finite_difference"} <= {
+        c.reference for c in report.checks
+    }
+
+
+def test_verify_checks_the_transform_on_rules():
+    report = mj.verify(["softmax"], dtypes=["float32"], sizes=[5])
+    checks = {c.reference: c for c in report.checks}
+    assert checks["transform"].passed and checks["transform_storage"].passed
+    assert checks["transform_storage"].error == 1.0  # diag(s) - s s^T: 3n entries, both
+
+
+# ------------------------------------------------------------------------- structure
+
+
+def test_softmax_is_diagonal_plus_rank_one_however_written():
+    x = jax.random.normal(key(3), (7,), jnp.float64)
+    handmade = lambda x: jnp.exp(x) / jnp.sum(jnp.exp(x))  # noqa: E731
+    for f in (jax.nn.softmax, handmade, mj.nn.softmax):
+        J = mj.jacobian(f)(x)
+        assert isinstance(J, mj.DiagonalPlusLowRank), str(J)
+        assert operators.storage(J) == 3 * 7
+        assert_jacobians_close(J.to_dense(), jax.jacfwd(f)(x))
+
+
+def test_chain_of_diagonals_is_one_diagonal_and_identities_vanish():
+    x = jnp.linspace(0.1, 2.0, 5)
+    J = mj.jacobian(lambda x: jnp.exp(jnp.sin(2.0 * x)) + x)(x)
+    assert isinstance(J, mj.Diagonal)
+    assert isinstance(mj.jacobian(lambda x: x)(x), mj.Identity)
+    assert isinstance(mj.jacobian(lambda x: jnp.zeros(3) * 0 + 1.0)(x), operators.Zero)
+
+
+def test_sandwich_keeps_its_two_factors():
+    """A X B by X stores A and B (its Kronecker form), never the s t x p q matrix."""
+    A = jax.random.normal(key(4), (3, 4), jnp.float64)
+    B = jax.random.normal(key(5), (5, 2), jnp.float64)
+    X = jax.random.normal(key(6), (4, 5), jnp.float64)
+    J = mj.jacobian(lambda X: A @ X @ B)(X)
+    assert operators.storage(J) == A.size + B.size
+    assert_jacobians_close(J.to_dense(), jax.jacfwd(lambda X: A @ X @ B)(X))
+    square = lambda X: (2 * jnp.eye(4) + 0.1 * X) @ X  # noqa: E731  a product rule, dense
+    assert_jacobians_close(mj.jacobian(square)(X[:, :4]).to_dense(), jax.jacfwd(square)(X[:, :4]))
+
+
+def test_per_example_map_gives_blocks():
+    W = jax.random.normal(key(7), (3, 3), jnp.float64)
+    xs = jax.random.normal(key(8), (10, 3), jnp.float64)
+    f = jax.vmap(lambda x: jnp.tanh(W @ jnp.tanh(W @ x)))
+    J = mj.jacobian(f)(xs)
+    assert isinstance(J, mj.BlockDiagonal) and J.blocks.shape == (10, 3, 3)
+    assert_jacobians_close(J.to_dense(), jax.jacfwd(f)(xs))
+    dense = np.asarray(jax.jacfwd(f)(xs)).reshape(30, 30)
+    assert J.logdet() == pytest.approx(np.linalg.slogdet(dense)[1], rel=1e-10, abs=0)
+
+
+def test_a_map_that_mixes_the_batch_is_not_block_diagonal():
+    xs = jax.random.normal(key(9), (4, 3), jnp.float64)
+    f = lambda xs: jnp.tanh(xs - jnp.mean(xs, axis=0))  # noqa: E731  batch normalization
+    J = mj.jacobian(f)(xs)
+    assert not isinstance(J, mj.BlockDiagonal)
+    assert_jacobians_close(J.to_dense(), jax.jacfwd(f)(xs))
+
+
+def test_print_shows_the_structure():
+    W = jnp.ones((4, 4), jnp.float32)
+    J = mj.jacobian(lambda W: jnp.tanh(W @ jnp.arange(4.0, dtype=jnp.float32)))(W)
+    text = str(J)
+    assert "Composition" in text and "Diagonal: (4,) <- (4,)" in text
+    assert "Contraction" in text and "stores" in text and "float32" in text
+
+
+# ------------------------------------------------------------------ square functionals
+
+
+def test_flow_logdet_trace_diagonal_from_the_diagonal():
+    program = mj.rule("elementwise_flow")
+    x, scale, shift = _args(program, size=50)
+    J = mj.jacobian(program.fn)(x, scale, shift)
+    derivative = 1 + 0.5 * scale * (1 - jnp.tanh(scale * x + shift) ** 2)  # by hand
+    np.testing.assert_allclose(J.diagonal(), derivative, rtol=1e-14)
+    assert J.trace() == pytest.approx(float(jnp.sum(derivative)), rel=1e-14, abs=0)
+    dense_logdet = np.linalg.slogdet(np.asarray(jax.jacfwd(program.fn)(x, scale, shift)))[1]
+    assert J.logdet() == pytest.approx(dense_logdet, rel=1e-12, abs=0)
+
+
+def test_a_million_entries_in_linear_memory():
+    """At n = 10^6 a dense Jacobian has 10^12 entries; the transform's is a diagonal."""
+    n = 1_000_000
+    program = mj.rule("elementwise_flow")
+    x, scale, shift = _args(program, "float32", size=n)
+
+    @jax.jit
+    def functionals(x, scale, shift):
+        J = mj.jacobian(program.fn)(x, scale, shift)
+        return J.diagonal(), J.trace(), J.logdet()
+
+    diagonal, trace, logdet = functionals(x, scale, shift)
+    expected = 1 + 0.5 * np.float64(scale) * (1 - np.tanh(np.float64(scale) * x + shift) ** 2)
+    np.testing.assert_allclose(diagonal, expected, rtol=1e-5)
+    assert float(trace) == pytest.approx(expected.sum(), rel=1e-5, abs=0)
+    assert float(logdet) == pytest.approx(np.log(expected).sum(), rel=1e-4, abs=0)
+    program_text = jax.make_jaxpr(functionals)(x, scale, shift)
+    assert _largest(program_text.jaxpr) == n  # no intermediate beyond O(n)
+
+
+def _largest(jaxpr):
+    sizes = [0]
+    for eqn in jaxpr.eqns:
+        sizes += [int(np.prod(v.aval.shape)) for v in eqn.outvars]
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", param)
+            if hasattr(inner, "eqns"):
+                sizes.append(_largest(inner))
+    return max(sizes)
+
+
+def test_softmax_logdet_by_the_determinant_lemma():
+    x = jax.random.normal(key(10), (6,), jnp.float64)
+    f = lambda x: jax.nn.softmax(x) + 0.5 * x  # noqa: E731  diag + low rank, invertible
+    J = mj.jacobian(f)(x)
+    assert isinstance(J, mj.DiagonalPlusLowRank)
+    dense = np.asarray(jax.jacfwd(f)(x))
+    assert J.logdet() == pytest.approx(np.linalg.slogdet(dense)[1], rel=1e-12, abs=0)
+    assert J.trace() == pytest.approx(np.trace(dense), rel=1e-12, abs=0)
+
+
+# ------------------------------------------------------------------- primitives, one by one
+
+VECTOR = jnp.array([-1.5, -0.3, 0.2, 0.7, 1.9, 0.4], jnp.float64)
+MATRIX = jnp.arange(12.0, dtype=jnp.float64).reshape(3, 4) / 7 - 0.5
+UPPER = jnp.triu(MATRIX[:, :3]) + 2 * jnp.eye(3)
+ZOO = {
+    "unary": (lambda x: jnp.log1p(jnp.exp(x)) + jnp.expm1(x) * jnp.cos(x) - jnp.sqrt(x**2 + 1)),
+    "trig": (lambda x: jnp.arctan(x) + jnp.arcsin(x / 2) + jnp.sinh(x) + jnp.arctanh(x / 3)),
+    "special": (lambda x: lax.erf(x) + lax.erf_inv(x / 3) + lax.lgamma(x + 3) + jnp.cbrt(x)),
+    "powers": (lambda x: x**3 + jnp.abs(x) ** 2.5 + lax.rsqrt(x**2 + 1) + x ** jnp.int32(2)),
+    "pow_both": (lambda x: jnp.power(jnp.abs(x) + 1, x)),
+    "atan2": (lambda x: jnp.arctan2(x, x[::-1] + 3)),
+    "max_min_clip": (lambda x: jnp.maximum(x, x[::-1]) + jnp.clip(x, -0.5, 0.5)),
+    "where": (lambda x: jnp.where(x > 0, x**2, -x)),
+    "div": (lambda x: x / (x[::-1] ** 2 + 1) + 1 / (x + 3)),
+    "reduce_max": (lambda x: jnp.max(x) * x),
+    "cumsum": (lambda x: jnp.cumsum(x) + jnp.cumsum(x[::-1])),
+    "concatenate_slice": (lambda x: jnp.concatenate([x[1:4], x[::2], jnp.sin(x)])),
+    "pad": (lambda x: jnp.pad(x, (2, 1)) * 3),
+    "gather": (lambda x: x[jnp.array([4, 0, 0, 2])] ** 2),
+    "dynamic_slice": (lambda x: lax.dynamic_slice(x, (jnp.int32(1),), (3,)) * 2),
+    "reshape": (lambda x: (x.reshape(2, 3) @ jnp.ones((3, 2))).reshape(-1)),
+    "transpose_broadcast": (lambda x: (x[:, None] * x[None, :]).T.sum(axis=0)),
+    "convert": (lambda x: jnp.sin(x.astype(jnp.float32)).astype(jnp.float64)),
+    "outer_matrix": (lambda x: jnp.tanh(MATRIX @ x[:4]) @ MATRIX),
+    "stop_gradient": (lambda x: x * lax.stop_gradient(x) + x),
+    "sort_free_round": (lambda x: jnp.round(x) + jnp.floor(x) + x),
+    "jit_inside": (lambda x: jax.jit(lambda y: jnp.tanh(y) * 2)(x)),
+    "checkpoint": (lambda x: jax.checkpoint(lambda y: jnp.sin(y) ** 2)(x)),
+    "solve": (lambda x: jnp.linalg.solve(jnp.eye(6) * 3 + jnp.outer(x, x) / 9, x)),
+    "triangular": (lambda x: jax.scipy.linalg.solve_triangular(UPPER, x[:3])),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_primitive_rules_against_jacfwd(name):
+    f = ZOO[name]
+    J = mj.jacobian(f)(VECTOR)
+    expected = jax.jacfwd(f)(VECTOR)
+    assert_jacobians_close(J.to_dense(), expected)
+    u = jnp.cos(jnp.arange(expected.shape[0], dtype=jnp.float64))
+    assert_jacobians_close(J.vm(u), jax.vjp(f, VECTOR)[1](u)[0])
+
+
+ACTIVATIONS = {
+    "jax.nn.relu": jax.nn.relu,
+    "jax.nn.relu6": jax.nn.relu6,
+    "jax.nn.silu": jax.nn.silu,
+    "jax.nn.gelu": jax.nn.gelu,
+    "jax.nn.softplus": jax.nn.softplus,
+    "jax.nn.sigmoid": jax.nn.sigmoid,
+    "jax.nn.log_sigmoid": jax.nn.log_sigmoid,
+    "jax.nn.elu": jax.nn.elu,
+    "jax.nn.leaky_relu": jax.nn.leaky_relu,
+    "jax.nn.log_softmax": jax.nn.log_softmax,
+    "jax.nn.logsumexp": lambda x: jax.nn.logsumexp(x) * x,
+    "mj.nn.relu": mj.nn.relu,
+    "mj.nn.gelu": mj.nn.gelu,
+    "mj.nn.softplus": mj.nn.softplus,
+    "mj.nn.log_sigmoid": mj.nn.log_sigmoid,
+    "mj.nn.log_softmax": mj.nn.log_softmax,
+    "mj.nn.hard_tanh": mj.nn.hard_tanh,
+}
+EDGES = jnp.array([0.0, -0.0, 1.0, -1.0, 6.0, -40.0, 40.0, 1e-8], jnp.float64)
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_custom_derivatives_are_kept(name):
+    """jax.nn's and matcalc_jax.nn's own derivatives, ties and tails included: the transform
+    reads their JVP rules, so it agrees with jacfwd exactly where the primal formula would
+    not (relu'(0) = 0 where max(x, 0) gives 1/2)."""
+    f = ACTIVATIONS[name]
+    assert_jacobians_close(mj.jacobian(f)(EDGES).to_dense(), jax.jacfwd(f)(EDGES))
+
+
+def test_ties_split_as_jax_splits_them():
+    zeros = jnp.zeros(3)
+    relu_by_max = lambda x: jnp.maximum(x, 0.0)  # noqa: E731
+    np.testing.assert_array_equal(mj.jacobian(relu_by_max)(zeros).diagonal(), 0.5)
+    np.testing.assert_array_equal(mj.jacobian(jax.nn.relu)(zeros).diagonal(), 0.0)
+
+
+# ------------------------------------------------------------------------- errors
+
+
+def _sorted_tail(x):
+    return jnp.sort(x) * 2
+
+
+def test_unknown_primitive_names_itself_and_its_place():
+    with pytest.raises(UnsupportedPrimitiveError) as raised:
+        mj.jacobian(_sorted_tail)(VECTOR)
+    message = str(raised.value)
+    assert "'sort'" in message and "test_transform.py" in message and "_sorted_tail" in message
+    assert "dot_general" in message and "fallback='autodiff'" in message
+
+
+def test_fallback_is_opt_in_and_recorded():
+    J = mj.jacobian(_sorted_tail, fallback="autodiff")(VECTOR)
+    assert_jacobians_close(J.to_dense(), jax.jacfwd(_sorted_tail)(VECTOR))
+    assert len(J.fallbacks) == 1 and "sort" in J.fallbacks[0]
+    assert "autodiff fallback" in str(J)
+    assert mj.jacobian(jnp.sin)(VECTOR).fallbacks == ()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: mj.jacobian(jnp.sin, argnums=(0,))(VECTOR), TypeError, "argnums"),
+        (lambda: mj.jacobian(jnp.sin, argnums=True)(VECTOR), TypeError, "argnums"),
+        (lambda: mj.jacobian(jnp.sin, argnums=2)(VECTOR), ValueError, "out of range"),
+        (lambda: mj.jacobian(jnp.sin, fallback="jvp"), ValueError, "fallback"),
+        (lambda: mj.jacobian(jnp.sin)(jnp.arange(3)), TypeError, "floating"),
+        (lambda: mj.jacobian(lambda x: (x, x))(VECTOR), TypeError, "single array"),
+        (lambda: mj.jacobian(jnp.sin)("x"), TypeError, "expected an array"),
+    ],
+)
+def test_bad_input_is_a_clear_error(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+# ---------------------------------------------------------------- jit, pytrees, purity
+
+
+def test_operator_passes_through_jit():
+    W = jax.random.normal(key(11), (5, 5), jnp.float64)
+    f = lambda x: jnp.tanh(W @ x)  # noqa: E731
+    J = jax.jit(mj.jacobian(f))(VECTOR[:5])
+    assert_jacobians_close(J.to_dense(), jax.jacfwd(f)(VECTOR[:5]))
+    solve = jax.jit(mj.jacobian(ZOO["solve"]))(VECTOR)
+    assert_jacobians_close(solve.to_dense(), jax.jacfwd(ZOO["solve"])(VECTOR))
+
+
+def test_supported_primitives_are_listed():
+    names = supported_primitives()
+    assert {"dot_general", "tanh", "custom_jvp_call", "custom_linear_solve"} <= set(names)
+    assert list(names) == sorted(names)
+
+
+AUTODIFF = {"jacfwd", "jacrev", "grad", "hessian", "jvp", "vjp", "linearize", "value_and_grad"}
+
+
+def test_the_transform_never_calls_autodiff():
+    """Only the opt-in fallback (``maps.Linearized``) may; nothing else in the transform or
+    the operators names an autodiff function."""
+    package = pathlib.Path(mj.__file__).parent
+    offenders = []
+    for path in [*(package / "transform").glob("*.py"), *(package / "operators").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        allowed = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name == "Linearized":
+                allowed |= {id(n) for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in AUTODIFF
+                and id(node) not in allowed
+            ):
+                offenders.append(f"{path.name}:{node.lineno} {node.attr}")
+    assert not offenders, offenders
+
+
+def test_the_docs_examples_run():
+    """docs/transform.md's Python blocks run as written, and say what they show."""
+    import re
+
+    text = (pathlib.Path(mj.__file__).parents[1] / "docs" / "transform.md").read_text()
+    namespace: dict = {}
+    for block in re.findall(r"```python\n(.*?)```", text, re.S):
+        exec(compile(block, "docs/transform.md", "exec"), namespace)
+    J, x, W = namespace["J"], namespace["x"], namespace["W"]
+    f = lambda x: jax.nn.log_softmax(W @ x)  # noqa: E731
+    assert_jacobians_close(J.to_dense(), jax.jacfwd(f)(x))
+    assert [type(t).__name__ for t in J.children()] == ["Contraction", "LowRank"]
+    assert namespace["blocks"].blocks.shape == (128, 5, 5)
