@@ -77,6 +77,15 @@ def test_programs_are_in_verify():
     }
 
 
+def test_programs_in_half_precision_against_float64():
+    """A bfloat16 program's structured Jacobian (computed in float32, rounded once) is
+    within bfloat16's tolerance of float64 autodiff, its products too."""
+    ids = ["layer_norm", "nn_softmax", "per_example_mlp", "sandwich_AXB"]
+    report = mj.verify(ids, dtypes=["bfloat16"], sizes=[1, 6])
+    assert report.passed, report.failures()
+    assert {"jacfwd", "mv", "vm"} <= {c.reference for c in report.checks}
+
+
 def test_verify_checks_the_transform_on_rules():
     report = mj.verify(["softmax"], dtypes=["float32"], sizes=[5])
     checks = {c.reference: c for c in report.checks}

@@ -172,11 +172,12 @@ def layer_norm(x: Array, gain: Array, bias: Array) -> Array:
 
 
 def _layer_norm_example(key: Array, dtype: Any, size: int) -> tuple:
-    # At least three entries: with one the output is b, with two it is b +- g, whatever x;
-    # their Jacobians are 0 up to eps / s^3 terms and rounding, in which no two methods
-    # agree to a relative tolerance.
+    # At least eight entries. With one the output is b, with two it is b +- g, whatever x:
+    # Jacobians of 0 up to eps / s^3 terms and rounding, in which no two methods agree to a
+    # relative tolerance; with a few, I - 1 1^T / n - z z^T / n nearly cancels on the
+    # diagonal, and a bfloat16 product with it loses what its tolerance allows.
     k_x, k_g, k_b = jax.random.split(key, 3)
-    return tuple(draws.normal(k, (max(size, 3),), dtype) for k in (k_x, k_g, k_b))
+    return tuple(draws.normal(k, (max(size, 8),), dtype) for k in (k_x, k_g, k_b))
 
 
 def _vector_and_matrix(key: Array, dtype: Any, size: int) -> tuple:
