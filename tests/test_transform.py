@@ -135,6 +135,11 @@ def test_per_example_map_gives_blocks():
     assert_jacobians_close(J.to_dense(), jax.jacfwd(f)(xs))
     dense = np.asarray(jax.jacfwd(f)(xs)).reshape(30, 30)
     assert J.logdet() == pytest.approx(np.linalg.slogdet(dense)[1], rel=1e-10, abs=0)
+    wide = jax.random.normal(key(12), (5, 3), jnp.float64)  # rectangular blocks, 3 -> 5
+    g = jax.vmap(lambda x: jnp.sin(wide @ jnp.tanh(x)))
+    K = mj.jacobian(g)(xs)
+    assert isinstance(K, mj.BlockDiagonal) and K.blocks.shape == (10, 5, 3)
+    assert_jacobians_close(K.to_dense(), jax.jacfwd(g)(xs))
 
 
 def test_a_map_that_mixes_the_batch_is_not_block_diagonal():

@@ -44,9 +44,8 @@ class Zero(ShapedOperator):
         return jnp.zeros(self.in_shape, self.dtype)
 
     def batch_axes(self) -> frozenset[tuple[int, int]]:
-        if len(self.in_shape) != len(self.out_shape):
-            return frozenset()
-        return frozenset((k, k) for k in range(len(self.in_shape)))
+        pairs = zip(self.out_shape, self.in_shape, strict=False)
+        return frozenset((k, k) for k, (out, in_) in enumerate(pairs) if out == in_)
 
 
 Zero = register(Zero, (), ("out_sizes", "in_sizes", "dtype_name", "layout"))

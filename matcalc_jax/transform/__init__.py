@@ -58,6 +58,8 @@ def _blocks(op: JacobianOperator) -> JacobianOperator:
         return op
     if len(op.in_shape) != 2 or len(op.out_shape) != 2 or (0, 0) not in op.batch_axes():
         return op
+    if op.in_shape[0] != op.out_shape[0]:
+        return op
     batch, width = op.in_shape
     basis = jnp.broadcast_to(jnp.eye(width, dtype=op.dtype)[:, None, :], (width, batch, width))
     columns = jax.vmap(op.mv)(basis)  # (m, N, n): column j of every block
