@@ -13,11 +13,12 @@ broadcasts, reduces and permutes axes against a constant:
 
 A letter in both ``i`` and ``o`` is an axis the map does not mix: the Jacobian is
 block-diagonal along it (an identity factor when the core lacks it, a batch of blocks when
-the core has it). Two contractions compose into one when the combined core is no larger
-than the two cores together (``transpose`` after ``A x``, a sum after ``diag(d)``, ``A``
-after ``B``); otherwise the composition stays lazy and stores only the factors, so
-``A X B`` keeps A and B apart (its Kronecker form) and ``diag(d) (x -> x W^T)`` on a batch
-keeps d and W.
+the core has it). Two contractions compose into one when that costs at most one pass over
+the larger core and stores less (``transpose`` after ``A x``, a sum after ``diag(d)``,
+``x^T A``; see :func:`_worth_merging`); ``X -> A X`` and ``X -> X B`` make a
+:class:`Kronecker`; a rank-one contraction (a sum, a broadcast) becomes a :class:`LowRank`;
+otherwise the composition stays lazy and stores only the factors, so ``diag(d) W`` keeps d
+and W.
 """
 
 from __future__ import annotations
@@ -245,38 +246,19 @@ def merge(outer: Contraction, inner: Contraction) -> Contraction | None:
     )
 
 
-def _merge_or_low_rank(outer: JacobianOperator, inner: JacobianOperator) -> JacobianOperator | None:
-    """One contraction if the cores allow; else, if a side is rank one (a sum, a broadcast),
-    the low-rank form, which absorbs the other side."""
+@composition_rule(Contraction, Contraction)
+@composition_rule(Contraction, Diagonal)
+@composition_rule(Diagonal, Contraction)
+def _merge_or_kronecker(
+    outer: JacobianOperator, inner: JacobianOperator
+) -> JacobianOperator | None:
+    """One contraction if the cores allow, else a Kronecker map; ``None`` passes to the
+    rules below (a rank-one side becomes low rank), then to the lazy composition."""
     as_contraction = [
         from_diagonal(op) if isinstance(op, Diagonal) else op for op in (outer, inner)
     ]
     merged = merge(*as_contraction)
-    if merged is not None:
-        return merged
-    kronecker = _kronecker_product(*as_contraction)
-    if kronecker is not None:
-        return kronecker
-    for k, op in enumerate(as_contraction):
-        low_rank = as_low_rank(op)
-        if low_rank is not None:
-            return compose(low_rank, inner) if k == 0 else compose(outer, low_rank)
-    return None
-
-
-@composition_rule(Contraction, Contraction)
-def _contraction_contraction(outer: Contraction, inner: Contraction) -> JacobianOperator | None:
-    return _merge_or_low_rank(outer, inner)
-
-
-@composition_rule(Contraction, Diagonal)
-def _contraction_diagonal(outer: Contraction, inner: Diagonal) -> JacobianOperator | None:
-    return _merge_or_low_rank(outer, inner)
-
-
-@composition_rule(Diagonal, Contraction)
-def _diagonal_contraction(outer: Diagonal, inner: Contraction) -> JacobianOperator | None:
-    return _merge_or_low_rank(outer, inner)
+    return merged if merged is not None else _kronecker_product(*as_contraction)
 
 
 @composition_rule(Contraction, JacobianOperator)

@@ -132,7 +132,8 @@ def jacobian(
         position = len(jax.tree_util.tree_leaves(args[:index]))
         operators = [None] * len(leaves)
         operators[position] = Identity(tuple(x.shape), x.dtype.name)
-        ctx = Context(rules.RULES, rules.RELEVANT, fallback, fallback_rule=rules.fallback)
+        on_missing = rules.fallback if fallback == "autodiff" else None
+        ctx = Context(rules.RULES, rules.RELEVANT, on_missing)
         values = [jnp.asarray(leaf) for leaf in leaves]
         _, (op,) = ctx.run(closed.jaxpr, closed.consts, values, operators)
         out_dtype = jnp.dtype(out_shape.dtype)

@@ -34,6 +34,15 @@ class UnsupportedPrimitiveError(NotImplementedError):
     """A primitive of the program has no rule, and no fallback was asked for."""
 
 
+class NoRule(Exception):  # noqa: N818  (a signal between a rule and the interpreter)
+    """Raised by a rule for a case of its primitive it does not cover (``reason`` says
+    which); the interpreter then treats the equation as a primitive without a rule."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def is_float(var: Any) -> bool:
     """True for a value whose Jacobian the transform tracks (a real floating-point array)."""
     dtype = getattr(var.aval, "dtype", None)
@@ -64,14 +73,13 @@ def user_frame(eqn: Any) -> str | None:
 
 @dataclass
 class Context:
-    """The state of one transform: the rule table, the fallback choice, and where we are
-    (the calls we are inside, for error messages)."""
+    """The state of one transform: the rule table, the rule for a primitive without one
+    (``None``: an error), and where we are (the calls we are inside, for error messages)."""
 
     rules: dict[str, Rule]
     relevant: dict[str, Callable[[Any], list[int]]]
-    fallback: str | None = None
+    fallback: Rule | None = None
     path: tuple[str, ...] = ()
-    fallback_rule: Rule | None = None
     frame: str | None = None
 
     def where(self, eqn: Any) -> str:
@@ -83,10 +91,7 @@ class Context:
     def inside(self, name: str, eqn: Any = None) -> Context:
         """The context of a call's inner program (``name``, made by the call ``eqn``)."""
         frame = (user_frame(eqn) if eqn is not None else None) or self.frame
-        return Context(
-            self.rules, self.relevant, self.fallback, (*self.path, name), self.fallback_rule,
-            frame,
-        )  # fmt: skip
+        return Context(self.rules, self.relevant, self.fallback, (*self.path, name), frame)
 
     def run(
         self,
@@ -94,13 +99,10 @@ class Context:
         consts: Sequence[Any],
         values: Sequence[Array],
         operators: Sequence[Operator],
-        wanted: Sequence[bool] | None = None,
     ) -> tuple[list[Array], list[Operator]]:
         """Interpret an open ``jaxpr`` on ``consts`` and ``values`` whose Jacobians are
-        ``operators`` (``None`` for a constant); ``wanted`` marks the outputs whose Jacobians
-        are needed (all by default)."""
-        wanted = [True] * len(jaxpr.outvars) if wanted is None else list(wanted)
-        needed = self._needed(jaxpr, wanted)
+        ``operators`` (``None`` for a constant)."""
+        needed = self._needed(jaxpr)
         env: dict[Any, Array] = {}
         jacobians: dict[Any, JacobianOperator] = {}
 
@@ -141,9 +143,8 @@ class Context:
         positions = range(len(eqn.invars)) if relevant is None else relevant(eqn)
         return {k for k in positions if is_float(eqn.invars[k])}
 
-    def _needed(self, jaxpr: Any, wanted: Sequence[bool]) -> set[Any]:
-        pairs = zip(jaxpr.outvars, wanted, strict=True)
-        needed = {v for v, w in pairs if w and not isinstance(v, jex_core.Literal)}
+    def _needed(self, jaxpr: Any) -> set[Any]:
+        needed = {v for v in jaxpr.outvars if not isinstance(v, jex_core.Literal)}
         for eqn in reversed(jaxpr.eqns):
             if any(v in needed for v in eqn.outvars):
                 for k in self._positions(eqn):
@@ -156,12 +157,16 @@ class Context:
     ) -> tuple[list[Array], list[Operator]]:
         name = eqn.primitive.name
         rule = self.rules.get(name)
+        what = f"the primitive {name!r}"
         if rule is not None:
-            return rule(self, eqn, ins, in_ops)
-        if self.fallback == "autodiff" and self.fallback_rule is not None:
-            return self.fallback_rule(self, eqn, ins, in_ops)
+            try:
+                return rule(self, eqn, ins, in_ops)
+            except NoRule as uncovered:
+                what += f" {uncovered.reason}"
+        if self.fallback is not None:
+            return self.fallback(self, eqn, ins, in_ops)
         raise UnsupportedPrimitiveError(
-            f"matcalc_jax.jacobian: no rule for the primitive {name!r} {self.where(eqn)}; "
+            f"matcalc_jax.jacobian: no rule for {what} {self.where(eqn)}; "
             f"the supported primitives are {', '.join(sorted(self.rules))}. Pass "
             "fallback='autodiff' to derive this primitive's local Jacobian from JAX's jvp/vjp "
             "(listed in J.fallbacks), or rewrite that part of the program."

@@ -90,6 +90,16 @@ def _reshape_reshape(outer: Reshape, inner: Reshape) -> JacobianOperator:
     return Reshape(outer.out_sizes, inner.in_sizes, outer.dtype_name, outer.layout)
 
 
+def _unpad(array: Array, config: tuple[tuple[int, int, int], ...]) -> Array:
+    """The entries of ``array`` that ``lax.pad(x, 0, config)`` took from x: a strided slice."""
+    return lax.slice(
+        array,
+        tuple(lo for lo, _, _ in config),
+        tuple(size - hi for size, (_, hi, _) in zip(array.shape, config, strict=True)),
+        tuple(interior + 1 for _, _, interior in config),
+    )
+
+
 class Embed(_Map):
     """v -> lax.pad(v, 0, config): v placed in a larger zero array (``pad`` with non-negative
     edges, one operand of ``concatenate``); its transpose is the matching strided slice."""
@@ -101,12 +111,7 @@ class Embed(_Map):
         return lax.pad(tangent, jnp.zeros((), tangent.dtype), self.config)
 
     def _apply_transpose(self, cotangent: Array) -> Array:
-        return lax.slice(
-            cotangent,
-            tuple(lo for lo, _, _ in self.config),
-            tuple(size - hi for size, (_, hi, _) in zip(self.out_shape, self.config, strict=True)),
-            tuple(interior + 1 for _, _, interior in self.config),
-        )
+        return _unpad(cotangent, self.config)
 
     def transpose(self) -> JacobianOperator:
         return Restrict(self.in_sizes, self.out_sizes, self.dtype_name, self.config, self.layout)
@@ -123,9 +128,7 @@ class Restrict(_Map):
     layout: Layout = "numerator"
 
     def _apply(self, tangent: Array) -> Array:
-        return Embed(self.in_sizes, self.out_sizes, self.dtype_name, self.config)._apply_transpose(
-            tangent
-        )
+        return _unpad(tangent, self.config)
 
     def _apply_transpose(self, cotangent: Array) -> Array:
         return lax.pad(cotangent, jnp.zeros((), cotangent.dtype), self.config)
@@ -197,7 +200,9 @@ class ChangeType(_Map):
         return cotangent.astype(self.in_dtype_name)
 
     def transpose(self) -> JacobianOperator:
-        return ChangeType(self.in_sizes, self.out_sizes, self.in_dtype_name, self.dtype_name)
+        return ChangeType(
+            self.in_sizes, self.out_sizes, self.in_dtype_name, self.dtype_name, self.layout
+        )
 
     def batch_axes(self) -> frozenset[tuple[int, int]]:
         return frozenset((k, k) for k in range(len(self.in_shape)))

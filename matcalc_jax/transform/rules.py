@@ -46,7 +46,7 @@ from matcalc_jax.operators.base import add, compose
 from matcalc_jax.operators.contraction import LETTERS, contraction
 from matcalc_jax.operators.diagonal import Diagonal
 from matcalc_jax.transform import elementwise, maps
-from matcalc_jax.transform.interpreter import Context, Operator, Rule, bind
+from matcalc_jax.transform.interpreter import Context, NoRule, Operator, Rule, bind
 
 RULES: dict[str, Rule] = {}
 #: Primitives whose output depends on only some operands for differentiation.
@@ -101,7 +101,21 @@ def broadcast(op: Operator, shape: tuple[int, ...]) -> Operator:
         labels[j - lead] if j >= lead and source[j - lead] == size else next(fresh)
         for j, size in enumerate(shape)
     )
-    spread = contraction(None, (labels, "", out_labels), source, shape, op.dtype)
+    return index_map(labels, out_labels, source, shape, op)
+
+
+def index_map(
+    in_labels: str,
+    out_labels: str,
+    in_shape: Sequence[int],
+    out_shape: Sequence[int],
+    op: Any,
+    dtype: Any = None,
+) -> Operator:
+    """A map that only permutes, sums and broadcasts axes (labels as in ``einsum``), in
+    ``dtype`` (``op``'s by default), after ``op``."""
+    dtype = op.dtype if dtype is None else dtype
+    spread = contraction(None, (in_labels, "", out_labels), in_shape, out_shape, dtype)
     return compose(spread, op)
 
 
@@ -245,40 +259,35 @@ def _dot_general(ctx, eqn, ins, ops, outs):
         c for k, c in enumerate(rhs_labels) if k not in rhs_contract and k not in rhs_batch
     )
     out_labels = batch + lhs_free + rhs_free
-    terms = []
-    if ops[0] is not None:  # d(A B)/dA = (dA -> dA B)
-        by_lhs = contraction(
-            rhs.astype(y.dtype), (lhs_labels, rhs_labels, out_labels), lhs.shape, y.shape, y.dtype
-        )
-        terms.append(compose(by_lhs, ops[0]))
-    if ops[1] is not None:  # d(A B)/dB = (dB -> A dB)
-        by_rhs = contraction(
-            lhs.astype(y.dtype), (rhs_labels, lhs_labels, out_labels), rhs.shape, y.shape, y.dtype
-        )
-        terms.append(compose(by_rhs, ops[1]))
+    # The product rule: d(A B) = dA B + A dB, each term a contraction with the other factor.
+    sides = ((lhs, lhs_labels, rhs, rhs_labels, ops[0]), (rhs, rhs_labels, lhs, lhs_labels, ops[1]))
+    terms = [
+        compose(contraction(other.astype(y.dtype), (labels, other_labels, out_labels),
+                            operand.shape, y.shape, y.dtype), op)
+        for operand, labels, other, other_labels, op in sides
+        if op is not None
+    ]  # fmt: skip
     return [total(terms)]
-
-
-def _index_map(ins_labels: str, out_labels: str, ins: Array, y: Array, op: Operator) -> Operator:
-    sizes_in, sizes_out = tuple(ins.shape), tuple(y.shape)
-    return compose(
-        contraction(None, (ins_labels, "", out_labels), sizes_in, sizes_out, y.dtype), op
-    )
 
 
 @pointwise("transpose")
 def _transpose(ctx, eqn, ins, ops, outs):
     labels = _label(ins[0].ndim)
     permuted = "".join(labels[k] for k in eqn.params["permutation"])
-    return [_index_map(labels, permuted, ins[0], outs[0], ops[0])]
+    return [index_map(labels, permuted, ins[0].shape, outs[0].shape, ops[0], outs[0].dtype)]
+
+
+def _without(labels: str, axes: Sequence[int]) -> str:
+    """``labels`` without those of ``axes`` (the axes a reduction or a squeeze removes)."""
+    dropped = {axis % len(labels) for axis in axes}
+    return "".join(c for k, c in enumerate(labels) if k not in dropped)
 
 
 @pointwise("reduce_sum")
 def _reduce_sum(ctx, eqn, ins, ops, outs):
     labels = _label(ins[0].ndim)
-    axes = set(eqn.params["axes"])
-    kept = "".join(c for k, c in enumerate(labels) if k not in axes)
-    return [_index_map(labels, kept, ins[0], outs[0], ops[0])]
+    kept = _without(labels, eqn.params["axes"])
+    return [index_map(labels, kept, ins[0].shape, outs[0].shape, ops[0], outs[0].dtype)]
 
 
 @pointwise("broadcast_in_dim")
@@ -291,50 +300,43 @@ def _broadcast_in_dim(ctx, eqn, ins, ops, outs):
     for j, size in enumerate(y.shape):
         k = source.get(j)
         out_labels += labels[k] if k is not None and x.shape[k] == size else next(fresh)
-    return [_index_map(labels, out_labels, x, y, ops[0])]
+    return [index_map(labels, out_labels, x.shape, y.shape, ops[0], y.dtype)]
 
 
 @pointwise("squeeze")
 def _squeeze(ctx, eqn, ins, ops, outs):
     labels = _label(ins[0].ndim)
-    dropped = {d % ins[0].ndim for d in eqn.params["dimensions"]}
-    kept = "".join(c for k, c in enumerate(labels) if k not in dropped)
-    return [_index_map(labels, kept, ins[0], outs[0], ops[0])]
+    kept = _without(labels, eqn.params["dimensions"])
+    return [index_map(labels, kept, ins[0].shape, outs[0].shape, ops[0], outs[0].dtype)]
 
 
 @pointwise("reshape")
 def _reshape(ctx, eqn, ins, ops, outs):
     x, y = ins[0], outs[0]
-    if eqn.params.get("dimensions") is not None:
+    op, x_shape = ops[0], tuple(x.shape)
+    if eqn.params.get("dimensions") is not None:  # a transpose first
         x_shape = tuple(x.shape[k] for k in eqn.params["dimensions"])
         labels = _label(x.ndim)
         permuted = "".join(labels[k] for k in eqn.params["dimensions"])
-        ops = [
-            compose(contraction(None, (labels, "", permuted), x.shape, x_shape, y.dtype), ops[0])
-        ]
-    else:
-        x_shape = tuple(x.shape)
+        op = index_map(labels, permuted, x.shape, x_shape, op, y.dtype)
     if [s for s in x_shape if s != 1] == [s for s in y.shape if s != 1]:
         # Only unit axes come or go: label the others alike.
         labels, out_labels, fresh = _label(len(x_shape)), "", iter(LETTERS[len(x_shape) :])
         kept = iter(c for c, s in zip(labels, x_shape, strict=True) if s != 1)
         for size in y.shape:
             out_labels += next(fresh) if size == 1 else next(kept)
-        spec = (labels, "", out_labels)
-        return [compose(contraction(None, spec, x_shape, y.shape, y.dtype), ops[0])]
-    return [compose(maps.Reshape(tuple(y.shape), x_shape, y.dtype.name), ops[0])]
+        return [index_map(labels, out_labels, x_shape, y.shape, op, y.dtype)]
+    return [compose(maps.Reshape(tuple(y.shape), x_shape, y.dtype.name), op)]
 
 
 @pointwise("reduce_max", "reduce_min")
 def _reduce_chooser(ctx, eqn, ins, ops, outs):
     x, y = ins[0], outs[0]
     labels = _label(x.ndim)
-    axes = set(eqn.params["axes"])
-    kept = "".join(c for k, c in enumerate(labels) if k not in axes)
-    chosen = (x == jnp.expand_dims(y, tuple(sorted(axes)))).astype(y.dtype)
-    counts = jnp.sum(chosen, axis=tuple(sorted(axes)), keepdims=True)
-    core = chosen / counts  # JAX splits the derivative evenly among the maximizers
-    spec = (labels, labels, kept)
+    axes = tuple(sorted(eqn.params["axes"]))
+    chosen = (x == jnp.expand_dims(y, axes)).astype(y.dtype)
+    core = chosen / jnp.sum(chosen, axis=axes, keepdims=True)  # JAX splits evenly among ties
+    spec = (labels, labels, _without(labels, axes))
     return [compose(contraction(core, spec, x.shape, y.shape, y.dtype), ops[0])]
 
 
@@ -387,7 +389,7 @@ def _pad(ctx, eqn, ins, ops, outs):
     x, y = ins[0], outs[0]
     config = tuple(tuple(c) for c in eqn.params["padding_config"])
     if any(lo < 0 or hi < 0 for lo, hi, _ in config):
-        raise NotImplementedError(f"pad with negative edges {config} {ctx.where(eqn)}")
+        raise NoRule(f"with negative edges {config}")
     embed = maps.Embed(tuple(y.shape), tuple(x.shape), y.dtype.name, config)
     terms = [None if ops[0] is None else compose(embed, ops[0])]
     if ops[1] is not None:  # the padding value fills every padded entry
@@ -448,10 +450,7 @@ def _triangular_solve(ctx, eqn, ins, ops, outs):
     a, b = ins
     y = outs[0]
     if ops[0] is not None:
-        raise NotImplementedError(
-            f"matcalc_jax.jacobian: triangular_solve with a matrix that depends on the "
-            f"argument {ctx.where(eqn)} has no rule; solve with jnp.linalg.solve instead"
-        )
+        raise NoRule("with a matrix that depends on the argument (jnp.linalg.solve has one)")
     params = maps.Static(tuple(sorted(eqn.params.items())))
     solve = maps.TriangularSolve(tuple(y.shape), tuple(b.shape), y.dtype.name, a, params)
     return [compose(solve, ops[1])]
@@ -478,10 +477,7 @@ def _custom_linear_solve(ctx, eqn, ins, ops, outs):
     programs = eqn.params["jaxprs"]
     b_start = sum(eqn.params["const_lengths"])
     if len(ins) - b_start != 1 or len(outs) != 1:
-        raise NotImplementedError(
-            f"matcalc_jax.jacobian: custom_linear_solve with a pytree right-hand side "
-            f"{ctx.where(eqn)} has no rule"
-        )
+        raise NoRule("with a pytree right-hand side")
     x = outs[0]
     # The transposed solver usually reuses the solver's factorization: store it once.
     shared = [eqn.invars[k] for k in solve_at] == [eqn.invars[k] for k in transpose_at]
