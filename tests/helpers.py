@@ -14,7 +14,8 @@ FLOAT_DTYPES = ("float32", "float64")
 
 
 def assert_jacobians_close(actual: Any, expected: Any, dtype: Any = None) -> None:
-    """Assert equal shapes and normwise relative error within the dtype's tolerance."""
+    """Assert equal shapes and normwise relative error within the tolerance of ``dtype``
+    (default: the expected array's)."""
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape}"
     dtype = expected.dtype if dtype is None else dtype

@@ -2,6 +2,8 @@
 on a shared machine are for the benchmark's ratios, not for tests."""
 
 import json
+import shlex
+from pathlib import Path
 
 import jax.numpy as jnp
 import pytest
@@ -20,7 +22,7 @@ from matcalc_jax.benchmark.rules import (
     time_methods,
     write_floor,
 )
-from matcalc_jax.cli.main import main
+from matcalc_jax.cli.main import build_parser, main
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +233,55 @@ def test_transform_benchmark_reports_its_ratios(tmp_path, capsys):
     million = data["special"]["elementwise_million"]
     assert million["temp_bytes_per_entry"] is not None and million["n"] == 10_000
     assert "| nn_softmax |" in capsys.readouterr().out
+
+
+def test_scale_benchmark_reports_memory_and_bytes_moved(tmp_path, capsys):
+    """In this one-device process: the one-device column, and the chunk table."""
+    path, table = tmp_path / "scale.json", tmp_path / "scale.md"
+    code = main(
+        ["bench-scale", "--quick", "--devices", "1", "--json", str(path),
+         "--markdown", str(table)]
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads(path.read_text())
+    assert {(r["program"], r["method"]) for r in data["sharded"]} == {
+        ("per_example", "transform"), ("per_example", "batched_jacobian"),
+        ("per_example", "mv"), ("per_example", "jacfwd (dense, compiled only)"),
+        ("gram", "to_dense"), ("gram", "mv"), ("gram", "diagonal"), ("gram", "newton_step"),
+    }  # fmt: skip
+    for record in data["sharded"]:
+        assert record["devices"] == 1 and record["moved_bytes"] == 0
+        assert record["resident_bytes"] >= record["argument_bytes"] > 0
+        assert (record["seconds"] is None) == ("compiled only" in record["method"])
+    outputs = {r["method"]: r["output_bytes"] for r in data["sharded"]}
+    batch = 64  # the quick size: the dense Jacobian is batch times the blocks
+    assert outputs["jacfwd (dense, compiled only)"] == batch * outputs["transform"]
+    by_case: dict = {}
+    for record in data["chunks"]:
+        by_case.setdefault(record["case"], []).append(record)
+        assert record["max_difference"] < 1e-6
+    for records in by_case.values():
+        assert records[0]["chunk_size"] is None and records[-1]["chunk_size"] == 4
+        assert records[-1]["temp_bytes"] < records[1]["temp_bytes"]
+    assert "| gram | newton_step |" in table.read_text()
+    assert "| per_example | transform |" in capsys.readouterr().out
+
+
+def test_scale_benchmark_refuses_more_devices_than_there_are(capsys):
+    assert main(["bench-scale", "--quick", "--devices", "64"]) == 3
+    assert "JAX has 1 device(s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["run_cpu.sh", "run_gpu.sh"])
+def test_benchmark_scripts_name_real_commands_and_options(script):
+    """Every matcalc-jax line of bench/run_*.sh parses (a renamed option fails here, not on
+    the one machine that runs the script)."""
+    text = (Path(__file__).resolve().parents[1] / "bench" / script).read_text()
+    commands = [
+        line for line in text.replace("\\\n", " ").splitlines() if line.startswith("matcalc-jax")
+    ]
+    assert commands
+    parser = build_parser()
+    for command in commands:
+        words = shlex.split(command.split("|")[0])[1:]
+        parser.parse_args(words)  # exits 2 on an unknown command or option

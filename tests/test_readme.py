@@ -32,3 +32,16 @@ def test_readme_python_blocks_run():
     assert type(namespace["Js"]).__name__ == "DiagonalPlusLowRank"
     logits = jnp.arange(4.0)
     assert_jacobians_close(namespace["Js"].to_dense(), jax.jacfwd(jax.nn.softmax)(logits))
+    # across devices (one here): the row-split Gram Hessian and a chunked dense Jacobian
+    Xd, yd, wd = namespace["Xd"], namespace["yd"], namespace["wd"]
+    assert_jacobians_close(namespace["Hs"].to_dense(), mj_hessian(wd, Xd, yd))
+    expected = jax.jacfwd(jax.vmap(jax.nn.softmax))(jnp.ones((8, 3)))
+    assert_jacobians_close(namespace["Jb"].to_dense(chunk_size=4), expected)
+
+
+def mj_hessian(w, X, y):
+    import jax
+
+    from matcalc_jax import logistic_regression_loss
+
+    return jax.hessian(logistic_regression_loss)(w, X, y)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from matcalc_jax.core.chunks import assemble, check_chunk_size
 from matcalc_jax.core.layout import Layout, check_layout, from_numerator
 from matcalc_jax.core.precision import in_working_precision
 from matcalc_jax.operators import Dense
@@ -103,13 +104,32 @@ class Rule:
         tightest type the formula allows; ``.to_dense()`` gives :meth:`jacobian`'s array."""
         return in_working_precision(self.structured_form)(*args, layout=layout)
 
-    def jacfwd(self, *args: Any, layout: Layout = "numerator") -> Array:
-        """``jax.jacfwd`` of ``fn`` with respect to ``args[wrt]``, arranged in ``layout``."""
-        return self._autodiff(jax.jacfwd, args, layout)
+    def jacfwd(
+        self, *args: Any, layout: Layout = "numerator", chunk_size: int | None = None
+    ) -> Array:
+        """``jax.jacfwd`` of ``fn`` with respect to ``args[wrt]``, arranged in ``layout``.
 
-    def jacrev(self, *args: Any, layout: Layout = "numerator") -> Array:
-        """``jax.jacrev`` of ``fn`` with respect to ``args[wrt]``, arranged in ``layout``."""
-        return self._autodiff(jax.jacrev, args, layout)
+        ``chunk_size=k`` pushes ``k`` unit tangents at a time through one linearization
+        (``jax.linearize``, then ``jax.lax.map`` with ``batch_size=k``) instead of all of them
+        at once: the same Jacobian, intermediates ``k`` tangents wide.
+        """
+        chunk_size = check_chunk_size(f"rule {self.id!r} jacfwd", chunk_size)
+        if chunk_size is None:
+            return self._autodiff(jax.jacfwd, args, layout)
+        return self._chunked(args, layout, chunk_size, forward=True)
+
+    def jacrev(
+        self, *args: Any, layout: Layout = "numerator", chunk_size: int | None = None
+    ) -> Array:
+        """``jax.jacrev`` of ``fn`` with respect to ``args[wrt]``, arranged in ``layout``.
+
+        ``chunk_size=k`` pulls ``k`` unit cotangents at a time back through one ``jax.vjp``
+        (``jax.lax.map`` with ``batch_size=k``): the same Jacobian, a smaller peak.
+        """
+        chunk_size = check_chunk_size(f"rule {self.id!r} jacrev", chunk_size)
+        if chunk_size is None:
+            return self._autodiff(jax.jacrev, args, layout)
+        return self._chunked(args, layout, chunk_size, forward=False)
 
     def hessian(self, *args: Any) -> Array:
         """The hand-written Hessian of the scalar ``fn`` with respect to ``args[wrt]``, of
@@ -168,6 +188,26 @@ class Rule:
                 f"rule {self.id!r}: dtype=float64 needs 64-bit mode; call "
                 "jax.config.update('jax_enable_x64', True) first (JAX would silently give float32)"
             )
+
+    def _chunked(self, args: tuple, layout: Layout, chunk_size: int, forward: bool) -> Array:
+        layout = check_layout(self.id, layout)
+        before, x, after = args[: self.wrt], jnp.asarray(args[self.wrt]), args[self.wrt + 1 :]
+
+        def fn(value: Array) -> Array:
+            return self.fn(*before, value, *after)
+
+        if forward:
+            y, push = jax.linearize(fn, x)
+            image = lambda v: push(v.reshape(x.shape)).reshape(-1)  # noqa: E731
+            size, dtype = x.size, x.dtype
+        else:
+            y, pull = jax.vjp(fn, x)
+            image = lambda u: pull(u.reshape(y.shape))[0].reshape(-1)  # noqa: E731
+            size, dtype = y.size, y.dtype
+        other = y.size if forward else x.size
+        flat = assemble(image, size, dtype, (other,), chunk_size, as_columns=forward)
+        jacobian = flat.reshape(y.shape + x.shape)
+        return from_numerator(jacobian, y.ndim, layout)
 
     def _autodiff(self, transform: Callable, args: tuple, layout: Layout) -> Array:
         layout = check_layout(self.id, layout)

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from matcalc_jax.cli.console import WIDTH, Progress, clip, seconds
@@ -369,10 +369,7 @@ def _bench_models(args: argparse.Namespace) -> int:
 
 
 def _bench_transform(args: argparse.Namespace) -> int:
-    import json
-
     from matcalc_jax.benchmark.transform import bench_transform, format_transform
-    from matcalc_jax.runtime import environment
 
     def progress(done: int, total: int, label: str) -> None:
         print(f"[{done}/{total}] {label}", file=sys.stderr, flush=True)
@@ -381,10 +378,21 @@ def _bench_transform(args: argparse.Namespace) -> int:
         args.programs, quick=args.quick, rounds=args.rounds,
         peers=() if args.no_peers else None, progress=progress,
     )  # fmt: skip
-    data["environment"] = environment()
-    env = data["environment"]
-    print(f"device: {env['platform']} ({env['device_kind']}), jax {env['jax']}")
-    table = format_transform(data)
+    return _report(args, data, format_transform)
+
+
+def _report(args: argparse.Namespace, data: dict, formatter: Callable[[dict], str]) -> int:
+    """Print where it ran and the table; write ``--json`` and ``--markdown`` when asked."""
+    import json
+
+    import jax
+
+    from matcalc_jax.runtime import environment
+
+    data["environment"] = env = environment()
+    count = f" x {jax.device_count()}" if jax.device_count() > 1 else ""
+    print(f"device: {env['platform']} ({env['device_kind']}){count}, jax {env['jax']}")
+    table = formatter(data)
     print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
@@ -393,6 +401,40 @@ def _bench_transform(args: argparse.Namespace) -> int:
         Path(args.markdown).write_text(table + "\n", encoding="utf-8")
         print(f"wrote {args.markdown}")
     return 0
+
+
+def _emulate_cpu_devices(count: int) -> None:
+    """Ask for ``count`` CPU devices before JAX starts its backends (``jax_num_cpu_devices``,
+    as ``--xla_force_host_platform_device_count`` does); too late once they have started,
+    and then the devices JAX has are used."""
+    import contextlib
+
+    import jax
+
+    # An older jax has no such option; a running backend refuses it.
+    with contextlib.suppress(AttributeError, RuntimeError, ValueError):
+        jax.config.update("jax_num_cpu_devices", count)
+
+
+def _bench_scale(args: argparse.Namespace) -> int:
+    import jax
+
+    from matcalc_jax.benchmark.scale import bench_scale, format_scale
+
+    available = jax.device_count()
+    counts = sorted({c for c in args.devices if c <= available})
+    if not counts:
+        raise EnvironmentUnavailableError(
+            f"bench-scale --devices {' '.join(map(str, args.devices))}: JAX has {available} "
+            "device(s)"
+        )
+    if len(counts) < len(set(args.devices)):
+        print(f"bench-scale: JAX has {available} device(s); measuring {counts}", file=sys.stderr)
+
+    def progress(label: str) -> None:
+        print(f"  {label}", file=sys.stderr, flush=True)
+
+    return _report(args, bench_scale(counts, quick=args.quick, progress=progress), format_scale)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -462,6 +504,16 @@ BENCH_EXAMPLES = """examples:
   matcalc-jax bench --rules softmax linear --dtype float32 float64 --sizes 256 1024
   matcalc-jax bench --json results.json --csv results.csv --markdown table.md
   matcalc-jax bench --platform gpu                    on a GPU (exit 3 if there is none)"""
+
+
+def _output_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--json``, ``--markdown`` and ``--platform`` of the benchmarks that report by
+    :func:`_report`."""
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
+    parser.add_argument(
+        "--platform", choices=PLATFORMS, default="cpu", help="cpu (default), gpu, or default"
+    )
 
 
 def _positive(text: str) -> int:
@@ -601,12 +653,23 @@ def build_parser() -> argparse.ArgumentParser:
     transform.add_argument("--quick", action="store_true", help="one small size, three rounds")
     transform.add_argument("--rounds", type=_positive, help="rounds (default 7; quick 3)")
     transform.add_argument("--no-peers", action="store_true", help="leave out asdex, sparsejac")
-    transform.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    transform.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
-    transform.add_argument(
-        "--platform", choices=PLATFORMS, default="cpu", help="cpu (default), gpu, or default"
-    )
+    _output_arguments(transform)
     transform.set_defaults(run=_bench_transform)
+
+    scale = commands.add_parser(
+        "bench-scale",
+        help="per-device memory and bytes moved of the sharded per-example Jacobian and Gram "
+        "Hessian over 1, 2, 4, 8 devices, and the peak memory of chunk_size",
+        epilog="On the CPU it emulates the devices (jax_num_cpu_devices); they share the "
+        "host's cores, so only memory and bytes moved scale, not time.",
+    )
+    scale.add_argument(
+        "--devices", nargs="+", type=_positive, default=[1, 2, 4, 8], metavar="N",
+        help="device counts (default 1 2 4 8)",
+    )  # fmt: skip
+    scale.add_argument("--quick", action="store_true", help="small sizes, one round")
+    _output_arguments(scale)
+    scale.set_defaults(run=_bench_scale)
 
     listing = commands.add_parser(
         "list", help="list the rules with their formulas, then the transform's corpus programs"
@@ -634,6 +697,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "verify" and argv is None:  # the command line, not a caller's process
             _compile_for_speed()
+        if args.command == "bench-scale" and args.platform == "cpu":
+            _emulate_cpu_devices(max(args.devices))
         if args.platform != "default" or args.command in ("verify", "bench"):
             _select_platform(args.platform)
         return args.run(args)

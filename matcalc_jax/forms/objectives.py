@@ -25,6 +25,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from matcalc_jax.core import validate
+from matcalc_jax.core.sharding import sum_over_rows
 from matcalc_jax.forms import activations
 from matcalc_jax.forms.elementwise import logistic_prime
 from matcalc_jax.forms.softmax import softmax_jacobian, softmax_operator
@@ -84,7 +85,7 @@ def least_squares(x: ArrayLike, A: ArrayLike, b: ArrayLike) -> Array:
 def least_squares_gradient(x: ArrayLike, A: ArrayLike, b: ArrayLike) -> Array:
     """d||A x - b||^2/dx = 2 A^T (A x - b)."""
     x, A, b = _least_squares_args(x, A, b)
-    return 2 * ((A @ x - b) @ A)
+    return 2 * sum_over_rows("k,kd->d", A @ x - b, A)  # rows of A may be sharded
 
 
 def least_squares_hessian(
@@ -132,7 +133,7 @@ def logistic_regression_loss(w: ArrayLike, X: ArrayLike, y: ArrayLike) -> Array:
 def logistic_regression_gradient(w: ArrayLike, X: ArrayLike, y: ArrayLike) -> Array:
     """X^T (s - y) with s = sigma(X w)."""
     w, X, y = _logistic_args(w, X, y)
-    return (activations.sigmoid(X @ w) - y) @ X
+    return sum_over_rows("k,kd->d", activations.sigmoid(X @ w) - y, X)  # X may be row-sharded
 
 
 def logistic_regression_hessian(

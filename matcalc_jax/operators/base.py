@@ -27,6 +27,7 @@ import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
+from matcalc_jax.core.chunks import assemble, check_chunk_size
 from matcalc_jax.core.layout import Layout, check_layout, from_numerator
 
 
@@ -105,10 +106,36 @@ class JacobianOperator:
         """The dense Jacobian in numerator layout, ``out_shape + in_shape``."""
         raise NotImplementedError
 
-    def to_dense(self, layout: Layout | None = None) -> Array:
-        """The dense Jacobian in ``layout`` (default: the operator's own)."""
+    def to_dense(self, layout: Layout | None = None, *, chunk_size: int | None = None) -> Array:
+        """The dense Jacobian in ``layout`` (default: the operator's own).
+
+        ``chunk_size=k`` builds it from ``k`` products at a time (``vm`` of unit cotangents
+        when the output is the smaller side, ``mv`` of unit tangents otherwise, in a
+        ``jax.lax.map`` loop): the same array, with intermediates bounded by ``k`` products
+        instead of those of the whole matrix at once. ``None`` builds it in one piece.
+        """
         layout = self.layout if layout is None else check_layout("to_dense", layout)
-        return from_numerator(self._numerator(), len(self.out_shape), layout)
+        chunk_size = check_chunk_size(f"{type(self).__name__}.to_dense", chunk_size)
+        if chunk_size is None:
+            numerator = self._numerator()
+        else:
+            numerator = self._numerator_in_chunks(chunk_size)
+        return from_numerator(numerator, len(self.out_shape), layout)
+
+    def _numerator_in_chunks(self, chunk_size: int) -> Array:
+        out_shape, in_shape = tuple(self.out_shape), tuple(self.in_shape)
+        out_size, in_size = size_of(out_shape), size_of(in_shape)
+        if out_size <= in_size:  # rows u^T J, fewer of them
+            rows = assemble(
+                lambda u: self.vm(u.reshape(out_shape)).reshape(-1),
+                out_size, self.dtype, (in_size,), chunk_size, as_columns=False,
+            )  # fmt: skip
+        else:  # columns J v
+            rows = assemble(
+                lambda v: self.mv(v.reshape(in_shape)).reshape(-1),
+                in_size, self.dtype, (out_size,), chunk_size, as_columns=True,
+            )  # fmt: skip
+        return rows.reshape(out_shape + in_shape)
 
     def with_layout(self, layout: Layout) -> JacobianOperator:
         """The same map, arranged in ``layout`` by ``to_dense`` and read in its order by ``@``."""

@@ -10,6 +10,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from matcalc_jax.core import validate
+from matcalc_jax.core.chunks import check_chunk_size
 from matcalc_jax.core.layout import Layout, check_layout, contract_output, from_numerator
 from matcalc_jax.operators.base import JacobianOperator, check_tangent, is_operator, register
 
@@ -78,8 +79,10 @@ class Dense(JacobianOperator):
             return self.array
         return from_numerator(self.array, self._in_ndim, "denominator")
 
-    def to_dense(self, layout: Layout | None = None) -> Array:
+    def to_dense(self, layout: Layout | None = None, *, chunk_size: int | None = None) -> Array:
+        # Already dense: ``chunk_size`` is checked and has nothing to bound.
         layout = self.layout if layout is None else check_layout("to_dense", layout)
+        check_chunk_size("Dense.to_dense", chunk_size)
         if layout == self.stored:
             return self.array
         return from_numerator(self._numerator(), self.out_ndim, layout)

@@ -9,6 +9,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from matcalc_jax.core.layout import Layout
+from matcalc_jax.core.sharding import batch_like, sum_over_rows
 from matcalc_jax.operators.base import JacobianOperator, check_tangent, register
 
 
@@ -21,6 +22,11 @@ class WeightedGram(JacobianOperator):
     the (d, d) matrix and the O(d^2) of applying it; ``diagonal`` is sum_k w_k X_ki^2, also
     O(n d) (a Jacobi preconditioner without the matrix). Symmetric, so ``vm`` is ``mv``, the
     transpose is itself, and the two layouts agree.
+
+    Sharded by rows (``X`` and ``w`` split over devices along n, as a dataset is): ``mv``,
+    ``diagonal`` and ``to_dense`` form each device's partial sum over its rows and add them
+    with one all-reduce of d (or d x d) values; ``X`` is never gathered, and the result is
+    replicated.
     """
 
     X: Array
@@ -39,19 +45,21 @@ class WeightedGram(JacobianOperator):
 
     def mv(self, tangent: ArrayLike) -> Array:
         tangent = check_tangent(self, "mv", tangent, self.in_shape)
-        return (self.weights * (self.X @ tangent)) @ self.X  # X^T u as u @ X: no transpose
+        u = batch_like(self.weights, self.X) * (self.X @ tangent)
+        return sum_over_rows("k,kd->d", u, self.X)  # X^T u, no transpose
 
     def vm(self, cotangent: ArrayLike) -> Array:
         return self.mv(check_tangent(self, "vm", cotangent, self.out_shape))
 
     def _numerator(self) -> Array:
-        return (self.X * self.weights[:, None]).T @ self.X
+        weighted = self.X * batch_like(self.weights, self.X)[:, None]
+        return sum_over_rows("kd,ke->de", weighted, self.X)
 
     def transpose(self) -> JacobianOperator:
         return self
 
     def diagonal(self) -> Array:
-        return self.weights @ jnp.square(self.X)
+        return sum_over_rows("k,kd->d", self.weights, jnp.square(self.X))
 
 
 WeightedGram = register(WeightedGram, ("X", "weights"), ("layout",))

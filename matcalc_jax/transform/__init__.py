@@ -18,8 +18,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import Array
 from jax.typing import ArrayLike
 
+from matcalc_jax.core.sharding import batch_like
 from matcalc_jax.operators.base import Composition, JacobianOperator, Sum, compose
 from matcalc_jax.operators.block_diagonal import BlockDiagonal
 from matcalc_jax.operators.identity import Identity
@@ -50,10 +52,11 @@ def _check_argnums(argnums: Any, count: int) -> int:
     return argnums % count
 
 
-def _blocks(op: JacobianOperator) -> JacobianOperator:
+def _blocks(op: JacobianOperator, x: Array) -> JacobianOperator:
     """A lazy Jacobian that is block-diagonal along a leading batch axis, as its blocks: the
     m columns of every block at once, from m products with the basis repeated over the
-    batch (not N m, as a dense method needs)."""
+    batch (not N m, as a dense method needs). The basis is split over devices like the batch
+    ``x``, so that a sharded batch's blocks are computed where its examples are."""
     if not isinstance(op, (Composition, Sum)):
         return op
     if len(op.in_shape) != 2 or len(op.out_shape) != 2 or (0, 0) not in op.batch_axes():
@@ -61,9 +64,10 @@ def _blocks(op: JacobianOperator) -> JacobianOperator:
     if op.in_shape[0] != op.out_shape[0]:
         return op
     batch, width = op.in_shape
-    basis = jnp.broadcast_to(jnp.eye(width, dtype=op.dtype)[:, None, :], (width, batch, width))
-    columns = jax.vmap(op.mv)(basis)  # (m, N, n): column j of every block
-    return BlockDiagonal(jnp.moveaxis(columns, 0, -1), op.layout)
+    basis = jnp.broadcast_to(jnp.eye(width, dtype=op.dtype), (batch, width, width))
+    basis = batch_like(basis, x)  # x has the in shape (N, m)
+    blocks = jax.vmap(op.mv, in_axes=1, out_axes=-1)(basis)  # (N, n, m): column j at [..., j]
+    return BlockDiagonal(blocks, op.layout)
 
 
 def jacobian(
@@ -142,6 +146,6 @@ def jacobian(
         if op.dtype != out_dtype:  # a wider intermediate (a float16 solve runs in float32)
             shape = tuple(out_shape.shape)
             op = compose(ChangeType(shape, shape, out_dtype.name, jnp.dtype(op.dtype).name), op)
-        return _blocks(op)
+        return _blocks(op, x)
 
     return jacobian_of_f
