@@ -24,3 +24,5 @@ matcalc-jax bench-transform --json bench/results/transform_cpu.json \
   --markdown bench/results/transform_cpu.md
 # Sharded Jacobians and Gram Hessians on 1, 2, 4, 8 emulated devices; chunk_size memory.
 matcalc-jax bench-scale --json bench/results/scale_cpu.json --markdown bench/results/scale_cpu.md
+# The latest verification, read by the site's rule pages.
+matcalc-jax verify --json bench/results/verify_cpu.json

@@ -6,7 +6,7 @@ below, that takes ``layout="numerator"`` (JAX's ``out.shape + in.shape``, the de
 rules are combinators: they build a Jacobian from the Jacobians of the pieces.
 
 ``jacobian(f)`` derives the structured Jacobian of any JAX program with those rules as its
-primitives (see :mod:`matcalc_jax.transform`); ``programs()`` is the corpus it is checked on.
+primitives (see ``matcalc_jax.transform``); ``programs()`` is the corpus it is checked on.
 """
 
 from matcalc_jax import mlp, nn

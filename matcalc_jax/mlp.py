@@ -1,7 +1,7 @@
 """A small MLP whose gradient is computed by the seed's chain and product rules.
 
 The network: a_0 = x, z_l = a_{l-1} W_l^T + b_l, a_l = tanh(z_l) for the hidden layers, and
-softmax cross-entropy on the last z_L. :func:`backprop` is the backward recursion a textbook
+softmax cross-entropy on the last z_L. ``backprop`` is the backward recursion a textbook
 gives, written for a batch of N examples (rows):
 
     delta_L = (softmax(z_L) - t) / N                     (the gradient of the mean loss in z_L)
@@ -72,7 +72,7 @@ def loss(params: Params, x: Array, labels: Array, *, activation=nn.tanh) -> Arra
 
 
 def backprop(params: Params, x: Array, labels: Array) -> Params:
-    """The gradient of :func:`loss` (tanh hidden layers) by the textbook backward recursion."""
+    """The gradient of ``loss`` (tanh hidden layers) by the textbook backward recursion."""
     x, labels = _check(params, x, labels)
     activations, pre_activations = [x], []
     for W, b in params[:-1]:

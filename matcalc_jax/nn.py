@@ -8,7 +8,7 @@ every function, also where ``jax.nn`` refuses them (``jax.nn.sigmoid`` of an int
 
 Each function is a ``jax.custom_jvp`` (not ``custom_vjp``, so forward and reverse mode both
 work: ``jacfwd``, ``jacrev``, ``grad``, ``hessian``) whose tangent is the closed-form
-derivative from :mod:`matcalc_jax.forms.activations`, itself a ``custom_jvp`` whose tangent is the
+derivative from ``matcalc_jax.forms.activations``, itself a ``custom_jvp`` whose tangent is the
 closed-form second derivative. They work under ``jit``, ``vmap``, ``lax.scan`` and
 ``lax.cond``.
 
@@ -126,7 +126,7 @@ def tanh(x: ArrayLike) -> Array:
 
 def tanh_prime(x: ArrayLike) -> Array:
     """tanh'(x) = sech^2(x) = 4 e / (1 + e)^2 with e = exp(-2|x|): no cancellation, 0 only
-    where it underflows, NaN only for NaN. The derivative of :func:`tanh`, as an array."""
+    where it underflows, NaN only for NaN. The derivative of ``tanh``, as an array."""
     return _in_working_precision(activations.tanh_prime, _inexact("tanh_prime", x))
 
 

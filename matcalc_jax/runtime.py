@@ -1,8 +1,8 @@
 """The runtime: 64-bit mode, matrix-product precision, and a description of the machine.
 
-Verification and benchmarks run under :func:`precise`: float64 on when they need it, and
+Verification and benchmarks run under ``precise``: float64 on when they need it, and
 matrix products at precision "highest", so that TF32 on a GPU is never mistaken for a wrong
-rule. :func:`environment` records what a run saw, for its JSON report.
+rule. ``environment`` records what a run saw, for its JSON report.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def x64(enabled: bool) -> Iterator[None]:
 @contextlib.contextmanager
 def precise(enable_x64: bool) -> Iterator[dict[str, Any]]:
     """64-bit mode when ``enable_x64``, matrix products at "highest"; yields
-    :func:`environment` as seen inside."""
+    ``environment`` as seen inside."""
     with x64(enable_x64), jax.default_matmul_precision("highest"):
         yield environment()
 

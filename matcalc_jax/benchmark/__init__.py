@@ -1,2 +1,2 @@
-"""Benchmarks: the rules' closed forms against autodiff (:mod:`.rules`), model-scale
-training steps (:mod:`.models`), and their tables, JSON, CSV and plots (:mod:`.output`)."""
+"""Benchmarks: the rules' closed forms against autodiff (``.rules``), model-scale
+training steps (``.models``), and their tables, JSON, CSV and plots (``.output``)."""

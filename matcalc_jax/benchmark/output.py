@@ -223,7 +223,7 @@ def to_json_text(report: BenchReport) -> str:
 
 
 def write_json(report: BenchReport, path: str | os.PathLike) -> None:
-    """Write :func:`to_json_text` to ``path``."""
+    """Write ``to_json_text`` to ``path``."""
     Path(path).write_text(to_json_text(report) + "\n", encoding="utf-8")
 
 

@@ -226,7 +226,7 @@ def time_methods(
     then includes waiting for the others).
 
     A median under twice ``dispatch_s`` (the time of an empty jitted call, see
-    :func:`dispatch_time`), or a sample within 100 ticks of the timer, is marked ``noise``.
+    ``dispatch_time``), or a sample within 100 ticks of the timer, is marked ``noise``.
     """
     resolution = time.get_clock_info("perf_counter").resolution
     compiled, compile_s, calls = {}, {}, {}
@@ -385,7 +385,7 @@ class BenchReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchReport:
-        """Read back a report written by :meth:`to_dict` (same schema only)."""
+        """Read back a report written by ``to_dict`` (same schema only)."""
         if data.get("schema") != BENCH_SCHEMA:
             raise ValueError(f"schema {data.get('schema')!r} is not {BENCH_SCHEMA!r}")
         cases = tuple(

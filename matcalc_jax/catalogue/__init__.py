@@ -2,8 +2,8 @@
 
 A family file (``products.py``, ``chains.py``, ...) declares its rules in a tuple ``RULES``:
 the instance maps, example draws, formulas, sources and benchmark sizes beside the closed
-forms it imports from :mod:`matcalc_jax.forms`. The catalogue's order is the declaration
-order (families in the order of :data:`FAMILIES`), with the seed's rules first and the rest
+forms it imports from ``matcalc_jax.forms``. The catalogue's order is the declaration
+order (families in the order of ``FAMILIES``), with the seed's rules first and the rest
 of its appendix ("nndl") next, as the seed page has them.
 """
 
@@ -53,7 +53,7 @@ def rules() -> tuple[Rule, ...]:
 
 def programs() -> tuple[Rule, ...]:
     """The corpus: whole programs whose Jacobians the transform derives
-    (:mod:`matcalc_jax.catalogue.corpus`), checked by the same harness as the rules."""
+    (``matcalc_jax.catalogue.corpus``), checked by the same harness as the rules."""
     return PROGRAMS
 
 
@@ -73,7 +73,7 @@ def rule(rule_id: str) -> Rule:
 
 def select(rule_ids: Iterable[str] | None = None) -> tuple[Rule, ...]:
     """The rules and programs with ``rule_ids``, in the order given (every rule, then every
-    program, for ``None``); an unknown id raises the ``KeyError`` of :func:`rule`."""
+    program, for ``None``); an unknown id raises the ``KeyError`` of ``rule``."""
     if rule_ids is None:
         return rules() + programs()
     return tuple(rule(rule_id) for rule_id in rule_ids)

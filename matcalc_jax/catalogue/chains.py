@@ -1,7 +1,7 @@
 """Catalogue declarations.
 
 The chain rules (the seed's four): instances through tanh, linear maps and Y = A X B of the
-combinators in :mod:`matcalc_jax.forms.chains`, and the pieces the product rules share.
+combinators in ``matcalc_jax.forms.chains``, and the pieces the product rules share.
 """
 
 from __future__ import annotations

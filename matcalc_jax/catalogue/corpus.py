@@ -1,6 +1,6 @@
 """The corpus: whole programs whose Jacobians come from the transform, not from a rule.
 
-Each program is a :class:`Rule` record whose closed form is ``matcalc_jax.jacobian(fn)``
+Each program is a ``Rule`` record whose closed form is ``matcalc_jax.jacobian(fn)``
 (``to_dense`` for the dense form, the operator itself for the structured one), so the
 harness checks the transform on it exactly as it checks a hand-written rule: against
 ``jax.jacfwd`` and ``jax.jacrev``, its ``mv`` and ``vm`` against ``jax.jvp`` and ``jax.vjp``,
@@ -40,7 +40,7 @@ def _transform_forms(fn: Any, wrt: int) -> tuple[Any, Any]:
 def program(
     id: str, title: str, plain: str, fn: Any, wrt: int, make_example: Any, structure: str, **extra
 ) -> Rule:
-    """A corpus program as a :class:`Rule` whose closed form is the transform."""
+    """A corpus program as a ``Rule`` whose closed form is the transform."""
     closed, structured = _transform_forms(fn, wrt)
     STRUCTURE[id] = structure
     return Rule(

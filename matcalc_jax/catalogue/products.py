@@ -1,7 +1,7 @@
 """Catalogue declarations.
 
 The product rules (the seed's three) and the sum rule: instances y = W x, z = tanh(V x)
-of the combinators in :mod:`matcalc_jax.forms.products`, checked against autodiff of the whole
+of the combinators in ``matcalc_jax.forms.products``, checked against autodiff of the whole
 composite.
 """
 

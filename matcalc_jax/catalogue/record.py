@@ -101,7 +101,7 @@ class Rule:
 
     def structured(self, *args: Any, layout: Layout = "numerator") -> Any:
         """The closed form as a structured Jacobian (a ``matcalc_jax.JacobianOperator``) of the
-        tightest type the formula allows; ``.to_dense()`` gives :meth:`jacobian`'s array."""
+        tightest type the formula allows; ``.to_dense()`` gives ``jacobian``'s array."""
         return in_working_precision(self.structured_form)(*args, layout=layout)
 
     def jacfwd(
@@ -139,7 +139,7 @@ class Rule:
 
     def hessian_operator(self, *args: Any) -> Any:
         """The Hessian as a structured operator; ``.mv(v)`` is the Hessian-vector product and
-        ``.to_dense()`` equals :meth:`hessian`."""
+        ``.to_dense()`` equals ``hessian``."""
         self._require_hessian("hessian_operator")
         return in_working_precision(self.structured_hessian_form)(*args)
 
@@ -177,7 +177,7 @@ class Rule:
         return self.make_example(key, jnp.dtype(dtype), size)
 
     def check_example(self, dtype: Any, size: int) -> None:
-        """Raise the error :meth:`example` would raise for ``dtype`` and ``size``, drawing
+        """Raise the error ``example`` would raise for ``dtype`` and ``size``, drawing
         nothing."""
         if size < 1:
             raise ValueError(f"rule {self.id!r}: size={size}; expected a positive integer")

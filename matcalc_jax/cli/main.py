@@ -57,7 +57,7 @@ def _compile_for_speed() -> None:
 
 
 def _select_platform(platform: str) -> None:
-    """Point JAX at ``platform``; :class:`EnvironmentUnavailableError` when it has none."""
+    """Point JAX at ``platform``; ``EnvironmentUnavailableError`` when it has none."""
     import jax
 
     if platform == "cpu":
@@ -75,7 +75,7 @@ def _select_platform(platform: str) -> None:
 
 
 def _require_x64() -> None:
-    """:class:`EnvironmentUnavailableError` unless float64 arrays work on the default device."""
+    """``EnvironmentUnavailableError`` unless float64 arrays work on the default device."""
     import jax
     import jax.numpy as jnp
 
@@ -105,7 +105,7 @@ def cache_directory() -> Path:
 
 def _enable_compilation_cache(directory: str | None) -> str | None:
     """Turn on JAX's persistent compilation cache in ``directory`` (default:
-    :func:`cache_directory`) for every program; a directory set by the user's own
+    ``cache_directory``) for every program; a directory set by the user's own
     ``JAX_COMPILATION_CACHE_DIR`` wins. Returns the directory, or None if it can't be made."""
     import jax
 
@@ -403,6 +403,24 @@ def _report(args: argparse.Namespace, data: dict, formatter: Callable[[dict], st
     return 0
 
 
+def _site(args: argparse.Namespace) -> int:
+    from matcalc_jax.cli.site import SiteError, assemble, mkdocs
+
+    root = Path.cwd()
+    if not (root / "mkdocs.yml").exists() or not (root / "docs").is_dir():
+        raise EnvironmentUnavailableError(
+            f"site: no mkdocs.yml and docs/ in {root}; run it from the repository's root"
+        )
+    try:
+        config = assemble(root, root / args.build)
+        code = mkdocs(config, serve=args.serve, address=args.address)
+    except SiteError as error:
+        raise EnvironmentUnavailableError(f"site: {error}") from None
+    if code == 0 and not args.serve:
+        print(f"built {root / args.build / 'site' / 'index.html'}")
+    return 1 if code else 0
+
+
 def _emulate_cpu_devices(count: int) -> None:
     """Ask for ``count`` CPU devices before JAX starts its backends (``jax_num_cpu_devices``,
     as ``--xla_force_host_platform_device_count`` does); too late once they have started,
@@ -508,7 +526,7 @@ BENCH_EXAMPLES = """examples:
 
 def _output_arguments(parser: argparse.ArgumentParser) -> None:
     """``--json``, ``--markdown`` and ``--platform`` of the benchmarks that report by
-    :func:`_report`."""
+    ``_report``."""
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown")
     parser.add_argument(
@@ -670,6 +688,16 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--quick", action="store_true", help="small sizes, one round")
     _output_arguments(scale)
     scale.set_defaults(run=_bench_scale)
+
+    site = commands.add_parser(
+        "site",
+        help="build the reference site strictly into build/site (MkDocs Material; needs the "
+        "docs extra and npm), or serve it",
+    )
+    site.add_argument("--serve", action="store_true", help="serve it, rebuilding on change")
+    site.add_argument("--address", default="127.0.0.1:8000", help="HOST:PORT for --serve")
+    site.add_argument("--build", default="build", help="the build folder (default: build)")
+    site.set_defaults(run=_site, platform="default")
 
     listing = commands.add_parser(
         "list", help="list the rules with their formulas, then the transform's corpus programs"

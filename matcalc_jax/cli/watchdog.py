@@ -3,7 +3,7 @@
 A compiled program that never returns (a deadlock inside a runtime, a device that stopped
 answering) cannot be interrupted from Python: the thread that waits on it is stuck in C++.
 The watchdog is a daemon thread that wakes up every second; each step of the run calls
-:meth:`Watchdog.beat` with a label before it starts, and when no beat comes for
+``Watchdog.beat`` with a label before it starts, and when no beat comes for
 ``timeout_s`` seconds the watchdog calls ``on_hang(label, seconds)`` once. The command line
 prints the label and ends the process (``os._exit``), so a run fails instead of hanging.
 """
@@ -17,7 +17,7 @@ from types import TracebackType
 
 
 class Watchdog:
-    """Calls ``on_hang(label, seconds)`` when :meth:`beat` is not called for ``timeout_s``.
+    """Calls ``on_hang(label, seconds)`` when ``beat`` is not called for ``timeout_s``.
 
     Use it as a context manager around the run::
 

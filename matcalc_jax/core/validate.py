@@ -87,14 +87,14 @@ def jacobian(
 
 
 def vector(rule_id: str, name: str, value: ArrayLike) -> Array:
-    """A floating vector (rank 1), else the error of :func:`floating` or :func:`rank`."""
+    """A floating vector (rank 1), else the error of ``floating`` or ``rank``."""
     array = floating(rule_id, name, value)
     rank(rule_id, name, array, 1, "a vector")
     return array
 
 
 def scalar(rule_id: str, name: str, value: ArrayLike) -> Array:
-    """A floating scalar (a 0-d array), else the error of :func:`floating` or :func:`rank`."""
+    """A floating scalar (a 0-d array), else the error of ``floating`` or ``rank``."""
     array = floating(rule_id, name, value)
     rank(rule_id, name, array, 0, "a scalar (0-d array)")
     return array
@@ -115,7 +115,7 @@ def matrix_acting_on(
 
 
 def matrix(rule_id: str, name: str, value: ArrayLike) -> Array:
-    """A floating matrix (rank 2), else the error of :func:`floating` or :func:`rank`."""
+    """A floating matrix (rank 2), else the error of ``floating`` or ``rank``."""
     array = floating(rule_id, name, value)
     rank(rule_id, name, array, 2, "a matrix")
     return array

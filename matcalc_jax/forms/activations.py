@@ -26,7 +26,7 @@ sigma (1 - sigma), tanh' never 1 - tanh^2 (both are exactly 0 in float64 from |x
 37 and 19), and the value returned inside each tangent rule is the function itself, so a
 second derivative through ``value_and_grad`` is right at 0 too.
 
-The inputs here are float32 or float64 arrays; :mod:`matcalc_jax.nn` checks arguments,
+The inputs here are float32 or float64 arrays; ``matcalc_jax.nn`` checks arguments,
 promotes integers and computes float16 and bfloat16 in float32.
 """
 
@@ -74,7 +74,7 @@ def _exp_times(a: Array, b: Array) -> Array:
 
 
 def _exp_times_and_exp(a: Array, b: Array) -> tuple[Array, Array]:
-    """(:func:`_exp_times` (a, b), exp(-a)) from one exponential, exp(-a) as exp(K - a) e^-K
+    """(``_exp_times`` (a, b), exp(-a)) from one exponential, exp(-a) as exp(K - a) e^-K
     where a > K (a subnormal there may flush to 0)."""
     k = float(math.floor(-math.log(float(jnp.finfo(a.dtype).tiny)) / 2))
     big = a > k
@@ -150,7 +150,7 @@ def _tanh_value(x: Array) -> Array:
 #: -2 tanh(x) tanh'(x).
 tanh_prime = _custom(_tanh_prime_value, lambda x: -2 * _tanh_value(x) * _tanh_prime_value(x))
 
-#: tanh(x), with derivative :data:`tanh_prime`.
+#: tanh(x), with derivative ``tanh_prime``.
 tanh = _custom(_tanh_value, tanh_prime)
 
 

@@ -194,7 +194,7 @@ def trace_chain_vec(
     Args:
       dz_dY: (s, t).
       dvecY_dvecX: the (s t, p q) Jacobian of vec(Y) with respect to vec(X) (numerator
-        layout), for instance :func:`kronecker_vec_jacobian` for Y = A X B.
+        layout), for instance ``kronecker_vec_jacobian`` for Y = A X B.
       x_shape: (p, q), the shape of X.
       order: the vec of both sides, "row" (``reshape(-1)``) or "column" (stacked columns).
 

@@ -60,7 +60,7 @@ def elementwise_jacobian(derivative: ArrayLike, *, layout: Layout = "numerator")
 
 def logistic_scalar_jacobian(x: ArrayLike, *, layout: Layout = "numerator") -> Array:
     """sigma'(x) = sigma(x)(1 - sigma(x)) for a scalar x (a 0-d array); see
-    :func:`logistic_prime` for how it stays exact in the tails."""
+    ``logistic_prime`` for how it stays exact in the tails."""
     check_layout("logistic_scalar", layout)
     return _logistic_scalar_derivative(x)
 
@@ -71,7 +71,7 @@ def _logistic_scalar_derivative(x: ArrayLike) -> Array:
 
 def logistic_jacobian(x: ArrayLike, *, layout: Layout = "numerator") -> Array:
     """sigma'(x) = diag(sigma(x) * (1 - sigma(x))) for x of shape (K,), computed stably by
-    :func:`logistic_prime`."""
+    ``logistic_prime``."""
     check_layout("logistic_vector", layout)
     return diagonal_matrix(_logistic_vector_derivative(x))
 
@@ -134,7 +134,7 @@ def logistic_general_jacobian(
 ) -> Array:
     """Jacobian of the general logistic function f with respect to x:
     diag(L k sigma'(k (x - x0))), equivalently diag((k / L) f(x) * (L - f(x))); stable in
-    the tails like :func:`logistic_prime`.
+    the tails like ``logistic_prime``.
 
     Args:
       x: shape (K,).

@@ -36,9 +36,11 @@ def product_inner(
     ``z @ dy_dx + y @ dz_dx``. The result has x's shape in both layouts.
 
     Args:
-      y, z: the vectors, shape (n,).
-      dy_dx, dz_dx: their Jacobians with respect to x: (n,) + x.shape numerator,
-        x.shape + (n,) denominator.
+      y: the first vector, shape (n,).
+      z: the second vector, shape (n,).
+      dy_dx: y's Jacobian with respect to x: (n,) + x.shape numerator, x.shape + (n,)
+        denominator.
+      dz_dx: z's Jacobian with respect to x, shaped as ``dy_dx``.
       layout: the layout of the pieces.
 
     >>> import jax.numpy as jnp

@@ -4,23 +4,19 @@ The seed's formulas name the shape of their Jacobians: ``I``, ``A^T``, ``diag(f'
 ``diag(s) - s s^T``, and for Y = A X B a Kronecker product. Autodiff cannot know this and
 builds dense K x K (or s x t x p x q) arrays. These types keep the structure:
 
-============================  =====================================  ==================
-type                          the Jacobian                           memory
-============================  =====================================  ==================
-``Identity``                  I                                      O(1)
-``Zero``                      0 (the value does not depend on x)     O(1)
-``Diagonal``                  diag(d)                                O(K)
-``Dense``                     any array                              O(out * in)
-``LowRank``                   U V^T                                  O((out + in) r)
-``DiagonalPlusLowRank``       diag(d) + U V^T (softmax: r = 1)       O(K r)
-``Kronecker``                 X -> A X B (vec: A (x) B^T)            O(sp + qt)
-``BlockDiagonal``             a map applied over a batch axis        O(N n m)
-``WeightedGram``              X^T diag(w) X (a Hessian, factored)    O(n d)
-``Contraction``               v -> einsum(v, core): A x, X B, sums,  O(core)
-                              broadcasts, transposes
-``Scaled``, ``Sum``,          c J, J1 + J2, J1 o J2                  their parts
-``Composition``
-============================  =====================================  ==================
+| type | the Jacobian | memory |
+|---|---|---|
+| ``Identity`` | I | O(1) |
+| ``Zero`` | 0 (the value does not depend on x) | O(1) |
+| ``Diagonal`` | diag(d) | O(K) |
+| ``Dense`` | any array | O(out * in) |
+| ``LowRank`` | U V^T | O((out + in) r) |
+| ``DiagonalPlusLowRank`` | diag(d) + U V^T (softmax: r = 1) | O(K r) |
+| ``Kronecker`` | X -> A X B (vec: A (x) B^T) | O(sp + qt) |
+| ``BlockDiagonal`` | a map applied over a batch axis | O(N n m) |
+| ``WeightedGram`` | X^T diag(w) X (a Hessian, factored) | O(n d) |
+| ``Contraction`` | v -> einsum(v, core): A x, X B, sums, broadcasts, transposes | O(core) |
+| ``Scaled``, ``Sum``, ``Composition`` | c J, J1 + J2, J1 o J2 | their parts |
 
 Every operator is a JAX pytree (it passes through ``jit``, ``vmap`` and ``tree_map``), has
 ``out_shape``, ``in_shape`` and a ``layout``, and offers ``mv`` (Jacobian-vector product,
@@ -39,8 +35,8 @@ block-diagonal is block-diagonal, scales factor out); anything else stays a lazy
 multiplies them out only when asked.
 
 Each type lives in its own module with its algebra beside it (its methods, and the
-composition and sum rules it registers with :func:`composition_rule` and :func:`addition_rule`);
-:mod:`matcalc_jax.operators.base` holds the interface and the generic composites.
+composition and sum rules it registers with ``composition_rule`` and ``addition_rule``);
+``matcalc_jax.operators.base`` holds the interface and the generic composites.
 """
 
 from matcalc_jax.operators.base import (

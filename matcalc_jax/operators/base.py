@@ -1,15 +1,15 @@
 """The operator interface, its algebra, and the generic composites.
 
-Every structured Jacobian is a :class:`JacobianOperator`: a linear map from tangents of
+Every structured Jacobian is a ``JacobianOperator``: a linear map from tangents of
 ``in_shape`` to tangents of ``out_shape``. The algebra is registered per type, so a new type
 brings its rules beside itself and nothing here is edited:
 
 - unary rules are methods a type overrides (``transpose``, ``diagonal``, ``trace``,
   ``logdet``, ``solve``, ``scaled``); the defaults here are correct for any map and work on
   the dense matrix, the fallback for a type without a cheaper rule;
-- composition and sums dispatch on both operand types through :func:`composition_rule` and
-  :func:`addition_rule`; a pair without a rule gives the lazy :class:`Composition` or
-  :class:`Sum`. Lookups walk the two types' MROs once per pair of types and are cached, so
+- composition and sums dispatch on both operand types through ``composition_rule`` and
+  ``addition_rule``; a pair without a rule gives the lazy ``Composition`` or
+  ``Sum``. Lookups walk the two types' MROs once per pair of types and are cached, so
   the algebra costs a dictionary lookup per operation at trace time.
 """
 
@@ -58,16 +58,21 @@ def check_tangent(op: JacobianOperator, name: str, value: ArrayLike, shape: tupl
     return array
 
 
-def register(cls: type, data: tuple[str, ...], meta: tuple[str, ...]) -> type:
-    """Make ``cls`` a frozen dataclass and a JAX pytree with ``data`` leaves."""
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
-    return cls
+def pytree(data: tuple[str, ...], meta: tuple[str, ...]) -> Callable[[type], type]:
+    """Class decorator: the class as a frozen dataclass and a JAX pytree whose leaves are the
+    ``data`` fields (arrays, operators) and whose static part is the ``meta`` fields."""
+
+    def register(cls: type) -> type:
+        cls = dataclasses.dataclass(frozen=True)(cls)
+        jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
+        return cls
+
+    return register
 
 
 class JacobianOperator:
     """A structured Jacobian: a linear map from tangents of ``in_shape`` to tangents of
-    ``out_shape`` (see :mod:`matcalc_jax.operators`)."""
+    ``out_shape`` (see ``matcalc_jax.operators``)."""
 
     layout: Layout
 
@@ -99,7 +104,7 @@ class JacobianOperator:
         raise NotImplementedError
 
     def rmv(self, cotangent: ArrayLike) -> Array:
-        """J^T u, the same as :meth:`vm`."""
+        """J^T u, the same as ``vm``."""
         return self.vm(cotangent)
 
     def _numerator(self) -> Array:
@@ -212,7 +217,7 @@ class JacobianOperator:
 
     @property
     def fallbacks(self) -> tuple[str, ...]:
-        """The parts derived by the autodiff fallback (see :func:`matcalc_jax.jacobian`)."""
+        """The parts derived by the autodiff fallback (see ``matcalc_jax.jacobian``)."""
         own = (self.describe(),) if getattr(self, "is_fallback", False) else ()
         return own + tuple(note for child in self.children() for note in child.fallbacks)
 
@@ -283,7 +288,7 @@ def composition_rule(outer: type, inner: type) -> Callable[[_BinaryRule], _Binar
     """Register ``rule(outer, inner)`` as the composition of an ``outer`` after an ``inner``
     operator (subclasses included). A rule may return ``None`` for operands whose structure
     it cannot keep; the next rule that applies (for the operands' base types) is then tried,
-    and the lazy :class:`Composition` is used when none does."""
+    and the lazy ``Composition`` is used when none does."""
 
     def decorate(rule: _BinaryRule) -> _BinaryRule:
         _COMPOSITION_RULES[outer, inner] = rule
@@ -295,7 +300,7 @@ def composition_rule(outer: type, inner: type) -> Callable[[_BinaryRule], _Binar
 
 def addition_rule(left: type, right: type) -> Callable[[_BinaryRule], _BinaryRule]:
     """Register ``rule(left, right)`` as the sum of the two operator types (in this order;
-    register both orders for a symmetric rule). ``None`` falls back to :class:`Sum`."""
+    register both orders for a symmetric rule). ``None`` falls back to ``Sum``."""
 
     def decorate(rule: _BinaryRule) -> _BinaryRule:
         _SUM_RULES[left, right] = rule
@@ -363,6 +368,7 @@ def _check_same_layout(what: str, first: JacobianOperator, second: JacobianOpera
 # ------------------------------------------------------------------------ composites
 
 
+@pytree(("operator",), ())
 class Transposed(JacobianOperator):
     """J^T of an operator with no cheaper transpose: ``mv`` is its ``vm`` and back."""
 
@@ -403,9 +409,7 @@ class Transposed(JacobianOperator):
         return frozenset((i, o) for o, i in self.operator.batch_axes())
 
 
-Transposed = register(Transposed, ("operator",), ())
-
-
+@pytree(("scale", "operator"), ())
 class Scaled(JacobianOperator):
     """c J for a scalar c."""
 
@@ -455,9 +459,7 @@ class Scaled(JacobianOperator):
         return "" if self.scale.ndim else "c"
 
 
-Scaled = register(Scaled, ("scale", "operator"), ())
-
-
+@pytree(("terms",), ())
 class Sum(JacobianOperator):
     """J1 + J2 + ...: terms of the same shapes and layout."""
 
@@ -512,9 +514,7 @@ class Sum(JacobianOperator):
         return frozenset.intersection(*(t.batch_axes() for t in self.terms))
 
 
-Sum = register(Sum, ("terms",), ())
-
-
+@pytree(("outer", "inner"), ())
 class Composition(JacobianOperator):
     """outer o inner: apply ``inner`` (dy/dx), then ``outer`` (dz/dy); lazy."""
 
@@ -563,9 +563,6 @@ class Composition(JacobianOperator):
     def batch_axes(self) -> frozenset[tuple[int, int]]:
         inner = dict(self.inner.batch_axes())  # middle axis -> input axis
         return frozenset((o, inner[m]) for o, m in self.outer.batch_axes() if m in inner)
-
-
-Composition = register(Composition, ("outer", "inner"), ())
 
 
 @composition_rule(JacobianOperator, Composition)

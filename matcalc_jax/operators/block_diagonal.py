@@ -15,11 +15,12 @@ from matcalc_jax.operators.base import (
     JacobianOperator,
     check_tangent,
     composition_rule,
-    register,
+    pytree,
 )
 from matcalc_jax.operators.diagonal import Diagonal
 
 
+@pytree(("blocks",), ("layout",))
 class BlockDiagonal(JacobianOperator):
     """The Jacobian of a map applied over a batch: x (N, m) -> y (N, n), y_b = f(x_b).
 
@@ -82,9 +83,6 @@ class BlockDiagonal(JacobianOperator):
         return frozenset({(0, 0)})
 
 
-BlockDiagonal = register(BlockDiagonal, ("blocks",), ("layout",))
-
-
 @composition_rule(Diagonal, BlockDiagonal)
 def _diagonal_block(outer: Diagonal, inner: BlockDiagonal) -> BlockDiagonal:
     return BlockDiagonal(outer.values[:, :, None] * inner.blocks, inner.layout)
@@ -112,7 +110,7 @@ def batched_jacobian(
       layout: the layout of the result.
 
     Returns:
-      a :class:`BlockDiagonal` with (N, n, m) blocks: never the (N, n, N, m) array
+      a ``BlockDiagonal`` with (N, n, m) blocks: never the (N, n, N, m) array
       ``jax.jacfwd`` of the batched map gives.
     """
     layout = check_layout("batched_jacobian", layout)

@@ -15,8 +15,8 @@ A letter in both ``i`` and ``o`` is an axis the map does not mix: the Jacobian i
 block-diagonal along it (an identity factor when the core lacks it, a batch of blocks when
 the core has it). Two contractions compose into one when that costs at most one pass over
 the larger core and stores less (``transpose`` after ``A x``, a sum after ``diag(d)``,
-``x^T A``; see :func:`_worth_merging`); ``X -> A X`` and ``X -> X B`` make a
-:class:`Kronecker`; a rank-one contraction (a sum, a broadcast) becomes a :class:`LowRank`;
+``x^T A``; see ``_worth_merging``); ``X -> A X`` and ``X -> X B`` make a
+``Kronecker``; a rank-one contraction (a sum, a broadcast) becomes a ``LowRank``;
 otherwise the composition stays lazy and stores only the factors, so ``diag(d) W`` keeps d
 and W.
 """
@@ -40,7 +40,7 @@ from matcalc_jax.operators.base import (
     check_tangent,
     compose,
     composition_rule,
-    register,
+    pytree,
     size_of,
 )
 from matcalc_jax.operators.diagonal import Diagonal
@@ -70,6 +70,7 @@ def einsum(operands: list[tuple[Array, str]], out: str, sizes: dict[str, int], d
     return result.astype(dtype)
 
 
+@pytree(("core",), ("spec", "in_sizes", "out_sizes", "dtype_name", "layout"))
 class Contraction(ShapedOperator):
     """v -> einsum(v, core) with labels ``spec = (in, core, out)``; ``core`` may be ``None``
     (a map that only permutes, sums and broadcasts axes). See the module docstring."""
@@ -154,11 +155,6 @@ class Contraction(ShapedOperator):
         return f"{ins},{core}->{outs}" if self.core is not None else f"{ins}->{outs}"
 
 
-Contraction = register(
-    Contraction, ("core",), ("spec", "in_sizes", "out_sizes", "dtype_name", "layout")
-)
-
-
 def contraction(
     core: Array | None,
     spec: Spec,
@@ -167,7 +163,7 @@ def contraction(
     dtype: Any,
     layout: Layout = "numerator",
 ) -> Contraction:
-    """A :class:`Contraction` with its labels renamed to a canonical order (``a``, ``b``, ...
+    """A ``Contraction`` with its labels renamed to a canonical order (``a``, ``b``, ...
     as they first appear in in, core, out), so equal maps have equal labels."""
     ins, core_labels, outs = spec
     order = dict.fromkeys(ins + core_labels + outs)
@@ -209,7 +205,7 @@ def _worth_merging(
 
 def merge(outer: Contraction, inner: Contraction) -> Contraction | None:
     """outer o inner as one contraction, or ``None`` when keeping them apart is cheaper (see
-    :func:`_worth_merging`)."""
+    ``_worth_merging``)."""
     x_labels, inner_core, y_labels = inner.spec
     outer_y, outer_core, outer_z = outer.spec
     sizes = inner.sizes
@@ -302,7 +298,7 @@ def _add_low_rank(left: JacobianOperator, right: JacobianOperator) -> JacobianOp
 
 def as_low_rank(op: Contraction) -> LowRank | None:
     """A contraction that mixes no axis of its input with its output through the core, u v^T,
-    as :class:`LowRank` of rank one (a sum, a broadcast, a row or column vector); else
+    as ``LowRank`` of rank one (a sum, a broadcast, a row or column vector); else
     ``None``."""
     ins, core, outs = op.spec
     if set(ins) & set(outs) or (set(core) & set(ins) and set(core) & set(outs)):

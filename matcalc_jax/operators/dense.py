@@ -1,4 +1,4 @@
-"""Dense: any Jacobian, stored as an array; and :func:`as_operator`, which wraps a
+"""Dense: any Jacobian, stored as an array; and ``as_operator``, which wraps a
 combinator's dense pieces."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from jax.typing import ArrayLike
 from matcalc_jax.core import validate
 from matcalc_jax.core.chunks import check_chunk_size
 from matcalc_jax.core.layout import Layout, check_layout, contract_output, from_numerator
-from matcalc_jax.operators.base import JacobianOperator, check_tangent, is_operator, register
+from matcalc_jax.operators.base import JacobianOperator, check_tangent, is_operator, pytree
 
 _OTHER: dict[str, Layout] = {"numerator": "denominator", "denominator": "numerator"}
 
 
+@pytree(("array",), ("out_ndim", "layout", "stored"))
 class Dense(JacobianOperator):
     """Any Jacobian, stored as a dense array.
 
@@ -95,9 +96,6 @@ class Dense(JacobianOperator):
         return Dense(jnp.asarray(scale) * self.array, self.out_ndim, self.layout, self.stored)
 
 
-Dense = register(Dense, ("array",), ("out_ndim", "layout", "stored"))
-
-
 def as_operator(
     rule_id: str,
     name: str,
@@ -107,7 +105,7 @@ def as_operator(
     in_shape: tuple[int, ...] | None = None,
 ) -> JacobianOperator:
     """A combinator's piece as an operator: an operator is checked (layout, shapes), an array
-    is checked as a dense Jacobian in ``layout`` and wrapped in :class:`Dense`."""
+    is checked as a dense Jacobian in ``layout`` and wrapped in ``Dense``."""
     if not is_operator(piece):
         array, _ = validate.jacobian(rule_id, name, piece, out_shape, layout, in_shape)
         return Dense.from_array(array, len(out_shape), layout)

@@ -17,12 +17,13 @@ from matcalc_jax.operators.base import (
     addition_rule,
     check_tangent,
     composition_rule,
-    register,
+    pytree,
     size_of,
 )
 from matcalc_jax.operators.identity import Identity
 
 
+@pytree(("values",), ("layout",))
 class Diagonal(JacobianOperator):
     """diag(d): the Jacobian of an elementwise map; d has the shape of x (and of f(x))."""
 
@@ -68,9 +69,6 @@ class Diagonal(JacobianOperator):
 
     def batch_axes(self) -> frozenset[tuple[int, int]]:
         return frozenset((k, k) for k in range(len(self.in_shape)))
-
-
-Diagonal = register(Diagonal, ("values",), ("layout",))
 
 
 @composition_rule(Diagonal, Diagonal)

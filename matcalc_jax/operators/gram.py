@@ -10,9 +10,10 @@ from jax.typing import ArrayLike
 
 from matcalc_jax.core.layout import Layout
 from matcalc_jax.core.sharding import batch_like, sum_over_rows
-from matcalc_jax.operators.base import JacobianOperator, check_tangent, register
+from matcalc_jax.operators.base import JacobianOperator, check_tangent, pytree
 
 
+@pytree(("X", "weights"), ("layout",))
 class WeightedGram(JacobianOperator):
     """X^T diag(w) X for X of shape (n, d) and weights w of shape (n,): a (d, d) symmetric map.
 
@@ -60,6 +61,3 @@ class WeightedGram(JacobianOperator):
 
     def diagonal(self) -> Array:
         return sum_over_rows("k,kd->d", self.weights, jnp.square(self.X))
-
-
-WeightedGram = register(WeightedGram, ("X", "weights"), ("layout",))

@@ -13,11 +13,12 @@ from matcalc_jax.operators.base import (
     JacobianOperator,
     check_tangent,
     composition_rule,
-    register,
+    pytree,
     size_of,
 )
 
 
+@pytree((), ("size_shape", "dtype_name", "layout"))
 class Identity(JacobianOperator):
     """dx/dx = I on arrays of ``shape``; stores nothing but the shape and dtype."""
 
@@ -64,9 +65,6 @@ class Identity(JacobianOperator):
 
     def batch_axes(self) -> frozenset[tuple[int, int]]:
         return frozenset((k, k) for k in range(len(self.in_shape)))
-
-
-Identity = register(Identity, (), ("size_shape", "dtype_name", "layout"))
 
 
 @composition_rule(Identity, JacobianOperator)

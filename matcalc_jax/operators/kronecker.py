@@ -14,10 +14,11 @@ from matcalc_jax.operators.base import (
     Transposed,
     check_tangent,
     composition_rule,
-    register,
+    pytree,
 )
 
 
+@pytree(("A", "B"), ("layout",))
 class Kronecker(JacobianOperator):
     """The map X -> A X B from (p, q) matrices to (s, t) matrices, A (s, p), B (q, t).
 
@@ -80,9 +81,6 @@ class Kronecker(JacobianOperator):
         rhs = check_tangent(self, "solve", rhs, self.out_shape)
         left = jnp.linalg.solve(self.A, rhs)  # A^{-1} C
         return jnp.linalg.solve(self.B.T, left.T).T  # (A^{-1} C) B^{-1}
-
-
-Kronecker = register(Kronecker, ("A", "B"), ("layout",))
 
 
 @composition_rule(Kronecker, Kronecker)

@@ -16,13 +16,14 @@ from matcalc_jax.operators.base import (
     addition_rule,
     check_tangent,
     composition_rule,
-    register,
+    pytree,
     size_of,
 )
 from matcalc_jax.operators.diagonal import Diagonal
 from matcalc_jax.operators.identity import Identity
 
 
+@pytree(("U", "V"), ("layout",))
 class LowRank(JacobianOperator):
     """U V^T: U of shape ``out_shape + (r,)``, V of shape ``in_shape + (r,)`` (for vectors,
     (n, r) and (m, r)). Any map composed with it stays low rank: ``A (U V^T) = (A U) V^T``
@@ -70,9 +71,7 @@ class LowRank(JacobianOperator):
         return jnp.sum(self.U * self.V, axis=-1)
 
 
-LowRank = register(LowRank, ("U", "V"), ("layout",))
-
-
+@pytree(("values", "U", "V"), ("layout",))
 class DiagonalPlusLowRank(JacobianOperator):
     """diag(d) + U V^T; softmax's Jacobian diag(s) - s s^T is d = s, U = -s, V = s (r = 1).
 
@@ -133,9 +132,6 @@ class DiagonalPlusLowRank(JacobianOperator):
         scaled_rhs = rhs / self.values
         correction = jnp.linalg.solve(self._capacitance(), scaled_rhs @ self.V)
         return scaled_rhs - (self.U @ correction) / self.values
-
-
-DiagonalPlusLowRank = register(DiagonalPlusLowRank, ("values", "U", "V"), ("layout",))
 
 
 def _columns(apply: Any, factor: Array) -> Array:

@@ -13,10 +13,11 @@ from matcalc_jax.operators.base import (
     addition_rule,
     check_tangent,
     composition_rule,
-    register,
+    pytree,
 )
 
 
+@pytree((), ("out_sizes", "in_sizes", "dtype_name", "layout"))
 class Zero(ShapedOperator):
     """The zero map from ``in_shape`` to ``out_shape``; stores nothing."""
 
@@ -46,9 +47,6 @@ class Zero(ShapedOperator):
     def batch_axes(self) -> frozenset[tuple[int, int]]:
         pairs = zip(self.out_shape, self.in_shape, strict=False)
         return frozenset((k, k) for k, (out, in_) in enumerate(pairs) if out == in_)
-
-
-Zero = register(Zero, (), ("out_sizes", "in_sizes", "dtype_name", "layout"))
 
 
 @composition_rule(Zero, JacobianOperator)

@@ -1,9 +1,9 @@
 """``jacobian(f)``: the structured Jacobian of any JAX program.
 
-The program is traced to a jaxpr and interpreted (:mod:`.interpreter`) with the catalogue's
-rules as its primitives (:mod:`.rules`): the chain rule composes, the product rule combines
+The program is traced to a jaxpr and interpreted (``.interpreter``) with the catalogue's
+rules as its primitives (``.rules``): the chain rule composes, the product rule combines
 dependent factors, ``diag(f'(x))`` covers every elementwise map, and the operator algebra
-(:mod:`matcalc_jax.operators`) keeps what the rules produce as compact as a hand-written
+(``matcalc_jax.operators``) keeps what the rules produce as compact as a hand-written
 closed form: softmax comes out as ``diag(s) - s s^T``, ``A X B`` by X as its two factors, a
 per-example map over a batch as its blocks. No autodiff is called (``jacfwd``, ``jacrev``,
 ``grad``, ``jvp``, ``vjp``), except for a primitive without a rule when the caller opts into
@@ -75,7 +75,7 @@ def jacobian(
 ) -> Callable[..., JacobianOperator]:
     """The structured Jacobian of ``f`` with respect to its argument ``argnums``.
 
-    ``jacobian(f, argnums)(*args)`` returns a :class:`~matcalc_jax.JacobianOperator` J in
+    ``jacobian(f, argnums)(*args)`` returns a ``matcalc_jax.JacobianOperator`` J in
     numerator layout, built from ``f``'s program without autodiff:
 
     - ``J.to_dense()`` equals ``jax.jacfwd(f, argnums)(*args)``;
@@ -88,7 +88,7 @@ def jacobian(
       f: a function of arrays returning one array, traceable by ``jax.make_jaxpr``.
       argnums: the index of the positional argument to differentiate, a float array.
       fallback: ``None`` (the default): a primitive without a rule raises
-        :class:`UnsupportedPrimitiveError`, naming it and where it sits in ``f``.
+        ``UnsupportedPrimitiveError``, naming it and where it sits in ``f``.
         ``"autodiff"``: such a primitive's local Jacobian comes from JAX's ``jvp`` / ``vjp``
         of that primitive alone, lazily, and is listed in ``J.fallbacks``.
 

@@ -1,9 +1,9 @@
 """The interpreter: a loop over a jaxpr's equations that carries, beside every value, its
 Jacobian with respect to the argument as an operator.
 
-The argument starts as the identity. Each equation's rule (:mod:`.rules`) builds the
+The argument starts as the identity. Each equation's rule (``.rules``) builds the
 Jacobians of its outputs from those of its inputs, the seed's chain rule
-``dz/dx = (dz/dy)(dy/dx)`` applied by :func:`matcalc_jax.operators.compose`, whose registered
+``dz/dx = (dz/dy)(dy/dx)`` applied by ``matcalc_jax.operators.compose``, whose registered
 rules keep the structure. A value that does not depend on the argument carries ``None`` and
 costs nothing. Before the loop, a backward pass marks the values whose Jacobians the outputs
 need; a factorization that only feeds a solver's preconditioner, or anything under

@@ -25,7 +25,7 @@ from matcalc_jax.operators.base import (
     ShapedOperator,
     check_tangent,
     composition_rule,
-    register,
+    pytree,
     size_of,
 )
 
@@ -63,6 +63,7 @@ class _Map(ShapedOperator):
         return jnp.moveaxis(columns.reshape(n, -1), 0, -1).reshape(self.out_shape + self.in_shape)
 
 
+@pytree((), ("out_sizes", "in_sizes", "dtype_name", "layout"))
 class Reshape(_Map):
     """v -> v.reshape(out_shape): the same entries in a new shape."""
 
@@ -82,9 +83,6 @@ class Reshape(_Map):
         return Reshape(self.in_sizes, self.out_sizes, self.dtype_name, self.layout)
 
 
-Reshape = register(Reshape, (), ("out_sizes", "in_sizes", "dtype_name", "layout"))
-
-
 @composition_rule(Reshape, Reshape)
 def _reshape_reshape(outer: Reshape, inner: Reshape) -> JacobianOperator:
     return Reshape(outer.out_sizes, inner.in_sizes, outer.dtype_name, outer.layout)
@@ -100,6 +98,7 @@ def _unpad(array: Array, config: tuple[tuple[int, int, int], ...]) -> Array:
     )
 
 
+@pytree((), ("out_sizes", "in_sizes", "dtype_name", "config", "layout"))
 class Embed(_Map):
     """v -> lax.pad(v, 0, config): v placed in a larger zero array (``pad`` with non-negative
     edges, one operand of ``concatenate``); its transpose is the matching strided slice."""
@@ -117,11 +116,9 @@ class Embed(_Map):
         return Restrict(self.in_sizes, self.out_sizes, self.dtype_name, self.config, self.layout)
 
 
-Embed = register(Embed, (), ("out_sizes", "in_sizes", "dtype_name", "config", "layout"))
-
-
+@pytree((), ("out_sizes", "in_sizes", "dtype_name", "config", "layout"))
 class Restrict(_Map):
-    """v -> a strided slice of v (``slice``): the transpose of :class:`Embed` with the same
+    """v -> a strided slice of v (``slice``): the transpose of ``Embed`` with the same
     ``config``, here read from the input's side."""
 
     config: tuple[tuple[int, int, int], ...]
@@ -137,9 +134,6 @@ class Restrict(_Map):
         return Embed(self.in_sizes, self.out_sizes, self.dtype_name, self.config, self.layout)
 
 
-Restrict = register(Restrict, (), ("out_sizes", "in_sizes", "dtype_name", "config", "layout"))
-
-
 def slice_config(
     in_shape: Sequence[int], start: Sequence[int], limit: Sequence[int], strides: Sequence[int]
 ) -> tuple[tuple[int, int, int], ...]:
@@ -152,6 +146,7 @@ def slice_config(
     return tuple(config)
 
 
+@pytree((), ("out_sizes", "in_sizes", "dtype_name", "dimensions", "layout"))
 class Reverse(_Map):
     """v -> v reversed along ``dimensions`` (``rev``, ``x[::-1]``): its own transpose."""
 
@@ -167,9 +162,7 @@ class Reverse(_Map):
         return self
 
 
-Reverse = register(Reverse, (), ("out_sizes", "in_sizes", "dtype_name", "dimensions", "layout"))
-
-
+@pytree(("start",), ("out_sizes", "in_sizes", "dtype_name", "layout"))
 class DynamicSlice(_Map):
     """v -> lax.dynamic_slice(v, start, out_shape), with traced start indices."""
 
@@ -184,9 +177,7 @@ class DynamicSlice(_Map):
         return lax.dynamic_update_slice(zeros, cotangent, self.start)
 
 
-DynamicSlice = register(DynamicSlice, ("start",), ("out_sizes", "in_sizes", "dtype_name", "layout"))
-
-
+@pytree((), ("out_sizes", "in_sizes", "dtype_name", "in_dtype_name", "layout"))
 class ChangeType(_Map):
     """v -> v in another float type (``convert_element_type``)."""
 
@@ -208,11 +199,7 @@ class ChangeType(_Map):
         return frozenset((k, k) for k in range(len(self.in_shape)))
 
 
-ChangeType = register(
-    ChangeType, (), ("out_sizes", "in_sizes", "dtype_name", "in_dtype_name", "layout")
-)
-
-
+@pytree(("a",), ("out_sizes", "in_sizes", "dtype_name", "params", "layout"))
 class TriangularSolve(_Map):
     """B -> op(A)^{-1} B (or B op(A)^{-1}) for a constant triangular A (``triangular_solve``);
     its transpose solves with op(A)^T."""
@@ -234,16 +221,15 @@ class TriangularSolve(_Map):
         return self._solve(cotangent, transpose=True)
 
 
-TriangularSolve = register(
-    TriangularSolve, ("a",), ("out_sizes", "in_sizes", "dtype_name", "params", "layout")
-)
-
-
 def run_closed(jaxpr: Any, consts: Sequence[Array], *args: Array) -> list[Array]:
     """Evaluate a closed program (a ``ClosedJaxpr``) on ``consts`` and ``args``."""
     return jex_core.jaxpr_as_fun(jaxpr)(*consts, *args)
 
 
+@pytree(
+    ("solve_consts", "transpose_consts"),
+    ("out_sizes", "in_sizes", "dtype_name", "programs", "layout"),
+)
 class LinearSolve(_Map):
     """b -> A^{-1} b through the solver programs of ``custom_linear_solve`` (``solve`` for the
     map, ``transpose_solve`` for its transpose), with their constants (a factorization,
@@ -269,13 +255,19 @@ class LinearSolve(_Map):
         return run_closed(transpose_solve, consts, cotangent)[0]
 
 
-LinearSolve = register(
-    LinearSolve,
-    ("solve_consts", "transpose_consts"),
-    ("out_sizes", "in_sizes", "dtype_name", "programs", "layout"),
+@pytree(
+    ("operands",),
+    (
+        "out_sizes",
+        "in_sizes",
+        "dtype_name",
+        "primitive",
+        "position",
+        "output",
+        "where",
+        "layout",
+    ),
 )
-
-
 class Linearized(_Map):
     """The autodiff fallback: one primitive's local Jacobian with respect to one operand,
     applied through JAX's ``jvp`` and ``vjp`` of that primitive alone. Only built when the
@@ -312,22 +304,7 @@ class Linearized(_Map):
         return f"{primitive.name} (autodiff fallback, operand {self.position}, {self.where})"
 
 
-Linearized = register(
-    Linearized,
-    ("operands",),
-    (
-        "out_sizes",
-        "in_sizes",
-        "dtype_name",
-        "primitive",
-        "position",
-        "output",
-        "where",
-        "layout",
-    ),
-)
-
-
+@pytree(("indices",), ("out_sizes", "in_sizes", "dtype_name", "params", "layout"))
 class Gather(_Map):
     """v -> lax.gather(v, indices, ...) for constant indices (``x[idx]``, ``jnp.take``); its
     transpose scatters back with addition, as JAX transposes a gather."""
@@ -355,6 +332,3 @@ class Gather(_Map):
             indices_are_sorted=params["indices_are_sorted"],
             unique_indices=params["unique_indices"], mode=params["mode"],
         )  # fmt: skip
-
-
-Gather = register(Gather, ("indices",), ("out_sizes", "in_sizes", "dtype_name", "params", "layout"))

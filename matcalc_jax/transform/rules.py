@@ -12,12 +12,12 @@ elementwise ``f``             diag(f'(x)) J_x                          (the seed
 ``select_n``                  sum_k diag([p = k]) J_k
 ``dot_general``               (x -> einsum(x, B)) J_a + (y -> einsum(A, y)) J_b
                               (d(Ax)/dx = A, and the product rule)
-``reduce_sum``, ``transpose``,  a :class:`Contraction` without core (sum, permute,
+``reduce_sum``, ``transpose``,  a ``Contraction`` without core (sum, permute,
 ``broadcast_in_dim``,         broadcast axes)
 ``squeeze``, unit ``reshape``
 ``reduce_max``, ``reduce_min``  the mean over the maximizers, as JAX differentiates it
 ``cumsum``                    a triangular core
-``reshape``, ``slice``,       :mod:`.maps`: index maps that never materialize
+``reshape``, ``slice``,       ``.maps``: index maps that never materialize
 ``pad``, ``concatenate``, ``rev``, ``gather``,
 ``dynamic_slice``,
 ``convert_element_type``
@@ -557,7 +557,7 @@ def _custom_jvp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
 
 def fallback(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
     """The opt-in autodiff fallback: the primitive's local Jacobian, one operand at a time,
-    as a lazy :class:`~matcalc_jax.transform.maps.Linearized` map."""
+    as a lazy ``matcalc_jax.transform.maps.Linearized`` map."""
     outs = bind(eqn, ins)
     where = ctx.where(eqn)
     primitive = maps.Static((eqn.primitive, dict(eqn.params)))

@@ -1,6 +1,6 @@
 r"""Accuracy of ``matcalc_jax.nn`` and ``jax.nn`` against mpmath, in units in the last place.
 
-For every elementwise function of :mod:`matcalc_jax.nn`, at points that span each dtype's
+For every elementwise function of ``matcalc_jax.nn``, at points that span each dtype's
 range (0, the smallest normal numbers, 1e-9-like values, moderate values, the tails out to
 the largest finite number), the value f(x), the first derivative (``jax.grad``, reverse
 mode, and ``jax.jvp``, forward mode) and the second derivative (grad of grad, and jvp of
@@ -207,7 +207,7 @@ ROOTS = {
 
 @functools.cache
 def roots(name: str, order: int) -> tuple[float, ...]:
-    """The roots of the ``order``-th derivative of ``name`` near :data:`ROOTS`' guesses."""
+    """The roots of the ``order``-th derivative of ``name`` near ``ROOTS``' guesses."""
     mp = _mp()
     f = _oracle_table()[name][order]
     with mp.workdps(DIGITS):
@@ -261,7 +261,7 @@ def _derivatives(f: Callable) -> Callable:
 
 @functools.cache
 def evaluate(name: str, library: str, dtype: str) -> dict[int, tuple[np.ndarray, ...]]:
-    """{order: (results by the AD modes, as float64 arrays)} at :func:`points`."""
+    """{order: (results by the AD modes, as float64 arrays)} at ``points``."""
     ours, theirs = _libraries()[name]
     f = ours if library == "matcalc_jax" else theirs
     x = jnp.asarray(points(dtype), jnp.float64).astype(dtype)
@@ -362,7 +362,7 @@ def measure_all(
 
 
 #: The stated bounds in ulps, (float64, float32), per function and derivative order; float16
-#: and bfloat16 (computed in float32, rounded once) are held to :data:`LOW_PRECISION_BOUND`.
+#: and bfloat16 (computed in float32, rounded once) are held to ``LOW_PRECISION_BOUND``.
 #: The large ones are the price of a rounded argument: gelu's tanh form rounds
 #: u = sqrt(2/pi)(x + 0.044715 x^3), whose error is multiplied by |2u| (up to ~700) in
 #: exp(-2|u|); the erf form's value uses XLA's erfc on (-9, -1), which rounds z^2.
@@ -483,7 +483,7 @@ def _reduction_truth(name: str, row: np.ndarray) -> dict[int, Any]:
 def measure_reduction(
     name: str, order: int, dtype: str, library: str = "matcalc_jax", modes: int = 2
 ) -> Measurement:
-    """Values and Jacobian entries in ulps (the rules of :func:`measure`); the Hessian of the
+    """Values and Jacobian entries in ulps (the rules of ``measure``); the Hessian of the
     weighted sum normwise: max|error| / s in units of 2^-(p-1) (p the significand bits),
     s = max|truth| (for softmax: or the largest term s_j s_k (c_k - c.s) it is built of, if
     larger). ``modes=1`` takes the first AD mode only (jacfwd; jax.hessian)."""

@@ -43,8 +43,8 @@ references are computed in float64. Matrix products run at precision "highest", 
 a GPU is not mistaken for a wrong rule.
 
 A case is one compiled program that computes every array its checks compare (plus one for
-the finite differences in float64): :func:`prepare_case` compiles it, draws the inputs and
-runs the eager closed form; :func:`run_case` runs it and compares. :func:`verify` prepares
+the finite differences in float64): ``prepare_case`` compiles it, draws the inputs and
+runs the eager closed form; ``run_case`` runs it and compares. ``verify`` prepares
 cases ahead on worker threads and runs them one at a time on the calling thread.
 """
 
@@ -118,7 +118,7 @@ class Check:
 
 @dataclasses.dataclass(frozen=True)
 class Report:
-    """The result of :func:`verify`: every check, and where it ran."""
+    """The result of ``verify``: every check, and where it ran."""
 
     checks: tuple[Check, ...]
     environment: dict[str, Any]
@@ -192,7 +192,7 @@ def relative_error(actual: Any, expected: Any, scale: float | None = None) -> fl
     """Normwise relative error ``max|actual - expected| / max|expected|``, in float64.
 
     ``scale``, when given, replaces ``max|expected|`` (for a product such as J v, whose
-    terms can cancel: see :func:`_product_scales`). Entries that are NaN in both arrays, or the
+    terms can cancel: see ``_product_scales``). Entries that are NaN in both arrays, or the
     same infinity in both, count as equal; any other NaN or inf, or different shapes, give
     ``inf``. A zero scale gives the absolute error.
 
@@ -226,7 +226,7 @@ def finite_difference_jacobian(fn: Callable[..., Array], args: Sequence[Any], wr
 
 
 def central_differences(fn: Callable[..., Array], wrt: int) -> Callable[[list], Array]:
-    """The compiled program behind :func:`finite_difference_jacobian`.
+    """The compiled program behind ``finite_difference_jacobian``.
 
     All 2n perturbed points go through ``fn`` in one vmapped call, x + h e_k and x - h e_k
     stacked, never two: jaxlib 0.10's CPU LAPACK kernels (LU, triangular solves, ...) split
@@ -291,15 +291,15 @@ def draw_case(rule: Rule, dtype: Any, size: int, key: Array) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=32)
 def _case_program(rule: Rule, dtype: Any, size: int, transform: bool = True) -> Callable:
-    """:func:`case_function`, jit-compiled (without LLVM optimization: see
+    """``case_function``, jit-compiled (without LLVM optimization: see
     ``COMPILER_OPTIONS``) and cached per case."""
     return jax.jit(case_function(rule, dtype, size, transform), compiler_options=COMPILER_OPTIONS)
 
 
 def case_function(rule: Rule, dtype: Any, size: int, transform: bool = True) -> Callable:
-    """The program of one case, before compilation: from the inputs of :func:`draw_case` it computes
+    """The program of one case, before compilation: from the inputs of ``draw_case`` it computes
     every array the checks compare, the closed forms in ``dtype`` and the references in
-    :func:`reference_dtype`.
+    ``reference_dtype``.
 
     One program per case rather than one per check: a program's compile time has a fixed
     part, and the pieces share their arguments. The arrays are the same as when each piece
@@ -397,7 +397,7 @@ def prepare_case(
     """Compile every program of one case, draw its inputs and (``eager``) run its closed
     form op by op; run no compiled program.
 
-    Thread-safe: :func:`verify` prepares cases ahead in worker threads (XLA compiles with
+    Thread-safe: ``verify`` prepares cases ahead in worker threads (XLA compiles with
     the GIL released) while the main thread runs the compiled programs, one at a time. The
     eager closed forms may run beside them: they factorize one matrix at a time, never a
     batch (see ``central_differences``).
@@ -448,7 +448,7 @@ def check_rule(
     and bfloat16, whose references are computed in float64).
 
     ``eager=False`` leaves out the eager-vs-jit check, the slowest one (op-by-op dispatch
-    compiles each primitive for each new shape); :func:`verify` runs it once per rule and dtype.
+    compiles each primitive for each new shape); ``verify`` runs it once per rule and dtype.
     ``stage`` is called with the name of each step before it runs (for progress and the
     watchdog).
     """
@@ -538,7 +538,7 @@ def run_case(case: PreparedCase, *, stage: Callable[[str], None] | None = None) 
 
 @dataclasses.dataclass(frozen=True)
 class Progress:
-    """What :func:`verify` is doing, sent to its ``progress`` callback.
+    """What ``verify`` is doing, sent to its ``progress`` callback.
 
     ``kind`` is ``"stage"`` before each compiled program of a case runs (``stage`` names it),
     and ``"rule"`` once a rule is done at every dtype and size (``checks`` are its checks,
@@ -567,12 +567,12 @@ def verify(
     progress: Callable[[Progress], None] | None = None,
     workers: int | None = None,
 ) -> Report:
-    """Check every rule (or ``rule_ids``) at every dtype and size; return a :class:`Report`.
+    """Check every rule (or ``rule_ids``) at every dtype and size; return a ``Report``.
 
     float64, float16 and bfloat16 turn ``jax_enable_x64`` on for the duration of the call
     (the low-precision dtypes are checked against float64 references). The eager-vs-jit check
     and the transform's checks run at the last size only. ``progress`` receives a
-    :class:`Progress` before each compiled program and after each rule. ``workers`` threads
+    ``Progress`` before each compiled program and after each rule. ``workers`` threads
     (default: the CPU count, at most 4) compile the cases ahead of the one running.
 
     >>> report = verify(["linear"], dtypes=["float32"], sizes=[3])

@@ -1,0 +1,232 @@
+"""The reference site's generated pages: one per rule, the rules index and the API reference,
+from the catalogue and the committed verification and benchmark results.
+
+Pure text: ``site_pages`` returns ``{relative path: Markdown}``; the command line
+(``matcalc-jax site``) writes them beside the hand-written docs and runs MkDocs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Iterable
+from importlib import import_module
+
+from matcalc_jax import transform
+from matcalc_jax.catalogue import programs, rules
+from matcalc_jax.catalogue.record import Rule
+
+#: The modules of ``matcalc_jax.forms``, one per family of closed forms.
+FORMS = tuple(
+    f"matcalc_jax.forms.{family}"
+    for family in (
+        "products", "chains", "linear", "elementwise", "activations", "softmax", "affine",
+        "traces", "inverse", "objectives",
+    )
+)  # fmt: skip
+
+#: The API reference: page name, title, and the objects mkdocstrings documents on it.
+API = {
+    "operators": ("Operators", ["matcalc_jax.operators"]),
+    "transform": ("The transform", ["matcalc_jax.transform.jacobian", "matcalc_jax.transform"]),
+    "forms": ("Closed forms", list(FORMS)),
+    "nn": ("matcalc_jax.nn", ["matcalc_jax.nn"]),
+    "mlp": ("matcalc_jax.mlp", ["matcalc_jax.mlp"]),
+    "catalogue": ("The rule record", ["matcalc_jax.catalogue.record.Rule"]),
+}
+
+#: The verification's ratio of stored entries (transform against closed form), not an error.
+_STORAGE = "transform_storage"
+
+
+def example_code(rule: Rule) -> str:
+    """A runnable example for ``rule``: its closed form beside ``jax.jacfwd``."""
+    is_program = rule.id in {p.id for p in programs()}
+    lines = [
+        "import jax",
+        "import jax.numpy as jnp",
+        "",
+        "import matcalc_jax as mj",
+        "",
+        f'r = mj.rule("{rule.id}")',
+        "args = r.example(jax.random.key(0))  # well-conditioned random arguments",
+    ]
+    if is_program:
+        lines += [
+            f"J = mj.jacobian(r.fn, argnums={rule.wrt})(*args)  # the structured Jacobian",
+            "print(J)  # its structure",
+            "dense = J.to_dense()  # numerator layout, as jax.jacfwd",
+        ]
+    else:
+        lines += [
+            "dense = r.jacobian(*args)  # the closed form, numerator layout",
+            'seed_layout = r.jacobian(*args, layout="denominator")',
+            "J = r.structured(*args)  # the same Jacobian as a structured operator",
+        ]
+    lines += [
+        f"expected = jax.jacfwd(r.fn, argnums={rule.wrt})(*args)",
+        "assert jnp.allclose(dense, expected, rtol=1e-4, atol=1e-5)",
+    ]
+    return "\n".join(lines)
+
+
+def _signature(public: str) -> str | None:
+    """``name(parameters)`` of a public ``matcalc_jax.name``, found where it is defined (a
+    family of closed forms, or the transform); ``None`` if it is not found there."""
+    name = public.rsplit(".", 1)[-1]
+    for module in (*map(import_module, FORMS), transform):
+        if hasattr(module, name):
+            return f"{name}{inspect.signature(getattr(module, name))}"
+    return None
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.1e}"
+
+
+def _verification_table(rule_id: str, verification: dict | None) -> list[str]:
+    summary = (verification or {}).get("rules", {}).get(rule_id)
+    if not summary:
+        return ["No committed verification run covers this rule."]
+    by_dtype = summary["max_error"]
+    references = list(dict.fromkeys(ref for errors in by_dtype.values() for ref in errors))
+    errors_of = [ref for ref in references if ref != _STORAGE]
+    lines = [
+        "Largest normwise relative error against each reference, over the sizes verified "
+        "(the committed `matcalc-jax verify`, "
+        f"{'all checks passed' if summary['passed'] else 'SOME CHECKS FAILED'}; the tolerances "
+        "are in [verification](../verification.md)):",
+        "",
+        "| dtype | " + " | ".join(f"`{ref}`" for ref in errors_of) + " |",
+        "|---|" + "---:|" * len(errors_of),
+    ]
+    for dtype, errors in by_dtype.items():
+        cells = " | ".join(_fmt(errors.get(ref)) for ref in errors_of)
+        lines.append(f"| {dtype} | {cells} |")
+    ratios = {dtype: errors[_STORAGE] for dtype, errors in by_dtype.items() if _STORAGE in errors}
+    if ratios:
+        worst = max(ratios.values())
+        lines += [
+            "",
+            f"The transform's Jacobian stores {worst:.2f}x the entries of the structured "
+            "closed form (at most 2 is allowed).",
+        ]
+    return lines
+
+
+def _benchmark_table(rule_id: str, cases: Iterable[dict]) -> list[str]:
+    rows = [c for c in cases if c.get("rule") == rule_id]
+    if not rows:
+        return ["No committed benchmark run covers this rule."]
+    lines = [
+        "Speed-ups from the committed CPU run (`bash bench/run_cpu.sh`; above 1: faster than "
+        "the best of `jax.jacfwd` / `jax.jacrev`; `mv` against `jax.jvp`):",
+        "",
+        "| dtype | size | closed form | structured | structured mv |",
+        "|---|---:|---:|---:|---:|",
+    ]
+
+    def ratio(value: float | None) -> str:
+        return "" if value is None else f"{value:.2f}x"
+
+    for c in rows:
+        lines.append(
+            f"| {c['dtype']} | {c['size']} | {ratio(c.get('speedup_vs_best_jac'))} "
+            f"| {ratio(c.get('structured_speedup_vs_best_jac'))} "
+            f"| {ratio(c.get('mv_speedup_vs_jvp'))} |"
+        )
+    return lines
+
+
+def rule_page(
+    rule: Rule, verification: dict | None, cases: Iterable[dict], errata: str = ""
+) -> str:
+    """The page of one rule or corpus program."""
+    lines = [
+        f"# `{rule.id}`: {rule.title}",
+        "",
+        "As printed in its source:",
+        "",
+        "$$",
+        rule.formula,
+        "$$",
+        "",
+        "In numerator layout (JAX's `out.shape + in.shape`, what the closed form returns):",
+        "",
+        "$$",
+        rule.numerator_formula,
+        "$$",
+        "",
+        f"| id | `{rule.id}` |",
+        "|---|---|",
+        f"| title | {rule.title} |",
+        f"| plain text | `{rule.plain}` |",
+        f"| shapes | {rule.shapes} |",
+        f"| differentiated | argument {rule.wrt} of `rule({rule.id!r}).fn` |",
+        f"| public function | `{rule.public}` |",
+        f"| source | {rule.source} |",
+    ]
+    signature = _signature(rule.public) if rule.public.count(".") == 1 else None
+    if signature:
+        lines.append(f"| signature | `{signature}` |")
+    if rule.notes:
+        lines.append(f"| edges | {rule.notes} |")
+    if rule.has_hessian:
+        lines.append(f"| Hessian | `matcalc_jax.{rule.hessian_form.__name__}` |")
+    lines += ["", "## Example", "", "```python", example_code(rule), "```", ""]
+    if f"`{rule.id}`" in errata:
+        lines += [
+            "## Errata",
+            "",
+            "The printed formula holds in one layout only: see [errata](../errata.md).",
+            "",
+        ]
+    lines += ["## Verified", "", *_verification_table(rule.id, verification), ""]
+    lines += ["## Benchmarked", "", *_benchmark_table(rule.id, cases), ""]
+    return "\n".join(lines)
+
+
+def rules_index(verification: dict | None) -> str:
+    """The index of every rule and corpus program, each with its formula and verdict."""
+    summary = (verification or {}).get("rules", {})
+    lines = [
+        "# Rules",
+        "",
+        "Every rule of the catalogue, then the transform's corpus programs. Each page has the",
+        "formula as printed and in numerator layout, the shapes, the function to call, a",
+        "runnable example, and the latest verification errors and benchmark speed-ups.",
+        "",
+        "| rule | title | numerator layout | verified |",
+        "|---|---|---|---|",
+    ]
+    for r in rules() + programs():
+        verdict = summary.get(r.id, {}).get("passed")
+        mark = {True: "passed", False: "FAILED", None: ""}[verdict]
+        formula = _inline(r.numerator_formula)
+        lines.append(f"| [`{r.id}`]({r.id}.md) | {r.title} | ${formula}$ | {mark} |")
+    return "\n".join(lines) + "\n"
+
+
+def _inline(formula: str) -> str:
+    """A formula fit for a table cell: one line, no bare ``|``."""
+    return re.sub(r"\s+", " ", formula).replace("|", r"\vert ")
+
+
+def api_page(name: str) -> str:
+    """An API reference page: mkdocstrings directives for the objects of ``API[name]``."""
+    title, objects = API[name]
+    lines = [f"# {title}", ""]
+    for obj in objects:
+        lines += [f"::: {obj}", ""]
+    return "\n".join(lines)
+
+
+def site_pages(verification: dict | None, cases: Iterable[dict], errata: str) -> dict[str, str]:
+    """Every generated page, by path relative to the site's sources."""
+    cases = list(cases)
+    pages = {"rules/index.md": rules_index(verification)}
+    for r in rules() + programs():
+        pages[f"rules/{r.id}.md"] = rule_page(r, verification, cases, errata)
+    for name in API:
+        pages[f"api/{name}.md"] = api_page(name)
+    return pages

@@ -1,0 +1,58 @@
+"""The docs' examples cannot rot: every ```python block of docs/*.md runs (the blocks of one
+page in order, in one namespace); blocks fenced ```py are sketches (templates with ``...``)
+and are only highlighted. The generated rule pages are checked here as text; their examples
+run in tests/test_site.py, with the site."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+import matcalc_jax as mj
+from matcalc_jax.catalogue.site import rule_page, rules_index, site_pages
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+PAGES = sorted(p.name for p in DOCS.glob("*.md") if "```python" in p.read_text("utf-8"))
+
+
+def _blocks(text: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+
+
+def test_the_pages_with_examples_are_found():
+    assert {"layout.md", "scale.md", "structured.md", "transform.md"} <= set(PAGES)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_python_blocks_of_a_page_run(page):
+    namespace: dict = {}
+    for block in _blocks((DOCS / page).read_text(encoding="utf-8")):
+        exec(compile(block, str(DOCS / page), "exec"), namespace)
+
+
+def test_rule_page_shows_formulas_figures_and_errata():
+    verification = {"rules": {"chain_scalar": {"passed": True, "max_error": {
+        "float32": {"jacfwd": 1.5e-7, "mv": 0.0, "transform_storage": 1.5}}}}}  # fmt: skip
+    cases = [{"rule": "chain_scalar", "dtype": "float32", "size": 64,
+              "speedup_vs_best_jac": 3.0, "structured_speedup_vs_best_jac": None,
+              "mv_speedup_vs_jvp": 1.25}]  # fmt: skip
+    page = rule_page(mj.rule("chain_scalar"), verification, cases, "## `chain_scalar`: ...")
+    r = mj.rule("chain_scalar")
+    assert f"$$\n{r.formula}\n$$" in page and f"$$\n{r.numerator_formula}\n$$" in page
+    assert "| dtype | `jacfwd` | `mv` |" in page and "| float32 | 1.5e-07 | 0.0e+00 |" in page
+    assert "all checks passed" in page and "stores 1.50x the entries" in page
+    assert "| float32 | 64 | 3.00x |  | 1.25x |" in page
+    assert "[errata](../errata.md)" in page
+    assert "| signature | `chain_scalar(" in page
+    bare = rule_page(mj.rule("linear"), None, [], "")
+    assert "No committed verification run" in bare and "No committed benchmark run" in bare
+    assert "errata" not in bare.lower()
+
+
+def test_site_pages_cover_every_rule_and_the_api():
+    pages = site_pages(None, [], "")
+    ids = [r.id for r in mj.rules() + mj.programs()]
+    assert {f"rules/{i}.md" for i in ids} <= set(pages)
+    assert pages["api/operators.md"].count("::: matcalc_jax.operators") == 1
+    index = rules_index({"rules": {"linear": {"passed": False}}})
+    assert "| [`linear`](linear.md) | " in index and "FAILED" in index
