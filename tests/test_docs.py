@@ -44,6 +44,11 @@ def test_rule_page_shows_formulas_figures_and_errata():
     assert "| float32 | 64 | 3.00x |  | 1.25x |" in page
     assert "[errata](../errata.md)" in page
     assert "| signature | `chain_scalar(" in page
+    program = rule_page(
+        mj.rule("nn_softmax"), None, [], "",
+        [{"program": "nn_softmax", "size": 256, "build_speedup": 12.0, "mv_over_jvp": 1.5}],
+    )  # fmt: skip
+    assert "| 256 | 12.00x |  | 1.50 |  |" in program
     bare = rule_page(mj.rule("linear"), None, [], "")
     assert "No committed verification run" in bare and "No committed benchmark run" in bare
     assert "errata" not in bare.lower()

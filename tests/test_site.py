@@ -87,10 +87,12 @@ def browser():
             chromium.close()
 
 
-def test_every_rule_has_a_page(site):
+def test_every_rule_has_a_page_with_its_figures(site):
     for rule in mj.rules() + mj.programs():
         page = (site / "rules" / f"{rule.id}.html").read_text(encoding="utf-8")
         assert rule.public in page and "Verified" in page and "Benchmarked" in page, rule.id
+        assert "No committed" not in page, f"{rule.id}: a committed result is missing"
+        assert "all checks passed" in page, rule.id
     assert (site / "api" / "operators.html").read_text(encoding="utf-8").count("WeightedGram")
     assert (site / "assets" / "katex" / "fonts").is_dir()
 

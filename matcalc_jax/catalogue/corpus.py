@@ -40,14 +40,16 @@ def _transform_forms(fn: Any, wrt: int) -> tuple[Any, Any]:
 def program(
     id: str, title: str, plain: str, fn: Any, wrt: int, make_example: Any, structure: str, **extra
 ) -> Rule:
-    """A corpus program as a ``Rule`` whose closed form is the transform."""
+    """A corpus program as a ``Rule`` whose closed form is the transform; ``latex`` (in
+    ``extra``) is its Jacobian in LaTeX, the same in both layouts' reading here."""
     closed, structured = _transform_forms(fn, wrt)
     STRUCTURE[id] = structure
+    latex = extra.pop("latex", plain)
     return Rule(
         id=id,
         title=title,
-        formula=plain,
-        numerator_formula=plain,
+        formula=latex,
+        numerator_formula=latex,
         plain=plain,
         source="program",
         shapes=extra.pop("shapes", ""),
@@ -193,50 +195,81 @@ PROGRAMS = (
     program(
         "tanh_affine_by_x", "tanh(W x + b) by x", "J = diag(1 - y^2) W", tanh_affine, 0,
         _affine_example, "Composition", bench_sizes=MATMUL_SIZES, shapes="x, b in R^n; W n x n",
+        latex=(
+            r"J = \operatorname{diag}\left(1 - \mathbf{y}^{2}\right) W,\quad \mathbf{y} = "
+            r"\tanh(W\mathbf{x} + \mathbf{b})"
+        ),
     ),
     program(
         "tanh_affine_by_W", "tanh(W x + b) by W", "dy_i/dW_kj = (1 - y_i^2) [i = k] x_j",
         tanh_affine_weight, 0, _weight_example, "Composition", bench_sizes=(64, 256, 512),
         shapes="W n x n; x, b in R^n",
+        latex=r"\frac{\partial y_i}{\partial W_{kj}} = \left(1 - y_i^{2}\right) [i = k]\, x_j",
     ),
     program(
         "mlp3_input", "Three-layer MLP by its input", "J = W3 D2 W2 D1 W1", mlp3, 0,
         _mlp3_example, "Composition", bench_sizes=(64, 256, 1024), shapes="x in R^n; W_i n x n",
+        latex=(
+            r"J = W_3 D_2 W_2 D_1 W_1,\quad D_l = \operatorname{diag}\left(1 - "
+            r"\mathbf{h}_l^{2}\right)"
+        ),
     ),
     program(
         "nn_softmax", "jax.nn.softmax", "J = diag(s) - s s^T", jax.nn.softmax, 0, _vector,
         "DiagonalPlusLowRank", bench_sizes=DIAGONAL_SIZES, shapes="x in R^n",
+        latex=r"J = \operatorname{diag}(\mathbf{s}) - \mathbf{s}\mathbf{s}^{\mathsf{T}}",
     ),
     program(
         "nn_log_softmax_linear", "jax.nn.log_softmax(A x)", "J = (I - 1 s^T) A",
         log_softmax_linear, 0, _vector_and_matrix, "Sum", bench_sizes=MATMUL_SIZES,
         shapes="x in R^n; A n x n",
+        latex=r"J = \left(I - \mathbf{1}\mathbf{s}^{\mathsf{T}}\right) A",
     ),
     program(
         "exp_sin_cubic", "exp(x) sin(x) + x^3", "J = diag(e^x (sin x + cos x) + 3 x^2)",
         exp_sin_cubic, 0, _vector, "Diagonal", bench_sizes=DIAGONAL_SIZES, shapes="x in R^n",
+        latex=(
+            r"J = \operatorname{diag}\left(e^{\mathbf{x}} \odot (\sin\mathbf{x} + "
+            r"\cos\mathbf{x}) + 3\mathbf{x}^{2}\right)"
+        ),
     ),
     program(
         "quadratic_program", "x^T A x", "J = x^T (A + A^T)", quadratic, 0, _vector_and_matrix,
         "LowRank", bench_sizes=MATMUL_SIZES, shapes="x in R^n; A n x n",
+        latex=r"J = \mathbf{x}^{\mathsf{T}}\left(A + A^{\mathsf{T}}\right)",
     ),
     program(
         "sandwich_AXB", "A X B by X", "J = A (x) B^T", sandwich, 0, _sandwich_example,
         "Kronecker", bench_sizes=MATRIX_SIZES, shapes="X n x n; A (n+1) x n; B n x (n+2)",
+        latex=r"J = A \otimes B^{\mathsf{T}}",
     ),
     program(
         "per_example_mlp", "A vmapped per-example MLP by the batch",
         "J = blockdiag(dy_b/dx_b)", per_example_mlp, 0, _per_example_example, "BlockDiagonal",
         bench_sizes=(64, 256, 1024), shapes=f"xs N x {WIDTH}; W_i {WIDTH} x {WIDTH}",
+        latex=(
+            r"J = \operatorname{blockdiag}\left(\frac{\partial \mathbf{y}_b}{\partial "
+            r"\mathbf{x}_b}\right)_{b=1}^{N}"
+        ),
     ),
     program(
         "elementwise_flow", "Elementwise flow layer x + 0.5 tanh(a x + b)",
         "J = diag(1 + 0.5 a (1 - tanh^2)), log|det J| = sum log J_ii", elementwise_flow, 0,
         _flow_example, "Diagonal", bench_sizes=DIAGONAL_SIZES, shapes="x, a, b in R^n",
+        latex=(
+            r"J = \operatorname{diag}\left(1 + 0.5\,\mathbf{a} \odot \left(1 - "
+            r"\tanh^{2}(\mathbf{a} \odot \mathbf{x} + \mathbf{b})\right)\right),\quad "
+            r"\log\lvert\det J\rvert = \sum_i \log J_{ii}"
+        ),
     ),
     program(
         "layer_norm", "Layer normalization", "J = diag(g / s) (I - 1 1^T / n - z z^T / n)",
         layer_norm, 0, _layer_norm_example, "DiagonalPlusLowRank", bench_sizes=DIAGONAL_SIZES,
         shapes="x, g, b in R^n",
+        latex=(
+            r"J = \operatorname{diag}(\mathbf{g} / \sigma)\left(I - "
+            r"\tfrac{1}{n}\mathbf{1}\mathbf{1}^{\mathsf{T}} - "
+            r"\tfrac{1}{n}\mathbf{z}\mathbf{z}^{\mathsf{T}}\right)"
+        ),
     ),
 )  # fmt: skip

@@ -39,9 +39,13 @@ API = {
 _STORAGE = "transform_storage"
 
 
+def _is_program(rule: Rule) -> bool:
+    return rule.id in {p.id for p in programs()}
+
+
 def example_code(rule: Rule) -> str:
     """A runnable example for ``rule``: its closed form beside ``jax.jacfwd``."""
-    is_program = rule.id in {p.id for p in programs()}
+    is_program = _is_program(rule)
     lines = [
         "import jax",
         "import jax.numpy as jnp",
@@ -117,7 +121,7 @@ def _verification_table(rule_id: str, verification: dict | None) -> list[str]:
 def _benchmark_table(rule_id: str, cases: Iterable[dict]) -> list[str]:
     rows = [c for c in cases if c.get("rule") == rule_id]
     if not rows:
-        return ["No committed benchmark run covers this rule."]
+        return []
     lines = [
         "Speed-ups from the committed CPU run (`bash bench/run_cpu.sh`; above 1: faster than "
         "the best of `jax.jacfwd` / `jax.jacrev`; `mv` against `jax.jvp`):",
@@ -138,25 +142,67 @@ def _benchmark_table(rule_id: str, cases: Iterable[dict]) -> list[str]:
     return lines
 
 
+def _transform_table(program_id: str, ratios: Iterable[dict]) -> list[str]:
+    rows = [r for r in ratios if r.get("program") == program_id]
+    if not rows:
+        return []
+    lines = [
+        "The transform, from the committed `matcalc-jax bench-transform` run (see "
+        "[the transform](../transform.md)): building J and `J.to_dense()` against the best "
+        "of `jax.jacfwd` / `jax.jacrev` (speed-ups), `J.mv` and building J in units of "
+        "`jax.jvp` and of one forward pass (time ratios: below 1 is faster):",
+        "",
+        "| size | build | to_dense | mv / jvp | build / forward |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+
+    def cell(value: float | None, unit: str = "") -> str:
+        return "" if value is None else f"{value:.2f}{unit}"
+
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {cell(r.get('build_speedup'), 'x')} "
+            f"| {cell(r.get('dense_speedup'), 'x')} | {cell(r.get('mv_over_jvp'))} "
+            f"| {cell(r.get('build_over_forward'))} |"
+        )
+    return lines
+
+
 def rule_page(
-    rule: Rule, verification: dict | None, cases: Iterable[dict], errata: str = ""
+    rule: Rule,
+    verification: dict | None,
+    cases: Iterable[dict],
+    errata: str = "",
+    transform_ratios: Iterable[dict] = (),
 ) -> str:
     """The page of one rule or corpus program."""
-    lines = [
-        f"# `{rule.id}`: {rule.title}",
-        "",
-        "As printed in its source:",
-        "",
-        "$$",
-        rule.formula,
-        "$$",
-        "",
-        "In numerator layout (JAX's `out.shape + in.shape`, what the closed form returns):",
-        "",
-        "$$",
-        rule.numerator_formula,
-        "$$",
-        "",
+    lines = [f"# `{rule.id}`: {rule.title}", ""]
+    if _is_program(rule):
+        lines += [
+            "A program of the transform's corpus: `matcalc_jax.jacobian` derives its Jacobian",
+            "from its jaxpr, and the structure it finds is",
+            "",
+            "$$",
+            rule.formula,
+            "$$",
+            "",
+        ]
+    else:
+        lines += [
+            "As printed in its source:",
+            "",
+            "$$",
+            rule.formula,
+            "$$",
+            "",
+            "In numerator layout (JAX's `out.shape + in.shape`, what the closed form returns):",
+            "",
+            "$$",
+            rule.numerator_formula,
+            "$$",
+            "",
+        ]
+    lines += [
         f"| id | `{rule.id}` |",
         "|---|---|",
         f"| title | {rule.title} |",
@@ -182,8 +228,17 @@ def rule_page(
             "",
         ]
     lines += ["## Verified", "", *_verification_table(rule.id, verification), ""]
-    lines += ["## Benchmarked", "", *_benchmark_table(rule.id, cases), ""]
-    return "\n".join(lines)
+    tables = [
+        table
+        for table in (_benchmark_table(rule.id, cases), _transform_table(rule.id, transform_ratios))
+        if table
+    ]
+    if not tables:
+        tables = [["No committed benchmark run covers this rule."]]
+    lines.append("## Benchmarked")
+    for table in tables:
+        lines += ["", *table]
+    return "\n".join([*lines, ""])
 
 
 def rules_index(verification: dict | None) -> str:
@@ -221,12 +276,17 @@ def api_page(name: str) -> str:
     return "\n".join(lines)
 
 
-def site_pages(verification: dict | None, cases: Iterable[dict], errata: str) -> dict[str, str]:
+def site_pages(
+    verification: dict | None,
+    cases: Iterable[dict],
+    errata: str,
+    transform_ratios: Iterable[dict] = (),
+) -> dict[str, str]:
     """Every generated page, by path relative to the site's sources."""
-    cases = list(cases)
+    cases, transform_ratios = list(cases), list(transform_ratios)
     pages = {"rules/index.md": rules_index(verification)}
     for r in rules() + programs():
-        pages[f"rules/{r.id}.md"] = rule_page(r, verification, cases, errata)
+        pages[f"rules/{r.id}.md"] = rule_page(r, verification, cases, errata, transform_ratios)
     for name in API:
         pages[f"api/{name}.md"] = api_page(name)
     return pages

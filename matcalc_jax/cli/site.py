@@ -95,7 +95,9 @@ def assemble(root: Path, build: Path) -> Path:
     for name in ("cpu.json", "matrix_cpu.json"):
         cases += (_load_json(root / "bench" / "results" / name) or {}).get("cases", [])
     errata = (docs / "errata.md").read_text(encoding="utf-8")
-    for relative, text in site_pages(verification, cases, errata).items():
+    transform = _load_json(root / "bench" / "results" / "transform_cpu.json") or {}
+    pages = site_pages(verification, cases, errata, transform.get("ratios", []))
+    for relative, text in pages.items():
         target = sources / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")
