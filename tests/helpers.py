@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -54,3 +55,9 @@ def assert_all_close(pairs: Any, *args: Any) -> None:
 def key(seed: int = 0) -> jax.Array:
     """A PRNG key; tests draw their inputs from fixed seeds so failures reproduce."""
     return jax.random.key(seed)
+
+
+def python_blocks(markdown: str) -> list[str]:
+    """The bodies of the ```python fenced blocks of a Markdown text, in order (```py blocks,
+    the docs' sketches, are not among them)."""
+    return re.findall(r"^```python\n(.*?)^```", markdown, re.S | re.M)

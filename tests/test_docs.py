@@ -3,7 +3,6 @@ page in order, in one namespace); blocks fenced ```py are sketches (templates wi
 and are only highlighted. The generated rule pages are checked here as text; their examples
 run in tests/test_site.py, with the site."""
 
-import re
 from pathlib import Path
 
 import pytest
@@ -11,12 +10,10 @@ import pytest
 import matcalc_jax as mj
 from matcalc_jax.catalogue.site import rule_page, rules_index, site_pages
 
+from .helpers import python_blocks
+
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = sorted(p.name for p in DOCS.glob("*.md") if "```python" in p.read_text("utf-8"))
-
-
-def _blocks(text: str) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
 
 
 def test_the_pages_with_examples_are_found():
@@ -26,7 +23,7 @@ def test_the_pages_with_examples_are_found():
 @pytest.mark.parametrize("page", PAGES)
 def test_python_blocks_of_a_page_run(page):
     namespace: dict = {}
-    for block in _blocks((DOCS / page).read_text(encoding="utf-8")):
+    for block in python_blocks((DOCS / page).read_text(encoding="utf-8")):
         exec(compile(block, str(DOCS / page), "exec"), namespace)
 
 

@@ -1,13 +1,14 @@
 """The README's Python examples run as written."""
 
-import re
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_readme_python_blocks_run():
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    from .helpers import python_blocks
+
+    blocks = python_blocks(README.read_text(encoding="utf-8"))
     assert len(blocks) >= 2
     namespace: dict = {}
     for block in blocks:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from matcalc_jax.benchmark.rules import _run
 from matcalc_jax.catalogue import corpus, rule
 from matcalc_jax.forms.objectives import logistic_regression_gradient, logistic_regression_hessian
 from matcalc_jax.operators import batched_jacobian
@@ -122,13 +122,8 @@ def footprint(fn: Callable, *args: Any, rounds: int = 0) -> Footprint:
     memory = program.memory_analysis()
     seconds = None
     if rounds:
-        jax.block_until_ready(program(*args))
-        samples = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            jax.block_until_ready(program(*args))
-            samples.append(time.perf_counter() - start)
-        seconds = float(np.median(samples))
+        _run(program, args, 1)  # warm-up
+        seconds = float(np.median([_run(program, args, 1) for _ in range(rounds)]))
     return Footprint(
         int(memory.argument_size_in_bytes),
         int(memory.output_size_in_bytes),
@@ -154,7 +149,7 @@ def by_rows(mesh: jax.sharding.Mesh, *arrays: jax.Array) -> tuple[jax.Array, ...
     return tuple(jax.device_put(a, sharding) for a in arrays)
 
 
-def replicated(mesh: jax.sharding.Mesh, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+def on_every_device(mesh: jax.sharding.Mesh, *arrays: jax.Array) -> tuple[jax.Array, ...]:
     """``arrays`` copied whole to every device of ``mesh``."""
     sharding = NamedSharding(mesh, PartitionSpec())
     return tuple(jax.device_put(a, sharding) for a in arrays)
@@ -186,15 +181,17 @@ def mlp_block(x: jax.Array, W1: jax.Array, W2: jax.Array) -> jax.Array:
     return (1 - y**2)[:, None] * (W2 * (1 - h**2)[None, :]) @ W1
 
 
+def closed_per_example_jacobian(xs: jax.Array, W1: jax.Array, W2: jax.Array) -> Any:
+    """``batched_jacobian`` of the closed-form block :func:`mlp_block`: a BlockDiagonal."""
+    return batched_jacobian(lambda x: mlp_block(x, W1, W2), xs)
+
+
 def per_example_cases(xs: jax.Array, W1: jax.Array, W2: jax.Array) -> dict[str, Callable]:
     """The per-example programs measured: the transform's Jacobian, ``batched_jacobian`` of
     the closed form, a Jacobian-vector product with each example's own tangent, and
     ``jax.jacfwd`` of the batched map, whose dense (N, n, N, m) array is only compiled (its
     memory read from the compiled program, never allocated: at the full size it would need
     tens of GB)."""
-
-    def closed(xs: jax.Array, W1: jax.Array, W2: jax.Array) -> Any:
-        return batched_jacobian(lambda x: mlp_block(x, W1, W2), xs)
 
     def mv(xs: jax.Array, W1: jax.Array, W2: jax.Array) -> jax.Array:
         return per_example_mlp_jacobian(xs, W1, W2).mv(xs)
@@ -204,7 +201,7 @@ def per_example_cases(xs: jax.Array, W1: jax.Array, W2: jax.Array) -> dict[str, 
 
     return {
         "transform": per_example_mlp_jacobian,
-        "batched_jacobian": closed,
+        "batched_jacobian": closed_per_example_jacobian,
         "mv": mv,
         "jacfwd (dense, compiled only)": dense,
     }
@@ -261,8 +258,8 @@ def sharded_sweep(
     records = []
     for count in device_counts:
         mesh = batch_mesh(count)
-        xs = by_rows(mesh, per_example[0]) + replicated(mesh, *per_example[1:])
-        wxy = replicated(mesh, gram[0]) + by_rows(mesh, *gram[1:])
+        xs = by_rows(mesh, per_example[0]) + on_every_device(mesh, *per_example[1:])
+        wxy = on_every_device(mesh, gram[0]) + by_rows(mesh, *gram[1:])
         for family, cases, args, size in (
             ("per_example", per_example_cases(*xs), xs, f"batch {batch}, width {width}"),
             ("gram", gram_cases(), wxy, f"rows {rows}, d {d}"),

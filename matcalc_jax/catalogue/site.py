@@ -40,7 +40,7 @@ _STORAGE = "transform_storage"
 
 
 def _is_program(rule: Rule) -> bool:
-    return rule.id in {p.id for p in programs()}
+    return rule.source == "program"  # as ``corpus.program`` declares them
 
 
 def example_code(rule: Rule) -> str:
@@ -88,6 +88,10 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.1e}"
 
 
+def _ratio(value: float | None, unit: str = "") -> str:
+    return "" if value is None else f"{value:.2f}{unit}"
+
+
 def _verification_table(rule_id: str, verification: dict | None) -> list[str]:
     summary = (verification or {}).get("rules", {}).get(rule_id)
     if not summary:
@@ -129,15 +133,11 @@ def _benchmark_table(rule_id: str, cases: Iterable[dict]) -> list[str]:
         "| dtype | size | closed form | structured | structured mv |",
         "|---|---:|---:|---:|---:|",
     ]
-
-    def ratio(value: float | None) -> str:
-        return "" if value is None else f"{value:.2f}x"
-
     for c in rows:
         lines.append(
-            f"| {c['dtype']} | {c['size']} | {ratio(c.get('speedup_vs_best_jac'))} "
-            f"| {ratio(c.get('structured_speedup_vs_best_jac'))} "
-            f"| {ratio(c.get('mv_speedup_vs_jvp'))} |"
+            f"| {c['dtype']} | {c['size']} | {_ratio(c.get('speedup_vs_best_jac'), 'x')} "
+            f"| {_ratio(c.get('structured_speedup_vs_best_jac'), 'x')} "
+            f"| {_ratio(c.get('mv_speedup_vs_jvp'), 'x')} |"
         )
     return lines
 
@@ -155,15 +155,11 @@ def _transform_table(program_id: str, ratios: Iterable[dict]) -> list[str]:
         "| size | build | to_dense | mv / jvp | build / forward |",
         "|---:|---:|---:|---:|---:|",
     ]
-
-    def cell(value: float | None, unit: str = "") -> str:
-        return "" if value is None else f"{value:.2f}{unit}"
-
     for r in rows:
         lines.append(
-            f"| {r['size']} | {cell(r.get('build_speedup'), 'x')} "
-            f"| {cell(r.get('dense_speedup'), 'x')} | {cell(r.get('mv_over_jvp'))} "
-            f"| {cell(r.get('build_over_forward'))} |"
+            f"| {r['size']} | {_ratio(r.get('build_speedup'), 'x')} "
+            f"| {_ratio(r.get('dense_speedup'), 'x')} | {_ratio(r.get('mv_over_jvp'))} "
+            f"| {_ratio(r.get('build_over_forward'))} |"
         )
     return lines
 

@@ -283,10 +283,14 @@ def _without(labels: str, axes: Sequence[int]) -> str:
     return "".join(c for k, c in enumerate(labels) if k not in dropped)
 
 
-@pointwise("reduce_sum")
-def _reduce_sum(ctx, eqn, ins, ops, outs):
+#: The parameter that names the axes a reduction or a squeeze removes.
+_REMOVED_AXES = {"reduce_sum": "axes", "squeeze": "dimensions"}
+
+
+@pointwise(*_REMOVED_AXES)
+def _remove_axes(ctx, eqn, ins, ops, outs):
     labels = _label(ins[0].ndim)
-    kept = _without(labels, eqn.params["axes"])
+    kept = _without(labels, eqn.params[_REMOVED_AXES[eqn.primitive.name]])
     return [index_map(labels, kept, ins[0].shape, outs[0].shape, ops[0], outs[0].dtype)]
 
 
@@ -301,13 +305,6 @@ def _broadcast_in_dim(ctx, eqn, ins, ops, outs):
         k = source.get(j)
         out_labels += labels[k] if k is not None and x.shape[k] == size else next(fresh)
     return [index_map(labels, out_labels, x.shape, y.shape, ops[0], y.dtype)]
-
-
-@pointwise("squeeze")
-def _squeeze(ctx, eqn, ins, ops, outs):
-    labels = _label(ins[0].ndim)
-    kept = _without(labels, eqn.params["dimensions"])
-    return [index_map(labels, kept, ins[0].shape, outs[0].shape, ops[0], outs[0].dtype)]
 
 
 @pointwise("reshape")

@@ -14,12 +14,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import matcalc_jax as mj
 from matcalc_jax.benchmark.scale import (
+    closed_per_example_jacobian,
     collectives,
     compiled,
     footprint,
     gram_cases,
     gram_data,
-    mlp_block,
     per_example_data,
     per_example_mlp_jacobian,
 )
@@ -31,13 +31,14 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _builders() -> dict:
-    def closed(xs, W1, W2):
-        return mj.batched_jacobian(lambda x: mlp_block(x, W1, W2), xs)
-
     def autodiff(xs, W1, W2):
         return mj.batched_jacobian(jax.jacfwd(lambda x: jnp.tanh(W2 @ jnp.tanh(W1 @ x))), xs)
 
-    return {"transform": per_example_mlp_jacobian, "closed": closed, "jacfwd": autodiff}
+    return {
+        "transform": per_example_mlp_jacobian,
+        "closed": closed_per_example_jacobian,
+        "jacfwd": autodiff,
+    }
 
 
 BUILDERS = _builders()
