@@ -96,7 +96,7 @@ from matcalc_jax.operators import (
     batched_jacobian,
     compose,
 )
-from matcalc_jax.transform import UnsupportedPrimitiveError, jacobian
+from matcalc_jax.transform import UnsupportedPrimitiveError, jacobian, supported_primitives
 from matcalc_jax.verification.harness import Report, verify
 from matcalc_jax.verification.tolerance import TOLERANCES, tolerance
 
@@ -179,6 +179,7 @@ __all__ = [
     "solve_jacobian",
     "solve_rhs_jacobian",
     "sum_rule",
+    "supported_primitives",
     "tolerance",
     "trace_chain_per_entry",
     "trace_chain_vec",

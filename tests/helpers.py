@@ -6,8 +6,10 @@ import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+import matcalc_jax as mj
 from matcalc_jax import tolerance
 from matcalc_jax.verification.harness import relative_error
 
@@ -50,6 +52,25 @@ def assert_all_close(pairs: Any, *args: Any) -> None:
     each pair must agree within the tolerance (see :func:`assert_jacobians_close`)."""
     for actual, expected in jax.jit(pairs)(*args):
         assert_jacobians_close(actual, expected)
+
+
+def assert_transform_matches_autodiff(f: Any, x: Any, *, forward: bool = True) -> Any:
+    """``matcalc_jax.jacobian(f)(x)`` against JAX: ``to_dense`` against ``jax.jacfwd`` and
+    ``mv`` against ``jax.jvp`` (``forward=False``: ``to_dense`` against ``jax.jacrev`` only,
+    for a function JAX differentiates in reverse mode only, a ``custom_vjp``), and ``vm``
+    against ``jax.vjp`` (a complex cotangent for a complex output). Returns J."""
+    J = mj.jacobian(f)(x)
+    y = f(x)
+    reference = jax.jacfwd(f)(x) if forward else jax.jacrev(f)(x)
+    assert_jacobians_close(J.to_dense(), reference)
+    v = jnp.sin(jnp.arange(x.size, dtype=x.dtype) + 1.0).reshape(x.shape)
+    if forward:
+        assert_jacobians_close(J.mv(v), jax.jvp(f, (x,), (v,))[1])
+    u = jnp.cos(jnp.arange(y.size) + 0.5).reshape(y.shape).astype(y.dtype)
+    if jnp.iscomplexobj(y):
+        u = u + 1j * jnp.sin(jnp.arange(y.size)).reshape(y.shape)
+    assert_jacobians_close(J.vm(u), jax.vjp(f, x)[1](u)[0])
+    return J
 
 
 def key(seed: int = 0) -> jax.Array:

@@ -211,6 +211,14 @@ class JacobianOperator:
         block-diagonal along them (a map applied independently to each slice)."""
         return frozenset()
 
+    #: True for a map that is real-linear only (a real part, a conjugate): a complex scalar
+    #: does not commute with it.
+    real_linear_only = False
+
+    def complex_linear(self) -> bool:
+        """True when ``J (c v) = c J v`` for complex scalars c as well as real ones."""
+        return not self.real_linear_only and all(c.complex_linear() for c in self.children())
+
     def describe(self) -> str:
         """A short note on the parameters, for ``print``."""
         return ""
@@ -341,6 +349,8 @@ def compose(outer: JacobianOperator, inner: JacobianOperator) -> JacobianOperato
             f"inner {type(inner).__name__} gives {inner.out_shape}"
         )
     _check_same_layout("compose", outer, inner)
+    if jnp.issubdtype(inner.dtype, jnp.complexfloating) and not outer.complex_linear():
+        return Composition(outer, inner)  # the rules may move complex factors across outer
     result = _first("compose", outer, inner)
     return Composition(outer, inner) if result is None else result
 
@@ -425,7 +435,9 @@ class Scaled(JacobianOperator):
         return self.scale * self.operator.mv(tangent)
 
     def vm(self, cotangent: ArrayLike) -> Array:
-        return self.scale * self.operator.vm(cotangent)
+        # (c J)^T u = J^T (c u): the scale meets the cotangent first, which matters for a
+        # complex c and a J that ends in a real part.
+        return self.operator.vm(self.scale * jnp.asarray(cotangent))
 
     def _numerator(self) -> Array:
         return self.scale * self.operator._numerator()
@@ -434,6 +446,8 @@ class Scaled(JacobianOperator):
         return Scaled(self.scale, self.operator.with_layout(layout))
 
     def transpose(self) -> JacobianOperator:
+        if jnp.iscomplexobj(self.scale) and not self.operator.complex_linear():
+            return Transposed(self)
         return Scaled(self.scale, self.operator.transpose())
 
     def scaled(self, scale: ArrayLike) -> JacobianOperator:
@@ -590,7 +604,9 @@ def _scale_outside_outer(outer: Scaled, inner: JacobianOperator) -> JacobianOper
 
 
 @composition_rule(JacobianOperator, Scaled)
-def _scale_outside_inner(outer: JacobianOperator, inner: Scaled) -> JacobianOperator:
+def _scale_outside_inner(outer: JacobianOperator, inner: Scaled) -> JacobianOperator | None:
+    if jnp.iscomplexobj(inner.scale) and not outer.complex_linear():
+        return None  # Re(c w) is not c Re(w)
     result = compose(outer, inner.operator)
     return result.scaled(jnp.asarray(inner.scale, result.dtype))
 

@@ -28,7 +28,8 @@ from matcalc_jax.operators.identity import Identity
 from matcalc_jax.operators.zero import Zero
 from matcalc_jax.transform import rules
 from matcalc_jax.transform.interpreter import FALLBACKS, Context, UnsupportedPrimitiveError
-from matcalc_jax.transform.maps import ChangeType
+from matcalc_jax.transform.maps import ChangeType, Select, WithFallbacks
+from matcalc_jax.transform.registry import COMPLEX
 
 __all__ = ["UnsupportedPrimitiveError", "jacobian", "supported_primitives"]
 
@@ -57,7 +58,7 @@ def _blocks(op: JacobianOperator, x: Array) -> JacobianOperator:
     m columns of every block at once, from m products with the basis repeated over the
     batch (not N m, as a dense method needs). The basis is split over devices like the batch
     ``x``, so that a sharded batch's blocks are computed where its examples are."""
-    if not isinstance(op, (Composition, Sum)):
+    if not isinstance(op, (Composition, Sum, Select)):
         return op
     if len(op.in_shape) != 2 or len(op.out_shape) != 2 or (0, 0) not in op.batch_axes():
         return op
@@ -120,6 +121,12 @@ def jacobian(
                 "expected an array"
             )
         x = jnp.asarray(x)
+        if jnp.issubdtype(x.dtype, jnp.complexfloating):
+            raise TypeError(
+                f"matcalc_jax.jacobian({name}): argument {index} is a complex argument "
+                f"({x.dtype}); the transform differentiates real arguments: pass the real "
+                "and imaginary parts as real arrays"
+            )
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(
                 f"matcalc_jax.jacobian({name}): argument {index} has dtype {x.dtype}; expected "
@@ -137,15 +144,18 @@ def jacobian(
         operators = [None] * len(leaves)
         operators[position] = Identity(tuple(x.shape), x.dtype.name)
         on_missing = rules.fallback if fallback == "autodiff" else None
-        ctx = Context(rules.RULES, rules.RELEVANT, on_missing)
+        ctx = Context(rules.RULES, rules.RELEVANT, on_missing, complex_rules=frozenset(COMPLEX))
         values = [jnp.asarray(leaf) for leaf in leaves]
         _, (op,) = ctx.run(closed.jaxpr, closed.consts, values, operators)
         out_dtype = jnp.dtype(out_shape.dtype)
         if op is None:
-            return Zero(tuple(out_shape.shape), tuple(x.shape), out_dtype.name)
+            op = Zero(tuple(out_shape.shape), tuple(x.shape), out_dtype.name)
         if op.dtype != out_dtype:  # a wider intermediate (a float16 solve runs in float32)
             shape = tuple(out_shape.shape)
             op = compose(ChangeType(shape, shape, out_dtype.name, jnp.dtype(op.dtype).name), op)
-        return _blocks(op, x)
+        op = _blocks(op, x)
+        if ctx.fallbacks:
+            op = WithFallbacks(op, tuple(dict.fromkeys(ctx.fallbacks)))
+        return op
 
     return jacobian_of_f

@@ -3,7 +3,7 @@
 Each entry gives the partial derivative of a primitive's output with respect to one operand,
 as an array of the output's shape, from the operands and the output ``y``. They are the
 formulas JAX's own differentiation rules use (``jax/_src/lax/lax.py``, arranged the same way,
-so ties and special points agree: ``max`` splits a tie in half, ``abs'(0) = 0``,
+so ties and special points agree: ``max`` splits a tie in half, ``abs'(0) = 1``,
 ``pow``'s ``0 * x^(-1)`` is 0), but evaluated once, as the diagonal of the Jacobian, instead
 of on every tangent.
 """
@@ -15,6 +15,11 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
+
+# Python floats, weakly typed: a constant never widens a float32 derivative (and is legal
+# under jax_numpy_dtype_promotion="strict").
+_TWO_OVER_SQRT_PI = float(2 / np.sqrt(np.pi))
+_SQRT_PI_OVER_TWO = float(np.sqrt(np.pi) / 2)
 
 #: f'(x) for unary maps y = f(x), as a function of (x, y).
 UNARY: dict[str, Callable[[Array, Array], Array]] = {
@@ -35,18 +40,25 @@ UNARY: dict[str, Callable[[Array, Array], Array]] = {
     "cosh": lambda x, y: jnp.sinh(x),
     "asinh": lambda x, y: lax.rsqrt(jnp.square(x) + 1),
     "acosh": lambda x, y: lax.rsqrt((x - 1) * (x + 1)),
-    "atanh": lambda x, y: 1 / ((1 + x) * (1 - x)),
+    "atanh": lambda x, y: (1 / (1 + x)) * (1 / (1 - x)),  # as JAX arranges it
     "sqrt": lambda x, y: 0.5 / y,
     "rsqrt": lambda x, y: -0.5 * (y / x),
     "cbrt": lambda x, y: lax.integer_pow(y, -2) / 3,
     "square": lambda x, y: 2 * x,
-    "abs": lambda x, y: jnp.sign(x),
-    "erf": lambda x, y: (2 / np.sqrt(np.pi)) * jnp.exp(-jnp.square(x)),
-    "erfc": lambda x, y: (-2 / np.sqrt(np.pi)) * jnp.exp(-jnp.square(x)),
-    "erf_inv": lambda x, y: (np.sqrt(np.pi) / 2) * jnp.exp(jnp.square(y)),
+    # JAX: select(x >= 0, g, -g): 1 at 0 and -0, -1 at NaN.
+    "abs": lambda x, y: jnp.where(x >= 0, jnp.ones((), y.dtype), -jnp.ones((), y.dtype)),
+    "erf": lambda x, y: _TWO_OVER_SQRT_PI * jnp.exp(-jnp.square(x)),
+    "erfc": lambda x, y: -_TWO_OVER_SQRT_PI * jnp.exp(-jnp.square(x)),
+    "erf_inv": lambda x, y: _SQRT_PI_OVER_TWO * jnp.exp(jnp.square(y)),
     "lgamma": lambda x, y: lax.digamma(x),
     "digamma": lambda x, y: lax.polygamma(jnp.ones_like(x), x),
 }
+
+#: The maps above that are holomorphic: the same formula is their complex derivative.
+HOLOMORPHIC = (
+    "exp", "exp2", "log", "log1p", "expm1", "tanh", "logistic", "sin", "cos", "tan", "asin",
+    "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "sqrt", "rsqrt", "square",
+)  # fmt: skip
 
 #: Maps whose derivative is zero wherever it exists (JAX differentiates them to zero).
 PIECEWISE_CONSTANT = ("sign", "floor", "ceil", "round")

@@ -8,13 +8,22 @@ rules keep the structure. A value that does not depend on the argument carries `
 costs nothing. Before the loop, a backward pass marks the values whose Jacobians the outputs
 need; a factorization that only feeds a solver's preconditioner, or anything under
 ``stop_gradient``, is evaluated and never differentiated.
+
+Two checks run on every equation. A primitive whose rule is not written for complex values
+(``COMPLEX``) meets one as a primitive without a rule: a complex intermediate is never
+taken for a constant. And every Jacobian a rule returns has the shape and dtype of the
+equation's output, and the argument's shape on its input side (``check_rule_output``): a
+mismatch names the primitive and the rule instead of surfacing later as a wrong product.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import site
+import sysconfig
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax.numpy as jnp
@@ -34,6 +43,16 @@ class UnsupportedPrimitiveError(NotImplementedError):
     """A primitive of the program has no rule, and no fallback was asked for."""
 
 
+class NotLinear(Exception):  # noqa: N818  (a signal, as NoRule)
+    """Raised in a context that must be linear (a custom_vjp backward rule in its
+    cotangent) at an equation that is not a linear map of its varying operands."""
+
+
+class RuleOutputError(AssertionError):
+    """A rule returned a Jacobian whose shapes or dtype are not those of its equation: a
+    defect of the rule, named with its primitive."""
+
+
 class NoRule(Exception):  # noqa: N818  (a signal between a rule and the interpreter)
     """Raised by a rule for a case of its primitive it does not cover (``reason`` says
     which); the interpreter then treats the equation as a primitive without a rule."""
@@ -44,9 +63,42 @@ class NoRule(Exception):  # noqa: N818  (a signal between a rule and the interpr
 
 
 def is_float(var: Any) -> bool:
-    """True for a value whose Jacobian the transform tracks (a real floating-point array)."""
+    """True for a value whose Jacobian the transform tracks: a real or complex
+    floating-point array (integers, booleans and keys carry none)."""
     dtype = getattr(var.aval, "dtype", None)
-    return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.inexact)
+
+
+def is_complex(var: Any) -> bool:
+    """True for a complex value (``var`` a jaxpr variable)."""
+    dtype = getattr(var.aval, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating)
+
+
+def check_rule_output(
+    eqn: Any, in_shape: tuple[int, ...] | None, out_ops: Sequence[Any], rule: str
+) -> None:
+    """Every Jacobian ``rule`` returned for ``eqn`` maps tangents of the argument
+    (``in_shape``) to tangents of shape and dtype of the equation's output."""
+    if len(out_ops) != len(eqn.outvars):
+        raise RuleOutputError(
+            f"matcalc_jax.jacobian: the rule {rule} for the primitive "
+            f"{eqn.primitive.name!r} returned {len(out_ops)} Jacobian(s) for "
+            f"{len(eqn.outvars)} output(s)"
+        )
+    for k, (var, op) in enumerate(zip(eqn.outvars, out_ops, strict=True)):
+        if op is None or not is_float(var):
+            continue
+        aval = var.aval
+        got = (tuple(op.out_shape), jnp.dtype(op.dtype), tuple(op.in_shape))
+        expected = (tuple(aval.shape), jnp.dtype(aval.dtype), in_shape or got[2])
+        if got != expected:
+            raise RuleOutputError(
+                f"matcalc_jax.jacobian: the rule {rule} for the primitive "
+                f"{eqn.primitive.name!r} returned for output {k} a {type(op).__name__} "
+                f"{got[0]} <- {got[2]} of {got[1]}; the equation needs {expected[0]} <- "
+                f"{expected[2]} of {expected[1]}"
+            )
 
 
 def bind(eqn: Any, values: Sequence[Array]) -> list[Array]:
@@ -59,15 +111,76 @@ def bind(eqn: Any, values: Sequence[Array]) -> list[Array]:
     return list(out) if eqn.primitive.multiple_results else [out]
 
 
+def _library_roots() -> tuple[str, ...]:
+    """Where installed libraries live: site-packages (flax, equinox, optax, jax) and the
+    standard library."""
+    roots = {*site.getsitepackages(), site.getusersitepackages()}
+    roots |= {sysconfig.get_paths()[name] for name in ("stdlib", "purelib", "platlib")}
+    return tuple(sorted(os.path.realpath(root) + os.sep for root in roots if root))
+
+
+_LIBRARY_ROOTS = _library_roots()
+_LIBRARY_PARTS = tuple(os.sep + name + os.sep for name in ("jax", "jaxlib", "matcalc_jax"))
+
+
+def _is_library(file_name: str) -> bool:
+    real = os.path.realpath(file_name)
+    return real.startswith(_LIBRARY_ROOTS) or any(p in file_name for p in _LIBRARY_PARTS)
+
+
+def _short(file_name: str) -> str:
+    """A library file named from its package down (``jax/_src/lax/control_flow/loops.py``)."""
+    real = os.path.realpath(file_name)
+    for root in _LIBRARY_ROOTS:
+        if real.startswith(root):
+            return real[len(root) :]
+    for part in _LIBRARY_PARTS:
+        if part in file_name:
+            return file_name[file_name.rindex(part) + 1 :]
+    return file_name
+
+
+#: JAX's own plumbing between a user's call and the primitive: never the function to name.
+_PLUMBING = ("traceback_util.py", "source_info_util.py", "partial_eval.py", "core.py",
+             "linear_util.py", "api_util.py", "pjit.py")  # fmt: skip
+
+
+def _calls(frames: Sequence[Any]) -> str:
+    """The library functions a user's call went through, outermost first, at most three
+    (``jax/_src/lax/control_flow/loops.py (fori_loop) > (scan)``)."""
+    named = [
+        frame
+        for frame in frames
+        if not frame.file_name.endswith(_PLUMBING)
+        and "<locals>" not in frame.function_name
+        and not frame.function_name.split(".")[-1].startswith("_")
+    ]
+    parts, previous = [], None
+    for frame in list(reversed(named))[:3]:
+        where = _short(frame.file_name)
+        parts.append(
+            f"({frame.function_name})" if where == previous else f"{where} ({frame.function_name})"
+        )
+        previous = where
+    return " > ".join(parts)
+
+
 def user_frame(eqn: Any) -> str | None:
-    """The innermost frame of the user's code that made ``eqn``, as ``file:line (function)``
-    (``None`` for an equation traced inside a library, such as a cached ``jnp`` function)."""
+    """The innermost frame of the user's code that made ``eqn``, as ``file:line (function)``,
+    with the library functions it called on the way (``made by
+    jax/_src/lax/control_flow/loops.py (fori_loop) > (scan)``, ``made by
+    flax/linen/module.py (Module.apply) > flax/linen/linear.py (Dense.__call__)``); ``None``
+    for an equation traced inside a library only, such as a cached ``jnp`` function. Frames
+    in installed packages (flax, equinox, optax, jax) and in the standard library are not
+    the user's."""
     traceback = getattr(eqn.source_info, "traceback", None)
     frames = getattr(traceback, "frames", None) or []
-    inside = (os.sep + "jax" + os.sep, os.sep + "jaxlib" + os.sep, os.sep + "matcalc_jax" + os.sep)
-    for frame in frames:
-        if not any(part in frame.file_name for part in inside):
-            return f"{frame.file_name}:{frame.line_num} ({frame.function_name})"
+    for k, frame in enumerate(frames):  # innermost first
+        if _is_library(frame.file_name):
+            continue
+        place = f"{frame.file_name}:{frame.line_num} ({frame.function_name})"
+        calls = _calls(frames[:k])
+        return f"{place}, made by {calls}" if calls else place
     return None
 
 
@@ -81,6 +194,13 @@ class Context:
     fallback: Rule | None = None
     path: tuple[str, ...] = ()
     frame: str | None = None
+    #: the primitives whose rule holds for complex values
+    complex_rules: frozenset[str] = frozenset()
+    #: where the fallback ran (``Linearized.describe``), shared by the inner contexts
+    fallbacks: list[str] = field(default_factory=list)
+    #: when set, the program must be linear in its argument: primitive -> the test of
+    #: which operands may vary (``registry.LINEAR``); anything else raises ``NotLinear``
+    linear: dict[str, Callable[[list[bool]], bool]] | None = None
 
     def where(self, eqn: Any) -> str:
         """Where ``eqn`` sits in the user's program: their line (or that of the enclosing
@@ -91,7 +211,7 @@ class Context:
     def inside(self, name: str, eqn: Any = None) -> Context:
         """The context of a call's inner program (``name``, made by the call ``eqn``)."""
         frame = (user_frame(eqn) if eqn is not None else None) or self.frame
-        return Context(self.rules, self.relevant, self.fallback, (*self.path, name), frame)
+        return dataclasses.replace(self, path=(*self.path, name), frame=frame)
 
     def run(
         self,
@@ -152,22 +272,44 @@ class Context:
                         needed.add(eqn.invars[k])
         return needed
 
+    def _complex_case(self, eqn: Any, in_ops: list[Operator]) -> bool:
+        """A complex operand with a Jacobian, or a complex output: a case only the rules
+        written for complex values cover."""
+        operands = (v for v, op in zip(eqn.invars, in_ops, strict=True) if op is not None)
+        return any(is_complex(v) for v in (*operands, *eqn.outvars))
+
     def _apply(
         self, eqn: Any, ins: list[Array], in_ops: list[Operator]
     ) -> tuple[list[Array], list[Operator]]:
         name = eqn.primitive.name
+        if self.linear is not None:
+            test = self.linear.get(name)
+            if test is None or not test([op is not None for op in in_ops]):
+                raise NotLinear(f"the primitive {name!r} {self.where(eqn)}")
         rule = self.rules.get(name)
         what = f"the primitive {name!r}"
+        if rule is not None and name not in self.complex_rules and self._complex_case(eqn, in_ops):
+            what += " on complex values"
+            rule = None
         if rule is not None:
             try:
-                return rule(self, eqn, ins, in_ops)
+                return self._checked(rule, eqn, ins, in_ops)
             except NoRule as uncovered:
                 what += f" {uncovered.reason}"
         if self.fallback is not None:
-            return self.fallback(self, eqn, ins, in_ops)
+            return self._checked(self.fallback, eqn, ins, in_ops)
         raise UnsupportedPrimitiveError(
-            f"matcalc_jax.jacobian: no rule for {what} {self.where(eqn)}; "
-            f"the supported primitives are {', '.join(sorted(self.rules))}. Pass "
+            f"matcalc_jax.jacobian: no rule for {what} {self.where(eqn)}. "
+            "matcalc_jax.supported_primitives() lists the primitives with a rule. Pass "
             "fallback='autodiff' to derive this primitive's local Jacobian from JAX's jvp/vjp "
             "(listed in J.fallbacks), or rewrite that part of the program."
         )
+
+    def _checked(
+        self, rule: Rule, eqn: Any, ins: list[Array], in_ops: list[Operator]
+    ) -> tuple[list[Array], list[Operator]]:
+        """``rule`` applied to ``eqn``, its Jacobians checked against the equation's."""
+        outs, out_ops = rule(self, eqn, ins, in_ops)
+        argument = next(op for op in in_ops if op is not None).in_shape
+        check_rule_output(eqn, argument, out_ops, getattr(rule, "__name__", repr(rule)))
+        return outs, out_ops

@@ -10,6 +10,8 @@ the opt-in autodiff fallback for a primitive without a rule.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,13 +23,18 @@ from jax.typing import ArrayLike
 
 from matcalc_jax.core.layout import Layout
 from matcalc_jax.operators.base import (
+    Composition,
     JacobianOperator,
+    Scaled,
     ShapedOperator,
     check_tangent,
+    compose,
     composition_rule,
     pytree,
     size_of,
 )
+from matcalc_jax.operators.diagonal import Diagonal
+from matcalc_jax.operators.identity import Identity
 
 
 class Static:
@@ -177,18 +184,36 @@ class DynamicSlice(_Map):
         return lax.dynamic_update_slice(zeros, cotangent, self.start)
 
 
+def cast(tangent: Array, dtype: Any) -> Array:
+    """``tangent`` in ``dtype``; a complex tangent cast to a real type keeps its real part
+    (as ``lax.convert_element_type`` does)."""
+    dtype = jnp.dtype(dtype)
+    if jnp.iscomplexobj(tangent) and not jnp.issubdtype(dtype, jnp.complexfloating):
+        tangent = jnp.real(tangent)
+    return tangent.astype(dtype)
+
+
 @pytree((), ("out_sizes", "in_sizes", "dtype_name", "in_dtype_name", "layout"))
 class ChangeType(_Map):
-    """v -> v in another float type (``convert_element_type``)."""
+    """v -> v in another float type (``convert_element_type``). Between real and complex:
+    real to complex embeds (``v + 0i``) and complex to real keeps the real part, each the
+    other's transpose in JAX's pairing of complex cotangents (``Re(u^T w)``); a tangent
+    reaching the real side as a complex array (a complex basis) is read by its real part."""
 
     in_dtype_name: str
     layout: Layout = "numerator"
 
+    @property
+    def real_linear_only(self) -> bool:  # the real part of a complex tangent
+        return jnp.issubdtype(self.in_dtype_name, jnp.complexfloating) and not jnp.issubdtype(
+            self.dtype, jnp.complexfloating
+        )
+
     def _apply(self, tangent: Array) -> Array:
-        return tangent.astype(self.dtype)
+        return cast(cast(tangent, self.in_dtype_name), self.dtype)
 
     def _apply_transpose(self, cotangent: Array) -> Array:
-        return cotangent.astype(self.in_dtype_name)
+        return cast(cast(cotangent, self.dtype), self.in_dtype_name)
 
     def transpose(self) -> JacobianOperator:
         return ChangeType(
@@ -332,3 +357,204 @@ class Gather(_Map):
             indices_are_sorted=params["indices_are_sorted"],
             unique_indices=params["unique_indices"], mode=params["mode"],
         )  # fmt: skip
+
+
+@pytree(("predicate", "branches"), ("layout",))
+class Select(JacobianOperator):
+    """The Jacobian of ``lax.select_n(p, y_0, y_1, ...)``: row i is row i of the Jacobian of
+    the branch ``p_i`` chooses (``None``: a constant branch, a zero row). ``mv`` applies the
+    branches and selects, as JAX's ``jvp`` of ``select_n`` does, so a NaN or an infinity in
+    a branch not taken (``sqrt`` of a negative entry under ``jnp.where(x > 0, ...)``) never
+    reaches the result; ``vm`` masks the cotangent before each branch, as JAX's ``vjp``."""
+
+    predicate: Array
+    branches: tuple[JacobianOperator | None, ...]
+    layout: Layout = "numerator"
+
+    def _first(self) -> JacobianOperator:
+        return next(b for b in self.branches if b is not None)
+
+    out_shape = property(lambda self: self._first().out_shape)
+    in_shape = property(lambda self: self._first().in_shape)
+    dtype = property(lambda self: self._first().dtype)
+
+    def _select(self, cases: list[Array | None], extra_axes: int = 0) -> Array:
+        present = next(c for c in cases if c is not None)
+        cases = [jnp.zeros_like(present) if c is None else c for c in cases]
+        which = jnp.broadcast_to(self.predicate, self.out_shape)
+        which = jnp.broadcast_to(which.reshape(which.shape + (1,) * extra_axes), present.shape)
+        return lax.select_n(which, *cases)
+
+    def mv(self, tangent: ArrayLike) -> Array:
+        tangent = check_tangent(self, "mv", tangent, self.in_shape)
+        return self._select([None if b is None else b.mv(tangent) for b in self.branches])
+
+    def vm(self, cotangent: ArrayLike) -> Array:
+        cotangent = check_tangent(self, "vm", cotangent, self.out_shape)
+        zeros = jnp.zeros_like(cotangent)
+        pulled = []
+        for k, branch in enumerate(self.branches):
+            if branch is not None:
+                masked = [cotangent if j == k else zeros for j in range(len(self.branches))]
+                pulled.append(branch.vm(self._select(masked)))
+        return functools.reduce(operator.add, pulled)
+
+    def _numerator(self) -> Array:
+        dense = [None if b is None else b._numerator() for b in self.branches]
+        return self._select(dense, extra_axes=len(self.in_shape))
+
+    def with_layout(self, layout: Layout) -> JacobianOperator:
+        branches = tuple(None if b is None else b.with_layout(layout) for b in self.branches)
+        return Select(self.predicate, branches, layout)
+
+    def diagonal(self) -> Array:
+        self._check_square("diagonal")
+        return self._select([None if b is None else b.diagonal() for b in self.branches])
+
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        present = [b.batch_axes() for b in self.branches if b is not None]
+        return frozenset.intersection(*present)
+
+    def describe(self) -> str:
+        return f"of {len(self.branches)} branches"
+
+
+def _diagonal_factor(op: JacobianOperator) -> tuple[Array, JacobianOperator | None]:
+    """``op`` as ``diag(d) o inner``: (d, inner), with ``inner`` None for the identity."""
+    if isinstance(op, Identity):
+        return jnp.ones(op.out_shape, op.dtype), None
+    if isinstance(op, Diagonal):
+        return op.values, None
+    if isinstance(op, Scaled) and jnp.ndim(op.scale) == 0:
+        values, inner = _diagonal_factor(op.operator)
+        return op.scale * values, inner
+    if isinstance(op, Composition) and isinstance(op.outer, Diagonal):
+        return op.outer.values, op.inner
+    return jnp.ones(op.out_shape, op.dtype), op
+
+
+def select(predicate: Array, branches: Sequence[JacobianOperator | None]) -> Any:
+    """The Jacobian of ``select_n(predicate, *branches)``, as structured as selection allows:
+    branches that are diagonal after a common factor X (``diag(d_k) o X``, X the identity
+    for elementwise branches) select their diagonals, ``diag(select(p, d_k)) o X``; a
+    constant branch beside a non-trivial X keeps the selection after X (a NaN row of X in a
+    branch not taken must not reach the result); anything else is a lazy ``Select``."""
+    present = [b for b in branches if b is not None]
+    if not present:
+        return None
+    factors = [None if b is None else _diagonal_factor(b) for b in branches]
+    inners = {id(f[1]) for f in factors if f is not None}
+    if len(inners) == 1:
+        inner = next(f[1] for f in factors if f is not None)
+        dtype = present[0].dtype
+        diagonals = [None if f is None else Diagonal(f[0].astype(dtype)) for f in factors]
+        if inner is None or all(d is not None for d in diagonals):
+            predicate = jnp.broadcast_to(predicate, present[0].out_shape)
+            values = lax.select_n(
+                predicate,
+                *(jnp.zeros(present[0].out_shape, dtype) if d is None else d.values
+                  for d in diagonals),
+            )  # fmt: skip
+            chosen = Diagonal(values)
+            return chosen if inner is None else compose(chosen, inner)
+        return compose(Select(predicate, tuple(diagonals)), inner)
+    return Select(predicate, tuple(branches))
+
+
+@pytree(("operator",), ("notes",))
+class WithFallbacks(JacobianOperator):
+    """A Jacobian part of which the opt-in autodiff fallback derived: the operator as the
+    rules built it, and ``notes``, where the fallback ran (kept through every
+    simplification, which may fold a fallback's map into a low-rank or diagonal term)."""
+
+    operator: JacobianOperator
+    notes: tuple[str, ...]
+
+    layout = property(lambda self: self.operator.layout)  # type: ignore[assignment]
+    out_shape = property(lambda self: self.operator.out_shape)
+    in_shape = property(lambda self: self.operator.in_shape)
+    dtype = property(lambda self: self.operator.dtype)
+
+    def mv(self, tangent: ArrayLike) -> Array:
+        return self.operator.mv(tangent)
+
+    def vm(self, cotangent: ArrayLike) -> Array:
+        return self.operator.vm(cotangent)
+
+    def _numerator(self) -> Array:
+        return self.operator._numerator()
+
+    def with_layout(self, layout: Layout) -> JacobianOperator:
+        return WithFallbacks(self.operator.with_layout(layout), self.notes)
+
+    def transpose(self) -> JacobianOperator:
+        return WithFallbacks(self.operator.transpose(), self.notes)
+
+    def scaled(self, scale: ArrayLike) -> JacobianOperator:
+        return WithFallbacks(self.operator.scaled(scale), self.notes)
+
+    def diagonal(self) -> Array:
+        return self.operator.diagonal()
+
+    def trace(self) -> Array:
+        return self.operator.trace()
+
+    def logdet(self) -> Array:
+        return self.operator.logdet()
+
+    def solve(self, rhs: ArrayLike) -> Array:
+        return self.operator.solve(rhs)
+
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        return self.operator.batch_axes()
+
+    @property
+    def fallbacks(self) -> tuple[str, ...]:
+        return self.notes
+
+    def describe(self) -> str:
+        return "with autodiff fallbacks: " + "; ".join(self.notes)
+
+
+@pytree(
+    ("residuals",),
+    ("out_sizes", "in_sizes", "dtype_name", "backward", "output", "position", "layout"),
+)
+class Pullback(_Map):
+    """The local Jacobian of a ``custom_vjp`` function whose backward rule is not linear in
+    the cotangent (``clip_gradient``): no matrix then stands for it, and this follows JAX
+    call by call. ``vm(u)`` is ``bwd(residuals, u)``, what ``jax.vjp`` returns; the matrix
+    (``to_dense``, and ``mv`` through it) is ``jax.jacrev``'s, whose rows are ``bwd`` at
+    the unit cotangents. ``backward`` holds ``bwd`` and the outputs' cotangent shapes;
+    ``output`` and ``position`` say which output and which input this part maps."""
+
+    residuals: tuple[Array, ...]
+    backward: Static
+    output: int
+    position: int
+    layout: Layout = "numerator"
+
+    def _apply_transpose(self, cotangent: Array) -> Array:
+        bwd, shapes = self.backward.value
+        cotangents = [
+            cotangent if j == self.output else jnp.zeros(shape, dtype)
+            for j, (shape, dtype) in enumerate(shapes)
+        ]
+        pulled = bwd.call_wrapped(*self.residuals, *cotangents)[self.position]
+        if not hasattr(pulled, "shape"):  # a symbolic zero: this input gets no cotangent
+            return jnp.zeros(self.in_shape, self.dtype)
+        return pulled.astype(self.dtype)
+
+    def _numerator(self) -> Array:
+        m = size_of(self.out_shape)
+        units = jnp.eye(m, dtype=self.dtype).reshape((m, *self.out_shape))
+        rows = jax.vmap(self._apply_transpose)(units)  # (m, *in_shape)
+        return rows.reshape(self.out_shape + self.in_shape)
+
+    def _apply(self, tangent: Array) -> Array:
+        m, n = size_of(self.out_shape), size_of(self.in_shape)
+        matrix = self._numerator().reshape(m, n)
+        return (matrix @ tangent.reshape(n)).reshape(self.out_shape)
+
+    def describe(self) -> str:
+        return "of a backward rule not linear in its cotangent"

@@ -33,101 +33,35 @@ elementwise ``f``             diag(f'(x)) J_x                          (the seed
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from matcalc_jax.operators.base import add, compose
+from matcalc_jax.operators.base import compose
 from matcalc_jax.operators.contraction import LETTERS, contraction
-from matcalc_jax.operators.diagonal import Diagonal
-from matcalc_jax.transform import elementwise, maps
-from matcalc_jax.transform.interpreter import Context, NoRule, Operator, Rule, bind
-
-RULES: dict[str, Rule] = {}
-#: Primitives whose output depends on only some operands for differentiation.
-RELEVANT: dict[str, Callable[[Any], list[int]]] = {"stop_gradient": lambda eqn: []}
-
-
-def rule(*names: str) -> Callable[[Rule], Rule]:
-    def register(fn: Rule) -> Rule:
-        for name in names:
-            RULES[name] = fn
-        return fn
-
-    return register
-
-
-def pointwise(*names: str) -> Callable[[Callable[..., list[Operator]]], Rule]:
-    """A rule that needs the outputs' values: evaluate the equation first, then
-    ``fn(context, eqn, ins, in_ops, outs) -> out_ops``."""
-
-    def register(fn: Callable[..., list[Operator]]) -> Rule:
-        @functools.wraps(fn)
-        def apply(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
-            outs = bind(eqn, ins)
-            return outs, fn(ctx, eqn, ins, ops, outs)
-
-        return rule(*names)(apply)
-
-    return register
-
-
-# ------------------------------------------------------------------------------ helpers
-
-
-def total(terms: Sequence[Operator]) -> Operator:
-    """The sum of the terms that are not ``None`` (``None`` if there are none)."""
-    present = [t for t in terms if t is not None]
-    if not present:
-        return None
-    return functools.reduce(add, present)
-
-
-def broadcast(op: Operator, shape: tuple[int, ...]) -> Operator:
-    """The Jacobian of an operand broadcast to ``shape`` by an elementwise primitive (a
-    scalar, or unit axes as in ``sub x (x_max broadcast to (1,))``)."""
-    if op is None or op.out_shape == tuple(shape):
-        return op
-    source = op.out_shape
-    labels = LETTERS[: len(source)]
-    fresh = iter(LETTERS[len(source) :])
-    lead = len(shape) - len(source)
-    out_labels = "".join(
-        labels[j - lead] if j >= lead and source[j - lead] == size else next(fresh)
-        for j, size in enumerate(shape)
-    )
-    return index_map(labels, out_labels, source, shape, op)
-
-
-def index_map(
-    in_labels: str,
-    out_labels: str,
-    in_shape: Sequence[int],
-    out_shape: Sequence[int],
-    op: Any,
-    dtype: Any = None,
-) -> Operator:
-    """A map that only permutes, sums and broadcasts axes (labels as in ``einsum``), in
-    ``dtype`` (``op``'s by default), after ``op``."""
-    dtype = op.dtype if dtype is None else dtype
-    spread = contraction(None, (in_labels, "", out_labels), in_shape, out_shape, dtype)
-    return compose(spread, op)
-
-
-def times(partial: Array, op: Operator) -> Operator:
-    """diag(partial) J, or c J for a scalar partial."""
-    if op is None:
-        return None
-    partial = jnp.asarray(partial)
-    if partial.ndim == 0 and partial.shape != op.out_shape:
-        return op.scaled(partial)
-    values = jnp.broadcast_to(partial, op.out_shape).astype(op.dtype)
-    return compose(Diagonal(values, op.layout), op)
+from matcalc_jax.operators.identity import Identity
+from matcalc_jax.transform import complex_values, elementwise, maps
+from matcalc_jax.transform.interpreter import Context, NoRule, NotLinear, Operator, Rule, bind
+from matcalc_jax.transform.registry import (
+    COMPLEX,
+    LINEAR,
+    RELEVANT,
+    RULES,
+    broadcast,
+    index_map,
+    numerator,
+    one_factor,
+    pointwise,
+    rule,
+    times,
+    total,
+)
 
 
 def _label(ndim: int, start: int = 0) -> str:
@@ -139,38 +73,46 @@ def _label(ndim: int, start: int = 0) -> str:
 
 @pointwise(*elementwise.UNARY)
 def _unary(ctx, eqn, ins, ops, outs):
-    derivative = elementwise.UNARY[eqn.primitive.name](ins[0], outs[0])
-    return [times(derivative.astype(outs[0].dtype), ops[0])]
+    x, y = ins[0], outs[0]
+    if eqn.primitive.name == "abs" and jnp.iscomplexobj(x):
+        return [complex_values.complex_abs(x, y, ops[0])]
+    derivative = elementwise.UNARY[eqn.primitive.name](x, y)
+    return [times(derivative.astype(y.dtype), ops[0])]
 
 
-@pointwise(*elementwise.PIECEWISE_CONSTANT, "stop_gradient")
+@pointwise(*elementwise.PIECEWISE_CONSTANT, "stop_gradient", linear=True)
 def _zero_derivative(ctx, eqn, ins, ops, outs):
     return [None]
 
 
-@pointwise("integer_pow")
+@pointwise("integer_pow", complex=True)
 def _integer_pow(ctx, eqn, ins, ops, outs):
     derivative = elementwise.integer_pow(ins[0], outs[0], power=eqn.params["y"])
     return [times(derivative.astype(outs[0].dtype), ops[0])]
 
 
-@pointwise("neg")
+@pointwise("neg", complex=True, linear=True)
 def _neg(ctx, eqn, ins, ops, outs):
     return [ops[0].scaled(jnp.asarray(-1, outs[0].dtype))]
 
 
-@pointwise("copy", "copy_p", "optimization_barrier", "reduce_precision")
+@pointwise("copy", "copy_p", "optimization_barrier", "reduce_precision", linear=True)
 def _same(ctx, eqn, ins, ops, outs):
     return list(ops)
 
 
-@pointwise("add", "add_any")
+# Holomorphic maps keep their derivative formula on complex values; sign's is 0 in JAX.
+COMPLEX.update(elementwise.HOLOMORPHIC, ("abs", "sign", "stop_gradient", "pow"))
+COMPLEX.update(("copy", "copy_p", "optimization_barrier"))
+
+
+@pointwise("add", "add_any", complex=True, linear=True)
 def _add(ctx, eqn, ins, ops, outs):
     shape = outs[0].shape
     return [total([broadcast(ops[0], shape), broadcast(ops[1], shape)])]
 
 
-@pointwise("sub")
+@pointwise("sub", complex=True, linear=True)
 def _sub(ctx, eqn, ins, ops, outs):
     shape = outs[0].shape
     minus = broadcast(ops[1], shape)
@@ -178,14 +120,14 @@ def _sub(ctx, eqn, ins, ops, outs):
     return [total([broadcast(ops[0], shape), minus])]
 
 
-@pointwise("mul")
+@pointwise("mul", complex=True, linear=one_factor)
 def _mul(ctx, eqn, ins, ops, outs):
     a, b = ins
     shape = outs[0].shape
     return [total([times(b, broadcast(ops[0], shape)), times(a, broadcast(ops[1], shape))])]
 
 
-@pointwise("div")
+@pointwise("div", complex=True, linear=numerator)
 def _div(ctx, eqn, ins, ops, outs):
     b = ins[1]
     y = outs[0]
@@ -210,27 +152,27 @@ def _binary(ctx, eqn, ins, ops, outs):
 
 @pointwise("clamp")
 def _clamp(ctx, eqn, ins, ops, outs):
+    # As jax.lax differentiates clamp: each operand's tangent where it is the one chosen,
+    # selected (a NaN tangent of an operand not chosen stays out).
     low, x, high = ins
     y = outs[0]
-    zero, one = jnp.zeros((), y.dtype), jnp.ones((), y.dtype)
-    partials = (  # as jax.lax differentiates clamp
-        jnp.where((low > x) & (low < high), one, zero),
-        jnp.where((x > low) & (x < high), one, zero),
-        jnp.where(high < x, one, zero),
+    chosen = (
+        (low > x) & (low < high),
+        (x > low) & (x < high),
+        high < x,
     )
-    return [total([times(p, broadcast(op, y.shape)) for p, op in zip(partials, ops, strict=True)])]
-
-
-@pointwise("select_n")
-def _select_n(ctx, eqn, ins, ops, outs):
-    predicate = ins[0]
-    y = outs[0]
-    terms = []
-    for k, op in enumerate(ops[1:]):
-        if op is not None:
-            chosen = jnp.where(predicate == k, jnp.ones((), y.dtype), jnp.zeros((), y.dtype))
-            terms.append(times(jnp.broadcast_to(chosen, y.shape), broadcast(op, y.shape)))
+    terms = [
+        maps.select(jnp.broadcast_to(mask, y.shape), (None, broadcast(op, y.shape)))
+        for mask, op in zip(chosen, ops, strict=True)
+        if op is not None
+    ]
     return [total(terms)]
+
+
+@pointwise("select_n", complex=True, linear=True)
+def _select_n(ctx, eqn, ins, ops, outs):
+    y = outs[0]
+    return [maps.select(ins[0], [broadcast(op, y.shape) for op in ops[1:]])]
 
 
 RELEVANT["select_n"] = lambda eqn: list(range(1, len(eqn.invars)))
@@ -239,7 +181,7 @@ RELEVANT["select_n"] = lambda eqn: list(range(1, len(eqn.invars)))
 # ------------------------------------------------------------- linear maps: contractions
 
 
-@pointwise("dot_general")
+@pointwise("dot_general", complex=True, linear=one_factor)
 def _dot_general(ctx, eqn, ins, ops, outs):
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = eqn.params["dimension_numbers"]
     lhs, rhs = ins
@@ -270,7 +212,7 @@ def _dot_general(ctx, eqn, ins, ops, outs):
     return [total(terms)]
 
 
-@pointwise("transpose")
+@pointwise("transpose", complex=True, linear=True)
 def _transpose(ctx, eqn, ins, ops, outs):
     labels = _label(ins[0].ndim)
     permuted = "".join(labels[k] for k in eqn.params["permutation"])
@@ -287,14 +229,14 @@ def _without(labels: str, axes: Sequence[int]) -> str:
 _REMOVED_AXES = {"reduce_sum": "axes", "squeeze": "dimensions"}
 
 
-@pointwise(*_REMOVED_AXES)
+@pointwise(*_REMOVED_AXES, complex=True, linear=True)
 def _remove_axes(ctx, eqn, ins, ops, outs):
     labels = _label(ins[0].ndim)
     kept = _without(labels, eqn.params[_REMOVED_AXES[eqn.primitive.name]])
     return [index_map(labels, kept, ins[0].shape, outs[0].shape, ops[0], outs[0].dtype)]
 
 
-@pointwise("broadcast_in_dim")
+@pointwise("broadcast_in_dim", complex=True, linear=True)
 def _broadcast_in_dim(ctx, eqn, ins, ops, outs):
     x, y = ins[0], outs[0]
     labels = _label(x.ndim)
@@ -307,7 +249,7 @@ def _broadcast_in_dim(ctx, eqn, ins, ops, outs):
     return [index_map(labels, out_labels, x.shape, y.shape, ops[0], y.dtype)]
 
 
-@pointwise("reshape")
+@pointwise("reshape", complex=True, linear=True)
 def _reshape(ctx, eqn, ins, ops, outs):
     x, y = ins[0], outs[0]
     op, x_shape = ops[0], tuple(x.shape)
@@ -337,7 +279,7 @@ def _reduce_chooser(ctx, eqn, ins, ops, outs):
     return [compose(contraction(core, spec, x.shape, y.shape, y.dtype), ops[0])]
 
 
-@pointwise("cumsum")
+@pointwise("cumsum", complex=True, linear=True)
 def _cumsum(ctx, eqn, ins, ops, outs):
     x, y = ins[0], outs[0]
     axis, n = eqn.params["axis"], x.shape[eqn.params["axis"]]
@@ -354,7 +296,7 @@ def _cumsum(ctx, eqn, ins, ops, outs):
 # -------------------------------------------------------------------- linear maps: indexing
 
 
-@pointwise("convert_element_type")
+@pointwise("convert_element_type", complex=True, linear=True)
 def _convert(ctx, eqn, ins, ops, outs):
     x, y = ins[0], outs[0]
     if y.dtype == x.dtype:
@@ -363,7 +305,7 @@ def _convert(ctx, eqn, ins, ops, outs):
     return [compose(maps.ChangeType(shape, shape, y.dtype.name, x.dtype.name), ops[0])]
 
 
-@pointwise("slice")
+@pointwise("slice", complex=True, linear=True)
 def _slice(ctx, eqn, ins, ops, outs):
     x, y = ins[0], outs[0]
     strides = eqn.params["strides"] or (1,) * x.ndim
@@ -373,7 +315,7 @@ def _slice(ctx, eqn, ins, ops, outs):
     return [compose(maps.Restrict(tuple(y.shape), tuple(x.shape), y.dtype.name, config), ops[0])]
 
 
-@pointwise("rev")
+@pointwise("rev", complex=True, linear=True)
 def _rev(ctx, eqn, ins, ops, outs):
     y = outs[0]
     shape = tuple(y.shape)
@@ -381,7 +323,7 @@ def _rev(ctx, eqn, ins, ops, outs):
     return [compose(flip, ops[0])]
 
 
-@pointwise("pad")
+@pointwise("pad", complex=True, linear=True)
 def _pad(ctx, eqn, ins, ops, outs):
     x, y = ins[0], outs[0]
     config = tuple(tuple(c) for c in eqn.params["padding_config"])
@@ -395,7 +337,7 @@ def _pad(ctx, eqn, ins, ops, outs):
     return [total(terms)]
 
 
-@pointwise("concatenate")
+@pointwise("concatenate", complex=True, linear=True)
 def _concatenate(ctx, eqn, ins, ops, outs):
     y = outs[0]
     axis = eqn.params["dimension"]
@@ -413,7 +355,7 @@ def _concatenate(ctx, eqn, ins, ops, outs):
     return [total(terms)]
 
 
-@pointwise("dynamic_slice")
+@pointwise("dynamic_slice", complex=True, linear=True)
 def _dynamic_slice(ctx, eqn, ins, ops, outs):
     x, y = ins[0], outs[0]
     start = tuple(jnp.asarray(i) for i in ins[1:])
@@ -423,7 +365,7 @@ def _dynamic_slice(ctx, eqn, ins, ops, outs):
 RELEVANT["dynamic_slice"] = lambda eqn: [0]
 
 
-@pointwise("gather")
+@pointwise("gather", complex=True, linear=True)
 def _gather(ctx, eqn, ins, ops, outs):
     x, indices = ins
     y = outs[0]
@@ -431,7 +373,9 @@ def _gather(ctx, eqn, ins, ops, outs):
         key: eqn.params[key]
         for key in ("dimension_numbers", "slice_sizes", "indices_are_sorted", "unique_indices")
     }
-    params |= {"mode": eqn.params["mode"], "fill_value": eqn.params["fill_value"]}
+    # Out-of-bounds rows of a "fill" gather hold the fill value, a constant: their
+    # tangent is 0, as in JAX's gather rule (which gathers tangents with fill_value=0).
+    params |= {"mode": eqn.params["mode"], "fill_value": 0}
     take = maps.Gather(tuple(y.shape), tuple(x.shape), y.dtype.name, indices, maps.Static(params))
     return [compose(take, ops[0])]
 
@@ -442,7 +386,7 @@ RELEVANT["gather"] = lambda eqn: [0]
 # ---------------------------------------------------------------- linear algebra
 
 
-@pointwise("triangular_solve")
+@pointwise("triangular_solve", linear=True)
 def _triangular_solve(ctx, eqn, ins, ops, outs):
     a, b = ins
     y = outs[0]
@@ -467,7 +411,7 @@ def _linear_solve_relevant(eqn: Any) -> list[int]:
 RELEVANT["custom_linear_solve"] = _linear_solve_relevant
 
 
-@pointwise("custom_linear_solve")
+@pointwise("custom_linear_solve", linear=True)
 def _custom_linear_solve(ctx, eqn, ins, ops, outs):
     # x = A^{-1} b with A given by its matvec: dx = A^{-1} (db - (dA) x), as JAX's rule.
     matvec_at, _, solve_at, transpose_at = _linear_solve_parts(eqn)
@@ -514,16 +458,12 @@ def _call(param: str) -> Rule:
     return call
 
 
-for _name in ("jit", "pjit"):
-    RULES[_name] = _call("jaxpr")
-for _name in ("closed_call", "core_call", "custom_vjp_call"):
-    RULES[_name] = _call("call_jaxpr")
-RULES["custom_vjp_call_jaxpr"] = _call("fun_jaxpr")
-for _name in ("remat", "remat2", "checkpoint"):
-    RULES[_name] = _call("jaxpr")
+# A call is linear when its inner program is: the interpreter checks that equation by equation.
+rule("jit", "pjit", "remat", "remat2", "checkpoint", complex=True, linear=True)(_call("jaxpr"))
+rule("closed_call", "core_call", complex=True, linear=True)(_call("call_jaxpr"))
 
 
-@rule("custom_jvp_call")
+@rule("custom_jvp_call", complex=True)
 def _custom_jvp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
     """Interpret the function's JVP rule, its tangents carrying the inputs' Jacobians: the
     hand-written derivative (softmax's ``y (dx - <y, dx>)``, relu's ``dx [x > 0]``) is what
@@ -552,6 +492,82 @@ def _custom_jvp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
     return outs, out_ops
 
 
+def _subfuns(eqn: Any) -> tuple[Any, dict[str, Any]]:
+    """A call primitive's functions and parameters as ``bind`` takes them."""
+    params = eqn.primitive.get_bind_params(eqn.params)
+    if isinstance(params, tuple):  # older JAX: (subfuns, params)
+        return params
+    params = dict(params)
+    return params.pop("subfuns"), params
+
+
+def _is_symbolic_zero(value: Any) -> bool:
+    return type(value).__name__ in ("Zero", "SymbolicZero") and not hasattr(value, "shape")
+
+
+@rule("custom_vjp_call", complex=True)
+def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
+    """As ``jax.grad`` sees a ``custom_vjp`` function: its local Jacobian is the transpose of
+    the backward rule. ``fwd`` runs at the inputs for the outputs and the residuals;
+    ``bwd``, with the residuals held constant, is linear in the cotangent, and its program
+    is interpreted by the transform itself (B: output cotangent -> input cotangent, in a
+    context that checks every equation is linear), so the Jacobian of output j in input k
+    is ``B_kj^T`` and ``J.vm`` is ``bwd``, as ``jax.vjp``. A ``bwd`` that is not linear
+    (``clip_gradient``) gives a ``maps.Pullback``: ``vm`` calls ``bwd`` and the matrix is
+    ``jax.jacrev``'s. (``jax.jvp`` refuses such functions; ``J.mv`` applies the matrix.)"""
+    (_, fwd, bwd), params = _subfuns(eqn)
+    # fwd takes (value, has a tangent) pairs; a tangent on a closed-over value is JAX's
+    # own error (CustomVJPException), raised here as by jax.grad.
+    flagged = [item for x, op in zip(ins, ops, strict=True) for item in (x, op is not None)]
+    res_and_outs = fwd.call_wrapped(*flagged)
+    _, res_tree, input_fwds = params["out_trees"]()  # known once fwd has run
+    fresh = res_tree.num_leaves - sum(f is not None for f in input_fwds)
+    computed, outs = iter(res_and_outs[:fresh]), list(res_and_outs[fresh:])
+    res = [next(computed) if f is None else ins[f] for f in input_fwds]
+    wanted = [k for k, op in enumerate(ops) if op is not None]
+
+    def pullback(*cotangents: Array) -> list[Array]:
+        cts_in = bwd.call_wrapped(*res, *cotangents)
+        return [
+            jnp.zeros(ins[k].shape, ins[k].dtype) if _is_symbolic_zero(cts_in[k]) else cts_in[k]
+            for k in wanted
+        ]
+
+    cotangents = [jnp.zeros(y.shape, y.dtype) for y in outs]
+    program = jax.make_jaxpr(pullback)(*cotangents)
+    label = eqn.params.get("name", "custom_vjp")
+    inner = dataclasses.replace(ctx.inside(f"custom_vjp_call[{label}] bwd", eqn), linear=LINEAR)
+    backward = maps.Static((bwd, [(y.shape, y.dtype) for y in outs]))
+    out_ops = []
+    for j, y in enumerate(outs):
+        if not jnp.issubdtype(y.dtype, jnp.inexact):
+            out_ops.append(None)
+            continue
+        seeds = [
+            Identity(tuple(y.shape), y.dtype.name) if i == j else None for i in range(len(outs))
+        ]
+        try:
+            _, pulled = inner.run(program.jaxpr, program.consts, cotangents, seeds)
+            locals_ = [None if b is None else b.transpose() for b in pulled]  # B_kj^T
+        except NotLinear:
+            shapes = (tuple(y.shape), y.dtype.name)
+            locals_ = [
+                maps.Pullback(shapes[0], tuple(ins[k].shape), shapes[1], tuple(res), backward, j, k)
+                for k in wanted
+            ]
+        terms = []
+        for k, local in zip(wanted, locals_, strict=True):
+            if local is not None:
+                if local.dtype != y.dtype:
+                    shape = tuple(y.shape)
+                    local = compose(
+                        maps.ChangeType(shape, shape, y.dtype.name, local.dtype.name), local
+                    )
+                terms.append(compose(local, ops[k]))
+        out_ops.append(total(terms))
+    return outs, out_ops
+
+
 def fallback(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
     """The opt-in autodiff fallback: the primitive's local Jacobian, one operand at a time,
     as a lazy ``matcalc_jax.transform.maps.Linearized`` map."""
@@ -560,7 +576,7 @@ def fallback(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> A
     primitive = maps.Static((eqn.primitive, dict(eqn.params)))
     out_ops = []
     for j, y in enumerate(outs):
-        if not jnp.issubdtype(y.dtype, jnp.floating):
+        if not jnp.issubdtype(y.dtype, jnp.inexact):
             out_ops.append(None)
             continue
         terms = []
@@ -568,6 +584,7 @@ def fallback(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> A
             if op is not None:
                 shapes = (tuple(y.shape), tuple(ins[k].shape), y.dtype.name)
                 local = maps.Linearized(*shapes, tuple(ins), primitive, k, j, where)
+                ctx.fallbacks.append(local.describe())
                 terms.append(compose(local, op))
         out_ops.append(total(terms))
     return outs, out_ops

@@ -189,7 +189,8 @@ def _json_number(value: Any) -> Any:
 
 
 def relative_error(actual: Any, expected: Any, scale: float | None = None) -> float:
-    """Normwise relative error ``max|actual - expected| / max|expected|``, in float64.
+    """Normwise relative error ``max|actual - expected| / max|expected|``, in float64 (in
+    complex128, with the modulus, for complex arrays).
 
     ``scale``, when given, replaces ``max|expected|`` (for a product such as J v, whose
     terms can cancel: see ``_product_scales``). Entries that are NaN in both arrays, or the
@@ -199,8 +200,9 @@ def relative_error(actual: Any, expected: Any, scale: float | None = None) -> fl
     >>> relative_error(np.array([1.0, 2.0]), np.array([1.0, 2.5]))
     0.2
     """
-    a = np.asarray(actual, dtype=np.float64)
-    b = np.asarray(expected, dtype=np.float64)
+    wide = np.complex128 if np.iscomplexobj(actual) or np.iscomplexobj(expected) else np.float64
+    a = np.asarray(actual, dtype=wide)
+    b = np.asarray(expected, dtype=wide)
     if a.shape != b.shape:
         return float("inf")
     same = (a == b) | (np.isnan(a) & np.isnan(b))

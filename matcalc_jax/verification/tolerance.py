@@ -28,14 +28,17 @@ FINITE_DIFFERENCE_TOLERANCE: float = 1e-7
 
 
 def tolerance_key(dtype: Any) -> str:
-    """The table's key for ``dtype`` (a dtype or its name); ``KeyError`` naming the known
-    dtypes for one not in the table.
+    """The table's key for ``dtype`` (a dtype or its name; a complex dtype by its parts');
+    ``KeyError`` naming the known dtypes for one not in the table.
 
-    >>> tolerance_key("bfloat16")
-    'bfloat16'
+    >>> tolerance_key("bfloat16"), tolerance_key("complex64")
+    ('bfloat16', 'float32')
     """
     try:
-        name = np.dtype(jnp.dtype(dtype)).name
+        resolved = np.dtype(jnp.dtype(dtype))
+        if np.issubdtype(resolved, np.complexfloating):  # the precision of its parts
+            resolved = np.finfo(resolved).dtype
+        name = resolved.name
     except TypeError:
         name = str(dtype)
     if name not in TOLERANCES:

@@ -1,0 +1,276 @@
+"""Every primitive rule against JAX's own ``jvp`` of that primitive, at the edge points.
+
+For each primitive in ``supported_primitives()`` a small program binds it (alone, or with
+the slicing and casting that feed it) on inputs that include the points where conventions
+are made: 0 and -0, +-inf, NaN, ties, the branch points of ``where`` / ``clamp`` / ``max``,
+saturated tails and the boundaries of a domain. The transform's Jacobian, applied by
+``J.mv`` to every unit tangent, must equal JAX's ``jvp`` of the same program on that
+tangent, NaN for NaN and infinity for infinity: bit for bit where JAX's formula is the one
+the rule evaluates, within a stated number of ulps where the rule arranges it otherwise.
+Both float32 (under ``jax_numpy_dtype_promotion="strict"``: a rule must not widen a
+float32 program with a float64 constant) and float64 run; ``J.vm`` against ``jax.vjp``
+too. ``custom_vjp_call``, which ``jax.jvp`` refuses, is checked against ``jax.vjp``.
+
+A primitive with a rule and no case here fails ``test_every_rule_has_a_case``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import matcalc_jax as mj
+from matcalc_jax.transform import registry
+
+try:  # what stages a closed_call (no public function makes one in this JAX)
+    from jax._src.lax.eval_jaxpr import eval_jaxpr_p
+except ImportError:  # pragma: no cover
+    eval_jaxpr_p = None
+
+INF, NAN = float("inf"), float("nan")
+#: Zeros of both signs, units, a tail, the infinities and NaN.
+EDGES = (0.0, -0.0, 1.0, -1.0, 0.5, -2.5, 3.0, 40.0, INF, -INF, NAN)
+#: Inside (-1, 1) and on its boundary, where asin, atanh and erf_inv live, and outside.
+UNIT = (0.0, -0.0, 0.5, -0.5, 0.999, 1.0, -1.0, 1.5, NAN)
+#: Pairs for a binary primitive: a || b, with ties, zeros and NaN among the pairs.
+PAIRS = (0.0, 1.0, -1.0, 2.0, 0.0, NAN, 3.0, -0.0, 0.0, 1.0, 2.0, -1.0, -0.0, 1.0, NAN, 0.0)
+#: PAIRS without NaN, for exp of a complex (whose NaN pattern JAX arranges its own way).
+FINITE_PAIRS = (0.0, 1.0, -1.0, 2.0, 0.0, 3.0, 0.0, 1.0, 2.0, -1.0, -0.0, 1.0)
+#: clamp(low, x, high) over four triples: x between, at a bound, outside, NaN.
+CLAMPED = (0.0, 1.0, -1.0, 2.0, 0.0, NAN, 1.0, -1.0, 0.0, 1.0, 0.0, NAN)
+POSITIVE = (0.0, 1e-30, 0.5, 1.0, 2.0, 7.5, 40.0, INF, NAN)
+
+
+@dataclass(frozen=True)
+class Case:
+    """``fn(x)`` binds the primitive; ``points`` are the entries of x; ``ulps`` the
+    distance allowed from JAX's jvp (0: the same bits); ``mode``: "jvp", or "vjp" for a
+    function ``jax.jvp`` refuses; ``vm``: "vjp" (``J.vm`` equals ``jax.vjp``) or
+    "elementwise" (``J.vm(u)`` is ``u`` times the diagonal the jvp gives, where
+    ``jax.vjp`` multiplies the NaN derivative of a ``where`` branch not taken by the 0 of
+    its mask: a deliberate difference, docs/transform.md)."""
+
+    fn: Any
+    points: tuple[float, ...] = EDGES
+    ulps: int = 0
+    mode: str = "jvp"
+    vm: str = "vjp"
+
+
+def _halves(x):
+    n = x.shape[0] // 2
+    return x[:n], x[n:]
+
+
+def _binary(primitive):
+    return lambda x: primitive(*_halves(x))
+
+
+def _as_complex(x):
+    return lax.complex(x, jnp.zeros_like(x))
+
+
+def _cplx(x):
+    a, b = _halves(x)
+    return lax.complex(a, b)
+
+
+@jax.custom_vjp
+def _reversed_gradient(x):
+    return jnp.sin(x)
+
+
+_reversed_gradient.defvjp(lambda x: (jnp.sin(x), jnp.cos(x)), lambda c, g: (-c * g,))
+
+
+@jax.custom_vjp
+def _clip_gradient(x):
+    return x * 2
+
+
+_clip_gradient.defvjp(lambda x: (x * 2, None), lambda _, g: (jnp.clip(g, -0.5, 0.5),))
+
+
+UPPER = np.triu(np.arange(1.0, 10.0).reshape(3, 3)) + 2 * np.eye(3)
+SPD = np.array([[4.0, 1.0, 0.5], [1.0, 3.0, 0.2], [0.5, 0.2, 2.0]])
+WEIGHTS = np.linspace(-1.0, 1.0, 12).reshape(3, 4)
+
+CASES: dict[str, Case] = {
+    # elementwise, unary: the derivative's formula at the domain's edges
+    "abs": Case(lax.abs),
+    "acos": Case(lax.acos, UNIT, ulps=2),
+    "acosh": Case(lax.acosh, (1.0, 1.5, 2.0, 40.0, 0.5, INF, NAN), ulps=2),
+    "asin": Case(lax.asin, UNIT, ulps=2),
+    "asinh": Case(lax.asinh, ulps=2),
+    "atan": Case(lax.atan),
+    "atanh": Case(lax.atanh, UNIT),
+    "cbrt": Case(lax.cbrt, ulps=2),
+    "cos": Case(lax.cos),
+    "cosh": Case(lax.cosh),
+    "digamma": Case(lax.digamma, (0.5, 1.0, 2.5, 40.0, 0.0, -1.0, -0.5, NAN)),
+    "erf": Case(lax.erf, ulps=2),
+    "erf_inv": Case(lax.erf_inv, UNIT, ulps=2),
+    "erfc": Case(lax.erfc, ulps=2),
+    "exp": Case(lax.exp),
+    "exp2": Case(lax.exp2, ulps=2),
+    "expm1": Case(lax.expm1),
+    "lgamma": Case(lax.lgamma, (0.5, 1.0, 2.5, 40.0, 0.0, -0.5, NAN)),
+    "log": Case(lax.log, (*POSITIVE, -1.0)),
+    "log1p": Case(lax.log1p, (*POSITIVE, -1.0, -0.5)),
+    "logistic": Case(lax.logistic, ulps=2),
+    "rsqrt": Case(lax.rsqrt, POSITIVE, ulps=2),
+    "sin": Case(lax.sin),
+    "sinh": Case(lax.sinh),
+    "sqrt": Case(lax.sqrt, (*POSITIVE, -1.0), ulps=2),
+    "square": Case(lax.square),
+    "tan": Case(lax.tan, ulps=2),
+    "tanh": Case(lax.tanh, ulps=2),
+    "integer_pow": Case(lambda x: lax.integer_pow(x, 3) + lax.integer_pow(x, -2), ulps=2),
+    "neg": Case(lax.neg),
+    "sign": Case(lambda x: lax.sign(x) + x),
+    "floor": Case(lambda x: lax.floor(x) + x),
+    "ceil": Case(lambda x: lax.ceil(x) + x),
+    "round": Case(lambda x: lax.round(x) + x),
+    "stop_gradient": Case(lambda x: lax.stop_gradient(x) * x),
+    "reduce_precision": Case(lambda x: lax.reduce_precision(x, 5, 10)),
+    "copy": Case(jnp.copy),
+    "optimization_barrier": Case(lax.optimization_barrier),
+    # elementwise, binary: ties and zeros in both operands
+    "add": Case(_binary(lax.add), PAIRS),
+    "sub": Case(_binary(lax.sub), PAIRS),
+    "mul": Case(_binary(lax.mul), PAIRS),
+    "div": Case(_binary(lax.div), PAIRS, ulps=2),
+    "max": Case(_binary(lax.max), PAIRS),
+    "min": Case(_binary(lax.min), PAIRS),
+    "pow": Case(_binary(lax.pow), tuple(abs(p) for p in PAIRS), ulps=4),
+    "atan2": Case(_binary(lax.atan2), PAIRS, ulps=2),
+    "add_any": Case(lambda x: jax.vjp(lambda y: y * y, x)[1](x)[0]),
+    "clamp": Case(lambda x: lax.clamp(x[:4], x[4:8], x[8:]), CLAMPED),
+    "select_n": Case(
+        lambda x: lax.select_n(x > 0, jnp.zeros_like(x), lax.sqrt(x))
+        + lax.select_n(jnp.sign(x).astype(jnp.int32) + 1, x, lax.log(x), x * x),
+        vm="elementwise",
+    ),
+    # linear maps
+    "dot_general": Case(lambda x: lax.dot_general(
+        x[:12].reshape(3, 4), x[12:].reshape(3, 4), (((1,), (1,)), ((0,), (0,)))
+    ), tuple(np.linspace(-2.0, 2.0, 24)) ),
+    "transpose": Case(lambda x: lax.transpose(x[:6].reshape(2, 3), (1, 0))),
+    "reduce_sum": Case(lambda x: lax.reduce_sum(x[:8].reshape(2, 4), (1,))),
+    "squeeze": Case(lambda x: lax.squeeze(x[:3].reshape(1, 3), (0,))),
+    "broadcast_in_dim": Case(lambda x: lax.broadcast_in_dim(x[:3], (2, 3), (1,))),
+    "reshape": Case(lambda x: lax.reshape(x[:6], (3, 2)).T.reshape(6)),
+    "reduce_max": Case(lambda x: lax.reduce_max(x[:8].reshape(2, 4), (1,)), PAIRS, ulps=1),
+    "reduce_min": Case(lambda x: lax.reduce_min(x[:8].reshape(2, 4), (0,)), PAIRS, ulps=1),
+    "cumsum": Case(lambda x: lax.cumsum(x, reverse=True) + lax.cumsum(x), ulps=2),
+    "convert_element_type": Case(lambda x: lax.convert_element_type(
+        lax.convert_element_type(x, jnp.float16), x.dtype) + x.astype(jnp.float32).astype(x.dtype)),
+    "slice": Case(lambda x: lax.slice(x, (1,), (9,), (3,))),
+    "rev": Case(lambda x: lax.rev(x, (0,))),
+    "pad": Case(lambda x: lax.pad(x[:-1], x[-1], ((2, 1, 1),))),
+    "concatenate": Case(lambda x: lax.concatenate([x[2:5], x[:4], x], 0)),
+    "dynamic_slice": Case(lambda x: lax.dynamic_slice(x, (jnp.int32(7),), (5,))),
+    "gather": Case(lambda x: jnp.take(x, jnp.array([1, 40, 2, -30]))
+                   + jnp.take(x, jnp.array([1, 40, 2, -30]), mode="clip")
+                   + jnp.take(x, jnp.array([1, 40, 2, -30]), mode="fill", fill_value=-1.0)),
+    "triangular_solve": Case(
+        lambda x: jax.scipy.linalg.solve_triangular(UPPER.astype(x.dtype), x[:3]), ulps=4
+    ),
+    "custom_linear_solve": Case(
+        lambda x: jax.scipy.linalg.cho_solve((SPD.astype(x.dtype), False), x[:3])
+        + jnp.linalg.solve(SPD.astype(x.dtype), x[:3]),
+        tuple(np.linspace(-1.0, 1.0, 5)),
+        ulps=64,
+    ),
+    # complex values
+    "complex": Case(lambda x: lax.abs(_cplx(x)) + lax.real(_cplx(x) * _cplx(x)), PAIRS, ulps=2),
+    "real": Case(lambda x: lax.real(lax.exp(_cplx(x))), FINITE_PAIRS, ulps=2),
+    "imag": Case(lambda x: lax.imag(lax.exp(_cplx(x)) * (2.0 - 1.0j)), FINITE_PAIRS, ulps=2),
+    "conj": Case(
+        lambda x: lax.real(lax.conj(_cplx(x)) * (1.0 + 2.0j)) + lax.real(lax.conj(x))[:8], PAIRS
+    ),
+    "fft": Case(  # the four types; strict promotion wants complex inputs made explicitly
+        lambda x: lax.real(jnp.fft.ifft(jnp.fft.fft(_as_complex(x)) * _as_complex(x * x)))
+        + jnp.fft.irfft(jnp.fft.rfft(x) * (1.0 + 1.0j), 6)
+        + jnp.abs(jnp.fft.fft2(_as_complex(x).reshape(2, 3)).ravel()),
+        tuple(np.linspace(-1.0, 2.0, 6)),
+        ulps=64,
+    ),
+    # calls and custom rules
+    "jit": Case(jax.jit(lambda x: lax.tanh(x) * x), ulps=2),
+    "closed_call": Case(lambda x: eval_jaxpr_p.bind(x, jaxpr=jax.make_jaxpr(lax.sin)(x))[0]),
+    "remat2": Case(jax.checkpoint(lambda x: lax.sin(x) * x)),
+    "custom_jvp_call": Case(lambda x: jax.nn.relu(x) + jax.nn.softplus(x), ulps=2),
+    "custom_vjp_call": Case(lambda x: _reversed_gradient(x) + _clip_gradient(x), mode="vjp"),
+}  # fmt: skip
+
+#: Other names of the same rules, for JAX releases that spell a primitive otherwise.
+ALIASES = {
+    "copy_p": "copy",
+    "core_call": "closed_call",
+    "checkpoint": "remat2",
+    "remat": "remat2",
+    "pjit": "jit",
+}
+
+
+def test_every_rule_has_a_case():
+    missing = set(mj.supported_primitives()) - set(CASES) - set(ALIASES)
+    assert not missing, f"rules without a conformance case: {sorted(missing)}"
+    for alias, name in ALIASES.items():
+        assert registry.RULES[alias] is registry.RULES[name], alias
+
+
+def _ulp_distance(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    eps = np.finfo(expected.dtype).eps
+    tiny = np.finfo(expected.dtype).tiny
+    scale = np.maximum(np.abs(expected), tiny)
+    with np.errstate(invalid="ignore"):
+        return np.abs(actual - expected) / (eps * scale)
+
+
+def assert_same_numbers(actual: Any, expected: Any, ulps: int, what: str) -> None:
+    """NaN where JAX has NaN, the same infinities, the same signs of zero where bit-for-bit
+    is asked, and finite values within ``ulps`` of JAX's."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype, what
+    for part in (np.real, np.imag) if np.iscomplexobj(expected) else (np.asarray,):
+        a, e = part(actual), part(expected)
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(e), err_msg=f"{what}: NaN")
+        np.testing.assert_array_equal(np.isinf(a) * np.sign(a), np.isinf(e) * np.sign(e), what)
+        finite = np.isfinite(e)
+        if ulps == 0:
+            np.testing.assert_array_equal(a[finite], e[finite], err_msg=what)
+        else:
+            distance = _ulp_distance(a[finite], e[finite])
+            small = np.abs(e[finite]) < 1e3 * np.finfo(e.dtype).eps  # cancellation floor
+            assert np.all((distance <= ulps) | small), (what, distance.max(), a, e)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_rule_agrees_with_jax_at_the_edges(name, dtype):
+    case = CASES[name]
+    x = jnp.asarray(case.points, dtype)
+    promotion = "strict" if dtype == "float32" else "standard"
+    with jax.numpy_dtype_promotion(promotion):
+        J = mj.jacobian(case.fn)(x)
+        y = case.fn(x)
+        basis = jnp.eye(x.size, dtype=x.dtype)
+        if case.mode == "jvp":
+            columns = jax.vmap(lambda v: jax.jvp(case.fn, (x,), (v,))[1])(basis)
+            assert_same_numbers(jax.vmap(J.mv)(basis), columns, case.ulps, f"{name} mv")
+        cotangents = jnp.eye(y.size, dtype=y.dtype).reshape((y.size, *y.shape))
+        if case.vm == "vjp":
+            pullback = jax.vjp(case.fn, x)[1]
+            rows = jax.vmap(lambda u: pullback(u)[0])(cotangents)
+        else:  # an elementwise program: u times the jvp's diagonal, d_j = (J e_j)_j
+            rows = cotangents * jnp.diagonal(columns)
+        # JAX's transposes arrange a formula their own way: a few ulps apart.
+        assert_same_numbers(jax.vmap(J.vm)(cotangents), rows, max(case.ulps, 16), f"{name} vm")

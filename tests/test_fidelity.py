@@ -1,0 +1,308 @@
+"""matcalc_jax.jacobian is never silently wrong: each test pins a way the transform once
+disagreed with JAX without a word (a regression test named for its finding), or a choice
+where it deliberately differs, documented in docs/transform.md ("Where the transform and
+JAX differ").
+
+References in float64: ``jax.jacfwd`` / ``jax.jvp`` (or ``jax.jacrev`` / ``jax.vjp`` where
+JAX defines the derivative in reverse mode only, as for ``custom_vjp``).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import matcalc_jax as mj
+from matcalc_jax import operators
+from matcalc_jax.transform import UnsupportedPrimitiveError, interpreter, registry
+
+from .helpers import assert_jacobians_close, assert_transform_matches_autodiff
+
+X = jnp.linspace(-1.3, 1.7, 6)
+H = jnp.exp(-jnp.arange(4.0)) * (1.0 + 0.5j)
+
+
+# ----------------------------------------------------------- 1. complex intermediates
+
+COMPLEX_PROGRAMS = {
+    "real(exp(i x))": lambda x: jnp.real(jnp.exp(1j * x)),
+    "periodogram |rfft x|^2": lambda x: jnp.abs(jnp.fft.rfft(x)) ** 2,
+    "Fourier layer irfft(rfft(x) H)": lambda x: jnp.fft.irfft(jnp.fft.rfft(x) * H, 6),
+    "angle(x + i)": lambda x: jnp.angle(x + 1j),
+    "imag and conj": lambda x: jnp.imag(jnp.conj(jnp.exp(1j * x)) * (2.0 - 1.0j)),
+    "complex matrix": lambda x: jnp.abs((jnp.eye(6) + 0.3j) @ lax.complex(x, x**2)),
+    "fft2 magnitude": lambda x: jnp.abs(jnp.fft.fft2(x.reshape(2, 3) * (1.0 + 1.0j))).ravel(),
+    "ifft of a filtered fft": lambda x: jnp.real(jnp.fft.ifft(jnp.fft.fft(x) * jnp.arange(6))),
+    "odd-length round trip": lambda x: jnp.fft.irfft(jnp.fft.rfft(x[:5]) * H[:3], 5),
+    "rfft2 and irfft2": lambda x: jnp.fft.irfft2(jnp.fft.rfft2(x.reshape(2, 3)) * 1j).ravel(),
+    "complex output": lambda x: jnp.fft.rfft(x * x),
+    "abs of a complex zero": lambda x: jnp.abs(lax.complex(x * 0, x * 0)),
+}
+
+
+@pytest.mark.parametrize("name", list(COMPLEX_PROGRAMS))
+def test_complex_intermediates_are_differentiated(name):
+    """Finding 1: a complex intermediate once counted as a constant (J was Zero)."""
+    J = assert_transform_matches_autodiff(COMPLEX_PROGRAMS[name], X)
+    assert not isinstance(J, operators.Zero)
+
+
+def test_a_dft_is_stored_as_a_transform_not_a_matrix():
+    n = 512
+    x = jnp.cos(jnp.arange(n) / 7.0)
+    J = mj.jacobian(lambda x: jnp.abs(jnp.fft.rfft(x)) ** 2)(x)
+    assert "Fourier RFFT over (512,)" in str(J)
+    assert operators.storage(J) < 4 * n  # the spectrum's weights, not n x n entries
+    u = jnp.sin(jnp.arange(n // 2 + 1.0))
+    assert_jacobians_close(J.vm(u), jax.vjp(lambda x: jnp.abs(jnp.fft.rfft(x)) ** 2, x)[1](u)[0])
+
+
+def _complex_solve(x):
+    matrix = jnp.eye(6) * (2.0 + 1.0j) + 0.1
+    return jnp.real(jnp.linalg.solve(matrix, x.astype(jnp.complex128)))
+
+
+def test_a_complex_primitive_without_a_rule_is_an_error_or_the_listed_fallback():
+    with pytest.raises(UnsupportedPrimitiveError, match="on complex values"):
+        mj.jacobian(_complex_solve)(X)
+    J = mj.jacobian(_complex_solve, fallback="autodiff")(X)
+    assert_jacobians_close(J.to_dense(), jax.jacfwd(_complex_solve)(X))
+    assert J.fallbacks and all("on complex" not in note for note in J.fallbacks)
+
+
+def test_a_complex_argument_is_refused_clearly():
+    with pytest.raises(TypeError, match="complex argument"):
+        mj.jacobian(jnp.sin)(X + 1j)
+
+
+# ----------------------------------------------------------------------- 2. custom_vjp
+
+
+@jax.custom_vjp
+def reverse_gradient(x):
+    return x
+
+
+reverse_gradient.defvjp(lambda x: (x, None), lambda _, g: (-g,))
+
+
+@jax.custom_vjp
+def clip_gradient(x):  # JAX's own docs' example: bwd is not linear in g
+    return 3.0 * x
+
+
+clip_gradient.defvjp(lambda x: (3.0 * x, None), lambda _, g: (jnp.clip(g, -1.5, 1.5),))
+
+
+@jax.custom_vjp
+def straight_through_round(x):
+    return jnp.round(x)
+
+
+straight_through_round.defvjp(lambda x: (jnp.round(x), None), lambda _, g: (g,))
+
+
+@jax.custom_vjp
+def scaled_pair(x, y):
+    return x * y, jnp.sin(x)
+
+
+def _pair_fwd(x, y):
+    return (x * y, jnp.sin(x)), (x, y, jnp.cos(x))
+
+
+def _pair_bwd(res, cts):
+    x, y, cos_x = res
+    g, h = cts
+    return (g * y + h * cos_x, g * x)
+
+
+scaled_pair.defvjp(_pair_fwd, _pair_bwd)
+
+CUSTOM_VJP = {
+    "gradient reversal": lambda x: reverse_gradient(jnp.tanh(x)),
+    "clip_gradient": clip_gradient,
+    "straight-through round": lambda x: straight_through_round(2.0 * x) * x,
+    "two inputs, two outputs": lambda x: sum(scaled_pair(x, x[::-1] ** 2)),
+}
+
+
+@pytest.mark.parametrize("name", list(CUSTOM_VJP))
+def test_custom_vjp_is_the_transpose_of_its_backward_rule(name):
+    """Finding 2: the primal was differentiated instead of bwd."""
+    assert_transform_matches_autodiff(CUSTOM_VJP[name], X, forward=False)
+
+
+def test_gradient_reversal_keeps_its_structure():
+    J = mj.jacobian(reverse_gradient)(X)
+    np.testing.assert_array_equal(J.vm(jnp.ones(6)), -jnp.ones(6))
+    assert operators.storage(J) <= 1, str(J)
+
+
+def test_a_backward_rule_that_is_not_linear_follows_jax_call_by_call():
+    """clip_gradient's bwd clips the cotangent: J.vm(u) is bwd(u), as jax.vjp; the matrix
+    is jax.jacrev's (the unit cotangents, unclipped)."""
+    J = mj.jacobian(clip_gradient)(X)
+    assert "not linear in its cotangent" in str(J)
+    u = jnp.linspace(-4.0, 4.0, 6)
+    np.testing.assert_array_equal(J.vm(u), jnp.clip(u, -1.5, 1.5))
+    np.testing.assert_array_equal(J.to_dense(), jnp.eye(6))
+
+
+# ------------------------------------------------------------ 3. where selects, 4. abs
+
+
+def test_safe_where_selects_instead_of_multiplying_a_nan():
+    """Finding 3: jnp.where(x > 0, sqrt(x), 0) had NaN where jacfwd and jvp give 0."""
+    f = lambda x: jnp.where(x > 0, jnp.sqrt(x), 0.0)  # noqa: E731
+    x = jnp.array([-1.0, 0.0, 1.0])
+    J = mj.jacobian(f)(x)
+    np.testing.assert_array_equal(J.to_dense(), jax.jacfwd(f)(x))
+    np.testing.assert_array_equal(J.mv(jnp.ones(3)), jax.jvp(f, (x,), (jnp.ones(3),))[1])
+    assert isinstance(J, operators.Diagonal)
+
+
+def test_where_vm_is_the_rows_of_the_matrix_where_jax_vjp_is_nan():
+    """A deliberate difference: jax.vjp multiplies sqrt'(-1) = NaN by the 0 of the mask
+    (its well-known NaN gradient through where); J.vm is u times the one matrix J is."""
+    f = lambda x: jnp.where(x > 0, x * jnp.log(x), 0.0)  # noqa: E731
+    x = jnp.array([-1.0, 0.0, 2.0])
+    J = mj.jacobian(f)(x)
+    u = jnp.ones(3)
+    assert np.isnan(jax.vjp(f, x)[1](u)[0][:2]).all()
+    np.testing.assert_array_equal(J.vm(u), u @ J.to_dense())
+    np.testing.assert_array_equal(J.to_dense(), jax.jacfwd(f)(x))
+
+
+def test_where_after_a_shared_map_keeps_jax_rows():
+    """where(y > 0, y, 0) with y = W sqrt(x): the rows of y's Jacobian are NaN; JAX's jvp
+    gives 0 in the rows the constant branch takes, and so does J."""
+    W = jnp.arange(12.0).reshape(4, 3) - 5.0
+    f = lambda x: jnp.where(W @ jnp.sqrt(x) > 0, W @ jnp.sqrt(x), 0.0)  # noqa: E731
+    x = jnp.array([0.0, 1.0, 4.0])
+    J = mj.jacobian(f)(x)
+    v = jnp.array([0.0, 1.0, 1.0])
+    np.testing.assert_array_equal(J.mv(v), jax.jvp(f, (x,), (v,))[1])
+
+
+def test_abs_at_zero_is_jax_convention():
+    """Finding 4: abs'(0) was 0; JAX's rule is select(x >= 0, 1, -1): 1 at +-0, -1 at NaN."""
+    x = jnp.array([0.0, -0.0, 2.0, -2.0, jnp.nan])
+    J = mj.jacobian(jnp.abs)(x)
+    np.testing.assert_array_equal(J.diagonal(), jnp.array([1.0, 1.0, 1.0, -1.0, -1.0]))
+    np.testing.assert_array_equal(J.diagonal(), jnp.diagonal(jax.jacfwd(jnp.abs)(x)))
+
+
+def test_a_nan_derivative_stays_on_the_diagonal():
+    """A deliberate difference, documented: asin outside [-1, 1] has NaN on the diagonal
+    and exact zeros elsewhere; jax.jacfwd spreads the NaN over the row (0 * NaN). mv
+    agrees with jax.jvp."""
+    x = jnp.array([0.5, 2.0, -0.5])
+    J = mj.jacobian(jnp.arcsin)(x)
+    dense = J.to_dense()
+    assert np.isnan(dense[1, 1]) and dense[1, 0] == 0 and dense[1, 2] == 0
+    assert np.isnan(jax.jacfwd(jnp.arcsin)(x)[1]).all()
+    v = jnp.array([1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(J.mv(v), jax.jvp(jnp.arcsin, (x,), (v,))[1])
+
+
+# -------------------------------------------------------------------- 5. fallbacks listed
+
+
+@pytest.mark.parametrize(
+    ("f", "primitive"),
+    [
+        (lambda x: jnp.sum(jnp.sort(x) ** 2), "sort"),
+        (lambda x: jnp.prod(x) * x, "reduce_prod"),
+        (lambda x: jnp.stack([jnp.var(x), jnp.std(x)]), None),  # stack, in jax >= 0.10
+    ],
+    ids=["sorted sum", "product times x", "stacked moments"],
+)
+def test_fallbacks_are_listed_through_every_simplification(f, primitive):
+    """Finding 5: a fallback folded into a LowRank vanished from J.fallbacks."""
+    try:
+        mj.jacobian(f)(X)
+    except UnsupportedPrimitiveError as error:
+        missing = str(error).split("'")[1]
+    else:
+        pytest.skip("every primitive has a rule in this JAX")
+    assert primitive in (None, missing)
+    J = mj.jacobian(f, fallback="autodiff")(X)
+    assert any(missing in note for note in J.fallbacks), J.fallbacks
+    assert "autodiff fallback" in str(J)
+    assert_jacobians_close(J.to_dense(), jax.jacfwd(f)(X))
+    jitted = jax.jit(mj.jacobian(f, fallback="autodiff"))(X)
+    assert jitted.fallbacks == J.fallbacks
+
+
+# ----------------------------------------------------------------------- 6. fill gather
+
+
+@pytest.mark.parametrize("fill", [None, -1.0])
+def test_fill_gather_rows_out_of_bounds_are_zero(fill):
+    """Finding 6: the fill value (NaN by default) came into to_dense and mv."""
+    f = lambda x: jnp.take(x, jnp.array([1, 9]), fill_value=fill)  # noqa: E731
+    x = jnp.arange(4.0)
+    J = mj.jacobian(f)(x)
+    expected = jax.jacfwd(f)(x)
+    np.testing.assert_array_equal(J.to_dense(), expected)
+    np.testing.assert_array_equal(J.mv(jnp.ones(4)), expected @ jnp.ones(4))
+    np.testing.assert_array_equal(J.vm(jnp.ones(2)), jnp.ones(2) @ expected)
+
+
+# ---------------------------------------------------------------- 7. strict promotion
+
+
+@pytest.mark.parametrize("name", ["erf", "erfc", "erf_inv", "mul", "exp2", "fft"])
+def test_float32_programs_under_strict_promotion(name):
+    """Finding 7: float64 NumPy constants in the derivatives raised TypePromotionError."""
+    programs = {
+        "erf": lax.erf, "erfc": lax.erfc, "erf_inv": lax.erf_inv, "mul": lambda x: x * x * 2.0,
+        "exp2": lax.exp2, "fft": lambda x: jnp.fft.irfft(jnp.fft.rfft(x), 4),
+    }  # fmt: skip
+    f = programs[name]
+    x = jnp.linspace(-0.5, 0.5, 4, dtype=jnp.float32)
+    with jax.numpy_dtype_promotion("strict"):
+        J = mj.jacobian(f)(x)
+        dense = J.to_dense()
+    assert dense.dtype == jnp.float32
+    assert_jacobians_close(dense, jax.jacfwd(f)(x))
+
+
+# ------------------------------------------------------------ the per-equation check
+
+
+def test_a_rule_with_a_wrong_shape_is_named(monkeypatch):
+    """Every rule's Jacobian is checked against its equation: a broken rule is an error
+    naming the primitive and the rule, not a wrong product later."""
+    broken = lambda ctx, eqn, ins, ops: (interpreter.bind(eqn, ins), [ops[0]])  # noqa: E731
+    monkeypatch.setitem(registry.RULES, "reduce_sum", broken)
+    with pytest.raises(interpreter.RuleOutputError, match=r"'reduce_sum'.*needs \(\) <- \(6,\)"):
+        mj.jacobian(jnp.sum)(X)
+
+
+# ---------------------------------------------------------------- messages for users
+
+
+def test_an_error_inside_a_flax_module_names_the_users_line():
+    nn = pytest.importorskip("flax.linen")
+
+    class SortedDense(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return jnp.cumprod(nn.Dense(3)(x))
+
+    model = SortedDense()
+    params = model.init(jax.random.key(0), X)
+    with pytest.raises(UnsupportedPrimitiveError) as raised:
+        mj.jacobian(lambda x: model.apply(params, x))(X)
+    message = str(raised.value)
+    assert "test_fidelity.py" in message and "SortedDense.__call__" in message
+    assert "flax/linen" not in message.split(" at ")[1].split(",")[0]
+
+
+def test_an_error_from_fori_loop_says_so():
+    f = lambda x: lax.fori_loop(0, 3, lambda i, c: jnp.sin(c), x)  # noqa: E731
+    with pytest.raises(UnsupportedPrimitiveError, match=r"'scan'.*made by .*\(fori_loop\)"):
+        mj.jacobian(f)(X)

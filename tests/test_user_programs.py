@@ -1,0 +1,89 @@
+"""matcalc_jax.jacobian on programs written the way public JAX code writes them: flax
+(linen) and equinox modules, optax losses and transformations, signal processing, at
+ordinary points and at their edges, against jax.jacfwd / jvp / vjp in float64.
+"""
+
+import equinox as eqx
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+from .helpers import assert_transform_matches_autodiff, key
+
+X = jnp.linspace(-1.0, 1.2, 8)
+LABEL = jax.nn.one_hot(2, 8)
+
+
+class FlaxMLP(nn.Module):
+    """Dense, LayerNorm, GELU, Dense, log-softmax: a classifier head."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(16)(x)
+        x = nn.LayerNorm()(x)
+        x = nn.gelu(x)
+        return nn.log_softmax(nn.Dense(4)(x))
+
+
+def _flax(module, x):
+    params = module.init(key(1), x)
+    return lambda x: module.apply(params, x)
+
+
+def _attention(x):
+    layer = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8)
+    tokens = x.reshape(2, 4)
+    params = layer.init(key(2), tokens)
+    return layer.apply(params, tokens).ravel()
+
+
+EQUINOX_MLP = eqx.nn.MLP(8, 3, 16, 2, activation=jax.nn.softplus, key=key(3))
+EQUINOX_NORM = eqx.nn.LayerNorm(8)
+
+PROGRAMS = {
+    "flax MLP with LayerNorm": lambda x: _flax(FlaxMLP(), X)(x),
+    "flax multi-head attention": _attention,
+    "equinox MLP": EQUINOX_MLP,
+    "equinox LayerNorm": EQUINOX_NORM,
+    "equinox Dropout at inference": eqx.nn.Dropout(0.5, inference=True),
+    "optax softmax cross-entropy": lambda x: optax.softmax_cross_entropy(x, LABEL),
+    "optax Huber": lambda x: optax.huber_loss(x, jnp.zeros(8), delta=0.5),
+    "optax sigmoid BCE": lambda x: optax.sigmoid_binary_cross_entropy(x, (x > 0) * 1.0),
+    "optax log-cosh": optax.log_cosh,
+    "optax KL": lambda x: optax.kl_divergence(jax.nn.log_softmax(x), jax.nn.softmax(x[::-1])),
+    "optax clip by global norm": lambda x: optax.clip_by_global_norm(1.0).update(
+        x, optax.EmptyState()
+    )[0],
+    "optax safe norm": lambda x: optax.safe_norm(x, 1e-3) * x,
+    "short-time spectrum": lambda x: jnp.abs(jnp.fft.rfft(x.reshape(2, 4) * jnp.hanning(4))),
+}
+
+
+@pytest.mark.parametrize("name", list(PROGRAMS))
+def test_user_program_against_autodiff(name):
+    assert_transform_matches_autodiff(PROGRAMS[name], X)
+
+
+EDGES = {
+    # at delta exactly, on both sides, and at 0
+    "optax Huber at its kink": (lambda x: optax.huber_loss(x, jnp.zeros(6), delta=0.5),
+                                jnp.array([0.5, -0.5, 0.0, 0.49, 2.0, -0.0])),
+    # saturated logits: the loss's tails
+    "optax sigmoid BCE saturated": (lambda x: optax.sigmoid_binary_cross_entropy(x, jnp.ones(4)),
+                                    jnp.array([40.0, -40.0, 0.0, 700.0])),
+    # the norm of a zero vector: safe_norm's where picks the floor
+    "optax safe norm at zero": (lambda x: optax.safe_norm(x, 1e-3) * jnp.ones(3), jnp.zeros(3)),
+    # a clip that does not act (norm below the bound) and one that does
+    "optax clip below the bound": (lambda x: optax.clip_by_global_norm(10.0).update(
+        x, optax.EmptyState())[0], X),
+    # relu at exactly 0 inside an equinox MLP's hidden layer input
+    "jax.nn.relu at zero": (jax.nn.relu, jnp.array([0.0, -0.0, 1.0, -1.0])),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(EDGES))
+def test_user_program_at_its_edges(name):
+    f, x = EDGES[name]
+    assert_transform_matches_autodiff(f, x)
