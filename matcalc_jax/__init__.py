@@ -80,6 +80,7 @@ from matcalc_jax.forms.traces import (
 )
 from matcalc_jax.operators import (
     BlockDiagonal,
+    BlockMatrix,
     Composition,
     Contraction,
     Dense,
@@ -106,6 +107,7 @@ __all__ = [
     "LAYOUTS",
     "TOLERANCES",
     "BlockDiagonal",
+    "BlockMatrix",
     "Composition",
     "Contraction",
     "Dense",

@@ -338,12 +338,13 @@ def test_an_uncovered_case_of_a_primitive_goes_the_same_way():
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda: mj.jacobian(jnp.sin, argnums=(0,))(VECTOR), TypeError, "argnums"),
+        (lambda: mj.jacobian(jnp.sin, argnums=())(VECTOR), TypeError, "argnums"),
         (lambda: mj.jacobian(jnp.sin, argnums=True)(VECTOR), TypeError, "argnums"),
         (lambda: mj.jacobian(jnp.sin, argnums=2)(VECTOR), ValueError, "out of range"),
+        (lambda: mj.jacobian(jnp.add, argnums=(0, -2))(VECTOR, VECTOR), ValueError, "repeats"),
         (lambda: mj.jacobian(jnp.sin, fallback="jvp"), ValueError, "fallback"),
         (lambda: mj.jacobian(jnp.sin)(jnp.arange(3)), TypeError, "floating"),
-        (lambda: mj.jacobian(lambda x: (x, x))(VECTOR), TypeError, "single array"),
+        (lambda: mj.jacobian(jnp.sin, has_aux=True)(VECTOR), TypeError, "pair"),
         (lambda: mj.jacobian(jnp.sin)("x"), TypeError, "expected an array"),
     ],
 )
@@ -407,3 +408,5 @@ def test_the_docs_examples_run():
     assert_jacobians_close(J.to_dense(), jax.jacfwd(f)(x))
     assert [type(t).__name__ for t in J.children()] == ["Contraction", "LowRank"]
     assert namespace["blocks"].blocks.shape == (128, 5, 5)
+    assert namespace["tree"]["params"]["layers_0"]["kernel"].in_shape == (4, 5)
+    assert namespace["whole"].shape == (3, 47)

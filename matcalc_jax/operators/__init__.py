@@ -14,6 +14,7 @@ builds dense K x K (or s x t x p x q) arrays. These types keep the structure:
 | ``DiagonalPlusLowRank`` | diag(d) + U V^T (softmax: r = 1) | O(K r) |
 | ``Kronecker`` | X -> A X B (vec: A (x) B^T) | O(sp + qt) |
 | ``BlockDiagonal`` | a map applied over a batch axis | O(N n m) |
+| ``BlockMatrix`` | a pytree map on its flattened vectors: blocks of operators | its blocks |
 | ``WeightedGram`` | X^T diag(w) X (a Hessian, factored) | O(n d) |
 | ``Contraction`` | v -> einsum(v, core): A x, X B, sums, broadcasts, transposes | O(core) |
 | ``Scaled``, ``Sum``, ``Composition`` | c J, J1 + J2, J1 o J2 | their parts |
@@ -54,6 +55,7 @@ from matcalc_jax.operators.base import (
     storage,
 )
 from matcalc_jax.operators.block_diagonal import BlockDiagonal, batched_jacobian
+from matcalc_jax.operators.block_matrix import BlockMatrix
 from matcalc_jax.operators.contraction import Contraction
 from matcalc_jax.operators.dense import Dense, as_operator
 from matcalc_jax.operators.diagonal import Diagonal
@@ -65,6 +67,7 @@ from matcalc_jax.operators.zero import Zero
 
 __all__ = [
     "BlockDiagonal",
+    "BlockMatrix",
     "Composition",
     "Contraction",
     "Dense",
