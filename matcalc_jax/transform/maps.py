@@ -39,10 +39,25 @@ from matcalc_jax.operators.identity import Identity
 
 class Static:
     """A compile-time parameter (a primitive's parameters, a program) carried in an
-    operator's pytree structure: hashed and compared by identity."""
+    operator's pytree structure. Two are equal when they hold the same object or equal
+    values (so that an operator built at each step of a loop keeps one structure); the
+    hash is the value's type, which equal values share."""
 
     def __init__(self, value: Any) -> None:
         self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Static):
+            return NotImplemented
+        if self.value is other.value:
+            return True
+        try:
+            return bool(self.value == other.value)
+        except Exception:  # values without a plain equality (arrays, programs)
+            return False
+
+    def __hash__(self) -> int:
+        return hash(type(self.value).__name__)
 
     def __repr__(self) -> str:
         return f"Static({type(self.value).__name__})"
@@ -558,3 +573,27 @@ class Pullback(_Map):
 
     def describe(self) -> str:
         return "of a backward rule not linear in its cotangent"
+
+
+@pytree(("indices",), ("out_sizes", "in_sizes", "dtype_name", "axis", "layout"))
+class TakeAlong(_Map):
+    """v -> v at ``indices`` along ``axis`` (the same position on the other axes): the
+    permutation of ``sort``, the selection of ``top_k``, as JAX's rules index the tangent;
+    its transpose adds each entry back where it was taken from."""
+
+    indices: Array
+    axis: int
+    layout: Layout = "numerator"
+
+    def _grid(self) -> tuple[Array, ...]:
+        shape = self.indices.shape
+        return tuple(
+            self.indices if d == self.axis else lax.broadcasted_iota(jnp.int32, shape, d)
+            for d in range(len(shape))
+        )
+
+    def _apply(self, tangent: Array) -> Array:
+        return tangent[self._grid()]
+
+    def _apply_transpose(self, cotangent: Array) -> Array:
+        return jnp.zeros(self.in_shape, cotangent.dtype).at[self._grid()].add(cotangent)

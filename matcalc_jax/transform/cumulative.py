@@ -1,0 +1,107 @@
+"""Rules for products and running reductions: ``reduce_prod``, ``cumprod``,
+``cumlogsumexp``, ``cummax``, ``cummin``.
+
+``reduce_prod``: d(prod x)/dx_j is the product of the other entries, computed without a
+division (an exclusive running product from each side), so a zero entry is exact.
+
+The running reductions ``y_i = x_0 (+) x_1 (+) ... (+) x_i`` (``(+)`` one of ``*``,
+``logaddexp``, ``max``, ``min``) have a lower-triangular Jacobian along their axis, its
+entries ``dy_i/dx_j`` for each position on the other axes. JAX differentiates them through
+``lax.associative_scan`` of the pair ``(value, tangent)`` with the combining function's
+derivative; the transform evaluates the same pair recursion on the unit tangents, once, and
+keeps the result as the core of a ``Contraction`` (n^2 entries per position on the other
+axes, the size of the Jacobian along that axis): the same numbers as JAX, ties of ``max``
+split as JAX splits them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array, lax
+
+from matcalc_jax.operators.base import compose
+from matcalc_jax.operators.contraction import LETTERS, contraction
+from matcalc_jax.transform import elementwise
+from matcalc_jax.transform.registry import pointwise
+
+Pair = tuple[Array, Array]
+
+
+def _product(a: Pair, b: Pair) -> Pair:
+    return a[0] * b[0], a[1] * b[0] + a[0] * b[1]
+
+
+def _chooser(choose: Callable[[Array, Array], Array]) -> Callable[[Pair, Pair], Pair]:
+    def combine(a: Pair, b: Pair) -> Pair:
+        out = choose(a[0], b[0])
+        weight_a = elementwise.BINARY["max"][0](a[0], b[0], out)  # 1, 1/2 at a tie, 0
+        weight_b = elementwise.BINARY["max"][1](a[0], b[0], out)
+        return out, a[1] * weight_a + b[1] * weight_b
+
+    return combine
+
+
+def _finite_or_zero(x: Array) -> Array:
+    return jnp.where(jnp.isinf(x), jnp.zeros((), x.dtype), x)
+
+
+def _log_add_exp(a: Pair, b: Pair) -> Pair:
+    out = jnp.logaddexp(a[0], b[0])
+    weight_a = jnp.exp(_finite_or_zero(a[0]) - _finite_or_zero(out))
+    weight_b = jnp.exp(_finite_or_zero(b[0]) - _finite_or_zero(out))
+    return out, a[1] * weight_a + b[1] * weight_b
+
+
+COMBINE: dict[str, Callable[[Pair, Pair], Pair]] = {
+    "cumprod": _product,
+    "cumlogsumexp": _log_add_exp,
+    "cummax": _chooser(lax.max),
+    "cummin": _chooser(lax.min),
+}
+
+
+@pointwise(*COMBINE)
+def _running(ctx, eqn, ins, ops, outs):
+    x, y = ins[0], outs[0]
+    axis, reverse = eqn.params["axis"], eqn.params.get("reverse", False)
+    n = x.shape[axis]
+    combine = COMBINE[eqn.primitive.name]
+
+    def column(j: Array) -> Array:  # dy/dx_j along the axis, at every other position
+        unit = (lax.broadcasted_iota(jnp.int32, x.shape, axis) == j).astype(x.dtype)
+        return lax.associative_scan(combine, (x, unit), reverse=reverse, axis=axis)[1]
+
+    core = jax.vmap(column)(jnp.arange(n, dtype=jnp.int32))  # (n_j, *x.shape): [j, ..., i, ...]
+    labels = LETTERS[: x.ndim]
+    twin = LETTERS[x.ndim]
+    in_labels = labels.replace(labels[axis], twin)
+    spec = (in_labels, twin + labels, labels)
+    return [compose(contraction(core, spec, x.shape, y.shape, y.dtype), ops[0])]
+
+
+def _others_product(x: Array, axes: tuple[int, ...]) -> Array:
+    """prod over ``axes`` of the entries other than each one, without dividing."""
+    kept = [d for d in range(x.ndim) if d not in axes]
+    moved = jnp.transpose(x, (*kept, *axes))
+    flat = moved.reshape((*moved.shape[: len(kept)], -1))
+    ones = jnp.ones((*flat.shape[:-1], 1), x.dtype)
+    before = jnp.cumprod(jnp.concatenate([ones, flat[..., :-1]], axis=-1), axis=-1)
+    after = jnp.flip(
+        jnp.cumprod(jnp.concatenate([ones, jnp.flip(flat, -1)[..., :-1]], axis=-1), axis=-1), -1
+    )
+    others = (before * after).reshape(moved.shape)
+    return jnp.transpose(others, tuple(int(k) for k in np.argsort([*kept, *axes])))
+
+
+@pointwise("reduce_prod")
+def _reduce_prod(ctx, eqn, ins, ops, outs):
+    x, y = ins[0], outs[0]
+    axes = tuple(sorted(a % x.ndim for a in eqn.params["axes"]))
+    labels = LETTERS[: x.ndim]
+    kept = "".join(c for k, c in enumerate(labels) if k not in axes)
+    core = _others_product(x, axes)
+    return [compose(contraction(core, (labels, labels, kept), x.shape, y.shape, y.dtype), ops[0])]
