@@ -56,7 +56,9 @@ class Case:
     ``jax.vjp`` multiplies the NaN derivative of a ``where`` branch not taken by the 0 of
     its mask: a deliberate difference, docs/transform.md) or "selects" (the same for a
     program that is not elementwise: ``J.vm`` equals ``jax.vjp`` wherever that is not
-    NaN, and may be finite where it is, since the transform selects what JAX masks)."""
+    NaN, and may be finite where it is, since the transform selects what JAX masks), or
+    "matrix" (``jax.vjp`` refuses the program, a ``while_loop``: the rows of the jvp's
+    matrix)."""
 
     fn: Any
     points: tuple[float, ...] = EDGES
@@ -230,6 +232,25 @@ CASES: dict[str, Case] = {
         tuple(np.linspace(-1.0, 2.0, 6)),
         ulps=64,
     ),
+    # control flow
+    "cond": Case(
+        lambda x: lax.cond(x[0] > 0, lax.sqrt, lambda y: y * 2.0, x)
+        + jax.jit(lambda y: lax.switch(jnp.int32(y[0] > 1), [lax.sin, lax.cos, lax.tanh], y))(x),
+        ulps=2,
+    ),
+    "scan": Case(
+        lambda x: lax.scan(lambda c, a: (c * a + lax.sin(c), c * c), x[0], x)[1]
+        + lax.fori_loop(0, 3, lambda i, y: y * lax.cos(y), x),
+        tuple(np.linspace(-1.0, 1.0, 7)),
+        ulps=8,
+    ),
+    "while": Case(
+        lambda x: lax.while_loop(lambda s: s[1] < 3, lambda s: (s[0] * lax.cos(s[0]), s[1] + 1),
+                                 (x, 0))[0],
+        tuple(np.linspace(-1.0, 1.0, 7)),
+        ulps=4,
+        vm="matrix",
+    ),
     # calls and custom rules
     "jit": Case(jax.jit(lambda x: lax.tanh(x) * x), ulps=2),
     "closed_call": Case(lambda x: eval_jaxpr_p.bind(x, jaxpr=jax.make_jaxpr(lax.sin)(x))[0]),
@@ -297,6 +318,8 @@ def test_rule_agrees_with_jax_at_the_edges(name, dtype):
         cotangents = jnp.eye(y.size, dtype=y.dtype).reshape((y.size, *y.shape))
         if case.vm == "elementwise":  # u times the jvp's diagonal, d_j = (J e_j)_j
             rows = cotangents * jnp.diagonal(columns)
+        elif case.vm == "matrix":  # jax.vjp refuses (a while_loop): the jvp's matrix, read by rows
+            rows = np.asarray(columns).reshape(x.size, y.size).T.reshape(y.size, *x.shape)
         else:
             pullback = jax.vjp(case.fn, x)[1]
             rows = np.array(jax.vmap(lambda u: pullback(u)[0])(cotangents))

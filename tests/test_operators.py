@@ -57,6 +57,13 @@ CASES = {
         (2, 4), (3, 4), "float64", None, ("ab", "", "cb")
     ),
     "Zero": lambda: operators.Zero((2,), (3, 2), "float64"),
+    # output leaves (2,), (3,) by input leaves (3,), (2, 1)
+    "BlockMatrix": lambda: mj.BlockMatrix(
+        (
+            (mj.Dense(_normal(26, (2, 3)), 1), mj.Dense(_normal(27, (2, 2, 1)), 1)),
+            (mj.Diagonal(_normal(28, (3,))), mj.Dense(_normal(29, (3, 2, 1)), 1)),
+        )
+    ),
 }
 #: Square instances, well conditioned, for diagonal, trace, logdet and solve.
 SQUARE = {
@@ -85,6 +92,12 @@ SQUARE = {
         "float64",
         jnp.stack([_well_conditioned(45, 3), -_well_conditioned(46, 3)]),
         ("ab", "acb", "ac"),
+    ),
+    "BlockMatrix": lambda: mj.BlockMatrix(
+        (
+            (mj.Diagonal(jnp.array([2.0, -1.5, 3.0])), mj.Dense(0.2 * _normal(47, (3, 2)), 1)),
+            (mj.Dense(0.2 * _normal(48, (2, 3)), 1), mj.Dense(_well_conditioned(49, 2), 1)),
+        )
     ),
     "LowRank_plus_Identity": lambda: mj.Sum(
         (mj.Identity((3,), "float64"), mj.LowRank(_normal(43, (3, 1)), _normal(44, (3, 1))))

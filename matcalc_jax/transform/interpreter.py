@@ -145,9 +145,8 @@ _PLUMBING = ("traceback_util.py", "source_info_util.py", "partial_eval.py", "cor
              "linear_util.py", "api_util.py", "pjit.py")  # fmt: skip
 
 
-def _calls(frames: Sequence[Any]) -> str:
-    """The library functions a user's call went through, outermost first, at most three
-    (``jax/_src/lax/control_flow/loops.py (fori_loop) > (scan)``)."""
+def _calls(frames: Sequence[Any]) -> list[Any]:
+    """The library functions a user's call went through, outermost first, at most three."""
     named = [
         frame
         for frame in frames
@@ -155,14 +154,18 @@ def _calls(frames: Sequence[Any]) -> str:
         and "<locals>" not in frame.function_name
         and not frame.function_name.split(".")[-1].startswith("_")
     ]
-    parts, previous = [], None
-    for frame in list(reversed(named))[:3]:
-        where = _short(frame.file_name)
-        parts.append(
-            f"({frame.function_name})" if where == previous else f"{where} ({frame.function_name})"
-        )
-        previous = where
-    return " > ".join(parts)
+    return list(reversed(named))[:3]
+
+
+def _user_frames(eqn: Any) -> tuple[Any, list[Any]] | None:
+    """The innermost frame of the user's code that made ``eqn`` and the library functions
+    it called on the way (``None`` for an equation traced inside a library only)."""
+    traceback = getattr(eqn.source_info, "traceback", None)
+    frames = getattr(traceback, "frames", None) or []
+    for k, frame in enumerate(frames):  # innermost first
+        if not _is_library(frame.file_name):
+            return frame, _calls(frames[:k])
+    return None
 
 
 def user_frame(eqn: Any) -> str | None:
@@ -173,15 +176,26 @@ def user_frame(eqn: Any) -> str | None:
     for an equation traced inside a library only, such as a cached ``jnp`` function. Frames
     in installed packages (flax, equinox, optax, jax) and in the standard library are not
     the user's."""
-    traceback = getattr(eqn.source_info, "traceback", None)
-    frames = getattr(traceback, "frames", None) or []
-    for k, frame in enumerate(frames):  # innermost first
-        if _is_library(frame.file_name):
-            continue
-        place = f"{frame.file_name}:{frame.line_num} ({frame.function_name})"
-        calls = _calls(frames[:k])
-        return f"{place}, made by {calls}" if calls else place
-    return None
+    found = _user_frames(eqn)
+    if found is None:
+        return None
+    frame, calls = found
+    place = f"{frame.file_name}:{frame.line_num} ({frame.function_name})"
+    parts, previous = [], None
+    for call in calls:
+        where = _short(call.file_name)
+        parts.append(
+            f"({call.function_name})" if where == previous else f"{where} ({call.function_name})"
+        )
+        previous = where
+    return f"{place}, made by {' > '.join(parts)}" if parts else place
+
+
+def called_by(eqn: Any) -> str | None:
+    """The library function the user called to make ``eqn`` (``fori_loop`` for a
+    ``scan``), or ``None``."""
+    found = _user_frames(eqn)
+    return found[1][0].function_name if found and found[1] else None
 
 
 @dataclass
@@ -209,8 +223,13 @@ class Context:
         return f"at {user_frame(eqn) or self.frame or 'an unknown line'}{inside}"
 
     def inside(self, name: str, eqn: Any = None) -> Context:
-        """The context of a call's inner program (``name``, made by the call ``eqn``)."""
+        """The context of a call's inner program (``name``, made by the call ``eqn``; the
+        name says which library function made it when that is not the primitive itself,
+        ``scan[length 3] from fori_loop``)."""
         frame = (user_frame(eqn) if eqn is not None else None) or self.frame
+        maker = called_by(eqn) if eqn is not None else None
+        if maker is not None and maker.split(".")[-1] != eqn.primitive.name:
+            name = f"{name} from {maker}"
         return dataclasses.replace(self, path=(*self.path, name), frame=frame)
 
     def run(

@@ -1,0 +1,360 @@
+"""Rules for control flow: ``cond`` (``lax.cond``, ``lax.switch``), ``scan``
+(``lax.scan``, ``lax.fori_loop`` with static bounds, ``lax.map``) and ``while``
+(``lax.while_loop``, ``fori_loop`` with traced bounds).
+
+``cond``: with a concrete index (outside ``jit``), the Jacobian of the branch taken. Under
+``jit`` the index is traced: every branch's Jacobian is built and the result selects
+between them row by row (``maps.select``), which is what JAX's ``jvp`` of ``cond`` computes
+(only the branch taken contributes, a NaN in another never does).
+
+``scan`` and ``while``: the Jacobian of the carry is carried through the loop as an
+operator, step by step: ``J_c <- d(step)/dc J_c + d(step)/d(consts) J_consts +
+d(step)/dx_t J_xs[t]``. To carry it inside ``lax.scan`` / ``lax.while_loop`` its structure
+(its operator types, shapes, static parameters: the pytree structure) must be the same
+after a step as before, as JAX's own loop rules first find a fixed point of which tangents
+are nonzero (``_scan_jvp``). The rule probes it:
+
+- a structure that stays the same (a diagonal stays diagonal, blocks stay blocks, a dense
+  carry stays dense) is carried as it is, the loop's arrays being the operator's leaves;
+- a structure that settles after a few steps (a carry that starts constant, a
+  ``Composition`` that folds) runs those steps unrolled, then the loop;
+- a structure that keeps growing (a chain of dense layers composes lazily) is carried
+  dense: each step's Jacobian is multiplied out (``to_dense``), as ``jax.jacfwd`` does.
+
+The stacked outputs ``ys`` come back as a ``Stacked`` operator: the step's output
+Jacobian, one per iteration, its leaves stacked along the loop axis. ``while`` carries the
+Jacobian forward only (as ``jax.jvp`` does; ``jax.vjp`` refuses a ``while_loop``), but the
+result is an operator: its ``vm`` exists.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import Array, lax
+from jax.extend import core as jex_core
+
+from matcalc_jax.core.layout import Layout
+from matcalc_jax.operators.base import (
+    JacobianOperator,
+    Scaled,
+    add,
+    check_tangent,
+    compose,
+    pytree,
+)
+from matcalc_jax.operators.dense import Dense
+from matcalc_jax.operators.diagonal import Diagonal
+from matcalc_jax.operators.identity import Identity
+from matcalc_jax.transform import maps
+from matcalc_jax.transform.interpreter import Context, NoRule, Operator, bind
+from matcalc_jax.transform.registry import RELEVANT, rule
+
+#: Steps run unrolled, at most, while a carry's structure settles.
+SETTLE_STEPS = 3
+
+
+def _concrete_index(index: Array) -> int | None:
+    try:
+        return int(index)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+        return None
+
+
+@rule("cond", complex=True, linear=True)
+def _cond(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
+    index, operands, operand_ops = ins[0], ins[1:], ops[1:]
+    branches = eqn.params["branches"]
+    taken = _concrete_index(index)
+    if taken is not None:
+        branch = branches[taken]
+        inner = ctx.inside(f"cond[branch {taken}]", eqn)
+        return inner.run(branch.jaxpr, branch.consts, operands, operand_ops)
+    outs = bind(eqn, ins)
+    per_branch = [
+        ctx.inside(f"cond[branch {k}]", eqn).run(b.jaxpr, b.consts, operands, operand_ops)[1]
+        for k, b in enumerate(branches)
+    ]
+    out_ops = [maps.select(index, [ops_k[j] for ops_k in per_branch]) for j in range(len(outs))]
+    return outs, out_ops
+
+
+RELEVANT["cond"] = lambda eqn: list(range(1, len(eqn.invars)))
+
+
+# ---------------------------------------------------------------------------- loops
+
+
+def _structure(ops: Sequence[Operator]) -> Any:
+    return jax.tree_util.tree_structure(list(ops))
+
+
+def _dense(op: Operator) -> Operator:
+    return None if op is None else Dense.from_array(op.to_dense(), len(op.out_shape))
+
+
+def _widened(op: Operator, x: Array, argument: tuple, *, square: bool = True) -> Operator:
+    """An identity (or a scaled one) as the ``Diagonal`` it is, the structure an
+    elementwise step gives it; a constant float carry (``None``) as a zero ``Diagonal``
+    when it has the argument's shape, or (``square=False``) a zero ``Dense``."""
+    if op is None:
+        if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+            return None
+        if square and tuple(jnp.shape(x)) == tuple(argument):
+            return Diagonal(jnp.zeros(argument, jnp.result_type(x)))
+        if square:
+            return None
+        zeros = jnp.zeros((*jnp.shape(x), *argument), jnp.result_type(x))
+        return Dense.from_array(zeros, jnp.ndim(x))
+    if isinstance(op, Identity):
+        return Diagonal(jnp.ones(op.out_shape, op.dtype))
+    if isinstance(op, Scaled) and isinstance(op.operator, Identity) and jnp.ndim(op.scale) == 0:
+        return Diagonal(jnp.broadcast_to(op.scale, op.out_shape).astype(op.dtype))
+    return op
+
+
+@pytree(("leaves",), ("structure", "length"))
+class Stacked(JacobianOperator):
+    """One operator per loop iteration, of one structure, its ``leaves`` stacked along a
+    leading axis of ``length``: the Jacobian of a scan's stacked outputs ``ys``, out shape
+    ``(length, *y.shape)``."""
+
+    leaves: tuple[Array, ...]
+    structure: Any
+    length: int
+
+    def _step(self, leaves: Sequence[Array]) -> JacobianOperator:
+        return jax.tree_util.tree_unflatten(self.structure, leaves)
+
+    def _first(self) -> JacobianOperator:
+        return self._step([leaf[0] for leaf in self.leaves])
+
+    layout = property(lambda self: self._first().layout)  # type: ignore[assignment]
+    out_shape = property(lambda self: (self.length, *self._first().out_shape))
+    in_shape = property(lambda self: self._first().in_shape)
+    dtype = property(lambda self: self._first().dtype)
+
+    def _each(self, method: Callable[..., Array], *stacked: Array) -> Array:
+        """``method(operator_t, *stacked_t)`` for every step t, stacked."""
+        if not self.leaves and not stacked:  # the same operator at every step
+            one = method(self._first())
+            return jnp.broadcast_to(one, (self.length, *one.shape))
+        return jax.vmap(lambda leaves, *rest: method(self._step(leaves), *rest))(
+            list(self.leaves), *stacked
+        )
+
+    def mv(self, tangent: Any) -> Array:
+        tangent = check_tangent(self, "mv", tangent, self.in_shape)
+        return self._each(lambda op: op.mv(tangent))
+
+    def vm(self, cotangent: Any) -> Array:
+        cotangent = check_tangent(self, "vm", cotangent, self.out_shape)
+        return jnp.sum(self._each(lambda op, u: op.vm(u), cotangent), axis=0)
+
+    def _numerator(self) -> Array:
+        return self._each(lambda op: op._numerator())
+
+    def with_layout(self, layout: Layout) -> JacobianOperator:
+        structure = jax.tree_util.tree_structure(self._first().with_layout(layout))
+        return Stacked(self.leaves, structure, self.length)
+
+    def describe(self) -> str:
+        return f"{self.length} steps of {type(self._first()).__name__}"
+
+    def children(self) -> tuple[JacobianOperator, ...]:
+        return (self._first(),)
+
+
+def _row(op: JacobianOperator, t: Array, dtype: Any) -> JacobianOperator:
+    """The Jacobian of ``xs[t]`` from that of ``xs``."""
+    shape = tuple(op.out_shape)
+    name = jnp.dtype(dtype).name
+    start = (jnp.asarray(t, jnp.int32), *(jnp.zeros((), jnp.int32) for _ in shape[1:]))
+    window = maps.DynamicSlice((1, *shape[1:]), shape, name, start)
+    return compose(maps.Reshape(shape[1:], (1, *shape[1:]), name), compose(window, op))
+
+
+def _placed(op: Operator, first: int, length: int) -> Operator:
+    """The Jacobian of rows ``first, first + 1, ...`` of a stacked output of ``length``
+    rows, from that of those rows (``op``, out shape ``(count, *y.shape)``)."""
+    if op is None:
+        return None
+    count, *shape = op.out_shape
+    if count == length:
+        return op
+    config = ((first, length - first - count, 0), *((0, 0, 0) for _ in shape))
+    return compose(maps.Embed((length, *shape), tuple(op.out_shape), op.dtype.name, config), op)
+
+
+def _one_row(op: Operator) -> Operator:
+    if op is None:
+        return None
+    shape = tuple(op.out_shape)
+    return compose(maps.Reshape((1, *shape), shape, op.dtype.name), op)
+
+
+class _Loop:
+    """One loop's step as a function of the carry, its Jacobians and the step's index,
+    and what the rules need to carry the Jacobians through it."""
+
+    def __init__(self, step: Callable[..., tuple]) -> None:
+        self.raw_step = step
+        self.dense = False
+
+    def step(self, carry: list[Array], carry_ops: list[Operator], t: Any) -> tuple:
+        new_carry, new_ops, *rest = self.raw_step(carry, carry_ops, t)
+        if self.dense:
+            new_ops = [_dense(op) for op in new_ops]
+        return (new_carry, new_ops, *rest)
+
+    def structure_after(self, carry: list[Array], carry_ops: list[Operator], t: Any) -> Any:
+        """The structure of the Jacobians after a step, as traced inside a loop (every
+        value abstract: a ``cond`` inside selects, as it does in the loop)."""
+        return jax.tree_util.tree_structure(
+            list(jax.eval_shape(self.step, carry, carry_ops, t)[1:])
+        )
+
+    def settle(self, carry: list, carry_ops: list[Operator], times: Sequence[int]) -> tuple:
+        """Run steps unrolled (at most ``SETTLE_STEPS``, traced as in the loop) until the
+        Jacobians keep their structure through a step; else carry them dense. Returns the
+        unrolled steps' ``(t, ys, ys_ops)`` and the carry and its Jacobians after them."""
+        unrolled: list[tuple] = []
+        for t in times[:SETTLE_STEPS]:
+            after = self.structure_after(carry, carry_ops, t)
+            if after.children()[0] == _structure(carry_ops):
+                return unrolled, carry, carry_ops
+            new_carry, new_ops, ys, ys_ops = jax.jit(self.step)(carry, carry_ops, t)
+            unrolled.append((t, ys, ys_ops))
+            carry, carry_ops = list(new_carry), list(new_ops)
+        if len(unrolled) < len(times):
+            self.dense = True
+            carry_ops = [_dense(op) for op in carry_ops]
+        return unrolled, carry, carry_ops
+
+
+@rule("scan", complex=True, linear=True)
+def _scan(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
+    params = eqn.params
+    body, length, reverse = params["jaxpr"], params["length"], params["reverse"]
+    n_consts, n_carry = params["num_consts"], params["num_carry"]
+    split = (n_consts, n_consts + n_carry)
+    consts, init, xs = ins[: split[0]], ins[split[0] : split[1]], ins[split[1] :]
+    const_ops, init_ops, xs_ops = ops[: split[0]], ops[split[0] : split[1]], ops[split[1] :]
+    inner = ctx.inside(f"scan[length {length}]", eqn)
+
+    def step(carry: list[Array], carry_ops: list[Operator], t: Any) -> tuple:
+        x_t = [lax.dynamic_index_in_dim(x, t, 0, keepdims=False) for x in xs]
+        x_ops = [
+            None if op is None else _row(op, t, x.dtype) for x, op in zip(xs, xs_ops, strict=True)
+        ]
+        outs, out_ops = inner.run(
+            body.jaxpr, body.consts, [*consts, *carry, *x_t], [*const_ops, *carry_ops, *x_ops]
+        )
+        return outs[:n_carry], out_ops[:n_carry], outs[n_carry:], out_ops[n_carry:]
+
+    loop = _Loop(step)
+    times = list(range(length))[::-1] if reverse else list(range(length))
+    unrolled, carry, carry_ops = loop.settle(list(init), list(init_ops), times)
+    remaining = times[len(unrolled) :]
+    n_ys = len(eqn.outvars) - n_carry
+    ys_parts: list[list[tuple[int, Array, Operator]]] = [
+        [(t, ys[j], _one_row(ys_ops[j])) for t, ys, ys_ops in unrolled] for j in range(n_ys)
+    ]
+    if remaining:
+        first, count = min(remaining), len(remaining)
+        carry_structure = _structure(carry_ops)
+        ys_structure = loop.structure_after(carry, carry_ops, first).children()[2]
+
+        def body_fn(state: tuple, t: Array) -> tuple:
+            values, leaves = state
+            now = jax.tree_util.tree_unflatten(carry_structure, leaves)
+            new_values, new_ops, ys, ys_ops = loop.step(list(values), list(now), t)
+            return (new_values, jax.tree_util.tree_leaves(list(new_ops))), (
+                ys, jax.tree_util.tree_leaves(list(ys_ops)),
+            )  # fmt: skip
+
+        state = (list(carry), jax.tree_util.tree_leaves(list(carry_ops)))
+        steps = jnp.arange(first, first + count, dtype=jnp.int32)
+        (carry, leaves), (ys, ys_leaves) = lax.scan(body_fn, state, steps, reverse=reverse)
+        carry_ops = jax.tree_util.tree_unflatten(carry_structure, leaves)
+        offset = 0
+        for j, child in enumerate(ys_structure.children()):
+            chunk = ys_leaves[offset : offset + child.num_leaves]
+            offset += child.num_leaves
+            stacked = None if child.num_nodes == 1 and child.num_leaves == 0 else Stacked(
+                tuple(chunk), child, count
+            )  # fmt: skip
+            ys_parts[j].append((first, ys[j], stacked))
+    ys_out, ys_ops_out = [], []
+    for j, var in enumerate(eqn.outvars[n_carry:]):
+        value = jnp.zeros(var.aval.shape, var.aval.dtype)
+        terms = []
+        for t, piece, op in ys_parts[j]:
+            rows = piece if piece.shape != var.aval.shape[1:] else piece[None]
+            value = lax.dynamic_update_slice_in_dim(value, rows, t, 0)
+            terms.append(_placed(op, t, length))
+        present = [term for term in terms if term is not None]
+        ys_out.append(value)
+        ys_ops_out.append(functools.reduce(add, present) if present else None)
+    return [*carry, *ys_out], [*carry_ops, *ys_ops_out]
+
+
+@rule("while", complex=True, linear=True)
+def _while(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
+    params = eqn.params
+    cond, body = params["cond_jaxpr"], params["body_jaxpr"]
+    n_cond, n_body = params["cond_nconsts"], params["body_nconsts"]
+    cond_consts = ins[:n_cond]
+    body_consts, body_const_ops = ins[n_cond : n_cond + n_body], ops[n_cond : n_cond + n_body]
+    init, init_ops = ins[n_cond + n_body :], ops[n_cond + n_body :]
+    inner = ctx.inside("while", eqn)
+
+    def step(carry: list[Array], carry_ops: list[Operator], t: Any) -> tuple:
+        outs, out_ops = inner.run(
+            body.jaxpr, body.consts, [*body_consts, *carry], [*body_const_ops, *carry_ops]
+        )
+        return outs, out_ops
+
+    # No steps can be unrolled (the count is known only at run time): the carry as it is,
+    # an identity as the diagonal it is, or dense, whichever keeps its structure.
+    loop = _Loop(step)
+    argument = next(op for op in ops if op is not None).in_shape
+    for attempt in ("as it is", "widened", "dense"):
+        if attempt == "widened":
+            carry_ops = [_widened(op, x, argument) for x, op in zip(init, init_ops, strict=True)]
+        elif attempt == "dense":
+            loop.dense = True
+            carry_ops = [
+                _dense(_widened(op, x, argument, square=False))
+                for x, op in zip(init, init_ops, strict=True)
+            ]
+        else:
+            carry_ops = list(init_ops)
+        after = loop.structure_after(list(init), carry_ops, 0).children()[0]
+        if after == _structure(carry_ops):
+            break
+    else:
+        raise NoRule("whose carried Jacobian changes structure even when dense")
+    structure = _structure(carry_ops)
+    condition = jex_core.jaxpr_as_fun(cond)
+
+    def keep_going(state: tuple) -> Array:
+        return condition(*cond_consts, *state[0])[0]
+
+    def body_fn(state: tuple) -> tuple:
+        values, leaves = state
+        new_values, new_ops = loop.step(
+            list(values), jax.tree_util.tree_unflatten(structure, leaves), 0
+        )
+        return list(new_values), jax.tree_util.tree_leaves(list(new_ops))
+
+    state = (list(init), jax.tree_util.tree_leaves(carry_ops))
+    values, leaves = lax.while_loop(keep_going, body_fn, state)
+    return list(values), list(jax.tree_util.tree_unflatten(structure, leaves))
+
+
+RELEVANT["while"] = lambda eqn: list(range(eqn.params["cond_nconsts"], len(eqn.invars)))
