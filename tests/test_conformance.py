@@ -183,8 +183,37 @@ CASES: dict[str, Case] = {
     "gather": Case(lambda x: jnp.take(x, jnp.array([1, 40, 2, -30]))
                    + jnp.take(x, jnp.array([1, 40, 2, -30]), mode="clip")
                    + jnp.take(x, jnp.array([1, 40, 2, -30]), mode="fill", fill_value=-1.0)),
-    "triangular_solve": Case(
-        lambda x: jax.scipy.linalg.solve_triangular(UPPER.astype(x.dtype), x[:3]), ulps=4
+    "triangular_solve": Case(  # in the right-hand side, and in the matrix, both sides
+        lambda x: jax.scipy.linalg.solve_triangular(UPPER.astype(x.dtype), x[:3])
+        + lax.linalg.triangular_solve(
+            jnp.triu(jnp.outer(x[:3], x[3:6])) + 3 * jnp.eye(3, dtype=x.dtype), x[6:9][None],
+            left_side=False, lower=False, transpose_a=True,
+        )[0],
+        tuple(np.linspace(-1.0, 1.0, 9)),
+        ulps=64,
+    ),
+    "cholesky": Case(
+        lambda x: jnp.linalg.cholesky(SPD.astype(x.dtype) + jnp.outer(x[:3], x[:3]) / 4).ravel(),
+        tuple(np.linspace(-1.0, 1.0, 3)),
+        ulps=256,
+    ),
+    "eigh": Case(  # distinct eigenvalues (repeated ones: tests/test_fidelity.py)
+        lambda x: jnp.concatenate([
+            jnp.linalg.eigh(SPD.astype(x.dtype) * x[0] + jnp.diag(x[1:4]))[0],
+            jnp.abs(jnp.linalg.eigh(SPD.astype(x.dtype) + jnp.diag(x[1:4]))[1]).ravel(),
+        ]),
+        (0.7, 0.1, -0.3, 0.5),
+        ulps=512,
+    ),
+    "conv_general_dilated": Case(
+        lambda x: lax.conv_general_dilated(
+            x[:8].reshape(1, 2, 4), x[8:].reshape(3, 2, 2), (2,), ((1, 0),), rhs_dilation=(1,)
+        ).ravel(),
+        tuple(np.linspace(-1.0, 1.0, 20)),
+        ulps=8,
+    ),
+    "reduce_window_sum": Case(
+        lambda x: lax.reduce_window(x, 0.0, lax.add, (3,), (2,), ((1, 1),)), ulps=2
     ),
     "custom_linear_solve": Case(
         lambda x: jax.scipy.linalg.cho_solve((SPD.astype(x.dtype), False), x[:3])

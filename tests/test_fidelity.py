@@ -304,3 +304,18 @@ def test_an_error_from_fori_loop_says_so():
         UnsupportedPrimitiveError, match=r"'bessel_i1e'.*inside scan\[length 3\] from fori_loop"
     ):
         mj.jacobian(f)(X)
+
+
+def test_repeated_eigenvalues_as_jax_differentiates_them():
+    """eigh's eigenvector derivative divides by eigenvalue gaps: at a repeated eigenvalue
+    JAX's rule has an infinite factor, and the transform gives the same entries (NaN and
+    infinities where JAX has them); the eigenvalues' derivative stays finite."""
+    f = lambda x: jnp.linalg.eigh(jnp.diag(x))[1].ravel()  # noqa: E731
+    x = jnp.array([1.0, 1.0, 2.0])
+    J = mj.jacobian(f)(x)
+    columns = jax.vmap(lambda v: jax.jvp(f, (x,), (v,))[1])(jnp.eye(3))
+    np.testing.assert_array_equal(jax.vmap(J.mv)(jnp.eye(3)), columns)
+    values = mj.jacobian(lambda x: jnp.linalg.eigh(jnp.diag(x))[0])(x)
+    np.testing.assert_array_equal(
+        values.to_dense(), jax.jacfwd(lambda x: jnp.linalg.eigh(jnp.diag(x))[0])(x)
+    )

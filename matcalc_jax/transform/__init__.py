@@ -28,7 +28,14 @@ from matcalc_jax.operators.block_diagonal import BlockDiagonal
 from matcalc_jax.operators.block_matrix import BlockMatrix
 from matcalc_jax.operators.identity import Identity
 from matcalc_jax.operators.zero import Zero
-from matcalc_jax.transform import control_flow, cumulative, indexing, rules  # register rules
+from matcalc_jax.transform import (  # each module registers its rules
+    control_flow,
+    convolution,
+    cumulative,
+    indexing,
+    linear_algebra,
+    rules,
+)
 from matcalc_jax.transform.interpreter import FALLBACKS, Context, UnsupportedPrimitiveError
 from matcalc_jax.transform.maps import ChangeType, Select, WithFallbacks
 from matcalc_jax.transform.registry import COMPLEX
@@ -36,7 +43,7 @@ from matcalc_jax.transform.registry import COMPLEX
 __all__ = ["UnsupportedPrimitiveError", "jacobian", "supported_primitives"]
 
 COMPLEXES = frozenset(COMPLEX)
-_FAMILIES = (control_flow, cumulative, indexing)
+_FAMILIES = (control_flow, convolution, cumulative, indexing, linear_algebra)
 
 
 def supported_primitives() -> tuple[str, ...]:

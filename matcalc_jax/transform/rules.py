@@ -21,7 +21,6 @@ elementwise ``f``             diag(f'(x)) J_x                          (the seed
 ``pad``, ``concatenate``, ``rev``, ``gather``,
 ``dynamic_slice``,
 ``convert_element_type``
-``triangular_solve``          B -> op(A)^{-1} B for a constant A
 ``custom_linear_solve``       A^{-1} (J_b - d(A x)/dA J_A): JAX's own solve rule
 ``jit``, ``closed_call``,     recurse into the inner program
 ``remat``, ``custom_vjp_call``
@@ -384,17 +383,6 @@ RELEVANT["gather"] = lambda eqn: [0]
 
 
 # ---------------------------------------------------------------- linear algebra
-
-
-@pointwise("triangular_solve", linear=True)
-def _triangular_solve(ctx, eqn, ins, ops, outs):
-    a, b = ins
-    y = outs[0]
-    if ops[0] is not None:
-        raise NoRule("with a matrix that depends on the argument (jnp.linalg.solve has one)")
-    params = maps.Static(tuple(sorted(eqn.params.items())))
-    solve = maps.TriangularSolve(tuple(y.shape), tuple(b.shape), y.dtype.name, a, params)
-    return [compose(solve, ops[1])]
 
 
 def _linear_solve_parts(eqn: Any) -> tuple[list[int], ...]:

@@ -1,0 +1,157 @@
+"""Rules for the factorizations and solves of a matrix that depends on the argument:
+``triangular_solve`` in its matrix, ``cholesky`` and ``eigh``; the matrix-calculus rules
+JAX's own ``jvp`` rules evaluate (``jax/_src/lax/linalg.py``), each a lazy map with its
+transpose written out, never the dense Jacobian.
+
+=====================  =====================================================================
+primitive              the Jacobian in the matrix (tangent dA)
+=====================  =====================================================================
+``triangular_solve``   X = op(A)^{-1} B:  dX = -op(A)^{-1} op(mask(dA)) X  (left side), the
+                       mask the triangle the solve reads; with B's part, the existing solve
+``cholesky``           A = L L^T:  dL = L phi(L^{-1} dA L^{-T}), phi the lower triangle with
+                       its diagonal halved
+``eigh``               A = V diag(w) V^T:  dw = diag(V^T dA V),
+                       dV = V (F o (V^T dA V)), F_ij = 1 / (w_j - w_i) off the diagonal
+                       (degenerate eigenvalues as JAX: an infinite F)
+=====================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import Array, lax
+
+from matcalc_jax.core.layout import Layout
+from matcalc_jax.operators.base import compose, pytree
+from matcalc_jax.transform import maps
+from matcalc_jax.transform.interpreter import NoRule
+from matcalc_jax.transform.registry import pointwise, total
+
+
+def _t(m: Array) -> Array:
+    return jnp.swapaxes(m, -1, -2)
+
+
+def _triangle(m: Array, lower: bool, unit_diagonal: bool) -> Array:
+    """The entries a triangular solve reads."""
+    k = 1 if unit_diagonal else 0
+    return jnp.tril(m, -k) if lower else jnp.triu(m, k)
+
+
+@pytree(("x",), ("out_sizes", "in_sizes", "dtype_name", "params", "layout"))
+class TriangularProduct(maps._Map):
+    """dA -> op(mask(dA)) X (left side) or X op(mask(dA)) (right side): how the matrix of a
+    triangular solve moves its right-hand side; ``params`` are the solve's."""
+
+    x: Array
+    params: maps.Static
+    layout: Layout = "numerator"
+
+    def _apply(self, tangent: Array) -> Array:
+        p = self.params.value
+        a = _triangle(tangent, p["lower"], p["unit_diagonal"])
+        a = _t(a) if p["transpose_a"] else a
+        return a @ self.x if p["left_side"] else self.x @ a
+
+    def _apply_transpose(self, cotangent: Array) -> Array:
+        p = self.params.value
+        m = cotangent @ _t(self.x) if p["left_side"] else _t(self.x) @ cotangent
+        m = _t(m) if p["transpose_a"] else m
+        return _triangle(m, p["lower"], p["unit_diagonal"])
+
+
+@pointwise("triangular_solve", linear=lambda carried: not carried[0])
+def _triangular_solve(ctx, eqn, ins, ops, outs):
+    a, b = ins
+    y = outs[0]
+    if eqn.params.get("conjugate_a") and jnp.iscomplexobj(a):
+        raise NoRule("with a conjugated complex matrix")
+    params = maps.Static(tuple(sorted(eqn.params.items())))
+    solve = maps.TriangularSolve(tuple(y.shape), tuple(b.shape), y.dtype.name, a, params)
+    terms = [None if ops[1] is None else compose(solve, ops[1])]
+    if ops[0] is not None:  # dX = -op(A)^{-1} (op(dA) X) (left), -(X op(dA)) op(A)^{-1} (right)
+        moved = TriangularProduct(
+            tuple(y.shape), tuple(a.shape), y.dtype.name, y, maps.Static(dict(eqn.params))
+        )
+        terms.append(compose(solve, compose(moved, ops[0])).scaled(jnp.asarray(-1, y.dtype)))
+    return [total(terms)]
+
+
+def _phi(m: Array) -> Array:
+    """The lower triangle with the diagonal halved (self-adjoint: its own transpose)."""
+    n = m.shape[-1]
+    return jnp.tril(m) / (1 + jnp.eye(n, dtype=m.dtype))
+
+
+def _solve(factor: Array, m: Array, *, left: bool, transpose: bool) -> Array:
+    return lax.linalg.triangular_solve(factor, m, left_side=left, lower=True, transpose_a=transpose)
+
+
+@pytree(("factor",), ("out_sizes", "in_sizes", "dtype_name", "layout"))
+class CholeskyTangent(maps._Map):
+    """dA -> dL = L phi(L^{-1} dA L^{-T}) (JAX's rule); transposed:
+    U -> L^{-T} phi(L^T U) L^{-1}."""
+
+    factor: Array
+    layout: Layout = "numerator"
+
+    def _apply(self, tangent: Array) -> Array:
+        factor = self.factor
+        right = _solve(factor, tangent, left=False, transpose=True)  # dA L^{-T}
+        return factor @ _phi(_solve(factor, right, left=True, transpose=False))
+
+    def _apply_transpose(self, cotangent: Array) -> Array:
+        factor = self.factor
+        inner = _phi(_t(factor) @ cotangent)
+        left = _solve(factor, inner, left=True, transpose=True)  # L^{-T} phi(L^T U)
+        return _solve(factor, left, left=False, transpose=False)
+
+
+@pointwise("cholesky")
+def _cholesky(ctx, eqn, ins, ops, outs):
+    factor = jnp.tril(outs[0])
+    shape = tuple(factor.shape)
+    return [compose(CholeskyTangent(shape, shape, factor.dtype.name, factor), ops[0])]
+
+
+@pytree(("vectors", "gaps"), ("out_sizes", "in_sizes", "dtype_name", "part", "layout"))
+class EighTangent(maps._Map):
+    """dA -> dV = V (F o (V^T dA V)) (``part="vectors"``) or dw = diag(V^T dA V)
+    (``part="values"``), as JAX's rule; ``gaps`` is F."""
+
+    vectors: Array
+    gaps: Array
+    part: str
+    layout: Layout = "numerator"
+
+    def _apply(self, tangent: Array) -> Array:
+        v = self.vectors
+        rotated = _t(v) @ tangent @ v
+        if self.part == "values":
+            return jnp.diagonal(rotated, axis1=-2, axis2=-1)
+        return v @ (self.gaps * rotated)
+
+    def _apply_transpose(self, cotangent: Array) -> Array:
+        v = self.vectors
+        if self.part == "values":
+            inner = cotangent[..., None, :] * jnp.eye(v.shape[-1], dtype=v.dtype)
+        else:
+            inner = self.gaps * (_t(v) @ cotangent)
+        return v @ inner @ _t(v)
+
+
+@pointwise("eigh")
+def _eigh(ctx, eqn, ins, ops, outs):
+    a = ins[0]
+    v, w = outs
+    n = a.shape[-1]
+    subset = eqn.params.get("subset_by_index")
+    if not (subset is None or tuple(subset) == (0, n)):
+        raise NoRule("for a subset of the eigenvalues (JAX defines no derivative)")
+    eye = jnp.eye(n, dtype=a.dtype)
+    gaps = lax.integer_pow(eye + w[..., None, :] - w[..., None], -1) - eye
+    maps_ = [
+        EighTangent(tuple(v.shape), tuple(a.shape), v.dtype.name, v, gaps, "vectors"),
+        EighTangent(tuple(w.shape), tuple(a.shape), w.dtype.name, v, gaps, "values"),
+    ]
+    return [compose(m, ops[0]) for m in maps_]
