@@ -212,6 +212,12 @@ CASES: dict[str, Case] = {
         tuple(np.linspace(-1.0, 1.0, 20)),
         ulps=8,
     ),
+    "reduce_window_max": Case(  # ties, NaN and infinities inside windows, padded edges
+        lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (3,), (1,), ((1, 1),)), PAIRS
+    ),
+    "reduce_window_min": Case(
+        lambda x: lax.reduce_window(x, jnp.inf, lax.min, (2,), (2,), ((1, 1),)), PAIRS
+    ),
     "reduce_window_sum": Case(
         lambda x: lax.reduce_window(x, 0.0, lax.add, (3,), (2,), ((1, 1),)), ulps=2
     ),

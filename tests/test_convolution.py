@@ -80,12 +80,12 @@ def test_a_conv_layer_stores_its_kernel_not_the_matrix():
     assert_jacobians_close(J.to_dense(), jax.jacfwd(f)(x))
 
 
-def test_a_flax_conv_net_with_average_pooling():
+def test_a_flax_conv_net_with_average_and_max_pooling():
     class Net(nn.Module):
         @nn.compact
         def __call__(self, x):
             x = nn.relu(nn.Conv(4, (3, 3), strides=(1, 1))(x))
-            x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+            x = nn.avg_pool(x, (2, 2), strides=(2, 2)) + nn.max_pool(x, (2, 2), strides=(2, 2))
             return nn.Dense(3)(x.reshape(x.shape[0], -1))
 
     x = jax.random.normal(key(5), (2, 6, 6, 2), jnp.float64)

@@ -219,3 +219,51 @@ def _reduce_window_sum(ctx, eqn, ins, ops, outs):
 
 
 RELEVANT["reduce_window_sum"] = lambda eqn: [0]
+
+
+@pytree(("indices",), ("out_sizes", "in_sizes", "dtype_name", "layout"))
+class WindowChoice(maps._Map):
+    """``t -> t`` at the entry each window chose (max or min pooling): ``indices`` into the
+    flattened input, -1 for a window of padding only; the transpose adds each cotangent
+    back at the entry its window chose."""
+
+    indices: Array
+    layout: Layout = "numerator"
+
+    def _apply(self, tangent: Array) -> Array:
+        taken = tangent.reshape(-1)[lax.max(self.indices, np.int32(0))]
+        return lax.select(self.indices >= 0, taken, lax.full_like(taken, 0))
+
+    def _apply_transpose(self, cotangent: Array) -> Array:
+        size = int(np.prod(self.in_shape))
+        kept = lax.select(self.indices >= 0, cotangent, lax.full_like(cotangent, 0))
+        flat = (
+            lax.full((size,), 0, cotangent.dtype).at[lax.max(self.indices, np.int32(0))].add(kept)
+        )
+        return flat.reshape(self.in_shape)
+
+
+def _window_choices(x: Array, params: dict[str, Any], largest: bool) -> Array:
+    """The flat index of the entry each window chooses, by the pairwise selection JAX's
+    rule uses (``ge`` for max, ``le`` for min: the first operand on a tie)."""
+    compare = lax.ge if largest else lax.le
+    bound = -np.inf if largest else np.inf
+
+    def choose(a: tuple[Array, Array], b: tuple[Array, Array]) -> tuple[Array, Array]:
+        pick = compare(a[0], b[0])
+        return lax.select(pick, a[0], b[0]), lax.select(pick, a[1], b[1])
+
+    iota = lax.iota(np.int32, x.size).reshape(x.shape)
+    init = (np.array(bound, x.dtype), np.array(-1, np.int32))
+    _, chosen = lax.reduce_window(
+        (x, iota), init, choose, params["window_dimensions"], params["window_strides"],
+        params["padding"], params["base_dilation"], params["window_dilation"],
+    )  # fmt: skip
+    return chosen
+
+
+@pointwise("reduce_window_max", "reduce_window_min")
+def _reduce_window_chooser(ctx, eqn, ins, ops, outs):
+    x, y = ins[0], outs[0]
+    chosen = _window_choices(x, eqn.params, eqn.primitive.name == "reduce_window_max")
+    return [compose(WindowChoice(tuple(y.shape), tuple(x.shape), y.dtype.name, chosen), ops[0])]
