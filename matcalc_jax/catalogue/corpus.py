@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+from jax.flatten_util import ravel_pytree
 
 from matcalc_jax.catalogue import draws
 from matcalc_jax.catalogue.record import DIAGONAL_SIZES, MATMUL_SIZES, MATRIX_SIZES, Rule
@@ -273,3 +274,172 @@ PROGRAMS = (
         ),
     ),
 )  # fmt: skip
+
+
+# ----------------------------------------------------- programs as users write them
+
+
+def _mlp_template(width: int, dtype: Any) -> dict:
+    return {
+        "W1": jnp.zeros((width, 3), dtype), "b1": jnp.zeros((width,), dtype),
+        "W2": jnp.zeros((2, width), dtype), "b2": jnp.zeros((2,), dtype),
+    }  # fmt: skip
+
+
+def mlp_by_params(theta: Array, x: Array) -> Array:
+    """A two-layer tanh MLP as a function of its parameter dict, given flattened in
+    ``ravel_pytree`` order (the unravel is part of the program: split and reshape)."""
+    width = (theta.shape[0] - 2) // 6
+    params = ravel_pytree(_mlp_template(width, theta.dtype))[1](theta)
+    hidden = jnp.tanh(params["W1"] @ x + params["b1"])
+    return params["W2"] @ hidden + params["b2"]
+
+
+def _mlp_params_example(key: Array, dtype: Any, size: int) -> tuple:
+    k_t, k_x = jax.random.split(key)
+    count = 6 * size + 2
+    theta = draws.normal(k_t, (count,), dtype) / (2 * np.sqrt(3)).astype(dtype)
+    return theta, draws.normal(k_x, (3,), dtype)
+
+
+def rk4(x: Array) -> Array:
+    """Ten RK4 steps of dy/dt = -y + tanh(y) / 2 by ``lax.fori_loop``."""
+
+    def field(y: Array) -> Array:
+        return -y + 0.5 * jnp.tanh(y)
+
+    def step(i: Array, y: Array) -> Array:
+        h = 0.1
+        k1 = field(y)
+        k2 = field(y + h / 2 * k1)
+        k3 = field(y + h / 2 * k2)
+        k4 = field(y + h * k3)
+        return y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    return jax.lax.fori_loop(0, 10, step, x)
+
+
+#: The GRU's state width.
+STATE = 3
+
+
+def gru(xs: Array, W: Array, U: Array) -> Array:
+    """A GRU over the sequence ``xs`` (T x 2) by ``lax.scan``, its states stacked (T x 3):
+    gates z = sigmoid(W_z x + U_z h), candidate tanh(W_h x + U_h h)."""
+
+    def cell(h: Array, x: Array) -> tuple[Array, Array]:
+        z = jax.nn.sigmoid(W[:STATE] @ x + U[:STATE] @ h)
+        candidate = jnp.tanh(W[STATE:] @ x + U[STATE:] @ h)
+        h = (1 - z) * h + z * candidate
+        return h, h
+
+    return jax.lax.scan(cell, jnp.zeros(STATE, xs.dtype), xs)[1]
+
+
+def _gru_example(key: Array, dtype: Any, size: int) -> tuple:
+    k_x, k_w, k_u = jax.random.split(key, 3)
+    return (
+        draws.normal(k_x, (size, 2), dtype),
+        _scaled(k_w, 2 * STATE, 2, dtype),
+        _scaled(k_u, 2 * STATE, STATE, dtype),
+    )
+
+
+#: Channels of the convolution layer.
+CHANNELS = 4
+
+
+def conv_layer(x: Array, kernel: Array) -> Array:
+    """tanh of a 1-D convolution (positions x channels, kernel of 5 taps, "SAME")."""
+    y = jax.lax.conv_general_dilated(
+        x[None], kernel, (1,), "SAME", dimension_numbers=("NWC", "WIO", "NWC")
+    )
+    return jnp.tanh(y[0])
+
+
+def _conv_example(key: Array, dtype: Any, size: int) -> tuple:
+    k_x, k_k = jax.random.split(key)
+    kernel = draws.normal(k_k, (5, CHANNELS, CHANNELS), dtype) / (2 * np.sqrt(5 * CHANNELS))
+    return draws.normal(k_x, (size, CHANNELS), dtype), kernel.astype(dtype)
+
+
+def gp_log_likelihood(x: Array, y: Array) -> Array:
+    """The log marginal likelihood of a Gaussian process at inputs x (an RBF kernel plus
+    noise 1/2), through ``cholesky`` and ``cho_solve``, without its constant."""
+    K = jnp.exp(-0.5 * (x[:, None] - x[None, :]) ** 2) + 0.5 * jnp.eye(x.shape[0], dtype=x.dtype)
+    L = jnp.linalg.cholesky(K)
+    alpha = jax.scipy.linalg.cho_solve((L, True), y)
+    return -0.5 * y @ alpha - jnp.sum(jnp.log(jnp.diagonal(L)))
+
+
+def _gp_example(key: Array, dtype: Any, size: int) -> tuple:
+    k_x, k_y = jax.random.split(key)
+    return draws.normal(k_x, (size,), dtype), draws.normal(k_y, (size,), dtype)
+
+
+def graph_network(h: Array, W: Array) -> Array:
+    """One message-passing step on a ring of nodes: each node sends ``W h_i`` to its next
+    neighbour, ``jax.ops.segment_sum`` gathers the messages, then tanh."""
+    nodes = h.shape[0]
+    senders = jnp.arange(nodes)
+    receivers = (senders + 1) % nodes
+    messages = h[senders] @ W.T
+    return jnp.tanh(h + jax.ops.segment_sum(messages, receivers, nodes))
+
+
+def _graph_example(key: Array, dtype: Any, size: int) -> tuple:
+    k_h, k_w = jax.random.split(key)
+    return draws.normal(k_h, (size, 3), dtype), _scaled(k_w, 3, 3, dtype)
+
+
+def clipped_update(g: Array) -> Array:
+    """A gradient clipped to norm 1 under ``lax.cond`` (the clip-by-global-norm step)."""
+    norm = jnp.sqrt(jnp.sum(g**2))
+    return jax.lax.cond(norm > 1.0, lambda g: g / norm, lambda g: g, g)
+
+
+def _clip_example(key: Array, dtype: Any, size: int) -> tuple:
+    # Norm 3: away from the switch at 1, where the two branches' Jacobians differ. At least
+    # two entries: with one, (1 - g^2 / |g|^2) / |g| is 0 up to rounding.
+    g = draws.normal(key, (max(size, 2),), dtype)
+    return ((3.0 / jnp.sqrt(jnp.sum(g**2))).astype(dtype) * g,)
+
+
+USER_PROGRAMS = (
+    program(
+        "mlp_by_params", "A two-layer MLP by its parameter dict (ravelled)",
+        "J = [dy/dW1, dy/db1, dy/dW2, dy/db2]", mlp_by_params, 0, _mlp_params_example,
+        "Sum", bench_sizes=(16, 64, 256), shapes="theta: W1 h x 3, b1, W2 2 x h, b2; x in R^3",
+    ),
+    program(
+        "rk4_fori_loop", "Ten RK4 steps by lax.fori_loop", "J = prod_k diag(step_k')",
+        rk4, 0, _vector, "Diagonal", bench_sizes=DIAGONAL_SIZES, shapes="x in R^n",
+    ),
+    program(
+        "gru_scan", "A GRU over a sequence by lax.scan", "J_ts = dh_t/dx_s (s <= t)", gru, 0,
+        _gru_example, "Sum", bench_sizes=(16, 64, 256), shapes="xs T x 2; W 6 x 2; U 6 x 3",
+    ),
+    program(
+        "conv_layer", "A 1-D convolution layer by its input",
+        "J = diag(1 - y^2) conv(., K)", conv_layer, 0, _conv_example, "Composition",
+        bench_sizes=(64, 256, 1024), shapes=f"x n x {CHANNELS}; K 5 x {CHANNELS} x {CHANNELS}",
+    ),
+    program(
+        "gp_log_likelihood", "A Gaussian-process log likelihood by its inputs",
+        "dl/dx through dK = L phi(L^-1 dK L^-T)", gp_log_likelihood, 0, _gp_example,
+        "LowRank", bench_sizes=(16, 64, 256), shapes="x, y in R^n",
+    ),
+    program(
+        "graph_network", "A message-passing step with segment_sum",
+        "J = diag(1 - y^2) (I + S (W (x) I))", graph_network, 0, _graph_example, "Composition",
+        bench_sizes=(64, 256, 1024), shapes="h n x 3; W 3 x 3",
+    ),
+    program(
+        "clipped_update", "A gradient clipped by its norm under lax.cond",
+        "J = (I - g g^T / |g|^2) / |g|", clipped_update, 0, _clip_example,
+        "DiagonalPlusLowRank", bench_sizes=DIAGONAL_SIZES, shapes="g in R^n",
+    ),
+)  # fmt: skip
+
+#: Every program of the corpus, in the order the catalogue lists them.
+PROGRAMS = PROGRAMS + USER_PROGRAMS

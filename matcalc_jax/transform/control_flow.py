@@ -117,15 +117,29 @@ def _widened(op: Operator, x: Array, argument: tuple, *, square: bool = True) ->
     return op
 
 
-@pytree(("leaves",), ("structure", "length"))
+@pytree(("leaves",), ("structure", "length", "step_out", "step_in", "dtype_name", "layout"))
 class Stacked(JacobianOperator):
     """One operator per loop iteration, of one structure, its ``leaves`` stacked along a
     leading axis of ``length``: the Jacobian of a scan's stacked outputs ``ys``, out shape
-    ``(length, *y.shape)``."""
+    ``(length, *step_out)``. The shapes are static fields (the leaves may be placeholders
+    while JAX rebuilds the pytree)."""
 
     leaves: tuple[Array, ...]
     structure: Any
     length: int
+    step_out: tuple[int, ...]
+    step_in: tuple[int, ...]
+    dtype_name: str
+    layout: Layout = "numerator"
+
+    @classmethod
+    def of(cls, leaves: Sequence[Array], structure: Any, length: int) -> Stacked:
+        """The stacked operators whose step ``t`` is ``structure`` over ``leaves[:, t]``."""
+        first = jax.tree_util.tree_unflatten(structure, [leaf[0] for leaf in leaves])
+        return cls(
+            tuple(leaves), structure, length, tuple(first.out_shape), tuple(first.in_shape),
+            jnp.dtype(first.dtype).name, first.layout,
+        )  # fmt: skip
 
     def _step(self, leaves: Sequence[Array]) -> JacobianOperator:
         return jax.tree_util.tree_unflatten(self.structure, leaves)
@@ -133,10 +147,9 @@ class Stacked(JacobianOperator):
     def _first(self) -> JacobianOperator:
         return self._step([leaf[0] for leaf in self.leaves])
 
-    layout = property(lambda self: self._first().layout)  # type: ignore[assignment]
-    out_shape = property(lambda self: (self.length, *self._first().out_shape))
-    in_shape = property(lambda self: self._first().in_shape)
-    dtype = property(lambda self: self._first().dtype)
+    out_shape = property(lambda self: (self.length, *self.step_out))
+    in_shape = property(lambda self: tuple(self.step_in))
+    dtype = property(lambda self: jnp.dtype(self.dtype_name))
 
     def _each(self, method: Callable[..., Array], *stacked: Array) -> Array:
         """``method(operator_t, *stacked_t)`` for every step t, stacked."""
@@ -160,7 +173,7 @@ class Stacked(JacobianOperator):
 
     def with_layout(self, layout: Layout) -> JacobianOperator:
         structure = jax.tree_util.tree_structure(self._first().with_layout(layout))
-        return Stacked(self.leaves, structure, self.length)
+        return Stacked.of(self.leaves, structure, self.length)
 
     def describe(self) -> str:
         return f"{self.length} steps of {type(self._first()).__name__}"
@@ -285,8 +298,8 @@ def _scan(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
         for j, child in enumerate(ys_structure.children()):
             chunk = ys_leaves[offset : offset + child.num_leaves]
             offset += child.num_leaves
-            stacked = None if child.num_nodes == 1 and child.num_leaves == 0 else Stacked(
-                tuple(chunk), child, count
+            stacked = None if child.num_nodes == 1 and child.num_leaves == 0 else Stacked.of(
+                chunk, child, count
             )  # fmt: skip
             ys_parts[j].append((first, ys[j], stacked))
     ys_out, ys_ops_out = [], []
