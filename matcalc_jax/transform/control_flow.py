@@ -274,8 +274,9 @@ def _scan(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
     unrolled, carry, carry_ops = loop.settle(list(init), list(init_ops), times)
     remaining = times[len(unrolled) :]
     n_ys = len(eqn.outvars) - n_carry
+    # Per stacked output: (first row, rows, their Jacobian) for the unrolled steps and the loop.
     ys_parts: list[list[tuple[int, Array, Operator]]] = [
-        [(t, ys[j], _one_row(ys_ops[j])) for t, ys, ys_ops in unrolled] for j in range(n_ys)
+        [(t, ys[j][None], _one_row(ys_ops[j])) for t, ys, ys_ops in unrolled] for j in range(n_ys)
     ]
     if remaining:
         first, count = min(remaining), len(remaining)
@@ -306,8 +307,7 @@ def _scan(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
     for j, var in enumerate(eqn.outvars[n_carry:]):
         value = jnp.zeros(var.aval.shape, var.aval.dtype)
         terms = []
-        for t, piece, op in ys_parts[j]:
-            rows = piece if piece.shape != var.aval.shape[1:] else piece[None]
+        for t, rows, op in ys_parts[j]:
             value = lax.dynamic_update_slice_in_dim(value, rows, t, 0)
             terms.append(_placed(op, t, length))
         present = [term for term in terms if term is not None]
