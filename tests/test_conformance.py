@@ -205,6 +205,12 @@ CASES: dict[str, Case] = {
         (0.7, 0.1, -0.3, 0.5),
         ulps=512,
     ),
+    "qr": Case(  # a tall matrix, both factors
+        lambda x: jnp.concatenate([m.ravel() for m in jnp.linalg.qr(
+            x.reshape(4, 3) + 2.0 * jnp.eye(4, 3, dtype=x.dtype))]),
+        tuple(np.linspace(-1.0, 1.0, 12)),
+        ulps=512,
+    ),
     "conv_general_dilated": Case(
         lambda x: lax.conv_general_dilated(
             x[:8].reshape(1, 2, 4), x[8:].reshape(3, 2, 2), (2,), ((1, 0),), rhs_dilation=(1,)

@@ -1,5 +1,5 @@
 """Rules for the factorizations and solves of a matrix that depends on the argument:
-``triangular_solve`` in its matrix, ``cholesky`` and ``eigh``; the matrix-calculus rules
+``triangular_solve`` in its matrix, ``qr``, ``cholesky`` and ``eigh``; the matrix-calculus rules
 JAX's own ``jvp`` rules evaluate (``jax/_src/lax/linalg.py``), each a lazy map with its
 transpose written out, never the dense Jacobian.
 
@@ -8,6 +8,8 @@ primitive              the Jacobian in the matrix (tangent dA)
 =====================  =====================================================================
 ``triangular_solve``   X = op(A)^{-1} B:  dX = -op(A)^{-1} op(mask(dA)) X  (left side), the
                        mask the triangle the solve reads; with B's part, the existing solve
+``qr`` (thin)          dQ = Q (O - C) + B, dR = (C - O) R with B = dX R^{-1}, C = Q^T B,
+                       O = L - L^T, L the strict lower triangle of C
 ``cholesky``           A = L L^T:  dL = L phi(L^{-1} dA L^{-T}), phi the lower triangle with
                        its diagonal halved
 ``eigh``               A = V diag(w) V^T:  dw = diag(V^T dA V),
@@ -155,3 +157,62 @@ def _eigh(ctx, eqn, ins, ops, outs):
         EighTangent(tuple(w.shape), tuple(a.shape), w.dtype.name, v, gaps, "values"),
     ]
     return [compose(m, ops[0]) for m in maps_]
+
+
+def _qr_tangents(q: Array, r: Array, dx: Array) -> tuple[Array, Array]:
+    """dQ, dR of a thin QR (JAX's rule): B = dX R^{-1}, C = Q^T B, O = L - L^T with L the
+    strict lower triangle of C; dQ = Q (O - C) + B, dR = (C - O) R."""
+    b = lax.linalg.triangular_solve(r, dx, left_side=False, lower=False)
+    c = _t(q) @ b
+    lower = jnp.tril(c, -1)
+    skew = lower - _t(lower)
+    return q @ (skew - c) + b, (c - skew) @ r
+
+
+def _qr_cotangent(q: Array, r: Array, uq: Array | None, ur: Array | None) -> Array:
+    """The transpose of ``_qr_tangents``: the cotangent of dX from those of dQ and dR."""
+    zeros = jnp.zeros(r.shape, r.dtype)
+    d_c, d_skew, d_b = zeros, zeros, jnp.zeros(q.shape, q.dtype)
+    if uq is not None:  # dQ = Q (O - C) + B
+        d_b = d_b + uq
+        d_skew = d_skew + _t(q) @ uq
+        d_c = d_c - _t(q) @ uq
+    if ur is not None:  # dR = (C - O) R
+        d_c = d_c + ur @ _t(r)
+        d_skew = d_skew - ur @ _t(r)
+    d_c = d_c + jnp.tril(d_skew - _t(d_skew), -1)  # O = L - L^T, L = tril(C, -1)
+    d_b = d_b + q @ d_c  # C = Q^T B
+    return lax.linalg.triangular_solve(r, d_b, left_side=False, lower=False, transpose_a=True)
+
+
+@pytree(("q", "r"), ("out_sizes", "in_sizes", "dtype_name", "part", "layout"))
+class QRTangent(maps._Map):
+    """dX -> dQ (``part="q"``) or dR (``part="r"``) of a thin QR, as JAX's rule, and its
+    transpose written out."""
+
+    q: Array
+    r: Array
+    part: str
+    layout: Layout = "numerator"
+
+    def _apply(self, tangent: Array) -> Array:
+        dq, dr = _qr_tangents(self.q, self.r, tangent)
+        return dq if self.part == "q" else dr
+
+    def _apply_transpose(self, cotangent: Array) -> Array:
+        pair = (cotangent, None) if self.part == "q" else (None, cotangent)
+        return _qr_cotangent(self.q, self.r, *pair)
+
+
+@pointwise("qr")
+def _qr(ctx, eqn, ins, ops, outs):
+    x = ins[0]
+    q, r = outs[:2]
+    m, n = x.shape[-2:]
+    if eqn.params.get("pivoting") or eqn.params.get("full_matrices") or m < n or x.ndim != 2:
+        raise NoRule("other than a thin QR of a tall or square matrix without pivoting")
+    parts = [
+        QRTangent(tuple(y.shape), tuple(x.shape), y.dtype.name, q, r, part)
+        for y, part in ((q, "q"), (r, "r"))
+    ]
+    return [compose(part, ops[0]) for part in parts]
