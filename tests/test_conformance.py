@@ -190,12 +190,12 @@ CASES: dict[str, Case] = {
             left_side=False, lower=False, transpose_a=True,
         )[0],
         tuple(np.linspace(-1.0, 1.0, 9)),
-        ulps=64,
+        ulps=8,
     ),
     "cholesky": Case(
         lambda x: jnp.linalg.cholesky(SPD.astype(x.dtype) + jnp.outer(x[:3], x[:3]) / 4).ravel(),
         tuple(np.linspace(-1.0, 1.0, 3)),
-        ulps=256,
+        ulps=8,
     ),
     "eigh": Case(  # distinct eigenvalues (repeated ones: tests/test_fidelity.py)
         lambda x: jnp.concatenate([
@@ -203,13 +203,22 @@ CASES: dict[str, Case] = {
             jnp.abs(jnp.linalg.eigh(SPD.astype(x.dtype) + jnp.diag(x[1:4]))[1]).ravel(),
         ]),
         (0.7, 0.1, -0.3, 0.5),
-        ulps=512,
+        ulps=8,
     ),
     "qr": Case(  # a tall matrix, both factors
         lambda x: jnp.concatenate([m.ravel() for m in jnp.linalg.qr(
             x.reshape(4, 3) + 2.0 * jnp.eye(4, 3, dtype=x.dtype))]),
         tuple(np.linspace(-1.0, 1.0, 12)),
-        ulps=512,
+        ulps=8,
+    ),
+    "svd": Case(  # a tall and a wide matrix, every factor; the singular values alone
+        lambda x: jnp.concatenate(
+            [jnp.abs(m).ravel() for m in jnp.linalg.svd(x.reshape(4, 3), full_matrices=False)]
+            + [jnp.abs(m).ravel() for m in jnp.linalg.svd(x.reshape(3, 4), full_matrices=False)]
+            + [jnp.linalg.svd(x.reshape(4, 3), compute_uv=False)]
+        ),
+        tuple(np.sin(np.arange(12.0)) + np.eye(4, 3).ravel()),
+        ulps=256,
     ),
     "conv_general_dilated": Case(
         lambda x: lax.conv_general_dilated(
@@ -231,7 +240,7 @@ CASES: dict[str, Case] = {
         lambda x: jax.scipy.linalg.cho_solve((SPD.astype(x.dtype), False), x[:3])
         + jnp.linalg.solve(SPD.astype(x.dtype), x[:3]),
         tuple(np.linspace(-1.0, 1.0, 5)),
-        ulps=64,
+        ulps=8,
     ),
     # entries moved: slices, embeddings, scatters, permutations
     "split": Case(
@@ -271,7 +280,7 @@ CASES: dict[str, Case] = {
         + jnp.fft.irfft(jnp.fft.rfft(x) * (1.0 + 1.0j), 6)
         + jnp.abs(jnp.fft.fft2(_as_complex(x).reshape(2, 3)).ravel()),
         tuple(np.linspace(-1.0, 2.0, 6)),
-        ulps=64,
+        ulps=8,
     ),
     # control flow
     "cond": Case(

@@ -1,7 +1,7 @@
 """Rules for the factorizations and solves of a matrix that depends on the argument:
-``triangular_solve`` in its matrix, ``qr``, ``cholesky`` and ``eigh``; the matrix-calculus rules
-JAX's own ``jvp`` rules evaluate (``jax/_src/lax/linalg.py``), each a lazy map with its
-transpose written out, never the dense Jacobian.
+``triangular_solve`` in its matrix, ``qr``, ``svd``, ``cholesky`` and ``eigh``; the
+matrix-calculus rules JAX's own ``jvp`` rules evaluate (``jax/_src/lax/linalg.py``), each a
+lazy map with its transpose written out, never the dense Jacobian.
 
 =====================  =====================================================================
 primitive              the Jacobian in the matrix (tangent dA)
@@ -216,3 +216,90 @@ def _qr(ctx, eqn, ins, ops, outs):
         for y, part in ((q, "q"), (r, "r"))
     ]
     return [compose(part, ops[0]) for part in parts]
+
+
+def _svd_gaps(s: Array) -> Array:
+    """F_ij = 1 / (s_j^2 - s_i^2) off the diagonal, 0 on it (JAX's rule)."""
+    row = s[None, :]
+    eye = jnp.eye(s.shape[-1], dtype=s.dtype)
+    return 1 / ((row + row.T) * (row - row.T) + eye) - eye
+
+
+@pytree(("u", "s", "vt"), ("out_sizes", "in_sizes", "dtype_name", "part", "layout"))
+class SVDTangent(maps._Map):
+    """dA -> ds, dU or dVt (``part``) of a thin SVD A = U diag(s) Vt, as JAX's rule:
+    P = U^T dA V, ds = diag(P), dU = U (F o (P S + S P^T)) (+ (I - U U^T) dA V S^{-1} for a
+    tall A), dV = V (F o (S P + P^T S)) (+ (I - V V^T) dA^T U S^{-1} for a wide A); the
+    transposes written out."""
+
+    u: Array
+    s: Array
+    vt: Array
+    part: str
+    layout: Layout = "numerator"
+
+    def _apply(self, tangent: Array) -> Array:
+        u, s, v = self.u, self.s, _t(self.vt)
+        p = _t(u) @ tangent @ v
+        if self.part == "s":
+            return jnp.diagonal(p)
+        gaps = _svd_gaps(s)
+        m, n = tangent.shape
+        if self.part == "u":
+            ps = p * s[None, :]
+            du = u @ (gaps * (ps + _t(ps)))
+            if m > n:
+                dav = tangent @ v
+                du = du + (dav - u @ (_t(u) @ dav)) / s[None, :]
+            return du
+        sp = s[:, None] * p
+        dv = v @ (gaps * (sp + _t(sp)))
+        if n > m:
+            dau = _t(tangent) @ u
+            dv = dv + (dau - v @ (_t(v) @ dau)) / s[None, :]
+        return _t(dv)
+
+    def _apply_transpose(self, cotangent: Array) -> Array:
+        u, s, v = self.u, self.s, _t(self.vt)
+        m, n = self.in_shape
+        if self.part == "s":
+            return u @ (cotangent[:, None] * _t(v))
+        gaps = _svd_gaps(s)
+        if self.part == "u":
+            g = gaps * (_t(u) @ cotangent)
+            d_p = (g + _t(g)) * s[None, :]
+            result = u @ d_p @ _t(v)
+            if m > n:
+                scaled = cotangent / s[None, :]
+                result = result + (scaled - u @ (_t(u) @ scaled)) @ _t(v)
+            return result
+        d_v = _t(cotangent)  # the cotangent of dV = dVt^T
+        g = gaps * (_t(v) @ d_v)
+        d_p = s[:, None] * (g + _t(g))
+        result = u @ d_p @ _t(v)
+        if n > m:
+            scaled = d_v / s[None, :]
+            result = result + _t((scaled - v @ (_t(v) @ scaled)) @ _t(u))
+        return result
+
+
+@pointwise("svd")
+def _svd(ctx, eqn, ins, ops, outs):
+    a = ins[0]
+    m, n = a.shape[-2:]
+    if a.ndim != 2 or (eqn.params.get("full_matrices") and m != n and len(outs) > 1):
+        raise NoRule("other than a thin SVD of one matrix")
+    subset = eqn.params.get("subset_by_index")
+    if subset is not None and tuple(subset) != (0, min(m, n)):
+        raise NoRule("for a subset of the singular values")
+    if len(outs) == 1:  # singular values only
+        s = outs[0]
+        u, _, vt = jnp.linalg.svd(a, full_matrices=False)  # (U, s, Vt), as jnp orders them
+        parts = ((s, "s"),)
+    else:
+        s, u, vt = outs
+        parts = ((s, "s"), (u, "u"), (vt, "vt"))
+    return [
+        compose(SVDTangent(tuple(y.shape), tuple(a.shape), y.dtype.name, u, s, vt, part), ops[0])
+        for y, part in parts
+    ]
