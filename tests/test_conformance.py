@@ -220,6 +220,12 @@ CASES: dict[str, Case] = {
         tuple(np.sin(np.arange(12.0)) + np.eye(4, 3).ravel()),
         ulps=256,
     ),
+    "lu": Case(  # the packed factors of a square matrix, pivoting rows
+        lambda x: jax.scipy.linalg.lu_factor(x.reshape(3, 3) + jnp.eye(3, dtype=x.dtype))[0]
+        .ravel(),
+        tuple(np.sin(np.arange(9.0) * 1.7)),
+        ulps=8,
+    ),
     "conv_general_dilated": Case(
         lambda x: lax.conv_general_dilated(
             x[:8].reshape(1, 2, 4), x[8:].reshape(3, 2, 2), (2,), ((1, 0),), rhs_dilation=(1,)

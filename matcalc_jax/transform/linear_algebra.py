@@ -1,5 +1,5 @@
 """Rules for the factorizations and solves of a matrix that depends on the argument:
-``triangular_solve`` in its matrix, ``qr``, ``svd``, ``cholesky`` and ``eigh``; the
+``triangular_solve`` in its matrix, ``lu``, ``qr``, ``svd``, ``cholesky`` and ``eigh``; the
 matrix-calculus rules JAX's own ``jvp`` rules evaluate (``jax/_src/lax/linalg.py``), each a
 lazy map with its transpose written out, never the dense Jacobian.
 
@@ -303,3 +303,47 @@ def _svd(ctx, eqn, ins, ops, outs):
         compose(SVDTangent(tuple(y.shape), tuple(a.shape), y.dtype.name, u, s, vt, part), ops[0])
         for y, part in parts
     ]
+
+
+@pytree(("lower", "upper", "permutation"), ("out_sizes", "in_sizes", "dtype_name", "layout"))
+class LUTangent(maps._Map):
+    """dA -> the tangent of the packed LU factors of a square A (P A = L U), as JAX's rule:
+    X = P dA, Y = L^{-1} X U^{-1}, dLU = L tril(Y, -1) + triu(Y) U; its transpose
+    written out (the permutation's transpose puts the rows back)."""
+
+    lower: Array
+    upper: Array
+    permutation: Array
+    layout: Layout = "numerator"
+
+    def _apply(self, tangent: Array) -> Array:
+        lower, upper = self.lower, self.upper
+        x = tangent[self.permutation]
+        y = lax.linalg.triangular_solve(lower, x, left_side=True, lower=True, unit_diagonal=True)
+        y = lax.linalg.triangular_solve(upper, y, left_side=False, lower=False)
+        return lower @ jnp.tril(y, -1) + jnp.triu(y) @ upper
+
+    def _apply_transpose(self, cotangent: Array) -> Array:
+        lower, upper = self.lower, self.upper
+        d_y = jnp.tril(_t(lower) @ cotangent, -1) + jnp.triu(cotangent @ _t(upper))
+        d_y = lax.linalg.triangular_solve(
+            upper, d_y, left_side=False, lower=False, transpose_a=True
+        )
+        d_x = lax.linalg.triangular_solve(
+            lower, d_y, left_side=True, lower=True, transpose_a=True, unit_diagonal=True
+        )
+        return jnp.zeros_like(d_x).at[self.permutation].set(d_x)
+
+
+@pointwise("lu")
+def _lu(ctx, eqn, ins, ops, outs):
+    a = ins[0]
+    packed, _, permutation = outs
+    m, n = a.shape[-2:]
+    if a.ndim != 2 or m != n:
+        raise NoRule("of a rectangular or batched matrix")
+    lower = jnp.tril(packed, -1) + jnp.eye(n, dtype=packed.dtype)
+    upper = jnp.triu(packed)
+    shape = tuple(packed.shape)
+    tangent = LUTangent(shape, tuple(a.shape), packed.dtype.name, lower, upper, permutation)
+    return [compose(tangent, ops[0]), None, None]
