@@ -57,6 +57,13 @@ SIZES: dict[str, tuple[int, ...]] = {
     "per_example_mlp": (64, 256, 512),
     "elementwise_flow": (256, 1024, 4096, 2**16, 2**20),
     "layer_norm": (256, 1024, 2048, 2**16, 2**20),
+    "mlp_by_params": (16, 64),
+    "rk4_fori_loop": (256, 1024, 4096),
+    "gru_scan": (16, 64),
+    "conv_layer": (64, 256),
+    "gp_log_likelihood": (64, 256),
+    "graph_network": (64, 256),
+    "clipped_update": (256, 1024, 4096),
 }
 QUICK_SIZE: dict[str, int] = {"sandwich_AXB": 8, "tanh_affine_by_W": 16, "per_example_mlp": 16}
 #: The most bytes a dense Jacobian may take to be timed.
