@@ -42,7 +42,9 @@ from matcalc_jax.transform.registry import COMPLEX
 
 __all__ = ["UnsupportedPrimitiveError", "jacobian", "supported_primitives"]
 
+#: The primitives whose rules hold for complex values (all families are registered above).
 COMPLEXES = frozenset(COMPLEX)
+#: The families of rules, imported for the rules they register.
 _FAMILIES = (control_flow, convolution, cumulative, indexing, linear_algebra)
 
 

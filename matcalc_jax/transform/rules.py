@@ -1,4 +1,6 @@
-"""The rule table: one entry per JAX primitive, in the seed page's terms.
+"""The core of the rule table, in the seed page's terms (the other families of rules live
+beside it: ``indexing``, ``cumulative``, ``control_flow``, ``convolution``,
+``linear_algebra``, ``complex_values``; all register in ``registry``).
 
 ============================  ==============================================================
 primitive                     Jacobian of the output (J_a: the operand's Jacobian)
@@ -8,8 +10,9 @@ elementwise ``f``             diag(f'(x)) J_x                          (the seed
 ``mul``, ``div``              diag(b) J_a + diag(a) J_b, diag(1/b) J_a - diag(a/b^2) J_b
                                                                        (product rule)
 ``max``, ``min``, ``pow``,    diag(df/da) J_a + diag(df/db) J_b
-``atan2``, ``clamp``
-``select_n``                  sum_k diag([p = k]) J_k
+``atan2``
+``select_n``, ``clamp``       row i from the Jacobian of the operand chosen there
+                              (``maps.select``: a NaN not chosen never reaches it)
 ``dot_general``               (x -> einsum(x, B)) J_a + (y -> einsum(A, y)) J_b
                               (d(Ax)/dx = A, and the product rule)
 ``reduce_sum``, ``transpose``,  a ``Contraction`` without core (sum, permute,
@@ -23,9 +26,11 @@ elementwise ``f``             diag(f'(x)) J_x                          (the seed
 ``convert_element_type``
 ``custom_linear_solve``       A^{-1} (J_b - d(A x)/dA J_A): JAX's own solve rule
 ``jit``, ``closed_call``,     recurse into the inner program
-``remat``, ``custom_vjp_call``
+``remat``
 ``custom_jvp_call``           interpret the function's own JVP rule (jax.nn's and
                               matcalc_jax.nn's closed forms are kept)
+``custom_vjp_call``           the transpose of the backward rule, interpreted in its
+                              cotangent (as jax.grad sees the function)
 ``stop_gradient``             0
 ============================  ==============================================================
 """
