@@ -9,29 +9,13 @@ import pytest
 from jax import lax
 
 import matcalc_jax as mj
+from matcalc_jax.catalogue.corpus import rk4  # ten RK4 steps of an elementwise field
 from matcalc_jax.transform.control_flow import Stacked
 
 from .helpers import assert_jacobians_close, assert_transform_matches_autodiff
 
 X = jnp.array([0.3, -1.2, 2.0, 0.1, 0.7, -0.5])
 W = jnp.sin(jnp.arange(36.0).reshape(6, 6)) / 3
-
-
-def rk4(x):
-    """Ten RK4 steps of dy/dt = -y + tanh(y) / 2: elementwise, so the carry stays diagonal."""
-
-    def field(y):
-        return -y + 0.5 * jnp.tanh(y)
-
-    def step(i, y):
-        h = 0.1
-        k1 = field(y)
-        k2 = field(y + h / 2 * k1)
-        k3 = field(y + h / 2 * k2)
-        k4 = field(y + h * k3)
-        return y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-
-    return lax.fori_loop(0, 10, step, x)
 
 
 def gru(x):
