@@ -231,15 +231,32 @@ class _Loop:
             list(jax.eval_shape(self.step, carry, carry_ops, t)[1:])
         )
 
-    def settle(self, carry: list, carry_ops: list[Operator], times: Sequence[int]) -> tuple:
-        """Run steps unrolled (at most ``SETTLE_STEPS``, traced as in the loop) until the
-        Jacobians keep their structure through a step; else carry them dense. Returns the
-        unrolled steps' ``(t, ys, ys_ops)`` and the carry and its Jacobians after them."""
+    def stable(self, carry: list, carry_ops: list[Operator], t: Any) -> bool:
+        """True when a step leaves the Jacobians' structure as it found it."""
+        return self.structure_after(carry, carry_ops, t).children()[0] == _structure(carry_ops)
+
+    def settle(
+        self, carry: list, carry_ops: list[Operator], times: Sequence[int], argument: tuple
+    ) -> tuple:
+        """Bring the carried Jacobians to a structure a step keeps: as they are; an identity
+        as the diagonal it becomes; a constant carry becoming a Jacobian by running steps
+        unrolled (at most ``SETTLE_STEPS``, traced as in the loop); else dense. A structure
+        that changes when nothing is constant any more keeps growing (a chain of lazy
+        compositions): it goes dense at once. Returns the unrolled steps' ``(t, ys,
+        ys_ops)`` and the carry and its Jacobians after them."""
         unrolled: list[tuple] = []
         for t in times[:SETTLE_STEPS]:
-            after = self.structure_after(carry, carry_ops, t)
-            if after.children()[0] == _structure(carry_ops):
+            if self.stable(carry, carry_ops, t):
                 return unrolled, carry, carry_ops
+            widened = [_widened(op, x, argument) for x, op in zip(carry, carry_ops, strict=True)]
+            if self.stable(carry, widened, t):
+                return unrolled, carry, widened
+            constant = any(
+                op is None and jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+                for x, op in zip(carry, carry_ops, strict=True)
+            )
+            if not constant:
+                break
             new_carry, new_ops, ys, ys_ops = jax.jit(self.step)(carry, carry_ops, t)
             unrolled.append((t, ys, ys_ops))
             carry, carry_ops = list(new_carry), list(new_ops)
@@ -271,7 +288,8 @@ def _scan(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
 
     loop = _Loop(step)
     times = list(range(length))[::-1] if reverse else list(range(length))
-    unrolled, carry, carry_ops = loop.settle(list(init), list(init_ops), times)
+    argument = next(op for op in ops if op is not None).in_shape
+    unrolled, carry, carry_ops = loop.settle(list(init), list(init_ops), times, argument)
     remaining = times[len(unrolled) :]
     n_ys = len(eqn.outvars) - n_carry
     # Per stacked output: (first row, rows, their Jacobian) for the unrolled steps and the loop.
