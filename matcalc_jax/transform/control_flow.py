@@ -41,7 +41,6 @@ from jax.extend import core as jex_core
 from matcalc_jax.core.layout import Layout
 from matcalc_jax.operators.base import (
     JacobianOperator,
-    Scaled,
     add,
     check_tangent,
     compose,
@@ -49,7 +48,6 @@ from matcalc_jax.operators.base import (
 )
 from matcalc_jax.operators.dense import Dense
 from matcalc_jax.operators.diagonal import Diagonal
-from matcalc_jax.operators.identity import Identity
 from matcalc_jax.transform import maps
 from matcalc_jax.transform.interpreter import Context, NoRule, Operator, bind
 from matcalc_jax.transform.registry import RELEVANT, rule
@@ -98,8 +96,8 @@ def _dense(op: Operator) -> Operator:
 
 
 def _widened(op: Operator, x: Array, argument: tuple, *, square: bool = True) -> Operator:
-    """An identity (or a scaled one) as the ``Diagonal`` it is, the structure an
-    elementwise step gives it; a constant float carry (``None``) as a zero ``Diagonal``
+    """A map that is diagonal (an identity, a scaled one) as the ``Diagonal`` it is, the
+    structure an elementwise step gives it; a constant float carry (``None``) as a zero ``Diagonal``
     when it has the argument's shape, or (``square=False``) a zero ``Dense``."""
     if op is None:
         if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
@@ -110,11 +108,8 @@ def _widened(op: Operator, x: Array, argument: tuple, *, square: bool = True) ->
             return None
         zeros = jnp.zeros((*jnp.shape(x), *argument), jnp.result_type(x))
         return Dense.from_array(zeros, jnp.ndim(x))
-    if isinstance(op, Identity):
-        return Diagonal(jnp.ones(op.out_shape, op.dtype))
-    if isinstance(op, Scaled) and isinstance(op.operator, Identity) and jnp.ndim(op.scale) == 0:
-        return Diagonal(jnp.broadcast_to(op.scale, op.out_shape).astype(op.dtype))
-    return op
+    values, inner = maps.diagonal_factor(op)
+    return Diagonal(values.astype(op.dtype)) if inner is None else op
 
 
 @pytree(("leaves",), ("structure", "length", "step_out", "step_in", "dtype_name", "layout"))

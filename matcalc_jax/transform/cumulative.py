@@ -35,12 +35,12 @@ def _product(a: Pair, b: Pair) -> Pair:
     return a[0] * b[0], a[1] * b[0] + a[0] * b[1]
 
 
-def _chooser(choose: Callable[[Array, Array], Array]) -> Callable[[Pair, Pair], Pair]:
+def _chooser(name: str, choose: Callable[[Array, Array], Array]) -> Callable[[Pair, Pair], Pair]:
+    partial_a, partial_b = elementwise.BINARY[name]  # 1, 1/2 at a tie, 0: as lax.max's rule
+
     def combine(a: Pair, b: Pair) -> Pair:
         out = choose(a[0], b[0])
-        weight_a = elementwise.BINARY["max"][0](a[0], b[0], out)  # 1, 1/2 at a tie, 0
-        weight_b = elementwise.BINARY["max"][1](a[0], b[0], out)
-        return out, a[1] * weight_a + b[1] * weight_b
+        return out, a[1] * partial_a(a[0], b[0], out) + b[1] * partial_b(a[0], b[0], out)
 
     return combine
 
@@ -59,8 +59,8 @@ def _log_add_exp(a: Pair, b: Pair) -> Pair:
 COMBINE: dict[str, Callable[[Pair, Pair], Pair]] = {
     "cumprod": _product,
     "cumlogsumexp": _log_add_exp,
-    "cummax": _chooser(lax.max),
-    "cummin": _chooser(lax.min),
+    "cummax": _chooser("max", lax.max),
+    "cummin": _chooser("min", lax.min),
 }
 
 

@@ -434,14 +434,14 @@ class Select(JacobianOperator):
         return f"of {len(self.branches)} branches"
 
 
-def _diagonal_factor(op: JacobianOperator) -> tuple[Array, JacobianOperator | None]:
+def diagonal_factor(op: JacobianOperator) -> tuple[Array, JacobianOperator | None]:
     """``op`` as ``diag(d) o inner``: (d, inner), with ``inner`` None for the identity."""
     if isinstance(op, Identity):
         return jnp.ones(op.out_shape, op.dtype), None
     if isinstance(op, Diagonal):
         return op.values, None
     if isinstance(op, Scaled) and jnp.ndim(op.scale) == 0:
-        values, inner = _diagonal_factor(op.operator)
+        values, inner = diagonal_factor(op.operator)
         return op.scale * values, inner
     if isinstance(op, Composition) and isinstance(op.outer, Diagonal):
         return op.outer.values, op.inner
@@ -457,7 +457,7 @@ def select(predicate: Array, branches: Sequence[JacobianOperator | None]) -> Any
     present = [b for b in branches if b is not None]
     if not present:
         return None
-    factors = [None if b is None else _diagonal_factor(b) for b in branches]
+    factors = [None if b is None else diagonal_factor(b) for b in branches]
     inners = {id(f[1]) for f in factors if f is not None}
     if len(inners) == 1:
         inner = next(f[1] for f in factors if f is not None)
