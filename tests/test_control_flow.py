@@ -10,7 +10,7 @@ from jax import lax
 
 import matcalc_jax as mj
 from matcalc_jax.catalogue.corpus import rk4  # ten RK4 steps of an elementwise field
-from matcalc_jax.transform.control_flow import Stacked
+from matcalc_jax.operators.stacked import Stacked
 
 from .helpers import assert_jacobians_close, assert_transform_matches_autodiff
 

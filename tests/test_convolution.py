@@ -10,7 +10,7 @@ from jax import lax
 
 import matcalc_jax as mj
 from matcalc_jax import operators
-from matcalc_jax.transform.convolution import Convolution
+from matcalc_jax.operators.convolution import Convolution
 
 from .helpers import assert_jacobians_close, assert_transform_matches_autodiff, key
 

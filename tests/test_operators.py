@@ -27,6 +27,32 @@ def _well_conditioned(seed, n):
     return jnp.eye(n) + 0.3 * _normal(seed, (n, n)) / np.sqrt(n)
 
 
+def _found(f, x, kind):
+    """The first operator of type ``kind`` in the transform's Jacobian of ``f`` at ``x``."""
+    stack = [mj.jacobian(f)(x)]
+    while stack:
+        op = stack.pop()
+        if isinstance(op, kind):
+            return op
+        stack.extend(op.children())
+    raise LookupError(kind.__name__)
+
+
+@jax.custom_vjp
+def _clipped(x):
+    return x
+
+
+_clipped.defvjp(lambda x: (x, None), lambda _, g: (3.0 * jnp.clip(g, -0.5, 0.5),))
+
+#: ``mul`` and its parameters, as the transform's fallback holds a primitive.
+_MUL = operators.Static(
+    (jax.lax.mul_p, dict(jax.make_jaxpr(jnp.multiply)(1.0, 2.0).eqns[0].params))
+)
+#: The parameters of a left-side, lower triangular solve.
+_TRIANGULAR = {"left_side": True, "lower": True, "transpose_a": False, "unit_diagonal": False}
+
+
 #: One instance of every type, shapes chosen rectangular where the type allows.
 CASES = {
     "Identity": lambda: mj.Identity((3,), "float64"),
@@ -63,6 +89,85 @@ CASES = {
             (mj.Dense(_normal(26, (2, 3)), 1), mj.Dense(_normal(27, (2, 2, 1)), 1)),
             (mj.Diagonal(_normal(28, (3,))), mj.Dense(_normal(29, (3, 2, 1)), 1)),
         )
+    ),
+    # the maps of JAX's primitives
+    "Reshape": lambda: operators.Reshape((2, 3), (6,), "float64"),
+    "Embed": lambda: operators.Embed((6,), (2,), "float64", ((1, 1, 2),)),
+    "Restrict": lambda: operators.Restrict((2,), (6,), "float64", ((1, 1, 2),)),
+    "Reverse": lambda: operators.Reverse((2, 3), (2, 3), "float64", (1,)),
+    "DynamicSlice": lambda: operators.DynamicSlice((2,), (5,), "float64", (jnp.asarray(2),)),
+    "ChangeType": lambda: operators.ChangeType((3,), (3,), "float64", "float32"),
+    "Gather": lambda: _found(
+        lambda x: x[jnp.array([2, 0, 2])], _normal(54, (4,)), operators.Gather
+    ),
+    "TakeAlong": lambda: operators.TakeAlong((3,), (4,), "float64", jnp.array([3, 0, 1]), 0),
+    "Select": lambda: operators.Select(
+        jnp.array([True, False, True]),
+        (mj.Dense(_normal(55, (3, 2)), 1), mj.Dense(_normal(56, (3, 2)), 1)),
+    ),
+    "TriangularSolve": lambda: operators.TriangularSolve(
+        (3, 2),
+        (3, 2),
+        "float64",
+        jnp.tril(_well_conditioned(57, 3)),
+        operators.Static(tuple(sorted({**_TRIANGULAR, "conjugate_a": False}.items()))),
+    ),
+    "LinearSolve": lambda: _found(
+        lambda b: jax.lax.custom_linear_solve(
+            lambda x: _well_conditioned(58, 3) @ x,
+            b,
+            solve=lambda _, b: jnp.linalg.solve(_well_conditioned(58, 3), b),
+            transpose_solve=lambda _, b: jnp.linalg.solve(_well_conditioned(58, 3).T, b),
+        ),
+        _normal(59, (3,)),
+        operators.LinearSolve,
+    ),
+    "Linearized": lambda: operators.Linearized(
+        (3,), (3,), "float64", (_normal(62, (3,)), _normal(63, (3,))), _MUL, 0, 0, "a case"
+    ),
+    "Pullback": lambda: _found(_clipped, _normal(64, (3,)), operators.Pullback),
+    "WithFallbacks": lambda: operators.WithFallbacks(mj.Dense(_normal(65, (2, 3)), 1), ("a",)),
+    "Convolution": lambda: _found(
+        lambda x: jax.lax.conv(x, _normal(66, (2, 1, 3)), (1,), "SAME"),
+        _normal(67, (1, 1, 5)),
+        operators.Convolution,
+    ),
+    "WindowSum": lambda: _found(
+        lambda x: jax.lax.reduce_window(x, 0.0, jax.lax.add, (2,), (1,), "VALID"),
+        _normal(68, (4,)),
+        operators.WindowSum,
+    ),
+    "WindowChoice": lambda: operators.WindowChoice(
+        (3,), (4,), "float64", jnp.array([1, -1, 3], jnp.int32)
+    ),
+    "ImaginaryPart": lambda: operators.ImaginaryPart((3,), (3,), "float64"),
+    "Conjugate": lambda: operators.Conjugate((3,), (3,), "complex128"),
+    "Fourier": lambda: operators.Fourier((4,), (4,), "complex128", jax.lax.FftType.FFT, (4,)),
+    "Stacked": lambda: operators.Stacked.of(
+        [_normal(69, (4, 3))], jax.tree_util.tree_structure(mj.Diagonal(jnp.ones(3))), 4
+    ),
+    "TriangularProduct": lambda: operators.TriangularProduct(
+        (3, 2), (3, 3), "float64", _normal(70, (3, 2)), operators.Static(_TRIANGULAR)
+    ),
+    "CholeskyTangent": lambda: operators.CholeskyTangent(
+        (3, 3),
+        (3, 3),
+        "float64",
+        jnp.linalg.cholesky(_well_conditioned(71, 3) @ _well_conditioned(71, 3).T),
+    ),
+    "EighTangent": lambda: _found(
+        lambda a: jnp.linalg.eigh(a)[1], _normal(72, (3, 3)), operators.EighTangent
+    ),
+    "QRTangent": lambda: _found(
+        lambda a: jnp.linalg.qr(a)[0], _normal(73, (4, 3)), operators.QRTangent
+    ),
+    "SVDTangent": lambda: _found(
+        lambda a: jnp.linalg.svd(a, full_matrices=False)[0],
+        _normal(74, (4, 3)),
+        operators.SVDTangent,
+    ),
+    "LUTangent": lambda: _found(
+        lambda a: jax.lax.linalg.lu(a)[0], _well_conditioned(75, 3), operators.LUTangent
     ),
 }
 #: Square instances, well conditioned, for diagonal, trace, logdet and solve.
@@ -120,7 +225,7 @@ def test_every_operator_type_has_a_case():
         if inspect.isclass(obj) and issubclass(obj, mj.JacobianOperator)
     }
     covered = {type(make()) for make in CASES.values()}
-    assert types - {mj.JacobianOperator, operators.ShapedOperator} <= covered
+    assert types - {mj.JacobianOperator, operators.ShapedOperator, operators.Map} <= covered
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -374,7 +374,7 @@ AUTODIFF = {"jacfwd", "jacrev", "grad", "hessian", "jvp", "vjp", "linearize", "v
 
 
 def test_the_transform_never_calls_autodiff():
-    """Only the opt-in fallback (``maps.Linearized``) may; nothing else in the transform or
+    """Only the opt-in fallback (``Linearized``) may; nothing else in the transform or
     the operators names an autodiff function."""
     package = pathlib.Path(mj.__file__).parent
     offenders = []

@@ -18,6 +18,14 @@ builds dense K x K (or s x t x p x q) arrays. These types keep the structure:
 | ``WeightedGram`` | X^T diag(w) X (a Hessian, factored) | O(n d) |
 | ``Contraction`` | v -> einsum(v, core): A x, X B, sums, broadcasts, transposes | O(core) |
 | ``Scaled``, ``Sum``, ``Composition`` | c J, J1 + J2, J1 o J2 | their parts |
+| index maps (``index_maps``) | reshape, pad, slice, rev, gather, cast, permutation | O(indices) |
+| ``Select`` (``selection``) | row i from the Jacobian of the branch chosen there | its branches |
+| solves (``solves``) | op(A)^{-1} B; A^{-1} b by a solver's own programs | the factor |
+| convolutions (``convolution``) | conv in its input or kernel; sum, max, min pools | one operand |
+| complex maps (``complex_maps``) | Im w, conj w, a DFT | O(1) |
+| ``Stacked`` (``stacked``) | one operator per loop step, its leaves stacked | its steps |
+| factorization tangents (``matrix_functions``) | dL, dw and dV, dQ and dR, ... of dA | the factor |
+| program maps (``programs``) | the autodiff fallback, a custom_vjp's own backward rule | operands |
 
 Every operator is a JAX pytree (it passes through ``jit``, ``vmap`` and ``tree_map``), has
 ``out_shape``, ``in_shape`` and a ``layout``, and offers ``mv`` (Jacobian-vector product,
@@ -35,9 +43,21 @@ block-diagonal is block-diagonal, scales factor out); anything else stays a lazy
 ``Composition`` whose ``mv`` and ``vm`` apply the parts in turn and whose ``to_dense``
 multiplies them out only when asked.
 
-Each type lives in its own module with its algebra beside it (its methods, and the
-composition and sum rules it registers with ``composition_rule`` and ``addition_rule``);
-``matcalc_jax.operators.base`` holds the interface and the generic composites.
+Each type, or family of maps, lives in its own module with its algebra beside it (its
+methods, and the composition and sum rules it registers with ``composition_rule`` and
+``addition_rule``); ``matcalc_jax.operators.base`` holds the interface and the generic
+composites.
+
+The maps of JAX's primitives, a module a family: ``index_maps`` (``Reshape``, ``Embed``,
+``Restrict``, ``Reverse``, ``DynamicSlice``, ``ChangeType``, ``Gather``, ``TakeAlong``),
+``selection`` (``Select``), ``solves`` (``TriangularSolve``, ``LinearSolve``),
+``convolution`` (``Convolution``, ``WindowSum``, ``WindowChoice``), ``complex_maps``
+(``ImaginaryPart``, ``Conjugate``, ``Fourier``), ``stacked`` (``Stacked``),
+``matrix_functions`` (``TriangularProduct``, ``CholeskyTangent``, ``EighTangent``,
+``QRTangent``, ``SVDTangent``, ``LUTangent``) and ``programs`` (``Linearized``,
+``Pullback``, ``WithFallbacks``). Most derive from ``Map`` (``index_maps``), applied by
+``_apply`` and transposed by ``_apply_transpose``, their compile-time parameters held as
+``Static``.
 """
 
 from matcalc_jax.operators.base import (
@@ -56,32 +76,87 @@ from matcalc_jax.operators.base import (
 )
 from matcalc_jax.operators.block_diagonal import BlockDiagonal, batched_jacobian
 from matcalc_jax.operators.block_matrix import BlockMatrix
+from matcalc_jax.operators.complex_maps import Conjugate, Fourier, ImaginaryPart
 from matcalc_jax.operators.contraction import Contraction
+from matcalc_jax.operators.convolution import Convolution, WindowChoice, WindowSum
 from matcalc_jax.operators.dense import Dense, as_operator
 from matcalc_jax.operators.diagonal import Diagonal
 from matcalc_jax.operators.gram import WeightedGram
 from matcalc_jax.operators.identity import Identity
+from matcalc_jax.operators.index_maps import (
+    ChangeType,
+    DynamicSlice,
+    Embed,
+    Gather,
+    Map,
+    Reshape,
+    Restrict,
+    Reverse,
+    Static,
+    TakeAlong,
+)
 from matcalc_jax.operators.kronecker import Kronecker
 from matcalc_jax.operators.low_rank import DiagonalPlusLowRank, LowRank
+from matcalc_jax.operators.matrix_functions import (
+    CholeskyTangent,
+    EighTangent,
+    LUTangent,
+    QRTangent,
+    SVDTangent,
+    TriangularProduct,
+)
+from matcalc_jax.operators.programs import Linearized, Pullback, WithFallbacks
+from matcalc_jax.operators.selection import Select
+from matcalc_jax.operators.solves import LinearSolve, TriangularSolve
+from matcalc_jax.operators.stacked import Stacked
 from matcalc_jax.operators.zero import Zero
 
 __all__ = [
     "BlockDiagonal",
     "BlockMatrix",
+    "ChangeType",
+    "CholeskyTangent",
     "Composition",
+    "Conjugate",
     "Contraction",
+    "Convolution",
     "Dense",
     "Diagonal",
     "DiagonalPlusLowRank",
+    "DynamicSlice",
+    "EighTangent",
+    "Embed",
+    "Fourier",
+    "Gather",
     "Identity",
+    "ImaginaryPart",
     "JacobianOperator",
     "Kronecker",
+    "LUTangent",
+    "LinearSolve",
+    "Linearized",
     "LowRank",
+    "Map",
+    "Pullback",
+    "QRTangent",
+    "Reshape",
+    "Restrict",
+    "Reverse",
+    "SVDTangent",
     "Scaled",
+    "Select",
     "ShapedOperator",
+    "Stacked",
+    "Static",
     "Sum",
+    "TakeAlong",
     "Transposed",
+    "TriangularProduct",
+    "TriangularSolve",
     "WeightedGram",
+    "WindowChoice",
+    "WindowSum",
+    "WithFallbacks",
     "Zero",
     "add",
     "addition_rule",

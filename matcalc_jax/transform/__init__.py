@@ -27,6 +27,9 @@ from matcalc_jax.operators.base import Composition, JacobianOperator, Sum, compo
 from matcalc_jax.operators.block_diagonal import BlockDiagonal
 from matcalc_jax.operators.block_matrix import BlockMatrix
 from matcalc_jax.operators.identity import Identity
+from matcalc_jax.operators.index_maps import ChangeType
+from matcalc_jax.operators.programs import WithFallbacks
+from matcalc_jax.operators.selection import Select
 from matcalc_jax.operators.zero import Zero
 from matcalc_jax.transform import (  # each module registers its rules
     control_flow,
@@ -37,7 +40,6 @@ from matcalc_jax.transform import (  # each module registers its rules
     rules,
 )
 from matcalc_jax.transform.interpreter import FALLBACKS, Context, UnsupportedPrimitiveError
-from matcalc_jax.transform.maps import ChangeType, Select, WithFallbacks
 from matcalc_jax.transform.registry import COMPLEX
 
 __all__ = ["UnsupportedPrimitiveError", "jacobian", "supported_primitives"]

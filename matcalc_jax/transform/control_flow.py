@@ -4,7 +4,7 @@
 
 ``cond``: with a concrete index (outside ``jit``), the Jacobian of the branch taken. Under
 ``jit`` the index is traced: every branch's Jacobian is built and the result selects
-between them row by row (``maps.select``), which is what JAX's ``jvp`` of ``cond`` computes
+between them row by row (``select``), which is what JAX's ``jvp`` of ``cond`` computes
 (only the branch taken contributes, a NaN in another never does).
 
 ``scan`` and ``while``: the Jacobian of the carry is carried through the loop as an
@@ -38,17 +38,12 @@ import jax.numpy as jnp
 from jax import Array, lax
 from jax.extend import core as jex_core
 
-from matcalc_jax.core.layout import Layout
-from matcalc_jax.operators.base import (
-    JacobianOperator,
-    add,
-    check_tangent,
-    compose,
-    pytree,
-)
+from matcalc_jax.operators.base import JacobianOperator, add, compose
 from matcalc_jax.operators.dense import Dense
 from matcalc_jax.operators.diagonal import Diagonal
-from matcalc_jax.transform import maps
+from matcalc_jax.operators.index_maps import DynamicSlice, Embed, Reshape
+from matcalc_jax.operators.selection import diagonal_factor, select
+from matcalc_jax.operators.stacked import Stacked
 from matcalc_jax.transform.interpreter import Context, NoRule, Operator, bind
 from matcalc_jax.transform.registry import RELEVANT, rule
 
@@ -77,7 +72,7 @@ def _cond(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
         ctx.inside(f"cond[branch {k}]", eqn).run(b.jaxpr, b.consts, operands, operand_ops)[1]
         for k, b in enumerate(branches)
     ]
-    out_ops = [maps.select(index, [ops_k[j] for ops_k in per_branch]) for j in range(len(outs))]
+    out_ops = [select(index, [ops_k[j] for ops_k in per_branch]) for j in range(len(outs))]
     return outs, out_ops
 
 
@@ -108,73 +103,8 @@ def _widened(op: Operator, x: Array, argument: tuple, *, square: bool = True) ->
             return None
         zeros = jnp.zeros((*jnp.shape(x), *argument), jnp.result_type(x))
         return Dense.from_array(zeros, jnp.ndim(x))
-    values, inner = maps.diagonal_factor(op)
+    values, inner = diagonal_factor(op)
     return Diagonal(values.astype(op.dtype)) if inner is None else op
-
-
-@pytree(("leaves",), ("structure", "length", "step_out", "step_in", "dtype_name", "layout"))
-class Stacked(JacobianOperator):
-    """One operator per loop iteration, of one structure, its ``leaves`` stacked along a
-    leading axis of ``length``: the Jacobian of a scan's stacked outputs ``ys``, out shape
-    ``(length, *step_out)``. The shapes are static fields (the leaves may be placeholders
-    while JAX rebuilds the pytree)."""
-
-    leaves: tuple[Array, ...]
-    structure: Any
-    length: int
-    step_out: tuple[int, ...]
-    step_in: tuple[int, ...]
-    dtype_name: str
-    layout: Layout = "numerator"
-
-    @classmethod
-    def of(cls, leaves: Sequence[Array], structure: Any, length: int) -> Stacked:
-        """The stacked operators whose step ``t`` is ``structure`` over ``leaves[:, t]``."""
-        first = jax.tree_util.tree_unflatten(structure, [leaf[0] for leaf in leaves])
-        return cls(
-            tuple(leaves), structure, length, tuple(first.out_shape), tuple(first.in_shape),
-            jnp.dtype(first.dtype).name, first.layout,
-        )  # fmt: skip
-
-    def _step(self, leaves: Sequence[Array]) -> JacobianOperator:
-        return jax.tree_util.tree_unflatten(self.structure, leaves)
-
-    def _first(self) -> JacobianOperator:
-        return self._step([leaf[0] for leaf in self.leaves])
-
-    out_shape = property(lambda self: (self.length, *self.step_out))
-    in_shape = property(lambda self: tuple(self.step_in))
-    dtype = property(lambda self: jnp.dtype(self.dtype_name))
-
-    def _each(self, method: Callable[..., Array], *stacked: Array) -> Array:
-        """``method(operator_t, *stacked_t)`` for every step t, stacked."""
-        if not self.leaves and not stacked:  # the same operator at every step
-            one = method(self._first())
-            return jnp.broadcast_to(one, (self.length, *one.shape))
-        return jax.vmap(lambda leaves, *rest: method(self._step(leaves), *rest))(
-            list(self.leaves), *stacked
-        )
-
-    def mv(self, tangent: Any) -> Array:
-        tangent = check_tangent(self, "mv", tangent, self.in_shape)
-        return self._each(lambda op: op.mv(tangent))
-
-    def vm(self, cotangent: Any) -> Array:
-        cotangent = check_tangent(self, "vm", cotangent, self.out_shape)
-        return jnp.sum(self._each(lambda op, u: op.vm(u), cotangent), axis=0)
-
-    def _numerator(self) -> Array:
-        return self._each(lambda op: op._numerator())
-
-    def with_layout(self, layout: Layout) -> JacobianOperator:
-        structure = jax.tree_util.tree_structure(self._first().with_layout(layout))
-        return Stacked.of(self.leaves, structure, self.length)
-
-    def describe(self) -> str:
-        return f"{self.length} steps of {type(self._first()).__name__}"
-
-    def children(self) -> tuple[JacobianOperator, ...]:
-        return (self._first(),)
 
 
 def _row(op: JacobianOperator, t: Array, dtype: Any) -> JacobianOperator:
@@ -182,8 +112,8 @@ def _row(op: JacobianOperator, t: Array, dtype: Any) -> JacobianOperator:
     shape = tuple(op.out_shape)
     name = jnp.dtype(dtype).name
     start = (jnp.asarray(t, jnp.int32), *(jnp.zeros((), jnp.int32) for _ in shape[1:]))
-    window = maps.DynamicSlice((1, *shape[1:]), shape, name, start)
-    return compose(maps.Reshape(shape[1:], (1, *shape[1:]), name), compose(window, op))
+    window = DynamicSlice((1, *shape[1:]), shape, name, start)
+    return compose(Reshape(shape[1:], (1, *shape[1:]), name), compose(window, op))
 
 
 def _placed(op: Operator, first: int, length: int) -> Operator:
@@ -195,14 +125,14 @@ def _placed(op: Operator, first: int, length: int) -> Operator:
     if count == length:
         return op
     config = ((first, length - first - count, 0), *((0, 0, 0) for _ in shape))
-    return compose(maps.Embed((length, *shape), tuple(op.out_shape), op.dtype.name, config), op)
+    return compose(Embed((length, *shape), tuple(op.out_shape), op.dtype.name, config), op)
 
 
 def _one_row(op: Operator) -> Operator:
     if op is None:
         return None
     shape = tuple(op.out_shape)
-    return compose(maps.Reshape((1, *shape), shape, op.dtype.name), op)
+    return compose(Reshape((1, *shape), shape, op.dtype.name), op)
 
 
 class _Loop:

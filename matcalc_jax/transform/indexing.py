@@ -6,7 +6,7 @@ indices the primitive computed, as JAX's own rules read them.
 ============================  ==============================================================
 primitive                     Jacobian of the output
 ============================  ==============================================================
-``split``                     each piece: the slice it takes (``maps.Restrict``)
+``split``                     each piece: the slice it takes (``Restrict``)
 ``stack``, ``tile``           an embedding along the new axis; a broadcast and a reshape
 ``dynamic_update_slice``      the operand where not overwritten (selected) + the update
                               embedded at the clamped start
@@ -28,17 +28,27 @@ from jax import Array, lax
 
 from matcalc_jax.operators.base import compose
 from matcalc_jax.operators.contraction import LETTERS
-from matcalc_jax.transform import maps
+from matcalc_jax.operators.index_maps import (
+    DynamicSlice,
+    Embed,
+    Gather,
+    Reshape,
+    Restrict,
+    Static,
+    TakeAlong,
+    slice_config,
+)
+from matcalc_jax.operators.selection import select
 from matcalc_jax.transform.interpreter import NoRule
 from matcalc_jax.transform.registry import RELEVANT, index_map, pointwise, total
 
 
-def _restrict(x: Array, y: Array, axis: int, start: int) -> maps.Restrict:
+def _restrict(x: Array, y: Array, axis: int, start: int) -> Restrict:
     limit = [*x.shape]
     begin = [0] * x.ndim
     begin[axis], limit[axis] = start, start + y.shape[axis]
-    config = maps.slice_config(x.shape, begin, limit, (1,) * x.ndim)
-    return maps.Restrict(tuple(y.shape), tuple(x.shape), y.dtype.name, config)
+    config = slice_config(x.shape, begin, limit, (1,) * x.ndim)
+    return Restrict(tuple(y.shape), tuple(x.shape), y.dtype.name, config)
 
 
 @pointwise("split", complex=True, linear=True)
@@ -66,7 +76,7 @@ def _stack(ctx, eqn, ins, ops, outs):
         if op is not None:
             expanded = _insert_unit_axis(x, axis, op, y.dtype)
             config = tuple((k, count - 1 - k, 0) if d == axis else (0, 0, 0) for d in range(y.ndim))
-            embed = maps.Embed(tuple(y.shape), expanded.out_shape, y.dtype.name, config)
+            embed = Embed(tuple(y.shape), expanded.out_shape, y.dtype.name, config)
             terms.append(compose(embed, expanded))
     return [total(terms)]
 
@@ -83,7 +93,7 @@ def _tile(ctx, eqn, ins, ops, outs):
     spread = "".join(r + a for r, a in zip(fresh, labels, strict=True))
     shape = tuple(s for r, n in zip(reps, x.shape, strict=True) for s in (r, n))
     broadcast = index_map(labels, spread, x.shape, shape, ops[0], y.dtype)
-    return [compose(maps.Reshape(tuple(y.shape), shape, y.dtype.name), broadcast)]
+    return [compose(Reshape(tuple(y.shape), shape, y.dtype.name), broadcast)]
 
 
 @pointwise("dynamic_update_slice", complex=True, linear=True)
@@ -91,11 +101,11 @@ def _dynamic_update_slice(ctx, eqn, ins, ops, outs):
     _, update, *start = ins
     y = outs[0]
     start = tuple(jnp.asarray(i) for i in start)
-    window = maps.DynamicSlice(tuple(update.shape), tuple(y.shape), y.dtype.name, start)
+    window = DynamicSlice(tuple(update.shape), tuple(y.shape), y.dtype.name, start)
     kept = lax.dynamic_update_slice(
         jnp.ones(y.shape, bool), jnp.zeros(update.shape, bool), start
     )  # operand entries the update does not overwrite
-    terms = [None if ops[0] is None else maps.select(kept, (None, ops[0]))]
+    terms = [None if ops[0] is None else select(kept, (None, ops[0]))]
     if ops[1] is not None:
         terms.append(compose(window.transpose(), ops[1]))
     return [total(terms)]
@@ -104,7 +114,7 @@ def _dynamic_update_slice(ctx, eqn, ins, ops, outs):
 RELEVANT["dynamic_update_slice"] = lambda eqn: [0, 1]
 
 
-def _gather_for(eqn: Any, operand: Array, indices: Array, updates: Array) -> maps.Gather:
+def _gather_for(eqn: Any, operand: Array, indices: Array, updates: Array) -> Gather:
     """The gather whose transpose is this scatter's map of its updates (JAX's rule)."""
     numbers = eqn.params["dimension_numbers"]
     gather_numbers = lax.GatherDimensionNumbers(
@@ -127,8 +137,8 @@ def _gather_for(eqn: Any, operand: Array, indices: Array, updates: Array) -> map
         "mode": eqn.params["mode"],
         "fill_value": 0,
     }
-    return maps.Gather(
-        tuple(updates.shape), tuple(operand.shape), updates.dtype.name, indices, maps.Static(params)
+    return Gather(
+        tuple(updates.shape), tuple(operand.shape), updates.dtype.name, indices, Static(params)
     )
 
 
@@ -158,9 +168,9 @@ def _scatter(ctx, eqn, ins, ops, outs):
     landed = lax.scatter(jnp.zeros(operand.shape, jnp.int32), indices, ids, numbers, **options)
     gather = _gather_for(eqn, operand, indices, updates)
     won = gather.mv(landed) == ids
-    terms = [None if ops[0] is None else maps.select(landed == 0, (None, ops[0]))]
+    terms = [None if ops[0] is None else select(landed == 0, (None, ops[0]))]
     if ops[2] is not None:
-        terms.append(compose(gather.transpose(), maps.select(won, (None, ops[2]))))
+        terms.append(compose(gather.transpose(), select(won, (None, ops[2]))))
     return [total(terms)]
 
 
@@ -177,7 +187,7 @@ def _sort(ctx, eqn, ins, ops, outs):
         num_keys=eqn.params["num_keys"],
     )[-1]  # fmt: skip
     return [
-        None if op is None else compose(maps.TakeAlong(tuple(y.shape), tuple(shape),
+        None if op is None else compose(TakeAlong(tuple(y.shape), tuple(shape),
                                         y.dtype.name, permutation, dimension), op)
         for y, op in zip(outs, ops, strict=True)
     ]  # fmt: skip
@@ -188,5 +198,5 @@ def _top_k(ctx, eqn, ins, ops, outs):
     x = ins[0]
     values, indices = outs
     axis = eqn.params.get("axis", -1) % x.ndim
-    take = maps.TakeAlong(tuple(values.shape), tuple(x.shape), values.dtype.name, indices, axis)
+    take = TakeAlong(tuple(values.shape), tuple(x.shape), values.dtype.name, indices, axis)
     return [compose(take, ops[0]), None]

@@ -12,7 +12,7 @@ elementwise ``f``             diag(f'(x)) J_x                          (the seed
 ``max``, ``min``, ``pow``,    diag(df/da) J_a + diag(df/db) J_b
 ``atan2``
 ``select_n``, ``clamp``       row i from the Jacobian of the operand chosen there
-                              (``maps.select``: a NaN not chosen never reaches it)
+                              (``select``: a NaN not chosen never reaches it)
 ``dot_general``               (x -> einsum(x, B)) J_a + (y -> einsum(A, y)) J_b
                               (d(Ax)/dx = A, and the product rule)
 ``reduce_sum``, ``transpose``,  a ``Contraction`` without core (sum, permute,
@@ -20,7 +20,7 @@ elementwise ``f``             diag(f'(x)) J_x                          (the seed
 ``squeeze``, unit ``reshape``
 ``reduce_max``, ``reduce_min``  the mean over the maximizers, as JAX differentiates it
 ``cumsum``                    a triangular core
-``reshape``, ``slice``,       ``.maps``: index maps that never materialize
+``reshape``, ``slice``,       index maps that never materialize (``index_maps``)
 ``pad``, ``concatenate``, ``rev``, ``gather``,
 ``dynamic_slice``,
 ``convert_element_type``
@@ -50,7 +50,21 @@ from jax import Array
 from matcalc_jax.operators.base import compose
 from matcalc_jax.operators.contraction import LETTERS, contraction
 from matcalc_jax.operators.identity import Identity
-from matcalc_jax.transform import complex_values, elementwise, maps
+from matcalc_jax.operators.index_maps import (
+    ChangeType,
+    DynamicSlice,
+    Embed,
+    Gather,
+    Reshape,
+    Restrict,
+    Reverse,
+    Static,
+    slice_config,
+)
+from matcalc_jax.operators.programs import Linearized, Pullback
+from matcalc_jax.operators.selection import select
+from matcalc_jax.operators.solves import LinearSolve
+from matcalc_jax.transform import complex_values, elementwise
 from matcalc_jax.transform.interpreter import Context, NoRule, NotLinear, Operator, Rule, bind
 from matcalc_jax.transform.registry import (
     COMPLEX,
@@ -166,7 +180,7 @@ def _clamp(ctx, eqn, ins, ops, outs):
         high < x,
     )
     terms = [
-        maps.select(jnp.broadcast_to(mask, y.shape), (None, broadcast(op, y.shape)))
+        select(jnp.broadcast_to(mask, y.shape), (None, broadcast(op, y.shape)))
         for mask, op in zip(chosen, ops, strict=True)
         if op is not None
     ]
@@ -176,7 +190,7 @@ def _clamp(ctx, eqn, ins, ops, outs):
 @pointwise("select_n", complex=True, linear=True)
 def _select_n(ctx, eqn, ins, ops, outs):
     y = outs[0]
-    return [maps.select(ins[0], [broadcast(op, y.shape) for op in ops[1:]])]
+    return [select(ins[0], [broadcast(op, y.shape) for op in ops[1:]])]
 
 
 RELEVANT["select_n"] = lambda eqn: list(range(1, len(eqn.invars)))
@@ -269,7 +283,7 @@ def _reshape(ctx, eqn, ins, ops, outs):
         for size in y.shape:
             out_labels += next(fresh) if size == 1 else next(kept)
         return [index_map(labels, out_labels, x_shape, y.shape, op, y.dtype)]
-    return [compose(maps.Reshape(tuple(y.shape), x_shape, y.dtype.name), op)]
+    return [compose(Reshape(tuple(y.shape), x_shape, y.dtype.name), op)]
 
 
 @pointwise("reduce_max", "reduce_min")
@@ -306,24 +320,24 @@ def _convert(ctx, eqn, ins, ops, outs):
     if y.dtype == x.dtype:
         return [ops[0]]
     shape = tuple(y.shape)
-    return [compose(maps.ChangeType(shape, shape, y.dtype.name, x.dtype.name), ops[0])]
+    return [compose(ChangeType(shape, shape, y.dtype.name, x.dtype.name), ops[0])]
 
 
 @pointwise("slice", complex=True, linear=True)
 def _slice(ctx, eqn, ins, ops, outs):
     x, y = ins[0], outs[0]
     strides = eqn.params["strides"] or (1,) * x.ndim
-    config = maps.slice_config(
+    config = slice_config(
         x.shape, eqn.params["start_indices"], eqn.params["limit_indices"], strides
     )
-    return [compose(maps.Restrict(tuple(y.shape), tuple(x.shape), y.dtype.name, config), ops[0])]
+    return [compose(Restrict(tuple(y.shape), tuple(x.shape), y.dtype.name, config), ops[0])]
 
 
 @pointwise("rev", complex=True, linear=True)
 def _rev(ctx, eqn, ins, ops, outs):
     y = outs[0]
     shape = tuple(y.shape)
-    flip = maps.Reverse(shape, shape, y.dtype.name, tuple(eqn.params["dimensions"]))
+    flip = Reverse(shape, shape, y.dtype.name, tuple(eqn.params["dimensions"]))
     return [compose(flip, ops[0])]
 
 
@@ -333,7 +347,7 @@ def _pad(ctx, eqn, ins, ops, outs):
     config = tuple(tuple(c) for c in eqn.params["padding_config"])
     if any(lo < 0 or hi < 0 for lo, hi, _ in config):
         raise NoRule(f"with negative edges {config}")
-    embed = maps.Embed(tuple(y.shape), tuple(x.shape), y.dtype.name, config)
+    embed = Embed(tuple(y.shape), tuple(x.shape), y.dtype.name, config)
     terms = [None if ops[0] is None else compose(embed, ops[0])]
     if ops[1] is not None:  # the padding value fills every padded entry
         mask = jnp.ones_like(y) - embed.mv(jnp.ones_like(x))
@@ -353,7 +367,7 @@ def _concatenate(ctx, eqn, ins, ops, outs):
                 (offset, y.shape[k] - offset - width, 0) if k == axis else (0, 0, 0)
                 for k in range(y.ndim)
             )
-            embed = maps.Embed(tuple(y.shape), tuple(x.shape), y.dtype.name, config)
+            embed = Embed(tuple(y.shape), tuple(x.shape), y.dtype.name, config)
             terms.append(compose(embed, op))
         offset += width
     return [total(terms)]
@@ -363,7 +377,7 @@ def _concatenate(ctx, eqn, ins, ops, outs):
 def _dynamic_slice(ctx, eqn, ins, ops, outs):
     x, y = ins[0], outs[0]
     start = tuple(jnp.asarray(i) for i in ins[1:])
-    return [compose(maps.DynamicSlice(tuple(y.shape), tuple(x.shape), y.dtype.name, start), ops[0])]
+    return [compose(DynamicSlice(tuple(y.shape), tuple(x.shape), y.dtype.name, start), ops[0])]
 
 
 RELEVANT["dynamic_slice"] = lambda eqn: [0]
@@ -380,7 +394,7 @@ def _gather(ctx, eqn, ins, ops, outs):
     # Out-of-bounds rows of a "fill" gather hold the fill value, a constant: their
     # tangent is 0, as in JAX's gather rule (which gathers tangents with fill_value=0).
     params |= {"mode": eqn.params["mode"], "fill_value": 0}
-    take = maps.Gather(tuple(y.shape), tuple(x.shape), y.dtype.name, indices, maps.Static(params))
+    take = Gather(tuple(y.shape), tuple(x.shape), y.dtype.name, indices, Static(params))
     return [compose(take, ops[0])]
 
 
@@ -415,11 +429,11 @@ def _custom_linear_solve(ctx, eqn, ins, ops, outs):
     x = outs[0]
     # The transposed solver usually reuses the solver's factorization: store it once.
     shared = [eqn.invars[k] for k in solve_at] == [eqn.invars[k] for k in transpose_at]
-    solve = maps.LinearSolve(
+    solve = LinearSolve(
         tuple(x.shape), tuple(ins[b_start].shape), x.dtype.name,
         tuple(ins[k] for k in solve_at),
         () if shared else tuple(ins[k] for k in transpose_at),
-        maps.Static((programs.solve, programs.transpose_solve, shared)),
+        Static((programs.solve, programs.transpose_solve, shared)),
     )  # fmt: skip
     rhs = [ops[b_start]]
     if any(ops[k] is not None for k in matvec_at):
@@ -506,7 +520,7 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
     is interpreted by the transform itself (B: output cotangent -> input cotangent, in a
     context that checks every equation is linear), so the Jacobian of output j in input k
     is ``B_kj^T`` and ``J.vm`` is ``bwd``, as ``jax.vjp``. A ``bwd`` that is not linear
-    (``clip_gradient``) gives a ``maps.Pullback``: ``vm`` calls ``bwd`` and the matrix is
+    (``clip_gradient``) gives a ``Pullback``: ``vm`` calls ``bwd`` and the matrix is
     ``jax.jacrev``'s. (``jax.jvp`` refuses such functions; ``J.mv`` applies the matrix.)"""
     (_, fwd, bwd), params = _subfuns(eqn)
     # fwd takes (value, has a tangent) pairs; a tangent on a closed-over value is JAX's
@@ -530,7 +544,7 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
     program = jax.make_jaxpr(pullback)(*cotangents)
     label = eqn.params.get("name", "custom_vjp")
     inner = dataclasses.replace(ctx.inside(f"custom_vjp_call[{label}] bwd", eqn), linear=LINEAR)
-    backward = maps.Static((bwd, [(y.shape, y.dtype) for y in outs]))
+    backward = Static((bwd, [(y.shape, y.dtype) for y in outs]))
     out_ops = []
     for j, y in enumerate(outs):
         if not jnp.issubdtype(y.dtype, jnp.inexact):
@@ -545,7 +559,7 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
         except NotLinear:
             shapes = (tuple(y.shape), y.dtype.name)
             locals_ = [
-                maps.Pullback(shapes[0], tuple(ins[k].shape), shapes[1], tuple(res), backward, j, k)
+                Pullback(shapes[0], tuple(ins[k].shape), shapes[1], tuple(res), backward, j, k)
                 for k in wanted
             ]
         terms = []
@@ -553,9 +567,7 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
             if local is not None:
                 if local.dtype != y.dtype:
                     shape = tuple(y.shape)
-                    local = compose(
-                        maps.ChangeType(shape, shape, y.dtype.name, local.dtype.name), local
-                    )
+                    local = compose(ChangeType(shape, shape, y.dtype.name, local.dtype.name), local)
                 terms.append(compose(local, ops[k]))
         out_ops.append(total(terms))
     return outs, out_ops
@@ -563,10 +575,10 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
 
 def fallback(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
     """The opt-in autodiff fallback: the primitive's local Jacobian, one operand at a time,
-    as a lazy ``matcalc_jax.transform.maps.Linearized`` map."""
+    as a lazy ``matcalc_jax.operators.programs.Linearized`` map."""
     outs = bind(eqn, ins)
     where = ctx.where(eqn)
-    primitive = maps.Static((eqn.primitive, dict(eqn.params)))
+    primitive = Static((eqn.primitive, dict(eqn.params)))
     out_ops = []
     for j, y in enumerate(outs):
         if not jnp.issubdtype(y.dtype, jnp.inexact):
@@ -576,7 +588,7 @@ def fallback(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> A
         for k, op in enumerate(ops):
             if op is not None:
                 shapes = (tuple(y.shape), tuple(ins[k].shape), y.dtype.name)
-                local = maps.Linearized(*shapes, tuple(ins), primitive, k, j, where)
+                local = Linearized(*shapes, tuple(ins), primitive, k, j, where)
                 ctx.fallbacks.append(local.describe())
                 terms.append(compose(local, op))
         out_ops.append(total(terms))

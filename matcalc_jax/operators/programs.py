@@ -1,0 +1,167 @@
+"""Maps that follow the program instead of a formula: ``Linearized``, the opt-in autodiff
+fallback for a primitive without a rule (that primitive's ``jvp`` and ``vjp``);
+``Pullback``, a ``custom_vjp`` whose backward rule is not linear in its cotangent (its
+``bwd``, called as JAX calls it); and ``WithFallbacks``, a Jacobian that names where the
+fallback ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
+
+from matcalc_jax.core.layout import Layout
+from matcalc_jax.operators.base import JacobianOperator, pytree, size_of
+from matcalc_jax.operators.index_maps import Map, Static
+
+
+@pytree(
+    ("operands",),
+    (
+        "out_sizes",
+        "in_sizes",
+        "dtype_name",
+        "primitive",
+        "position",
+        "output",
+        "where",
+        "layout",
+    ),
+)
+class Linearized(Map):
+    """The autodiff fallback: one primitive's local Jacobian with respect to one operand,
+    applied through JAX's ``jvp`` and ``vjp`` of that primitive alone. Only built when the
+    caller passes ``fallback="autodiff"``; listed in ``J.fallbacks``."""
+
+    operands: tuple[Array, ...]
+    primitive: Static
+    position: int
+    output: int
+    where: str
+    layout: Layout = "numerator"
+    is_fallback = True
+
+    def _local(self) -> Callable[[Array], Array]:
+        primitive, params = self.primitive.value
+        operands = list(self.operands)
+
+        def local(x: Array) -> Array:
+            args = [*operands[: self.position], x, *operands[self.position + 1 :]]
+            out = primitive.bind(*args, **params)
+            return out[self.output] if primitive.multiple_results else out
+
+        return local
+
+    def _apply(self, tangent: Array) -> Array:
+        return jax.jvp(self._local(), (self.operands[self.position],), (tangent,))[1]
+
+    def _apply_transpose(self, cotangent: Array) -> Array:
+        _, pullback = jax.vjp(self._local(), self.operands[self.position])
+        return pullback(cotangent)[0]
+
+    def describe(self) -> str:
+        primitive, _ = self.primitive.value
+        return f"{primitive.name} (autodiff fallback, operand {self.position}, {self.where})"
+
+
+@pytree(("operator",), ("notes",))
+class WithFallbacks(JacobianOperator):
+    """A Jacobian part of which the opt-in autodiff fallback derived: the operator as the
+    rules built it, and ``notes``, where the fallback ran (kept through every
+    simplification, which may fold a fallback's map into a low-rank or diagonal term)."""
+
+    operator: JacobianOperator
+    notes: tuple[str, ...]
+
+    layout = property(lambda self: self.operator.layout)  # type: ignore[assignment]
+    out_shape = property(lambda self: self.operator.out_shape)
+    in_shape = property(lambda self: self.operator.in_shape)
+    dtype = property(lambda self: self.operator.dtype)
+
+    def mv(self, tangent: ArrayLike) -> Array:
+        return self.operator.mv(tangent)
+
+    def vm(self, cotangent: ArrayLike) -> Array:
+        return self.operator.vm(cotangent)
+
+    def _numerator(self) -> Array:
+        return self.operator._numerator()
+
+    def with_layout(self, layout: Layout) -> JacobianOperator:
+        return WithFallbacks(self.operator.with_layout(layout), self.notes)
+
+    def transpose(self) -> JacobianOperator:
+        return WithFallbacks(self.operator.transpose(), self.notes)
+
+    def scaled(self, scale: ArrayLike) -> JacobianOperator:
+        return WithFallbacks(self.operator.scaled(scale), self.notes)
+
+    def diagonal(self) -> Array:
+        return self.operator.diagonal()
+
+    def trace(self) -> Array:
+        return self.operator.trace()
+
+    def logdet(self) -> Array:
+        return self.operator.logdet()
+
+    def solve(self, rhs: ArrayLike) -> Array:
+        return self.operator.solve(rhs)
+
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        return self.operator.batch_axes()
+
+    @property
+    def fallbacks(self) -> tuple[str, ...]:
+        return self.notes
+
+    def describe(self) -> str:
+        return "with autodiff fallbacks: " + "; ".join(self.notes)
+
+
+@pytree(
+    ("residuals",),
+    ("out_sizes", "in_sizes", "dtype_name", "backward", "output", "position", "layout"),
+)
+class Pullback(Map):
+    """The local Jacobian of a ``custom_vjp`` function whose backward rule is not linear in
+    the cotangent (``clip_gradient``): no matrix then stands for it, and this follows JAX
+    call by call. ``vm(u)`` is ``bwd(residuals, u)``, what ``jax.vjp`` returns; the matrix
+    (``to_dense``, and ``mv`` through it) is ``jax.jacrev``'s, whose rows are ``bwd`` at
+    the unit cotangents. ``backward`` holds ``bwd`` and the outputs' cotangent shapes;
+    ``output`` and ``position`` say which output and which input this part maps."""
+
+    residuals: tuple[Array, ...]
+    backward: Static
+    output: int
+    position: int
+    layout: Layout = "numerator"
+
+    def _apply_transpose(self, cotangent: Array) -> Array:
+        bwd, shapes = self.backward.value
+        cotangents = [
+            cotangent if j == self.output else jnp.zeros(shape, dtype)
+            for j, (shape, dtype) in enumerate(shapes)
+        ]
+        pulled = bwd.call_wrapped(*self.residuals, *cotangents)[self.position]
+        if not hasattr(pulled, "shape"):  # a symbolic zero: this input gets no cotangent
+            return jnp.zeros(self.in_shape, self.dtype)
+        return pulled.astype(self.dtype)
+
+    def _numerator(self) -> Array:
+        m = size_of(self.out_shape)
+        units = jnp.eye(m, dtype=self.dtype).reshape((m, *self.out_shape))
+        rows = jax.vmap(self._apply_transpose)(units)  # (m, *in_shape)
+        return rows.reshape(self.out_shape + self.in_shape)
+
+    def _apply(self, tangent: Array) -> Array:
+        m, n = size_of(self.out_shape), size_of(self.in_shape)
+        matrix = self._numerator().reshape(m, n)
+        return (matrix @ tangent.reshape(n)).reshape(self.out_shape)
+
+    def describe(self) -> str:
+        return "of a backward rule not linear in its cotangent"
