@@ -97,7 +97,16 @@ from matcalc_jax.operators import (
     batched_jacobian,
     compose,
 )
-from matcalc_jax.transform import UnsupportedPrimitiveError, jacobian, supported_primitives
+from matcalc_jax.transform import (
+    GaussNewton,
+    Hessian,
+    UnsupportedPrimitiveError,
+    gauss_newton,
+    hessian,
+    jacobian,
+    laplacian,
+    supported_primitives,
+)
 from matcalc_jax.verification.harness import Report, verify
 from matcalc_jax.verification.tolerance import TOLERANCES, tolerance
 
@@ -113,6 +122,8 @@ __all__ = [
     "Dense",
     "Diagonal",
     "DiagonalPlusLowRank",
+    "GaussNewton",
+    "Hessian",
     "Identity",
     "JacobianOperator",
     "Kronecker",
@@ -139,10 +150,13 @@ __all__ = [
     "exp_jacobian",
     "frobenius_gradient",
     "frobenius_hessian",
+    "gauss_newton",
+    "hessian",
     "identity_jacobian",
     "inverse_jacobian",
     "jacobian",
     "kronecker_vec_jacobian",
+    "laplacian",
     "least_squares",
     "least_squares_gradient",
     "least_squares_hessian",

@@ -177,7 +177,9 @@ CASES: dict[str, Case] = {
         lax.convert_element_type(x, jnp.float16), x.dtype) + x.astype(jnp.float32).astype(x.dtype)),
     "slice": Case(lambda x: lax.slice(x, (1,), (9,), (3,))),
     "rev": Case(lambda x: lax.rev(x, (0,))),
-    "pad": Case(lambda x: lax.pad(x[:-1], x[-1], ((2, 1, 1),))),
+    "pad": Case(lambda x: lax.pad(x[:-1], x[-1], ((2, 1, 1),))  # negative edges crop
+                + lax.pad(x[:8], x[-1], ((-2, 13, 1),)).sum()
+                + lax.pad(x[:9].reshape(3, 3), x[0], ((-1, 2, 0), (1, -2, 2))).sum()),
     "concatenate": Case(lambda x: lax.concatenate([x[2:5], x[:4], x], 0)),
     "dynamic_slice": Case(lambda x: lax.dynamic_slice(x, (jnp.int32(7),), (5,))),
     "gather": Case(lambda x: jnp.take(x, jnp.array([1, 40, 2, -30]))

@@ -68,6 +68,7 @@ CASES = {
     "Kronecker_vector": lambda: mj.Kronecker(_normal(12, (3, 2)), _normal(13, (4,))),
     "BlockDiagonal": lambda: mj.BlockDiagonal(_normal(14, (2, 3, 4))),
     "WeightedGram": lambda: mj.WeightedGram(_normal(15, (5, 3)), _normal(16, (5,)) ** 2),
+    "Banded": lambda: operators.Banded(_normal(76, (3, 5)), (-1, 0, 2)),
     "Scaled": lambda: mj.Scaled(jnp.asarray(-2.0), mj.Dense(_normal(17, (2, 3)), 1)),
     "Sum": lambda: mj.Sum((mj.Dense(_normal(18, (2, 3)), 1), mj.Dense(_normal(19, (2, 3)), 1))),
     "Composition": lambda: mj.Composition(
@@ -185,6 +186,9 @@ SQUARE = {
         jnp.stack([_well_conditioned(35, 3), -_well_conditioned(36, 3)])
     ),
     "WeightedGram": lambda: mj.WeightedGram(_normal(37, (6, 3)), _normal(38, (6,)) ** 2 + 0.5),
+    "Banded": lambda: operators.Banded(
+        jnp.stack([jnp.full((4,), 4.0), _normal(77, (4,)), _normal(78, (4,))]), (0, -1, 1)
+    ),
     "Scaled": lambda: mj.Scaled(jnp.asarray(-2.0), mj.Dense(_well_conditioned(39, 3), 1)),
     "Sum": lambda: mj.Sum((mj.Identity((3,), "float64"), mj.Dense(0.2 * _normal(40, (3, 3)), 1))),
     "Composition": lambda: mj.Composition(

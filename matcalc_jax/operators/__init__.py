@@ -16,6 +16,7 @@ builds dense K x K (or s x t x p x q) arrays. These types keep the structure:
 | ``BlockDiagonal`` | a map applied over a batch axis | O(N n m) |
 | ``BlockMatrix`` | a pytree map on its flattened vectors: blocks of operators | its blocks |
 | ``WeightedGram`` | X^T diag(w) X (a Hessian, factored) | O(n d) |
+| ``Banded`` | a few diagonals at fixed offsets (a chained objective's Hessian) | O(k n) |
 | ``Contraction`` | v -> einsum(v, core): A x, X B, sums, broadcasts, transposes | O(core) |
 | ``Scaled``, ``Sum``, ``Composition`` | c J, J1 + J2, J1 o J2 | their parts |
 | index maps (``index_maps``) | reshape, pad, slice, rev, gather, cast, permutation | O(indices) |
@@ -60,6 +61,7 @@ The maps of JAX's primitives, a module a family: ``index_maps`` (``Reshape``, ``
 ``Static``.
 """
 
+from matcalc_jax.operators.banded import Banded
 from matcalc_jax.operators.base import (
     Composition,
     JacobianOperator,
@@ -112,6 +114,7 @@ from matcalc_jax.operators.stacked import Stacked
 from matcalc_jax.operators.zero import Zero
 
 __all__ = [
+    "Banded",
     "BlockDiagonal",
     "BlockMatrix",
     "ChangeType",

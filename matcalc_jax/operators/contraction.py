@@ -33,6 +33,7 @@ from jax.typing import ArrayLike
 
 from matcalc_jax.core.layout import Layout
 from matcalc_jax.operators.base import (
+    Composition,
     JacobianOperator,
     ShapedOperator,
     add,
@@ -44,6 +45,7 @@ from matcalc_jax.operators.base import (
     size_of,
 )
 from matcalc_jax.operators.diagonal import Diagonal
+from matcalc_jax.operators.gram import WeightedGram
 from matcalc_jax.operators.kronecker import Kronecker
 from matcalc_jax.operators.low_rank import LowRank
 
@@ -126,7 +128,13 @@ class Contraction(ShapedOperator):
         )  # fmt: skip
 
     def scaled(self, scale: ArrayLike) -> JacobianOperator:
-        if self.core is None:
+        """c J: a core no larger than a tangent absorbs the scale (one cheap pass); a
+        matrix core stays as it is under a lazy ``Scaled``, so that building the scale costs
+        no pass over it and the core stays the object the program holds (X^T D X is then
+        recognized as a ``WeightedGram``)."""
+        if self.core is None or self.core.size > max(
+            size_of(self.in_shape), size_of(self.out_shape)
+        ):
             return super().scaled(scale)
         core = jnp.asarray(scale, self.dtype) * self.core
         return dataclasses.replace(self, core=core)
@@ -250,6 +258,10 @@ def _merge_or_kronecker(
 ) -> JacobianOperator | None:
     """One contraction if the cores allow, else a Kronecker map; ``None`` passes to the
     rules below (a rank-one side becomes low rank), then to the lazy composition."""
+    if isinstance(outer, Contraction) and isinstance(inner, Contraction):
+        gram = weighted_gram(outer, None, inner)
+        if gram is not None:
+            return gram
     as_contraction = [
         from_diagonal(op) if isinstance(op, Diagonal) else op for op in (outer, inner)
     ]
@@ -257,11 +269,53 @@ def _merge_or_kronecker(
     return merged if merged is not None else _kronecker_product(*as_contraction)
 
 
+def _canonical(spec: Spec) -> Spec:
+    rename = dict(zip(dict.fromkeys("".join(spec)), LETTERS, strict=False))
+    ins, core, outs = ("".join(rename[c] for c in part) for part in spec)
+    return ins, core, outs
+
+
+def weighted_gram(
+    outer: Contraction, middle: Diagonal | None, inner: Contraction
+) -> WeightedGram | None:
+    """K^T diag(w) K as ``WeightedGram(X, w)`` when ``inner`` is v -> X v for a matrix X
+    (its core) and ``outer`` is u -> X^T u with the same core; ``middle`` None is w = 1.
+    The Hessian of a loss of X w reaches this form: its gradient is X^T l'(X w)."""
+    ins, core, outs = inner.spec
+    if inner.core is None or outer.core is not inner.core:
+        return None
+    if len(ins) != 1 or len(outs) != 1 or sorted(core) != sorted(ins + outs):
+        return None
+    if _canonical(outer.spec) != _canonical((outs, core, ins)):
+        return None
+    if middle is not None and middle.values.shape != tuple(inner.out_shape):
+        return None
+    X = einsum([(inner.core, core)], outs + ins, inner.sizes, inner.dtype)
+    weights = jnp.ones(inner.out_shape, X.dtype) if middle is None else middle.values
+    return WeightedGram(X, weights, outer.layout)
+
+
 @composition_rule(Contraction, JacobianOperator)
 def _contraction_after(outer: Contraction, inner: JacobianOperator) -> JacobianOperator | None:
     low_rank = as_low_rank(outer)
     if low_rank is not None:  # u v^T J = u (J^T v)^T: one product with J
         return compose(low_rank, inner)
+    return None
+
+
+@composition_rule(Contraction, Composition)
+def _gram_after(outer: Contraction, inner: Composition) -> JacobianOperator | None:
+    # K^T o (diag(w) o K)
+    if isinstance(inner.outer, Diagonal) and isinstance(inner.inner, Contraction):
+        return weighted_gram(outer, inner.outer, inner.inner)
+    return None
+
+
+@composition_rule(Composition, Contraction)
+def _gram_before(outer: Composition, inner: Contraction) -> JacobianOperator | None:
+    # (K^T o diag(w)) o K
+    if isinstance(outer.outer, Contraction) and isinstance(outer.inner, Diagonal):
+        return weighted_gram(outer.outer, outer.inner, inner)
     return None
 
 

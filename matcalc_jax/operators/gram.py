@@ -59,5 +59,8 @@ class WeightedGram(JacobianOperator):
     def transpose(self) -> JacobianOperator:
         return self
 
+    def scaled(self, scale: ArrayLike) -> JacobianOperator:
+        return WeightedGram(self.X, jnp.asarray(scale) * self.weights, self.layout)
+
     def diagonal(self) -> Array:
         return sum_over_rows("k,kd->d", self.weights, jnp.square(self.X))

@@ -134,6 +134,9 @@ class Embed(Map):
     def transpose(self) -> JacobianOperator:
         return Restrict(self.in_sizes, self.out_sizes, self.dtype_name, self.config, self.layout)
 
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        return untouched_axes(self.config)
+
 
 @pytree((), ("out_sizes", "in_sizes", "dtype_name", "config", "layout"))
 class Restrict(Map):
@@ -151,6 +154,14 @@ class Restrict(Map):
 
     def transpose(self) -> JacobianOperator:
         return Embed(self.in_sizes, self.out_sizes, self.dtype_name, self.config, self.layout)
+
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        return untouched_axes(self.config)
+
+
+def untouched_axes(config: tuple[tuple[int, int, int], ...]) -> frozenset[tuple[int, int]]:
+    """The axes a padding or slice leaves as they are: the map mixes nothing along them."""
+    return frozenset((k, k) for k, edges in enumerate(config) if tuple(edges) == (0, 0, 0))
 
 
 def slice_config(

@@ -45,7 +45,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import Array
+from jax import Array, lax
 
 from matcalc_jax.operators.base import compose
 from matcalc_jax.operators.contraction import LETTERS, contraction
@@ -344,13 +344,20 @@ def _rev(ctx, eqn, ins, ops, outs):
 @pointwise("pad", complex=True, linear=True)
 def _pad(ctx, eqn, ins, ops, outs):
     x, y = ins[0], outs[0]
-    config = tuple(tuple(c) for c in eqn.params["padding_config"])
-    if any(lo < 0 or hi < 0 for lo, hi, _ in config):
-        raise NoRule(f"with negative edges {config}")
-    embed = Embed(tuple(y.shape), tuple(x.shape), y.dtype.name, config)
+    config = tuple(tuple(int(e) for e in c) for c in eqn.params["padding_config"])
+    # Negative edges crop: pad by the positive edges (an Embed), then slice (a Restrict).
+    grown = tuple((max(lo, 0), max(hi, 0), interior) for lo, hi, interior in config)
+    middle = tuple(
+        lo + hi + size + max(size - 1, 0) * interior
+        for size, (lo, hi, interior) in zip(x.shape, grown, strict=True)
+    )
+    embed = Embed(middle, tuple(x.shape), y.dtype.name, grown)
+    if middle != tuple(y.shape):
+        crop = tuple((max(-lo, 0), max(-hi, 0), 0) for lo, hi, _ in config)
+        embed = compose(Restrict(tuple(y.shape), middle, y.dtype.name, crop), embed)
     terms = [None if ops[0] is None else compose(embed, ops[0])]
     if ops[1] is not None:  # the padding value fills every padded entry
-        mask = jnp.ones_like(y) - embed.mv(jnp.ones_like(x))
+        mask = jnp.ones_like(y) - lax.pad(jnp.ones_like(x), jnp.zeros((), y.dtype), config)
         terms.append(times(mask, broadcast(ops[1], y.shape)))
     return [total(terms)]
 

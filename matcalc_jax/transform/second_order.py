@@ -1,0 +1,385 @@
+"""Second order: ``hessian``, ``laplacian`` and ``gauss_newton`` of any JAX program.
+
+The Hessian of a scalar f is the Jacobian of its gradient: ``hessian(f)`` interprets the
+program ``jax.grad(f)`` builds with the transform (``matcalc_jax.jacobian``), so the
+structure comes from the program, with no per-program case:
+
+- a GLM loss l(X w): the gradient is X^T l'(X w), its Jacobian X^T diag(l'') X, a
+  ``WeightedGram`` that stores X and the n weights;
+- a separable sum sum_i g(x_i): ``Diagonal``; a chained objective (Rosenbrock, finite
+  differences): ``Banded``, a few diagonals at fixed offsets;
+- softmax cross-entropy in the logits: ``DiagonalPlusLowRank``, diag(s) - s s^T;
+- a per-example sum over a vmapped batch: ``BlockDiagonal``, one block an example.
+
+After the interpretation, ``simplify`` rebuilds the operator with the algebra's rules, and
+reads what only a symmetric matrix allows: a selection between diagonals (``where`` in a
+loss) is the diagonal it selects, sums sharing an inner factor share it, a map on vectors
+made of a few shifted diagonals is ``Banded``.
+
+``gauss_newton(model, loss)`` is J^T H_loss J, kept as its two factors: ``mv`` is one
+product with J, one with H_loss and one with J^T; ``diagonal`` is exact, from the m rows of
+J (m the model's output size).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
+
+from matcalc_jax.core.layout import Layout
+from matcalc_jax.operators.banded import banded
+from matcalc_jax.operators.base import (
+    Composition,
+    JacobianOperator,
+    Scaled,
+    Sum,
+    add,
+    check_tangent,
+    compose,
+    is_operator,
+    pytree,
+    size_of,
+)
+from matcalc_jax.operators.diagonal import Diagonal
+from matcalc_jax.operators.selection import Select
+from matcalc_jax.transform import first_order
+
+__all__ = ["GaussNewton", "Hessian", "gauss_newton", "hessian", "laplacian", "simplify"]
+
+
+# ------------------------------------------------------------------------ simplify
+
+
+def simplify(op: JacobianOperator) -> JacobianOperator:
+    """The same matrix, rebuilt bottom-up with the algebra's rules: a ``Select`` whose
+    branches are diagonals (or constant) becomes the ``Diagonal`` it selects, and each
+    sum and composition is formed again with ``add`` and ``compose`` (so a sum of terms
+    sharing an inner factor, a diagonal after a diagonal, X^T D X meet their rules). A
+    shared part is rebuilt once, so that parts the program used twice stay one object."""
+    memo: dict[int, JacobianOperator] = {}
+
+    def rebuild(node: JacobianOperator) -> JacobianOperator:
+        key = id(node)
+        if key not in memo:
+            memo[key] = _rebuilt(node, rebuild)
+        return memo[key]
+
+    result = rebuild(op)
+    band = banded(result)
+    return result if band is None else band
+
+
+def _rebuilt(node: JacobianOperator, rebuild: Callable[[Any], Any]) -> JacobianOperator:
+    if isinstance(node, Select):
+        branches = [None if b is None else rebuild(b) for b in node.branches]
+        if all(b is None or isinstance(b, Diagonal) for b in branches):
+            shape = node.out_shape
+            values = jax.lax.select_n(
+                jnp.broadcast_to(node.predicate, shape),
+                *(jnp.zeros(shape, node.dtype) if b is None else b.values for b in branches),
+            )
+            return Diagonal(values, node.layout)
+        return node
+    if isinstance(node, Composition):
+        return compose(rebuild(node.outer), rebuild(node.inner))
+    if isinstance(node, Sum):
+        terms = [rebuild(t) for t in node.terms]
+        total = functools.reduce(add_sharing, terms)
+        band = banded(total)
+        return total if band is None else band
+    if isinstance(node, Scaled):
+        inner = rebuild(node.operator)
+        return node if inner is node.operator else inner.scaled(node.scale)
+    return node
+
+
+def _innermost(op: JacobianOperator) -> tuple[JacobianOperator | None, JacobianOperator]:
+    """``op`` as ``prefix o last`` with ``last`` its innermost factor (``prefix`` None when
+    ``op`` is not a composition); a scale stays with the prefix."""
+    if isinstance(op, Scaled) and jnp.ndim(op.scale) == 0:
+        prefix, last = _innermost(op.operator)
+        return (None, op) if prefix is None else (prefix.scaled(op.scale), last)
+    if not isinstance(op, Composition):
+        return None, op
+    prefix, last = _innermost(op.inner)
+    return (op.outer if prefix is None else compose(op.outer, prefix)), last
+
+
+def add_sharing(left: JacobianOperator, right: JacobianOperator) -> JacobianOperator:
+    """left + right, with an innermost factor the two terms share (the same object: a part
+    of the program both terms were derived through) taken out: A C + B C = (A + B) C, so
+    that the sum of the prefixes can meet its rules (two diagonals add)."""
+    left_prefix, left_last = _innermost(left)
+    right_prefix, right_last = _innermost(right)
+    if left_prefix is not None and right_prefix is not None and left_last is right_last:
+        return compose(add_sharing(left_prefix, right_prefix), left_last)
+    return add(left, right)
+
+
+# ------------------------------------------------------------------------- Hessian
+
+
+@pytree(("operator",), ("name",))
+class Hessian(JacobianOperator):
+    """The Hessian of a scalar function, d^2 f / dx^2: a symmetric map on tangents of
+    x's shape, holding the structured operator the transform derived (``operator``).
+
+    ``to_dense()`` has shape ``x.shape + x.shape`` and equals ``jax.hessian``; ``mv`` is the
+    Hessian-vector product (``jax.jvp`` of ``jax.grad``); ``diagonal``, ``trace``,
+    ``logdet`` (log|det H|, -inf where singular) and ``solve`` come from the structure.
+    ``solve`` of a singular H, called outside ``jit``, raises ``ValueError``; under ``jit``
+    it returns what the factorization gives (inf or NaN entries), as ``jnp.linalg.solve``.
+    """
+
+    operator: JacobianOperator
+    name: str = "f"
+
+    layout = property(lambda self: self.operator.layout)  # type: ignore[assignment]
+    out_shape = property(lambda self: self.operator.out_shape)
+    in_shape = property(lambda self: self.operator.in_shape)
+    dtype = property(lambda self: self.operator.dtype)
+
+    def mv(self, tangent: ArrayLike) -> Array:
+        return self.operator.mv(check_tangent(self, "mv", tangent, self.in_shape))
+
+    def vm(self, cotangent: ArrayLike) -> Array:
+        return self.operator.vm(check_tangent(self, "vm", cotangent, self.out_shape))
+
+    def _numerator(self) -> Array:
+        return self.operator._numerator()
+
+    def with_layout(self, layout: Layout) -> JacobianOperator:
+        return Hessian(self.operator.with_layout(layout), self.name)
+
+    def transpose(self) -> JacobianOperator:
+        return self
+
+    def diagonal(self) -> Array:
+        return self.operator.diagonal()
+
+    def trace(self) -> Array:
+        return self.operator.trace()
+
+    def logdet(self) -> Array:
+        return self.operator.logdet()
+
+    def solve(self, rhs: ArrayLike) -> Array:
+        rhs = check_tangent(self, "solve", rhs, self.out_shape)
+        solution = self.operator.solve(rhs)
+        if not isinstance(solution, jax.core.Tracer) and not isinstance(rhs, jax.core.Tracer):
+            logdet = self.operator.logdet()
+            if bool(jnp.isneginf(logdet)) or (
+                bool(jnp.all(jnp.isfinite(rhs))) and not bool(jnp.all(jnp.isfinite(solution)))
+            ):
+                raise ValueError(
+                    f"matcalc_jax.hessian({self.name}).solve: the Hessian is singular "
+                    f"(log|det H| = {float(logdet)}); no solution of H x = rhs exists or it "
+                    "is not unique. Regularize it (add a multiple of the identity) or use mv."
+                )
+        return solution
+
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        return self.operator.batch_axes()
+
+    def describe(self) -> str:
+        return f"of {self.name}"
+
+
+def _name(f: Any) -> str:
+    return getattr(f, "__name__", type(f).__name__)
+
+
+def _check_scalar(what: str, name: str, out: Any) -> None:
+    leaves = jax.tree_util.tree_leaves(out)
+    if (
+        len(leaves) != 1
+        or leaves[0].shape != ()
+        or not jnp.issubdtype(leaves[0].dtype, jnp.floating)
+    ):
+        got = jax.tree_util.tree_map(lambda leaf: f"{leaf.dtype}{list(leaf.shape)}", out)
+        raise TypeError(
+            f"matcalc_jax.{what}({name}): f returns {got}; expected a real scalar "
+            "(a float array of shape ()), as jax.hessian"
+        )
+
+
+def _check_arguments(what: str, name: str, args: tuple[Any, ...], argnums: Any) -> None:
+    indices = first_order.check_argnums(argnums, len(args), what)
+    for index in indices:
+        for path, leaf in jax.tree_util.tree_flatten_with_path(args[index])[0]:
+            first_order.check_leaf(name, index, path, leaf, what)
+
+
+def hessian(
+    f: Callable[..., Any],
+    argnums: int | tuple[int, ...] = 0,
+    *,
+    has_aux: bool = False,
+    ravel: bool = False,
+) -> Callable[..., Any]:
+    """The structured Hessian of a scalar ``f`` in its arguments ``argnums``.
+
+    ``hessian(f, argnums)(*args)`` is the Jacobian of ``jax.grad(f, argnums)``, derived by
+    the transform from that program (never by ``jax.hessian``) and simplified (see the
+    module docstring). For one array argument it is a ``Hessian`` operator: ``to_dense()``
+    equals ``jax.hessian(f, argnums)(*args)`` (shape ``x.shape + x.shape``), ``mv`` the
+    Hessian-vector product, ``diagonal``, ``trace``, ``logdet`` and ``solve`` from the
+    structure, and ``print(H)`` shows it. For pytree arguments or a tuple ``argnums`` the
+    result is arranged as ``jax.hessian`` arranges its arrays (a block for each pair of
+    leaves); ``ravel=True`` gives instead one ``Hessian`` on the flattened vector
+    (``ravel_pytree`` order). ``has_aux`` as in JAX: the result is ``(H, aux)``.
+
+    Raises ``TypeError`` when ``f`` does not return a real scalar, or an argument in
+    ``argnums`` is not a real floating-point array (an integer or complex one).
+
+    Example::
+
+        >>> import jax.numpy as jnp, matcalc_jax as mj
+        >>> H = mj.hessian(lambda x: jnp.sum(jnp.sin(x)))(jnp.arange(3.0))
+        >>> type(H.operator).__name__, H.to_dense().shape
+        ('Diagonal', (3, 3))
+    """
+    name = _name(f)
+
+    @functools.wraps(f)
+    def hessian_of_f(*args: Any) -> Any:
+        _check_arguments("hessian", name, args, argnums)
+        out = jax.eval_shape(f, *args)
+        _check_scalar("hessian", name, out[0] if has_aux else out)
+        gradient = jax.grad(f, argnums, has_aux=has_aux)
+        result = first_order.jacobian(gradient, argnums, has_aux=has_aux, ravel=ravel)(*args)
+        H, aux = result if has_aux else (result, None)
+        H = jax.tree_util.tree_map(simplify, H, is_leaf=is_operator)
+        if is_operator(H) and H.in_shape == H.out_shape:
+            H = Hessian(H, name)
+        return (H, aux) if has_aux else H
+
+    return hessian_of_f
+
+
+def laplacian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Array]:
+    """The Laplacian of a scalar ``f``, tr(d^2 f / dx^2) = sum_i d^2 f / dx_i^2, exact: the
+    trace of ``hessian(f)``'s structure (O(n) for a diagonal or banded Hessian, the
+    weights times the squared row norms for X^T diag(w) X) without the n x n matrix where
+    the structure allows. A pytree argument is traced over all its leaves."""
+    if not isinstance(argnums, int) or isinstance(argnums, bool):
+        raise TypeError(
+            f"matcalc_jax.laplacian: argnums={argnums!r} is not an int; the Laplacian is "
+            "taken in one argument"
+        )
+    build = hessian(f, argnums, ravel=True)
+
+    @functools.wraps(f)
+    def laplacian_of_f(*args: Any) -> Array:
+        return build(*args).trace()
+
+    return laplacian_of_f
+
+
+# --------------------------------------------------------------------- Gauss-Newton
+
+
+@pytree(("jacobian", "curvature"), ())
+class GaussNewton(JacobianOperator):
+    """J^T H J: the Gauss-Newton (generalized Gauss-Newton) matrix of a loss of a model's
+    output, with J the model's Jacobian in its parameters and H the loss's Hessian in the
+    output. Kept as the two factors: ``mv(v)`` is J^T (H (J v)), one Jacobian-vector
+    product, one product with H, one vector-Jacobian product; ``diagonal`` is exact,
+    sum_ab J_ai H_ab J_bi from the m rows of J (m the output size); ``to_dense`` forms
+    J^T H J from the dense J."""
+
+    jacobian: JacobianOperator
+    curvature: JacobianOperator
+
+    layout = property(lambda self: self.jacobian.layout)  # type: ignore[assignment]
+    out_shape = property(lambda self: self.jacobian.in_shape)
+    in_shape = property(lambda self: self.jacobian.in_shape)
+    dtype = property(lambda self: jnp.result_type(self.jacobian.dtype, self.curvature.dtype))
+
+    def mv(self, tangent: ArrayLike) -> Array:
+        tangent = check_tangent(self, "mv", tangent, self.in_shape)
+        return self.jacobian.vm(self.curvature.mv(self.jacobian.mv(tangent)))
+
+    def vm(self, cotangent: ArrayLike) -> Array:
+        return self.mv(check_tangent(self, "vm", cotangent, self.out_shape))
+
+    def _rows(self) -> Array:
+        """J as (m, n): the m rows u^T J for the unit cotangents u."""
+        m = size_of(self.jacobian.out_shape)
+        basis = jnp.eye(m, dtype=self.dtype).reshape((m, *self.jacobian.out_shape))
+        return jax.vmap(self.jacobian.vm)(basis).reshape(m, -1)
+
+    def _numerator(self) -> Array:
+        rows = self._rows()
+        curvature = self.curvature.to_dense("numerator").reshape(rows.shape[0], rows.shape[0])
+        dense = rows.T @ (curvature @ rows)
+        return dense.reshape(self.out_shape + self.in_shape)
+
+    def transpose(self) -> JacobianOperator:
+        return self
+
+    def diagonal(self) -> Array:
+        rows = self._rows()
+        m = rows.shape[0]
+        if isinstance(self.curvature, Diagonal):
+            weighted = self.curvature.values.reshape(m, 1) * rows
+        else:
+            weighted = self.curvature.to_dense("numerator").reshape(m, m) @ rows
+        return jnp.sum(rows * weighted, axis=0).reshape(self.in_shape)
+
+    def trace(self) -> Array:
+        return jnp.sum(self.diagonal())
+
+    def describe(self) -> str:
+        return "J^T H J"
+
+
+def gauss_newton(
+    model: Callable[..., Any],
+    loss: Callable[[Any], Array],
+    argnums: int = 0,
+) -> Callable[..., GaussNewton]:
+    """The Gauss-Newton matrix J^T H_loss J of ``loss(model(params, *rest))`` in ``params``.
+
+    ``gauss_newton(model, loss, argnums)(*args)``: J is ``jacobian(model, argnums)`` at
+    ``args``, H_loss is ``hessian(loss)`` at the model's output ``y = model(*args)``; both
+    are derived by the transform and kept structured. ``loss`` takes the output alone
+    (close over targets: ``lambda y: cross_entropy(y, labels)``) and returns a real scalar.
+    Pytree parameters and outputs are handled on their flattened vectors
+    (``ravel_pytree`` order): ``mv`` then takes and returns flat vectors.
+
+    The result is a symmetric ``GaussNewton`` operator: ``mv`` at the cost of a forward
+    product with J, one with H and a backward product with J^T, an exact ``diagonal()`` and
+    ``trace()``, ``to_dense()`` equal to ``J^T H J`` from ``jax.jacfwd`` and ``jax.hessian``.
+    """
+    if not isinstance(argnums, int) or isinstance(argnums, bool):
+        raise TypeError(
+            f"matcalc_jax.gauss_newton: argnums={argnums!r} is not an int; pass the "
+            "parameters as one argument (a pytree is fine)"
+        )
+    name = _name(model)
+
+    @functools.wraps(model)
+    def gauss_newton_of_model(*args: Any) -> GaussNewton:
+        _check_arguments("gauss_newton", name, args, argnums)
+
+        def with_output(*inner: Any) -> Any:
+            y = model(*inner)
+            return y, y
+
+        pytrees = not all(
+            jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(tree))
+            for tree in (args[argnums], jax.eval_shape(model, *args))
+        )
+        J, y = first_order.jacobian(with_output, argnums, has_aux=True, ravel=pytrees)(*args)
+        H = hessian(loss, ravel=pytrees)(y)
+        operator = H.operator if isinstance(H, Hessian) else H
+        return GaussNewton(J, operator)
+
+    return gauss_newton_of_model

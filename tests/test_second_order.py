@@ -1,0 +1,347 @@
+"""``hessian``, ``laplacian`` and ``gauss_newton`` against JAX in float64: the dense matrix
+against ``jax.hessian``, products against ``jvp`` of ``grad``, the structure each program
+should show, edge points, ``jit``, and bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import matcalc_jax as mj
+from matcalc_jax.operators.banded import Banded
+from matcalc_jax.transform.second_order import GaussNewton, Hessian
+
+jax.config.update("jax_enable_x64", True)
+
+KEY = jax.random.PRNGKey(7)
+N = 12
+X = jax.random.normal(jax.random.fold_in(KEY, 1), (20, N)) / np.sqrt(N)
+LABELS = (jax.random.uniform(jax.random.fold_in(KEY, 2), (20,)) > 0.5).astype(jnp.float64)
+COUNTS = jnp.round(jax.random.uniform(jax.random.fold_in(KEY, 3), (20,)) * 4)
+A = jax.random.normal(jax.random.fold_in(KEY, 4), (N, N))
+SPD = A @ A.T / N + jnp.eye(N)
+
+
+def logistic(w):
+    z = X @ w
+    return jnp.sum(jnp.logaddexp(0.0, z) - LABELS * z)
+
+
+def least_squares(w):
+    return jnp.sum((X @ w - LABELS) ** 2)
+
+
+def poisson(w):
+    z = X @ w
+    return jnp.sum(jnp.exp(z) - COUNTS * z)
+
+
+def separable(x):
+    return jnp.sum(jnp.sin(x) + x**4 / 4)
+
+
+def huber(x):
+    a = jnp.abs(x)
+    return jnp.sum(jnp.where(a <= 1.0, 0.5 * x**2, a - 0.5))
+
+
+def rosenbrock(x):
+    return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+def smoothness(x):
+    second = x[2:] - 2 * x[1:-1] + x[:-2]
+    return jnp.sum(second**2) + jnp.sum(jnp.cosh(x))
+
+
+def cross_entropy(z):
+    return -jax.nn.log_softmax(z)[3]
+
+
+def per_example(w):
+    return jnp.sum(jax.vmap(lambda row: jnp.sum(jnp.tanh(row) ** 2) + jnp.prod(row))(w))
+
+
+def barrier(x):
+    return 0.5 * x @ SPD @ x - jnp.sum(jnp.log(x))
+
+
+def neg_logdet(m):
+    return -jnp.linalg.slogdet(m)[1]
+
+
+def mlp_loss(params):
+    h = jnp.tanh(X @ params["w1"] + params["b1"])
+    out = h @ params["w2"]
+    return jnp.mean((out - LABELS) ** 2)
+
+
+def _vector():
+    return jax.random.normal(jax.random.fold_in(KEY, 5), (N,)) * 0.7
+
+
+PROGRAMS = {
+    "logistic": (logistic, _vector(), "WeightedGram"),
+    "least_squares": (least_squares, _vector(), "WeightedGram"),
+    "poisson": (poisson, _vector(), "WeightedGram"),
+    "separable": (separable, _vector(), "Diagonal"),
+    "huber": (huber, _vector() * 3, "Diagonal"),
+    "rosenbrock": (rosenbrock, _vector(), "Banded"),
+    "smoothness": (smoothness, _vector(), "Banded"),
+    "cross_entropy": (cross_entropy, _vector(), "DiagonalPlusLowRank"),
+    "per_example": (per_example, jax.random.normal(KEY, (5, 3)), "BlockDiagonal"),
+    "barrier": (barrier, jnp.abs(_vector()) + 0.5, None),
+    "neg_logdet": (neg_logdet, jnp.eye(4) + 0.2 * jax.random.normal(KEY, (4, 4)), None),
+}
+
+
+def _tangent(x):
+    return jax.random.normal(jax.random.fold_in(KEY, 9), x.shape)
+
+
+def _hvp(f, x, v):
+    return jax.jvp(jax.grad(f), (x,), (v,))[1]
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_hessian_equals_jax(name):
+    f, x, _ = PROGRAMS[name]
+    H = mj.hessian(f)(x)
+    expected = jax.hessian(f)(x)
+    np.testing.assert_allclose(H.to_dense(), expected, rtol=1e-10, atol=1e-10)
+    v = _tangent(x)
+    np.testing.assert_allclose(H.mv(v), _hvp(f, x, v), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(H.vm(v), _hvp(f, x, v), rtol=1e-10, atol=1e-10)
+    n = x.size
+    dense = np.asarray(expected).reshape(n, n)
+    np.testing.assert_allclose(H.diagonal().reshape(-1), np.diag(dense), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(H.trace(), np.trace(dense), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_hessian_under_jit(name):
+    f, x, _ = PROGRAMS[name]
+    dense = jax.jit(lambda x: mj.hessian(f)(x).to_dense())(x)
+    np.testing.assert_allclose(dense, jax.hessian(f)(x), rtol=1e-10, atol=1e-10)
+    H = jax.jit(mj.hessian(f))(x)  # the operator passes through jit as a pytree
+    assert isinstance(H, Hessian)
+    np.testing.assert_allclose(H.trace(), jnp.trace(jax.hessian(f)(x).reshape(x.size, -1)))
+
+
+@pytest.mark.parametrize(
+    "name", sorted(k for k, (_, _, kind) in PROGRAMS.items() if kind is not None)
+)
+def test_hessian_structure(name):
+    f, x, kind = PROGRAMS[name]
+    H = mj.hessian(f)(x)
+    assert type(H.operator).__name__ == kind, str(H)
+    assert kind in str(H)
+    if kind == "WeightedGram":  # the data and one weight a row
+        assert mj.operators.storage(H) == X.size + X.shape[0]
+    else:
+        assert mj.operators.storage(H) < x.size**2
+
+
+def test_glm_gram_stores_data_and_weights():
+    H = mj.hessian(logistic)(_vector())
+    gram = H.operator
+    assert gram.X.shape == X.shape and gram.weights.shape == (X.shape[0],)
+    s = jax.nn.sigmoid(X @ _vector())
+    np.testing.assert_allclose(gram.weights, s * (1 - s), rtol=1e-12)
+
+
+def test_chained_objectives_store_o_n():
+    n = 200
+    x = jnp.linspace(-1.0, 1.5, n)
+    for f, offsets in [(rosenbrock, (-1, 0, 1)), (smoothness, (-2, -1, 0, 1, 2))]:
+        H = mj.hessian(f)(x)
+        assert isinstance(H.operator, Banded)
+        assert H.operator.offsets == offsets
+        assert mj.operators.storage(H) <= len(offsets) * n
+        np.testing.assert_allclose(H.to_dense(), jax.hessian(f)(x), rtol=1e-10, atol=1e-9)
+
+
+def test_banded_transpose_and_vm():
+    H = mj.hessian(rosenbrock)(_vector()).operator
+    dense = H.to_dense()
+    np.testing.assert_allclose(H.T.to_dense(), dense.T, rtol=1e-12)
+    u = _tangent(_vector())
+    np.testing.assert_allclose(H.vm(u), u @ dense, rtol=1e-12)
+
+
+def test_regular_solve_and_logdet():
+    x = jnp.abs(_vector()) + 0.5
+    H = mj.hessian(barrier)(x)
+    dense = np.asarray(jax.hessian(barrier)(x))
+    b = _tangent(x)
+    np.testing.assert_allclose(H.solve(b), np.linalg.solve(dense, b), rtol=1e-9)
+    np.testing.assert_allclose(H.logdet(), np.linalg.slogdet(dense)[1], rtol=1e-10)
+    Hs = mj.hessian(separable)(_vector())
+    dense = np.asarray(jax.hessian(separable)(_vector()))
+    np.testing.assert_allclose(Hs.logdet(), np.linalg.slogdet(dense)[1], rtol=1e-10)
+
+
+def test_pytree_arguments_are_arranged_as_jax():
+    params = {
+        "w1": jax.random.normal(KEY, (N, 3)) * 0.5,
+        "b1": jnp.zeros(3),
+        "w2": jax.random.normal(jax.random.fold_in(KEY, 1), (3,)),
+    }
+    tree = mj.hessian(mlp_loss)(params)
+    expected = jax.hessian(mlp_loss)(params)
+    for outer in expected:
+        for inner in expected[outer]:
+            np.testing.assert_allclose(
+                tree[outer][inner].to_dense(), expected[outer][inner], rtol=1e-9, atol=1e-12
+            )
+    H = mj.hessian(mlp_loss, ravel=True)(params)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    dense = jax.hessian(lambda p: mlp_loss(unravel(p)))(flat)
+    np.testing.assert_allclose(H.to_dense(), dense, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(H.trace(), jnp.trace(dense), rtol=1e-9)
+
+
+def test_tuple_argnums_and_has_aux():
+    def f(a, b):
+        return jnp.sum(jnp.sin(a) * b**2), a.sum()
+
+    a, b = _vector(), _vector() + 1
+    tree, aux = mj.hessian(f, argnums=(0, 1), has_aux=True)(a, b)
+    expected = jax.hessian(lambda a, b: f(a, b)[0], argnums=(0, 1))(a, b)
+    for i in range(2):
+        for j in range(2):
+            np.testing.assert_allclose(tree[i][j].to_dense(), expected[i][j], rtol=1e-10)
+    np.testing.assert_allclose(aux, a.sum())
+
+
+@pytest.mark.parametrize(
+    "f, x",
+    [
+        (lambda x: jnp.sum(jax.nn.relu(x) ** 2), jnp.array([-1.0, 0.0, 2.0])),
+        (lambda x: jnp.sum(jnp.abs(x) ** 3), jnp.array([-1.0, 0.0, 2.0])),
+        (huber, jnp.array([-1.0, 1.0, 0.0, 3.0])),  # the kinks of Huber at |x| = 1
+        (logistic, jnp.full((N,), 60.0)),  # saturated logistic
+        (lambda x: jnp.sum(jnp.where(x > 0, jnp.log1p(x**2), x**3)), jnp.array([-1.0, 0.0, 1.0])),
+    ],
+)
+def test_edge_points_follow_jax(f, x):
+    np.testing.assert_allclose(
+        mj.hessian(f)(x).to_dense(), jax.hessian(f)(x), rtol=1e-9, atol=1e-17
+    )
+
+
+def test_nan_propagates():
+    x = _vector().at[2].set(jnp.nan)
+    H = mj.hessian(separable)(x)
+    assert np.isnan(H.diagonal()[2]) and np.isnan(H.trace())
+    assert np.isnan(H.mv(jnp.ones(N))[2])
+
+
+def test_float32():
+    x = _vector().astype(jnp.float32)
+    H = mj.hessian(lambda w: logistic(w.astype(jnp.float64)).astype(jnp.float32))(x)
+    assert H.dtype == jnp.float32
+    f32 = lambda w: jnp.sum(jnp.logaddexp(0.0, X.astype(jnp.float32) @ w))  # noqa: E731
+    H = mj.hessian(f32)(x)
+    assert H.dtype == jnp.float32
+    np.testing.assert_allclose(H.to_dense(), jax.hessian(f32)(x), rtol=2e-5, atol=2e-6)
+
+
+# ------------------------------------------------------------------------ laplacian
+
+
+def mlp(x, depth=2, width=16):
+    h = x
+    for k in range(depth):
+        w = jax.random.normal(jax.random.fold_in(KEY, 100 + k), (width, h.shape[0]))
+        h = jnp.tanh(w @ h / np.sqrt(h.shape[0]))
+    return jnp.sum(h * jnp.linspace(-1.0, 1.0, width))
+
+
+@pytest.mark.parametrize("name", ["separable", "rosenbrock", "logistic", "per_example"])
+def test_laplacian_is_the_trace(name):
+    f, x, _ = PROGRAMS[name]
+    expected = jnp.trace(jax.hessian(f)(x).reshape(x.size, x.size))
+    np.testing.assert_allclose(mj.laplacian(f)(x), expected, rtol=1e-10)
+
+
+def test_laplacian_of_an_mlp():
+    x = _vector()
+    expected = jnp.trace(jax.hessian(mlp)(x))
+    np.testing.assert_allclose(mj.laplacian(mlp)(x), expected, rtol=1e-10)
+    np.testing.assert_allclose(jax.jit(mj.laplacian(mlp))(x), expected, rtol=1e-10)
+
+
+# ---------------------------------------------------------------------- Gauss-Newton
+
+
+def _model(w, inputs):
+    return jnp.tanh(inputs @ w)
+
+
+def _loss(y):
+    return 0.5 * jnp.sum((y - LABELS) ** 2) + jnp.sum(jnp.log1p(y**2))
+
+
+def test_gauss_newton_equals_jt_h_j():
+    w = _vector()
+    G = mj.gauss_newton(_model, _loss)(w, X)
+    assert isinstance(G, GaussNewton)
+    J = jax.jacfwd(_model)(w, X)
+    H = jax.hessian(_loss)(_model(w, X))
+    expected = J.T @ H @ J
+    np.testing.assert_allclose(G.to_dense(), expected, rtol=1e-10, atol=1e-12)
+    v = _tangent(w)
+    y, jv = jax.jvp(lambda w: _model(w, X), (w,), (v,))
+    hjv = jax.jvp(jax.grad(_loss), (y,), (jv,))[1]
+    expected_mv = jax.vjp(lambda w: _model(w, X), w)[1](hjv)[0]
+    np.testing.assert_allclose(G.mv(v), expected_mv, rtol=1e-10)
+    np.testing.assert_allclose(G.diagonal(), jnp.diag(expected), rtol=1e-10)
+    np.testing.assert_allclose(G.trace(), jnp.trace(expected), rtol=1e-10)
+    np.testing.assert_allclose(jax.jit(mj.gauss_newton(_model, _loss))(w, X).mv(v), G.mv(v))
+
+
+def test_gauss_newton_of_pytree_parameters():
+    params = {"w": jax.random.normal(KEY, (N, 3)) * 0.5, "b": jnp.ones(3) * 0.1}
+
+    def model(p, inputs):
+        return jax.nn.log_softmax(inputs @ p["w"] + p["b"], axis=-1)
+
+    targets = jax.nn.one_hot(jnp.arange(20) % 3, 3)
+
+    def loss(logp):
+        return -jnp.sum(targets * logp)
+
+    G = mj.gauss_newton(model, loss)(params, X)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    J = jax.jacfwd(lambda p: model(unravel(p), X).reshape(-1))(flat)
+    H = jax.hessian(lambda y: loss(y.reshape(20, 3)))(model(params, X).reshape(-1))
+    expected = J.T @ H @ J
+    np.testing.assert_allclose(G.to_dense(), expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(G.diagonal(), jnp.diag(expected), rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+def test_non_scalar_function_is_refused():
+    with pytest.raises(TypeError, match=r"hessian\(<lambda>\).*expected a real scalar"):
+        mj.hessian(lambda x: x**2)(jnp.ones(3))
+
+
+@pytest.mark.parametrize("x", [jnp.arange(3), jnp.ones(3, jnp.complex64)])
+def test_integer_or_complex_argument_is_refused(x):
+    with pytest.raises(TypeError, match=r"hessian\(separable\): argument 0"):
+        mj.hessian(separable)(x)
+
+
+def test_singular_solve_is_an_error_and_logdet_is_minus_inf():
+    H = mj.hessian(lambda x: jnp.sum(x[:2] ** 2))(jnp.ones(3))
+    assert np.isneginf(H.logdet())
+    with pytest.raises(ValueError, match=r"hessian\(<lambda>\)\.solve: the Hessian is singular"):
+        H.solve(jnp.ones(3))
+
+
+def test_gauss_newton_argnums_must_be_an_int():
+    with pytest.raises(TypeError, match="gauss_newton: argnums"):
+        mj.gauss_newton(_model, _loss, argnums=(0,))
