@@ -22,6 +22,9 @@ matcalc-jax bench-models --rounds 15 --json bench/results/models_cpu.json \
 # The transform on the corpus, beside asdex and sparsejac (pip install -e ".[bench]").
 matcalc-jax bench-transform --json bench/results/transform_cpu.json \
   --markdown bench/results/transform_cpu.md
+# Hessians of programs, Laplacian, Gauss-Newton, beside asdex and folx (the bench extra).
+matcalc-jax bench-hessian --json bench/results/hessian_cpu.json \
+  --markdown bench/results/hessian_cpu.md --plot bench/results/hessian/speedup_float32.png
 # Sharded Jacobians and Gram Hessians on 1, 2, 4, 8 emulated devices; chunk_size memory.
 matcalc-jax bench-scale --json bench/results/scale_cpu.json --markdown bench/results/scale_cpu.md
 # The latest verification, read by the site's rule pages.

@@ -235,6 +235,38 @@ def test_transform_benchmark_reports_its_ratios(tmp_path, capsys):
     assert "| nn_softmax |" in capsys.readouterr().out
 
 
+def test_hessian_benchmark_reports_structures_and_ratios(tmp_path, capsys):
+    path, plot = tmp_path / "hessian.json", tmp_path / "hessian.png"
+    code = main(
+        ["bench-hessian", "--quick", "--no-peers", "--rounds", "1",
+         "--programs", "glm", "rosenbrock", "--json", str(path), "--plot", str(plot)]
+    )  # fmt: skip
+    assert code == 0 and plot.stat().st_size > 0
+    data = json.loads(path.read_text())
+    rows = {row["program"]: row for row in data["programs"]}
+    assert rows["glm"]["structure"] == "WeightedGram"
+    assert rows["rosenbrock"]["structure"] == "Banded"
+    assert rows["rosenbrock"]["stored_entries"] == 3 * rows["rosenbrock"]["n"]
+    for row in rows.values():
+        assert row["build_speedup"] > 0 and row["dense_speedup"] > 0
+        assert {"build", "dense", "jax_hessian"} <= set(row["preparation_s"])
+        assert "asdex" not in row["timings"]
+    special = data["special"]
+    assert special["separable_million"]["n"] == 10_000
+    assert (
+        special["laplacian_mlp"]["speedup"] > 0 and "folx_speedup" not in special["laplacian_mlp"]
+    )
+    assert special["gauss_newton"]["mv_over_recipe"] > 0
+    assert "| glm | 64 | WeightedGram |" in capsys.readouterr().out
+
+
+def test_hessian_benchmark_refuses_an_unknown_program():
+    from matcalc_jax.benchmark.hessian import bench_hessian
+
+    with pytest.raises(ValueError, match="unknown programs"):
+        bench_hessian(["nope"], quick=True)
+
+
 def test_scale_benchmark_reports_memory_and_bytes_moved(tmp_path, capsys):
     """In this one-device process: the one-device column, and the chunk table."""
     path, table = tmp_path / "scale.json", tmp_path / "scale.md"

@@ -33,6 +33,7 @@ def test_harness_passes_every_check(r, dtype, size):
         expected.add("finite_difference")
     if r.has_hessian:
         expected |= {"hessian", "hessian_structured", "hvp"}
+        expected |= {"transform_hessian", "transform_hessian_storage"}  # matcalc_jax.hessian
         if dtype == "float64":
             expected.add("hessian_finite_difference")
     assert {c.reference for c in checks} == expected

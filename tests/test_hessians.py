@@ -126,7 +126,29 @@ def test_the_harness_catches_a_wrong_hessian():
     )
     checks = check_rule(wrong, "float64", 4, key(6))
     failed = {c.reference for c in checks if not c.passed}
-    assert failed == {"hessian", "hessian_structured", "hessian_finite_difference"}
+    # matcalc_jax.hessian of the program is a fourth witness against the wrong closed form
+    assert failed == {
+        "hessian",
+        "hessian_structured",
+        "hessian_finite_difference",
+        "transform_hessian",
+    }
+
+
+def test_the_harness_catches_a_wrong_derived_hessian(monkeypatch):
+    """The transform's Hessian broken once (the X^T D X rule with its weights off by 1%):
+    ``transform_hessian`` fails, and nothing else."""
+    from matcalc_jax.operators import contraction
+
+    right = contraction.weighted_gram
+
+    def wrong(outer, middle, inner):
+        gram = right(outer, middle, inner)
+        return None if gram is None else gram.scaled(1.01)
+
+    monkeypatch.setattr(contraction, "weighted_gram", wrong)
+    checks = check_rule(mj.rule("logistic_regression"), "float64", 4, key(6), eager=False)
+    assert {c.reference for c in checks if not c.passed} == {"transform_hessian"}
 
 
 def test_a_rule_needs_both_hessian_forms_or_neither():

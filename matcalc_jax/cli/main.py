@@ -381,6 +381,22 @@ def _bench_transform(args: argparse.Namespace) -> int:
     return _report(args, data, format_transform)
 
 
+def _bench_hessian(args: argparse.Namespace) -> int:
+    from matcalc_jax.benchmark.hessian import bench_hessian, format_hessian, write_plot
+
+    def progress(done: int, total: int, label: str) -> None:
+        print(f"[{done}/{total}] {label}", file=sys.stderr, flush=True)
+
+    data = bench_hessian(
+        args.programs, quick=args.quick, rounds=args.rounds,
+        peers=() if args.no_peers else None, progress=progress,
+    )  # fmt: skip
+    code = _report(args, data, format_hessian)
+    if args.plot:
+        print(f"wrote {write_plot(data, args.plot)}")
+    return code
+
+
 def _report(args: argparse.Namespace, data: dict, formatter: Callable[[dict], str]) -> int:
     """Print where it ran and the table; write ``--json`` and ``--markdown`` when asked."""
     import json
@@ -673,6 +689,19 @@ def build_parser() -> argparse.ArgumentParser:
     transform.add_argument("--no-peers", action="store_true", help="leave out asdex, sparsejac")
     _output_arguments(transform)
     transform.set_defaults(run=_bench_transform)
+
+    second = commands.add_parser(
+        "bench-hessian",
+        help="time matcalc_jax.hessian, laplacian and gauss_newton against jax.hessian, "
+        "jax.jacfwd(jax.grad(f)) (and asdex, folx when installed)",
+    )
+    second.add_argument("--programs", nargs="+", metavar="ID", help="program ids")
+    second.add_argument("--quick", action="store_true", help="small sizes, three rounds")
+    second.add_argument("--rounds", type=_positive, help="rounds (default 7; quick 3)")
+    second.add_argument("--no-peers", action="store_true", help="leave out asdex, folx")
+    second.add_argument("--plot", metavar="PATH", help="write a PNG of the speed-ups")
+    _output_arguments(second)
+    second.set_defaults(run=_bench_hessian)
 
     scale = commands.add_parser(
         "bench-scale",

@@ -215,6 +215,16 @@ class Context:
     #: when set, the program must be linear in its argument: primitive -> the test of
     #: which operands may vary (``registry.LINEAR``); anything else raises ``NotLinear``
     linear: dict[str, Callable[[list[bool]], bool]] | None = None
+    #: constants that are one scalar broadcast (``broadcast_in_dim`` of a 0-d value, as a
+    #: gradient's seed is): variable -> the scalar, so that a product with one scales
+    #: (``c J``) instead of storing a diagonal of equal entries
+    uniform: dict[Any, Array] = field(default_factory=dict)
+
+    def scalar_or_value(self, var: Any, value: Array) -> Array:
+        """The scalar ``var`` broadcasts when it is such a constant, else its ``value``."""
+        if isinstance(var, jex_core.Literal):
+            return value
+        return self.uniform.get(var, value)
 
     def where(self, eqn: Any) -> str:
         """Where ``eqn`` sits in the user's program: their line (or that of the enclosing
@@ -265,6 +275,9 @@ class Context:
                 outs, out_ops = bind(eqn, ins), [None] * len(eqn.outvars)
             else:
                 outs, out_ops = self._apply(eqn, ins, in_ops)
+            scalar = eqn.primitive.name == "broadcast_in_dim" and jnp.ndim(ins[0]) == 0
+            if scalar and out_ops[0] is None:
+                self.uniform[eqn.outvars[0]] = jnp.asarray(ins[0])
             for var, value, op in zip(eqn.outvars, outs, out_ops, strict=True):
                 if isinstance(var, jex_core.DropVar):
                     continue

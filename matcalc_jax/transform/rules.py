@@ -140,7 +140,7 @@ def _sub(ctx, eqn, ins, ops, outs):
 
 @pointwise("mul", complex=True, linear=one_factor)
 def _mul(ctx, eqn, ins, ops, outs):
-    a, b = ins
+    a, b = (ctx.scalar_or_value(var, value) for var, value in zip(eqn.invars, ins, strict=True))
     shape = outs[0].shape
     return [total([times(b, broadcast(ops[0], shape)), times(a, broadcast(ops[1], shape))])]
 

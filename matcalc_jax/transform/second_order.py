@@ -304,7 +304,8 @@ class GaussNewton(JacobianOperator):
 
     def mv(self, tangent: ArrayLike) -> Array:
         tangent = check_tangent(self, "mv", tangent, self.in_shape)
-        return self.jacobian.vm(self.curvature.mv(self.jacobian.mv(tangent)))
+        forward = self.jacobian.mv(tangent).astype(self.curvature.dtype)
+        return self.jacobian.vm(self.curvature.mv(forward).astype(self.jacobian.dtype))
 
     def vm(self, cotangent: ArrayLike) -> Array:
         return self.mv(check_tangent(self, "vm", cotangent, self.out_shape))

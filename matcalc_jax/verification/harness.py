@@ -34,7 +34,11 @@ For the rules with a closed-form Hessian (scalar maps, ``rule.has_hessian``):
 - ``hvp``: the structured Hessian's ``mv`` against autodiff's forward-over-reverse
   Hessian-vector product ``jax.jvp(jax.grad(f))``, on a random direction;
 - ``hessian_finite_difference`` (float64 only): against central differences of the
-  closed-form gradient (itself checked against differences of the map).
+  closed-form gradient (itself checked against differences of the map);
+- ``transform_hessian``: ``matcalc_jax.hessian(rule.fn)``, the structured Hessian derived
+  from the program, ``to_dense()``, against the closed-form Hessian;
+- ``transform_hessian_storage``: the entries it stores over those of the hand-written
+  ``rule.hessian_operator``, at most 2.
 
 Errors are normwise relative (``max|a - b| / max|b|``; for the products ``mv``, ``vm``,
 ``adjoint`` and ``hvp``, relative to the size of their terms, ``max(|J| |v|)``) and compared
@@ -71,6 +75,7 @@ from matcalc_jax.catalogue import select
 from matcalc_jax.catalogue.record import Rule
 from matcalc_jax.core.layout import swap_out_in
 from matcalc_jax.operators.base import storage
+from matcalc_jax.transform import hessian as transform_hessian
 from matcalc_jax.transform import jacobian as transform_jacobian
 from matcalc_jax.verification.tolerance import FINITE_DIFFERENCE_TOLERANCE, tolerance, tolerance_key
 
@@ -90,6 +95,8 @@ REFERENCES: tuple[str, ...] = (
     "hessian_finite_difference",
     "transform",
     "transform_storage",
+    "transform_hessian",
+    "transform_hessian_storage",
 )
 #: The most entries the transform may store per entry of the hand-written structured form.
 STORAGE_RATIO = 2.0
@@ -337,6 +344,9 @@ def case_function(rule: Rule, dtype: Any, size: int, transform: bool = True) -> 
         }
         if transform:
             computed["transform"] = transform_jacobian(rule.fn, rule.wrt)(*args).to_dense()
+            if rule.has_hessian:
+                hessian = transform_hessian(rule.fn, rule.wrt)(*args)
+                computed["transform_hessian"] = hessian.to_dense()
         if rule.has_hessian:
             hessian_tangent = inputs["hessian_tangent"]
             hessian_op = rule.hessian_operator(*args)
@@ -390,7 +400,8 @@ class PreparedCase:
     program: Any
     finite_differences: tuple[tuple[str, Any], ...]
     eager_jacobian: Any = None
-    storage: tuple[int, int] | None = None
+    #: reference -> (entries the transform's operator stores, entries the rule's own stores)
+    storage: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
 def prepare_case(
@@ -421,13 +432,18 @@ def prepare_case(
         for name, fn in maps:
             lowered = central_differences(fn, rule.wrt).lower(list(inputs["args"]))
             differences.append((name, lowered.compile()))
-    stored = None
+    stored: dict[str, tuple[int, int]] = {}
     if (
         transform and rule.source != "program"
     ):  # entries of (the transform's operator, the rule's own)
         args = inputs["args"]
         derived = jax.eval_shape(transform_jacobian(rule.fn, rule.wrt), *args)
-        stored = (storage(derived), storage(jax.eval_shape(rule.structured, *args)))
+        own = jax.eval_shape(rule.structured, *args)
+        stored["transform_storage"] = (storage(derived), storage(own))
+        if rule.has_hessian:
+            derived = jax.eval_shape(transform_hessian(rule.fn, rule.wrt), *args)
+            own = jax.eval_shape(rule.hessian_operator, *args)
+            stored["transform_hessian_storage"] = (storage(derived), storage(own))
     eager_jacobian = None
     if eager:
         with jax.default_matmul_precision("highest"):
@@ -520,14 +536,16 @@ def run_case(case: PreparedCase, *, stage: Callable[[str], None] | None = None) 
         ]
     if "transform" in arrays:
         checks.append(record("transform", jacobian, tol, actual=arrays["transform"]))
-    if case.storage is not None:
-        derived, own = case.storage
-        ratio = derived / own if own else (0.0 if derived == 0 else float("inf"))
-        detail = f"stores {derived} entries; rule.structured stores {own}"
-        passed = ratio <= STORAGE_RATIO
+    if "transform_hessian" in arrays:
         checks.append(
-            Check(rule.id, dtype, size, "transform_storage", ratio, STORAGE_RATIO, passed, detail)
+            record("transform_hessian", arrays["hessian"], tol, actual=arrays["transform_hessian"])
         )
+    for reference, (derived, own) in case.storage.items():
+        ratio = derived / own if own else (0.0 if derived == 0 else float("inf"))
+        whose = "rule.structured" if reference == "transform_storage" else "rule.hessian_operator"
+        detail = f"stores {derived} entries; {whose} stores {own}"
+        passed = ratio <= STORAGE_RATIO
+        checks.append(Check(rule.id, dtype, size, reference, ratio, STORAGE_RATIO, passed, detail))
     if case.eager_jacobian is not None:
         checks.append(record("eager", jacobian, tol, actual=case.eager_jacobian))
     for name, program in case.finite_differences:
