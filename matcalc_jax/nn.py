@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 from matcalc_jax.core import validate
@@ -305,21 +306,37 @@ def _logsumexp_jvp(axis: Axis, primals: tuple, tangents: tuple) -> tuple[Array, 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _weighted_logsumexp(x: Array, b: Array, axis: Axis) -> tuple[Array, Array]:
-    """log|sum b exp(x)| and its sign, over ``axis`` (kept)."""
-    m = jnp.max(jnp.where(b != 0, x, -jnp.inf), axis=axis, keepdims=True, initial=-jnp.inf)
+    """log|sum b exp(x)| and its sign, over ``axis`` (kept). An entry with b = 0 is left
+    out whatever its x (a large, infinite or NaN x does not reach the sum), as SciPy and
+    ``jax.nn.logsumexp`` leave it out."""
+    kept = b != 0
+    m = jnp.max(jnp.where(kept, x, -jnp.inf), axis=axis, keepdims=True, initial=-jnp.inf)
     m = jnp.where(jnp.isfinite(m), m, jnp.zeros((), x.dtype))
-    total = jnp.sum(b * jnp.exp(x - m), axis=axis, keepdims=True)
+    terms = jnp.where(kept, b * jnp.exp(jnp.where(kept, x - m, 0)), jnp.zeros((), x.dtype))
+    total = jnp.sum(terms, axis=axis, keepdims=True)
     return m + jnp.log(jnp.abs(total)), jnp.sign(total)
 
 
-@_weighted_logsumexp.defjvp
 def _weighted_logsumexp_jvp(axis: Axis, primals: tuple, tangents: tuple) -> tuple:
     (x, b), (tx, tb) = primals, tangents
     lse, sign = _weighted_logsumexp(x, b, axis)
-    # d log|S| = (sum b e^x dx + sum e^x db) / S with S = sign * exp(lse).
-    scale = jnp.exp(x - lse) * sign
-    tangent = jnp.sum(scale * (b * tx + tb), axis=axis, keepdims=True)
+    # d log|S| = (sum b e^x dx + sum e^x db) / S with S = sign * exp(lse). The coefficient
+    # of dx is 0 where b = 0 (written before the product, so that its transpose is 0 too);
+    # that of db is e^(x - lse), infinite where a left-out x is large: it only enters when b
+    # is differentiated (a symbolic zero tangent contributes nothing).
+    kept = b != 0
+    scale = jnp.exp(jnp.where(kept, x - lse, 0)) * sign
+    terms = []
+    if not isinstance(tx, SymbolicZero):
+        terms.append(jnp.where(kept, scale * b, jnp.zeros((), x.dtype)) * tx)
+    if not isinstance(tb, SymbolicZero):
+        terms.append(jnp.exp(x - lse) * sign * tb)
+    tangent = sum(terms[1:], terms[0]) if terms else jnp.zeros_like(x)
+    tangent = jnp.sum(tangent, axis=axis, keepdims=True)
     return (lse, sign), (tangent, jnp.zeros_like(sign))
+
+
+_weighted_logsumexp.defjvp(_weighted_logsumexp_jvp, symbolic_zeros=True)
 
 
 def _mask(name: str, where: ArrayLike | None, x: Array) -> Array | None:
@@ -371,7 +388,9 @@ def logsumexp(
     """log sum exp(a) over ``axis`` (every axis by default), as ``jax.nn.logsumexp``;
     gradient softmax(a). With ``b``: log|sum b exp(a)|, and its sign if ``return_sign``
     (without it, a negative sum gives NaN). An all -inf (or all masked) slice gives -inf
-    with gradient 0, where ``jax.nn.logsumexp``'s gradient is NaN."""
+    with gradient 0, where ``jax.nn.logsumexp``'s gradient is NaN. An entry with b = 0 is
+    left out whatever its a (large, infinite or NaN), with derivative 0 in a, as in
+    ``jax.nn``; the derivative in b there is the exact e^(a - lse) (``jax.nn`` gives 0)."""
     x = _inexact("logsumexp", a, "a")
     axes, mask = _normalize_axis(axis, x.ndim), _mask("logsumexp", where, x)
     x = _masked_input(x, mask)

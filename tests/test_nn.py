@@ -218,3 +218,35 @@ def test_bad_arguments_raise_clear_errors():
         nn.softmax(jnp.ones(3), axis=1)
     with pytest.raises(TypeError, match="axis"):
         nn.softmax(jnp.ones(3), axis="last")
+
+
+@pytest.mark.parametrize("masked", [100.0, 1000.0, float("inf"), float("nan")])
+def test_logsumexp_leaves_out_an_entry_whose_weight_is_zero(masked):
+    """b = 0 leaves the entry out whatever a holds there, as jax.nn and SciPy do."""
+    a, b = jnp.array([masked, 1.0]), jnp.array([0.0, 1.0])
+    assert float(nn.logsumexp(a, b=b)) == pytest.approx(1.0)
+    gradient = jax.grad(lambda a: nn.logsumexp(a, b=b))(a)
+    np.testing.assert_array_equal(gradient, [0.0, 1.0])
+    np.testing.assert_array_equal(gradient, jax.grad(lambda a: jax.nn.logsumexp(a, b=b))(a))
+    lse, sign = nn.logsumexp(a, b=b, return_sign=True)
+    assert float(lse) == pytest.approx(1.0) and float(sign) == 1.0
+
+
+def test_logsumexp_derivative_in_a_zero_weight_is_exact():
+    """d/db_i log sum b e^a = e^(a_i - lse), also where b_i = 0 (jax.nn gives 0 there)."""
+    a, b = jnp.array([0.5, 1.0]), jnp.array([0.0, 1.0])
+    gradient = jax.grad(lambda b: nn.logsumexp(a, b=b))(b)
+    np.testing.assert_allclose(gradient, np.exp(np.array([0.5, 1.0]) - 1.0), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "f", [nn.relu, nn.relu6, nn.hard_tanh, lambda x: nn.leaky_relu(x, 0.1)],
+    ids=["relu", "relu6", "hard_tanh", "leaky_relu"],
+)  # fmt: skip
+def test_every_derivative_at_nan_is_nan(f):
+    """NaN in, NaN out, at every order (the second derivative was 1 at NaN)."""
+    second = jax.grad(jax.grad(f))
+    assert np.isnan(jax.grad(f)(jnp.nan)) and np.isnan(second(jnp.nan))
+    assert np.isnan(jax.grad(second)(jnp.nan))
+    for x in (1.5, -1.5, jnp.inf, -jnp.inf):  # and nothing leaks elsewhere
+        assert float(second(jnp.asarray(x))) == 0.0

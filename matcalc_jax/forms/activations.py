@@ -385,10 +385,20 @@ soft_sign_prime = _custom(
 soft_sign = _custom(lambda x: x / (1 + jnp.abs(x)), soft_sign_prime)
 
 
+def _nan_of(x: Array) -> Array:
+    """sin(x) where x is NaN, sin(0) = 0 elsewhere: NaN exactly where x is NaN, and so is
+    every derivative (sin and cos of NaN are NaN; of 0, finite, so nothing leaks into the
+    other points, infinities included). The NaN branch of a piecewise-constant derivative:
+    the next derivatives at NaN are NaN too (NaN in, NaN out), not the 1 that
+    ``where(isnan(x), x, ...)`` differentiates to."""
+    return jnp.sin(jnp.where(jnp.isnan(x), x, jnp.zeros((), x.dtype)))
+
+
 def _indicator(condition: Array, x: Array) -> Array:
-    """1 where ``condition``, else 0; NaN where x is NaN (NaN in, NaN out)."""
+    """1 where ``condition``, else 0; NaN where x is NaN (NaN in, NaN out, in every
+    derivative)."""
     one_or_zero = jnp.where(condition, jnp.ones((), x.dtype), jnp.zeros((), x.dtype))
-    return jnp.where(jnp.isnan(x), x, one_or_zero)
+    return jnp.where(jnp.isnan(x), _nan_of(x), one_or_zero)
 
 
 #: relu(x) = max(x, 0); derivative 1 for x > 0, else 0 (0 at the kink, as jax.nn.relu).
@@ -403,6 +413,8 @@ hard_tanh = _custom(lambda x: jnp.clip(x, -1, 1), lambda x: _indicator((x >= -1)
 #: leaky_relu(x, s) = x for x >= 0, s x otherwise (derivative 1 at 0, as jax.nn.leaky_relu).
 leaky_relu = _custom(
     lambda x, slope: jnp.where(x >= 0, x, slope * x),
-    lambda x, slope: jnp.where(jnp.isnan(x), x, jnp.where(x >= 0, jnp.ones((), x.dtype), slope)),
+    lambda x, slope: jnp.where(
+        jnp.isnan(x), _nan_of(x), jnp.where(x >= 0, jnp.ones((), x.dtype), slope)
+    ),
     lambda x, _: jnp.where(x >= 0, jnp.zeros((), x.dtype), x),
 )
