@@ -192,3 +192,44 @@ def test_python_dash_m_runs_the_same_command():
         [sys.executable, "-m", "matcalc_jax", "list"], capture_output=True, text=True, check=True
     )
     assert "chain_matrix_trace" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--rules", ""], "--rules names no rule"),
+        (["--rules", "softmax", "--no-cache", "--cache-dir", "x"], "contradict each other"),
+        (["--rules", "softmax", "--json", "."], "is a directory"),
+        (["--rules", "softmax", "--json", "no/such/folder/r.json"], "does not exist"),
+        (["--rules", "softmax", "--seed", "1" * 23], "expected an integer in"),
+    ],
+)
+def test_verify_refuses_bad_requests_before_any_work(capsys, argv, message):
+    """Usage errors exit 2 with one line, before a check runs (no verdict is printed)."""
+    assert main(["verify", *argv]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and "verdict" not in captured.out
+
+
+def test_verify_json_is_strict_when_a_check_fails(tmp_path, monkeypatch):
+    """A failed check's infinite error is the string "inf": strict parsers read the file."""
+    failed = Check("softmax", "float32", 4, "jacfwd", float("inf"), 1e-6, False)
+    nan = Check("softmax", "float32", 4, "jacrev", float("nan"), 1e-6, False)
+    report = Report((failed, nan), {"platform": "cpu"})
+    text = report.to_json(tmp_path / "r.json")
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    data = json.loads(text, parse_constant=refuse)
+    assert data["checks"][0]["error"] == "inf" and data["checks"][1]["error"] == "nan"
+    assert data["rules"]["softmax"]["max_error"]["float32"]["jacfwd"] == "inf"
+
+
+def test_a_selection_counts_each_rule_once_and_takes_one_id_as_a_string():
+    report = mj.verify("linear", dtypes=["float32"], sizes=[3, 3])
+    assert report.rule_ids == ("linear",) and len(report.checks) == 10
+    twice = mj.verify(["linear", "linear"], dtypes=["float32"], sizes=[3])
+    assert len(twice.checks) == 10
+    with pytest.raises(ValueError, match="sizes"):
+        mj.verify(["linear"], dtypes=["float32"], sizes=[2.5])

@@ -72,8 +72,14 @@ def rule(rule_id: str) -> Rule:
 
 
 def select(rule_ids: Iterable[str] | None = None) -> tuple[Rule, ...]:
-    """The rules and programs with ``rule_ids``, in the order given (every rule, then every
-    program, for ``None``); an unknown id raises the ``KeyError`` of ``rule``."""
+    """The rules and programs with ``rule_ids``, in the order given, each once (every rule,
+    then every program, for ``None``); one id may be passed as a string. An unknown id
+    raises the ``KeyError`` of ``rule``; an empty selection is a ``ValueError``."""
     if rule_ids is None:
         return rules() + programs()
-    return tuple(rule(rule_id) for rule_id in rule_ids)
+    ids = [rule_ids] if isinstance(rule_ids, str) else list(rule_ids)
+    if not ids:
+        raise ValueError(
+            "no rule ids given; expected at least one (matcalc_jax.rules() lists them)"
+        )
+    return tuple(rule(rule_id) for rule_id in dict.fromkeys(ids))

@@ -99,8 +99,11 @@ def _signature(public: str) -> str | None:
     return None
 
 
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.1e}"
+def _fmt(value: float | str | None) -> str:
+    """An error as printed: ``"inf"`` and ``"nan"`` (a failed check in the report) as such."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else f"{value:.1e}"
 
 
 def _ratio(value: float | None, unit: str = "") -> str:

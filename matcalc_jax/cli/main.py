@@ -230,12 +230,31 @@ def _hang(label: str, waited: float) -> None:
     os._exit(1)
 
 
+def _check_output_path(command: str, path: str | None) -> None:
+    """Refuse an output path that cannot be written, before any work (``-`` is stdout)."""
+    if path is None or path == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{command}: --json {path} is a directory; expected a file path")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise ValueError(f"{command}: --json {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ValueError(f"{command}: --json {path} cannot be written (permission denied)")
+
+
 def _verify(args: argparse.Namespace) -> int:
     from matcalc_jax.cli.watchdog import Watchdog
     from matcalc_jax.verification.harness import DTYPES, reference_dtype, verify
     from matcalc_jax.verification.tolerance import tolerance_key
 
     dtypes = [tolerance_key(d) for d in (_split(args.dtype) or DTYPES)]
+    if args.no_cache and args.cache_dir:
+        raise ValueError("verify: --no-cache and --cache-dir contradict each other; pass one")
+    if args.rules is not None and not _split(args.rules):
+        raise ValueError("verify: --rules names no rule; expected ids (matcalc-jax list)")
+    _check_output_path("verify", args.json)
     if not args.no_cache:
         _enable_compilation_cache(args.cache_dir)
     if any(reference_dtype(d) == "float64" for d in dtypes):

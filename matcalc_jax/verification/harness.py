@@ -184,15 +184,29 @@ class Report:
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """The report as JSON text; also written to ``path`` when one is given."""
-        text = json.dumps(self.to_dict(), indent=2, default=_json_number)
+        text = json.dumps(_strict(self.to_dict()), indent=2, allow_nan=False)
         if path is not None:
             with open(path, "w", encoding="utf-8") as handle:
                 handle.write(text + "\n")
         return text
 
 
-def _json_number(value: Any) -> Any:
-    return float(value)
+def _strict(value: Any) -> Any:
+    """``value`` with every number a finite JSON number: NumPy scalars as Python floats, an
+    infinite or NaN error (a failed check) as the string ``"inf"``, ``"-inf"`` or
+    ``"nan"``, which strict JSON parsers accept."""
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    if isinstance(value, (bool, str, type(None))):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    number = float(value)
+    if np.isfinite(number):
+        return number
+    return "nan" if np.isnan(number) else ("inf" if number > 0 else "-inf")
 
 
 def relative_error(actual: Any, expected: Any, scale: float | None = None) -> float:
@@ -601,9 +615,15 @@ def verify(
     """
     selected = select(rule_ids)
     dtypes = tuple(tolerance_key(d) for d in dtypes)
-    sizes = SIZES if sizes is None else tuple(int(s) for s in sizes)
-    if not sizes or any(size < 1 for size in sizes):
-        raise ValueError(f"verify: sizes={list(sizes)}; expected positive integers")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (0 <= seed < 2**32):
+        raise ValueError(f"verify: seed={seed!r}; expected an integer in [0, 2**32)")
+    if sizes is not None:
+        sizes = list(sizes)
+        if not sizes or any(
+            isinstance(size, bool) or not float(size).is_integer() or size < 1 for size in sizes
+        ):
+            raise ValueError(f"verify: sizes={sizes}; expected positive integers")
+    sizes = SIZES if sizes is None else tuple(dict.fromkeys(int(s) for s in sizes))
     plan = [
         (index, rule, dtype, size)
         for index, rule in enumerate(selected)
