@@ -233,3 +233,21 @@ def test_a_selection_counts_each_rule_once_and_takes_one_id_as_a_string():
     assert len(twice.checks) == 10
     with pytest.raises(ValueError, match="sizes"):
         mj.verify(["linear"], dtypes=["float32"], sizes=[2.5])
+
+
+@pytest.mark.parametrize("argv", [["softmax", "--sizes", "100000"], ["inverse", "--sizes", "200"]])
+def test_verify_refuses_a_case_too_large_before_running_it(capsys, argv):
+    """A case estimated over the memory limit is refused with one line and exit 2, before
+    anything is allocated; the limit names its flag."""
+    assert main(["verify", "--rules", *argv, "--dtype", "float32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "GiB, over the limit of 4.0 GiB" in err
+    assert "--max-gib" in err
+
+
+def test_case_bytes_counts_the_jacobian_of_the_shapes():
+    from matcalc_jax.verification.harness import case_bytes
+
+    # inverse at 200: a (200, 200, 200, 200) Jacobian, 8 copies of float32 entries
+    assert case_bytes(mj.rule("inverse"), "float32", 200) == 200**4 * 4 * 8
+    assert case_bytes(mj.rule("softmax"), "float64", 10) == 10 * 10 * 8 * 8

@@ -276,8 +276,9 @@ def _verify(args: argparse.Namespace) -> int:
 
     with Watchdog(args.timeout, _hang) as watchdog:
         report = verify(
-            _split(args.rules), dtypes=dtypes, sizes=args.sizes, seed=args.seed, progress=show
-        )
+            _split(args.rules), dtypes=dtypes, sizes=args.sizes, seed=args.seed, progress=show,
+            max_bytes=int(args.max_gib * 2**30),
+        )  # fmt: skip
     progress.finish()
     to_stdout = args.json == "-"
     print_report(report, wide=args.wide, out=sys.stderr if to_stdout else sys.stdout)
@@ -660,6 +661,13 @@ def build_parser() -> argparse.ArgumentParser:
         "~/.cache/matcalc-jax/xla or $MATCALC_JAX_CACHE)",
     )
     verify.add_argument("--cache-dir", metavar="DIR", help="the compilation cache's directory")
+    verify.add_argument(
+        "--max-gib",
+        type=float,
+        default=4.0,
+        metavar="GIB",
+        help="refuse a case estimated to need more memory than this, before running (default 4)",
+    )
     verify.set_defaults(run=_verify)
 
     bench = command(

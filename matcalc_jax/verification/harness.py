@@ -98,6 +98,11 @@ REFERENCES: tuple[str, ...] = (
     "transform_hessian",
     "transform_hessian_storage",
 )
+#: The most bytes one case may need, estimated before the run (see ``case_bytes``).
+MAX_CASE_BYTES = 4 * 2**30
+#: Jacobian-sized arrays a case holds at once, in its reference dtype: the closed form in
+#: both layouts, the structured and derived forms densified, jacfwd, jacrev, and copies.
+_JACOBIAN_COPIES = 8
 #: The most entries the transform may store per entry of the hand-written structured form.
 STORAGE_RATIO = 2.0
 DTYPES: tuple[str, ...] = ("float32", "float64")
@@ -592,6 +597,20 @@ class Progress:
     elapsed_s: float = 0.0
 
 
+def case_bytes(rule: Rule, dtype: str, size: int) -> int:
+    """An estimate of the bytes one case needs: ``_JACOBIAN_COPIES`` arrays of the
+    Jacobian's size (out x in entries, read from the shapes alone) in the reference dtype;
+    a rule with a Hessian counts its n x n arrays too."""
+    # The shapes do not depend on the dtype: read them in float32 (no 64-bit mode needed).
+    args = jax.eval_shape(lambda: rule.example(jax.random.key(0), jnp.float32, size))
+    out = jax.eval_shape(rule.fn, *args)
+    x = args[rule.wrt]
+    entries = int(np.prod(out.shape, dtype=np.int64)) * int(np.prod(x.shape, dtype=np.int64))
+    if rule.has_hessian:
+        entries += int(np.prod(x.shape, dtype=np.int64)) ** 2
+    return entries * jnp.dtype(reference_dtype(dtype)).itemsize * _JACOBIAN_COPIES
+
+
 def verify(
     rule_ids: Iterable[str] | None = None,
     *,
@@ -600,6 +619,7 @@ def verify(
     seed: int = 0,
     progress: Callable[[Progress], None] | None = None,
     workers: int | None = None,
+    max_bytes: int = MAX_CASE_BYTES,
 ) -> Report:
     """Check every rule (or ``rule_ids``) at every dtype and size; return a ``Report``.
 
@@ -608,6 +628,8 @@ def verify(
     and the transform's checks run at the last size only. ``progress`` receives a
     ``Progress`` before each compiled program and after each rule. ``workers`` threads
     (default: the CPU count, at most 4) compile the cases ahead of the one running.
+    A case estimated to need more than ``max_bytes`` (``case_bytes``; 4 GiB by default) is
+    refused before anything runs, with a ``ValueError`` naming it.
 
     >>> report = verify(["linear"], dtypes=["float32"], sizes=[3])
     >>> report.passed, len(report.checks)
@@ -630,6 +652,14 @@ def verify(
         for dtype in dtypes
         for size in sizes
     ]
+    for _, rule, dtype, size in plan:
+        needed = case_bytes(rule, dtype, size)
+        if needed > max_bytes:
+            raise ValueError(
+                f"verify: rule {rule.id!r} at size {size} ({dtype}) needs about "
+                f"{needed / 2**30:.1f} GiB, over the limit of {max_bytes / 2**30:.1f} GiB; "
+                "choose a smaller size or raise the limit (--max-gib)"
+            )
     send = progress or (lambda event: None)
     workers = max(1, min(os.cpu_count() or 1, 4)) if workers is None else workers
     checks: list[Check] = []
