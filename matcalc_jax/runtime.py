@@ -18,15 +18,16 @@ import jaxlib
 
 @contextlib.contextmanager
 def x64(enabled: bool) -> Iterator[None]:
-    """Turn ``jax_enable_x64`` on for the block when ``enabled``, restoring it afterwards."""
-    before = bool(jax.config.jax_enable_x64)
-    if enabled and not before:
-        jax.config.update("jax_enable_x64", True)
-    try:
+    """64-bit mode for the block when ``enabled``, in this thread only (JAX's thread-local
+    ``jax.enable_x64`` context): other threads of the process keep their own mode, so a
+    verification never changes what an unrelated thread's ``jnp.zeros(1)`` gives, and two
+    verifications in two threads do not switch it under each other. A thread the block
+    starts (a worker pool) must enter it again."""
+    if not enabled or jax.config.jax_enable_x64:
         yield
-    finally:
-        if enabled and not before:
-            jax.config.update("jax_enable_x64", False)
+        return
+    with jax.enable_x64(True):
+        yield
 
 
 @contextlib.contextmanager

@@ -271,3 +271,38 @@ def test_a_case_refuses_an_example_drawn_in_another_dtype():
     )
     with pytest.raises(AssertionError, match="float64"):
         draw_case(wrong, "float32", 3, key(0))
+
+
+_THREADS = """
+import threading, jax, jax.numpy as jnp
+import matcalc_jax as mj
+results, errors, seen = [], [], set()
+stop = threading.Event()
+def run():
+    try:
+        results.append(mj.verify(["linear", "softmax"], sizes=[2]).passed)
+    except Exception as error:
+        errors.append(repr(error))
+def watch():
+    while not stop.is_set():
+        seen.add(jnp.zeros(1).dtype.name)
+threads = [threading.Thread(target=run) for _ in range(2)]
+watcher = threading.Thread(target=watch)
+watcher.start()
+for t in threads: t.start()
+for t in threads: t.join()
+stop.set(); watcher.join()
+print(results, errors, sorted(seen), bool(jax.config.jax_enable_x64))
+"""
+
+
+def test_verify_in_two_threads_leaves_other_threads_in_their_mode():
+    """64-bit mode is thread-local: two verifications in two threads both pass, and an
+    unrelated thread (64-bit mode off, as in a fresh process) never sees float64."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _THREADS], capture_output=True, text=True, timeout=600, check=True
+    )
+    assert done.stdout.strip() == "[True, True] [] ['float32'] False", done.stderr[-2000:]

@@ -231,8 +231,13 @@ def time_methods(
     resolution = time.get_clock_info("perf_counter").resolution
     compiled, compile_s, calls = {}, {}, {}
 
+    # The 64-bit mode and matmul precision are thread-local: a compile thread takes the
+    # caller's.
+    x64_mode, precision = bool(jax.config.jax_enable_x64), jax.config.jax_default_matmul_precision
+
     def build(name: str) -> tuple[Any, float]:
-        lowered = jax.jit(methods[name]).lower(*call_args[name])
+        with runtime.x64(x64_mode), jax.default_matmul_precision(precision):
+            lowered = jax.jit(methods[name]).lower(*call_args[name])
         start = time.perf_counter()
         return lowered.compile(), time.perf_counter() - start
 

@@ -611,6 +611,13 @@ def case_bytes(rule: Rule, dtype: str, size: int) -> int:
     return entries * jnp.dtype(reference_dtype(dtype)).itemsize * _JACOBIAN_COPIES
 
 
+def prepare_in_worker(rule: Rule, dtype: str, size: int, key: Array, last: bool) -> PreparedCase:
+    """``prepare_case`` in a worker thread, in the 64-bit mode the case needs (the mode is
+    thread-local: the caller's does not reach the pool's threads)."""
+    with runtime.x64(reference_dtype(dtype) == jnp.float64):
+        return prepare_case(rule, dtype, size, key, eager=last, transform=last)
+
+
 def verify(
     rule_ids: Iterable[str] | None = None,
     *,
@@ -671,7 +678,7 @@ def verify(
         def submit(index: int, rule: Rule, dtype: str, size: int) -> concurrent.futures.Future:
             key = jax.random.fold_in(jax.random.key(seed), index * 1000 + size)
             last = size == sizes[-1]
-            return pool.submit(prepare_case, rule, dtype, size, key, eager=last, transform=last)
+            return pool.submit(prepare_in_worker, rule, dtype, size, key, last)
 
         # Prepare a few cases ahead on the workers; run their programs in order on this
         # thread, one at a time (two programs running at once can deadlock jaxlib 0.10's
