@@ -84,10 +84,15 @@ def _require_x64() -> None:
     with runtime.x64(True):
         try:
             ok = jnp.ones(2, jnp.float64).sum().dtype == jnp.float64
-        except Exception as error:  # a backend without 64-bit support raises its own error
+        except (TypeError, ValueError, NotImplementedError) as error:  # no 64-bit support
             raise EnvironmentUnavailableError(
                 f"float64 is not available on {jax.devices()[0].platform}: {error}"
             ) from None
+        except Exception as error:  # anything else is not about float64: say so
+            raise RuntimeError(
+                f"the float64 check failed unexpectedly ({type(error).__name__}: {error}); "
+                "if the compilation cache is damaged, rerun with --no-cache"
+            ) from error
     if not ok:
         raise EnvironmentUnavailableError(
             f"float64 is not available on {jax.devices()[0].platform} (JAX gives float32)"
@@ -109,12 +114,23 @@ def _enable_compilation_cache(directory: str | None) -> str | None:
     ``JAX_COMPILATION_CACHE_DIR`` wins. Returns the directory, or None if it can't be made."""
     import jax
 
+    from matcalc_jax.cli import cache
+
+    own = not os.environ.get("JAX_COMPILATION_CACHE_DIR")
     path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or directory or str(cache_directory())
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         print(f"matcalc-jax: note: no compilation cache ({error})", file=sys.stderr)
         return None
+    if own:  # the user's own JAX cache is theirs to keep: no entry of it is deleted
+        removed = cache.repair(path)
+        if removed:
+            print(
+                f"matcalc-jax: note: dropped {removed} compilation cache entries that changed "
+                "since the last run; they are compiled again",
+                file=sys.stderr,
+            )
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -245,8 +261,8 @@ def _check_output_path(command: str, path: str | None) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from matcalc_jax.cli.watchdog import Watchdog
-    from matcalc_jax.verification.harness import DTYPES, reference_dtype, verify
+    from matcalc_jax.cli import cache
+    from matcalc_jax.verification.harness import DTYPES
     from matcalc_jax.verification.tolerance import tolerance_key
 
     dtypes = [tolerance_key(d) for d in (_split(args.dtype) or DTYPES)]
@@ -255,8 +271,18 @@ def _verify(args: argparse.Namespace) -> int:
     if args.rules is not None and not _split(args.rules):
         raise ValueError("verify: --rules names no rule; expected ids (matcalc-jax list)")
     _check_output_path("verify", args.json)
-    if not args.no_cache:
-        _enable_compilation_cache(args.cache_dir)
+    cache_dir = None if args.no_cache else _enable_compilation_cache(args.cache_dir)
+    try:
+        return _run_verify(args, dtypes)
+    finally:
+        if cache_dir is not None and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+            cache.record(cache_dir)
+
+
+def _run_verify(args: argparse.Namespace, dtypes: list[str]) -> int:
+    from matcalc_jax.cli.watchdog import Watchdog
+    from matcalc_jax.verification.harness import reference_dtype, verify
+
     if any(reference_dtype(d) == "float64" for d in dtypes):
         _require_x64()
     progress = Progress()
