@@ -239,7 +239,7 @@ def test_a_selection_counts_each_rule_once_and_takes_one_id_as_a_string():
 def test_verify_refuses_a_case_too_large_before_running_it(capsys, argv):
     """A case estimated over the memory limit is refused with one line and exit 2, before
     anything is allocated; the limit names its flag."""
-    assert main(["verify", "--rules", *argv, "--dtype", "float32"]) == 2
+    assert main(["verify", "--no-cache", "--rules", *argv, "--dtype", "float32"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "GiB, over the limit of 4.0 GiB" in err
     assert "--max-gib" in err
