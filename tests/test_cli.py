@@ -251,3 +251,55 @@ def test_case_bytes_counts_the_jacobian_of_the_shapes():
     # inverse at 200: a (200, 200, 200, 200) Jacobian, 8 copies of float32 entries
     assert case_bytes(mj.rule("inverse"), "float32", 200) == 200**4 * 4 * 8
     assert case_bytes(mj.rule("softmax"), "float64", 10) == 10 * 10 * 8 * 8
+
+
+_PARENT = """
+import os, sys
+from matcalc_jax.cli.site import run_reaped
+child = "import os, time; open({pidfile!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+run_reaped([sys.executable, "-c", child], dict(os.environ))
+"""
+
+
+def test_a_terminated_site_server_stops_its_child(tmp_path):
+    """SIGTERM to ``site --serve`` (here its runner) ends the MkDocs child too."""
+    import signal
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT.format(pidfile=str(pidfile))])
+    try:
+        for _ in range(600):
+            if pidfile.exists() and pidfile.read_text():
+                break
+            time.sleep(0.05)
+        child = int(pidfile.read_text())
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=30) == 128 + signal.SIGTERM
+        for _ in range(200):  # the child was waited for: it no longer exists
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(child, signal.SIGKILL)
+            raise AssertionError("the child outlived its parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch):
+    import importlib
+
+    cli = importlib.import_module("matcalc_jax.cli.main")
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_verify", interrupted)  # the parser binds it when built
+    assert cli.main(["verify", "--no-cache"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err

@@ -815,6 +815,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EnvironmentUnavailableError as error:
         print(f"matcalc-jax: error: {error}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print("\nmatcalc-jax: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader of stdout went away (| head): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (KeyError, ValueError, TypeError) as error:
         message = error.args[0] if error.args else str(error)
         print(f"matcalc-jax: error: {message}", file=sys.stderr)

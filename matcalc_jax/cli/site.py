@@ -21,8 +21,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -155,4 +157,29 @@ def mkdocs(config: Path, *, serve: bool = False, address: str = "127.0.0.1:8000"
     else:
         command += ["build", "--strict", "-f", str(config)]
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # a notice about MkDocs 2, every run
-    return subprocess.run(command, check=False, env=env).returncode
+    return run_reaped(command, env)
+
+
+def run_reaped(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command`` and return its exit code; however this process ends (SIGTERM,
+    Ctrl-C, an error), the child is stopped and waited for, never left serving."""
+    child = subprocess.Popen(command, env=env)
+
+    def on_terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, on_terminate)
+    try:
+        return child.wait()
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
