@@ -303,3 +303,20 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch):
     assert cli.main(["verify", "--no-cache"]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err
+
+
+def test_an_internal_error_is_not_read_as_a_usage_error(monkeypatch):
+    """A ValueError raised inside JAX or NumPy (a bug) keeps its traceback; only the
+    package's own checks are usage errors (exit 2)."""
+    import importlib
+
+    import numpy as np
+
+    cli = importlib.import_module("matcalc_jax.cli.main")
+
+    def broken(args):
+        np.zeros(2).reshape(3)  # NumPy raises: not a usage error
+
+    monkeypatch.setattr(cli, "_verify", broken)
+    with pytest.raises(ValueError, match="reshape"):
+        cli.main(["verify", "--no-cache"])

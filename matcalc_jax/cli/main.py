@@ -800,6 +800,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raised_by_the_package(error: BaseException) -> bool:
+    """True when ``error`` was raised by this package's own code (its checks of what it was
+    asked: an unknown rule, a bad size), not inside JAX, NumPy or Python (a bug, whose
+    traceback must be seen rather than read as a usage error)."""
+    package = str(Path(__file__).resolve().parents[1])
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    if frame is None:
+        return False
+    return str(Path(frame.tb_frame.f_code.co_filename).resolve()).startswith(package)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the return value is the exit code (see ``verify --help``)."""
     parser = build_parser()
@@ -823,6 +836,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except (KeyError, ValueError, TypeError) as error:
+        if not _raised_by_the_package(error):  # a bug, not a usage error: show it
+            raise
         message = error.args[0] if error.args else str(error)
         print(f"matcalc-jax: error: {message}", file=sys.stderr)
         return 2
