@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from matcalc_jax.benchmark.rules import dispatch_time, time_methods
-from matcalc_jax.benchmark.transform import installed
+from matcalc_jax.benchmark.transform import cell, installed
 from matcalc_jax.operators.base import storage
 from matcalc_jax.transform.second_order import gauss_newton, hessian, laplacian
 
@@ -370,12 +370,6 @@ def bench_hessian(
     }
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.2f}" if value < 10 else f"{value:.0f}"
-
-
 COLUMNS = (
     ("structure", "structure"),
     ("stored_entries", "stores"),
@@ -394,7 +388,7 @@ def format_hessian(data: dict[str, Any]) -> str:
     for row in data["programs"]:
         cells = [
             str(row.get(key, "-")) if key in ("structure", "stored_entries")
-            else _cell(row.get(key))
+            else cell(row.get(key))
             for key, _ in COLUMNS
         ]  # fmt: skip
         lines.append(f"| {row['program']} | {row['n']} | " + " | ".join(cells) + " |")

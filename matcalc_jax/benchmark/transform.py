@@ -307,7 +307,8 @@ def bench_transform(
     }
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """A ratio for a table: two decimals under 10, none above; '-' when missing."""
     if value is None:
         return "-"
     return f"{value:.2f}" if value < 10 else f"{value:.0f}"
@@ -329,7 +330,7 @@ def format_transform(data: dict[str, Any]) -> str:
     head = "| program | size | " + " | ".join(title for _, title in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
     for row in data["ratios"]:
-        cells = [_cell(row.get(key)) for key, _ in COLUMNS]
+        cells = [cell(row.get(key)) for key, _ in COLUMNS]
         lines.append(f"| {row['program']} | {row['size']} | " + " | ".join(cells) + " |")
     million = data["special"]["elementwise_million"]
     blocks = data["special"]["per_example_mlp"]

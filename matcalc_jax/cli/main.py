@@ -414,15 +414,17 @@ def _bench_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(done: int, total: int, label: str) -> None:
+    """A benchmark's progress, one line a step on stderr."""
+    print(f"[{done}/{total}] {label}", file=sys.stderr, flush=True)
+
+
 def _bench_transform(args: argparse.Namespace) -> int:
     from matcalc_jax.benchmark.transform import bench_transform, format_transform
 
-    def progress(done: int, total: int, label: str) -> None:
-        print(f"[{done}/{total}] {label}", file=sys.stderr, flush=True)
-
     data = bench_transform(
         args.programs, quick=args.quick, rounds=args.rounds,
-        peers=() if args.no_peers else None, progress=progress,
+        peers=() if args.no_peers else None, progress=_progress,
     )  # fmt: skip
     return _report(args, data, format_transform)
 
@@ -430,12 +432,9 @@ def _bench_transform(args: argparse.Namespace) -> int:
 def _bench_hessian(args: argparse.Namespace) -> int:
     from matcalc_jax.benchmark.hessian import bench_hessian, format_hessian, write_plot
 
-    def progress(done: int, total: int, label: str) -> None:
-        print(f"[{done}/{total}] {label}", file=sys.stderr, flush=True)
-
     data = bench_hessian(
         args.programs, quick=args.quick, rounds=args.rounds,
-        peers=() if args.no_peers else None, progress=progress,
+        peers=() if args.no_peers else None, progress=_progress,
     )  # fmt: skip
     code = _report(args, data, format_hessian)
     if args.plot:
@@ -596,6 +595,15 @@ def _output_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _program_arguments(parser: argparse.ArgumentParser, quick: str, peers: str) -> None:
+    """The options of the benchmarks of programs against autodiff and their peers."""
+    parser.add_argument("--programs", nargs="+", metavar="ID", help="program ids")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--rounds", type=_positive, help="rounds (default 7; quick 3)")
+    parser.add_argument("--no-peers", action="store_true", help=f"leave out {peers}")
+    _output_arguments(parser)
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -736,11 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="time matcalc_jax.jacobian on the corpus programs against jax.jacfwd / "
         "jax.jacrev (and asdex, sparsejac when installed)",
     )
-    transform.add_argument("--programs", nargs="+", metavar="ID", help="program ids")
-    transform.add_argument("--quick", action="store_true", help="one small size, three rounds")
-    transform.add_argument("--rounds", type=_positive, help="rounds (default 7; quick 3)")
-    transform.add_argument("--no-peers", action="store_true", help="leave out asdex, sparsejac")
-    _output_arguments(transform)
+    _program_arguments(transform, "one small size, three rounds", "asdex, sparsejac")
     transform.set_defaults(run=_bench_transform)
 
     second = commands.add_parser(
@@ -748,12 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="time matcalc_jax.hessian, laplacian and gauss_newton against jax.hessian, "
         "jax.jacfwd(jax.grad(f)) (and asdex, folx when installed)",
     )
-    second.add_argument("--programs", nargs="+", metavar="ID", help="program ids")
-    second.add_argument("--quick", action="store_true", help="small sizes, three rounds")
-    second.add_argument("--rounds", type=_positive, help="rounds (default 7; quick 3)")
-    second.add_argument("--no-peers", action="store_true", help="leave out asdex, folx")
+    _program_arguments(second, "small sizes, three rounds", "asdex, folx")
     second.add_argument("--plot", metavar="PATH", help="write a PNG of the speed-ups")
-    _output_arguments(second)
     second.set_defaults(run=_bench_hessian)
 
     scale = commands.add_parser(
