@@ -47,7 +47,8 @@ multiplies them out only when asked.
 Each type, or family of maps, lives in its own module with its algebra beside it (its
 methods, and the composition and sum rules it registers with ``composition_rule`` and
 ``addition_rule``); ``matcalc_jax.operators.base`` holds the interface and the generic
-composites.
+composites, and ``Wrapped``, the base of an operator that holds another and is its map
+(``WithFallbacks``; ``matcalc_jax.Hessian``).
 
 The maps of JAX's primitives, a module a family: ``index_maps`` (``Reshape``, ``Embed``,
 ``Restrict``, ``Reverse``, ``DynamicSlice``, ``ChangeType``, ``Gather``, ``TakeAlong``),
@@ -69,6 +70,7 @@ from matcalc_jax.operators.base import (
     ShapedOperator,
     Sum,
     Transposed,
+    Wrapped,
     add,
     addition_rule,
     compose,
@@ -160,6 +162,7 @@ __all__ = [
     "WindowChoice",
     "WindowSum",
     "WithFallbacks",
+    "Wrapped",
     "Zero",
     "add",
     "addition_rule",

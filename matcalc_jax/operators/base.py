@@ -419,6 +419,44 @@ class Transposed(JacobianOperator):
         return frozenset((i, o) for o, i in self.operator.batch_axes())
 
 
+class Wrapped(JacobianOperator):
+    """An operator that holds another (its ``operator`` field) and is that map: shapes,
+    products, the dense matrix and the square functionals are the held operator's. A
+    subclass adds what it carries (notes, a name) and says how it rebuilds itself
+    (``with_layout``, ``transpose``)."""
+
+    operator: JacobianOperator
+
+    layout = property(lambda self: self.operator.layout)  # type: ignore[assignment]
+    out_shape = property(lambda self: self.operator.out_shape)
+    in_shape = property(lambda self: self.operator.in_shape)
+    dtype = property(lambda self: self.operator.dtype)
+
+    def mv(self, tangent: ArrayLike) -> Array:
+        return self.operator.mv(tangent)
+
+    def vm(self, cotangent: ArrayLike) -> Array:
+        return self.operator.vm(cotangent)
+
+    def _numerator(self) -> Array:
+        return self.operator._numerator()
+
+    def diagonal(self) -> Array:
+        return self.operator.diagonal()
+
+    def trace(self) -> Array:
+        return self.operator.trace()
+
+    def logdet(self) -> Array:
+        return self.operator.logdet()
+
+    def solve(self, rhs: ArrayLike) -> Array:
+        return self.operator.solve(rhs)
+
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        return self.operator.batch_axes()
+
+
 @pytree(("scale", "operator"), ())
 class Scaled(JacobianOperator):
     """c J for a scalar c."""

@@ -15,7 +15,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from matcalc_jax.core.layout import Layout
-from matcalc_jax.operators.base import JacobianOperator, pytree, size_of
+from matcalc_jax.operators.base import JacobianOperator, Wrapped, pytree, size_of
 from matcalc_jax.operators.index_maps import Map, Static
 
 
@@ -69,27 +69,13 @@ class Linearized(Map):
 
 
 @pytree(("operator",), ("notes",))
-class WithFallbacks(JacobianOperator):
+class WithFallbacks(Wrapped):
     """A Jacobian part of which the opt-in autodiff fallback derived: the operator as the
     rules built it, and ``notes``, where the fallback ran (kept through every
     simplification, which may fold a fallback's map into a low-rank or diagonal term)."""
 
     operator: JacobianOperator
     notes: tuple[str, ...]
-
-    layout = property(lambda self: self.operator.layout)  # type: ignore[assignment]
-    out_shape = property(lambda self: self.operator.out_shape)
-    in_shape = property(lambda self: self.operator.in_shape)
-    dtype = property(lambda self: self.operator.dtype)
-
-    def mv(self, tangent: ArrayLike) -> Array:
-        return self.operator.mv(tangent)
-
-    def vm(self, cotangent: ArrayLike) -> Array:
-        return self.operator.vm(cotangent)
-
-    def _numerator(self) -> Array:
-        return self.operator._numerator()
 
     def with_layout(self, layout: Layout) -> JacobianOperator:
         return WithFallbacks(self.operator.with_layout(layout), self.notes)
@@ -99,21 +85,6 @@ class WithFallbacks(JacobianOperator):
 
     def scaled(self, scale: ArrayLike) -> JacobianOperator:
         return WithFallbacks(self.operator.scaled(scale), self.notes)
-
-    def diagonal(self) -> Array:
-        return self.operator.diagonal()
-
-    def trace(self) -> Array:
-        return self.operator.trace()
-
-    def logdet(self) -> Array:
-        return self.operator.logdet()
-
-    def solve(self, rhs: ArrayLike) -> Array:
-        return self.operator.solve(rhs)
-
-    def batch_axes(self) -> frozenset[tuple[int, int]]:
-        return self.operator.batch_axes()
 
     @property
     def fallbacks(self) -> tuple[str, ...]:

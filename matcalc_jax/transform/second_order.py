@@ -39,6 +39,7 @@ from matcalc_jax.operators.base import (
     JacobianOperator,
     Scaled,
     Sum,
+    Wrapped,
     add,
     check_tangent,
     compose,
@@ -126,7 +127,7 @@ def add_sharing(left: JacobianOperator, right: JacobianOperator) -> JacobianOper
 
 
 @pytree(("operator",), ("name",))
-class Hessian(JacobianOperator):
+class Hessian(Wrapped):
     """The Hessian of a scalar function, d^2 f / dx^2: a symmetric map on tangents of
     x's shape, holding the structured operator the transform derived (``operator``).
 
@@ -140,34 +141,17 @@ class Hessian(JacobianOperator):
     operator: JacobianOperator
     name: str = "f"
 
-    layout = property(lambda self: self.operator.layout)  # type: ignore[assignment]
-    out_shape = property(lambda self: self.operator.out_shape)
-    in_shape = property(lambda self: self.operator.in_shape)
-    dtype = property(lambda self: self.operator.dtype)
-
     def mv(self, tangent: ArrayLike) -> Array:
         return self.operator.mv(check_tangent(self, "mv", tangent, self.in_shape))
 
     def vm(self, cotangent: ArrayLike) -> Array:
         return self.operator.vm(check_tangent(self, "vm", cotangent, self.out_shape))
 
-    def _numerator(self) -> Array:
-        return self.operator._numerator()
-
     def with_layout(self, layout: Layout) -> JacobianOperator:
         return Hessian(self.operator.with_layout(layout), self.name)
 
     def transpose(self) -> JacobianOperator:
         return self
-
-    def diagonal(self) -> Array:
-        return self.operator.diagonal()
-
-    def trace(self) -> Array:
-        return self.operator.trace()
-
-    def logdet(self) -> Array:
-        return self.operator.logdet()
 
     def solve(self, rhs: ArrayLike) -> Array:
         rhs = check_tangent(self, "solve", rhs, self.out_shape)
@@ -183,9 +167,6 @@ class Hessian(JacobianOperator):
                     "is not unique. Regularize it (add a multiple of the identity) or use mv."
                 )
         return solution
-
-    def batch_axes(self) -> frozenset[tuple[int, int]]:
-        return self.operator.batch_axes()
 
     def describe(self) -> str:
         return f"of {self.name}"
@@ -333,9 +314,6 @@ class GaussNewton(JacobianOperator):
         else:
             weighted = self.curvature.to_dense("numerator").reshape(m, m) @ rows
         return jnp.sum(rows * weighted, axis=0).reshape(self.in_shape)
-
-    def trace(self) -> Array:
-        return jnp.sum(self.diagonal())
 
     def describe(self) -> str:
         return "J^T H J"
