@@ -90,8 +90,7 @@ def _require_x64() -> None:
             ) from None
         except Exception as error:  # anything else is not about float64: say so
             raise RuntimeError(
-                f"the float64 check failed unexpectedly ({type(error).__name__}: {error}); "
-                "if the compilation cache is damaged, rerun with --no-cache"
+                f"the float64 check failed unexpectedly ({type(error).__name__}: {error})"
             ) from error
     if not ok:
         raise EnvironmentUnavailableError(
@@ -100,41 +99,25 @@ def _require_x64() -> None:
 
 
 def cache_directory() -> Path:
-    """Where ``verify`` keeps JAX's persistent compilation cache: ``$MATCALC_JAX_CACHE``,
-    else ``$XDG_CACHE_HOME/matcalc-jax/xla``, else ``~/.cache/matcalc-jax/xla``."""
+    """Where ``verify`` keeps its compiled programs (``matcalc_jax.verification.programs``):
+    ``$MATCALC_JAX_CACHE``, else ``$XDG_CACHE_HOME/matcalc-jax/programs``, else
+    ``~/.cache/matcalc-jax/programs``."""
     if os.environ.get("MATCALC_JAX_CACHE"):
         return Path(os.environ["MATCALC_JAX_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "matcalc-jax" / "xla"
+    return Path(base) / "matcalc-jax" / "programs"
 
 
-def _enable_compilation_cache(directory: str | None) -> str | None:
-    """Turn on JAX's persistent compilation cache in ``directory`` (default:
-    ``cache_directory``) for every program; a directory set by the user's own
-    ``JAX_COMPILATION_CACHE_DIR`` wins. Returns the directory, or None if it can't be made."""
-    import jax
+def _program_cache(directory: str | None):
+    """The cache of compiled programs in ``directory`` (default: ``cache_directory``);
+    ``None``, with a note, when it cannot be made."""
+    from matcalc_jax.verification.programs import ProgramCache
 
-    from matcalc_jax.cli import cache
-
-    own = not os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or directory or str(cache_directory())
     try:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        return ProgramCache(directory or cache_directory())
     except OSError as error:
-        print(f"matcalc-jax: note: no compilation cache ({error})", file=sys.stderr)
+        print(f"matcalc-jax: note: no cache of compiled programs ({error})", file=sys.stderr)
         return None
-    if own:  # the user's own JAX cache is theirs to keep: no entry of it is deleted
-        removed = cache.repair(path)
-        if removed:
-            print(
-                f"matcalc-jax: note: dropped {removed} compilation cache entries that changed "
-                "since the last run; they are compiled again",
-                file=sys.stderr,
-            )
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return path
 
 
 def _format_error(value: float | None) -> str:
@@ -261,7 +244,6 @@ def _check_output_path(command: str, path: str | None) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from matcalc_jax.cli import cache
     from matcalc_jax.verification.harness import DTYPES
     from matcalc_jax.verification.tolerance import tolerance_key
 
@@ -271,15 +253,11 @@ def _verify(args: argparse.Namespace) -> int:
     if args.rules is not None and not _split(args.rules):
         raise ValueError("verify: --rules names no rule; expected ids (matcalc-jax list)")
     _check_output_path("verify", args.json)
-    cache_dir = None if args.no_cache else _enable_compilation_cache(args.cache_dir)
-    try:
-        return _run_verify(args, dtypes)
-    finally:
-        if cache_dir is not None and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-            cache.record(cache_dir)
+    programs = None if args.no_cache else _program_cache(args.cache_dir)
+    return _run_verify(args, dtypes, programs)
 
 
-def _run_verify(args: argparse.Namespace, dtypes: list[str]) -> int:
+def _run_verify(args: argparse.Namespace, dtypes: list[str], programs=None) -> int:
     from matcalc_jax.cli.watchdog import Watchdog
     from matcalc_jax.verification.harness import reference_dtype, verify
 
@@ -303,9 +281,15 @@ def _run_verify(args: argparse.Namespace, dtypes: list[str]) -> int:
     with Watchdog(args.timeout, _hang) as watchdog:
         report = verify(
             _split(args.rules), dtypes=dtypes, sizes=args.sizes, seed=args.seed, progress=show,
-            max_bytes=int(args.max_gib * 2**30),
+            max_bytes=int(args.max_gib * 2**30), programs=programs,
         )  # fmt: skip
     progress.finish()
+    if programs is not None and programs.dropped:
+        print(
+            f"matcalc-jax: note: dropped {programs.dropped} damaged compiled programs; "
+            "they were compiled again",
+            file=sys.stderr,
+        )
     to_stdout = args.json == "-"
     print_report(report, wide=args.wide, out=sys.stderr if to_stdout else sys.stdout)
     print(f"verify took {seconds(progress.elapsed())}", file=sys.stderr)
@@ -691,10 +675,13 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--no-cache",
         action="store_true",
-        help="do not use JAX's persistent compilation cache (default: on, in "
-        "~/.cache/matcalc-jax/xla or $MATCALC_JAX_CACHE)",
+        help="compile every program afresh; keep none (default: compiled programs are kept "
+        "in ~/.cache/matcalc-jax/programs or $MATCALC_JAX_CACHE for the next run)",
     )
-    verify.add_argument("--cache-dir", metavar="DIR", help="the compilation cache's directory")
+    verify.add_argument(
+        "--cache-dir", metavar="DIR", help="the directory of the kept compiled programs"
+    )
+
     verify.add_argument(
         "--max-gib",
         type=float,

@@ -77,6 +77,7 @@ from matcalc_jax.core.layout import swap_out_in
 from matcalc_jax.operators.base import storage
 from matcalc_jax.transform import hessian as transform_hessian
 from matcalc_jax.transform import jacobian as transform_jacobian
+from matcalc_jax.verification.programs import ProgramCache
 from matcalc_jax.verification.tolerance import FINITE_DIFFERENCE_TOLERANCE, tolerance, tolerance_key
 
 REFERENCES: tuple[str, ...] = (
@@ -301,6 +302,7 @@ def draw_case(rule: Rule, dtype: Any, size: int, key: Array) -> dict[str, Any]:
     Drawn eagerly, outside the case's compiled program: ``jax.random`` compiles one small
     program per shape and dtype and reuses it across rules, where drawing inside every case's
     program would compile the generator again each time (most of a case's compile time).
+    A warm ``verify`` reads the same numbers from its cache of programs.
     """
     args = rule.example(key, dtype, size)
     chex.assert_type(args, jnp.dtype(dtype))  # an example in another dtype tests nothing
@@ -424,10 +426,18 @@ class PreparedCase:
 
 
 def prepare_case(
-    rule: Rule, dtype: str, size: int, key: Array, *, eager: bool = True, transform: bool = True
+    rule: Rule,
+    dtype: str,
+    size: int,
+    key: Array,
+    *,
+    eager: bool = True,
+    transform: bool = True,
+    programs: ProgramCache | None = None,
 ) -> PreparedCase:
     """Compile every program of one case, draw its inputs and (``eager``) run its closed
-    form op by op; run no compiled program.
+    form op by op; run no compiled program. With ``programs``, the compiled programs and
+    the storage counts are read from that cache when it holds them (and kept there).
 
     Thread-safe: ``verify`` prepares cases ahead in worker threads (XLA compiles with
     the GIL released) while the main thread runs the compiled programs, one at a time. The
@@ -441,28 +451,49 @@ def prepare_case(
             f"rule {rule.id!r}: dtype={dtype.name} is checked against float64 references; "
             "call jax.config.update('jax_enable_x64', True) first"
         )
-    inputs = draw_case(rule, dtype, size, key)
-    program = _case_program(rule, dtype, size, transform).lower(inputs).compile()
+    name = (rule.id, dtype.name, size, transform)
+
+    def compiled(kind: str, lower: Callable[[], Any], arguments: Any) -> Any:
+        if programs is None:
+            return lower().compile()
+        return programs.compiled((kind, *name), lower, arguments)
+
+    if programs is None:
+        inputs = draw_case(rule, dtype, size, key)
+    else:
+        seed = tuple(np.asarray(jax.random.key_data(key)).ravel().tolist())
+        inputs = programs.arrays(
+            ("inputs", *name[:3], seed), lambda: draw_case(rule, dtype, size, key)
+        )
+
+    program = compiled(
+        "case", lambda: _case_program(rule, dtype, size, transform).lower(inputs), inputs
+    )
     differences: list[tuple[str, Any]] = []
     if dtype == jnp.float64:
         maps = [("finite_difference", rule.fn)]
         if rule.has_hessian:
             maps.append(("hessian_finite_difference", rule.jacobian))
-        for name, fn in maps:
-            lowered = central_differences(fn, rule.wrt).lower(list(inputs["args"]))
-            differences.append((name, lowered.compile()))
+        call = list(inputs["args"])
+        for kind, fn in maps:
+            lower = lambda fn=fn: central_differences(fn, rule.wrt).lower(call)  # noqa: E731
+            differences.append((kind, compiled(kind, lower, call)))
     stored: dict[str, tuple[int, int]] = {}
-    if (
-        transform and rule.source != "program"
-    ):  # entries of (the transform's operator, the rule's own)
+    if transform and rule.source != "program":
         args = inputs["args"]
-        derived = jax.eval_shape(transform_jacobian(rule.fn, rule.wrt), *args)
-        own = jax.eval_shape(rule.structured, *args)
-        stored["transform_storage"] = (storage(derived), storage(own))
-        if rule.has_hessian:
-            derived = jax.eval_shape(transform_hessian(rule.fn, rule.wrt), *args)
-            own = jax.eval_shape(rule.hessian_operator, *args)
-            stored["transform_hessian_storage"] = (storage(derived), storage(own))
+
+        def count() -> dict[str, tuple[int, int]]:
+            """Entries of (the transform's operator, the rule's own)."""
+            derived = jax.eval_shape(transform_jacobian(rule.fn, rule.wrt), *args)
+            own = jax.eval_shape(rule.structured, *args)
+            counts = {"transform_storage": (storage(derived), storage(own))}
+            if rule.has_hessian:
+                derived = jax.eval_shape(transform_hessian(rule.fn, rule.wrt), *args)
+                own = jax.eval_shape(rule.hessian_operator, *args)
+                counts["transform_hessian_storage"] = (storage(derived), storage(own))
+            return counts
+
+        stored = count() if programs is None else programs.value(("storage", *name), count)
     eager_jacobian = None
     if eager:
         with jax.default_matmul_precision("highest"):
@@ -611,11 +642,18 @@ def case_bytes(rule: Rule, dtype: str, size: int) -> int:
     return entries * jnp.dtype(reference_dtype(dtype)).itemsize * _JACOBIAN_COPIES
 
 
-def prepare_in_worker(rule: Rule, dtype: str, size: int, key: Array, last: bool) -> PreparedCase:
+def prepare_in_worker(
+    rule: Rule,
+    dtype: str,
+    size: int,
+    key: Array,
+    last: bool,
+    programs: ProgramCache | None = None,
+) -> PreparedCase:
     """``prepare_case`` in a worker thread, in the 64-bit mode the case needs (the mode is
     thread-local: the caller's does not reach the pool's threads)."""
     with runtime.x64(reference_dtype(dtype) == jnp.float64):
-        return prepare_case(rule, dtype, size, key, eager=last, transform=last)
+        return prepare_case(rule, dtype, size, key, eager=last, transform=last, programs=programs)
 
 
 def verify(
@@ -627,6 +665,7 @@ def verify(
     progress: Callable[[Progress], None] | None = None,
     workers: int | None = None,
     max_bytes: int = MAX_CASE_BYTES,
+    programs: ProgramCache | str | os.PathLike | None = None,
 ) -> Report:
     """Check every rule (or ``rule_ids``) at every dtype and size; return a ``Report``.
 
@@ -636,7 +675,9 @@ def verify(
     ``Progress`` before each compiled program and after each rule. ``workers`` threads
     (default: the CPU count, at most 4) compile the cases ahead of the one running.
     A case estimated to need more than ``max_bytes`` (``case_bytes``; 4 GiB by default) is
-    refused before anything runs, with a ``ValueError`` naming it.
+    refused before anything runs, with a ``ValueError`` naming it. ``programs``, a
+    ``ProgramCache`` or its directory, keeps the compiled programs for the next call
+    (``matcalc_jax.verification.programs``); by default each call compiles its own.
 
     >>> report = verify(["linear"], dtypes=["float32"], sizes=[3])
     >>> report.passed, len(report.checks)
@@ -667,18 +708,50 @@ def verify(
                 f"{needed / 2**30:.1f} GiB, over the limit of {max_bytes / 2**30:.1f} GiB; "
                 "choose a smaller size or raise the limit (--max-gib)"
             )
+    if programs is not None and not isinstance(programs, ProgramCache):
+        programs = ProgramCache(programs)
     send = progress or (lambda event: None)
     workers = max(1, min(os.cpu_count() or 1, 4)) if workers is None else workers
+    entries = list(enumerate(selected))
+    with runtime.precise(needs_x64(dtypes)) as env:
+        checks = check_rules(entries, dtypes, sizes, seed, send, workers, programs)
+    return Report(tuple(checks), env)
+
+
+def needs_x64(dtypes: Sequence[str]) -> bool:
+    """True when one of ``dtypes`` is checked against float64 references."""
+    return any(reference_dtype(d) == jnp.float64 for d in dtypes)
+
+
+def case_key(seed: int, index: int, size: int) -> Array:
+    """The key of the case of the ``index``-th rule checked, at ``size``: the same inputs
+    whichever process or order checks it."""
+    return jax.random.fold_in(jax.random.key(seed), index * 1000 + size)
+
+
+def check_rules(
+    entries: Sequence[tuple[int, Rule]],
+    dtypes: Sequence[str],
+    sizes: Sequence[int],
+    seed: int,
+    send: Callable[[Progress], None],
+    workers: int,
+    programs: ProgramCache | None,
+) -> list[Check]:
+    """Every check of the rules in ``entries`` (``(index, rule)``: ``index`` is the rule's
+    place in the whole run, which draws its inputs), in order, in this process: ``workers``
+    threads prepare the cases ahead, this thread runs them. Call it under
+    ``runtime.precise``."""
+    plan = [
+        (index, rule, dtype, size) for index, rule in entries for dtype in dtypes for size in sizes
+    ]
     checks: list[Check] = []
-    with (
-        runtime.precise(any(reference_dtype(d) == jnp.float64 for d in dtypes)) as env,
-        concurrent.futures.ThreadPoolExecutor(workers, "matcalc-jax-compile") as pool,
-    ):
+    with concurrent.futures.ThreadPoolExecutor(workers, "matcalc-jax-compile") as pool:
 
         def submit(index: int, rule: Rule, dtype: str, size: int) -> concurrent.futures.Future:
-            key = jax.random.fold_in(jax.random.key(seed), index * 1000 + size)
+            key = case_key(seed, index, size)
             last = size == sizes[-1]
-            return pool.submit(prepare_in_worker, rule, dtype, size, key, last)
+            return pool.submit(prepare_in_worker, rule, dtype, size, key, last, programs)
 
         # Prepare a few cases ahead on the workers; run their programs in order on this
         # thread, one at a time (two programs running at once can deadlock jaxlib 0.10's
@@ -691,7 +764,7 @@ def verify(
             def stage(name: str, rule=rule, dtype=dtype, size=size, done=done, index=index) -> None:
                 send(
                     Progress(
-                        "stage", rule.id, dtype, size, name, done, len(plan), index, len(selected)
+                        "stage", rule.id, dtype, size, name, done, len(plan), index, len(entries)
                     )
                 )
 
@@ -713,10 +786,10 @@ def verify(
                         done + 1,
                         len(plan),
                         index,
-                        len(selected),
+                        len(entries),
                         tuple(rule_checks),
                         elapsed,
                     )
                 )
                 started, rule_checks = time.perf_counter(), []
-    return Report(tuple(checks), env)
+    return checks

@@ -1,0 +1,252 @@
+"""Compiled programs kept between runs: a warm ``verify`` neither traces, lowers nor compiles.
+
+JAX's persistent compilation cache saves XLA's compile, but every run still traces each
+program in Python and lowers it to find the cache key; for the harness that is most of a
+run. ``ProgramCache`` keeps the compiled executables themselves
+(``jax.experimental.serialize_executable``), and small values derived from the same
+programs (the entries an operator stores), in files named by a key that fixes everything
+a program depends on:
+
+- the source of every module of the package (SHA-256 of the files' bytes): a changed rule,
+  form, operator or harness changes every key;
+- JAX's, jaxlib's and Python's versions, the backend (platform, its version, the device
+  kinds and count), the CPU (its architecture and feature flags), the ``XLA_FLAGS`` and every
+  ``JAX_*`` / ``XLA_*`` environment variable, and every JAX configuration value, the
+  calling thread's 64-bit mode and matrix-product precision included;
+- the program's name (rule, dtype, size, which program) and the shapes, dtypes and tree
+  of its arguments.
+
+A stale entry is impossible, not merely unlikely: any difference gives another name. The
+key is written inside the file too, with the SHA-256 of the payload; a file that is truncated,
+altered or holds another key's program (two files swapped) is deleted and the program
+compiled and written again, by a temporary file and a rename, so that a reader sees a
+whole file or none. Two processes may share one directory.
+
+Programs are kept on the CPU only, where this is tested; elsewhere each run compiles
+them. Loading an executable runs code from the file, as JAX's own compilation cache does:
+keep the directory as private as the one JAX's cache lives in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import pickle
+import platform
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy
+import jaxlib
+import numpy as np
+
+#: The first line of every file, naming the format.
+MAGIC = b"matcalc-jax-program/1\n"
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """SHA-256 of every Python module of the package: each relative path and its bytes."""
+    digest = hashlib.sha256()
+    for path in sorted(_PACKAGE.rglob("*.py")):
+        data = path.read_bytes()
+        digest.update(f"{path.relative_to(_PACKAGE).as_posix()}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _machine() -> dict[str, Any]:
+    """What the process sees of the machine and the runtime; constant within a process."""
+    devices = jax.devices()
+    cpu_flags = ""
+    with (  # the features XLA's CPU code generator targets
+        contextlib.suppress(OSError),
+        open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle,
+    ):
+        cpu_flags = next((line for line in handle if line.startswith("flags")), "")
+    return {
+        "source": source_digest(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "python": platform.python_version(),
+        "platform": devices[0].platform,
+        "platform_version": devices[0].client.platform_version,
+        "devices": [device.device_kind for device in devices],
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_flags": cpu_flags,
+        "environment": sorted(
+            (name, value)
+            for name, value in os.environ.items()
+            if name.startswith(("JAX_", "XLA_", "TF_", "CUDA_", "LIBTPU"))
+        ),
+    }
+
+
+def context_key() -> str:
+    """The part of a key that is the same for every program of this thread and process."""
+    context = {
+        **_machine(),
+        "config": sorted((name, repr(value)) for name, value in jax.config.values.items()),
+        "x64": bool(jax.config.jax_enable_x64),  # thread-local: read in the calling thread
+        "matmul_precision": repr(jax.config.jax_default_matmul_precision),
+    }
+    return hashlib.sha256(json.dumps(context, sort_keys=True).encode()).hexdigest()
+
+
+def signature(arguments: Any) -> str:
+    """The tree, shapes, dtypes and weak types of ``arguments``: what a program is compiled
+    for."""
+    leaves, tree = jax.tree_util.tree_flatten(arguments)
+    shapes = [str(jax.typeof(leaf)) for leaf in leaves]
+    weak = [bool(getattr(leaf, "weak_type", False)) for leaf in leaves]
+    return f"{tree}|{shapes}|{weak}"
+
+
+@functools.lru_cache(maxsize=1)
+def _initialize_cpu_kernels() -> None:
+    """Make the CPU runtime's LAPACK kernels callable before any loaded program runs.
+
+    jaxlib sets them up when it first lowers a linear-algebra operation; a program loaded
+    from a file skips lowering, and its LAPACK calls would jump through unset pointers (a
+    segmentation fault). Lowering one small Cholesky sets them up, compiling nothing.
+    """
+    import jax.numpy as jnp
+
+    jax.jit(jnp.linalg.cholesky).lower(jax.ShapeDtypeStruct((1, 1), jnp.float32))
+
+
+def _jax_cache_on() -> bool:
+    """True when JAX's persistent compilation cache is on in this process.
+
+    An executable JAX loaded from its cache serializes without its machine code (jaxlib
+    0.10 on CPU: the copy fails at run time with "Function ... not found"), so while that
+    cache is on nothing new is kept here; entries already kept still load.
+    """
+    return bool(jax.config.jax_compilation_cache_dir) and bool(
+        jax.config.jax_enable_compilation_cache
+    )
+
+
+class ProgramCache:
+    """Compiled programs and derived values in ``directory``, keyed as the module says.
+
+    ``compiled(name, lower, arguments)`` returns the compiled program ``lower()`` gives,
+    from the directory when it holds it; ``value(name, compute)`` a JSON value the same
+    way. ``dropped`` counts the damaged files deleted, ``loaded`` the entries read. Every
+    method is safe to call from several threads.
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.dropped = 0
+        self.loaded = 0
+        self._lock = threading.Lock()
+
+    def _key(self, kind: str, name: tuple, arguments: Any = None) -> str:
+        parts = [context_key(), kind, repr(name)]
+        if arguments is not None:
+            parts.append(signature(arguments))
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    def _read(self, key: str) -> bytes | None:
+        """The payload stored under ``key``; ``None`` when absent, and when damaged (the
+        file is then deleted)."""
+        path = self.directory / key
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        header = MAGIC + key.encode() + b"\n"
+        body = data[len(header) + 65 :]
+        digest = data[len(header) : len(header) + 64]
+        if data.startswith(header) and hashlib.sha256(body).hexdigest().encode() == digest:
+            with self._lock:
+                self.loaded += 1
+            return body
+        self._drop(path)
+        return None
+
+    def _drop(self, path: Path) -> None:
+        try:
+            path.unlink()
+        except OSError:  # already removed by another process, or a read-only directory
+            return
+        with self._lock:
+            self.dropped += 1
+
+    def _write(self, key: str, body: bytes) -> None:
+        data = MAGIC + key.encode() + b"\n" + hashlib.sha256(body).hexdigest().encode() + b"\n"
+        temporary = self.directory / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            temporary.write_bytes(data + body)
+            os.replace(temporary, self.directory / key)
+        except OSError:  # full or read-only: the program is still compiled, only not kept
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+
+    def compiled(
+        self, name: tuple, lower: Callable[[], jax.stages.Lowered], arguments: Any
+    ) -> jax.stages.Compiled:
+        """The compiled program named ``name`` for ``arguments``: loaded when stored, else
+        ``lower().compile()``, stored for the next run."""
+        from jax.experimental import serialize_executable
+
+        if _machine()["platform"] != "cpu":  # kept on the CPU only, where it is tested
+            return lower().compile()
+        _initialize_cpu_kernels()
+        key = self._key("program", name, arguments)
+        body = self._read(key)
+        if body is not None:
+            try:
+                executable, in_tree, out_tree = pickle.loads(body)
+                return serialize_executable.deserialize_and_load(executable, in_tree, out_tree)
+            except Exception:  # any failure to load is a damaged entry
+                self._drop(self.directory / key)
+        compiled = lower().compile()
+        if _jax_cache_on():  # the executable may be JAX's cached copy, which cannot be kept
+            return compiled
+        try:
+            body = pickle.dumps(serialize_executable.serialize(compiled))
+        except Exception:  # a backend that cannot serialize: compile each run
+            return compiled
+        self._write(key, body)
+        return compiled
+
+    def arrays(self, name: tuple, compute: Callable[[], Any]) -> Any:
+        """The pytree of arrays named ``name``: loaded when stored, else ``compute()``,
+        stored. For inputs drawn at random: the same key and code draw the same numbers."""
+        key = self._key("arrays", name)
+        body = self._read(key)
+        if body is not None:
+            try:
+                tree, leaves = pickle.loads(body)
+                return jax.tree_util.tree_unflatten(tree, [jax.numpy.asarray(a) for a in leaves])
+            except Exception:  # any failure to load is a damaged entry
+                self._drop(self.directory / key)
+        result = compute()
+        leaves, tree = jax.tree_util.tree_flatten(result)
+        self._write(key, pickle.dumps((tree, [np.asarray(leaf) for leaf in leaves])))
+        return result
+
+    def value(self, name: tuple, compute: Callable[[], Any]) -> Any:
+        """The JSON value named ``name``: loaded when stored, else ``compute()``, stored."""
+        key = self._key("value", name)
+        body = self._read(key)
+        if body is not None:
+            try:
+                return json.loads(body)
+            except ValueError:
+                self._drop(self.directory / key)
+        result = compute()
+        self._write(key, json.dumps(result).encode())
+        return result

@@ -1,0 +1,166 @@
+"""The cache of compiled programs: a warm run loads what a cold run compiled, a damaged or
+swapped file is dropped and compiled again, and no entry outlives what it depends on."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from matcalc_jax.verification import programs as programs_module
+from matcalc_jax.verification.programs import ProgramCache, context_key
+
+
+def _program(scale):
+    """A program with a LAPACK call (its kernels must be set up before a loaded copy runs)."""
+
+    def f(inputs):
+        return {"inverse": jnp.linalg.inv(inputs["a"]) * scale, "sum": inputs["a"].sum()}
+
+    return jax.jit(f)
+
+
+_INPUTS = {"a": jnp.array([[2.0, 1.0], [0.5, 3.0]], jnp.float32)}
+
+
+def _compiled(cache, name, scale=1.0):
+    return cache.compiled(name, lambda: _program(scale).lower(_INPUTS), _INPUTS)
+
+
+def test_a_second_cache_loads_what_the_first_compiled(tmp_path):
+    first = _compiled(ProgramCache(tmp_path), ("p",))
+    cache = ProgramCache(tmp_path)
+    compiled = cache.compiled(("p",), lambda: pytest.fail("compiled again"), _INPUTS)
+    assert cache.loaded == 1 and cache.dropped == 0
+    expected = np.linalg.inv(np.asarray(_INPUTS["a"]))
+    np.testing.assert_allclose(compiled(_INPUTS)["inverse"], expected, rtol=1e-6)
+    np.testing.assert_array_equal(compiled(_INPUTS)["sum"], first(_INPUTS)["sum"])
+
+
+def test_damaged_and_swapped_files_are_dropped_and_compiled_again(tmp_path):
+    cache = ProgramCache(tmp_path)
+    for k in range(4):  # four programs that differ by a scale
+        _compiled(cache, (k,), scale=float(k + 1))
+    files = {k: tmp_path / cache._key("program", (k,), _INPUTS) for k in range(4)}
+    files[0].write_bytes(files[0].read_bytes()[:100])  # truncated
+    files[1].write_bytes(b"garbage")
+    second, third = files[2].read_bytes(), files[3].read_bytes()
+    files[2].write_bytes(third)  # two valid files swapped
+    files[3].write_bytes(second)
+    again = ProgramCache(tmp_path)
+    for k in range(4):
+        compiled = _compiled(again, (k,), scale=float(k + 1))
+        expected = np.linalg.inv(np.asarray(_INPUTS["a"])) * (k + 1)
+        np.testing.assert_allclose(compiled(_INPUTS)["inverse"], expected, rtol=1e-6)
+    assert again.dropped == 4 and again.loaded == 0
+    fresh = ProgramCache(tmp_path)  # rewritten whole: the next reader loads all four
+    for k in range(4):
+        _compiled(fresh, (k,), scale=float(k + 1))
+    assert fresh.loaded == 4 and fresh.dropped == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_arrays_and_values_round_trip_and_survive_damage(tmp_path):
+    cache = ProgramCache(tmp_path)
+    tree = {"args": (jnp.arange(3.0), jnp.ones((2, 2), jnp.bfloat16)), "t": jnp.zeros(1)}
+    cache.arrays(("x",), lambda: tree)
+    loaded = ProgramCache(tmp_path).arrays(("x",), lambda: pytest.fail("drawn again"))
+    assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(tree)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(tree), strict=True
+    ):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    assert cache.value(("v",), lambda: {"n": [1, 2]}) == {"n": [1, 2]}
+    for path in tmp_path.iterdir():
+        path.write_bytes(path.read_bytes()[:-1])  # every file loses its last byte
+    again = ProgramCache(tmp_path)
+    assert again.value(("v",), lambda: {"n": [3]}) == {"n": [3]}
+    again.arrays(("x",), lambda: tree)
+    assert again.dropped == 2
+
+
+def test_the_key_changes_with_everything_a_program_depends_on(tmp_path, monkeypatch):
+    base = context_key()
+    with jax.enable_x64(not jax.config.jax_enable_x64):
+        assert context_key() != base  # the calling thread's 64-bit mode
+    with jax.default_matmul_precision("highest"):
+        assert context_key() != base
+    machine = programs_module._machine()
+    for field in ("source", "jax", "jaxlib", "platform", "cpu_flags"):
+        changed = {**machine, field: str(machine[field]) + "x"}
+        monkeypatch.setattr(programs_module, "_machine", lambda changed=changed: changed)
+        assert context_key() != base, field
+    monkeypatch.undo()
+    assert context_key() == base
+    cache = ProgramCache(tmp_path)
+    other = {"a": jnp.ones((3, 3), jnp.float32)}
+    assert cache._key("program", ("p",), _INPUTS) != cache._key("program", ("p",), other)
+
+
+def test_the_source_digest_covers_every_module(monkeypatch, tmp_path):
+    package = tmp_path / "package"
+    (package / "sub").mkdir(parents=True)
+    (package / "a.py").write_text("x = 1\n")
+    (package / "sub" / "b.py").write_text("y = 2\n")
+    monkeypatch.setattr(programs_module, "_PACKAGE", package)
+    programs_module.source_digest.cache_clear()
+    try:
+        before = programs_module.source_digest()
+        programs_module.source_digest.cache_clear()
+        (package / "sub" / "b.py").write_text("y = 3\n")
+        assert programs_module.source_digest() != before
+    finally:
+        programs_module.source_digest.cache_clear()
+
+
+def test_a_read_only_directory_still_compiles(tmp_path):
+    cache = ProgramCache(tmp_path)
+    tmp_path.chmod(0o500)
+    try:
+        compiled = _compiled(cache, ("p",))
+        np.testing.assert_allclose(compiled(_INPUTS)["sum"], 6.5)
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_nothing_is_kept_while_jax_s_own_cache_is_on(tmp_path, monkeypatch):
+    """An executable JAX loaded from its cache serializes without its machine code."""
+    monkeypatch.setattr(programs_module, "_jax_cache_on", lambda: True)
+    _compiled(ProgramCache(tmp_path / "p"), ("p",))
+    assert list((tmp_path / "p").iterdir()) == []
+
+
+_VERIFY = [sys.executable, "-m", "matcalc_jax", "verify", "--rules", "inverse,linear,softmax",
+           "--dtype", "float32", "--sizes", "2", "--cache-dir"]  # fmt: skip
+
+
+def test_verify_loads_its_programs_and_repairs_damaged_ones(tmp_path):
+    """A fresh process loads the programs (LAPACK's among them) the last one compiled; two
+    files swapped and one truncated between runs are dropped, said in one note, and
+    compiled again; the run after that drops nothing."""
+    directory = tmp_path / "programs"
+
+    def run():
+        done = subprocess.run(
+            [*_VERIFY, str(directory)], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stderr
+
+    run()
+    files = sorted(p for p in directory.iterdir() if p.stat().st_size > 2000)  # programs
+    assert len(files) >= 3
+    names = sorted(p.name for p in directory.iterdir())
+    assert "dropped" not in run()  # a warm run: everything loaded
+    assert sorted(p.name for p in directory.iterdir()) == names
+    first, second = files[0].read_bytes(), files[1].read_bytes()
+    files[0].write_bytes(second)
+    files[1].write_bytes(first)
+    files[2].write_bytes(files[2].read_bytes()[:50])
+    err = run()
+    assert "dropped 3 damaged compiled programs" in err
+    assert "warning" not in err.lower()
+    assert "dropped" not in run()
