@@ -320,3 +320,76 @@ def test_an_internal_error_is_not_read_as_a_usage_error(monkeypatch):
     monkeypatch.setattr(cli, "_verify", broken)
     with pytest.raises(ValueError, match="reshape"):
         cli.main(["verify", "--no-cache"])
+
+
+def _children(pid):
+    """The processes whose parent is ``pid`` (Linux: read from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _gone(pids, seconds=30):
+    import time
+
+    for _ in range(int(seconds / 0.1)):
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                if "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]:
+                    continue  # a zombie has ended
+                alive.append(pid)
+            except (ProcessLookupError, FileNotFoundError):
+                pass
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_verify_in_processes_leaves_no_worker_behind(how):
+    """Ctrl-C ends a run in worker processes in one line, exit 130, and stops the workers;
+    a killed run's workers die with it."""
+    import signal
+    import time
+
+    run = subprocess.Popen(
+        [sys.executable, "-m", "matcalc_jax", "verify", "--no-cache", "--processes", "2",
+         "--dtype", "float32"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        workers = []
+        for _ in range(600):  # the two workers (and multiprocessing's resource tracker)
+            workers = [p for p in _children(run.pid) if "spawn_main" in _cmdline(p)]
+            if len(workers) == 2:
+                break
+            time.sleep(0.1)
+        assert len(workers) == 2
+        time.sleep(1)
+        run.send_signal(getattr(signal, how))
+        _, err = run.communicate(timeout=60)
+        if how == "SIGINT":
+            assert run.returncode == 130
+            assert "interrupted" in err and "Traceback" not in err
+        assert _gone(workers)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+
+
+def _cmdline(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""

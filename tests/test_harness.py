@@ -157,7 +157,7 @@ def test_finite_differences_factorize_every_perturbed_matrix_in_one_batched_call
     # and x - h e_k must go through the map in one vmapped call, so one batched LU.
     inverse = mj.rule("inverse")
     X = inverse.example(key(0), jnp.float64, 4)[0]
-    compiled = central_differences(inverse.fn, 0).lower([X]).compile().as_text()
+    compiled = jax.jit(central_differences(inverse.fn, 0)).lower([X]).compile().as_text()
     calls = re.findall(r'custom_call_target="(lapack_\w+)"', compiled)
     assert calls.count("lapack_dgetrf_ffi") == 1  # two vmapped calls of inv compile to two
 
@@ -306,3 +306,26 @@ def test_verify_in_two_threads_leaves_other_threads_in_their_mode():
         [sys.executable, "-c", _THREADS], capture_output=True, text=True, timeout=600, check=True
     )
     assert done.stdout.strip() == "[True, True] [] ['float32'] False", done.stderr[-2000:]
+
+
+def test_verify_in_two_processes_gives_the_same_report(tmp_path):
+    """The rules checked in two worker processes: the same checks, in the same order,
+    with the same errors (the same inputs, programs and options), and progress in order."""
+    ids = ["linear", "softmax", "logdet"]
+    one = verify(ids, dtypes=["float32", "float64"], sizes=[2, 3])
+    heard = []
+    two = verify(
+        ids,
+        dtypes=["float32", "float64"],
+        sizes=[2, 3],
+        processes=2,
+        programs=tmp_path,
+        progress=lambda event: heard.append((event.kind, event.rule)),
+    )
+    assert two.passed and len(two.checks) == len(one.checks)
+    assert [dataclasses.astuple(c) for c in two.checks] == [
+        dataclasses.astuple(c) for c in one.checks
+    ]
+    assert [rule for kind, rule in heard if kind == "rule"] == ids
+    with pytest.raises(ValueError, match="processes=0"):
+        verify(ids, processes=0)

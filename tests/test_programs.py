@@ -13,26 +13,26 @@ from matcalc_jax.verification import programs as programs_module
 from matcalc_jax.verification.programs import ProgramCache, context_key
 
 
-def _program(scale):
+def _function(scale):
     """A program with a LAPACK call (its kernels must be set up before a loaded copy runs)."""
 
     def f(inputs):
         return {"inverse": jnp.linalg.inv(inputs["a"]) * scale, "sum": inputs["a"].sum()}
 
-    return jax.jit(f)
+    return f
 
 
 _INPUTS = {"a": jnp.array([[2.0, 1.0], [0.5, 3.0]], jnp.float32)}
 
 
 def _compiled(cache, name, scale=1.0):
-    return cache.compiled(name, lambda: _program(scale).lower(_INPUTS), _INPUTS)
+    return cache.compiled(name, _function(scale), _INPUTS)
 
 
 def test_a_second_cache_loads_what_the_first_compiled(tmp_path):
     first = _compiled(ProgramCache(tmp_path), ("p",))
     cache = ProgramCache(tmp_path)
-    compiled = cache.compiled(("p",), lambda: pytest.fail("compiled again"), _INPUTS)
+    compiled = cache.compiled(("p",), lambda inputs: pytest.fail("compiled again"), _INPUTS)
     assert cache.loaded == 1 and cache.dropped == 0
     expected = np.linalg.inv(np.asarray(_INPUTS["a"]))
     np.testing.assert_allclose(compiled(_INPUTS)["inverse"], expected, rtol=1e-6)
@@ -126,11 +126,31 @@ def test_a_read_only_directory_still_compiles(tmp_path):
         tmp_path.chmod(0o700)
 
 
-def test_nothing_is_kept_while_jax_s_own_cache_is_on(tmp_path, monkeypatch):
-    """An executable JAX loaded from its cache serializes without its machine code."""
-    monkeypatch.setattr(programs_module, "_jax_cache_on", lambda: True)
-    _compiled(ProgramCache(tmp_path / "p"), ("p",))
-    assert list((tmp_path / "p").iterdir()) == []
+def test_a_kept_program_never_comes_from_jax_s_own_cache(tmp_path):
+    """JAX's persistent cache on, holding the very program: what is kept is XLA's own
+    compile (a copy of JAX's cached executable would lack its machine code and fail), and
+    the program is not written to JAX's cache."""
+    jax_cache = tmp_path / "xla"
+    previous = {
+        name: getattr(jax.config, name)
+        for name in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    }
+    jax.config.update("jax_compilation_cache_dir", str(jax_cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    try:
+        jax.jit(_function(1.0)).lower(_INPUTS).compile()  # JAX's cache now holds it
+        written = sorted(p.name for p in jax_cache.iterdir())
+        first = ProgramCache(tmp_path / "p")
+        _compiled(first, ("p",))
+        assert sorted(p.name for p in jax_cache.iterdir()) == written
+        second = ProgramCache(tmp_path / "p")
+        compiled = _compiled(second, ("p",))
+        assert second.loaded == 1
+        expected = np.linalg.inv(np.asarray(_INPUTS["a"]))
+        np.testing.assert_allclose(compiled(_INPUTS)["inverse"], expected, rtol=1e-6)
+    finally:
+        for name, value in previous.items():
+            jax.config.update(name, value)
 
 
 _VERIFY = [sys.executable, "-m", "matcalc_jax", "verify", "--rules", "inverse,linear,softmax",
@@ -141,7 +161,7 @@ def test_verify_loads_its_programs_and_repairs_damaged_ones(tmp_path):
     """A fresh process loads the programs (LAPACK's among them) the last one compiled; two
     files swapped and one truncated between runs are dropped, said in one note, and
     compiled again; the run after that drops nothing."""
-    directory = tmp_path / "programs"
+    directory = tmp_path / "cache"
 
     def run():
         done = subprocess.run(
@@ -151,11 +171,12 @@ def test_verify_loads_its_programs_and_repairs_damaged_ones(tmp_path):
         return done.stderr
 
     run()
-    files = sorted(p for p in directory.iterdir() if p.stat().st_size > 2000)  # programs
+    kept = directory / "programs"
+    files = sorted(p for p in kept.iterdir() if p.stat().st_size > 2000)  # programs
     assert len(files) >= 3
-    names = sorted(p.name for p in directory.iterdir())
+    names = sorted(p.name for p in kept.iterdir())
     assert "dropped" not in run()  # a warm run: everything loaded
-    assert sorted(p.name for p in directory.iterdir()) == names
+    assert sorted(p.name for p in kept.iterdir()) == names
     first, second = files[0].read_bytes(), files[1].read_bytes()
     files[0].write_bytes(second)
     files[1].write_bytes(first)

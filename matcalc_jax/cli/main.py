@@ -99,22 +99,61 @@ def _require_x64() -> None:
 
 
 def cache_directory() -> Path:
-    """Where ``verify`` keeps its compiled programs (``matcalc_jax.verification.programs``):
-    ``$MATCALC_JAX_CACHE``, else ``$XDG_CACHE_HOME/matcalc-jax/programs``, else
-    ``~/.cache/matcalc-jax/programs``."""
+    """Where ``verify`` keeps what it compiled: ``$MATCALC_JAX_CACHE``, else
+    ``$XDG_CACHE_HOME/matcalc-jax``, else ``~/.cache/matcalc-jax``. Its ``programs/`` holds
+    the case programs (``matcalc_jax.verification.programs``), its ``xla/`` JAX's
+    persistent compilation cache (the eager operations and input draws)."""
     if os.environ.get("MATCALC_JAX_CACHE"):
         return Path(os.environ["MATCALC_JAX_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "matcalc-jax" / "programs"
+    return Path(base) / "matcalc-jax"
 
 
-def _program_cache(directory: str | None):
-    """The cache of compiled programs in ``directory`` (default: ``cache_directory``);
-    ``None``, with a note, when it cannot be made."""
+def _enable_compilation_cache(directory: Path) -> str | None:
+    """Turn on JAX's persistent compilation cache in ``directory`` for every program; a
+    directory set by the user's own ``JAX_COMPILATION_CACHE_DIR`` wins. Returns the
+    directory, or None if it can't be made."""
+    import jax
+
+    from matcalc_jax.cli import cache
+
+    own = not os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(directory)
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"matcalc-jax: note: no compilation cache ({error})", file=sys.stderr)
+        return None
+    if own:  # the user's own JAX cache is theirs to keep: no entry of it is deleted
+        removed = cache.repair(path)
+        if removed:
+            print(
+                f"matcalc-jax: note: dropped {removed} compilation cache entries that changed "
+                "since the last run; they are compiled again",
+                file=sys.stderr,
+            )
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def _default_processes() -> int:
+    """Worker processes for ``verify``: one per core this process may use, at most 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
+def _program_cache(directory: Path):
+    """The cache of compiled programs in ``directory``; ``None``, with a note, when it
+    cannot be made."""
     from matcalc_jax.verification.programs import ProgramCache
 
     try:
-        return ProgramCache(directory or cache_directory())
+        return ProgramCache(directory)
     except OSError as error:
         print(f"matcalc-jax: note: no cache of compiled programs ({error})", file=sys.stderr)
         return None
@@ -244,6 +283,7 @@ def _check_output_path(command: str, path: str | None) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from matcalc_jax.cli import cache
     from matcalc_jax.verification.harness import DTYPES
     from matcalc_jax.verification.tolerance import tolerance_key
 
@@ -253,8 +293,15 @@ def _verify(args: argparse.Namespace) -> int:
     if args.rules is not None and not _split(args.rules):
         raise ValueError("verify: --rules names no rule; expected ids (matcalc-jax list)")
     _check_output_path("verify", args.json)
-    programs = None if args.no_cache else _program_cache(args.cache_dir)
-    return _run_verify(args, dtypes, programs)
+    if args.no_cache:
+        return _run_verify(args, dtypes, None)
+    directory = Path(args.cache_dir) if args.cache_dir else cache_directory()
+    jax_cache = _enable_compilation_cache(directory / "xla")
+    try:
+        return _run_verify(args, dtypes, _program_cache(directory / "programs"))
+    finally:
+        if jax_cache is not None and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+            cache.record(jax_cache)
 
 
 def _run_verify(args: argparse.Namespace, dtypes: list[str], programs=None) -> int:
@@ -282,6 +329,7 @@ def _run_verify(args: argparse.Namespace, dtypes: list[str], programs=None) -> i
         report = verify(
             _split(args.rules), dtypes=dtypes, sizes=args.sizes, seed=args.seed, progress=show,
             max_bytes=int(args.max_gib * 2**30), programs=programs,
+            processes=args.processes or _default_processes(),
         )  # fmt: skip
     progress.finish()
     if programs is not None and programs.dropped:
@@ -675,11 +723,17 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--no-cache",
         action="store_true",
-        help="compile every program afresh; keep none (default: compiled programs are kept "
-        "in ~/.cache/matcalc-jax/programs or $MATCALC_JAX_CACHE for the next run)",
+        help="compile every program afresh; keep none (default: what is compiled is kept "
+        "in ~/.cache/matcalc-jax or $MATCALC_JAX_CACHE for the next run)",
     )
     verify.add_argument(
-        "--cache-dir", metavar="DIR", help="the directory of the kept compiled programs"
+        "--cache-dir", metavar="DIR", help="the directory of what is compiled, kept between runs"
+    )
+    verify.add_argument(
+        "--processes",
+        type=_positive,
+        metavar="N",
+        help="check the rules in N worker processes (default: one per core, at most 4)",
     )
 
     verify.add_argument(

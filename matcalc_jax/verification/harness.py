@@ -61,7 +61,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
 from typing import Any
 
 import chex
@@ -77,6 +76,7 @@ from matcalc_jax.core.layout import swap_out_in
 from matcalc_jax.operators.base import storage
 from matcalc_jax.transform import hessian as transform_hessian
 from matcalc_jax.transform import jacobian as transform_jacobian
+from matcalc_jax.verification.processes import ordered_map
 from matcalc_jax.verification.programs import ProgramCache
 from matcalc_jax.verification.tolerance import FINITE_DIFFERENCE_TOLERANCE, tolerance, tolerance_key
 
@@ -251,11 +251,11 @@ def finite_difference_jacobian(fn: Callable[..., Array], args: Sequence[Any], wr
     (O(eps / h)) errors. Needs ``jax_enable_x64``.
     """
     args64 = [jnp.asarray(a, jnp.float64) for a in args]
-    return central_differences(fn, wrt)(args64)
+    return jax.jit(central_differences(fn, wrt), compiler_options=COMPILER_OPTIONS)(args64)
 
 
 def central_differences(fn: Callable[..., Array], wrt: int) -> Callable[[list], Array]:
-    """The compiled program behind ``finite_difference_jacobian``.
+    """The program behind ``finite_difference_jacobian``, before compilation.
 
     All 2n perturbed points go through ``fn`` in one vmapped call, x + h e_k and x - h e_k
     stacked, never two: jaxlib 0.10's CPU LAPACK kernels (LU, triangular solves, ...) split
@@ -269,7 +269,6 @@ def central_differences(fn: Callable[..., Array], wrt: int) -> Callable[[list], 
         call[wrt] = point.reshape(jnp.shape(call[wrt]))
         return fn(*call)
 
-    @partial(jax.jit, compiler_options=COMPILER_OPTIONS)
     def central(call: list[Array]) -> Array:
         with jax.default_matmul_precision("highest"):
             return differences(call)
@@ -322,7 +321,7 @@ def draw_case(rule: Rule, dtype: Any, size: int, key: Array) -> dict[str, Any]:
 @functools.lru_cache(maxsize=32)
 def _case_program(rule: Rule, dtype: Any, size: int, transform: bool = True) -> Callable:
     """``case_function``, jit-compiled (without LLVM optimization: see
-    ``COMPILER_OPTIONS``) and cached per case."""
+    ``COMPILER_OPTIONS``) and cached per case, for runs without a cache of programs."""
     return jax.jit(case_function(rule, dtype, size, transform), compiler_options=COMPILER_OPTIONS)
 
 
@@ -453,22 +452,20 @@ def prepare_case(
         )
     name = (rule.id, dtype.name, size, transform)
 
-    def compiled(kind: str, lower: Callable[[], Any], arguments: Any) -> Any:
+    def compiled(kind: str, function: Callable, arguments: Any) -> Any:
         if programs is None:
-            return lower().compile()
-        return programs.compiled((kind, *name), lower, arguments)
+            return jax.jit(function, compiler_options=COMPILER_OPTIONS).lower(arguments).compile()
+        return programs.compiled((kind, *name), function, arguments, COMPILER_OPTIONS)
 
     if programs is None:
         inputs = draw_case(rule, dtype, size, key)
+        program = _case_program(rule, dtype, size, transform).lower(inputs).compile()
     else:
         seed = tuple(np.asarray(jax.random.key_data(key)).ravel().tolist())
         inputs = programs.arrays(
             ("inputs", *name[:3], seed), lambda: draw_case(rule, dtype, size, key)
         )
-
-    program = compiled(
-        "case", lambda: _case_program(rule, dtype, size, transform).lower(inputs), inputs
-    )
+        program = compiled("case", case_function(rule, dtype, size, transform), inputs)
     differences: list[tuple[str, Any]] = []
     if dtype == jnp.float64:
         maps = [("finite_difference", rule.fn)]
@@ -476,8 +473,7 @@ def prepare_case(
             maps.append(("hessian_finite_difference", rule.jacobian))
         call = list(inputs["args"])
         for kind, fn in maps:
-            lower = lambda fn=fn: central_differences(fn, rule.wrt).lower(call)  # noqa: E731
-            differences.append((kind, compiled(kind, lower, call)))
+            differences.append((kind, compiled(kind, central_differences(fn, rule.wrt), call)))
     stored: dict[str, tuple[int, int]] = {}
     if transform and rule.source != "program":
         args = inputs["args"]
@@ -666,6 +662,7 @@ def verify(
     workers: int | None = None,
     max_bytes: int = MAX_CASE_BYTES,
     programs: ProgramCache | str | os.PathLike | None = None,
+    processes: int = 1,
 ) -> Report:
     """Check every rule (or ``rule_ids``) at every dtype and size; return a ``Report``.
 
@@ -678,6 +675,9 @@ def verify(
     refused before anything runs, with a ``ValueError`` naming it. ``programs``, a
     ``ProgramCache`` or its directory, keeps the compiled programs for the next call
     (``matcalc_jax.verification.programs``); by default each call compiles its own.
+    ``processes`` above 1 checks the rules in that many worker processes, one rule at a
+    time each (``matcalc_jax.verification.processes``); the report is the same, and
+    ``progress`` hears of each rule once, in order.
 
     >>> report = verify(["linear"], dtypes=["float32"], sizes=[3])
     >>> report.passed, len(report.checks)
@@ -712,10 +712,76 @@ def verify(
         programs = ProgramCache(programs)
     send = progress or (lambda event: None)
     workers = max(1, min(os.cpu_count() or 1, 4)) if workers is None else workers
-    entries = list(enumerate(selected))
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"verify: processes={processes!r}; expected a positive integer")
     with runtime.precise(needs_x64(dtypes)) as env:
-        checks = check_rules(entries, dtypes, sizes, seed, send, workers, programs)
+        if processes > 1 and len(selected) > 1:
+            checks = _check_in_processes(selected, dtypes, sizes, seed, send, programs, processes)
+        else:
+            entries = list(enumerate(selected))
+            checks = check_rules(entries, dtypes, sizes, seed, send, workers, programs)
     return Report(tuple(checks), env)
+
+
+def _check_in_processes(
+    selected: Sequence[Rule],
+    dtypes: Sequence[str],
+    sizes: Sequence[int],
+    seed: int,
+    send: Callable[[Progress], None],
+    programs: ProgramCache | None,
+    processes: int,
+) -> list[Check]:
+    """``check_rules`` of every rule, one rule a task, in ``processes`` worker processes
+    (``processes.ordered_map``); progress in the run's order."""
+    directory = None if programs is None else str(programs.directory.resolve())
+    tasks = [
+        (index, rule.id, dtypes, sizes, seed, directory) for index, rule in enumerate(selected)
+    ]
+    results = ordered_map(_check_rule_in_worker, tasks, processes)
+    cases, count = len(dtypes) * len(sizes), len(selected)
+    checks: list[Check] = []
+    for index, rule in enumerate(selected):
+        where = f"checking in {processes} processes"
+        send(
+            Progress(
+                "stage", rule.id, dtypes[0], sizes[0], where, index * cases, count * cases,
+                index, count,
+            )
+        )  # fmt: skip
+        rule_checks, elapsed, dropped = next(results)
+        if programs is not None:
+            programs.dropped += dropped
+        checks += rule_checks
+        send(
+            Progress(
+                "rule", rule.id, dtypes[-1], sizes[-1], "done", (index + 1) * cases,
+                count * cases, index, count, tuple(rule_checks), elapsed,
+            )
+        )  # fmt: skip
+    return checks
+
+
+def _check_rule_in_worker(
+    index: int,
+    rule_id: str,
+    dtypes: Sequence[str],
+    sizes: Sequence[int],
+    seed: int,
+    directory: str | None,
+) -> tuple[list[Check], float, int]:
+    """In a worker process: every check of one rule, the seconds they took, and the
+    damaged programs dropped."""
+    from matcalc_jax.catalogue import rule
+
+    started = time.perf_counter()
+    programs = ProgramCache(directory) if directory is not None else None
+    with runtime.precise(needs_x64(dtypes)):
+        checks = check_rules(
+            [(index, rule(rule_id))], dtypes, sizes, seed, lambda event: None, 1, programs
+        )
+    dropped = programs.dropped if programs is not None else 0
+    return checks, time.perf_counter() - started, dropped
 
 
 def needs_x64(dtypes: Sequence[str]) -> bool:

@@ -37,6 +37,7 @@ import os
 import pickle
 import platform
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -124,16 +125,36 @@ def _initialize_cpu_kernels() -> None:
     jax.jit(jnp.linalg.cholesky).lower(jax.ShapeDtypeStruct((1, 1), jnp.float32))
 
 
-def _jax_cache_on() -> bool:
-    """True when JAX's persistent compilation cache is on in this process.
+def compile_fresh(
+    function: Callable, arguments: Any, compiler_options: dict[str, Any] | None = None
+) -> jax.stages.Compiled:
+    """``jax.jit(function).lower(arguments).compile()``, never served by JAX's persistent
+    cache, and not written to it.
 
-    An executable JAX loaded from its cache serializes without its machine code (jaxlib
-    0.10 on CPU: the copy fails at run time with "Function ... not found"), so while that
-    cache is on nothing new is kept here; entries already kept still load.
+    An executable JAX loads from its persistent cache serializes without its machine code
+    (jaxlib 0.10 on CPU: the loaded copy fails with "Function ... not found"), so a program
+    to be kept must come from XLA itself. JAX's cache key includes the program's name: a
+    name no compile has used before (a random suffix) cannot be found there. The compile
+    also runs with this thread's minimum compile time for writing to that cache set to
+    infinity, so that the program, which only this cache will reuse, is not written there.
     """
-    return bool(jax.config.jax_compilation_cache_dir) and bool(
-        jax.config.jax_enable_compilation_cache
-    )
+
+    def program(*args: Any) -> Any:
+        return function(*args)
+
+    program.__name__ = program.__qualname__ = f"matcalc_{uuid.uuid4().hex}"
+    lowered = jax.jit(program, compiler_options=compiler_options).lower(arguments)
+    with _not_written_to_jax_cache():
+        return lowered.compile()
+
+
+def _not_written_to_jax_cache() -> contextlib.AbstractContextManager:
+    """This thread's minimum compile time for JAX's persistent cache set to infinity (a
+    private JAX option; where it is missing, the program is written there and never read)."""
+    from jax._src import config as jax_config
+
+    state = getattr(jax_config, "persistent_cache_min_compile_time_secs", None)
+    return state(float("inf")) if callable(state) else contextlib.nullcontext()
 
 
 class ProgramCache:
@@ -195,14 +216,19 @@ class ProgramCache:
                 temporary.unlink()
 
     def compiled(
-        self, name: tuple, lower: Callable[[], jax.stages.Lowered], arguments: Any
+        self,
+        name: tuple,
+        function: Callable,
+        arguments: Any,
+        compiler_options: dict[str, Any] | None = None,
     ) -> jax.stages.Compiled:
-        """The compiled program named ``name`` for ``arguments``: loaded when stored, else
-        ``lower().compile()``, stored for the next run."""
+        """``function`` jit-compiled for ``arguments`` (one positional argument, a pytree)
+        with ``compiler_options``: loaded when stored under ``name``, else compiled
+        (``compile_fresh``) and stored for the next run."""
         from jax.experimental import serialize_executable
 
         if _machine()["platform"] != "cpu":  # kept on the CPU only, where it is tested
-            return lower().compile()
+            return jax.jit(function, compiler_options=compiler_options).lower(arguments).compile()
         _initialize_cpu_kernels()
         key = self._key("program", name, arguments)
         body = self._read(key)
@@ -212,9 +238,7 @@ class ProgramCache:
                 return serialize_executable.deserialize_and_load(executable, in_tree, out_tree)
             except Exception:  # any failure to load is a damaged entry
                 self._drop(self.directory / key)
-        compiled = lower().compile()
-        if _jax_cache_on():  # the executable may be JAX's cached copy, which cannot be kept
-            return compiled
+        compiled = compile_fresh(function, arguments, compiler_options)
         try:
             body = pickle.dumps(serialize_executable.serialize(compiled))
         except Exception:  # a backend that cannot serialize: compile each run

@@ -1,0 +1,75 @@
+"""The compilation cache's integrity: a damaged entry is dropped before JAX reads it.
+
+JAX's persistent compilation cache trusts its files: a truncated or overwritten entry makes
+every later run warn and compile again, and a valid entry under another entry's name (two
+files swapped) loads the wrong program. ``verify`` keeps a manifest beside the entries, the
+SHA-256 of each file as it was when the last run ended (written to a temporary file and
+renamed, so that it is whole or absent). Before a run, ``repair`` deletes every entry the
+manifest does not vouch for (changed, swapped, truncated, or unknown); JAX then compiles
+those programs again and writes them afresh, and ``record`` vouches for them at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+
+MANIFEST = "matcalc-jax-manifest.json"
+
+
+def _entries(directory: Path) -> list[Path]:
+    """The cache's entries: its plain files, without the manifest and temporary files."""
+    with contextlib.suppress(OSError):
+        return [
+            path
+            for path in directory.iterdir()
+            if path.is_file() and path.name != MANIFEST and not path.name.startswith(".")
+        ]
+    return []
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:  # removed meanwhile (another process's repair)
+        return None
+
+
+def _manifest(directory: Path) -> dict[str, str]:
+    """The recorded digests; empty when the manifest is missing or unreadable."""
+    try:
+        data = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def repair(directory: str | os.PathLike) -> int:
+    """Delete every entry of ``directory`` whose digest is not the one recorded; return
+    how many were deleted."""
+    directory = Path(directory)
+    recorded = _manifest(directory)
+    removed = 0
+    for path in _entries(directory):
+        if recorded.get(path.name) != _digest(path):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+def record(directory: str | os.PathLike) -> None:
+    """Vouch for the entries as they are now: write the manifest of their digests."""
+    directory = Path(directory)
+    digests = {path.name: _digest(path) for path in _entries(directory)}
+    text = json.dumps({name: d for name, d in digests.items() if d is not None})
+    temporary = directory / f".{MANIFEST}.{os.getpid()}.tmp"
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, directory / MANIFEST)
+    except OSError:  # a read-only cache: nothing vouched for, entries dropped next time
+        with contextlib.suppress(OSError):
+            temporary.unlink()
