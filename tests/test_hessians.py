@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import matcalc_jax as mj
+from matcalc_jax.verification import references
 from matcalc_jax.verification.harness import check_rule, relative_error
 
 from .helpers import assert_jacobians_close, key
@@ -24,7 +25,7 @@ def test_closed_form_hessian_matches_jax_hessian_to_1e_10_in_float64(r):
     closed = jax.jit(r.hessian)(*args)
     x = jnp.asarray(args[r.wrt])
     assert closed.shape == x.shape + x.shape
-    assert relative_error(closed, r.jax_hessian(*args)) < 1e-10
+    assert relative_error(closed, references.jax_hessian(r, *args)) < 1e-10
     n = x.size
     np.testing.assert_allclose(closed.reshape(n, n), closed.reshape(n, n).T, atol=1e-12)
 
@@ -38,7 +39,7 @@ def test_structured_hessian_products_match_forward_over_reverse_under_vmap(r):
     assert isinstance(op, mj.JacobianOperator)
     assert op.in_shape == op.out_shape == x.shape
     hvp = jax.jit(jax.vmap(op.mv))(directions)
-    autodiff = jax.vmap(lambda v: r.jax_hvp(*args, tangent=v))(directions)
+    autodiff = jax.vmap(lambda v: references.jax_hvp(r, *args, tangent=v))(directions)
     assert_jacobians_close(hvp, autodiff)
     assert_jacobians_close(jax.vmap(op.vm)(directions), autodiff)  # symmetric
     assert_jacobians_close(op.to_dense(), r.hessian(*args))

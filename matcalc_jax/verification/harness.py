@@ -76,6 +76,7 @@ from matcalc_jax.core.layout import swap_out_in
 from matcalc_jax.operators.base import storage
 from matcalc_jax.transform import hessian as transform_hessian
 from matcalc_jax.transform import jacobian as transform_jacobian
+from matcalc_jax.verification import references
 from matcalc_jax.verification.processes import ordered_map
 from matcalc_jax.verification.programs import ProgramCache
 from matcalc_jax.verification.tolerance import FINITE_DIFFERENCE_TOLERANCE, tolerance, tolerance_key
@@ -374,8 +375,10 @@ def case_function(rule: Rule, dtype: Any, size: int, transform: bool = True) -> 
                 "hessian": rule.hessian(*args),
                 "hessian_structured": hessian_op.to_dense(),
                 "hvp": hessian_op.mv(hessian_tangent),
-                "jax_hessian": rule.jax_hessian(*wide),
-                "jax_hvp": rule.jax_hvp(*wide, tangent=hessian_tangent.astype(reference)),
+                "jax_hessian": references.jax_hessian(rule, *wide),
+                "jax_hvp": references.jax_hvp(
+                    rule, *wide, tangent=hessian_tangent.astype(reference)
+                ),
             }
         return computed
 
