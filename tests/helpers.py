@@ -82,3 +82,28 @@ def python_blocks(markdown: str) -> list[str]:
     """The bodies of the ```python fenced blocks of a Markdown text, in order (```py blocks,
     the docs' sketches, are not among them)."""
     return re.findall(r"^```python\n(.*?)^```", markdown, re.S | re.M)
+
+
+def run_verify(argv, cache_dir):
+    """``matcalc-jax verify *argv --cache-dir cache_dir`` in a fresh process; asserts it
+    passed and returns its stderr."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "matcalc_jax", "verify", *argv, "--cache-dir", str(cache_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stderr
+
+
+def swap_two_and_truncate_one(files):
+    """Damage a cache as a crash or a careless copy would: the first two files swap
+    contents, the third is cut to 50 bytes."""
+    first, second = files[0].read_bytes(), files[1].read_bytes()
+    files[0].write_bytes(second)
+    files[1].write_bytes(first)
+    files[2].write_bytes(files[2].read_bytes()[:50])

@@ -2,10 +2,10 @@
 before JAX reads them, and the run passes without warnings."""
 
 import json
-import subprocess
-import sys
 
 from matcalc_jax.cli import cache
+
+from .helpers import run_verify, swap_two_and_truncate_one
 
 
 def _entries(tmp_path, *contents):
@@ -42,30 +42,18 @@ def test_the_manifest_is_written_whole(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
 
 
-_VERIFY = [sys.executable, "-m", "matcalc_jax", "verify", "--rules", "linear", "--dtype",
-           "float32", "--sizes", "2", "--cache-dir"]  # fmt: skip
-
-
 def test_verify_repairs_a_damaged_cache_and_passes_quietly(tmp_path):
     """Two entries swapped and one truncated between runs: the next run drops them, says
     so in one note, passes, and the run after it finds nothing to drop."""
-    directory = tmp_path / "cache"
-
-    def run():
-        done = subprocess.run(
-            [*_VERIFY, str(directory)], capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stderr
-
-    run()
+    directory, argv = (
+        tmp_path / "cache",
+        ["--rules", "linear", "--dtype", "float32", "--sizes", "2"],
+    )
+    run_verify(argv, directory)
     files = sorted(p for p in (directory / "xla").iterdir() if p.name.endswith("-cache"))
     assert len(files) >= 3
-    first, second = files[0].read_bytes(), files[1].read_bytes()
-    files[0].write_bytes(second)
-    files[1].write_bytes(first)
-    files[2].write_bytes(files[2].read_bytes()[:50])
-    err = run()
+    swap_two_and_truncate_one(files)
+    err = run_verify(argv, directory)
     assert "dropped 3 compilation cache entries" in err
     assert "warning" not in err.lower()
-    assert "dropped" not in run()
+    assert "dropped" not in run_verify(argv, directory)

@@ -1,9 +1,6 @@
 """The cache of compiled programs: a warm run loads what a cold run compiled, a damaged or
 swapped file is dropped and compiled again, and no entry outlives what it depends on."""
 
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +8,8 @@ import pytest
 
 from matcalc_jax.verification import programs as programs_module
 from matcalc_jax.verification.programs import ProgramCache, context_key
+
+from .helpers import run_verify, swap_two_and_truncate_one
 
 
 def _function(scale):
@@ -153,35 +152,21 @@ def test_a_kept_program_never_comes_from_jax_s_own_cache(tmp_path):
             jax.config.update(name, value)
 
 
-_VERIFY = [sys.executable, "-m", "matcalc_jax", "verify", "--rules", "inverse,linear,softmax",
-           "--dtype", "float32", "--sizes", "2", "--cache-dir"]  # fmt: skip
-
-
 def test_verify_loads_its_programs_and_repairs_damaged_ones(tmp_path):
     """A fresh process loads the programs (LAPACK's among them) the last one compiled; two
     files swapped and one truncated between runs are dropped, said in one note, and
     compiled again; the run after that drops nothing."""
     directory = tmp_path / "cache"
-
-    def run():
-        done = subprocess.run(
-            [*_VERIFY, str(directory)], capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stderr
-
-    run()
+    argv = ["--rules", "inverse,linear,softmax", "--dtype", "float32", "--sizes", "2"]
+    run_verify(argv, directory)
     kept = directory / "programs"
     files = sorted(p for p in kept.iterdir() if p.stat().st_size > 2000)  # programs
     assert len(files) >= 3
     names = sorted(p.name for p in kept.iterdir())
-    assert "dropped" not in run()  # a warm run: everything loaded
+    assert "dropped" not in run_verify(argv, directory)  # a warm run: everything loaded
     assert sorted(p.name for p in kept.iterdir()) == names
-    first, second = files[0].read_bytes(), files[1].read_bytes()
-    files[0].write_bytes(second)
-    files[1].write_bytes(first)
-    files[2].write_bytes(files[2].read_bytes()[:50])
-    err = run()
+    swap_two_and_truncate_one(files)
+    err = run_verify(argv, directory)
     assert "dropped 3 damaged compiled programs" in err
     assert "warning" not in err.lower()
-    assert "dropped" not in run()
+    assert "dropped" not in run_verify(argv, directory)

@@ -142,6 +142,40 @@ def test_formulas_are_typeset_offline_with_no_console_errors(browser, address, p
             page.close()
 
 
+_OVERFLOW = """() => {
+  const wide = [];
+  for (const display of document.querySelectorAll("article .katex-display")) {
+    if (display.scrollWidth > display.clientWidth + 1) {
+      wide.push("math " + display.innerText.slice(0, 40));
+    }
+  }
+  const column = document.querySelector("article").clientWidth;
+  const verified = document.querySelector("#verified ~ .md-typeset__scrollwrap table");
+  if (!verified) wide.push("no Verified table");
+  else if (verified.getBoundingClientRect().width > column + 1) wide.push("the Verified table");
+  return wide;
+}"""
+
+
+@pytest.mark.parametrize(
+    "path", ["rules/softmax.html", "rules/chain_matrix_trace.html", "rules/gru_scan.html"]
+)
+def test_a_rule_page_fits_a_phone(browser, address, path):
+    """At 390 px, every display formula and the Verified table of a rule page fit the
+    column (the benchmark tables, five columns, may scroll there)."""
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    try:
+        page.goto(f"{address}/{path}", wait_until="networkidle")
+        formulas = page.locator(".arithmatex").count()
+        page.wait_for_function(
+            "n => document.querySelectorAll('.arithmatex .katex').length >= n", arg=formulas
+        )
+        assert page.evaluate(_OVERFLOW) == []
+    finally:
+        with contextlib.suppress(Exception):
+            page.close()
+
+
 @pytest.mark.parametrize("rule", mj.rules() + mj.programs(), ids=lambda r: r.id)
 def test_every_rule_page_example_runs(rule):
     namespace: dict = {}

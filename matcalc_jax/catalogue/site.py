@@ -123,12 +123,12 @@ def _verification_table(rule_id: str, verification: dict | None) -> list[str]:
         f"{'all checks passed' if summary['passed'] else 'SOME CHECKS FAILED'}; the tolerances "
         "are in [verification](../verification.md)):",
         "",
-        "| dtype | " + " | ".join(f"`{ref}`" for ref in errors_of) + " |",
-        "|---|" + "---:|" * len(errors_of),
+        "| reference | " + " | ".join(by_dtype) + " |",
+        "|---|" + "---:|" * len(by_dtype),
     ]
-    for dtype, errors in by_dtype.items():
-        cells = " | ".join(_fmt(errors.get(ref)) for ref in errors_of)
-        lines.append(f"| {dtype} | {cells} |")
+    for ref in errors_of:  # a row per reference: the table is as wide as the dtypes
+        cells = " | ".join(_fmt(errors.get(ref)) for errors in by_dtype.values())
+        lines.append(f"| `{ref}` | {cells} |")
     for reference, sentence in _STORAGE.items():
         ratios = [errors[reference] for errors in by_dtype.values() if reference in errors]
         if ratios:
