@@ -59,3 +59,25 @@ def test_site_pages_cover_every_rule_and_the_api():
     assert pages["api/operators.md"].count("::: matcalc_jax.operators") == 1
     index = rules_index({"rules": {"linear": {"passed": False}}})
     assert "| [`linear`](linear.md) | " in index and "FAILED" in index
+
+
+def test_the_transform_page_gets_a_table_of_every_program():
+    """The marker in docs/transform.md is there, and the table that replaces it has a row
+    per measured program with its sizes and the ranges of its ratios."""
+    from matcalc_jax.catalogue.site import TRANSFORM_FIGURES, transform_overview
+
+    assert TRANSFORM_FIGURES in (DOCS / "transform.md").read_text(encoding="utf-8")
+    ratios = [
+        {"program": "layer_norm", "size": 256, "build_speedup": 25.0, "dense_speedup": 2.0,
+         "mv_over_jvp": 1.1},
+        {"program": "layer_norm", "size": 1024, "build_speedup": 91.0, "dense_speedup": 2.0,
+         "mv_over_jvp": 0.9},
+        {"program": "conv_layer", "size": 64, "build_speedup": 32.0},
+    ]  # fmt: skip
+    lines = transform_overview(ratios)
+    assert lines[0].startswith("| program | sizes | build J |")
+    row = "| [`layer_norm`](rules/layer_norm.md) | 256, 1024 | 25.00x to 91.00x | 2.00x "
+    assert row + "| 0.90 to 1.10 |" in lines
+    assert "| [`conv_layer`](rules/conv_layer.md) | 64 | 32.00x |  |  |" in lines
+    assert len(lines) == 4
+    assert transform_overview([]) == ["No committed `matcalc-jax bench-transform` run."]

@@ -179,6 +179,48 @@ def _transform_table(program_id: str, ratios: Iterable[dict]) -> list[str]:
     return lines
 
 
+#: The line of docs/transform.md that the site replaces with ``transform_overview``.
+TRANSFORM_FIGURES = "<!-- the site inserts the table of every program here -->"
+
+
+def _span(values: list[float], unit: str = "") -> str:
+    """The range of ``values`` as ``low to high`` (one value alone when they agree)."""
+    if not values:
+        return ""
+    low, high = _ratio(min(values), unit), _ratio(max(values), unit)
+    return low if low == high else f"{low} to {high}"
+
+
+def transform_overview(ratios: Iterable[dict]) -> list[str]:
+    """The transform's figures for users: one row per corpus program with the sizes
+    measured and, over them, how much faster building J and ``J.to_dense()`` are than the
+    best of ``jax.jacfwd`` / ``jax.jacrev``, and ``J.mv``'s time over ``jax.jvp``'s."""
+    by_program: dict[str, list[dict]] = {}
+    for row in ratios:
+        by_program.setdefault(row["program"], []).append(row)
+    if not by_program:
+        return ["No committed `matcalc-jax bench-transform` run."]
+    lines = [
+        "| program | sizes | build J | `J.to_dense()` | `J.mv` / `jax.jvp` |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for program in programs():
+        rows = by_program.get(program.id)
+        if not rows:
+            continue
+
+        def values(key: str, rows: list[dict] = rows) -> list[float]:
+            return [r[key] for r in rows if r.get(key) is not None]
+
+        sizes = sorted({r["size"] for r in rows})
+        lines.append(
+            f"| [`{program.id}`](rules/{program.id}.md) | {', '.join(map(str, sizes))} "
+            f"| {_span(values('build_speedup'), 'x')} | {_span(values('dense_speedup'), 'x')} "
+            f"| {_span(values('mv_over_jvp'))} |"
+        )
+    return lines
+
+
 def rule_page(
     rule: Rule,
     verification: dict | None,

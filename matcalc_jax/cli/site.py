@@ -72,7 +72,7 @@ def assemble(root: Path, build: Path) -> Path:
     import yaml
 
     from matcalc_jax.catalogue import programs, rules
-    from matcalc_jax.catalogue.site import API, site_pages
+    from matcalc_jax.catalogue.site import API, TRANSFORM_FIGURES, site_pages, transform_overview
 
     sources = build / "site-src"
     if sources.exists():
@@ -99,6 +99,9 @@ def assemble(root: Path, build: Path) -> Path:
     errata = (docs / "errata.md").read_text(encoding="utf-8")
     transform = _load_json(root / "bench" / "results" / "transform_cpu.json") or {}
     pages = site_pages(verification, cases, errata, transform.get("ratios", []))
+    overview = "\n".join(transform_overview(transform.get("ratios", [])))
+    page = sources / "transform.md"
+    page.write_text(page.read_text(encoding="utf-8").replace(TRANSFORM_FIGURES, overview))
     for relative, text in pages.items():
         target = sources / relative
         target.parent.mkdir(parents=True, exist_ok=True)
