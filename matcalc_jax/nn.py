@@ -121,7 +121,9 @@ def softplus(x: ArrayLike) -> Array:
 
 def tanh(x: ArrayLike) -> Array:
     """tanh(x); derivative sech^2(x) = 4 e / (1 + e)^2, e = exp(-2|x|), exact in the tails
-    (1.7e-17 at 20 in float64, where 1 - tanh^2 is 0); second derivative -2 tanh sech^2."""
+    (1.7e-17 at 20 in float64, where 1 - tanh^2 is 0); second derivative -2 tanh sech^2.
+    The value is XLA's tanh in float32 (``jnp.tanh``'s bits) and -m / (2 + m) with
+    m = expm1(-2|x|) in float64 (docs/accuracy.md)."""
     return _in_working_precision(activations.tanh, _inexact("tanh", x))
 
 

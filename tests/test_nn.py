@@ -146,6 +146,36 @@ def test_regression_tanh_derivative_in_the_tail_is_not_zero():
     assert float(jax.grad(nn.tanh)(x)) == pytest.approx(4 * np.exp(-40.0), rel=1e-15, abs=0)
 
 
+def test_float32_tanh_is_xlas_value_with_the_exact_tail_derivative():
+    # float32: the value is XLA's tanh bit for bit (faster, and 3.09 ulps at most against
+    # mpmath, docs/accuracy.md); the derivative is still 4 e / (1 + e)^2, not 1 - tanh^2.
+    x = jnp.asarray([-30.0, -9.5, -0.3, -1e-8, -0.0, 0.0, 1e-20, 0.2, 0.7, 4.0, 30.0, np.inf])
+    x = x.astype(jnp.float32)
+    np.testing.assert_array_equal(nn.tanh(x), jnp.tanh(x))
+    np.testing.assert_array_equal(jnp.signbit(nn.tanh(x)), jnp.signbit(x))
+    tail = jax.vmap(jax.grad(nn.tanh))(jnp.asarray([30.0, -30.0], jnp.float32))
+    np.testing.assert_allclose(tail, 4 * np.exp(-60.0), rtol=1e-6)
+    assert float(1 - jnp.tanh(jnp.float32(30.0)) ** 2) == 0.0  # what 1 - tanh^2 would give
+    # float64 keeps the expm1 form: 2.44 ulps where XLA's tanh is 6.88 (docs/accuracy.md).
+    y = jnp.linspace(-3.0, 3.0, 2001, dtype=jnp.float64)
+    assert not np.array_equal(nn.tanh(y), jnp.tanh(y))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_tanh_prime_is_the_exp_over_square_form_bit_for_bit(dtype):
+    # tanh' skips the selects of _exp_over_square where 1 + e rounds to 1: the same bits,
+    # across the switch at 2|x| = K and out to where exp(-2|x|) leaves the normal range.
+    from matcalc_jax.forms import activations
+
+    k = activations._half_normal_range(dtype)
+    x = np.concatenate(
+        [np.linspace(-5, 5, 1001), np.linspace(k / 2 - 1, k / 2 + 1, 1001), [k / 2, 2 * k]]
+    )
+    x = jnp.asarray(np.concatenate([x, -x, [np.inf, np.nan, 0.0]]), dtype)
+    reference = activations._exp_over_square(2 * jnp.abs(x), jnp.asarray(4, dtype))
+    np.testing.assert_array_equal(activations.tanh_prime(x), reference)
+
+
 @pytest.mark.parametrize("name", ["softmax", "log_softmax", "logsumexp"])
 def test_regression_fully_masked_rows_give_finite_documented_derivatives(name):
     x = jnp.array([[0.5, -1.0, 2.0], [-jnp.inf, -jnp.inf, -jnp.inf]])

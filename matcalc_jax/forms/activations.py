@@ -64,6 +64,11 @@ def _custom(value: Callable[..., Array], *partials: Callable[..., Array]) -> Cal
 # ------------------------------------------------------------------------- logistic family
 
 
+def _half_normal_range(dtype: jnp.dtype) -> float:
+    """K = floor(-log(smallest normal number) / 2): exp(-a) is normal for a <= 2 K."""
+    return float(math.floor(-math.log(float(jnp.finfo(dtype).tiny)) / 2))
+
+
 def _exp_times(a: Array, b: Array) -> Array:
     """b exp(-a) for a >= 0, never forming an exp(-a) below the normal range: XLA flushes
     subnormal numbers to 0 on CPU, which would zero a product b exp(-a) that is itself a
@@ -76,7 +81,7 @@ def _exp_times(a: Array, b: Array) -> Array:
 def _exp_times_and_exp(a: Array, b: Array) -> tuple[Array, Array]:
     """(``_exp_times`` (a, b), exp(-a)) from one exponential, exp(-a) as exp(K - a) e^-K
     where a > K (a subnormal there may flush to 0)."""
-    k = float(math.floor(-math.log(float(jnp.finfo(a.dtype).tiny)) / 2))
+    k = _half_normal_range(a.dtype)
     big = a > k
     exponential = jnp.exp(jnp.where(big, k - a, -a))
     product = jnp.where(exponential == 0, jnp.zeros((), a.dtype), b * exponential)
@@ -136,8 +141,13 @@ log_sigmoid = _custom(lambda x: -_softplus_value(-x), lambda x: sigmoid(-x))
 
 
 def _tanh_prime_value(x: Array) -> Array:
+    # ``_exp_over_square(2|x|, 4)`` bit for bit, with fewer selects: where 2|x| > K the
+    # exponential is below exp(-K) and 1 + e rounds to 1, so the quotient is 4 e itself.
     a = 2 * jnp.abs(x)
-    return _exp_over_square(a, jnp.asarray(4, x.dtype))
+    k = _half_normal_range(a.dtype)
+    big = a > k
+    e = jnp.exp(jnp.where(big, k - a, -a))
+    return jnp.where(big, 4 * e * math.exp(-k), 4 * e / jnp.square(1 + e))
 
 
 def _tanh_value(x: Array) -> Array:
@@ -150,8 +160,16 @@ def _tanh_value(x: Array) -> Array:
 #: -2 tanh(x) tanh'(x).
 tanh_prime = _custom(_tanh_prime_value, lambda x: -2 * _tanh_value(x) * _tanh_prime_value(x))
 
+
+def _tanh_forward(x: Array) -> Array:
+    """tanh(x) as returned by ``tanh``: XLA's own tanh in float32, where it is the faster and
+    the more accurate (3.09 ulps at most over ``matcalc-jax accuracy``'s points, against
+    3.36 for the form below), and the expm1 form in float64, where XLA's is 6.88 ulps off."""
+    return jnp.tanh(x) if x.dtype == jnp.float32 else _tanh_value(x)
+
+
 #: tanh(x), with derivative ``tanh_prime``.
-tanh = _custom(_tanh_value, tanh_prime)
+tanh = _custom(_tanh_forward, tanh_prime)
 
 
 # ------------------------------------------------------------------------- silu and gelu
