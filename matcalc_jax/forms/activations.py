@@ -64,11 +64,6 @@ def _custom(value: Callable[..., Array], *partials: Callable[..., Array]) -> Cal
 # ------------------------------------------------------------------------- logistic family
 
 
-def _half_normal_range(dtype: jnp.dtype) -> float:
-    """K = floor(-log(smallest normal number) / 2): exp(-a) is normal for a <= 2 K."""
-    return float(math.floor(-math.log(float(jnp.finfo(dtype).tiny)) / 2))
-
-
 def _exp_times(a: Array, b: Array) -> Array:
     """b exp(-a) for a >= 0, never forming an exp(-a) below the normal range: XLA flushes
     subnormal numbers to 0 on CPU, which would zero a product b exp(-a) that is itself a
@@ -81,7 +76,7 @@ def _exp_times(a: Array, b: Array) -> Array:
 def _exp_times_and_exp(a: Array, b: Array) -> tuple[Array, Array]:
     """(``_exp_times`` (a, b), exp(-a)) from one exponential, exp(-a) as exp(K - a) e^-K
     where a > K (a subnormal there may flush to 0)."""
-    k = _half_normal_range(a.dtype)
+    k = float(math.floor(-math.log(float(jnp.finfo(a.dtype).tiny)) / 2))
     big = a > k
     exponential = jnp.exp(jnp.where(big, k - a, -a))
     product = jnp.where(exponential == 0, jnp.zeros((), a.dtype), b * exponential)
@@ -141,13 +136,8 @@ log_sigmoid = _custom(lambda x: -_softplus_value(-x), lambda x: sigmoid(-x))
 
 
 def _tanh_prime_value(x: Array) -> Array:
-    # ``_exp_over_square(2|x|, 4)`` bit for bit, with fewer selects: where 2|x| > K the
-    # exponential is below exp(-K) and 1 + e rounds to 1, so the quotient is 4 e itself.
     a = 2 * jnp.abs(x)
-    k = _half_normal_range(a.dtype)
-    big = a > k
-    e = jnp.exp(jnp.where(big, k - a, -a))
-    return jnp.where(big, 4 * e * math.exp(-k), 4 * e / jnp.square(1 + e))
+    return _exp_over_square(a, jnp.asarray(4, x.dtype))
 
 
 def _tanh_value(x: Array) -> Array:
