@@ -51,7 +51,8 @@ UNARY: dict[str, Callable[[Array, Array], Array]] = {
     "erfc": lambda x, y: -_TWO_OVER_SQRT_PI * jnp.exp(-jnp.square(x)),
     "erf_inv": lambda x, y: _SQRT_PI_OVER_TWO * jnp.exp(jnp.square(y)),
     "lgamma": lambda x, y: lax.digamma(x),
-    "digamma": lambda x, y: lax.polygamma(jnp.ones_like(x), x),
+    # polygamma(1, x) with a scalar order, as JAX's jvp binds it.
+    "digamma": lambda x, y: lax.polygamma(np.array(1, x.dtype), x),
 }
 
 #: The maps above that are holomorphic: the same formula is their complex derivative.

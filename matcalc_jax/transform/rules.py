@@ -292,7 +292,10 @@ def _reduce_chooser(ctx, eqn, ins, ops, outs):
     labels = _label(x.ndim)
     axes = tuple(sorted(eqn.params["axes"]))
     chosen = (x == jnp.expand_dims(y, axes)).astype(y.dtype)
-    core = chosen / jnp.sum(chosen, axis=axes, keepdims=True)  # JAX splits evenly among ties
+    count = jnp.sum(chosen, axis=axes, keepdims=True)  # JAX splits evenly among ties
+    # A NaN maximum chooses nothing: 0 / 0, NaN as JAX's jvp has it. Spelt as a select,
+    # since XLA rewrites a one-hot quotient as select(chosen, 1 / count, 0) under jit.
+    core = jnp.where(count > 0, chosen / count, jnp.nan).astype(y.dtype)
     spec = (labels, labels, _without(labels, axes))
     return [compose(contraction(core, spec, x.shape, y.shape, y.dtype), ops[0])]
 
