@@ -58,18 +58,26 @@ def assert_transform_matches_autodiff(f: Any, x: Any, *, forward: bool = True) -
     """``matcalc_jax.jacobian(f)(x)`` against JAX: ``to_dense`` against ``jax.jacfwd`` and
     ``mv`` against ``jax.jvp`` (``forward=False``: ``to_dense`` against ``jax.jacrev`` only,
     for a function JAX differentiates in reverse mode only, a ``custom_vjp``), and ``vm``
-    against ``jax.vjp`` (a complex cotangent for a complex output). Returns J."""
-    J = mj.jacobian(f)(x)
-    y = f(x)
-    reference = jax.jacfwd(f)(x) if forward else jax.jacrev(f)(x)
-    assert_jacobians_close(J.to_dense(), reference)
-    v = jnp.sin(jnp.arange(x.size, dtype=x.dtype) + 1.0).reshape(x.shape)
-    if forward:
-        assert_jacobians_close(J.mv(v), jax.jvp(f, (x,), (v,))[1])
-    u = jnp.cos(jnp.arange(y.size) + 0.5).reshape(y.shape).astype(y.dtype)
+    against ``jax.vjp`` (a complex cotangent for a complex output). Everything runs as one
+    jitted program (the directions are its arguments, not constants XLA could fold);
+    returns J, an operator (a pytree) out of that program."""
+    y = jax.eval_shape(f, x)
+    v = np.sin(np.arange(x.size) + 1.0).reshape(x.shape).astype(x.dtype)
+    u = np.cos(np.arange(y.size) + 0.5).reshape(y.shape).astype(y.dtype)
     if jnp.iscomplexobj(y):
-        u = u + 1j * jnp.sin(jnp.arange(y.size)).reshape(y.shape)
-    assert_jacobians_close(J.vm(u), jax.vjp(f, x)[1](u)[0])
+        u = u + 1j * np.sin(np.arange(y.size)).reshape(y.shape).astype(y.dtype)
+
+    def compare(x: Any, v: Any, u: Any) -> tuple:
+        J = mj.jacobian(f)(x)
+        pairs = [(J.to_dense(), jax.jacfwd(f)(x) if forward else jax.jacrev(f)(x))]
+        if forward:
+            pairs.append((J.mv(v), jax.jvp(f, (x,), (v,))[1]))
+        pairs.append((J.vm(u), jax.vjp(f, x)[1](u)[0]))
+        return J, pairs
+
+    J, pairs = jax.jit(compare)(x, v, u)
+    for actual, expected in pairs:
+        assert_jacobians_close(actual, expected)
     return J
 
 
