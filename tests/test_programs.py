@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax._src import compilation_cache  # reset_cache: JAX has no public way to reopen it
 
 from matcalc_jax.verification import programs as programs_module
 from matcalc_jax.verification.programs import ProgramCache, context_key
@@ -136,6 +137,9 @@ def test_a_kept_program_never_comes_from_jax_s_own_cache(tmp_path):
     }
     jax.config.update("jax_compilation_cache_dir", str(jax_cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    # JAX opens its cache once per process: a test before this one, in this worker, may
+    # have opened it elsewhere (or found it off).
+    compilation_cache.reset_cache()
     try:
         jax.jit(_function(1.0)).lower(_INPUTS).compile()  # JAX's cache now holds it
         written = sorted(p.name for p in jax_cache.iterdir())
@@ -150,6 +154,7 @@ def test_a_kept_program_never_comes_from_jax_s_own_cache(tmp_path):
     finally:
         for name, value in previous.items():
             jax.config.update(name, value)
+        compilation_cache.reset_cache()
 
 
 def test_verify_loads_its_programs_and_repairs_damaged_ones(tmp_path):
