@@ -377,7 +377,12 @@ def test_verify_in_processes_leaves_no_worker_behind(how):
         assert len(workers) == 2
         time.sleep(1)
         run.send_signal(getattr(signal, how))
-        _, err = run.communicate(timeout=60)
+        try:
+            _, err = run.communicate(timeout=60)
+        except subprocess.TimeoutExpired as timeout:  # say what the run was doing
+            run.kill()
+            tail = (timeout.stderr or b"")[-1500:]
+            pytest.fail(f"{how}: still running after 60 s; its stderr ends {tail!r}")
         if how == "SIGINT":
             assert run.returncode == 130
             assert "interrupted" in err and "Traceback" not in err
