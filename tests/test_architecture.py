@@ -30,7 +30,8 @@ ALLOWED = {
         "nn",
         "transform",
     },
-    "cli": {"catalogue", "runtime", "verification", "benchmark"},
+    "site": {"catalogue", "transform"},
+    "cli": {"catalogue", "runtime", "verification", "benchmark", "site"},
 }
 
 

@@ -8,7 +8,7 @@ import pytest
 
 import matcalc_jax as mj
 from matcalc_jax import catalogue
-from matcalc_jax.catalogue.markdown import render_rules_markdown
+from matcalc_jax.site.rules_page import render_rules_markdown
 
 SEED_IDS = [
     "product_inner",

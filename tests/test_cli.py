@@ -12,8 +12,9 @@ import pytest
 
 import matcalc_jax as mj
 from matcalc_jax import catalogue
-from matcalc_jax.cli.main import main, verdict
+from matcalc_jax.cli.main import main
 from matcalc_jax.verification.harness import Check, Report
+from matcalc_jax.verification.report import verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -255,7 +256,7 @@ def test_case_bytes_counts_the_jacobian_of_the_shapes():
 
 _PARENT = """
 import os, sys
-from matcalc_jax.cli.site import run_reaped
+from matcalc_jax.site.build import run_reaped
 child = "import os, time; open({pidfile!r}, 'w').write(str(os.getpid())); time.sleep(120)"
 run_reaped([sys.executable, "-c", child], dict(os.environ))
 """

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import matcalc_jax as mj
-from matcalc_jax.catalogue.site import rule_page, rules_index, site_pages
+from matcalc_jax.site.pages import rule_page, rules_index, site_pages
 
 from .helpers import python_blocks
 
@@ -64,7 +64,7 @@ def test_site_pages_cover_every_rule_and_the_api():
 def test_the_transform_page_gets_a_table_of_every_program():
     """The marker in docs/transform.md is there, and the table that replaces it has a row
     per measured program with its sizes and the ranges of its ratios."""
-    from matcalc_jax.catalogue.site import TRANSFORM_FIGURES, transform_overview
+    from matcalc_jax.site.pages import TRANSFORM_FIGURES, transform_overview
 
     assert TRANSFORM_FIGURES in (DOCS / "transform.md").read_text(encoding="utf-8")
     ratios = [

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import pytest
 
 import matcalc_jax as mj
-from matcalc_jax.catalogue.site import example_code
+from matcalc_jax.site.pages import example_code
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("MATCALC_JAX_CHROMIUM", "/usr/bin/chromium")
@@ -47,7 +47,7 @@ FLAGS = [
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    from matcalc_jax.cli.site import assemble, mkdocs
+    from matcalc_jax.site.build import assemble, mkdocs
 
     build = tmp_path_factory.mktemp("site-build")
     assert mkdocs(assemble(ROOT, build)) == 0, "mkdocs build --strict failed (see its log)"

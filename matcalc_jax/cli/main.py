@@ -159,102 +159,14 @@ def _program_cache(directory: Path):
         return None
 
 
-def _format_error(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1e}"
-
-
-def verdict(report) -> str:
-    """One line that says what happened: every check passed, or how many failed, where."""
-    checks, rules = len(report.checks), len(report.rule_ids)
-    failures = report.failures()
-    if not checks:
-        return "verdict: nothing was checked"
-    if not failures:
-        return f"verdict: PASS, all {checks} checks of {rules} rules passed"
-    failed = list(dict.fromkeys(c.rule for c in failures))
-    names = ", ".join(failed[:4]) + (", ..." if len(failed) > 4 else "")
-    return (
-        f"verdict: FAIL, {len(failures)} of {checks} checks failed, in {len(failed)} of "
-        f"{rules} rules ({names})"
-    )
-
-
-def _report_columns(dtypes: list[str], hessians: bool) -> list[tuple[str, str]]:
-    """(dtype, reference) of each error column of the table."""
-    columns = []
-    for dtype in dtypes:
-        columns += [(dtype, "jacfwd"), (dtype, "jacrev")]
-        if dtype == "float64":
-            columns.append((dtype, "finite_difference"))
-        if hessians:
-            columns.append((dtype, "hessian"))
-    return columns
-
-
-_SHORT = {"jacfwd": "fwd", "jacrev": "rev", "finite_difference": "fd", "hessian": "hess"}
-_SHORT_DTYPE = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
-
-
 def print_report(report, *, wide: bool = False, out=None) -> None:
-    """The verify report as a table: the largest error of each rule against jacfwd, jacrev,
-    finite differences and jax.hessian per dtype, a verdict per rule, every failure, and the
-    verdict. Lines fit in 100 columns unless ``wide`` (which adds the formulas)."""
-    from matcalc_jax.catalogue import rule
+    """Print the verify report (``verification/report.py`` renders it), each line fitted to
+    100 columns unless ``wide``."""
+    from matcalc_jax.verification.report import report_lines
 
-    out = out or sys.stdout
     width = None if wide else WIDTH
-    env = report.environment
-    dtypes = list(dict.fromkeys(c.dtype for c in report.checks))
-    sizes = sorted({c.size for c in report.checks})
-    lines = [
-        f"device: {env['platform']} ({env['device_kind']}), jax {env['jax']}, x64 "
-        f"{env['x64']}, matmul precision {env['matmul_precision']}",
-        f"sizes {sizes}; max |closed - reference| / max |reference| over sizes; every check: "
-        "--json",
-        verdict(report),
-    ]
-    hessians = any(c.reference == "hessian" for c in report.checks)
-    columns = _report_columns(dtypes, hessians)
-    name_width = max([4] + [len(r) for r in report.rule_ids])
-    cell = 7
-    if not wide and name_width + 2 + (cell + 2) * len(columns) + 7 > WIDTH:
-        # too many dtypes for one column per reference: the worst over references instead
-        columns = [(dtype, "worst") for dtype in dtypes]
-    header = ["rule".ljust(name_width)]
-    if wide:
-        header.append("formula".ljust(46))
-    header += [f"{_SHORT_DTYPE.get(d, d)} {_SHORT.get(r, r)}".ljust(cell) for d, r in columns]
-    header.append("verdict")
-    lines += ["  ".join(header), "  ".join("-" * len(h) for h in header)]
-    for rule_id in report.rule_ids:
-        cells = [rule_id.ljust(name_width)]
-        if wide:
-            cells.append(rule(rule_id).plain[:46].ljust(46))
-        for dtype, reference in columns:
-            if reference == "worst":
-                ratios = [
-                    c.error / c.tolerance
-                    for c in report.checks
-                    if (c.rule, c.dtype) == (rule_id, dtype) and c.tolerance > 0
-                ]
-                value = _format_error(max(ratios) if ratios else None)
-            else:
-                value = _format_error(report.max_error(rule_id, dtype, reference))
-            cells.append(value.ljust(cell))
-        cells.append("pass" if report.rule_passed(rule_id) else "FAIL")
-        lines.append("  ".join(cells))
-    if columns and columns[0][1] == "worst":
-        lines.append("worst: the largest error / tolerance over every check (above 1 fails)")
-    for check in report.failures():
-        lines.append(
-            f"FAIL {check.rule} {check.dtype} size {check.size} vs {check.reference}: error "
-            f"{check.error:.3e} > tolerance {check.tolerance:.1e} {check.detail}".rstrip()
-        )
-    passed = sum(report.rule_passed(r) for r in report.rule_ids)
-    lines.append(f"{passed} of {len(report.rule_ids)} rules pass ({len(report.checks)} checks)")
-    lines.append(verdict(report))
-    for line in lines:
-        print(clip(line, width), file=out)
+    for line in report_lines(report, wide=wide, width=WIDTH):
+        print(clip(line, width), file=out or sys.stdout)
 
 
 def _hang(label: str, waited: float) -> None:
@@ -497,7 +409,7 @@ def _report(args: argparse.Namespace, data: dict, formatter: Callable[[dict], st
 
 
 def _site(args: argparse.Namespace) -> int:
-    from matcalc_jax.cli.site import SiteError, assemble, mkdocs
+    from matcalc_jax.site.build import SiteError, assemble, mkdocs
 
     root = Path.cwd()
     if not (root / "mkdocs.yml").exists() or not (root / "docs").is_dir():
@@ -567,7 +479,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _docs(args: argparse.Namespace) -> int:
-    from matcalc_jax.catalogue.markdown import render_rules_markdown
+    from matcalc_jax.site.rules_page import render_rules_markdown
 
     text = render_rules_markdown()
     path = Path(args.out)

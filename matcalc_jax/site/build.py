@@ -1,5 +1,5 @@
 """``matcalc-jax site``: the reference site, built with MkDocs Material from ``docs/``, the
-README and the pages generated from the catalogue (``catalogue/site.py``).
+README and the pages generated from the catalogue (``site/pages.py``).
 
 The sources are assembled under ``build/site-src`` (never edited by hand):
 
@@ -72,7 +72,7 @@ def assemble(root: Path, build: Path) -> Path:
     import yaml
 
     from matcalc_jax.catalogue import programs, rules
-    from matcalc_jax.catalogue.site import API, TRANSFORM_FIGURES, site_pages, transform_overview
+    from matcalc_jax.site.pages import API, TRANSFORM_FIGURES, site_pages, transform_overview
 
     sources = build / "site-src"
     if sources.exists():
