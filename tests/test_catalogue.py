@@ -8,6 +8,7 @@ import pytest
 
 import matcalc_jax as mj
 from matcalc_jax import catalogue
+from matcalc_jax.forms import elementwise, softmax
 from matcalc_jax.site.rules_page import render_rules_markdown
 
 SEED_IDS = [
@@ -93,6 +94,29 @@ def test_record_fields_are_filled(r):
     assert r.wrt >= 0
     name = r.public.removeprefix("matcalc_jax.")
     assert callable(getattr(mj, name)), f"{r.public} is not public"
+
+
+def _declared(**fields):
+    base = dict(id="t", title="t", formula="f", numerator_formula="f", plain="f", source="s",
+                shapes="s", fn=softmax.softmax_map, make_example=None)  # fmt: skip
+    return catalogue.record.Rule(**(base | fields))
+
+
+def test_a_declaration_derives_the_structured_twin_and_the_public_name():
+    """name_jacobian gives name_operator from its module and matcalc_jax.name_jacobian;
+    what is given wins; a closed form with no twin is an error naming the rule."""
+    derived = _declared(closed_form=softmax.softmax_jacobian)
+    assert derived.structured_form is softmax.softmax_operator and derived.wrt == 0
+    assert derived.public == "matcalc_jax.softmax_jacobian"
+    twin = elementwise.log_operator
+    given = _declared(closed_form=softmax.softmax_jacobian, structured_form=twin, public="mj.x")
+    assert (given.structured_form, given.public) == (twin, "mj.x")
+    with pytest.raises(ValueError, match=r"rule 't': structured_form not given.*'_lonely'"):
+        _declared(closed_form=_lonely)
+
+
+def _lonely(*args, layout="numerator"):
+    return args
 
 
 @pytest.mark.parametrize("r", RULES, ids=IDS)

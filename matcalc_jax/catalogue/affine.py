@@ -15,14 +15,10 @@ from matcalc_jax.catalogue.record import MATMUL_SIZES, VECTOR_SIZES, Rule
 from matcalc_jax.forms.affine import (
     affine_matrix_jacobian,
     affine_matrix_map,
-    affine_matrix_operator,
     linear_layer_bias_jacobian,
-    linear_layer_bias_operator,
     linear_layer_input_jacobian,
-    linear_layer_input_operator,
     linear_layer_map,
     linear_layer_weight_jacobian,
-    linear_layer_weight_operator,
 )
 
 
@@ -60,8 +56,6 @@ def _layer_rule(
     numerator: str,
     plain: str,
     closed: Any,
-    structured: Any,
-    public: str,
     *,
     bench_sizes: tuple[int, ...],
     quick_size: int = 16,
@@ -77,8 +71,6 @@ def _layer_rule(
         fn=partial(linear_layer_map, rule_id=rule_id),
         wrt=wrt,
         closed_form=closed,
-        structured_form=structured,
-        public=public,
         make_example=lambda key, dtype, size: _layer_example(key, dtype, size, wrt),
         bench_sizes=bench_sizes,
         quick_size=quick_size,
@@ -100,8 +92,6 @@ RULES = (
         fn=affine_matrix_map,
         wrt=1,
         closed_form=affine_matrix_jacobian,
-        structured_form=affine_matrix_operator,
-        public="matcalc_jax.affine_matrix_jacobian",
         bench_sizes=(8, 16, 32, 48),
         quick_size=4,
         make_example=_affine_example,
@@ -116,8 +106,6 @@ RULES = (
         r"I \otimes \mathbf{x}^{\mathrm{T}}",
         "dy_a/dW_ij = delta_ai x_j",
         linear_layer_weight_jacobian,
-        linear_layer_weight_operator,
-        "matcalc_jax.linear_layer_weight_jacobian",
         bench_sizes=(16, 32, 64, 128),  # jacfwd pushes an (n m)^2 standard basis
         quick_size=8,
     ),
@@ -129,8 +117,6 @@ RULES = (
         r"W",
         "d(Wx + b)/dx = W^T",
         linear_layer_input_jacobian,
-        linear_layer_input_operator,
-        "matcalc_jax.linear_layer_input_jacobian",
         bench_sizes=MATMUL_SIZES,
     ),
     _layer_rule(
@@ -141,8 +127,6 @@ RULES = (
         r"I",
         "d(Wx + b)/db = I",
         linear_layer_bias_jacobian,
-        linear_layer_bias_operator,
-        "matcalc_jax.linear_layer_bias_jacobian",
         bench_sizes=VECTOR_SIZES,
     ),
 )

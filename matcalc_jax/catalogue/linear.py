@@ -14,13 +14,10 @@ from matcalc_jax.catalogue.record import DIAGONAL_SIZES, Rule
 from matcalc_jax.core import validate
 from matcalc_jax.forms.linear import (
     identity_jacobian,
-    identity_operator,
     linear_jacobian,
     linear_map,
-    linear_operator,
     linear_transposed_jacobian,
     linear_transposed_map,
-    linear_transposed_operator,
 )
 
 
@@ -44,10 +41,7 @@ RULES = (
         source="seed",
         shapes="x in R^n",
         fn=lambda x: validate.vector("identity", "x", x),
-        wrt=0,
         closed_form=identity_jacobian,
-        structured_form=identity_operator,
-        public="matcalc_jax.identity_jacobian",
         bench_sizes=DIAGONAL_SIZES,
         make_example=lambda key, dtype, size: (draws.normal(key, (size,), dtype),),
     ),
@@ -62,8 +56,6 @@ RULES = (
         fn=linear_map,
         wrt=1,
         closed_form=linear_jacobian,
-        structured_form=linear_operator,
-        public="matcalc_jax.linear_jacobian",
         make_example=_linear_example,
     ),
     Rule(
@@ -75,10 +67,7 @@ RULES = (
         source="seed",
         shapes="x in R^m, A in R^{m x n}",
         fn=linear_transposed_map,
-        wrt=0,
         closed_form=linear_transposed_jacobian,
-        structured_form=linear_transposed_operator,
-        public="matcalc_jax.linear_transposed_jacobian",
         make_example=_linear_transposed_example,
     ),
 )

@@ -56,7 +56,6 @@ def _scalar_rule(rule_id: str, gradient: Any, hessian: Any, **fields: Any) -> Ru
     closed, structured = gradient_forms(rule_id, gradient)
     return Rule(
         id=rule_id,
-        wrt=0,
         closed_form=closed,
         structured_form=structured,
         hessian_form=hessian,

@@ -8,6 +8,7 @@ Hessian-vector product) are in ``matcalc_jax.verification.references``.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -48,13 +49,15 @@ class Rule:
       source: where the rule comes from (``"seed"``, ``"nndl"``).
       shapes: the shapes of the objects in ``formula``.
       fn: the map being differentiated, ``fn(*args) -> Array``.
-      wrt: index of the positional argument of ``fn`` that is differentiated.
       closed_form: the hand-written Jacobian ``closed_form(*args, layout=...)``; never calls
         autodiff.
+      make_example: ``make_example(key, dtype, size) -> tuple`` of valid arguments for ``fn``.
+      wrt: index of the positional argument of ``fn`` that is differentiated (default 0).
       structured_form: the same Jacobian as a structured operator (``matcalc_jax.Diagonal``,
         ``Kronecker``, ...), ``structured_form(*args, layout=...)``; never calls autodiff.
+        Default: ``name_operator`` beside a closed form ``name_jacobian`` in its module.
       public: the public function that implements the rule (``"matcalc_jax.linear_jacobian"``).
-      make_example: ``make_example(key, dtype, size) -> tuple`` of valid arguments for ``fn``.
+        Default: ``matcalc_jax.`` and the closed form's name.
       default_size: the size used by ``example`` when none is given.
       bench_sizes: the sizes ``matcalc-jax bench`` sweeps.
       quick_size: the one size ``matcalc-jax bench --quick`` times (a dense Jacobian of four
@@ -76,11 +79,11 @@ class Rule:
     source: str
     shapes: str
     fn: Callable[..., Array]
-    wrt: int
     closed_form: Callable[..., Array]
-    structured_form: Callable[..., Any]
-    public: str
     make_example: Callable[[Array, Any, int], tuple[Array, ...]]
+    wrt: int = 0
+    structured_form: Callable[..., Any] | None = None
+    public: str = ""
     default_size: int = 4
     bench_sizes: tuple[int, ...] = VECTOR_SIZES
     quick_size: int = 16
@@ -91,6 +94,10 @@ class Rule:
     def __post_init__(self) -> None:
         if (self.hessian_form is None) != (self.structured_hessian_form is None):
             raise ValueError(f"rule {self.id!r}: give both Hessian forms or neither")
+        if self.structured_form is None:  # the twin of name_jacobian: name_operator
+            object.__setattr__(self, "structured_form", _operator_twin(self))
+        if not self.public:  # the closed form is exported under its own name
+            object.__setattr__(self, "public", f"matcalc_jax.{self.closed_form.__name__}")
 
     @property
     def has_hessian(self) -> bool:
@@ -205,6 +212,20 @@ class Rule:
         jacobian = transform(self.fn, argnums=self.wrt)(*args)
         out_ndim = jacobian.ndim - jnp.ndim(args[self.wrt])
         return from_numerator(jacobian, out_ndim, layout)
+
+
+def _operator_twin(rule: Rule) -> Callable[..., Any]:
+    """``name_operator`` from the module of the closed form ``name_jacobian``: the twin the
+    forms' convention puts beside it; an error naming the rule where there is none."""
+    name = getattr(rule.closed_form, "__name__", "")
+    module = sys.modules.get(getattr(rule.closed_form, "__module__", ""))
+    twin = getattr(module, name.removesuffix("_jacobian") + "_operator", None)
+    if not name.endswith("_jacobian") or twin is None:
+        raise ValueError(
+            f"rule {rule.id!r}: structured_form not given and the closed form {name!r} has no "
+            "'_operator' twin beside it (name_jacobian -> name_operator); pass structured_form"
+        )
+    return twin
 
 
 def gradient_forms(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from matcalc_jax.catalogue import draws
 from matcalc_jax.catalogue.record import DIAGONAL_SIZES, Rule
-from matcalc_jax.forms.softmax import softmax_jacobian, softmax_map, softmax_operator
+from matcalc_jax.forms.softmax import softmax_jacobian, softmax_map
 
 RULES = (
     Rule(
@@ -21,10 +21,7 @@ RULES = (
         source="nndl",
         shapes="x in R^K",
         fn=softmax_map,
-        wrt=0,
         closed_form=softmax_jacobian,
-        structured_form=softmax_operator,
-        public="matcalc_jax.softmax_jacobian",
         bench_sizes=DIAGONAL_SIZES,
         make_example=lambda key, dtype, size: (draws.normal(key, (size,), dtype),),
         notes="x_k = -inf gives a zero row and column k; an all -inf x gives NaN, like softmax.",
