@@ -399,3 +399,21 @@ def _cmdline(pid):
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_an_interrupt_lost_on_the_way_is_raised_at_the_next_step():
+    """Ctrl-C whose KeyboardInterrupt something swallowed (a finalizer, a C callback) stops
+    the run at its next step; outside the block Ctrl-C is Python's own again."""
+    import contextlib
+    import signal
+
+    from matcalc_jax.cli.console import Interrupts
+
+    before = signal.getsignal(signal.SIGINT)
+    with Interrupts() as interrupts:
+        interrupts.check()  # nothing asked yet
+        with contextlib.suppress(KeyboardInterrupt):  # lost on the way
+            signal.raise_signal(signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+    assert signal.getsignal(signal.SIGINT) is before

@@ -7,9 +7,11 @@ that a log shows what was done and when, and a silent log means a stuck run.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 #: Lines of tables and listings are fitted to this many columns unless asked for more.
 WIDTH = 100
@@ -68,3 +70,37 @@ class Progress:
         if self._drawn:
             print("\r" + " " * (WIDTH - 1) + "\r", end="", file=self.stream, flush=True)
             self._drawn = False
+
+
+class Interrupts:
+    """Ctrl-C during a long run, honoured even where Python loses it.
+
+    Inside the ``with`` block SIGINT raises ``KeyboardInterrupt`` as usual and is also
+    remembered; ``check()``, called at each step of the run, raises it again. Python drops
+    an exception raised inside a finalizer or a callback from C ("Exception ignored in"),
+    and a run that lost its interrupt that way would go on to the end. Outside the main
+    thread (where no signal handler can be set) the block changes nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise ``KeyboardInterrupt`` if Ctrl-C came since the block began."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exception: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None

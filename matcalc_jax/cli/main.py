@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from matcalc_jax.cli.console import WIDTH, Progress, clip, seconds
+from matcalc_jax.cli.console import WIDTH, Interrupts, Progress, clip, seconds
 
 PLATFORMS = ("cpu", "gpu", "default")
 
@@ -225,6 +225,7 @@ def _run_verify(args: argparse.Namespace, dtypes: list[str], programs=None) -> i
     progress = Progress()
 
     def show(event) -> None:
+        interrupts.check()  # Ctrl-C, even if its KeyboardInterrupt was lost on the way
         label = f"{event.rule} {event.dtype} size {event.size}: {event.stage}"
         if event.kind == "stage":
             watchdog.beat(label)
@@ -237,7 +238,7 @@ def _run_verify(args: argparse.Namespace, dtypes: list[str], programs=None) -> i
             f"{len(event.checks)} checks, {outcome}, {seconds(event.elapsed_s)}"
         )
 
-    with Watchdog(args.timeout, _hang) as watchdog:
+    with Interrupts() as interrupts, Watchdog(args.timeout, _hang) as watchdog:
         report = verify(
             _split(args.rules), dtypes=dtypes, sizes=args.sizes, seed=args.seed, progress=show,
             max_bytes=int(args.max_gib * 2**30), programs=programs,
