@@ -4,7 +4,10 @@ The suite runs in parallel processes (pytest-xdist, ``-n auto`` in pyproject.tom
 each process takes GPU memory as it needs it instead of JAX's default 75% up front.
 """
 
+import contextlib
 import os
+import shutil
+from pathlib import Path
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
@@ -12,6 +15,34 @@ import jax
 from hypothesis import settings
 
 jax.config.update("jax_enable_x64", True)
+
+#: JAX's persistent compilation cache for the suite. Most of a test's time is XLA compiling
+#: small programs (an eager closed form compiles op by op), and the worker processes
+#: compile many of the same ones: the workers share this cache, and a later run of the
+#: suite finds what this one compiled. JAX keys an entry on the program, the compile
+#: options and the versions of jaxlib and the backend, so a stale entry is never used. A
+#: cache of the user's own (``JAX_COMPILATION_CACHE_DIR``) is left alone.
+XLA_CACHE = Path(__file__).resolve().parents[1] / "build" / "test-cache" / "xla"
+#: Above this size the cache is emptied when a run starts, so it does not grow forever.
+XLA_CACHE_LIMIT = 2 * 2**30
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    with contextlib.suppress(OSError):
+        XLA_CACHE.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(XLA_CACHE))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_configure(config):
+    """In the process that starts the run (not in an xdist worker): empty the cache of
+    compiled programs once it outgrows ``XLA_CACHE_LIMIT``."""
+    if hasattr(config, "workerinput") or not XLA_CACHE.is_dir():
+        return
+    size = sum(p.stat().st_size for p in XLA_CACHE.iterdir() if p.is_file())
+    if size > XLA_CACHE_LIMIT:
+        shutil.rmtree(XLA_CACHE, ignore_errors=True)
+        XLA_CACHE.mkdir(parents=True, exist_ok=True)
+
 
 settings.register_profile("matcalc", deadline=None, max_examples=25, derandomize=True)
 settings.load_profile("matcalc")
