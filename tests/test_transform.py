@@ -21,7 +21,7 @@ from matcalc_jax.catalogue import corpus
 from matcalc_jax.catalogue.corpus import STRUCTURE
 from matcalc_jax.transform import UnsupportedPrimitiveError, supported_primitives
 
-from .helpers import assert_jacobians_close, key
+from .helpers import assert_jacobians_close, assert_transform_matches_autodiff, key
 
 SIZE = 6
 
@@ -45,8 +45,8 @@ def test_transform_rediscovers_every_rule(rule, dtype):
     args = _args(rule, dtype)
     derive = jax.jit(lambda *a: mj.jacobian(rule.fn, rule.wrt)(*a).to_dense())
     assert_jacobians_close(derive(*args), rule.jacobian(*args), dtype)
-    derived = mj.jacobian(rule.fn, rule.wrt)(*args)
-    own = rule.structured(*args)
+    derived = jax.eval_shape(mj.jacobian(rule.fn, rule.wrt), *args)  # storage: shapes only
+    own = jax.eval_shape(rule.structured, *args)
     assert operators.storage(derived) <= 2 * operators.storage(own), (derived, own)
 
 
@@ -56,17 +56,12 @@ def test_transform_rediscovers_every_rule(rule, dtype):
 @pytest.mark.parametrize("program", corpus.PROGRAMS, ids=lambda r: r.id)
 def test_corpus_program_against_autodiff(program):
     args = _args(program)
-    J = mj.jacobian(program.fn, program.wrt)(*args)
-    assert type(J).__name__ == STRUCTURE[program.id], str(J)
     f = _at(program.fn, args, program.wrt)
     x = args[program.wrt]
-    assert_jacobians_close(J.to_dense(), jax.jacfwd(f)(x))
-    assert_jacobians_close(J.to_dense(), jax.jacrev(f)(x))
-    tangent = jax.random.normal(key(1), x.shape, x.dtype)
-    y, pullback = jax.vjp(f, x)
-    cotangent = jax.random.normal(key(2), y.shape, y.dtype)
-    assert_jacobians_close(J.mv(tangent), jax.jvp(f, (x,), (tangent,))[1])
-    assert_jacobians_close(J.vm(cotangent), pullback(cotangent)[0])
+    assert_transform_matches_autodiff(f, x)  # one compiled program: jacfwd, jvp, vjp
+    J = mj.jacobian(program.fn, program.wrt)(*args)  # eager: a concrete predicate's branch
+    assert type(J).__name__ == STRUCTURE[program.id], str(J)
+    assert_jacobians_close(J.to_dense(), jax.jit(jax.jacrev(f))(x))
 
 
 def test_programs_are_in_verify():
