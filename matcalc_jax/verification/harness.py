@@ -680,7 +680,9 @@ def verify(
     (``matcalc_jax.verification.programs``); by default each call compiles its own.
     ``processes`` above 1 checks the rules in that many worker processes, one rule at a
     time each (``matcalc_jax.verification.processes``); the report is the same, and
-    ``progress`` hears of each rule once, in order.
+    ``progress`` hears of each rule once, in order. ``workers`` is for a run in this
+    process: a worker process compiles its rule's cases one at a time (the processes
+    already keep every core busy).
 
     >>> report = verify(["linear"], dtypes=["float32"], sizes=[3])
     >>> report.passed, len(report.checks)
