@@ -30,7 +30,7 @@ ALLOWED = {
         "nn",
         "transform",
     },
-    "site": {"catalogue", "transform"},
+    "site": {"catalogue", "transform", "verification"},
     "cli": {"catalogue", "runtime", "verification", "benchmark", "site"},
 }
 

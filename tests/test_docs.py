@@ -39,7 +39,7 @@ def test_rule_page_shows_formulas_figures_and_errata():
     assert "| reference | float32 |" in page
     assert "| `jacfwd` | 1.5e-07 |" in page and "| `mv` | 0.0e+00 |" in page
     assert "all checks passed" in page and "stores 1.50x the entries" in page
-    assert "| float32 | 64 | 3.00x |  | 1.25x |" in page
+    assert "| f32 | 64 | 3.00x |  | 1.25x |" in page
     assert "[errata](../errata.md)" in page
     assert "| signature | `chain_scalar(" in page
     program = rule_page(

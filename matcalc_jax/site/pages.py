@@ -15,6 +15,7 @@ from importlib import import_module
 from matcalc_jax import transform
 from matcalc_jax.catalogue import programs, rules
 from matcalc_jax.catalogue.record import Rule
+from matcalc_jax.verification.report import SHORT_DTYPE
 
 #: The modules of ``matcalc_jax.forms``, one per family of closed forms.
 FORMS = tuple(
@@ -143,14 +144,17 @@ def _benchmark_table(rule_id: str, cases: Iterable[dict]) -> list[str]:
         return []
     lines = [
         "Speed-ups from the committed CPU run (`bash bench/run_cpu.sh`; above 1: faster than "
-        "the best of `jax.jacfwd` / `jax.jacrev`; `mv` against `jax.jvp`):",
+        "the best of `jax.jacfwd` / `jax.jacrev`): *closed*, the closed form; *operator*, "
+        "the structured form; *mv*, the structured form's `mv` against `jax.jvp`; *n*, the "
+        "size:",
         "",
-        "| dtype | size | closed form | structured | structured mv |",
+        "| dtype | n | closed | operator | mv |",
         "|---|---:|---:|---:|---:|",
     ]
     for c in rows:
+        dtype = SHORT_DTYPE.get(c["dtype"], c["dtype"])
         lines.append(
-            f"| {c['dtype']} | {c['size']} | {_ratio(c.get('speedup_vs_best_jac'), 'x')} "
+            f"| {dtype} | {c['size']} | {_ratio(c.get('speedup_vs_best_jac'), 'x')} "
             f"| {_ratio(c.get('structured_speedup_vs_best_jac'), 'x')} "
             f"| {_ratio(c.get('mv_speedup_vs_jvp'), 'x')} |"
         )
@@ -165,9 +169,10 @@ def _transform_table(program_id: str, ratios: Iterable[dict]) -> list[str]:
         "The transform, from the committed `matcalc-jax bench-transform` run (see "
         "[the transform](../transform.md)): building J and `J.to_dense()` against the best "
         "of `jax.jacfwd` / `jax.jacrev` (speed-ups), `J.mv` and building J in units of "
-        "`jax.jvp` and of one forward pass (time ratios: below 1 is faster):",
+        "`jax.jvp` and of one forward pass (*fwd*; time ratios: below 1 is faster); *n*, "
+        "the size:",
         "",
-        "| size | build | to_dense | mv / jvp | build / forward |",
+        "| n | build | to_dense | mv/jvp | build/fwd |",
         "|---:|---:|---:|---:|---:|",
     ]
     for r in rows:

@@ -13,7 +13,8 @@ from matcalc_jax.verification.harness import Report
 
 #: Column headings, short enough for one column per reference in 100 columns.
 _SHORT = {"jacfwd": "fwd", "jacrev": "rev", "finite_difference": "fd", "hessian": "hess"}
-_SHORT_DTYPE = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
+#: dtypes as a narrow column writes them (here and in the site's tables).
+SHORT_DTYPE = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
 #: Characters of an error cell (``1.2e-07``) and of the formula column of a wide table.
 _CELL, _FORMULA = 7, 46
 
@@ -86,7 +87,7 @@ def report_lines(report: Report, *, wide: bool = False, width: int = 100) -> lis
     header = ["rule".ljust(name_width)]
     if wide:
         header.append("formula".ljust(_FORMULA))
-    header += [f"{_SHORT_DTYPE.get(d, d)} {_SHORT.get(r, r)}".ljust(_CELL) for d, r in columns]
+    header += [f"{SHORT_DTYPE.get(d, d)} {_SHORT.get(r, r)}".ljust(_CELL) for d, r in columns]
     header.append("verdict")
     lines += ["  ".join(header), "  ".join("-" * len(h) for h in header)]
     for rule_id in report.rule_ids:
