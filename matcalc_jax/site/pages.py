@@ -138,50 +138,61 @@ def _verification_table(rule_id: str, verification: dict | None) -> list[str]:
     return lines
 
 
+def _table(intro: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """A sentence, then a Markdown table: the first column left-aligned unless it is the
+    size ``n``, the figures right-aligned."""
+    first = "---:" if header[0] == "n" else "---"
+    return [
+        intro,
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([first] + ["---:"] * (len(header) - 1)) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
 def _benchmark_table(rule_id: str, cases: Iterable[dict]) -> list[str]:
-    rows = [c for c in cases if c.get("rule") == rule_id]
-    if not rows:
-        return []
-    lines = [
+    rows = [
+        [
+            SHORT_DTYPE.get(c["dtype"], c["dtype"]),
+            str(c["size"]),
+            _ratio(c.get("speedup_vs_best_jac"), "x"),
+            _ratio(c.get("structured_speedup_vs_best_jac"), "x"),
+            _ratio(c.get("mv_speedup_vs_jvp"), "x"),
+        ]
+        for c in cases
+        if c.get("rule") == rule_id
+    ]
+    intro = (
         "Speed-ups from the committed CPU run (`bash bench/run_cpu.sh`; above 1: faster than "
         "the best of `jax.jacfwd` / `jax.jacrev`): *closed*, the closed form; *operator*, "
         "the structured form; *mv*, the structured form's `mv` against `jax.jvp`; *n*, the "
-        "size:",
-        "",
-        "| dtype | n | closed | operator | mv |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for c in rows:
-        dtype = SHORT_DTYPE.get(c["dtype"], c["dtype"])
-        lines.append(
-            f"| {dtype} | {c['size']} | {_ratio(c.get('speedup_vs_best_jac'), 'x')} "
-            f"| {_ratio(c.get('structured_speedup_vs_best_jac'), 'x')} "
-            f"| {_ratio(c.get('mv_speedup_vs_jvp'), 'x')} |"
-        )
-    return lines
+        "size:"
+    )
+    return _table(intro, ["dtype", "n", "closed", "operator", "mv"], rows) if rows else []
 
 
 def _transform_table(program_id: str, ratios: Iterable[dict]) -> list[str]:
-    rows = [r for r in ratios if r.get("program") == program_id]
-    if not rows:
-        return []
-    lines = [
+    rows = [
+        [
+            str(r["size"]),
+            _ratio(r.get("build_speedup"), "x"),
+            _ratio(r.get("dense_speedup"), "x"),
+            _ratio(r.get("mv_over_jvp")),
+            _ratio(r.get("build_over_forward")),
+        ]
+        for r in ratios
+        if r.get("program") == program_id
+    ]
+    intro = (
         "The transform, from the committed `matcalc-jax bench-transform` run (see "
         "[the transform](../transform.md)): building J and `J.to_dense()` against the best "
         "of `jax.jacfwd` / `jax.jacrev` (speed-ups), `J.mv` and building J in units of "
         "`jax.jvp` and of one forward pass (*fwd*; time ratios: below 1 is faster); *n*, "
-        "the size:",
-        "",
-        "| n | build | to_dense | mv/jvp | build/fwd |",
-        "|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['size']} | {_ratio(r.get('build_speedup'), 'x')} "
-            f"| {_ratio(r.get('dense_speedup'), 'x')} | {_ratio(r.get('mv_over_jvp'))} "
-            f"| {_ratio(r.get('build_over_forward'))} |"
-        )
-    return lines
+        "the size:"
+    )
+    header = ["n", "build", "to_dense", "mv/jvp", "build/fwd"]
+    return _table(intro, header, rows) if rows else []
 
 
 #: The line of docs/transform.md that the site replaces with ``transform_overview``.
