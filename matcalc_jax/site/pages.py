@@ -111,6 +111,19 @@ def _ratio(value: float | None, unit: str = "") -> str:
     return "" if value is None else f"{value:.2f}{unit}"
 
 
+def _table(intro: str, header: list[str], rows: list[list[str]], labels: int = 1) -> list[str]:
+    """A sentence, then a Markdown table: the first ``labels`` columns (names) left-aligned,
+    the figures right-aligned."""
+    align = ["---"] * labels + ["---:"] * (len(header) - labels)
+    return [
+        intro,
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(align) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
 def _verification_table(rule_id: str, verification: dict | None) -> list[str]:
     summary = (verification or {}).get("rules", {}).get(rule_id)
     if not summary:
@@ -118,37 +131,22 @@ def _verification_table(rule_id: str, verification: dict | None) -> list[str]:
     by_dtype = summary["max_error"]
     references = list(dict.fromkeys(ref for errors in by_dtype.values() for ref in errors))
     errors_of = [ref for ref in references if ref not in _STORAGE]
-    lines = [
+    intro = (
         "Largest normwise relative error against each reference, over the sizes verified "
         "(the committed `matcalc-jax verify`, "
         f"{'all checks passed' if summary['passed'] else 'SOME CHECKS FAILED'}; the tolerances "
-        "are in [verification](../verification.md)):",
-        "",
-        "| reference | " + " | ".join(by_dtype) + " |",
-        "|---|" + "---:|" * len(by_dtype),
+        "are in [verification](../verification.md)):"
+    )
+    rows = [  # a row per reference: the table is as wide as the dtypes
+        [f"`{ref}`", *(_fmt(errors.get(ref)) for errors in by_dtype.values())] for ref in errors_of
     ]
-    for ref in errors_of:  # a row per reference: the table is as wide as the dtypes
-        cells = " | ".join(_fmt(errors.get(ref)) for errors in by_dtype.values())
-        lines.append(f"| `{ref}` | {cells} |")
+    lines = _table(intro, ["reference", *by_dtype], rows)
     for reference, sentence in _STORAGE.items():
         ratios = [errors[reference] for errors in by_dtype.values() if reference in errors]
         if ratios:
             worst = max(ratios)
             lines += ["", sentence.format(worst=worst) + " (at most 2 is allowed)."]
     return lines
-
-
-def _table(intro: str, header: list[str], rows: list[list[str]]) -> list[str]:
-    """A sentence, then a Markdown table: the first column left-aligned unless it is the
-    size ``n``, the figures right-aligned."""
-    first = "---:" if header[0] == "n" else "---"
-    return [
-        intro,
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join([first] + ["---:"] * (len(header) - 1)) + "|",
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
 
 
 def _benchmark_table(rule_id: str, cases: Iterable[dict]) -> list[str]:
@@ -192,7 +190,7 @@ def _transform_table(program_id: str, ratios: Iterable[dict]) -> list[str]:
         "the size:"
     )
     header = ["n", "build", "to_dense", "mv/jvp", "build/fwd"]
-    return _table(intro, header, rows) if rows else []
+    return _table(intro, header, rows, labels=0) if rows else []
 
 
 #: The line of docs/transform.md that the site replaces with ``transform_overview``.
