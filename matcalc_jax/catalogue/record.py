@@ -218,9 +218,11 @@ def _operator_twin(rule: Rule) -> Callable[..., Any]:
     """``name_operator`` from the module of the closed form ``name_jacobian``: the twin the
     forms' convention puts beside it; an error naming the rule where there is none."""
     name = getattr(rule.closed_form, "__name__", "")
-    module = sys.modules.get(getattr(rule.closed_form, "__module__", ""))
-    twin = getattr(module, name.removesuffix("_jacobian") + "_operator", None)
-    if not name.endswith("_jacobian") or twin is None:
+    twin = None
+    if name.endswith("_jacobian"):
+        module = sys.modules.get(getattr(rule.closed_form, "__module__", ""))
+        twin = getattr(module, name.removesuffix("_jacobian") + "_operator", None)
+    if twin is None:
         raise ValueError(
             f"rule {rule.id!r}: structured_form not given and the closed form {name!r} has no "
             "'_operator' twin beside it (name_jacobian -> name_operator); pass structured_form"
