@@ -3,6 +3,7 @@ catches a wrong closed form (a check that cannot fail would be worthless)."""
 
 import dataclasses
 import json
+import os
 import re
 import time
 
@@ -329,3 +330,48 @@ def test_verify_in_two_processes_gives_the_same_report(tmp_path):
     assert [rule for kind, rule in heard if kind == "rule"] == ids
     with pytest.raises(ValueError, match="processes=0"):
         verify(ids, processes=0)
+
+
+def test_compiler_options_keep_only_those_this_jaxlib_accepts(monkeypatch):
+    assert harness.compiler_options() == harness.FAST_COMPILE  # this jaxlib knows both
+    monkeypatch.setattr(harness, "FAST_COMPILE", {**harness.FAST_COMPILE, "xla_no_such_flag": 1})
+    harness._accepted_options.cache_clear()
+    try:
+        assert harness.compiler_options() == {
+            k: v for k, v in harness.FAST_COMPILE.items() if k != "xla_no_such_flag"
+        }
+    finally:
+        harness._accepted_options.cache_clear()
+
+
+def test_worker_processes_start_with_the_xla_flags_asked_for(monkeypatch):
+    """A flag reaches a worker's backend (it decides the device count there); a flag the
+    caller's XLA_FLAGS sets already is left as the caller set it."""
+    from matcalc_jax.verification.processes import ordered_map
+
+    def in_a_worker(xla_flags):  # module-level functions: they pickle by name
+        count = list(ordered_map(jax.device_count, [()], 1, xla_flags))
+        flags = list(ordered_map(os.getenv, [("XLA_FLAGS",)], 1, xla_flags))
+        return count + flags
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    flag = "--xla_force_host_platform_device_count=3"
+    assert in_a_worker((flag,)) == [3, flag]
+    assert in_a_worker(()) == [1, None]
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert in_a_worker((flag,)) == [2, "--xla_force_host_platform_device_count=2"]
+    assert harness.worker_xla_flags() == ("--xla_cpu_use_fusion_emitters=false",)
+
+
+def test_a_case_draws_the_same_numbers_whatever_the_threads_64_bit_mode():
+    """A float32 case's inputs do not depend on whether the thread drawing them has 64-bit
+    mode on (the caller's thread in one process, a worker's in another): a seed reproduces
+    a run's inputs in any mode (a scale of sqrt(n) was once rounded in float64 or float32)."""
+    for index, r in enumerate(mj.rules() + mj.programs()):
+        case_key = harness.case_key(0, index, 3)
+        with jax.enable_x64(False):
+            off = draw_case(r, jnp.float32, 3, case_key)
+        with jax.enable_x64(True):
+            on = draw_case(r, jnp.float32, 3, case_key)
+        for a, b in zip(jax.tree_util.tree_leaves(off), jax.tree_util.tree_leaves(on), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=r.id)

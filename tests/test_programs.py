@@ -98,6 +98,20 @@ def test_the_key_changes_with_everything_a_program_depends_on(tmp_path, monkeypa
     cache = ProgramCache(tmp_path)
     other = {"a": jnp.ones((3, 3), jnp.float32)}
     assert cache._key("program", ("p",), _INPUTS) != cache._key("program", ("p",), other)
+    faster = {"xla_backend_optimization_level": 0}
+    assert cache._key("program", ("p",), _INPUTS) != cache._key("program", ("p",), _INPUTS, faster)
+
+
+def test_a_program_compiled_with_other_options_is_not_loaded(tmp_path):
+    _compiled(ProgramCache(tmp_path), ("p",))
+    cache = ProgramCache(tmp_path)
+    options = {"xla_backend_optimization_level": 0}
+    compiled = cache.compiled(("p",), _function(1.0), _INPUTS, options)
+    assert cache.loaded == 0  # compiled again, with the options asked for
+    again = ProgramCache(tmp_path)
+    again.compiled(("p",), lambda inputs: pytest.fail("compiled again"), _INPUTS, options)
+    assert again.loaded == 1
+    np.testing.assert_allclose(compiled(_INPUTS)["sum"], 6.5)
 
 
 def test_the_source_digest_covers_every_module(monkeypatch, tmp_path):

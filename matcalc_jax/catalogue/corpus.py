@@ -359,8 +359,8 @@ def conv_layer(x: Array, kernel: Array) -> Array:
 
 def _conv_example(key: Array, dtype: Any, size: int) -> tuple:
     k_x, k_k = jax.random.split(key)
-    kernel = draws.normal(k_k, (5, CHANNELS, CHANNELS), dtype) / (2 * np.sqrt(5 * CHANNELS))
-    return draws.normal(k_x, (size, CHANNELS), dtype), kernel.astype(dtype)
+    kernel = draws.normal(k_k, (5, CHANNELS, CHANNELS), dtype, scale=0.5 / np.sqrt(5 * CHANNELS))
+    return draws.normal(k_x, (size, CHANNELS), dtype), kernel
 
 
 def gp_log_likelihood(x: Array, y: Array) -> Array:

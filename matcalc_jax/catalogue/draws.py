@@ -8,27 +8,62 @@ bounded away from zero.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
+#: Every draw is the first entries of a vector of ``jax.random`` draws whose length is a
+#: power of two, at least this: ``jax.random`` compiles one program per shape and dtype
+#: (about 0.15 s each on a CPU), so the cases of every rule share a few of them instead of
+#: compiling one for each shape they draw.
+SHORTEST_DRAW = 4096
 
-def normal(key: Array, shape: tuple[int, ...], dtype: Any) -> Array:
-    """Standard normal entries."""
-    return jax.random.normal(key, shape, dtype=dtype)
+
+def _length(shape: tuple[int, ...]) -> int:
+    """The length of the vector a draw of ``shape`` is cut from."""
+    return max(SHORTEST_DRAW, 1 << max(math.prod(shape) - 1, 0).bit_length())
+
+
+def _first(vector: Array, shape: tuple[int, ...], scale: float = 1.0) -> Array:
+    """The first prod(shape) entries of ``vector`` in ``shape``, times ``scale`` rounded to
+    the dtype: cut on the host and put back (nothing to compile: ``jnp.asarray`` would
+    compile a copy per shape) when ``vector`` is concrete, by ``lax`` when it is traced."""
+    count = math.prod(shape)
+    factor = np.asarray(scale, vector.dtype)  # in float64, rounded once: the same in any mode
+    if isinstance(vector, jax.core.Tracer):
+        cut = vector[:count].reshape(shape)
+        return cut if scale == 1 else cut * factor
+    cut = np.asarray(vector)[:count].reshape(shape)
+    return jax.device_put(cut if scale == 1 else cut * factor)
+
+
+def normal(key: Array, shape: tuple[int, ...], dtype: Any, scale: float = 1.0) -> Array:
+    """Entries N(0, scale^2): standard normal entries times ``scale`` (a Python number,
+    rounded to ``dtype`` once, whatever the thread's 64-bit mode)."""
+    shape = tuple(int(d) for d in shape)
+    return _first(jax.random.normal(key, (_length(shape),), dtype=dtype), shape, scale)
 
 
 def matrix(key: Array, rows: int, cols: int, dtype: Any) -> Array:
     """A ``rows x cols`` matrix with N(0, 1/cols) entries: rows of norm about one."""
-    scale = jnp.asarray(1.0 / jnp.sqrt(cols), dtype)
-    return scale * jax.random.normal(key, (rows, cols), dtype=dtype)
+    return normal(key, (rows, cols), dtype, scale=1 / math.sqrt(cols))
 
 
 def uniform(key: Array, shape: tuple[int, ...], dtype: Any, low: float, high: float) -> Array:
     """Uniform entries on ``[low, high)``."""
-    return jax.random.uniform(key, shape, dtype=dtype, minval=low, maxval=high)
+    shape = tuple(int(d) for d in shape)
+    vector = jax.random.uniform(key, (_length(shape),), dtype=dtype, minval=low, maxval=high)
+    return _first(vector, shape)
+
+
+def bernoulli(key: Array, shape: tuple[int, ...], dtype: Any) -> Array:
+    """0/1 entries, each 1 with probability 1/2 (from float32 uniform draws, where
+    ``jax.random.bernoulli`` draws in the default float type: other labels in 64-bit mode)."""
+    return (uniform(key, shape, jnp.float32, 0.0, 1.0) < 0.5).astype(dtype)
 
 
 def well_conditioned(key: Array, n: int, dtype: Any) -> Array:
@@ -40,6 +75,6 @@ def well_conditioned(key: Array, n: int, dtype: Any) -> Array:
     construction rather than by luck.
     """
     work = jnp.promote_types(dtype, jnp.float32)  # the SVD behind the 2-norm needs >= 32 bits
-    G = jax.random.normal(key, (n, n), dtype=work)
+    G = normal(key, (n, n), work)
     E = G / (2 * jnp.linalg.norm(G, ord=2))
     return (jnp.eye(n, dtype=work) + E).astype(dtype)

@@ -42,7 +42,7 @@ def _logistic_example(key: Array, dtype: Any, size: int) -> tuple[Array, ...]:
     """w (d,), X (d + 3, d) with rows of norm about one (logits of order one), 0/1 labels."""
     kw, kx, ky = jax.random.split(key, 3)
     n = size + 3
-    labels = jax.random.bernoulli(ky, 0.5, (n,)).astype(dtype)
+    labels = draws.bernoulli(ky, (n,), dtype)
     return draws.normal(kw, (size,), dtype), draws.matrix(kx, n, size, dtype), labels
 
 

@@ -7,6 +7,7 @@ composite.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
@@ -130,10 +131,9 @@ def _scalar_vector_jacobian(
 def _scalar_vector_example(key: Array, dtype: Any, size: int) -> tuple[Array, ...]:
     kx, ku, kv = jax.random.split(key, 3)
     m, n = size, size + 1
-    scale = jnp.asarray(1 / jnp.sqrt(m), dtype)
     return (
         draws.normal(kx, (m,), dtype),
-        scale * draws.normal(ku, (m,), dtype),
+        draws.normal(ku, (m,), dtype, scale=1 / math.sqrt(m)),
         draws.matrix(kv, n, m, dtype),
     )
 

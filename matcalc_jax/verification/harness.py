@@ -70,7 +70,7 @@ import numpy as np
 from jax import Array
 
 from matcalc_jax import runtime
-from matcalc_jax.catalogue import select
+from matcalc_jax.catalogue import draws, select
 from matcalc_jax.catalogue.record import Rule
 from matcalc_jax.core.layout import swap_out_in
 from matcalc_jax.operators.base import storage
@@ -111,9 +111,49 @@ DTYPES: tuple[str, ...] = ("float32", "float64")
 SIZES: tuple[int, ...] = (1, 4, 16)
 REPORT_SCHEMA = "matcalc-jax/verify/1"
 #: XLA options for the harness's programs. They run once, on arrays of a few hundred
-#: entries, so compile time is all their cost: no LLVM optimization (the arithmetic, and
-#: so the values compared, are the same; the code is slower, which nothing here notices).
-COMPILER_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0}
+#: entries, so compile time is all their cost: no LLVM optimization, and on CPU XLA's
+#: elemental emitters rather than its fusion emitters (half the compile time of a case).
+#: The operations are the same; the code is slower, which nothing here notices, and a
+#: transcendental function may round differently in its last bits, which every check's
+#: tolerance holds (both sides of a comparison are in the same program).
+FAST_COMPILE: dict[str, Any] = {
+    "xla_backend_optimization_level": 0,
+    "xla_cpu_use_fusion_emitters": False,
+}
+
+
+@functools.cache
+def _accepted_options() -> tuple[tuple[str, Any], ...]:
+    accepted = []
+    for name, value in FAST_COMPILE.items():
+        try:
+            jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(0.0).compile()
+        except jax.errors.JaxRuntimeError:  # an option this jaxlib does not know
+            continue
+        accepted.append((name, value))
+    return tuple(accepted)
+
+
+def compiler_options() -> dict[str, Any]:
+    """The options of ``FAST_COMPILE`` that this jaxlib accepts (a jaxlib without one
+    compiles as before rather than failing): the options of every program ``verify``
+    compiles."""
+    return dict(_accepted_options())
+
+
+def worker_xla_flags() -> tuple[str, ...]:
+    """``XLA_FLAGS`` for ``verify``'s worker processes on a CPU: the CPU options of
+    ``compiler_options`` as flags, so that the operations the eager closed forms dispatch
+    one by one (a compile each, with no way to pass options) compile as fast as the
+    case programs: about a fifth of a cold run. Flags only this jaxlib accepts: XLA stops
+    a process whose ``XLA_FLAGS`` names a flag it does not know."""
+    if jax.default_backend() != "cpu":
+        return ()
+    return tuple(
+        f"--{name}={str(value).lower()}"
+        for name, value in compiler_options().items()
+        if name.startswith("xla_cpu_")
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +292,7 @@ def finite_difference_jacobian(fn: Callable[..., Array], args: Sequence[Any], wr
     (O(eps / h)) errors. Needs ``jax_enable_x64``.
     """
     args64 = [jnp.asarray(a, jnp.float64) for a in args]
-    return jax.jit(central_differences(fn, wrt), compiler_options=COMPILER_OPTIONS)(args64)
+    return jax.jit(central_differences(fn, wrt), compiler_options=compiler_options())(args64)
 
 
 def central_differences(fn: Callable[..., Array], wrt: int) -> Callable[[list], Array]:
@@ -300,8 +340,9 @@ def draw_case(rule: Rule, dtype: Any, size: int, key: Array) -> dict[str, Any]:
     cotangent u for the products, and a direction for the Hessian-vector product.
 
     Drawn eagerly, outside the case's compiled program: ``jax.random`` compiles one small
-    program per shape and dtype and reuses it across rules, where drawing inside every case's
-    program would compile the generator again each time (most of a case's compile time).
+    program per length and dtype, which ``draws`` shares across shapes and rules, where
+    drawing inside every case's program would compile the generator again each time (most
+    of a case's compile time).
     A warm ``verify`` reads the same numbers from its cache of programs.
     """
     args = rule.example(key, dtype, size)
@@ -311,19 +352,19 @@ def draw_case(rule: Rule, dtype: Any, size: int, key: Array) -> dict[str, Any]:
     k_tangent, k_cotangent = jax.random.split(jax.random.fold_in(key, 7))
     inputs = {
         "args": args,
-        "tangent": jax.random.normal(k_tangent, x.shape, x.dtype),
-        "cotangent": jax.random.normal(k_cotangent, out.shape, out.dtype),
+        "tangent": draws.normal(k_tangent, x.shape, x.dtype),
+        "cotangent": draws.normal(k_cotangent, out.shape, out.dtype),
     }
     if rule.has_hessian:
-        inputs["hessian_tangent"] = jax.random.normal(jax.random.fold_in(key, 11), x.shape, x.dtype)
+        inputs["hessian_tangent"] = draws.normal(jax.random.fold_in(key, 11), x.shape, x.dtype)
     return inputs
 
 
 @functools.lru_cache(maxsize=32)
 def _case_program(rule: Rule, dtype: Any, size: int, transform: bool = True) -> Callable:
     """``case_function``, jit-compiled (without LLVM optimization: see
-    ``COMPILER_OPTIONS``) and cached per case, for runs without a cache of programs."""
-    return jax.jit(case_function(rule, dtype, size, transform), compiler_options=COMPILER_OPTIONS)
+    ``compiler_options``) and cached per case, for runs without a cache of programs."""
+    return jax.jit(case_function(rule, dtype, size, transform), compiler_options=compiler_options())
 
 
 def case_function(rule: Rule, dtype: Any, size: int, transform: bool = True) -> Callable:
@@ -457,8 +498,8 @@ def prepare_case(
 
     def compiled(kind: str, function: Callable, arguments: Any) -> Any:
         if programs is None:
-            return jax.jit(function, compiler_options=COMPILER_OPTIONS).lower(arguments).compile()
-        return programs.compiled((kind, *name), function, arguments, COMPILER_OPTIONS)
+            return jax.jit(function, compiler_options=compiler_options()).lower(arguments).compile()
+        return programs.compiled((kind, *name), function, arguments, compiler_options())
 
     if programs is None:
         inputs = draw_case(rule, dtype, size, key)
@@ -743,7 +784,7 @@ def _check_in_processes(
     tasks = [
         (index, rule.id, dtypes, sizes, seed, directory) for index, rule in enumerate(selected)
     ]
-    results = ordered_map(_check_rule_in_worker, tasks, processes)
+    results = ordered_map(_check_rule_in_worker, tasks, processes, worker_xla_flags())
     cases, count = len(dtypes) * len(sizes), len(selected)
     checks: list[Check] = []
     for index, rule in enumerate(selected):

@@ -36,25 +36,33 @@ INHERITED = (
 )
 
 
-def _start_worker(options: dict[str, Any], caller: int) -> None:
+def _start_worker(options: dict[str, Any], caller: int, xla_flags: Sequence[str]) -> None:
     """In each worker, before any task: ignore Ctrl-C; die with the caller (process id
-    ``caller``), also when it died while this worker started; the caller's JAX options."""
+    ``caller``), also when it died while this worker started; the caller's JAX options;
+    ``xla_flags`` added to ``XLA_FLAGS`` (read when the worker's backend starts), except a
+    flag the caller's ``XLA_FLAGS`` sets already."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != caller:  # the caller is gone already: no signal will come
         os._exit(1)
+    present = os.environ.get("XLA_FLAGS", "")
+    added = [flag for flag in xla_flags if flag.split("=")[0] not in present]
+    if added:
+        os.environ["XLA_FLAGS"] = " ".join([present, *added]).strip()
     import jax
 
     for name, value in options.items():
         jax.config.update(name, value)
 
 
-def ordered_map(work: Callable, tasks: Sequence[tuple], processes: int) -> Iterator[Any]:
-    """``work(*task)`` for every task, in ``processes`` worker processes; the results in the
-    order of ``tasks``. ``work`` and the tasks must pickle (``work`` a module-level
-    function)."""
+def ordered_map(
+    work: Callable, tasks: Sequence[tuple], processes: int, xla_flags: Sequence[str] = ()
+) -> Iterator[Any]:
+    """``work(*task)`` for every task, in ``processes`` worker processes started with
+    ``xla_flags`` too; the results in the order of ``tasks``. ``work`` and the tasks must
+    pickle (``work`` a module-level function)."""
     import jax
 
     options = {name: getattr(jax.config, name) for name in INHERITED}
@@ -62,7 +70,7 @@ def ordered_map(work: Callable, tasks: Sequence[tuple], processes: int) -> Itera
         max(1, min(processes, len(tasks))),
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
-        initargs=(options, os.getpid()),
+        initargs=(options, os.getpid(), tuple(xla_flags)),
     )
     try:
         futures = [pool.submit(work, *task) for task in tasks]

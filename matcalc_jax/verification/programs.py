@@ -173,10 +173,14 @@ class ProgramCache:
         self.loaded = 0
         self._lock = threading.Lock()
 
-    def _key(self, kind: str, name: tuple, arguments: Any = None) -> str:
+    def _key(
+        self, kind: str, name: tuple, arguments: Any = None, options: dict | None = None
+    ) -> str:
         parts = [context_key(), kind, repr(name)]
         if arguments is not None:
             parts.append(signature(arguments))
+        if options:
+            parts.append(repr(sorted(options.items())))
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
     def _read(self, key: str) -> bytes | None:
@@ -223,14 +227,14 @@ class ProgramCache:
         compiler_options: dict[str, Any] | None = None,
     ) -> jax.stages.Compiled:
         """``function`` jit-compiled for ``arguments`` (one positional argument, a pytree)
-        with ``compiler_options``: loaded when stored under ``name``, else compiled
-        (``compile_fresh``) and stored for the next run."""
+        with ``compiler_options``: loaded when stored under ``name`` with the same options,
+        else compiled (``compile_fresh``) and stored for the next run."""
         from jax.experimental import serialize_executable
 
         if _machine()["platform"] != "cpu":  # kept on the CPU only, where it is tested
             return jax.jit(function, compiler_options=compiler_options).lower(arguments).compile()
         _initialize_cpu_kernels()
-        key = self._key("program", name, arguments)
+        key = self._key("program", name, arguments, compiler_options)
         body = self._read(key)
         if body is not None:
             try:
@@ -254,7 +258,7 @@ class ProgramCache:
         if body is not None:
             try:
                 tree, leaves = pickle.loads(body)
-                return jax.tree_util.tree_unflatten(tree, [jax.numpy.asarray(a) for a in leaves])
+                return jax.tree_util.tree_unflatten(tree, [jax.device_put(a) for a in leaves])
             except Exception:  # any failure to load is a damaged entry
                 self._drop(self.directory / key)
         result = compute()
