@@ -121,6 +121,38 @@ def _lonely(*args, layout="numerator"):
     return args
 
 
+def _private_jacobian(x, layout="numerator", structured=False):
+    return ("structured" if structured else "dense", x)
+
+
+def _square_gradient(x):
+    return 2 * x
+
+
+def _square_hessian(x, structured=False):
+    return ("structured" if structured else "dense", x)
+
+
+def test_a_declaration_derives_the_forms_from_a_structured_keyword_or_a_gradient():
+    """A closed form taking ``structured`` is its own twin, exported under the rule's id
+    when its name is private; a gradient gives both forms and the public name; a Hessian
+    taking ``structured`` gives the structured Hessian; a rule needs one of closed_form and
+    gradient."""
+    keyword = _declared(closed_form=_private_jacobian)
+    assert keyword.structured_form(3) == ("structured", 3) and keyword.public == "matcalc_jax.t"
+    x = jnp.arange(3.0)
+    scalar = _declared(gradient=_square_gradient, hessian_form=_square_hessian)
+    assert scalar.public == "matcalc_jax.t"  # the gradient's name is private
+    np.testing.assert_array_equal(scalar.closed_form(x, layout="denominator"), 2 * x)
+    np.testing.assert_array_equal(scalar.structured_form(x).to_dense(), 2 * x)
+    assert scalar.structured_hessian_form(x) == ("structured", x)
+    assert _declared(gradient=softmax.softmax_jacobian).public == "matcalc_jax.softmax_jacobian"
+    given = _declared(closed_form=_private_jacobian, gradient=_square_gradient)
+    assert given.closed_form is _private_jacobian  # what is given wins
+    with pytest.raises(ValueError, match="rule 't': give closed_form or gradient"):
+        _declared()
+
+
 @pytest.mark.parametrize("r", RULES, ids=IDS)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_example_gives_valid_arguments_of_the_dtype(r, dtype):

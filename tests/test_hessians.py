@@ -154,5 +154,5 @@ def test_the_harness_catches_a_wrong_derived_hessian(monkeypatch):
 
 def test_a_rule_needs_both_hessian_forms_or_neither():
     rule = mj.rule("quadratic_form")
-    with pytest.raises(ValueError, match="both Hessian forms"):
-        dataclasses.replace(rule, structured_hessian_form=None)
+    with pytest.raises(ValueError, match="both Hessian forms"):  # no structured keyword
+        dataclasses.replace(rule, hessian_form=lambda x, A: A + A.T, structured_hessian_form=None)

@@ -6,7 +6,6 @@ combinators in ``matcalc_jax.forms.chains``, and the pieces the product rules sh
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
@@ -186,8 +185,6 @@ RULES = (
         shapes="x in R^m, y in R^s, z in R^n; instance y = tanh(W x), z = V y",
         fn=_chain_vector_fn,
         closed_form=_chain_vector_jacobian,
-        structured_form=partial(_chain_vector_jacobian, structured=True),
-        public="matcalc_jax.chain_vector",
         bench_sizes=MATMUL_SIZES,
         make_example=_chain_vector_example,
     ),
@@ -204,8 +201,6 @@ RULES = (
         shapes="X in R^{p x q}, Y in R^{s x t}, z scalar; instance Y = A X B, z = sum(tanh(Y))",
         fn=_chain_matrix_trace_fn,
         closed_form=_chain_matrix_trace_jacobian,
-        structured_form=partial(_chain_matrix_trace_jacobian, structured=True),
-        public="matcalc_jax.chain_matrix_trace",
         bench_sizes=(8, 16, 32, 48),
         quick_size=4,
         make_example=_chain_matrix_trace_example,
@@ -223,8 +218,6 @@ RULES = (
         shapes="X in R^{p x q}, y in R^s, z scalar; instance y = X v, z = sum(tanh(y))",
         fn=_chain_matrix_vector_fn,
         closed_form=_chain_matrix_vector_jacobian,
-        structured_form=partial(_chain_matrix_vector_jacobian, structured=True),
-        public="matcalc_jax.chain_matrix_vector",
         bench_sizes=(16, 32, 64, 96),
         quick_size=8,
         make_example=_chain_matrix_vector_example,
@@ -241,8 +234,6 @@ RULES = (
         shapes="x scalar, u in R^s, g in R^t; instance u = tanh(a x), g = W u",
         fn=_chain_scalar_fn,
         closed_form=_chain_scalar_jacobian,
-        structured_form=partial(_chain_scalar_jacobian, structured=True),
-        public="matcalc_jax.chain_scalar",
         bench_sizes=VECTOR_SIZES,
         make_example=_chain_scalar_example,
         notes="The printed order holds only with du/dx read as a column: see docs/errata.md.",

@@ -11,7 +11,7 @@ import jax
 from jax import Array
 
 from matcalc_jax.catalogue import draws
-from matcalc_jax.catalogue.record import COOKBOOK, MATRIX_SIZES, Rule, gradient_forms
+from matcalc_jax.catalogue.record import COOKBOOK, MATRIX_SIZES, Rule
 from matcalc_jax.forms.inverse import (
     det_gradient,
     det_map,
@@ -33,9 +33,6 @@ def _solve_example(key: Array, dtype: Any, size: int) -> tuple[Array, Array]:
     ka, kb = jax.random.split(key)
     return draws.well_conditioned(ka, size, dtype), draws.normal(kb, (size,), dtype)
 
-
-_det_closed, _det_structured = gradient_forms("det", det_gradient)
-_logdet_closed, _logdet_structured = gradient_forms("logdet", logdet_gradient)
 
 _SINGULAR = "NaN in every entry where X is singular to working precision (rcond < eps)."
 _EXAMPLE = "Examples are I + G / (2 ||G||_2): singular values in [1/2, 3/2], det > 0."
@@ -66,9 +63,7 @@ RULES = (
         source=f"{COOKBOOK} sec. 2.1.1",
         shapes="X in R^{n x n}",
         fn=det_map,
-        closed_form=_det_closed,
-        structured_form=_det_structured,
-        public="matcalc_jax.det_gradient",
+        gradient=det_gradient,
         bench_sizes=MATRIX_SIZES,
         quick_size=8,
         make_example=_square_example,
@@ -84,9 +79,7 @@ RULES = (
         source=f"{COOKBOOK} sec. 2.1.1",
         shapes="X in R^{n x n}, det(X) > 0",
         fn=logdet_map,
-        closed_form=_logdet_closed,
-        structured_form=_logdet_structured,
-        public="matcalc_jax.logdet_gradient",
+        gradient=logdet_gradient,
         bench_sizes=MATRIX_SIZES,
         quick_size=8,
         make_example=_square_example,

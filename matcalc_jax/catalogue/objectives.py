@@ -6,7 +6,6 @@ squares, logistic regression, softmax cross-entropy.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
@@ -18,7 +17,6 @@ from matcalc_jax.catalogue.record import (
     DIAGONAL_SIZES,
     MATMUL_SIZES,
     Rule,
-    gradient_forms,
 )
 from matcalc_jax.forms import objectives
 
@@ -52,25 +50,13 @@ def _cross_entropy_example(key: Array, dtype: Any, size: int) -> tuple[Array, Ar
     return draws.normal(kz, (size,), dtype), jax.nn.softmax(draws.normal(kt, (size,), dtype))
 
 
-def _scalar_rule(rule_id: str, gradient: Any, hessian: Any, **fields: Any) -> Rule:
-    closed, structured = gradient_forms(rule_id, gradient)
-    return Rule(
-        id=rule_id,
-        closed_form=closed,
-        structured_form=structured,
-        hessian_form=hessian,
-        structured_hessian_form=partial(hessian, structured=True),
-        **fields,
-    )
-
-
 _PRML = "Bishop, Pattern Recognition and Machine Learning (2006)"
 
 RULES = (
-    _scalar_rule(
-        "quadratic_form",
-        objectives.quadratic_form_gradient,
-        objectives.quadratic_form_hessian,
+    Rule(
+        id="quadratic_form",
+        gradient=objectives.quadratic_form_gradient,
+        hessian_form=objectives.quadratic_form_hessian,
         title="Quadratic form",
         formula=r"\frac{\partial \mathbf{x}^{\mathrm{T}} A \mathbf{x}}{\partial \mathbf{x}}"
         r"=\left(A+A^{\mathrm{T}}\right) \mathbf{x}",
@@ -80,14 +66,13 @@ RULES = (
         source=f"{COOKBOOK} eq. (81)",
         shapes="x in R^n, A in R^{n x n}",
         fn=objectives.quadratic_form,
-        public="matcalc_jax.quadratic_form_gradient",
         bench_sizes=MATMUL_SIZES,
         make_example=_quadratic_example,
     ),
-    _scalar_rule(
-        "least_squares",
-        objectives.least_squares_gradient,
-        objectives.least_squares_hessian,
+    Rule(
+        id="least_squares",
+        gradient=objectives.least_squares_gradient,
+        hessian_form=objectives.least_squares_hessian,
         title="Least squares",
         formula=r"\frac{\partial\|A \mathbf{x}-\mathbf{b}\|^{2}}{\partial \mathbf{x}}"
         r"=2 A^{\mathrm{T}}(A \mathbf{x}-\mathbf{b})",
@@ -97,14 +82,13 @@ RULES = (
         source=f"{COOKBOOK} eq. (84) with W = I",
         shapes="A in R^{m x n}, x in R^n, b in R^m",
         fn=objectives.least_squares,
-        public="matcalc_jax.least_squares_gradient",
         bench_sizes=MATMUL_SIZES,
         make_example=_least_squares_example,
     ),
-    _scalar_rule(
-        "logistic_regression",
-        objectives.logistic_regression_gradient,
-        objectives.logistic_regression_hessian,
+    Rule(
+        id="logistic_regression",
+        gradient=objectives.logistic_regression_gradient,
+        hessian_form=objectives.logistic_regression_hessian,
         title="Logistic regression",
         formula=r"\nabla E(\mathbf{w})=\Phi^{\mathrm{T}}(\mathbf{y}-\mathbf{t}),\ "
         r"H=\Phi^{\mathrm{T}} R \Phi",
@@ -115,16 +99,15 @@ RULES = (
         source=f"{_PRML} sec. 4.3.2-4.3.3",
         shapes="w in R^d, X in R^{n x d}, y in [0, 1]^n; loss sum log(1 + e^z) - y z, z = X w",
         fn=objectives.logistic_regression_loss,
-        public="matcalc_jax.logistic_regression_gradient",
         bench_sizes=MATMUL_SIZES,
         make_example=_logistic_example,
         notes="Loss, gradient and Hessian are finite for any finite logits (logaddexp; "
         "s(1 - s) by logistic_prime, accurate in the tails).",
     ),
-    _scalar_rule(
-        "softmax_cross_entropy",
-        objectives.softmax_cross_entropy_gradient,
-        objectives.softmax_cross_entropy_hessian,
+    Rule(
+        id="softmax_cross_entropy",
+        gradient=objectives.softmax_cross_entropy_gradient,
+        hessian_form=objectives.softmax_cross_entropy_hessian,
         title="Softmax cross-entropy",
         formula=r"\frac{\partial \mathcal{L}}{\partial \mathbf{z}}"
         r"=\operatorname{softmax}(\mathbf{z})-\mathbf{t}",
@@ -135,7 +118,6 @@ RULES = (
         source=f"{_PRML} sec. 4.3.4",
         shapes="z in R^K, t in R^K (one-hot or a probability vector); L = -sum t log softmax(z)",
         fn=objectives.softmax_cross_entropy,
-        public="matcalc_jax.softmax_cross_entropy_gradient",
         bench_sizes=DIAGONAL_SIZES,
         make_example=_cross_entropy_example,
         notes="Max-shifted (log_softmax): finite for any finite logits.",

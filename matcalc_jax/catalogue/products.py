@@ -8,7 +8,6 @@ composite.
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Any
 
 import jax
@@ -167,8 +166,6 @@ RULES = (
         shapes="x in R^m; y, z in R^n; instance y = W x, z = tanh(V x)",
         fn=_inner_fn,
         closed_form=_inner_jacobian,
-        structured_form=partial(_inner_jacobian, structured=True),
-        public="matcalc_jax.product_inner",
         bench_sizes=MATMUL_SIZES,
         make_example=_two_layers_example,
     ),
@@ -187,8 +184,6 @@ RULES = (
         shapes="x in R^m, y in R^n, z in R^p, A in R^{n x p}; instance y = W x, z = tanh(V x)",
         fn=_bilinear_fn,
         closed_form=_bilinear_jacobian,
-        structured_form=partial(_bilinear_jacobian, structured=True),
-        public="matcalc_jax.product_bilinear",
         bench_sizes=MATMUL_SIZES,
         make_example=_bilinear_example,
     ),
@@ -205,8 +200,6 @@ RULES = (
         shapes="x in R^m, y scalar, z in R^n; instance y = u^T x, z = tanh(V x)",
         fn=_scalar_vector_fn,
         closed_form=_scalar_vector_jacobian,
-        structured_form=partial(_scalar_vector_jacobian, structured=True),
-        public="matcalc_jax.product_scalar_vector",
         bench_sizes=MATMUL_SIZES,
         make_example=_scalar_vector_example,
         notes="The printed (dy/dx) z^T holds in denominator layout only: see docs/errata.md.",
@@ -224,7 +217,6 @@ RULES = (
         shapes="x in R^m; y, z in R^n; instance y = W x, z = tanh(V x)",
         fn=_sum_fn,
         closed_form=_sum_jacobian,
-        structured_form=partial(_sum_jacobian, structured=True),
         public="matcalc_jax.sum_rule",
         bench_sizes=MATMUL_SIZES,
         make_example=_two_layers_example,

@@ -8,6 +8,8 @@ Hessian-vector product) are in ``matcalc_jax.verification.references``.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -49,15 +51,20 @@ class Rule:
       source: where the rule comes from (``"seed"``, ``"nndl"``).
       shapes: the shapes of the objects in ``formula``.
       fn: the map being differentiated, ``fn(*args) -> Array``.
-      closed_form: the hand-written Jacobian ``closed_form(*args, layout=...)``; never calls
-        autodiff.
       make_example: ``make_example(key, dtype, size) -> tuple`` of valid arguments for ``fn``.
+      closed_form: the hand-written Jacobian ``closed_form(*args, layout=...)``; never calls
+        autodiff. Give it or ``gradient``; what is given wins over what is derived.
+      gradient: for a rule whose map is scalar, the hand-written gradient ``gradient(*args)``
+        (x's shape in both layouts): the closed and structured forms are made from it
+        (``gradient_forms``).
       wrt: index of the positional argument of ``fn`` that is differentiated (default 0).
       structured_form: the same Jacobian as a structured operator (``matcalc_jax.Diagonal``,
         ``Kronecker``, ...), ``structured_form(*args, layout=...)``; never calls autodiff.
-        Default: ``name_operator`` beside a closed form ``name_jacobian`` in its module.
+        Default: the closed form with ``structured=True`` where it takes that keyword, else
+        ``name_operator`` beside a closed form ``name_jacobian`` in its module.
       public: the public function that implements the rule (``"matcalc_jax.linear_jacobian"``).
-        Default: ``matcalc_jax.`` and the closed form's name.
+        Default: ``matcalc_jax.`` and the name of ``gradient`` or of the closed form, or the
+        rule's id where the closed form's name is private (``_inner_jacobian``).
       default_size: the size used by ``example`` when none is given.
       bench_sizes: the sizes ``matcalc-jax bench`` sweeps.
       quick_size: the one size ``matcalc-jax bench --quick`` times (a dense Jacobian of four
@@ -68,7 +75,8 @@ class Rule:
         layouts); ``None`` where the catalogue gives none. Never calls autodiff.
       structured_hessian_form: the same Hessian as a structured operator (``WeightedGram``,
         ``Kronecker``, ...) whose ``mv`` is the Hessian-vector product; ``None`` with
-        ``hessian_form``.
+        ``hessian_form``. Default: ``hessian_form`` with ``structured=True``, where it takes
+        that keyword.
     """
 
     id: str
@@ -79,8 +87,9 @@ class Rule:
     source: str
     shapes: str
     fn: Callable[..., Array]
-    closed_form: Callable[..., Array]
     make_example: Callable[[Array, Any, int], tuple[Array, ...]]
+    closed_form: Callable[..., Array] | None = None
+    gradient: Callable[..., Array] | None = None
     wrt: int = 0
     structured_form: Callable[..., Any] | None = None
     public: str = ""
@@ -92,12 +101,21 @@ class Rule:
     structured_hessian_form: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.closed_form is None and self.gradient is None:
+            raise ValueError(f"rule {self.id!r}: give closed_form or gradient")
+        if self.gradient is not None:  # what is given wins (as dataclasses.replace gives)
+            closed, structured = gradient_forms(self.id, self.gradient)
+            object.__setattr__(self, "closed_form", self.closed_form or closed)
+            object.__setattr__(self, "structured_form", self.structured_form or structured)
+        if self.hessian_form is not None and self.structured_hessian_form is None:
+            object.__setattr__(self, "structured_hessian_form", _structured(self.hessian_form))
         if (self.hessian_form is None) != (self.structured_hessian_form is None):
             raise ValueError(f"rule {self.id!r}: give both Hessian forms or neither")
-        if self.structured_form is None:  # the twin of name_jacobian: name_operator
-            object.__setattr__(self, "structured_form", _operator_twin(self))
-        if not self.public:  # the closed form is exported under its own name
-            object.__setattr__(self, "public", f"matcalc_jax.{self.closed_form.__name__}")
+        if self.structured_form is None:
+            twin = _structured(self.closed_form) or _operator_twin(self)
+            object.__setattr__(self, "structured_form", twin)
+        if not self.public:
+            object.__setattr__(self, "public", _public_name(self))
 
     @property
     def has_hessian(self) -> bool:
@@ -212,6 +230,22 @@ class Rule:
         jacobian = transform(self.fn, argnums=self.wrt)(*args)
         out_ndim = jacobian.ndim - jnp.ndim(args[self.wrt])
         return from_numerator(jacobian, out_ndim, layout)
+
+
+def _structured(form: Callable[..., Any]) -> Callable[..., Any] | None:
+    """``form`` with ``structured=True``, where it takes that keyword; else None."""
+    try:
+        takes = "structured" in inspect.signature(form).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return None
+    return functools.partial(form, structured=True) if takes else None
+
+
+def _public_name(rule: Rule) -> str:
+    """``matcalc_jax.`` and the name the rule's function is exported under: the gradient's
+    or the closed form's own name, or the rule's id where that name is private."""
+    name = (rule.gradient or rule.closed_form).__name__
+    return f"matcalc_jax.{rule.id if name.startswith('_') else name}"
 
 
 def _operator_twin(rule: Rule) -> Callable[..., Any]:

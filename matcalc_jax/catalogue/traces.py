@@ -4,14 +4,13 @@ Trace rules: tr(A X), tr(X^T A X) and ||X||_F^2, with Hessians for the last two.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
 from jax import Array
 
 from matcalc_jax.catalogue import draws
-from matcalc_jax.catalogue.record import COOKBOOK, MATRIX_SIZES, Rule, gradient_forms
+from matcalc_jax.catalogue.record import COOKBOOK, MATRIX_SIZES, Rule
 from matcalc_jax.forms.traces import (
     frobenius_gradient,
     frobenius_hessian,
@@ -38,14 +37,6 @@ def _frobenius_example(key: Array, dtype: Any, size: int) -> tuple[Array]:
     return (draws.normal(key, (size, size + 1), dtype),)
 
 
-_trace_linear_closed, _trace_linear_structured = gradient_forms(
-    "trace_linear", trace_linear_gradient
-)
-_trace_quadratic_closed, _trace_quadratic_structured = gradient_forms(
-    "trace_quadratic", trace_quadratic_gradient
-)
-_frobenius_closed, _frobenius_structured = gradient_forms("frobenius", frobenius_gradient)
-
 RULES = (
     Rule(
         id="trace_linear",
@@ -57,9 +48,7 @@ RULES = (
         shapes="A in R^{q x p}, X in R^{p x q}",
         fn=trace_linear_map,
         wrt=1,
-        closed_form=_trace_linear_closed,
-        structured_form=_trace_linear_structured,
-        public="matcalc_jax.trace_linear_gradient",
+        gradient=trace_linear_gradient,
         bench_sizes=MATRIX_SIZES,
         quick_size=8,
         make_example=_trace_linear_example,
@@ -75,14 +64,11 @@ RULES = (
         source=f"{COOKBOOK} sec. 2.5.2",
         shapes="X in R^{p x q}, A in R^{p x p}",
         fn=trace_quadratic_map,
-        closed_form=_trace_quadratic_closed,
-        structured_form=_trace_quadratic_structured,
-        public="matcalc_jax.trace_quadratic_gradient",
+        gradient=trace_quadratic_gradient,
         bench_sizes=MATRIX_SIZES,
         quick_size=4,
         make_example=_trace_quadratic_example,
         hessian_form=trace_quadratic_hessian,
-        structured_hessian_form=partial(trace_quadratic_hessian, structured=True),
     ),
     Rule(
         id="frobenius",
@@ -93,14 +79,11 @@ RULES = (
         source=f"{COOKBOOK} sec. 2.5.2",
         shapes="X in R^{p x q}",
         fn=frobenius_map,
-        closed_form=_frobenius_closed,
-        structured_form=_frobenius_structured,
-        public="matcalc_jax.frobenius_gradient",
+        gradient=frobenius_gradient,
         bench_sizes=MATRIX_SIZES,
         quick_size=4,
         make_example=_frobenius_example,
         hessian_form=frobenius_hessian,
-        structured_hessian_form=partial(frobenius_hessian, structured=True),
         notes="Overflows to inf like the map once sum(X^2) exceeds the dtype's range; the "
         "gradient 2X stays finite.",
     ),
