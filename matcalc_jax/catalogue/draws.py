@@ -34,10 +34,11 @@ def _first(vector: Array, shape: tuple[int, ...], scale: float = 1.0) -> Array:
     compile a copy per shape) when ``vector`` is concrete, by ``lax`` when it is traced."""
     count = math.prod(shape)
     factor = np.asarray(scale, vector.dtype)  # in float64, rounded once: the same in any mode
-    if isinstance(vector, jax.core.Tracer):
+    try:
+        cut = np.asarray(vector)[:count].reshape(shape)
+    except jax.errors.TracerArrayConversionError:
         cut = vector[:count].reshape(shape)
         return cut if scale == 1 else cut * factor
-    cut = np.asarray(vector)[:count].reshape(shape)
     return jax.device_put(cut if scale == 1 else cut * factor)
 
 
