@@ -94,15 +94,19 @@ def python_blocks(markdown: str) -> list[str]:
 
 def run_verify(argv, cache_dir):
     """``matcalc-jax verify *argv --cache-dir cache_dir`` in a fresh process; asserts it
-    passed and returns its stderr."""
+    passed and returns its stderr. Without the caller's ``JAX_COMPILATION_CACHE_DIR``
+    (which would win over ``cache_dir``: the run's JAX cache would not be the one asked)."""
+    import os
     import subprocess
     import sys
 
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     done = subprocess.run(
         [sys.executable, "-m", "matcalc_jax", "verify", *argv, "--cache-dir", str(cache_dir)],
         capture_output=True,
         text=True,
         timeout=300,
+        env=env,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stderr
