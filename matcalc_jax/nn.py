@@ -244,7 +244,12 @@ def _first_maximum(x: Array, axis: tuple[int, ...]) -> Array:
     kept = [a for a in range(x.ndim) if a not in axis]
     moved = jnp.transpose(x == m, kept + list(axis))
     flat = moved.reshape(*moved.shape[: len(kept)], -1)
-    first = flat & (jnp.cumsum(flat, axis=-1) == 1)
+    # The smallest index of a maximum (the slice's length where there is none, a NaN
+    # maximum): a min-reduction, where a cumulative sum lowers to a reduce-window.
+    index = jnp.arange(flat.shape[-1])
+    none = flat.shape[-1]
+    first_index = jnp.min(jnp.where(flat, index, none), axis=-1, keepdims=True, initial=none)
+    first = index == first_index
     return jnp.transpose(first.reshape(moved.shape), np.argsort(kept + list(axis)))
 
 

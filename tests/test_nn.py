@@ -278,3 +278,31 @@ def test_every_derivative_at_nan_is_nan(f):
     assert np.isnan(jax.grad(second)(jnp.nan))
     for x in (1.5, -1.5, jnp.inf, -jnp.inf):  # and nothing leaks elsewhere
         assert float(second(jnp.asarray(x))) == 0.0
+
+
+def _first_maximum_oracle(x, axes):
+    """NumPy: True at the first (C order over ``axes``) entry equal to the slice's maximum;
+    none where the maximum is NaN or the slice is empty."""
+    kept = [a for a in range(x.ndim) if a not in axes]
+    moved = np.transpose(x, kept + list(axes))
+    flat = moved.reshape(*moved.shape[: len(kept)], -1)
+    mask = np.zeros(flat.shape, bool)
+    for where in np.ndindex(*flat.shape[:-1]):
+        row = flat[where]
+        if row.size and not np.isnan(row).any():
+            mask[(*where, int(np.argmax(row == row.max())))] = True
+    return np.transpose(mask.reshape(moved.shape), np.argsort(kept + list(axes)))
+
+
+@pytest.mark.parametrize(
+    "shape, axes",
+    [((7, 5), (1,)), ((7, 5), (0,)), ((3, 4, 5), (0, 2)), ((2, 3, 4), (0, 1, 2)), ((4, 0), (1,))],
+)
+def test_the_first_maximum_of_each_slice_is_the_one_marked(shape, axes):
+    """The mask behind softmax's accurate diagonal: ties, infinities, NaN and empty slices."""
+    rng = np.random.default_rng(0)
+    values = np.array([0.0, 1.0, 2.0, 2.0, -np.inf, np.inf, np.nan])
+    for trial in range(20):
+        x = rng.choice(values, size=shape) if trial % 2 else rng.integers(0, 3, shape) * 1.0
+        expected = _first_maximum_oracle(x, axes)
+        np.testing.assert_array_equal(nn._first_maximum(jnp.asarray(x), axes), expected)
