@@ -119,3 +119,22 @@ def swap_two_and_truncate_one(files):
     files[0].write_bytes(second)
     files[1].write_bytes(first)
     files[2].write_bytes(files[2].read_bytes()[:50])
+
+
+def lowerings_during(action):
+    """How many programs JAX lowered (compiled, or read from its cache) while ``action``
+    ran: 0 for work done on the host or by programs compiled before."""
+    import jax
+
+    events = []
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            events.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        action()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    return len(events)

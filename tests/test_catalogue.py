@@ -13,6 +13,8 @@ from matcalc_jax.catalogue import draws
 from matcalc_jax.forms import elementwise, softmax
 from matcalc_jax.site.rules_page import render_rules_markdown
 
+from .helpers import lowerings_during
+
 SEED_IDS = [
     "product_inner",
     "product_bilinear",
@@ -207,22 +209,6 @@ def test_docs_rules_md_names_every_rule_and_closed_form():
         assert r.public in text
 
 
-def _lowerings_during(action):
-    """How many programs JAX lowered (compiled or read from its cache) while ``action`` ran."""
-    events = []
-
-    def listen(event, duration, **kwargs):
-        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
-            events.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        action()
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
-    return len(events)
-
-
 def test_draws_of_any_shape_are_cut_from_one_generated_vector():
     key = jax.random.key(3)
     flat = draws.normal(key, (24,), jnp.float32)
@@ -230,7 +216,7 @@ def test_draws_of_any_shape_are_cut_from_one_generated_vector():
     traced = jax.jit(lambda k: draws.normal(k, (4, 6), jnp.float32))(key)
     np.testing.assert_array_equal(traced, flat.reshape(4, 6))  # the same numbers under jit
     shapes = [(5, 7), (3,), (2, 9, 2), ()]
-    count = _lowerings_during(lambda: [draws.normal(key, s, jnp.float32) for s in shapes])
+    count = lowerings_during(lambda: [draws.normal(key, s, jnp.float32) for s in shapes])
     assert count == 0  # the generator of that length is compiled already; cutting is free
     u = draws.uniform(key, (3, 3), jnp.float32, 0.5, 2.0)
     assert u.shape == (3, 3) and bool(jnp.all((u >= 0.5) & (u < 2.0)))

@@ -31,13 +31,14 @@ def swap_out_in(jacobian: Array, out_ndim: int) -> Array:
     """Move the first ``out_ndim`` axes of ``jacobian`` behind the rest.
 
     Applied to a numerator-layout Jacobian (``out.shape + in.shape``) it gives the
-    denominator layout (``in.shape + out.shape``).
+    denominator layout (``in.shape + out.shape``). The array's own ``transpose``: a NumPy
+    array stays on the host (nothing compiled), a JAX array or tracer stays JAX's.
     """
     ndim = jacobian.ndim
     if out_ndim == 0 or out_ndim == ndim:
         return jacobian
     axes = tuple(range(out_ndim, ndim)) + tuple(range(out_ndim))
-    return jnp.transpose(jacobian, axes)
+    return jacobian.transpose(axes)
 
 
 def from_numerator(jacobian: Array, out_ndim: int, layout: Layout) -> Array:
