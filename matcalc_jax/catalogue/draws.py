@@ -33,13 +33,13 @@ def _first(vector: Array, shape: tuple[int, ...], scale: float = 1.0) -> Array:
     the dtype: cut on the host and put back (nothing to compile: ``jnp.asarray`` would
     compile a copy per shape) when ``vector`` is concrete, by ``lax`` when it is traced."""
     count = math.prod(shape)
-    factor = np.asarray(scale, vector.dtype)  # in float64, rounded once: the same in any mode
     try:
-        cut = np.asarray(vector)[:count].reshape(shape)
+        cut, put = np.asarray(vector)[:count].reshape(shape), jax.device_put
     except jax.errors.TracerArrayConversionError:
-        cut = vector[:count].reshape(shape)
-        return cut if scale == 1 else cut * factor
-    return jax.device_put(cut if scale == 1 else cut * factor)
+        cut, put = vector[:count].reshape(shape), lambda traced: traced
+    if scale != 1:  # the factor in float64, rounded once to the dtype: the same in any mode
+        cut = cut * np.asarray(scale, vector.dtype)
+    return put(cut)
 
 
 def normal(key: Array, shape: tuple[int, ...], dtype: Any, scale: float = 1.0) -> Array:
