@@ -146,7 +146,10 @@ def worker_xla_flags() -> tuple[str, ...]:
     ``compiler_options`` as flags, so that the operations the eager closed forms dispatch
     one by one (a compile each, with no way to pass options) compile as fast as the
     case programs: about a fifth of a cold run. Flags only this jaxlib accepts: XLA stops
-    a process whose ``XLA_FLAGS`` names a flag it does not know."""
+    a process whose ``XLA_FLAGS`` names a flag it does not know. Not the optimization
+    level: as a process-wide flag it changes the last bits of ``jax.random.normal`` (173 of
+    4096 float32 draws on this project's CPU), and a worker would draw other inputs than
+    the caller; the emitter flag changes none."""
     if jax.default_backend() != "cpu":
         return ()
     return tuple(
