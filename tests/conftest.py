@@ -1,4 +1,5 @@
-"""Test settings: float64 available everywhere, hypothesis without deadlines (jit compiles).
+"""Test settings: float64 available everywhere, hypothesis without deadlines (jit compiles),
+XLA's faster-compiling CPU emitter (``SUITE_XLA_FLAG``), a shared compilation cache.
 
 The suite runs in parallel processes (pytest-xdist, ``-n auto`` in pyproject.toml); on a GPU
 each process takes GPU memory as it needs it instead of JAX's default 75% up front.
@@ -7,12 +8,40 @@ each process takes GPU memory as it needs it instead of JAX's default 75% up fro
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax
 from hypothesis import settings
+
+from .helpers import SUITE_XLA_FLAG
+
+
+def _jaxlib_accepts(flags: str) -> bool:
+    """Whether a process starts with ``XLA_FLAGS=flags`` (XLA stops a process whose
+    ``XLA_FLAGS`` names a flag it does not know, so this asks a child process)."""
+    probe = "import jax; jax.devices('cpu')"
+    environment = {**os.environ, "XLA_FLAGS": flags}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=environment, capture_output=True, timeout=120
+    )
+    return done.returncode == 0
+
+
+# XLA's CPU code generation for the suite: SUITE_XLA_FLAG (tests/helpers.py says why),
+# unless MATCALC_JAX_TEST_XLA_DEFAULTS=1 or the caller's XLA_FLAGS chooses the emitter. The
+# process that starts the run decides; its worker processes inherit XLA_FLAGS (and a flag
+# this jaxlib refused is remembered, not probed again by each worker).
+XLA_DEFAULTS = os.environ.get("MATCALC_JAX_TEST_XLA_DEFAULTS") == "1"
+if not XLA_DEFAULTS and SUITE_XLA_FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    flags = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAG}".strip()
+    if _jaxlib_accepts(flags):
+        os.environ["XLA_FLAGS"] = flags
+    else:
+        os.environ["MATCALC_JAX_TEST_XLA_DEFAULTS"] = "1"
 
 jax.config.update("jax_enable_x64", True)
 
