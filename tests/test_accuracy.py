@@ -45,7 +45,9 @@ def test_the_bounds_hold_under_xlas_default_code_generation():
     command = [sys.executable, "-m", "pytest", __file__, "-n", "0", "-q", "-k", BOUND_TESTS]
     command += ["-p", "no:cacheprovider"]
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(command, cwd=root, env=environment, capture_output=True, text=True)
+    done = subprocess.run(
+        command, cwd=root, env=environment, capture_output=True, text=True, timeout=600
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     count = len(_accuracy.FUNCTIONS) + len(_accuracy.REDUCTIONS)
