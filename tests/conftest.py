@@ -20,7 +20,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax
 from hypothesis import settings
 
-from .helpers import SUITE_XLA_FLAG
+from .helpers import SUITE_XLA_FLAG, SUITE_XLA_FLAG_NAME
 
 
 def _jaxlib_accepts(flags: str) -> bool:
@@ -39,7 +39,7 @@ def _jaxlib_accepts(flags: str) -> bool:
 # process that starts the run decides; its worker processes inherit XLA_FLAGS (and a flag
 # this jaxlib refused is remembered, not probed again by each worker).
 XLA_DEFAULTS = os.environ.get("MATCALC_JAX_TEST_XLA_DEFAULTS") == "1"
-if not XLA_DEFAULTS and SUITE_XLA_FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+if not XLA_DEFAULTS and SUITE_XLA_FLAG_NAME not in os.environ.get("XLA_FLAGS", ""):
     flags = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAG}".strip()
     if _jaxlib_accepts(flags):
         os.environ["XLA_FLAGS"] = flags
