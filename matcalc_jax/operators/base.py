@@ -58,13 +58,46 @@ def check_tangent(op: JacobianOperator, name: str, value: ArrayLike, shape: tupl
     return array
 
 
+def _concrete(*trees: Any) -> bool:
+    """Whether every leaf of ``trees`` is a concrete array (nothing is being traced)."""
+    return all(
+        isinstance(leaf, (jax.Array, np.ndarray)) and not isinstance(leaf, jax.core.Tracer)
+        for leaf in jax.tree_util.tree_leaves(trees)
+    )
+
+
+def one_program_when_eager(method: Callable) -> Callable:
+    """``method(op, array)`` as one compiled program when called on concrete arrays.
+
+    Called eagerly, JAX compiles each operation of a product separately (a composite's ``mv``
+    is a dozen of them); under this wrapper the whole product is one program, compiled once
+    per operator structure and shapes. Under a trace (``jit``, ``vmap``, the transform) the
+    method runs as written."""
+    if getattr(method, "one_program_when_eager", False):
+        return method
+    compiled = jax.jit(method)
+
+    @functools.wraps(method)
+    def run(self: Any, value: Any) -> Any:
+        if _concrete(self, value):
+            return compiled(self, value)
+        return method(self, value)
+
+    run.one_program_when_eager = True  # type: ignore[attr-defined]
+    return run
+
+
 def pytree(data: tuple[str, ...], meta: tuple[str, ...]) -> Callable[[type], type]:
     """Class decorator: the class as a frozen dataclass and a JAX pytree whose leaves are the
-    ``data`` fields (arrays, operators) and whose static part is the ``meta`` fields."""
+    ``data`` fields (arrays, operators) and whose static part is the ``meta`` fields. Its
+    ``mv`` and ``vm`` (its own or inherited) run as one program each when called eagerly
+    (``one_program_when_eager``)."""
 
     def register(cls: type) -> type:
         cls = dataclasses.dataclass(frozen=True)(cls)
         jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
+        for name in ("mv", "vm"):
+            setattr(cls, name, one_program_when_eager(getattr(cls, name)))
         return cls
 
     return register
@@ -121,6 +154,11 @@ class JacobianOperator:
         """
         layout = self.layout if layout is None else check_layout("to_dense", layout)
         chunk_size = check_chunk_size(f"{type(self).__name__}.to_dense", chunk_size)
+        if _concrete(self):
+            return _dense_program(self, layout, chunk_size)
+        return self._dense(layout, chunk_size)
+
+    def _dense(self, layout: Layout, chunk_size: int | None) -> Array:
         if chunk_size is None:
             numerator = self._numerator()
         else:
@@ -283,6 +321,10 @@ class ShapedOperator(JacobianOperator):
     out_shape = property(lambda self: tuple(self.out_sizes))
     in_shape = property(lambda self: tuple(self.in_sizes))
     dtype = property(lambda self: jnp.dtype(self.dtype_name))
+
+
+#: ``to_dense`` of concrete operators as one compiled program (see ``one_program_when_eager``).
+_dense_program = jax.jit(JacobianOperator._dense, static_argnums=(1, 2))
 
 
 # ------------------------------------------------------------------- binary algebra
