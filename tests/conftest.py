@@ -1,5 +1,5 @@
 """Test settings: float64 available everywhere, hypothesis without deadlines (jit compiles),
-XLA's faster-compiling CPU emitter (``SUITE_XLA_FLAG``), a shared compilation cache.
+XLA's faster-compiling CPU settings (``SUITE_XLA_FLAGS``), a shared compilation cache.
 
 The suite runs in parallel processes (pytest-xdist, ``-n auto --dist loadfile`` in
 pyproject.toml): a test file's tests share one process, so the small programs they have in
@@ -20,7 +20,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax
 from hypothesis import settings
 
-from .helpers import SUITE_XLA_FLAG, SUITE_XLA_FLAG_NAME
+from .helpers import SUITE_XLA_FLAG_NAMES, SUITE_XLA_FLAGS
 
 
 def _jaxlib_accepts(flags: str) -> bool:
@@ -34,13 +34,19 @@ def _jaxlib_accepts(flags: str) -> bool:
     return done.returncode == 0
 
 
-# XLA's CPU code generation for the suite: SUITE_XLA_FLAG (tests/helpers.py says why),
-# unless MATCALC_JAX_TEST_XLA_DEFAULTS=1 or the caller's XLA_FLAGS chooses the emitter. The
-# process that starts the run decides; its worker processes inherit XLA_FLAGS (and a flag
-# this jaxlib refused is remembered, not probed again by each worker).
+# XLA's CPU code generation for the suite: SUITE_XLA_FLAGS (tests/helpers.py says why),
+# unless MATCALC_JAX_TEST_XLA_DEFAULTS=1; a flag the caller's XLA_FLAGS sets is left as the
+# caller set it. The process that starts the run decides; its worker processes inherit
+# XLA_FLAGS (and flags this jaxlib refused are remembered, not probed again by each worker).
 XLA_DEFAULTS = os.environ.get("MATCALC_JAX_TEST_XLA_DEFAULTS") == "1"
-if not XLA_DEFAULTS and SUITE_XLA_FLAG_NAME not in os.environ.get("XLA_FLAGS", ""):
-    flags = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAG}".strip()
+_callers = os.environ.get("XLA_FLAGS", "")
+_missing = [
+    flag
+    for flag, name in zip(SUITE_XLA_FLAGS, SUITE_XLA_FLAG_NAMES, strict=True)
+    if name not in _callers
+]
+if not XLA_DEFAULTS and _missing:
+    flags = " ".join([_callers, *_missing]).strip()
     if _jaxlib_accepts(flags):
         os.environ["XLA_FLAGS"] = flags
     else:

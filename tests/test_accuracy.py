@@ -2,7 +2,7 @@
 both AD modes, at points spanning each dtype's range, within the stated ulp bounds.
 
 The bounds hold for the code users' programs get: XLA's default code generation. Where the
-suite compiles with its own flag (``SUITE_XLA_FLAG``, tests/helpers.py), the bound tests
+suite compiles with its own flags (``SUITE_XLA_FLAGS``, tests/helpers.py), the bound tests
 run in a child pytest under XLA's defaults, and here they are skipped."""
 
 import os
@@ -20,22 +20,22 @@ import pytest
 from matcalc_jax.forms import activations
 from matcalc_jax.verification import accuracy as _accuracy
 
-from .helpers import SUITE_XLA_FLAG, under_suite_xla_flag
+from .helpers import SUITE_XLA_FLAGS, under_suite_xla_flags
 
 pytest.importorskip("mpmath")
 
 #: The ulp-bound tests: they measure the generated code, so they run under XLA's defaults.
 BOUND_TESTS = "every_dtype"
 under_defaults_only = pytest.mark.skipif(
-    under_suite_xla_flag(),
+    under_suite_xla_flags(),
     reason="run under XLA's default code generation by "
     "test_the_bounds_hold_under_xlas_default_code_generation",
 )
 
 
-@pytest.mark.skipif(not under_suite_xla_flag(), reason="this process has XLA's defaults")
+@pytest.mark.skipif(not under_suite_xla_flags(), reason="this process has XLA's defaults")
 def test_the_bounds_hold_under_xlas_default_code_generation():
-    flags = [f for f in os.environ["XLA_FLAGS"].split() if f != SUITE_XLA_FLAG]
+    flags = [f for f in os.environ["XLA_FLAGS"].split() if f not in SUITE_XLA_FLAGS]
     environment = {
         **os.environ,
         "XLA_FLAGS": " ".join(flags),

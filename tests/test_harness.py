@@ -29,7 +29,7 @@ from matcalc_jax.verification.harness import (
 )
 from matcalc_jax.verification.tolerance import TOLERANCES, tolerance
 
-from .helpers import SUITE_XLA_FLAG_NAME, key, under_suite_xla_flag
+from .helpers import SUITE_XLA_FLAG_NAMES, SUITE_XLA_FLAGS, key, under_suite_xla_flags
 
 
 def test_relative_error_is_normwise():
@@ -344,13 +344,15 @@ def test_compiler_options_keep_only_those_this_jaxlib_accepts(monkeypatch):
         harness._accepted_options.cache_clear()
 
 
-def test_the_suite_compiles_with_verifys_emitter_unless_xla_defaults_are_asked_for():
-    # tests/conftest.py sets the flag in the process that starts the run; every worker
-    # process inherits it (this test runs in one of them).
+def test_the_suite_compiles_as_verify_unless_xla_defaults_are_asked_for():
+    # tests/conftest.py sets the flags in the process that starts the run; every worker
+    # process inherits them (this test runs in one of them).
     asked_for_defaults = os.environ.get("MATCALC_JAX_TEST_XLA_DEFAULTS") == "1"
-    if SUITE_XLA_FLAG_NAME in os.environ.get("XLA_FLAGS", "") and not under_suite_xla_flag():
-        pytest.skip(f"the caller's XLA_FLAGS sets {SUITE_XLA_FLAG_NAME} to another value")
-    assert under_suite_xla_flag() is not asked_for_defaults, os.environ.get("XLA_FLAGS")
+    flags = os.environ.get("XLA_FLAGS", "")
+    callers = [f for f in flags.split() if f.split("=")[0] in SUITE_XLA_FLAG_NAMES]
+    if set(callers) - set(SUITE_XLA_FLAGS):
+        pytest.skip(f"the caller's XLA_FLAGS sets {callers}")
+    assert under_suite_xla_flags() is not asked_for_defaults, flags
 
 
 def test_worker_processes_start_with_the_xla_flags_asked_for(monkeypatch):
