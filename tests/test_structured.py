@@ -97,9 +97,14 @@ def test_mv_and_vm_equal_jvp_and_vjp_under_jit_and_vmap(r):
     op = jax.jit(r.structured)(*args)
     mv = jax.jit(jax.vmap(op.mv))(tangents)
     vm = jax.jit(jax.vmap(op.vm))(cotangents)
-    jvp = jax.vmap(lambda t: jax.jvp(of_x, (x,), (t,))[1])(tangents)
-    _, pullback = jax.vjp(of_x, x)
-    vjp = jax.vmap(lambda u: pullback(u)[0])(cotangents)
+
+    @jax.jit
+    def autodiff(x, tangents, cotangents):
+        jvp = jax.vmap(lambda t: jax.jvp(of_x, (x,), (t,))[1])(tangents)
+        _, pullback = jax.vjp(of_x, x)
+        return jvp, jax.vmap(lambda u: pullback(u)[0])(cotangents)
+
+    jvp, vjp = autodiff(x, tangents, cotangents)
     assert_jacobians_close(mv, jvp)
     assert_jacobians_close(vm, vjp)
     # The adjoint identity <u, J v> = <J^T u, v>, for each pair.
