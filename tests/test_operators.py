@@ -350,24 +350,27 @@ def test_a_new_type_brings_its_own_composition_rule():
     assert type(mj.compose(mj.Diagonal(jnp.ones(3)), mj.Diagonal(jnp.ones(3)))) is mj.Diagonal
 
 
-# Last in the file: it empties JAX's caches, which would make the tests after it compile
-# again what they share with those before.
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_an_eager_product_or_dense_matrix_is_one_program(name):
+# Last in the file: it empties JAX's caches (once), which would make the tests after it
+# compile again what they share with those before.
+def test_an_eager_product_or_dense_matrix_is_one_program():
     """Called on concrete arrays, ``to_dense``, ``mv`` and ``vm`` compile one program each
     (a composite's eager operations would compile one by one), with the values the same
-    method gives under ``jit``."""
-    op = CASES[name]()
-    v, u = _normal(54, op.in_shape), _normal(55, op.out_shape)
-    expected = jax.jit(lambda o, v, u: (o.to_dense(), o.mv(v), o.vm(u)))(op, v, u)
+    methods give under ``jit``; a second call compiles nothing."""
     jax.clear_caches()
-    calls = {"to_dense": op.to_dense, "mv": lambda: op.mv(v), "vm": lambda: op.vm(u)}
-    for (method, call), value in zip(calls.items(), expected, strict=True):
-        got = []
-        count = lowerings_during(lambda: got.append(call()))  # noqa: B023 (runs at once)
-        assert count <= 1, (method, count)
-        chex.assert_trees_all_close(got[0], value, rtol=1e-13, atol=1e-15)
-    assert lowerings_during(op.to_dense) == 0  # the second call runs the compiled program
+    too_many = {}
+    for name in sorted(CASES):
+        op = CASES[name]()
+        v, u = _normal(54, op.in_shape), _normal(55, op.out_shape)
+        expected = jax.jit(lambda o, v, u: (o.to_dense(), o.mv(v), o.vm(u)))(op, v, u)
+        calls = {"to_dense": op.to_dense, "mv": lambda: op.mv(v), "vm": lambda: op.vm(u)}  # noqa: B023
+        for (method, call), value in zip(calls.items(), expected, strict=True):
+            got = []
+            count = lowerings_during(lambda: got.append(call()))  # noqa: B023 (runs at once)
+            if count > 1:
+                too_many[f"{name}.{method}"] = count
+            chex.assert_trees_all_close(got[0], value, rtol=1e-13, atol=1e-15)
+        assert lowerings_during(op.to_dense) == 0, name  # the compiled program again
+    assert not too_many, too_many
 
 
 def test_eager_products_keep_their_checks_and_take_lists():
