@@ -352,10 +352,24 @@ def test_a_new_type_brings_its_own_composition_rule():
 
 # Last in the file: it empties JAX's caches (once), which would make the tests after it
 # compile again what they share with those before.
+def _one_program_each(op, calls, expected):
+    """The methods in ``calls`` that compiled more than one program, with their counts;
+    each call's value is checked against ``expected`` (the same under ``jit``)."""
+    too_many = {}
+    for (method, call), value in zip(calls.items(), expected, strict=True):
+        got = []
+        count = lowerings_during(lambda: got.append(call()))  # noqa: B023 (runs at once)
+        if count > 1:
+            too_many[f"{type(op).__name__}.{method}"] = count
+        chex.assert_trees_all_close(got[0], value, rtol=1e-13, atol=1e-15)
+    return too_many
+
+
 def test_an_eager_product_or_dense_matrix_is_one_program():
-    """Called on concrete arrays, ``to_dense``, ``mv`` and ``vm`` compile one program each
-    (a composite's eager operations would compile one by one), with the values the same
-    methods give under ``jit``; a second call compiles nothing."""
+    """Called on concrete arrays, ``to_dense``, ``mv``, ``vm`` (and for square operators
+    ``diagonal``, ``trace``, ``logdet``) compile one program each (a composite's eager
+    operations would compile one by one), with the values the same methods give under
+    ``jit``; a second call compiles nothing."""
     jax.clear_caches()
     rng = np.random.default_rng(54)  # host draws: nothing to compile again
     too_many = {}
@@ -364,13 +378,13 @@ def test_an_eager_product_or_dense_matrix_is_one_program():
         v, u = (jax.device_put(rng.normal(size=shape)) for shape in (op.in_shape, op.out_shape))
         expected = jax.jit(lambda o, v, u: (o.to_dense(), o.mv(v), o.vm(u)))(op, v, u)
         calls = {"to_dense": op.to_dense, "mv": lambda: op.mv(v), "vm": lambda: op.vm(u)}  # noqa: B023
-        for (method, call), value in zip(calls.items(), expected, strict=True):
-            got = []
-            count = lowerings_during(lambda: got.append(call()))  # noqa: B023 (runs at once)
-            if count > 1:
-                too_many[f"{name}.{method}"] = count
-            chex.assert_trees_all_close(got[0], value, rtol=1e-13, atol=1e-15)
+        too_many |= _one_program_each(op, calls, expected)
         assert lowerings_during(op.to_dense) == 0, name  # the compiled program again
+    for name in sorted(SQUARE):
+        op = SQUARE[name]()
+        expected = jax.jit(lambda o: (o.diagonal(), o.trace(), o.logdet()))(op)
+        calls = {"diagonal": op.diagonal, "trace": op.trace, "logdet": op.logdet}
+        too_many |= _one_program_each(op, calls, expected)
     assert not too_many, too_many
 
 

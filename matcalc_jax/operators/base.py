@@ -67,10 +67,10 @@ def _concrete(*trees: Any) -> bool:
 
 
 def one_program_when_eager(method: Callable) -> Callable:
-    """``method(op, array)`` as one compiled program when called on concrete arrays.
+    """``method(op, *arrays)`` as one compiled program when called on concrete arrays.
 
     Called eagerly, JAX compiles each operation of a product separately (a composite's ``mv``
-    is a dozen of them); under this wrapper the whole product is one program, compiled once
+    is a dozen of them); under this wrapper the whole method is one program, compiled once
     per operator structure and shapes. Under a trace (``jit``, ``vmap``, the transform) the
     method runs as written."""
     if getattr(method, "one_program_when_eager", False):
@@ -78,25 +78,31 @@ def one_program_when_eager(method: Callable) -> Callable:
     compiled = jax.jit(method)
 
     @functools.wraps(method)
-    def run(self: Any, value: Any) -> Any:
-        if _concrete(self, value):
-            return compiled(self, value)
-        return method(self, value)
+    def run(self: Any, *args: Any) -> Any:
+        if _concrete(self, args):
+            return compiled(self, *args)
+        return method(self, *args)
 
     run.one_program_when_eager = True  # type: ignore[attr-defined]
     return run
 
 
+#: The methods of an operator that run as one program each when called eagerly (besides
+#: ``to_dense``, whose layout and chunk size are compile-time arguments). Not ``solve``: an
+#: eager solve checks the values (a singular Hessian is an error), which a program cannot.
+EAGER_AS_ONE_PROGRAM = ("mv", "vm", "diagonal", "trace", "logdet")
+
+
 def pytree(data: tuple[str, ...], meta: tuple[str, ...]) -> Callable[[type], type]:
     """Class decorator: the class as a frozen dataclass and a JAX pytree whose leaves are the
     ``data`` fields (arrays, operators) and whose static part is the ``meta`` fields. Its
-    ``mv`` and ``vm`` (its own or inherited) run as one program each when called eagerly
-    (``one_program_when_eager``)."""
+    ``EAGER_AS_ONE_PROGRAM`` methods (its own or inherited) run as one program each when
+    called eagerly (``one_program_when_eager``)."""
 
     def register(cls: type) -> type:
         cls = dataclasses.dataclass(frozen=True)(cls)
         jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
-        for name in ("mv", "vm"):
+        for name in EAGER_AS_ONE_PROGRAM:
             setattr(cls, name, one_program_when_eager(getattr(cls, name)))
         return cls
 
