@@ -18,8 +18,8 @@ FLOAT_DTYPES = ("float32", "float64")
 
 #: The suite compiles as ``verify`` compiles its programs (``harness.FAST_COMPILE``: XLA's
 #: legacy elemental CPU emitters, backend optimization level 0), set in tests/conftest.py for
-#: every process of a run: a cold run of the suite takes about half the time
-#: (docs/verification.md). The tests check derivations, which do not depend on the code
+#: every process of a run: each cut a cold run of the suite by about a quarter, measured
+#: back to back (docs/verification.md). The tests check derivations, which do not depend on the code
 #: generation; the tests whose subject is the generated code's rounding (the ulp bounds of
 #: tests/test_accuracy.py) run under XLA's defaults, as users' programs compile, in a
 #: process of their own. The optimization level changes the last bits of float32 programs
