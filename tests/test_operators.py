@@ -350,8 +350,15 @@ def test_a_new_type_brings_its_own_composition_rule():
     assert type(mj.compose(mj.Diagonal(jnp.ones(3)), mj.Diagonal(jnp.ones(3)))) is mj.Diagonal
 
 
-# Last in the file: it empties JAX's caches (once), which would make the tests after it
-# compile again what they share with those before.
+def test_eager_products_keep_their_checks_and_take_lists():
+    d = mj.Diagonal(jnp.arange(1.0, 4.0))
+    np.testing.assert_array_equal(d.mv([1.0, 1.0, 1.0]), [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"Diagonal\.mv: argument has shape \(2,\)"):
+        d.mv(jnp.ones(2))
+    with pytest.raises(ValueError, match="layout"):
+        d.to_dense("sideways")
+
+
 def _one_program_each(op, calls, expected):
     """The methods in ``calls`` that compiled more than one program, with their counts;
     each call's value is checked against ``expected`` (the same under ``jit``)."""
@@ -365,6 +372,8 @@ def _one_program_each(op, calls, expected):
     return too_many
 
 
+# Last in the file: it empties JAX's caches (once), which would make the tests after it
+# compile again what they share with those before.
 def test_an_eager_product_or_dense_matrix_is_one_program():
     """Called on concrete arrays, ``to_dense``, ``mv``, ``vm`` (and for square operators
     ``diagonal``, ``trace``, ``logdet``) compile one program each (a composite's eager
@@ -386,12 +395,3 @@ def test_an_eager_product_or_dense_matrix_is_one_program():
         calls = {"diagonal": op.diagonal, "trace": op.trace, "logdet": op.logdet}
         too_many |= _one_program_each(op, calls, expected)
     assert not too_many, too_many
-
-
-def test_eager_products_keep_their_checks_and_take_lists():
-    d = mj.Diagonal(jnp.arange(1.0, 4.0))
-    np.testing.assert_array_equal(d.mv([1.0, 1.0, 1.0]), [1.0, 2.0, 3.0])
-    with pytest.raises(ValueError, match=r"Diagonal\.mv: argument has shape \(2,\)"):
-        d.mv(jnp.ones(2))
-    with pytest.raises(ValueError, match="layout"):
-        d.to_dense("sideways")
