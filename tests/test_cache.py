@@ -57,3 +57,22 @@ def test_verify_repairs_a_damaged_cache_and_passes_quietly(tmp_path):
     assert "dropped 3 compilation cache entries" in err
     assert "warning" not in err.lower()
     assert "dropped" not in run_verify(argv, directory)
+
+
+def test_files_not_named_as_jax_names_its_entries_are_left_alone(tmp_path):
+    """A folder given as the cache may hold the user's files: only JAX's entries (and
+    their access times) are ever dropped."""
+    _entries(tmp_path, b"a program")
+    (tmp_path / "jit_f-0-atime").write_bytes(b"123")
+    (tmp_path / "notes.txt").write_text("mine")
+    assert cache.repair(tmp_path) == 2  # no manifest: neither entry is vouched for
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_folder_in_the_manifest_s_place_is_replaced_by_the_manifest(tmp_path):
+    """Otherwise no manifest could ever be written, and every run would drop every entry."""
+    (tmp_path / cache.MANIFEST).mkdir()
+    _entries(tmp_path, b"a program")
+    cache.record(tmp_path)
+    assert (tmp_path / cache.MANIFEST).is_file()
+    assert cache.repair(tmp_path) == 0

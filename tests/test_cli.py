@@ -120,12 +120,26 @@ def test_verify_unknown_rule_exits_2_with_the_known_ids(capsys):
     assert "unknown rule id 'nope'" in err and "softmax" in err
 
 
-def test_verify_unknown_dtype_exits_2(capsys):
-    assert main(["verify", "--dtype", "float8"]) == 2
-    assert "no tolerance for dtype 'float8'" in capsys.readouterr().err
+@pytest.mark.parametrize("dtype", ["float8", "complex64", "int32"])
+def test_verify_a_dtype_it_does_not_check_exits_2(capsys, dtype):
+    """A complex dtype too: the rules are real maps (it would otherwise run as its parts')."""
+    assert main(["verify", "--no-cache", "--dtype", dtype]) == 2
+    err = capsys.readouterr().err
+    assert f"dtype '{dtype}' is not one it checks" in err and "float32, float64" in err
 
 
-@pytest.mark.parametrize("argv", [["--sizes", "0"], ["--size", "-1"], ["--timeout", "0"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--sizes", "0"],
+        ["--size", "-1"],
+        ["--timeout", "0"],
+        ["--max-gib", "0"],
+        ["--max-gib", "nan"],
+        ["--max-gib", "inf"],
+        ["--max-gib", "1e400"],
+    ],
+)
 def test_verify_bad_numbers_are_usage_errors(capsys, argv):
     with pytest.raises(SystemExit) as info:
         main(["verify", *argv])
@@ -203,6 +217,8 @@ def test_python_dash_m_runs_the_same_command():
         (["--rules", "softmax", "--json", "."], "is a directory"),
         (["--rules", "softmax", "--json", "no/such/folder/r.json"], "does not exist"),
         (["--rules", "softmax", "--seed", "1" * 23], "expected an integer in"),
+        (["--rules", "softmax", "--cache-dir", ""], "--cache-dir is empty"),
+        (["--rules", "softmax", "--json", ""], "--json is empty"),
     ],
 )
 def test_verify_refuses_bad_requests_before_any_work(capsys, argv, message):
@@ -244,6 +260,33 @@ def test_verify_refuses_a_case_too_large_before_running_it(capsys, argv):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "GiB, over the limit of 4.0 GiB" in err
     assert "--max-gib" in err
+
+
+@pytest.mark.parametrize(
+    "rule, size",
+    [
+        ("trace_linear", "3037000500"),  # its Jacobian's entries overflowed 64 bits
+        ("linear", "9223372036854775807"),
+        ("linear", "99999999999999999999"),
+        ("inverse", "2147483648"),  # 32-bit LAPACK dimensions
+    ],
+)
+def test_verify_refuses_a_size_beyond_what_it_counts_in_one_line(capsys, rule, size):
+    argv = ["verify", "--no-cache", "--rules", rule, "--dtype", "float32", "--sizes", size]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "expected positive integers up to 2147483647" in err
+
+
+def test_a_program_whose_inner_arrays_outgrow_its_jacobian_is_refused_by_them():
+    """gp_log_likelihood's Jacobian is a few numbers, its kernel matrix n x n: at n = 46341
+    it needs 17 GB in float64, and XLA would abort the process allocating it."""
+    from matcalc_jax.verification.harness import case_bytes
+
+    n = 46341
+    assert case_bytes(mj.rule("gp_log_likelihood"), "float64", n) >= n * n * 8
+    with pytest.raises(ValueError, match="GiB, over the limit"):
+        mj.verify(["gp_log_likelihood"], dtypes=["float64"], sizes=[n])
 
 
 def test_case_bytes_counts_the_jacobian_of_the_shapes():
@@ -306,6 +349,79 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch):
     assert "interrupted" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "signal_name, code, said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")]
+)
+def test_a_signal_python_lost_still_ends_the_run_with_its_exit_code(
+    capsys, monkeypatch, signal_name, code, said
+):
+    """JAX's garbage-collection callback swallows a KeyboardInterrupt raised inside it:
+    the command still exits 130 (143 for SIGTERM), never 0, and says so in one line."""
+    import contextlib
+    import importlib
+    import signal
+
+    cli = importlib.import_module("matcalc_jax.cli.main")
+
+    def lost(args):
+        with contextlib.suppress(KeyboardInterrupt):  # as in a callback from C
+            signal.raise_signal(getattr(signal, signal_name))
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "_verify", lost)
+    assert cli.main(["verify", "--no-cache"]) == code
+    assert capsys.readouterr().err.strip() == f"matcalc-jax: {said}"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("kind", ["link to nowhere", "full device"])
+def test_a_json_path_that_cannot_be_written_is_one_line_and_exit_2(capsys, tmp_path, kind):
+    """A link to a missing file is refused before the run; a full device (only known when
+    writing) after it, in one line, not a traceback."""
+    if kind == "link to nowhere":
+        path = tmp_path / "r.json"
+        path.symlink_to(tmp_path / "missing" / "r.json")
+    else:
+        path = Path("/dev/full")
+        if not path.exists():
+            pytest.skip("no /dev/full here")
+    argv = ["verify", "--no-cache", "--rules", "linear", "--sizes", "2", "--dtype", "float32"]
+    assert main([*argv, "--json", str(path)]) == 2
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "Traceback" not in captured.err
+    if kind == "link to nowhere":
+        assert "is a link to a missing file" in errors[0] and "verdict" not in captured.out
+    else:
+        assert "No space left on device" in errors[0] and "verdict: PASS" in captured.out
+
+
+def test_jax_s_cache_write_warnings_are_left_out_and_said_once(tmp_path, capsys, monkeypatch):
+    """A cache that cannot be written (read-only, removed during the run) makes JAX warn
+    once per program: those warnings are left out, in the worker processes too, and one
+    note says it after the run."""
+    import importlib
+    import warnings
+
+    cli = importlib.import_module("matcalc_jax.cli.main")
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with cli._cache_write_errors_counted_once():
+            assert "ignore:Error writing persistent" in os.environ["PYTHONWARNINGS"]
+            jax_s = "Error writing persistent compilation cache entry for 'jit_f': ..."
+            warnings.warn(jax_s, stacklevel=1)
+            warnings.warn("another warning", stacklevel=1)
+    assert [str(w.message) for w in caught] == ["another warning"]
+    assert "PYTHONWARNINGS" not in os.environ
+
+    cli._say_if_unwritable(str(tmp_path))  # writable: nothing to say
+    cli._say_if_unwritable(str(tmp_path / "removed"))
+    notes = capsys.readouterr().err.strip().splitlines()
+    assert len(notes) == 1 and "removed" in notes[0] and "could not be written" in notes[0]
+
+
 def test_an_internal_error_is_not_read_as_a_usage_error(monkeypatch):
     """A ValueError raised inside JAX or NumPy (a bug) keeps its traceback; only the
     package's own checks are usage errors (exit 2)."""
@@ -356,10 +472,10 @@ def _gone(pids, seconds=30):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
 def test_verify_in_processes_leaves_no_worker_behind(how):
-    """Ctrl-C ends a run in worker processes in one line, exit 130, and stops the workers;
-    a killed run's workers die with it."""
+    """Ctrl-C ends a run in worker processes in one line, exit 130 (SIGTERM: 143), and
+    stops the workers; a killed run's workers die with it."""
     import signal
     import time
 
@@ -384,9 +500,10 @@ def test_verify_in_processes_leaves_no_worker_behind(how):
             run.kill()
             tail = (timeout.stderr or b"")[-1500:]
             pytest.fail(f"{how}: still running after 60 s; its stderr ends {tail!r}")
-        if how == "SIGINT":
-            assert run.returncode == 130
-            assert "interrupted" in err and "Traceback" not in err
+        if how != "SIGKILL":
+            code, said = (130, "interrupted") if how == "SIGINT" else (143, "terminated")
+            assert run.returncode == code
+            assert said in err and "Traceback" not in err and "leaked" not in err
         assert _gone(workers)
     finally:
         if run.poll() is None:

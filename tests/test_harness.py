@@ -3,6 +3,7 @@ catches a wrong closed form (a check that cannot fail would be worthless)."""
 
 import dataclasses
 import json
+import math
 import os
 import re
 import time
@@ -18,6 +19,8 @@ from matcalc_jax.cli.watchdog import Watchdog
 from matcalc_jax.verification import harness
 from matcalc_jax.verification.harness import (
     REPORT_SCHEMA,
+    Check,
+    Report,
     _case_program,
     _product_scales,
     central_differences,
@@ -126,10 +129,61 @@ def test_verify_reports_every_rule_and_converts_to_json(tmp_path):
 
 
 def test_verify_refuses_an_unknown_dtype_or_rule_before_any_work():
-    with pytest.raises(KeyError, match="float8"):
+    with pytest.raises(ValueError, match="float8"):
         verify(["linear"], dtypes=["float8"])
     with pytest.raises(KeyError, match="unknown rule id"):
         verify(["nope"])
+
+
+@pytest.mark.parametrize(
+    "arguments, error, message",
+    [
+        ({"dtypes": []}, ValueError, "dtypes is empty"),
+        ({"dtypes": ["complex64"]}, ValueError, "dtype 'complex64' is not one it checks"),
+        ({"dtypes": [None]}, ValueError, "dtype None is not one it checks"),
+        ({"sizes": ["2"]}, ValueError, "sizes=['2']; expected positive integers"),
+        ({"sizes": [None]}, ValueError, "sizes=[None]"),
+        ({"sizes": [10**30]}, ValueError, f"sizes=[{10**30}]; expected positive integers up to"),
+        ({"sizes": [1e300]}, ValueError, "sizes=[1e+300]; expected positive integers up to"),
+        ({"workers": 0}, ValueError, "workers=0; expected a positive integer"),
+        ({"workers": 2.5}, ValueError, "workers=2.5"),
+        ({"max_bytes": float("nan")}, ValueError, "max_bytes=nan; expected a positive number"),
+        ({"max_bytes": None}, ValueError, "max_bytes=None"),
+        ({"progress": 5}, TypeError, "progress=5; expected a function"),
+        ({"programs": 5}, TypeError, "programs=5"),
+        ({"programs": ""}, ValueError, "programs is an empty path"),
+    ],
+)
+def test_verify_names_the_argument_it_cannot_take(arguments, error, message):
+    """Before any work, in one line naming verify and the argument, not a NumPy or
+    ThreadPoolExecutor error from deep inside (and a complex dtype is not read as its
+    parts' real dtype)."""
+    with pytest.raises(error, match=re.escape(f"verify: {message}")):
+        verify(["linear"], **{"dtypes": ["float32"], "sizes": [2], **arguments})
+
+
+def test_verify_takes_one_dtype_or_size_alone_and_counts_each_once(tmp_path):
+    report = verify(["linear"], dtypes="float32", sizes=2)
+    assert {(c.dtype, c.size) for c in report.checks} == {("float32", 2)}
+    twice = verify(["linear"], dtypes=["float32", np.float32], sizes=[2])
+    assert len(twice.checks) == len(report.checks)
+    a_file = tmp_path / "f"
+    a_file.write_text("not a folder")
+    with pytest.raises(ValueError, match="cannot be a directory of compiled programs"):
+        verify(["linear"], dtypes="float32", sizes=2, programs=a_file)
+    with pytest.raises(TypeError, match="rule_ids=b'linear'"):
+        verify(b"linear")
+
+
+def test_the_largest_error_of_a_rule_is_nan_when_one_check_is_nan():
+    """max() passes over a NaN that follows a number: the summary would read 0 while the
+    verdict says FAIL."""
+    checks = tuple(
+        Check("softmax", "float32", size, "jacfwd", error, 1e-6, error == 0.0)
+        for size, error in ((2, 0.0), (3, float("nan")))
+    )
+    assert math.isnan(Report(checks, {}).max_error("softmax", "float32", "jacfwd"))
+    assert Report(checks[:1], {}).max_error("softmax", "float32", "jacfwd") == 0.0
 
 
 def test_verify_restores_the_x64_flag():

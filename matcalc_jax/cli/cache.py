@@ -15,18 +15,25 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 MANIFEST = "matcalc-jax-manifest.json"
 
 
+#: The endings of the names JAX gives its cache's files (an entry, its access time).
+ENTRY_SUFFIXES = ("-cache", "-atime")
+
+
 def _entries(directory: Path) -> list[Path]:
-    """The cache's entries: its plain files, without the manifest and temporary files."""
+    """The cache's entries: the plain files named as JAX names them. Any other file (the
+    manifest, a temporary file, a file of the user's in a folder given as the cache) is
+    left alone."""
     with contextlib.suppress(OSError):
         return [
             path
             for path in directory.iterdir()
-            if path.is_file() and path.name != MANIFEST and not path.name.startswith(".")
+            if path.name.endswith(ENTRY_SUFFIXES) and path.is_file()
         ]
     return []
 
@@ -67,6 +74,9 @@ def record(directory: str | os.PathLike) -> None:
     digests = {path.name: _digest(path) for path in _entries(directory)}
     text = json.dumps({name: d for name, d in digests.items() if d is not None})
     temporary = directory / f".{MANIFEST}.{os.getpid()}.tmp"
+    manifest = directory / MANIFEST
+    if manifest.is_dir() and not manifest.is_symlink():  # not ours to read: make way
+        shutil.rmtree(manifest, ignore_errors=True)
     try:
         temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, directory / MANIFEST)

@@ -73,34 +73,44 @@ class Progress:
 
 
 class Interrupts:
-    """Ctrl-C during a long run, honoured even where Python loses it.
+    """Ctrl-C (SIGINT) and SIGTERM during a long run, honoured even where Python loses them.
 
-    Inside the ``with`` block SIGINT raises ``KeyboardInterrupt`` as usual and is also
-    remembered; ``check()``, called at each step of the run, raises it again. Python drops
-    an exception raised inside a finalizer or a callback from C ("Exception ignored in"),
-    and a run that lost its interrupt that way would go on to the end. Outside the main
-    thread (where no signal handler can be set) the block changes nothing.
+    Inside the ``with`` block either signal raises ``KeyboardInterrupt`` (so that what the
+    run started is stopped on the way out) and is also remembered in ``signal`` (its
+    number); ``check()``, called at each step of the run and at its end, raises it again.
+    Python drops an exception raised inside a finalizer or a callback from C ("Exception
+    ignored in"), and a run that lost its interrupt that way would go on to the end and
+    report success. Outside the main thread (where no signal handler can be set) the block
+    changes nothing.
     """
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        """True once a signal came."""
+        return self.signal is not None
 
     def __enter__(self) -> Interrupts:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for number in self.SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        self.signal = signum
         raise KeyboardInterrupt
 
     def check(self) -> None:
-        """Raise ``KeyboardInterrupt`` if Ctrl-C came since the block began."""
+        """Raise ``KeyboardInterrupt`` if a signal came since the block began."""
         if self.requested:
             raise KeyboardInterrupt
 
     def __exit__(self, *exception: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+        self._previous = {}

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from matcalc_jax.cli.console import WIDTH, Interrupts, Progress, clip, seconds
@@ -184,7 +187,11 @@ def _check_output_path(command: str, path: str | None) -> None:
     """Refuse an output path that cannot be written, before any work (``-`` is stdout)."""
     if path is None or path == "-":
         return
+    if not path:
+        raise ValueError(f"{command}: --json is empty; expected a file path, or - for stdout")
     target = Path(path)
+    if target.is_symlink() and not target.exists():
+        raise ValueError(f"{command}: --json {path} is a link to a missing file")
     if target.is_dir():
         raise ValueError(f"{command}: --json {path} is a directory; expected a file path")
     folder = target.parent if str(target.parent) else Path(".")
@@ -196,10 +203,11 @@ def _check_output_path(command: str, path: str | None) -> None:
 
 def _verify(args: argparse.Namespace) -> int:
     from matcalc_jax.cli import cache
-    from matcalc_jax.verification.harness import DTYPES
-    from matcalc_jax.verification.tolerance import tolerance_key
+    from matcalc_jax.verification.harness import DTYPES, checked_dtypes
 
-    dtypes = [tolerance_key(d) for d in (_split(args.dtype) or DTYPES)]
+    dtypes = list(checked_dtypes(_split(args.dtype) or DTYPES))
+    if args.cache_dir == "":
+        raise ValueError("verify: --cache-dir is empty; expected a directory")
     if args.no_cache and args.cache_dir:
         raise ValueError("verify: --no-cache and --cache-dir contradict each other; pass one")
     if args.rules is not None and not _split(args.rules):
@@ -210,10 +218,47 @@ def _verify(args: argparse.Namespace) -> int:
     directory = Path(args.cache_dir) if args.cache_dir else cache_directory()
     jax_cache = _enable_compilation_cache(directory / "xla")
     try:
-        return _run_verify(args, dtypes, _program_cache(directory / "programs"))
+        with _cache_write_errors_counted_once():
+            return _run_verify(args, dtypes, _program_cache(directory / "programs"))
     finally:
         if jax_cache is not None and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
             cache.record(jax_cache)
+        if jax_cache is not None:
+            _say_if_unwritable(jax_cache)
+
+
+def _say_if_unwritable(jax_cache: str) -> None:
+    """One note when the compilation cache cannot be written (JAX's warning per program
+    is left out by ``_cache_write_errors_counted_once``)."""
+    if not os.access(jax_cache, os.W_OK | os.X_OK):
+        print(
+            f"matcalc-jax: note: the compilation cache {jax_cache} could not be written "
+            "(read-only, or removed during the run); what was compiled is not kept",
+            file=sys.stderr,
+        )
+
+
+#: The start of JAX's warning for each program it could not write to its cache.
+_CACHE_WRITE_WARNING = "Error writing persistent compilation cache entry"
+
+
+@contextlib.contextmanager
+def _cache_write_errors_counted_once() -> Iterator[None]:
+    """JAX's warning for each program it could not write to the compilation cache (a
+    read-only or removed cache: one per program, hundreds of lines) left out, here and in
+    the worker processes (``PYTHONWARNINGS``); ``_verify`` says it once, at the end."""
+    previous = os.environ.get("PYTHONWARNINGS")
+    ignore = f"ignore:{_CACHE_WRITE_WARNING}"
+    os.environ["PYTHONWARNINGS"] = f"{previous},{ignore}" if previous else ignore
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_CACHE_WRITE_WARNING)
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = previous
 
 
 def _run_verify(args: argparse.Namespace, dtypes: list[str], programs=None) -> int:
@@ -238,7 +283,8 @@ def _run_verify(args: argparse.Namespace, dtypes: list[str], programs=None) -> i
             f"{len(event.checks)} checks, {outcome}, {seconds(event.elapsed_s)}"
         )
 
-    with Interrupts() as interrupts, Watchdog(args.timeout, _hang) as watchdog:
+    interrupts = args.interrupts
+    with Watchdog(args.timeout, _hang) as watchdog:
         report = verify(
             _split(args.rules), dtypes=dtypes, sizes=args.sizes, seed=args.seed, progress=show,
             max_bytes=int(args.max_gib * 2**30), programs=programs,
@@ -257,7 +303,12 @@ def _run_verify(args: argparse.Namespace, dtypes: list[str], programs=None) -> i
     if to_stdout:
         print(report.to_json())
     elif args.json:
-        report.to_json(args.json)
+        try:
+            report.to_json(args.json)
+        except OSError as error:  # a full disk, a path that changed during the run
+            reason = error.strerror or str(error)
+            print(f"matcalc-jax: error: verify: --json {args.json}: {reason}", file=sys.stderr)
+            return 2
         print(f"report written to {args.json}")
     return 0 if report.passed else 1
 
@@ -520,8 +571,8 @@ VERIFY_EXAMPLES = """examples:
   matcalc-jax verify --platform gpu                   on a GPU (exit 3 if there is none)
 
 exit codes: 0 every check passed; 1 a check failed, or a step made no progress for --timeout
-seconds; 2 a usage error; 3 this machine cannot do what was asked (no such platform, no
-float64)."""
+seconds; 2 a usage error, or --json could not be written; 3 this machine cannot do what was
+asked (no such platform, no float64); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM)."""
 
 BENCH_EXAMPLES = """examples:
   matcalc-jax bench --quick                           proves the benchmark runs (< 30 s)
@@ -566,6 +617,16 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected seconds; got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds; got {text}")
+    return value
+
+
+def _gib(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GiB; got {text!r}") from None
+    if not 0 < value < 2**33:  # NaN and inf fail too
+        raise argparse.ArgumentTypeError(f"expected a positive number of GiB; got {text}")
     return value
 
 
@@ -651,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify.add_argument(
         "--max-gib",
-        type=float,
+        type=_gib,
         default=4.0,
         metavar="GIB",
         help="refuse a case estimated to need more memory than this, before running (default 4)",
@@ -771,18 +832,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the return value is the exit code (see ``verify --help``)."""
     parser = build_parser()
     args = parser.parse_args(argv)  # a usage error exits 2 here, with argparse's message
+    args.interrupts = interrupts = Interrupts()
     try:
-        if args.command == "verify" and argv is None:  # the command line, not a caller's process
-            _compile_for_speed()
-        if args.command == "bench-scale" and args.platform == "cpu":
-            _emulate_cpu_devices(max(args.devices))
-        if args.platform != "default" or args.command in ("verify", "bench"):
-            _select_platform(args.platform)
-        return args.run(args)
+        with interrupts:
+            if args.command == "verify" and argv is None:  # the command line, not a caller's
+                _compile_for_speed()
+            if args.command == "bench-scale" and args.platform == "cpu":
+                _emulate_cpu_devices(max(args.devices))
+            if args.platform != "default" or args.command in ("verify", "bench"):
+                _select_platform(args.platform)
+            code = args.run(args)
+            interrupts.check()  # a signal whose KeyboardInterrupt Python lost on the way
+            return code
     except EnvironmentUnavailableError as error:
         print(f"matcalc-jax: error: {error}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
+        if interrupts.signal == signal.SIGTERM:
+            print("\nmatcalc-jax: terminated", file=sys.stderr)
+            return 143
         print("\nmatcalc-jax: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader of stdout went away (| head): stop quietly

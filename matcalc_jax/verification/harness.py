@@ -58,7 +58,9 @@ import concurrent.futures
 import dataclasses
 import functools
 import json
+import math
 import os
+import reprlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -68,6 +70,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+from jax.extend import core as jex_core
 
 from matcalc_jax import runtime
 from matcalc_jax.catalogue import draws, select
@@ -79,7 +82,7 @@ from matcalc_jax.transform import jacobian as transform_jacobian
 from matcalc_jax.verification import references
 from matcalc_jax.verification.processes import ordered_map
 from matcalc_jax.verification.programs import ProgramCache
-from matcalc_jax.verification.tolerance import FINITE_DIFFERENCE_TOLERANCE, tolerance, tolerance_key
+from matcalc_jax.verification.tolerance import FINITE_DIFFERENCE_TOLERANCE, tolerance
 
 REFERENCES: tuple[str, ...] = (
     "jacfwd",
@@ -205,6 +208,8 @@ class Report:
             for c in self.checks
             if (c.rule, c.dtype, c.reference) == (rule_id, dtype, reference)
         ]
+        if any(math.isnan(error) for error in errors):  # max() would pass over a NaN
+            return math.nan
         return max(errors) if errors else None
 
     def to_dict(self) -> dict[str, Any]:
@@ -672,17 +677,33 @@ class Progress:
 
 
 def case_bytes(rule: Rule, dtype: str, size: int) -> int:
-    """An estimate of the bytes one case needs: ``_JACOBIAN_COPIES`` arrays of the
-    Jacobian's size (out x in entries, read from the shapes alone) in the reference dtype;
-    a rule with a Hessian counts its n x n arrays too."""
+    """An estimate of the bytes one case needs, in the reference dtype: ``_JACOBIAN_COPIES``
+    arrays of the Jacobian's size (out x in entries; a rule with a Hessian counts its
+    n x n arrays too), or, if larger, the map's largest intermediate array times
+    max(in, out) (jacfwd carries a tangent per input through each intermediate, jacrev a
+    cotangent per output: a program whose inner arrays outgrow its Jacobian). Read from the
+    shapes alone: nothing is computed."""
     # The shapes do not depend on the dtype: read them in float32 (no 64-bit mode needed).
     args = jax.eval_shape(lambda: rule.example(jax.random.key(0), jnp.float32, size))
-    out = jax.eval_shape(rule.fn, *args)
-    x = args[rule.wrt]
-    entries = int(np.prod(out.shape, dtype=np.int64)) * int(np.prod(x.shape, dtype=np.int64))
+    program = jax.make_jaxpr(rule.fn, return_shape=True)
+    jaxpr, out = program(*args)
+    x_size, out_size = math.prod(args[rule.wrt].shape), math.prod(out.shape)
+    entries = out_size * x_size  # Python integers: no overflow
     if rule.has_hessian:
-        entries += int(np.prod(x.shape, dtype=np.int64)) ** 2
+        entries += x_size**2
+    entries = max(entries, _largest_array(jaxpr.jaxpr) * max(x_size, out_size))
     return entries * jnp.dtype(reference_dtype(dtype)).itemsize * _JACOBIAN_COPIES
+
+
+def _largest_array(jaxpr: Any) -> int:
+    """The entries of the largest array a jaxpr (or a jaxpr inside one) defines."""
+    largest = 0
+    for equation in jaxpr.eqns:
+        for var in equation.outvars:
+            largest = max(largest, math.prod(getattr(var.aval, "shape", ())))
+        for inner in jex_core.jaxprs_in_params(equation.params):
+            largest = max(largest, _largest_array(inner))
+    return largest
 
 
 def prepare_in_worker(
@@ -697,6 +718,80 @@ def prepare_in_worker(
     thread-local: the caller's does not reach the pool's threads)."""
     with runtime.x64(reference_dtype(dtype) == jnp.float64):
         return prepare_case(rule, dtype, size, key, eager=last, transform=last, programs=programs)
+
+
+#: The largest size ``verify`` takes: XLA and LAPACK count an array's rows in 32 bits, and
+#: no rule's Jacobian at this size fits in memory anyway (``case_bytes`` refuses it first).
+MAX_SIZE = 2**31 - 1
+
+#: The dtypes ``verify`` checks: the real floating dtypes of the tolerance table.
+_REAL_DTYPES = ("bfloat16", "float16", "float32", "float64")
+
+
+def checked_dtypes(dtypes: Iterable[Any] | str) -> tuple[str, ...]:
+    """The names of the dtypes ``verify`` is asked for, each once, in order: real floating
+    dtypes of the tolerance table (a name, a NumPy or JAX dtype; one may be passed alone).
+    Anything else, a complex dtype among them (the rules are real maps), is a ``ValueError``
+    naming it.
+
+    >>> checked_dtypes(["float32", "float32", jnp.bfloat16])
+    ('float32', 'bfloat16')
+    """
+    known = ", ".join(sorted(_REAL_DTYPES))
+    listed = [dtypes] if isinstance(dtypes, str) or not isinstance(dtypes, Iterable) else dtypes
+    names = []
+    for dtype in listed:
+        try:
+            name = None if dtype is None else np.dtype(jnp.dtype(dtype)).name
+        except TypeError:
+            name = None
+        if name not in _REAL_DTYPES:
+            raise ValueError(f"verify: dtype {dtype!r} is not one it checks; expected {known}")
+        names.append(name)
+    if not names:
+        raise ValueError(f"verify: dtypes is empty; expected one or more of {known}")
+    return tuple(dict.fromkeys(names))
+
+
+def _checked_sizes(sizes: Iterable[Any] | int) -> tuple[int, ...]:
+    """``sizes`` as positive integers up to ``MAX_SIZE``, each once (one may be passed
+    alone; 4.0 is 4, 2.5 and "4" are refused)."""
+    listed = [sizes] if not isinstance(sizes, Iterable) or isinstance(sizes, str) else sizes
+    listed = list(listed)
+
+    def whole(size: Any) -> bool:
+        if isinstance(size, bool):
+            return False
+        if isinstance(size, (float, np.floating)):
+            return math.isfinite(size) and float(size).is_integer() and 1 <= size <= MAX_SIZE
+        return isinstance(size, (int, np.integer)) and 1 <= size <= MAX_SIZE
+
+    if not listed or not all(whole(size) for size in listed):
+        shown = reprlib.repr(listed)
+        raise ValueError(f"verify: sizes={shown}; expected positive integers up to {MAX_SIZE}")
+    return tuple(dict.fromkeys(int(size) for size in listed))
+
+
+def _check_arguments(progress: Any, workers: Any, max_bytes: Any, programs: Any) -> None:
+    """``ValueError`` or ``TypeError`` naming ``verify``'s argument that is not what it takes."""
+    if progress is not None and not callable(progress):
+        raise TypeError(f"verify: progress={progress!r}; expected a function or None")
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1
+    ):
+        raise ValueError(f"verify: workers={workers!r}; expected a positive integer or None")
+    if (
+        isinstance(max_bytes, bool)
+        or not isinstance(max_bytes, (int, float, np.integer, np.floating))
+        or not max_bytes > 0
+    ):
+        raise ValueError(f"verify: max_bytes={max_bytes!r}; expected a positive number")
+    if programs is not None and not isinstance(programs, (ProgramCache, str, os.PathLike)):
+        raise TypeError(
+            f"verify: programs={programs!r}; expected a ProgramCache, a directory or None"
+        )
+    if isinstance(programs, (str, os.PathLike)) and not os.fspath(programs):
+        raise ValueError("verify: programs is an empty path; expected a directory")
 
 
 def verify(
@@ -726,23 +821,23 @@ def verify(
     time each (``matcalc_jax.verification.processes``); the report is the same, and
     ``progress`` hears of each rule once, in order. ``workers`` is for a run in this
     process: a worker process compiles its rule's cases one at a time (the processes
-    already keep every core busy).
+    already keep every core busy). Worker processes import the caller's ``__main__``
+    module (``multiprocessing``'s "spawn"): a script calls ``verify(processes=N)`` under
+    ``if __name__ == "__main__":``. One dtype (a name or a dtype) or one size may be
+    passed alone; a complex dtype is refused (the rules are real maps).
 
     >>> report = verify(["linear"], dtypes=["float32"], sizes=[3])
     >>> report.passed, len(report.checks)
     (True, 10)
     """
+    if isinstance(rule_ids, (bytes, bytearray)):
+        raise TypeError(f"verify: rule_ids={rule_ids!r}; expected a rule id or a list of them")
     selected = select(rule_ids)
-    dtypes = tuple(tolerance_key(d) for d in dtypes)
+    dtypes = checked_dtypes(dtypes)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (0 <= seed < 2**32):
         raise ValueError(f"verify: seed={seed!r}; expected an integer in [0, 2**32)")
-    if sizes is not None:
-        sizes = list(sizes)
-        if not sizes or any(
-            isinstance(size, bool) or not float(size).is_integer() or size < 1 for size in sizes
-        ):
-            raise ValueError(f"verify: sizes={sizes}; expected positive integers")
-    sizes = SIZES if sizes is None else tuple(dict.fromkeys(int(s) for s in sizes))
+    sizes = SIZES if sizes is None else _checked_sizes(sizes)
+    _check_arguments(progress, workers, max_bytes, programs)
     plan = [
         (index, rule, dtype, size)
         for index, rule in enumerate(selected)
@@ -758,7 +853,13 @@ def verify(
                 "choose a smaller size or raise the limit (--max-gib)"
             )
     if programs is not None and not isinstance(programs, ProgramCache):
-        programs = ProgramCache(programs)
+        try:
+            programs = ProgramCache(programs)
+        except OSError as error:
+            raise ValueError(
+                f"verify: programs={os.fspath(programs)!r} cannot be a directory of compiled "
+                f"programs ({error.strerror or error})"
+            ) from None
     send = progress or (lambda event: None)
     workers = max(1, min(os.cpu_count() or 1, 4)) if workers is None else workers
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:

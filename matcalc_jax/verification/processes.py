@@ -42,6 +42,8 @@ def _start_worker(options: dict[str, Any], caller: int, xla_flags: Sequence[str]
     ``xla_flags`` added to ``XLA_FLAGS`` (read when the worker's backend starts), except a
     flag the caller's ``XLA_FLAGS`` sets already."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked by the caller while it started us
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -73,13 +75,30 @@ def ordered_map(
         initargs=(options, os.getpid(), tuple(xla_flags)),
     )
     try:
-        futures = [pool.submit(work, *task) for task in tasks]
+        with _interrupts_held():  # the workers start (and ``submit`` starts them)
+            futures = [pool.submit(work, *task) for task in tasks]
         for future in futures:
             yield future.result()
     except BaseException:
         _stop(pool)
         raise
     pool.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Ctrl-C held back (blocked, not lost) in this thread while the block runs: a worker
+    process starts with this thread's blocked signals, so that a Ctrl-C to the whole
+    terminal while it imports (before it can ignore SIGINT) does not print its
+    traceback. The caller gets the Ctrl-C when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
