@@ -150,6 +150,37 @@ def test_a_backward_rule_that_is_not_linear_follows_jax_call_by_call():
     np.testing.assert_array_equal(J.to_dense(), jnp.eye(6))
 
 
+_A = jnp.asarray(np.random.default_rng(7).normal(size=(6, 6)))
+CLIPPED_INSIDE = {
+    "2 clip(x)": lambda x: 2.0 * clip_gradient(x),
+    "A clip(x)": lambda x: _A @ clip_gradient(x),
+    "clip(A x) 3": lambda x: clip_gradient(_A @ x) * 3.0,
+    "sin(clip(x))": lambda x: jnp.sin(clip_gradient(x)),
+    "a tree of outputs": lambda x: {"a": 2.0 * clip_gradient(x), "b": jnp.sin(x)},
+}
+
+
+@pytest.mark.parametrize("name", list(CLIPPED_INSIDE))
+def test_a_backward_rule_not_linear_inside_a_program_gives_jacrev_s_matrix(name):
+    """Such a rule does not compose as a matrix: (2 clip)'s rows are clip(2 e_i), what
+    jax.jacrev computes, not 2 clip(e_i) (the product of the two local matrices, a silent
+    factor 4/3 here before). The matrix, mv, trace and the chunked matrix are jacrev's,
+    vm is jax.vjp's, under jit too."""
+    f = CLIPPED_INSIDE[name]
+    J, expected = mj.jacobian(f)(X), jax.jacrev(f)(X)
+    u = jnp.linspace(-4.0, 4.0, 6)
+    if isinstance(J, dict):  # each output leaf: its rows with the other leaf's cotangent 0
+        for leaf in J:
+            np.testing.assert_allclose(J[leaf].to_dense(), expected[leaf], rtol=1e-12)
+        return
+    jitted = jax.jit(lambda x: mj.jacobian(f)(x).to_dense())(X)
+    for dense in (J.to_dense(), J.to_dense(chunk_size=4), jitted):
+        np.testing.assert_allclose(dense, expected, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(J.vm(u), jax.vjp(f, X)[1](u)[0], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(J.mv(u), expected @ u, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(J.trace(), jnp.trace(expected), rtol=1e-12)
+
+
 # ------------------------------------------------------------ 3. where selects, 4. abs
 
 
@@ -319,3 +350,18 @@ def test_repeated_eigenvalues_as_jax_differentiates_them():
     np.testing.assert_array_equal(
         values.to_dense(), jax.jacfwd(lambda x: jnp.linalg.eigh(jnp.diag(x))[0])(x)
     )
+
+
+@pytest.mark.parametrize("n", [2, 4, 5, 8])
+def test_a_program_with_an_empty_intermediate_array(n):
+    """lax.associative_scan slices x[1:-1:2] and the like, empty at these lengths: the
+    map through an empty array is zero (the matrix raised ZeroDivisionError before)."""
+    f = lambda x: jax.lax.associative_scan(jnp.multiply, x)  # noqa: E731
+    x = jnp.linspace(0.5, 1.5, n)
+    np.testing.assert_allclose(mj.jacobian(f)(x).to_dense(), jax.jacfwd(f)(x), rtol=1e-13)
+
+
+def test_the_hessian_of_a_cumulative_product_whose_jvp_has_empty_slices():
+    g = lambda z: jnp.sum(jnp.cumprod(z))  # noqa: E731
+    z = jnp.linspace(0.5, 1.5, 5)
+    np.testing.assert_allclose(mj.hessian(g)(z).to_dense(), jax.hessian(g)(z), rtol=1e-13)

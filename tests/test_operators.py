@@ -127,6 +127,9 @@ CASES = {
         (3,), (3,), "float64", (_normal(62, (3,)), _normal(63, (3,))), _MUL, 0, 0, "a case"
     ),
     "Pullback": lambda: _found(_clipped, _normal(64, (3,)), operators.Pullback),
+    "FromCotangents": lambda: _found(
+        lambda x: 0.25 * _clipped(x), _normal(64, (3,)), operators.FromCotangents
+    ),
     "WithFallbacks": lambda: operators.WithFallbacks(mj.Dense(_normal(65, (2, 3)), 1), ("a",)),
     "Convolution": lambda: _found(
         lambda x: jax.lax.conv(x, _normal(66, (2, 1, 3)), (1,), "SAME"),

@@ -57,9 +57,9 @@ The maps of JAX's primitives, a module a family: ``index_maps`` (``Reshape``, ``
 (``ImaginaryPart``, ``Conjugate``, ``Fourier``), ``stacked`` (``Stacked``),
 ``matrix_functions`` (``TriangularProduct``, ``CholeskyTangent``, ``EighTangent``,
 ``QRTangent``, ``SVDTangent``, ``LUTangent``) and ``programs`` (``Linearized``,
-``Pullback``, ``WithFallbacks``). Most derive from ``Map`` (``index_maps``), applied by
-``_apply`` and transposed by ``_apply_transpose``, their compile-time parameters held as
-``Static``.
+``Pullback``, ``FromCotangents``, ``WithFallbacks``). Most derive from ``Map``
+(``index_maps``), applied by ``_apply`` and transposed by ``_apply_transpose``, their
+compile-time parameters held as ``Static``.
 """
 
 from matcalc_jax.operators.banded import Banded
@@ -109,7 +109,7 @@ from matcalc_jax.operators.matrix_functions import (
     SVDTangent,
     TriangularProduct,
 )
-from matcalc_jax.operators.programs import Linearized, Pullback, WithFallbacks
+from matcalc_jax.operators.programs import FromCotangents, Linearized, Pullback, WithFallbacks
 from matcalc_jax.operators.selection import Select
 from matcalc_jax.operators.solves import LinearSolve, TriangularSolve
 from matcalc_jax.operators.stacked import Stacked
@@ -132,6 +132,7 @@ __all__ = [
     "EighTangent",
     "Embed",
     "Fourier",
+    "FromCotangents",
     "Gather",
     "Identity",
     "ImaginaryPart",

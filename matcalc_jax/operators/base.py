@@ -635,9 +635,10 @@ class Composition(JacobianOperator):
     def _numerator(self) -> Array:
         # Apply the outer operator to every column of the inner Jacobian: a broadcast for
         # a diagonal outer factor, one matrix product for a dense one.
+        if size_of(self.inner.out_shape) == 0:  # through an empty intermediate: zero
+            return jnp.zeros(self.out_shape + self.in_shape, self.dtype)
         inner = self.inner._numerator()
-        mid_ndim = len(self.inner.out_shape)
-        columns = inner.reshape((*inner.shape[:mid_ndim], -1))
+        columns = inner.reshape((*self.inner.out_shape, size_of(self.in_shape)))
         dense = jax.vmap(self.outer.mv, in_axes=-1, out_axes=-1)(columns)
         return dense.reshape(self.out_shape + self.in_shape)
 

@@ -1,8 +1,9 @@
 """Maps that follow the program instead of a formula: ``Linearized``, the opt-in autodiff
 fallback for a primitive without a rule (that primitive's ``jvp`` and ``vjp``);
 ``Pullback``, a ``custom_vjp`` whose backward rule is not linear in its cotangent (its
-``bwd``, called as JAX calls it); and ``WithFallbacks``, a Jacobian that names where the
-fallback ran.
+``bwd``, called as JAX calls it); ``FromCotangents``, a Jacobian with such a pullback
+inside, whose matrix is ``jax.jacrev``'s; and ``WithFallbacks``, a Jacobian that names where
+the fallback ran.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from matcalc_jax.core.layout import Layout
-from matcalc_jax.operators.base import JacobianOperator, Wrapped, pytree, size_of
+from matcalc_jax.operators.base import (
+    JacobianOperator,
+    Transposed,
+    Wrapped,
+    check_tangent,
+    pytree,
+    size_of,
+)
 from matcalc_jax.operators.index_maps import Map, Static
 
 
@@ -136,3 +144,50 @@ class Pullback(Map):
 
     def describe(self) -> str:
         return "of a backward rule not linear in its cotangent"
+
+
+@pytree(("operator",), ())
+class FromCotangents(Wrapped):
+    """A Jacobian with a ``Pullback`` inside: a backward rule not linear in its cotangent
+    (``clip_gradient``) does not compose as a matrix (the map after it scales the cotangent
+    it receives: (2 clip)'s rows are clip(2 e_i), not 2 clip(e_i)). So the matrix is what
+    ``jax.jacrev`` builds, ``vm`` of the whole map at each unit cotangent; ``vm`` is the
+    held operator's (``jax.vjp``'s), and ``mv``, the diagonal, trace, log-determinant and
+    solve come from that matrix."""
+
+    operator: JacobianOperator
+
+    def _numerator(self) -> Array:
+        out_shape, in_shape = tuple(self.out_shape), tuple(self.in_shape)
+        m = size_of(out_shape)
+        units = jnp.eye(m, dtype=self.dtype).reshape((m, *out_shape))
+        rows = jax.vmap(self.operator.vm)(units)
+        return rows.reshape(out_shape + in_shape)
+
+    def mv(self, tangent: ArrayLike) -> Array:
+        tangent = check_tangent(self, "mv", tangent, self.in_shape)
+        m, n = size_of(self.out_shape), size_of(self.in_shape)
+        matrix = self._numerator().reshape(m, n)
+        return (matrix @ tangent.reshape(n)).reshape(self.out_shape)
+
+    diagonal = JacobianOperator.diagonal
+    trace = JacobianOperator.trace
+    logdet = JacobianOperator.logdet
+    solve = JacobianOperator.solve
+
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        return frozenset()
+
+    def with_layout(self, layout: Layout) -> JacobianOperator:
+        return FromCotangents(self.operator.with_layout(layout))
+
+    def transpose(self) -> JacobianOperator:
+        return Transposed(self)
+
+    def describe(self) -> str:
+        return "with a backward rule not linear in its cotangent: jax.jacrev's matrix"
+
+
+def has_pullback(op: JacobianOperator) -> bool:
+    """Whether a ``Pullback`` is anywhere in ``op``."""
+    return isinstance(op, Pullback) or any(has_pullback(child) for child in op.children())
