@@ -53,19 +53,23 @@ LOW_PRECISION = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 #: jax.nn functions that mix x with a Python float (alpha * x, ...): integers become the
 #: default float type (float64 with x64 on), as in ``jax.nn.elu``.
 _WEAK_FLOAT = ("elu", "selu", "celu", "leaky_relu", "relu6")
+#: jax.nn functions that mix x with a Python int (logaddexp(x, 0), x / (|x| + 1)): a bool
+#: becomes an integer first, then the default float type.
+_BOOL_TO_DEFAULT_FLOAT = ("softplus", "soft_sign")
 
 
 def _inexact(name: str, value: ArrayLike, argument: str = "x") -> Array:
     """``value`` as a float array: floats kept, bool and integers promoted as jax.nn promotes
-    them: 64-bit integers to float64 and the others to float32, as ``jnp.sin`` does, except
-    for bool, Python ints and the functions in ``_WEAK_FLOAT``, which take the default float
-    type."""
+    them: 64-bit integers to float64 and the others (bool too) to float32, as ``jnp.sin``
+    does, except for Python ints, the functions in ``_WEAK_FLOAT`` and a bool in those of
+    ``_BOOL_TO_DEFAULT_FLOAT``, which take the default float type."""
     array = _array(name, value, argument)
     if jnp.issubdtype(array.dtype, jnp.floating):
         return array
     if array.dtype == jnp.bool_ or jnp.issubdtype(array.dtype, jnp.integer):
         wide = array.dtype.itemsize == 8
-        weak = name in _WEAK_FLOAT or array.dtype == jnp.bool_ or not hasattr(value, "dtype")
+        boolean = array.dtype == jnp.bool_ and name in _BOOL_TO_DEFAULT_FLOAT
+        weak = name in _WEAK_FLOAT or boolean or not hasattr(value, "dtype")
         target = jax.dtypes.canonicalize_dtype(jnp.float64 if wide or weak else jnp.float32)
         return array.astype(target)
     raise TypeError(
@@ -93,6 +97,15 @@ def _in_working_precision(function: Callable[..., Array], x: Array, *params: Arr
     working = _working_dtype(x.dtype)
     params = tuple(jnp.asarray(p, working) for p in params)
     return function(x.astype(working), *params).astype(x.dtype)
+
+
+def _with_parameter(function: Callable[..., Array], x: Array, parameter: ArrayLike) -> Array:
+    """function(x, parameter) in the dtype JAX gives ``parameter * x``: a Python number
+    keeps x's dtype, a wider float array widens x (a float64 alpha, as in ``jax.nn.elu``)."""
+    dtype = jnp.result_type(x, parameter)
+    if jnp.issubdtype(dtype, jnp.floating) and dtype != x.dtype:
+        x = x.astype(dtype)
+    return _in_working_precision(function, x, parameter)
 
 
 # --------------------------------------------------------------------- elementwise maps
@@ -152,7 +165,7 @@ def gelu(x: ArrayLike, approximate: bool = True) -> Array:
 def elu(x: ArrayLike, alpha: ArrayLike = 1.0) -> Array:
     """x for x > 0, alpha (exp(x) - 1) otherwise; derivative 1 or alpha exp(x) (alpha at 0,
     as jax.nn.elu). Differentiable in ``alpha`` too."""
-    return _in_working_precision(activations.elu, _inexact("elu", x), alpha)
+    return _with_parameter(activations.elu, _inexact("elu", x), alpha)
 
 
 def selu(x: ArrayLike) -> Array:
@@ -162,7 +175,7 @@ def selu(x: ArrayLike) -> Array:
 
 def celu(x: ArrayLike, alpha: ArrayLike = 1.0) -> Array:
     """max(x, 0) + alpha (exp(min(x, 0) / alpha) - 1); derivative 1 or exp(x / alpha)."""
-    return _in_working_precision(activations.celu, _inexact("celu", x), alpha)
+    return _with_parameter(activations.celu, _inexact("celu", x), alpha)
 
 
 def soft_sign(x: ArrayLike) -> Array:
@@ -176,7 +189,7 @@ softsign = soft_sign
 def leaky_relu(x: ArrayLike, negative_slope: ArrayLike = 0.01) -> Array:
     """x for x >= 0, negative_slope * x otherwise; derivative 1 at 0 (as jax.nn.leaky_relu)."""
     x = _inexact("leaky_relu", x)
-    return _in_working_precision(activations.leaky_relu, x, negative_slope)
+    return _with_parameter(activations.leaky_relu, x, negative_slope)
 
 
 def _piecewise_linear(
@@ -311,33 +324,42 @@ def _logsumexp_jvp(axis: Axis, primals: tuple, tangents: tuple) -> tuple[Array, 
     return _logsumexp(x, axis), jnp.sum(s * t, axis=axis, keepdims=True)  # s^T t
 
 
+def _weighted_terms(x: Array, b: Array, axis: Axis) -> tuple[Array, Array, Array, Array]:
+    """The pieces of sum b exp(x) over ``axis`` (kept): ``kept`` (b != 0), the shift m (the
+    largest kept x; 0 where that is not finite), exp(x - m) at the kept entries (1 where
+    not kept: never an overflow) and S = sum b exp(x - m), so that the sum is S e^m."""
+    kept = b != 0
+    m = jnp.max(jnp.where(kept, x, -jnp.inf), axis=axis, keepdims=True, initial=-jnp.inf)
+    m = jnp.where(jnp.isfinite(m), m, jnp.zeros((), x.dtype))
+    shifted = jnp.exp(jnp.where(kept, x - m, 0))
+    total = jnp.sum(jnp.where(kept, b * shifted, jnp.zeros((), x.dtype)), axis=axis, keepdims=True)
+    return kept, m, shifted, total
+
+
 @partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _weighted_logsumexp(x: Array, b: Array, axis: Axis) -> tuple[Array, Array]:
     """log|sum b exp(x)| and its sign, over ``axis`` (kept). An entry with b = 0 is left
     out whatever its x (a large, infinite or NaN x does not reach the sum), as SciPy and
     ``jax.nn.logsumexp`` leave it out."""
-    kept = b != 0
-    m = jnp.max(jnp.where(kept, x, -jnp.inf), axis=axis, keepdims=True, initial=-jnp.inf)
-    m = jnp.where(jnp.isfinite(m), m, jnp.zeros((), x.dtype))
-    terms = jnp.where(kept, b * jnp.exp(jnp.where(kept, x - m, 0)), jnp.zeros((), x.dtype))
-    total = jnp.sum(terms, axis=axis, keepdims=True)
+    _, m, _, total = _weighted_terms(x, b, axis)
     return m + jnp.log(jnp.abs(total)), jnp.sign(total)
 
 
 def _weighted_logsumexp_jvp(axis: Axis, primals: tuple, tangents: tuple) -> tuple:
     (x, b), (tx, tb) = primals, tangents
-    lse, sign = _weighted_logsumexp(x, b, axis)
-    # d log|S| = (sum b e^x dx + sum e^x db) / S with S = sign * exp(lse). The coefficient
-    # of dx is 0 where b = 0 (written before the product, so that its transpose is 0 too);
-    # that of db is e^(x - lse), infinite where a left-out x is large: it only enters when b
-    # is differentiated (a symbolic zero tangent contributes nothing).
-    kept = b != 0
-    scale = jnp.exp(jnp.where(kept, x - lse, 0)) * sign
+    kept, m, shifted, total = _weighted_terms(x, b, axis)
+    lse, sign = m + jnp.log(jnp.abs(total)), jnp.sign(total)
+    # d log|S e^m| = (sum b e^(x-m) dx + sum e^(x-m) db) / S: the weights of softmax, from
+    # the shifted terms (never from e^(x - lse), whose rounded lse carries an error of
+    # eps |m| into every weight). The coefficient of dx is 0 where b = 0 (written before the
+    # product, so that its transpose is 0 too); that of db is e^(x - m) / S, infinite where
+    # a left-out x is large: it only enters when b is differentiated (a symbolic zero
+    # tangent contributes nothing).
     terms = []
     if not isinstance(tx, SymbolicZero):
-        terms.append(jnp.where(kept, scale * b, jnp.zeros((), x.dtype)) * tx)
+        terms.append(jnp.where(kept, b * shifted / total, jnp.zeros((), x.dtype)) * tx)
     if not isinstance(tb, SymbolicZero):
-        terms.append(jnp.exp(x - lse) * sign * tb)
+        terms.append(jnp.exp(x - m) / total * tb)
     tangent = sum(terms[1:], terms[0]) if terms else jnp.zeros_like(x)
     tangent = jnp.sum(tangent, axis=axis, keepdims=True)
     return (lse, sign), (tangent, jnp.zeros_like(sign))
@@ -415,6 +437,11 @@ def logsumexp(
     if mask is not None:
         weights = jnp.where(mask, weights, jnp.zeros((), weights.dtype))
     dtype = jnp.result_type(x, weights)
+    if b is not None and hasattr(a, "dtype") and hasattr(b, "dtype"):
+        # a and b promoted together, then made inexact, as jax.nn.logsumexp does: an int64
+        # a with a float32 b is float32
+        common = jnp.result_type(a, b)
+        dtype = common if jnp.issubdtype(common, jnp.floating) else dtype
     working = _working_dtype(dtype)
     lse, sign = _weighted_logsumexp(x.astype(working), weights.astype(working), axes)
     lse, sign = lse.astype(dtype), sign.astype(dtype)

@@ -70,7 +70,7 @@ def test_the_parameter_is_differentiable_like_jax_nn(name):
 
 
 @pytest.mark.parametrize("name", SMOOTH + KINKED + REDUCTIONS)
-@pytest.mark.parametrize("dtype", ["int32", "int8", "python"])
+@pytest.mark.parametrize("dtype", ["int32", "int8", "python", "bool"])
 def test_integers_are_promoted_to_jax_nn_s_dtype(name, dtype):
     value = 3 if dtype == "python" else jnp.array([0, 1, 2]).astype(dtype)
     if name in REDUCTIONS and dtype == "python":
@@ -88,6 +88,39 @@ def test_integers_are_promoted_to_jax_nn_s_dtype(name, dtype):
         return
     assert ours.dtype == theirs.dtype
     assert_jacobians_close(ours, theirs, dtype=jnp.float32)
+
+
+@pytest.mark.parametrize("name", ["elu", "celu", "leaky_relu"])
+@pytest.mark.parametrize("x_dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("parameter", [0.3, np.float32(0.3), np.array(0.3), np.float64(0.3)])
+def test_a_parameter_promotes_with_x_as_in_jax_nn(name, x_dtype, parameter):
+    """A float64 alpha widens a float32 x (``alpha * x``), a Python number does not."""
+    x = jnp.array([-1.5, 0.0, 2.0], x_dtype)
+    parameter = jnp.asarray(parameter) if isinstance(parameter, np.ndarray) else parameter
+    ours, theirs = function("ours", name)(x, parameter), function("jax.nn", name)(x, parameter)
+    assert ours.dtype == theirs.dtype
+    assert_jacobians_close(ours, theirs, dtype=x_dtype)
+
+
+def test_logsumexp_promotes_a_and_b_together_as_jax_nn():
+    for a, b in [
+        (jnp.array([1, 2], jnp.int64), jnp.array([1.0, 2.0], jnp.float32)),
+        (jnp.array([1, 2], jnp.int32), jnp.array([1, 2], jnp.int32)),
+        (jnp.array([1.0, 2.0], jnp.float32), jnp.array([1.0, 2.0])),
+    ]:
+        assert nn.logsumexp(a, b=b).dtype == jax.nn.logsumexp(a, b=b).dtype
+
+
+@pytest.mark.parametrize("name", ["elu", "celu", "leaky_relu", "selu"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_forward_mode_at_minus_infinity_is_finite_like_jax_nn(name, dtype):
+    """The partial in alpha there is infinite (x, or alpha's -z e^z): it must not enter
+    when alpha is not differentiated (an infinite partial times a zero tangent is NaN, and
+    the NaN filled the Jacobian's row)."""
+    x = jnp.array([-jnp.inf, -1e30, -1.0, 2.0], dtype)
+    ours, theirs = (jax.jacfwd(function(side, name))(x) for side in ("ours", "jax.nn"))
+    assert np.isfinite(ours).all()
+    np.testing.assert_allclose(ours, theirs, rtol=4 * jnp.finfo(dtype).eps, atol=0)
 
 
 @pytest.mark.parametrize("name", SMOOTH + KINKED + REDUCTIONS)
@@ -120,6 +153,28 @@ def test_where_masks_like_jax_nn_with_zero_derivative_at_masked_entries(name):
         if name != "logsumexp":
             reference = transform(lambda x: theirs(x, mask[:2]))(x[:2])
             assert_jacobians_close(J[:2, :, :2], reference)
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ([1e4, 1e4 - 0.5, 1e4 - 1.0], [1.0, 2.0, 0.5]),  # float32: 1e-4 off before
+        ([1e20, 0.0], [3.0, 3.0]),  # the weights of the first entry: 3 before, 1
+        ([1e20, 1e20], [1.0, 1.0]),  # two tied maxima: 1 and 1 before, 0.5 each
+        ([-3e6, -3e6 + 1.0, -3e6 - 2.0], [0.5, -0.25, 2.0]),
+    ],
+)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_weighted_logsumexp_gradient_keeps_its_digits_at_large_logits(a, b, dtype):
+    """The weights are b e^(a - m) / S from the shifted terms, not e^(a - lse) b, whose
+    rounded lse carries an error of eps |m| into every weight."""
+    a, b = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+    expected = jax.grad(lambda a: jax.nn.logsumexp(a, b=b, return_sign=True)[0])(a)
+    for f in (
+        lambda a: nn.logsumexp(a, b=b),  # every sum here is positive
+        lambda a: nn.logsumexp(a, b=b, return_sign=True)[0],
+    ):
+        np.testing.assert_allclose(jax.grad(f)(a), expected, rtol=4 * jnp.finfo(dtype).eps)
 
 
 def test_logsumexp_takes_b_keepdims_and_return_sign_like_jax_nn():

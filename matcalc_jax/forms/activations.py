@@ -39,25 +39,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+from jax.custom_derivatives import SymbolicZero
 
 
 def _custom(value: Callable[..., Array], *partials: Callable[..., Array]) -> Callable[..., Array]:
     """``value`` as a ``custom_jvp`` whose tangent is sum_j partials[j](*args) * t_j.
 
     ``partials[j]`` is the closed-form partial derivative by argument j, elementwise (it may
-    itself be a function built here, which makes the next derivative a closed form too). The
+    itself be a function built here, which makes the next derivative a closed form too); an
+    argument that is not differentiated (a symbolic zero tangent) adds no term. The
     primal returned by the rule is the custom function itself, so that differentiating the
     rule's primal output (as ``grad`` of ``value_and_grad`` does) uses the rule again.
     """
     function = jax.custom_jvp(value)
 
     def rule(primals: tuple, tangents: tuple) -> tuple[Array, Array]:
-        tangent = partials[0](*primals) * tangents[0]
-        for partial, t in zip(partials[1:], tangents[1:], strict=True):
-            tangent = tangent + partial(*primals) * t
-        return function(*primals), tangent
+        out = function(*primals)
+        tangent = None
+        for partial, t in zip(partials, tangents, strict=True):
+            if isinstance(t, SymbolicZero):  # not differentiated: its partial never enters
+                continue  # (an infinite partial times a zero tangent would be NaN)
+            term = partial(*primals) * t
+            tangent = term if tangent is None else tangent + term
+        return out, jnp.zeros_like(out) if tangent is None else tangent
 
-    function.defjvp(rule)
+    function.defjvp(rule, symbolic_zeros=True)
     return function
 
 
