@@ -156,6 +156,8 @@ CASES: dict[str, Case] = {
     "min": Case(_binary(lax.min), PAIRS),
     "pow": Case(_binary(lax.pow), tuple(abs(p) for p in PAIRS), ulps=4),
     "atan2": Case(_binary(lax.atan2), PAIRS, ulps=2),
+    # pairs with b = 0 (NaN), ties of |a| and |b|, signs both ways, a NaN
+    "rem": Case(_binary(lax.rem), (7.5, -7.5, 3.0, 0.5, NAN, 2.0, 2.0, -2.0, 2.0, -0.0, 1.0, 4.0)),
     "add_any": Case(lambda x: jax.vjp(lambda y: y * y, x)[1](x)[0]),
     "clamp": Case(lambda x: lax.clamp(x[:4], x[4:8], x[8:]), CLAMPED),
     "select_n": Case(
@@ -242,6 +244,13 @@ CASES: dict[str, Case] = {
     ),
     "reduce_window_min": Case(
         lambda x: lax.reduce_window(x, jnp.inf, lax.min, (2,), (2,), ((1, 1),)), PAIRS
+    ),
+    # the transpose of a pooling's choice, with x as the cotangent and as the pooled input
+    "select_and_scatter_add": Case(
+        lambda x: jax.vjp(
+            lambda y: lax.reduce_window(y, -jnp.inf, lax.max, (3,), (1,), ((1, 1),)), x
+        )[1](x)[0],
+        PAIRS,
     ),
     "reduce_window_sum": Case(
         lambda x: lax.reduce_window(x, 0.0, lax.add, (3,), (2,), ((1, 1),)), ulps=2

@@ -106,3 +106,38 @@ def test_a_flax_conv_net_with_average_and_max_pooling():
 def test_window_sums_against_autodiff(window, strides, padding):
     f = lambda x: lax.reduce_window(x, 0.0, lax.add, window, strides, padding)  # noqa: E731
     assert_transform_matches_autodiff(f, jnp.linspace(-1.0, 1.0, 8))
+
+
+@pytest.mark.parametrize(
+    ("reduce", "init", "strides", "padding"),
+    [
+        (lax.max, -jnp.inf, (2, 2), "VALID"),
+        (lax.min, jnp.inf, (2, 2), "VALID"),
+        (lax.max, -jnp.inf, (1, 1), "SAME"),  # overlapping windows, padding
+    ],
+)
+def test_the_hessian_through_a_pooling_s_gradient(reduce, init, strides, padding):
+    """jax.grad of a max or min pooling is select_and_scatter_add: the pooling's choice
+    transposed, linear in the cotangent, derivative 0 in the pooled input."""
+    f = lambda x: jnp.sum(  # noqa: E731
+        jnp.tanh(lax.reduce_window(x, init, reduce, (2, 2), strides, padding)) ** 3
+    )
+    x = jax.random.normal(key(7), (4, 6), jnp.float64)
+    assert_jacobians_close(mj.hessian(f)(x).to_dense(), jax.hessian(f)(x))
+    ties = jnp.array([[1.0, 1.0, 0.0, 2.0], [1.0, 0.0, 2.0, 2.0]])  # the first entry, as JAX
+    assert_jacobians_close(mj.hessian(f)(ties).to_dense(), jax.hessian(f)(ties))
+
+
+def test_the_hessian_of_a_flax_max_pooling_network_in_its_input():
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = jnp.tanh(nn.Conv(3, (3, 3))(x))
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            return nn.Dense(1)(x.reshape(-1))[0]
+
+    x = jax.random.normal(key(8), (1, 4, 4, 1), jnp.float64)
+    model = Net()
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(key(9), x))
+    f = lambda x: model.apply(params, x)  # noqa: E731
+    assert_jacobians_close(mj.hessian(f)(x).to_dense(), jax.hessian(f)(x))

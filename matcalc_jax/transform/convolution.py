@@ -1,6 +1,7 @@
 """Rules for convolutions and windowed sums: ``conv_general_dilated`` (``lax.conv``,
-``flax.linen.Conv``, ``equinox.nn.Conv``), ``reduce_window_sum`` (``avg_pool``) and
-``reduce_window_max`` / ``reduce_window_min`` (max and min pooling).
+``flax.linen.Conv``, ``equinox.nn.Conv``), ``reduce_window_sum`` (``avg_pool``),
+``reduce_window_max`` / ``reduce_window_min`` (max and min pooling) and
+``select_and_scatter_add`` (the gradient of a max or min pooling, in a Hessian's program).
 
 A convolution is linear in each operand: its Jacobian in the input is the map
 ``t -> conv(t, kernel)``, in the kernel ``t -> conv(input, t)``, each a ``Convolution``
@@ -19,7 +20,7 @@ from jax import Array, lax
 from matcalc_jax.operators.base import compose
 from matcalc_jax.operators.convolution import Convolution, WindowChoice, WindowSum
 from matcalc_jax.operators.index_maps import Static
-from matcalc_jax.transform.registry import RELEVANT, one_factor, pointwise, total
+from matcalc_jax.transform.registry import RELEVANT, numerator, one_factor, pointwise, total
 
 
 @pointwise("conv_general_dilated", linear=one_factor)
@@ -71,3 +72,20 @@ def _reduce_window_chooser(ctx, eqn, ins, ops, outs):
     x, y = ins[0], outs[0]
     chosen = _window_choices(x, eqn.params, eqn.primitive.name == "reduce_window_max")
     return [compose(WindowChoice(tuple(y.shape), tuple(x.shape), y.dtype.name, chosen), ops[0])]
+
+
+@pointwise("select_and_scatter_add", linear=numerator)
+def _select_and_scatter_add(ctx, eqn, ins, ops, outs):
+    """Each entry of ``source`` (one per window) added at the entry its window of
+    ``operand`` chooses: the transpose of the pooling's ``WindowChoice``, linear in the
+    source; in the operand piecewise constant, derivative 0 (JAX's jvp)."""
+    source, operand = ins
+    params = eqn.params
+    ones = (1,) * operand.ndim
+    window = {**params, "base_dilation": ones, "window_dilation": ones}
+    chosen = _window_choices(operand, window, params["select_prim"] is lax.ge_p)
+    choice = WindowChoice(tuple(source.shape), tuple(operand.shape), outs[0].dtype.name, chosen)
+    return [compose(choice.transpose(), ops[0])]
+
+
+RELEVANT["select_and_scatter_add"] = lambda eqn: [0]

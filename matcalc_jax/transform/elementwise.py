@@ -103,4 +103,10 @@ BINARY: dict[str, tuple[Callable[[Array, Array, Array], Array], ...]] = {
         lambda a, b, y: b / (jnp.square(a) + jnp.square(b)),
         lambda a, b, y: -a / (jnp.square(a) + jnp.square(b)),
     ),
+    # rem(a, b) = a - b trunc(a / b) (jnp.fmod; jnp.mod adds b where the signs differ):
+    # 1 in a, -trunc(a / b) in b, written as JAX's jvp writes it
+    "rem": (
+        lambda a, b, y: jnp.ones_like(y),
+        lambda a, b, y: -(jnp.sign(a / b) * jnp.floor(jnp.abs(a / b))),
+    ),
 }
