@@ -365,3 +365,32 @@ def test_the_hessian_of_a_cumulative_product_whose_jvp_has_empty_slices():
     g = lambda z: jnp.sum(jnp.cumprod(z))  # noqa: E731
     z = jnp.linspace(0.5, 1.5, 5)
     np.testing.assert_allclose(mj.hessian(g)(z).to_dense(), jax.hessian(g)(z), rtol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "f",
+    [
+        lambda x: (2.0 * x, x > 0),
+        lambda x: (jnp.sin(x), jnp.argmax(x)),
+        lambda x: {"a": jnp.sin(x), "order": jnp.argsort(x)},
+    ],
+    ids=["a mask", "an argmax", "an argsort in a dict"],
+)
+def test_an_integer_or_boolean_output_has_a_zero_jacobian_without_a_rule(f):
+    """JAX's tangent of such an output is float0 (no derivative): the primitives that make
+    it (gt, argmax, sort's indices) need no rule, without the fallback. (jax.jacfwd itself
+    fails on a boolean output in jax 0.10: the float leaves are compared with jax.jvp.)"""
+    J, values = mj.jacobian(f)(X), f(X)
+    columns = jax.vmap(lambda t: jax.jvp(f, (X,), (t,))[1], out_axes=-1)(jnp.eye(6))
+    for ours, value, column in zip(
+        jax.tree.leaves(J, is_leaf=operators.is_operator),
+        jax.tree.leaves(values),
+        jax.tree.leaves(columns),
+        strict=True,
+    ):
+        dense = ours.to_dense()
+        assert dense.shape == value.shape + X.shape
+        if jnp.issubdtype(value.dtype, jnp.floating):
+            np.testing.assert_allclose(dense, column, rtol=1e-13)
+        else:
+            assert not np.any(dense)

@@ -296,7 +296,9 @@ class Context:
         return {k for k in positions if is_float(eqn.invars[k])}
 
     def _needed(self, jaxpr: Any) -> set[Any]:
-        needed = {v for v in jaxpr.outvars if not isinstance(v, jex_core.Literal)}
+        """The variables whose Jacobians the float outputs need (an integer or boolean
+        output, ``x > 0`` or an argmax, has none: JAX's float0 tangent)."""
+        needed = {v for v in jaxpr.outvars if not isinstance(v, jex_core.Literal) and is_float(v)}
         for eqn in reversed(jaxpr.eqns):
             if any(v in needed for v in eqn.outvars):
                 for k in self._positions(eqn):
