@@ -408,7 +408,7 @@ def test_jax_s_cache_write_warnings_are_left_out_and_said_once(tmp_path, capsys,
     monkeypatch.delenv("PYTHONWARNINGS", raising=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with cli._cache_write_errors_counted_once():
+        with cli._cache_write_warnings_left_out():
             assert "ignore:Error writing persistent" in os.environ["PYTHONWARNINGS"]
             jax_s = "Error writing persistent compilation cache entry for 'jit_f': ..."
             warnings.warn(jax_s, stacklevel=1)

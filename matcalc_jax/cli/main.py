@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
 import os
 import signal
 import sys
@@ -218,7 +219,7 @@ def _verify(args: argparse.Namespace) -> int:
     directory = Path(args.cache_dir) if args.cache_dir else cache_directory()
     jax_cache = _enable_compilation_cache(directory / "xla")
     try:
-        with _cache_write_errors_counted_once():
+        with _cache_write_warnings_left_out():
             return _run_verify(args, dtypes, _program_cache(directory / "programs"))
     finally:
         if jax_cache is not None and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
@@ -229,7 +230,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _say_if_unwritable(jax_cache: str) -> None:
     """One note when the compilation cache cannot be written (JAX's warning per program
-    is left out by ``_cache_write_errors_counted_once``)."""
+    is left out by ``_cache_write_warnings_left_out``)."""
     if not os.access(jax_cache, os.W_OK | os.X_OK):
         print(
             f"matcalc-jax: note: the compilation cache {jax_cache} could not be written "
@@ -243,7 +244,7 @@ _CACHE_WRITE_WARNING = "Error writing persistent compilation cache entry"
 
 
 @contextlib.contextmanager
-def _cache_write_errors_counted_once() -> Iterator[None]:
+def _cache_write_warnings_left_out() -> Iterator[None]:
     """JAX's warning for each program it could not write to the compilation cache (a
     read-only or removed cache: one per program, hundreds of lines) left out, here and in
     the worker processes (``PYTHONWARNINGS``); ``_verify`` says it once, at the end."""
@@ -625,7 +626,7 @@ def _gib(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of GiB; got {text!r}") from None
-    if not 0 < value < 2**33:  # NaN and inf fail too
+    if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a positive number of GiB; got {text}")
     return value
 
