@@ -218,6 +218,8 @@ def test_python_dash_m_runs_the_same_command():
         (["--rules", "softmax", "--json", "no/such/folder/r.json"], "does not exist"),
         (["--rules", "softmax", "--seed", "1" * 23], "expected an integer in"),
         (["--rules", "softmax", "--cache-dir", ""], "--cache-dir is empty"),
+        (["--rules", "softmax", "--cache-dir", "/dev/null"], "is not a directory"),
+        (["--rules", "softmax", "--cache-dir", __file__], "is not a directory"),
         (["--rules", "softmax", "--json", ""], "--json is empty"),
     ],
 )

@@ -209,6 +209,8 @@ def _verify(args: argparse.Namespace) -> int:
     dtypes = list(checked_dtypes(_split(args.dtype) or DTYPES))
     if args.cache_dir == "":
         raise ValueError("verify: --cache-dir is empty; expected a directory")
+    if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+        raise ValueError(f"verify: --cache-dir {args.cache_dir} is not a directory")
     if args.no_cache and args.cache_dir:
         raise ValueError("verify: --no-cache and --cache-dir contradict each other; pass one")
     if args.rules is not None and not _split(args.rules):
