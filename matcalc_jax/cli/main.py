@@ -132,8 +132,8 @@ def _enable_compilation_cache(directory: Path) -> str | None:
         removed = cache.repair(path)
         if removed:
             print(
-                f"matcalc-jax: note: dropped {removed} compilation cache entries that changed "
-                "since the last run; they are compiled again",
+                f"matcalc-jax: note: dropped {removed} compilation cache entries no finished "
+                "run vouched for (damaged, or another run's in progress); compiled again",
                 file=sys.stderr,
             )
     jax.config.update("jax_compilation_cache_dir", path)
