@@ -348,7 +348,7 @@ def _weighted_logsumexp(x: Array, b: Array, axis: Axis) -> tuple[Array, Array]:
 def _weighted_logsumexp_jvp(axis: Axis, primals: tuple, tangents: tuple) -> tuple:
     (x, b), (tx, tb) = primals, tangents
     kept, m, shifted, total = _weighted_terms(x, b, axis)
-    lse, sign = m + jnp.log(jnp.abs(total)), jnp.sign(total)
+    lse, sign = _weighted_logsumexp(x, b, axis)  # itself: its derivative is this rule again
     # d log|S e^m| = (sum b e^(x-m) dx + sum e^(x-m) db) / S: the weights of softmax, from
     # the shifted terms (never from e^(x - lse), whose rounded lse carries an error of
     # eps |m| into every weight). The coefficient of dx is 0 where b = 0 (written before the

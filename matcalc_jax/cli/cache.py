@@ -79,7 +79,7 @@ def record(directory: str | os.PathLike) -> None:
         shutil.rmtree(manifest, ignore_errors=True)
     try:
         temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, directory / MANIFEST)
+        os.replace(temporary, manifest)
     except OSError:  # a read-only cache: nothing vouched for, entries dropped next time
         with contextlib.suppress(OSError):
             temporary.unlink()

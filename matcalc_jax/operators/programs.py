@@ -102,6 +102,22 @@ class WithFallbacks(Wrapped):
         return "with autodiff fallbacks: " + "; ".join(self.notes)
 
 
+def _rows_of(op: JacobianOperator, vm: Callable[[Array], Array]) -> Array:
+    """The numerator matrix ``jax.jacrev`` builds for ``op``: ``vm`` at each unit
+    cotangent, a row each (for a ``vm`` that is not linear, the only matrix JAX gives)."""
+    out_shape, in_shape = tuple(op.out_shape), tuple(op.in_shape)
+    m = size_of(out_shape)
+    units = jnp.eye(m, dtype=op.dtype).reshape((m, *out_shape))
+    return jax.vmap(vm)(units).reshape(out_shape + in_shape)
+
+
+def _times_matrix(op: JacobianOperator, tangent: Array) -> Array:
+    """``op``'s numerator matrix times ``tangent``: its ``mv`` where no other map is its."""
+    m, n = size_of(op.out_shape), size_of(op.in_shape)
+    matrix = op._numerator().reshape(m, n)
+    return (matrix @ tangent.reshape(n)).reshape(op.out_shape)
+
+
 @pytree(
     ("residuals",),
     ("out_sizes", "in_sizes", "dtype_name", "backward", "output", "position", "layout"),
@@ -132,15 +148,10 @@ class Pullback(Map):
         return pulled.astype(self.dtype)
 
     def _numerator(self) -> Array:
-        m = size_of(self.out_shape)
-        units = jnp.eye(m, dtype=self.dtype).reshape((m, *self.out_shape))
-        rows = jax.vmap(self._apply_transpose)(units)  # (m, *in_shape)
-        return rows.reshape(self.out_shape + self.in_shape)
+        return _rows_of(self, self._apply_transpose)
 
     def _apply(self, tangent: Array) -> Array:
-        m, n = size_of(self.out_shape), size_of(self.in_shape)
-        matrix = self._numerator().reshape(m, n)
-        return (matrix @ tangent.reshape(n)).reshape(self.out_shape)
+        return _times_matrix(self, tangent)
 
     def describe(self) -> str:
         return "of a backward rule not linear in its cotangent"
@@ -158,17 +169,10 @@ class FromCotangents(Wrapped):
     operator: JacobianOperator
 
     def _numerator(self) -> Array:
-        out_shape, in_shape = tuple(self.out_shape), tuple(self.in_shape)
-        m = size_of(out_shape)
-        units = jnp.eye(m, dtype=self.dtype).reshape((m, *out_shape))
-        rows = jax.vmap(self.operator.vm)(units)
-        return rows.reshape(out_shape + in_shape)
+        return _rows_of(self, self.operator.vm)
 
     def mv(self, tangent: ArrayLike) -> Array:
-        tangent = check_tangent(self, "mv", tangent, self.in_shape)
-        m, n = size_of(self.out_shape), size_of(self.in_shape)
-        matrix = self._numerator().reshape(m, n)
-        return (matrix @ tangent.reshape(n)).reshape(self.out_shape)
+        return _times_matrix(self, check_tangent(self, "mv", tangent, self.in_shape))
 
     diagonal = JacobianOperator.diagonal
     trace = JacobianOperator.trace

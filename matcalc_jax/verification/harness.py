@@ -82,7 +82,11 @@ from matcalc_jax.transform import jacobian as transform_jacobian
 from matcalc_jax.verification import references
 from matcalc_jax.verification.processes import ordered_map
 from matcalc_jax.verification.programs import ProgramCache
-from matcalc_jax.verification.tolerance import FINITE_DIFFERENCE_TOLERANCE, tolerance
+from matcalc_jax.verification.tolerance import (
+    FINITE_DIFFERENCE_TOLERANCE,
+    TOLERANCES,
+    tolerance,
+)
 
 REFERENCES: tuple[str, ...] = (
     "jacfwd",
@@ -724,9 +728,6 @@ def prepare_in_worker(
 #: no rule's Jacobian at this size fits in memory anyway (``case_bytes`` refuses it first).
 MAX_SIZE = 2**31 - 1
 
-#: The dtypes ``verify`` checks: the real floating dtypes of the tolerance table.
-_REAL_DTYPES = ("bfloat16", "float16", "float32", "float64")
-
 
 def checked_dtypes(dtypes: Iterable[Any] | str) -> tuple[str, ...]:
     """The names of the dtypes ``verify`` is asked for, each once, in order: real floating
@@ -737,7 +738,7 @@ def checked_dtypes(dtypes: Iterable[Any] | str) -> tuple[str, ...]:
     >>> checked_dtypes(["float32", "float32", jnp.bfloat16])
     ('float32', 'bfloat16')
     """
-    known = ", ".join(sorted(_REAL_DTYPES))
+    known = ", ".join(sorted(TOLERANCES))
     listed = [dtypes] if isinstance(dtypes, str) or not isinstance(dtypes, Iterable) else dtypes
     names = []
     for dtype in listed:
@@ -745,7 +746,7 @@ def checked_dtypes(dtypes: Iterable[Any] | str) -> tuple[str, ...]:
             name = None if dtype is None else np.dtype(jnp.dtype(dtype)).name
         except TypeError:
             name = None
-        if name not in _REAL_DTYPES:
+        if name not in TOLERANCES:  # a complex dtype's name is not there
             raise ValueError(f"verify: dtype {dtype!r} is not one it checks; expected {known}")
         names.append(name)
     if not names:
