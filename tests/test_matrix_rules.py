@@ -173,6 +173,30 @@ def test_det_gradient_has_the_sign_of_the_determinant():
     np.testing.assert_allclose(mj.det_gradient(X), -6.0 * jnp.linalg.inv(X).T)
 
 
+@pytest.mark.parametrize(
+    ("X", "expected"),
+    [
+        # det(X) = 1e-39 under-, 1e39 overflows float32; adj(X)^T = c^2 I does not
+        (1e-13 * jnp.eye(3, dtype=jnp.float32), 1e-26 * np.eye(3)),
+        (1e13 * jnp.eye(3, dtype=jnp.float32), 1e26 * np.eye(3)),
+        # det = -1e-350 underflows float64, adj^T = -1e-280 P does not (P swaps two rows)
+        (jnp.array(1e-70 * np.eye(5)[[1, 0, 2, 3, 4]]), -1e-280 * np.eye(5)[[1, 0, 2, 3, 4]]),
+        (1e110 * jnp.array([[2.0, 1.0, 0.0], [1.0, 3.0, 1.0], [0.0, 1.0, 4.0]]), None),
+        # 130 mantissas of 1/2 (1 = 0.5 * 2^1): their product 2^-130 would underflow
+        (jnp.eye(130, dtype=jnp.float32), np.eye(130)),
+    ],
+    ids=["float32_1e-13", "float32_1e13", "float64_underflow_swapped", "float64_1e110", "I130"],
+)
+def test_det_gradient_where_det_itself_is_beyond_the_dtypes_range(X, expected):
+    if expected is None:  # adj(c A)^T = c^(n-1) adj(A)^T, A = X / c exact in float64
+        A = np.asarray(X) / 1e110
+        expected = 1e220 * np.linalg.det(A) * np.linalg.inv(A).T
+    gradient = jax.jit(mj.det_gradient)(X)
+    assert gradient.dtype == X.dtype
+    assert relative_error(gradient, expected) < 8 * float(jnp.finfo(X.dtype).eps)
+    np.testing.assert_array_equal(np.asarray(gradient) == 0, expected == 0)
+
+
 def test_examples_of_the_inverse_rules_are_well_conditioned_by_construction():
     for size in (1, 2, 8, 64):
         (X,) = mj.rule("inverse").example(key(size), jnp.float64, size)

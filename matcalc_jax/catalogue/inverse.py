@@ -68,7 +68,8 @@ RULES = (
         quick_size=8,
         make_example=_square_example,
         notes="Finite and exact at singular X (the transposed adjugate, from the SVD below "
-        f"rcond = sqrt(eps)). {_EXAMPLE}",
+        "rcond = sqrt(eps)), and where det(X) itself under- or overflows the dtype but the "
+        f"adjugate does not (det carried as m 2^E). {_EXAMPLE}",
     ),
     Rule(
         id="logdet",

@@ -127,13 +127,49 @@ def _adjugate_transposed_svd(X: Array) -> Array:
     return sign * (U * (before * after)) @ Vh
 
 
+#: Mantissas multiplied at a time by ``_mantissa_and_exponent``: a product of this many lies
+#: in [2^-32, 1), a normal number in every float dtype.
+_BLOCK = 32
+
+
+def _mantissa_and_exponent(values: Array) -> tuple[Array, Array]:
+    """prod(values) as m 2^E, 1/2 <= |m| < 1 and E an integer (``frexp``'s split), where
+    the product itself may under- or overflow: the mantissas are multiplied ``_BLOCK`` at a
+    time and split again, the exponents added as integers."""
+    if values.size == 0:
+        return jnp.ones((), values.dtype), jnp.zeros((), jnp.int32)
+    mantissas, exponents = jnp.frexp(values)
+    exponent = jnp.sum(exponents)
+    while mantissas.size > 1:
+        padded = jnp.concatenate([mantissas, jnp.ones(-mantissas.size % _BLOCK, values.dtype)])
+        mantissas, exponents = jnp.frexp(jnp.prod(padded.reshape(-1, _BLOCK), axis=1))
+        exponent = exponent + jnp.sum(exponents)
+    return mantissas[0], exponent
+
+
+def _times_power_of_two(y: Array, exponent: Array) -> Array:
+    """y 2^exponent for an integer exponent of any size, as products by powers of two that
+    are normal numbers of y's dtype: exact unless the result under- or overflows, and
+    subnormal where it is (``jnp.ldexp`` flushes those to 0 on a CPU)."""
+    largest = -jnp.finfo(y.dtype).minexp  # 2^-largest and 2^largest are normal
+    for _ in range(3):  # |exponent| <= 3 * largest covers any nonzero, finite result
+        step = jnp.clip(exponent, -largest, largest)
+        y = y * jnp.ldexp(jnp.ones((), y.dtype), step)
+        exponent = exponent - step
+    return y
+
+
 @in_working_precision
 def det_gradient(X: ArrayLike) -> Array:
     """d det(X)/dX = det(X) X^{-T}, the transposed adjugate, of shape (n, n).
 
-    Where X is well conditioned (rcond >= sqrt(eps)) it is det(X) X^{-T} from one LU;
-    below that the adjugate comes from the SVD, which stays exact up to and at singular X
-    (the gradient of det there is finite and, for rank n - 1, nonzero).
+    Where X is well conditioned (rcond >= sqrt(eps)) it is det(X) X^{-T} from one LU, with
+    det(X) carried as m 2^E until the end, so that a det(X) beyond the dtype's range (X =
+    1e-13 I of side 3 in float32: det 1e-39) does not turn a representable gradient (1e-26 I)
+    into 0 or inf; below that the adjugate comes from the SVD, which stays exact up to and at
+    singular X (the gradient of det there is finite and, for rank n - 1, nonzero; its
+    products of singular values are formed as they are, so beyond the dtype's range they
+    may under- or overflow where the adjugate does not).
 
     >>> import jax.numpy as jnp
     >>> det_gradient(jnp.array([[2.0, 0.0], [0.0, 3.0]], jnp.float32))
@@ -142,11 +178,11 @@ def det_gradient(X: ArrayLike) -> Array:
     """
     X = validate.square("det", "X", X)
     parity, diagonal, inverse_transposed = _lu_factor(X)
-    det = parity * jnp.prod(diagonal)
+    mantissa, exponent = _mantissa_and_exponent(diagonal)  # det(X) = parity m 2^E
     well = reciprocal_condition(X.T, inverse_transposed) >= jnp.sqrt(jnp.finfo(X.dtype).eps)
     return jax.lax.cond(
         well,
-        lambda: det * inverse_transposed,
+        lambda: _times_power_of_two(parity * mantissa * inverse_transposed, exponent),
         lambda: _adjugate_transposed_svd(X),
     )
 
