@@ -98,6 +98,7 @@ def assert_transform_matches_autodiff(f: Any, x: Any, *, forward: bool = True) -
 
     J, pairs = jax.jit(compare)(x, v, u)
     for actual, expected in pairs:
+        assert actual.dtype == expected.dtype, f"dtype {actual.dtype} != {expected.dtype}"
         assert_jacobians_close(actual, expected)
     return J
 

@@ -21,6 +21,8 @@ from .helpers import assert_jacobians_close, assert_transform_matches_autodiff
 
 X = jnp.linspace(-1.3, 1.7, 6)
 H = jnp.exp(-jnp.arange(4.0)) * (1.0 + 0.5j)
+C = jnp.array([1j, 2.0, -1j, 0.5 + 0.5j, -1.0, 0.25j])
+M = jnp.eye(6) + 0.3j * jnp.outer(jnp.arange(6.0), jnp.ones(6)) + 0.1
 
 
 # ----------------------------------------------------------- 1. complex intermediates
@@ -38,6 +40,23 @@ COMPLEX_PROGRAMS = {
     "rfft2 and irfft2": lambda x: jnp.fft.irfft2(jnp.fft.rfft2(x.reshape(2, 3)) * 1j).ravel(),
     "complex output": lambda x: jnp.fft.rfft(x * x),
     "abs of a complex zero": lambda x: jnp.abs(lax.complex(x * 0, x * 0)),
+    # a complex reduction to a scalar kept only the real part of the row (sum(c x): Re c)
+    "sum(c x)": lambda x: jnp.sum(C * x),
+    "imag(sum(i x))": lambda x: jnp.imag(jnp.sum(1j * x)),
+    "fidelity |<psi, exp(i x)>|^2": lambda x: jnp.abs(jnp.vdot(C, jnp.exp(1j * x))) ** 2,
+    "abs(fft(x)[1])": lambda x: jnp.abs(jnp.fft.fft(x)[1]),
+    "angle(mean(c x))": lambda x: jnp.angle(jnp.mean(C * x)),
+    "dot(x, exp(i x))": lambda x: jnp.dot(x, jnp.exp(1j * x)),
+    "trace(outer(c, x))": lambda x: jnp.trace(jnp.outer(C, x)),
+    # vm was complex (C^T u) for a real map through a complex intermediate
+    "real(C x), C complex": lambda x: jnp.real(M @ x),
+    "real(C X C^T)": lambda x: jnp.real(M[:3, :3] @ x[:3, None] * x[3:] @ M[:3, :3].T).ravel(),
+    "scan with a complex carry": lambda x: jnp.real(
+        lax.scan(lambda c, t: (c * jnp.exp(1j * t), c), 1.0 + 0.5j, x)[1]
+    ),
+    "abs of a complex scan's carry": lambda x: jnp.abs(
+        lax.scan(lambda c, t: (c * jnp.exp(1j * t) + t, None), 1.0 + 0j, x)[0]
+    ),
 }
 
 
@@ -46,6 +65,20 @@ def test_complex_intermediates_are_differentiated(name):
     """Finding 1: a complex intermediate once counted as a constant (J was Zero)."""
     J = assert_transform_matches_autodiff(COMPLEX_PROGRAMS[name], X)
     assert not isinstance(J, operators.Zero)
+
+
+@pytest.mark.parametrize(
+    "f",
+    [
+        lambda x: jnp.abs(jnp.sum(C * x)) ** 2,
+        lambda x: jnp.abs(jnp.vdot(C, jnp.exp(1j * x))) ** 2,
+        lambda x: jnp.real(jnp.sum(jnp.fft.fft(x) * C)) * jnp.sum(x),
+    ],
+    ids=["|sum(c x)|^2", "fidelity", "real(sum(fft(x) c)) sum(x)"],
+)
+def test_hessians_through_a_complex_reduction(f):
+    H = jax.jit(lambda x: mj.hessian(f)(x).to_dense())(X)
+    assert_jacobians_close(H, jax.hessian(f)(X))
 
 
 def test_a_dft_is_stored_as_a_transform_not_a_matrix():

@@ -263,6 +263,21 @@ class JacobianOperator:
         """True when ``J (c v) = c J v`` for complex scalars c as well as real ones."""
         return not self.real_linear_only and all(c.complex_linear() for c in self.children())
 
+    @property
+    def real_to_complex(self) -> bool:
+        """True for a map from real tangents to complex ones (``x + 0i``, a real DFT, and
+        what is composed after them): JAX's transpose of such a map (``vm``) keeps the real
+        part of the matrix transpose's result, so ``vm`` is not the transpose of the matrix
+        ``mv`` applies, and ``compose`` fuses no neighbour with it (see there); an operator
+        built of others is one when any of them is."""
+        return jnp.issubdtype(self.dtype, jnp.complexfloating) and any(
+            c.real_to_complex for c in self.children()
+        )
+
+    #: True for the maps whose compositions keep nothing of the other side but its shape
+    #: (the identity, the zero map): ``compose`` applies their rules to any operand.
+    trivial_in_composition = False
+
     def describe(self) -> str:
         """A short note on the parameters, for ``print``."""
         return ""
@@ -399,6 +414,11 @@ def compose(outer: JacobianOperator, inner: JacobianOperator) -> JacobianOperato
     _check_same_layout("compose", outer, inner)
     if jnp.issubdtype(inner.dtype, jnp.complexfloating) and not outer.complex_linear():
         return Composition(outer, inner)  # the rules may move complex factors across outer
+    trivial = outer.trivial_in_composition or inner.trivial_in_composition
+    if (outer.real_to_complex or inner.real_to_complex) and not trivial:
+        # The rules read a map's matrix transpose from its vm, which for a map from real
+        # tangents keeps only the real part (sum(c x) with complex c: a row of Re(c)).
+        return Composition(outer, inner)
     result = _first("compose", outer, inner)
     return Composition(outer, inner) if result is None else result
 

@@ -71,6 +71,10 @@ class Fourier(Map):
     def real_linear_only(self) -> bool:  # reads a half spectrum as a Hermitian whole
         return self._kind() == "IRFFT"
 
+    @property
+    def real_to_complex(self) -> bool:  # a real signal to its half spectrum
+        return self._kind() == "RFFT"
+
     def _apply(self, tangent: Array) -> Array:
         if self._kind() == "RFFT":  # the input side is real
             tangent = cast(tangent, jnp.finfo(self.dtype).dtype)

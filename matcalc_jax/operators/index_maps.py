@@ -232,6 +232,12 @@ class ChangeType(Map):
             self.dtype, jnp.complexfloating
         )
 
+    @property
+    def real_to_complex(self) -> bool:  # x + 0i
+        return not jnp.issubdtype(self.in_dtype_name, jnp.complexfloating) and jnp.issubdtype(
+            self.dtype, jnp.complexfloating
+        )
+
     def _apply(self, tangent: Array) -> Array:
         return cast(cast(tangent, self.in_dtype_name), self.dtype)
 

@@ -22,6 +22,7 @@ class Zero(ShapedOperator):
     """The zero map from ``in_shape`` to ``out_shape``; stores nothing."""
 
     layout: Layout = "numerator"
+    trivial_in_composition = True
 
     def mv(self, tangent: ArrayLike) -> Array:
         check_tangent(self, "mv", tangent, self.in_shape)

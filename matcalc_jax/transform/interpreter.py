@@ -30,7 +30,8 @@ import jax.numpy as jnp
 from jax import Array
 from jax.extend import core as jex_core
 
-from matcalc_jax.operators.base import JacobianOperator
+from matcalc_jax.operators.base import Composition, JacobianOperator
+from matcalc_jax.operators.index_maps import ChangeType
 
 Operator = JacobianOperator | None
 #: rule(context, equation, input values, input Jacobians) -> (output values, output Jacobians)
@@ -73,6 +74,37 @@ def is_complex(var: Any) -> bool:
     """True for a complex value (``var`` a jaxpr variable)."""
     dtype = getattr(var.aval, "dtype", None)
     return dtype is not None and jnp.issubdtype(dtype, jnp.complexfloating)
+
+
+def from_real_argument(op: JacobianOperator) -> JacobianOperator:
+    """The Jacobian of a complex value as a map from the (real) argument: ``op`` after the
+    argument's cast to complex, unless ``op`` already starts with such a map on every path
+    (``_starts_real_to_complex``). Every Jacobian the transform carries maps from the
+    argument, which is real, so a complex one is read this way: ``vm`` must take the real
+    part at the argument, as ``jax.vjp`` does, on every path, where a rule may have built
+    the map from matrices that no longer say so (a loop's carry multiplied out) or summed
+    maps of which only some do (the product rule of ``dot(x, exp(i x))``)."""
+    if not jnp.issubdtype(op.dtype, jnp.complexfloating) or _starts_real_to_complex(op):
+        return op
+    shape = op.in_shape
+    real = jnp.finfo(op.dtype).dtype.name
+    return Composition(op, ChangeType(shape, shape, jnp.dtype(op.dtype).name, real, op.layout))
+
+
+def _starts_real_to_complex(op: JacobianOperator) -> bool:
+    """True when the complex ``op``'s ``vm`` takes the real part on every path from its
+    output to the argument: a real-to-complex map (``real_to_complex``) where the path
+    turns complex, in a composition or in each part of a sum, blocks, a scaling."""
+    if isinstance(op, Composition):
+        inner_is_complex = jnp.issubdtype(op.inner.dtype, jnp.complexfloating)
+        return _starts_real_to_complex(op.inner if inner_is_complex else op.outer)
+    children = op.children()
+    if not children:
+        return op.real_to_complex
+    return all(
+        jnp.issubdtype(child.dtype, jnp.complexfloating) and _starts_real_to_complex(child)
+        for child in children
+    )
 
 
 def check_rule_output(
@@ -263,7 +295,7 @@ class Context:
         for var, value, op in zip(jaxpr.invars, values, operators, strict=True):
             env[var] = value
             if op is not None and var in needed:
-                jacobians[var] = op
+                jacobians[var] = from_real_argument(op)
         for eqn in jaxpr.eqns:
             ins = [read(v) for v in eqn.invars]
             positions = self._positions(eqn)
@@ -283,7 +315,7 @@ class Context:
                     continue
                 env[var] = value
                 if op is not None and is_float(var):
-                    jacobians[var] = op
+                    jacobians[var] = from_real_argument(op)
         outs = [read(v) for v in jaxpr.outvars]
         out_ops = [
             None if isinstance(v, jex_core.Literal) else jacobians.get(v) for v in jaxpr.outvars
