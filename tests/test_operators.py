@@ -15,6 +15,7 @@ import pytest
 import matcalc_jax as mj
 from matcalc_jax import operators
 from matcalc_jax.core.layout import swap_out_in
+from matcalc_jax.verification.harness import relative_error
 
 from .helpers import key, lowerings_during
 
@@ -308,6 +309,39 @@ def test_structured_rules_never_form_the_dense_matrix():
                 (int(np.prod(v.aval.shape)) for e in jaxpr.eqns for v in e.outvars), default=0
             )
             assert largest < size * size, name
+
+
+@pytest.mark.parametrize("zeros", [1, 2, 3])
+def test_diagonal_plus_low_rank_with_zeros_on_its_diagonal(zeros):
+    """diag(d) + U V^T with up to r zeros in d is invertible where D is not (relu's
+    derivative plus a rank-r term): log|det| and solve as numpy's on the dense matrix, still
+    without it; more than r zeros make the matrix singular: -inf and NaN."""
+    n, r = 7, 2
+    ku, kv = jax.random.split(key(70))
+    d = jnp.arange(1.0, n + 1).at[jnp.array([1, 4, 5][:zeros])].set(0.0)
+    if zeros < r:
+        d = d.at[6].set(1e-20)  # below eps max|d|: also moved into the low-rank part
+    U, V = jax.random.normal(ku, (n, r), jnp.float64), jax.random.normal(kv, (n, r), jnp.float64)
+    op = mj.DiagonalPlusLowRank(d, U, V)
+    rhs = jnp.sin(jnp.arange(n, dtype=jnp.float64))
+    logdet, solution = jax.jit(lambda o: (o.logdet(), o.solve(rhs)))(op)
+    dense = np.asarray(op.to_dense())
+    if zeros <= r:
+        assert abs(float(logdet) - np.linalg.slogdet(dense)[1]) < 1e-12 * n
+        assert relative_error(solution, np.linalg.solve(dense, rhs)) < 1e-12
+    else:
+        assert float(logdet) == -np.inf
+        assert bool(jnp.all(jnp.isnan(solution)))
+
+
+def test_the_jacobian_of_relu_plus_a_rank_one_term_solves():
+    """mj.jacobian gives such an operator from ordinary code."""
+    a, b, x = jnp.array([1.0, 0.5, 0.25]), jnp.array([1.0, 2.0, 3.0]), jnp.array([-1.0, 1, 2])
+    J = mj.jacobian(lambda x: jax.nn.relu(x) + a * jnp.dot(b, x))(x)
+    assert isinstance(J, mj.DiagonalPlusLowRank)
+    dense = np.asarray(J.to_dense())
+    assert abs(float(J.logdet()) - np.linalg.slogdet(dense)[1]) < 1e-14
+    np.testing.assert_allclose(J.solve(jnp.ones(3)), np.linalg.solve(dense, np.ones(3)))
 
 
 def test_non_square_operators_refuse_square_rules_by_name():

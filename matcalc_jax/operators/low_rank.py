@@ -118,20 +118,45 @@ class DiagonalPlusLowRank(JacobianOperator):
     def diagonal(self) -> Array:
         return self.values + jnp.sum(self.U * self.V, axis=-1)
 
-    def _capacitance(self) -> Array:
-        """I_r + V^T D^{-1} U, the r x r matrix of the lemma and of Woodbury's identity."""
-        rank = self.U.shape[1]
-        return jnp.eye(rank, dtype=self.dtype) + (self.V / self.values[:, None]).T @ self.U
+    def _with_invertible_diagonal(self) -> tuple[Array, Array, Array, Array]:
+        """(d', U', V', singular) with diag(d) + U V^T = diag(d') + U' V'^T and d' safe to
+        divide by: up to r entries with |d_k| <= eps max|d| (a zero, as relu's derivative
+        gives: D + U V^T is then invertible, D is not) get c = max|d| added, and the rank-one
+        terms -c e_k e_k^T join U V^T (rank <= 2r). More than r zeros in d leave a matrix of
+        rank below its size (their rows lie in the span of V^T): ``singular``."""
+        magnitudes = jnp.abs(self.values)
+        scale = jnp.max(magnitudes, initial=0)
+        scale = jnp.where(scale > 0, scale, jnp.ones((), scale.dtype))
+        small = magnitudes <= jnp.finfo(self.dtype).eps * scale
+        zero = self.values == 0
+        count = min(self.U.shape[-1], self.values.shape[0])
+        _, chosen = jax.lax.top_k(small.astype(jnp.int32) + zero.astype(jnp.int32), count)
+        W = jax.nn.one_hot(chosen, self.values.shape[0], dtype=self.dtype).T * small[chosen]
+        values = self.values + scale * jnp.sum(W, axis=-1)
+        U = jnp.concatenate([self.U, -scale * W], axis=-1)
+        V = jnp.concatenate([self.V, W.astype(self.V.dtype)], axis=-1)
+        return values, U, V, jnp.sum(zero) > count
 
     def logdet(self) -> Array:
-        diagonal_part = jnp.sum(jnp.log(jnp.abs(self.values)))
-        return diagonal_part + jnp.linalg.slogdet(self._capacitance())[1]
+        values, U, V, singular = self._with_invertible_diagonal()
+        diagonal_part = jnp.sum(jnp.log(jnp.abs(values)))
+        total = diagonal_part + jnp.linalg.slogdet(_capacitance(values, U, V))[1]
+        return jnp.where(singular, -jnp.inf, total)
 
     def solve(self, rhs: ArrayLike) -> Array:
         rhs = check_tangent(self, "solve", rhs, self.out_shape)
-        scaled_rhs = rhs / self.values
-        correction = jnp.linalg.solve(self._capacitance(), scaled_rhs @ self.V)
-        return scaled_rhs - (self.U @ correction) / self.values
+        values, U, V, singular = self._with_invertible_diagonal()
+        scaled_rhs = rhs / values
+        correction = jnp.linalg.solve(_capacitance(values, U, V), scaled_rhs @ V)
+        solution = scaled_rhs - (U @ correction) / values
+        return jnp.where(singular, jnp.nan, solution)
+
+
+def _capacitance(values: Array, U: Array, V: Array) -> Array:
+    """I_r + V^T D^{-1} U, the r x r matrix of the lemma and of Woodbury's identity."""
+    rank = U.shape[1]
+    dtype = jnp.result_type(values, U, V)
+    return jnp.eye(rank, dtype=dtype) + (V / values[:, None]).T @ U
 
 
 def _columns(apply: Any, factor: Array) -> Array:
