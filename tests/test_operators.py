@@ -344,6 +344,43 @@ def test_the_jacobian_of_relu_plus_a_rank_one_term_solves():
     np.testing.assert_allclose(J.solve(jnp.ones(3)), np.linalg.solve(dense, np.ones(3)))
 
 
+def test_a_complex_scale_survives_composition_and_a_wide_scale_promotes():
+    """A type's ``scaled`` keeps its dtype: a complex scale of a real operator composed with
+    another was cast to the real dtype (1j K @ K was 0), and a float64 scale of a float32
+    LowRank was rounded to float32 (a Diagonal's was not)."""
+    I2, d = jnp.eye(2), mj.Diagonal(jnp.array([1.0, 2.0]))
+    low_rank = mj.LowRank(jnp.ones((2, 1)), jnp.array([[1.0], [3.0]]))
+    pairs = [
+        (1j * mj.Kronecker(I2, I2), mj.Kronecker(I2, I2)),
+        (1j * d, mj.Diagonal(jnp.array([3.0, 4.0]))),
+        (d, 1j * low_rank),
+        (1j * low_rank, d),
+        ((0.5 + 2j) * mj.DiagonalPlusLowRank(jnp.ones(2), jnp.ones((2, 1)), jnp.ones((2, 1))), d),
+    ]
+    for outer, inner in pairs:
+        n = int(np.prod(inner.in_shape))
+        expected = outer.to_dense().reshape(-1, n) @ inner.to_dense().reshape(n, n)
+        actual = (outer @ inner).to_dense().reshape(-1, n)
+        np.testing.assert_allclose(actual, expected, rtol=1e-15)
+        assert np.iscomplexobj(actual)
+    third = jnp.float64(1) / 3
+    for op in (low_rank, mj.DiagonalPlusLowRank(jnp.ones(2), jnp.ones((2, 1)), jnp.ones((2, 1)))):
+        narrow = jax.tree.map(lambda a: a.astype(jnp.float32), op)
+        assert (
+            (third * narrow).dtype
+            == jnp.float64
+            == (third * mj.Diagonal(jnp.ones(2, jnp.float32))).dtype
+        )
+        np.testing.assert_allclose((third * narrow).to_dense(), third * op.to_dense(), rtol=1e-7)
+        assert (2.0 * narrow).dtype == jnp.float32  # a Python number keeps the dtype
+
+
+@pytest.mark.parametrize("name", ["Diagonal", "Dense", "LowRank", "Kronecker"])
+def test_an_array_scale_is_an_error(name):
+    with pytest.raises(ValueError, match=rf"{name} \* c: c must be a scalar.*shape \(2,\)"):
+        CASES[name]() * jnp.array([10.0, 100.0])
+
+
 def test_non_square_operators_refuse_square_rules_by_name():
     op = CASES["Dense"]()
     for what in ("diagonal", "trace", "logdet"):

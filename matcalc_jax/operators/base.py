@@ -322,7 +322,13 @@ class JacobianOperator:
         return add(self, other)
 
     def __mul__(self, scale: ArrayLike) -> JacobianOperator:
-        return self.scaled(scale)
+        scale = jnp.asarray(scale)
+        if scale.ndim != 0:
+            raise ValueError(
+                f"{type(self).__name__} * c: c must be a scalar (an operator is scaled as a "
+                f"whole); got an array of shape {tuple(scale.shape)}"
+            )
+        return times_scalar(self, scale)
 
     __rmul__ = __mul__
 
@@ -704,18 +710,31 @@ def regroup_outer(outer: Composition, inner: JacobianOperator) -> JacobianOperat
     return compose(outer.outer, merged)
 
 
+def times_scalar(op: JacobianOperator, scale: ArrayLike) -> JacobianOperator:
+    """c J for a scalar c: a complex c of a real J is kept as a ``Scaled`` (a type's own
+    ``scaled`` may keep its real dtype, which would drop Im c)."""
+    scale = jnp.asarray(scale)
+    if jnp.iscomplexobj(scale) and not jnp.issubdtype(op.dtype, jnp.complexfloating):
+        return Scaled(scale, op)
+    return op.scaled(scale)
+
+
+def _rescaled(op: JacobianOperator, scale: Array) -> JacobianOperator:
+    """A scale moved out of a composition onto its result ``op``: a real one in ``op``'s
+    dtype (a composition keeps the dtypes its maps give), a complex one as it is."""
+    return times_scalar(op, scale if jnp.iscomplexobj(scale) else jnp.asarray(scale, op.dtype))
+
+
 @composition_rule(Scaled, JacobianOperator)
 def _scale_outside_outer(outer: Scaled, inner: JacobianOperator) -> JacobianOperator:
-    result = compose(outer.operator, inner)
-    return result.scaled(jnp.asarray(outer.scale, result.dtype))
+    return _rescaled(compose(outer.operator, inner), outer.scale)
 
 
 @composition_rule(JacobianOperator, Scaled)
 def _scale_outside_inner(outer: JacobianOperator, inner: Scaled) -> JacobianOperator | None:
     if jnp.iscomplexobj(inner.scale) and not outer.complex_linear():
         return None  # Re(c w) is not c Re(w)
-    result = compose(outer, inner.operator)
-    return result.scaled(jnp.asarray(inner.scale, result.dtype))
+    return _rescaled(compose(outer, inner.operator), inner.scale)
 
 
 def is_operator(value: Any) -> bool:

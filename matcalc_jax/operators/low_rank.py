@@ -64,7 +64,7 @@ class LowRank(JacobianOperator):
         return LowRank(self.V, self.U, self.layout)
 
     def scaled(self, scale: ArrayLike) -> JacobianOperator:
-        return LowRank(jnp.asarray(scale, self.dtype) * self.U, self.V, self.layout)
+        return LowRank(jnp.asarray(scale) * self.U, self.V, self.layout)  # promoted as JAX does
 
     def diagonal(self) -> Array:
         self._check_square("diagonal")
@@ -112,7 +112,7 @@ class DiagonalPlusLowRank(JacobianOperator):
         return DiagonalPlusLowRank(self.values, self.V, self.U, self.layout)
 
     def scaled(self, scale: ArrayLike) -> JacobianOperator:
-        scale = jnp.asarray(scale, self.dtype)
+        scale = jnp.asarray(scale)  # promoted as JAX promotes
         return DiagonalPlusLowRank(scale * self.values, scale * self.U, self.V, self.layout)
 
     def diagonal(self) -> Array:
