@@ -536,3 +536,50 @@ def test_an_interrupt_lost_on_the_way_is_raised_at_the_next_step():
         with pytest.raises(KeyboardInterrupt):
             interrupts.check()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["docs", "--out", "{dir}"], "docs: --out {dir} is a directory"),
+        (["accuracy", "--out", "{dir}"], "accuracy: --out {dir} is a directory"),
+        (["bench", "--quick", "--rules", "identity", "--csv", "{dir}/no/t.csv"], "does not exist"),
+        (["bench", "--quick", "--rules", "identity", "--markdown", ""], "--markdown is empty"),
+        (["bench-models", "--quick", "--json", "{dir}"], "bench-models: --json {dir} is a"),
+        (["bench-transform", "--quick", "--markdown", "{dir}/no/t.md"], "does not exist"),
+        (["bench-hessian", "--quick", "--plot", "{dir}"], "bench-hessian: --plot {dir} is a"),
+    ],
+    ids=["docs", "accuracy", "bench csv", "bench markdown", "models", "transform", "hessian"],
+)
+def test_every_command_refuses_an_output_path_before_any_work(capsys, tmp_path, argv, said):
+    argv = [a.format(dir=tmp_path) for a in argv]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"matcalc-jax: error: {said.format(dir=tmp_path)}" or (
+        said.format(dir=tmp_path) in captured.err and len(captured.err.splitlines()) == 1
+    )
+    assert "device:" not in captured.out  # nothing ran
+
+
+def test_an_output_write_that_fails_after_the_work_is_one_line_and_exit_2(capsys):
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    assert main(["docs", "--out", "/dev/full"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "matcalc-jax: error: docs: --out /dev/full: No space left on device"
+
+
+def test_bench_models_runs_float64_in_64_bit_mode_and_refuses_other_dtypes(capsys, monkeypatch):
+    """--dtype float64 once timed float32 arrays under a float64 label (64-bit mode off)."""
+    import importlib
+
+    models = importlib.import_module("matcalc_jax.benchmark.models")
+    seen = []
+    monkeypatch.setattr(models, "bench_models", lambda **kw: seen.append(
+        (kw["dtype"], jax.numpy.ones(1, kw["dtype"]).dtype.name)) or ())  # fmt: skip
+    monkeypatch.setattr(models, "format_models", lambda cases: "")
+    with jax.enable_x64(False):  # as on the command line (the suite runs with it on)
+        assert main(["bench-models", "--quick", "--dtype", "float64"]) == 0
+    assert seen == [("float64", "float64")]
+    assert main(["bench-models", "--quick", "--dtype", "int32"]) == 2
+    assert "bench-models: dtype 'int32' is not one it checks" in capsys.readouterr().err

@@ -184,22 +184,46 @@ def _hang(label: str, waited: float) -> None:
     os._exit(1)
 
 
-def _check_output_path(command: str, path: str | None) -> None:
+def _check_output_path(command: str, path: str | None, option: str = "--json") -> None:
     """Refuse an output path that cannot be written, before any work (``-`` is stdout)."""
     if path is None or path == "-":
         return
     if not path:
-        raise ValueError(f"{command}: --json is empty; expected a file path, or - for stdout")
+        raise ValueError(f"{command}: {option} is empty; expected a file path, or - for stdout")
     target = Path(path)
     if target.is_symlink() and not target.exists():
-        raise ValueError(f"{command}: --json {path} is a link to a missing file")
+        raise ValueError(f"{command}: {option} {path} is a link to a missing file")
     if target.is_dir():
-        raise ValueError(f"{command}: --json {path} is a directory; expected a file path")
+        raise ValueError(f"{command}: {option} {path} is a directory; expected a file path")
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
-        raise ValueError(f"{command}: --json {path}: the folder {folder} does not exist")
+        raise ValueError(f"{command}: {option} {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise ValueError(f"{command}: --json {path} cannot be written (permission denied)")
+        raise ValueError(f"{command}: {option} {path} cannot be written (permission denied)")
+
+
+#: The options that name a file a command writes, checked before any work.
+OUTPUT_OPTIONS = {"json": "--json", "csv": "--csv", "markdown": "--markdown", "out": "--out",
+                  "plot": "--plot"}  # fmt: skip
+
+
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """``_check_output_path`` for each output option the command was given (``docs --check``
+    reads its ``--out``)."""
+    if args.command == "docs" and args.check:
+        return
+    for attribute, option in OUTPUT_OPTIONS.items():
+        _check_output_path(args.command, getattr(args, attribute, None), option)
+
+
+def _write(args: argparse.Namespace, option: str, path: str, text: str) -> None:
+    """Write an output file; a failure after the run (a full disk, a folder removed
+    meanwhile) is one line and exit 2, as a path refused before it."""
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ValueError(f"{args.command}: {option} {path}: {reason}") from None
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -215,7 +239,6 @@ def _verify(args: argparse.Namespace) -> int:
         raise ValueError("verify: --no-cache and --cache-dir contradict each other; pass one")
     if args.rules is not None and not _split(args.rules):
         raise ValueError("verify: --rules names no rule; expected ids (matcalc-jax list)")
-    _check_output_path("verify", args.json)
     if args.no_cache:
         return _run_verify(args, dtypes, None)
     directory = Path(args.cache_dir) if args.cache_dir else cache_directory()
@@ -369,13 +392,13 @@ def _bench(args: argparse.Namespace) -> int:
     if to_stdout:
         print(output.to_json_text(report))
     elif args.json:
-        output.write_json(report, args.json)
+        _write(args, "--json", args.json, output.to_json_text(report) + "\n")
         print(f"wrote {args.json}")
     if args.csv:
-        Path(args.csv).write_text(output.format_csv(report), encoding="utf-8")
+        _write(args, "--csv", args.csv, output.format_csv(report))
         print(f"wrote {args.csv}", file=out)
     if args.markdown:
-        Path(args.markdown).write_text(output.format_markdown(report), encoding="utf-8")
+        _write(args, "--markdown", args.markdown, output.format_markdown(report))
         print(f"wrote {args.markdown}", file=out)
     if args.plots:
         for path in output.write_plots(report, args.plots):
@@ -386,11 +409,17 @@ def _bench(args: argparse.Namespace) -> int:
 def _bench_models(args: argparse.Namespace) -> int:
     import json
 
+    from matcalc_jax import runtime
     from matcalc_jax.benchmark.models import bench_models, format_models
     from matcalc_jax.runtime import environment
+    from matcalc_jax.verification.harness import checked_dtypes
 
-    cases = bench_models(dtype=args.dtype, quick=args.quick, rounds=args.rounds)
-    env = environment()
+    (dtype,) = checked_dtypes([args.dtype], "bench-models")
+    if dtype == "float64":
+        _require_x64()
+    with runtime.x64(dtype == "float64"):  # float64 arrays are float32 without it
+        cases = bench_models(dtype=dtype, quick=args.quick, rounds=args.rounds)
+        env = environment()
     print(f"device: {env['platform']} ({env['device_kind']}), jax {env['jax']}")
     print(format_models(cases))
     if args.json:
@@ -408,7 +437,7 @@ def _bench_models(args: argparse.Namespace) -> int:
                 for c in cases
             ],
         }
-        Path(args.json).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        _write(args, "--json", args.json, json.dumps(data, indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0
 
@@ -455,10 +484,10 @@ def _report(args: argparse.Namespace, data: dict, formatter: Callable[[dict], st
     table = formatter(data)
     print(table)
     if args.json:
-        Path(args.json).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        _write(args, "--json", args.json, json.dumps(data, indent=1) + "\n")
         print(f"wrote {args.json}")
     if args.markdown:
-        Path(args.markdown).write_text(table + "\n", encoding="utf-8")
+        _write(args, "--markdown", args.markdown, table + "\n")
         print(f"wrote {args.markdown}")
     return 0
 
@@ -544,7 +573,7 @@ def _docs(args: argparse.Namespace) -> int:
             return 1
         print(f"{path} is up to date")
         return 0
-    path.write_text(text, encoding="utf-8")
+    _write(args, "--out", args.out, text)
     print(f"wrote {path}")
     return 0
 
@@ -560,7 +589,7 @@ def _accuracy(args: argparse.Namespace) -> int:
     if args.out == "-":
         print(text)
     else:
-        Path(args.out).write_text(text)
+        _write(args, "--out", args.out, text)
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
@@ -844,6 +873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _emulate_cpu_devices(max(args.devices))
             if args.platform != "default" or args.command in ("verify", "bench"):
                 _select_platform(args.platform)
+            _check_output_paths(args)
             code = args.run(args)
             interrupts.check()  # a signal whose KeyboardInterrupt Python lost on the way
             return code

@@ -729,11 +729,11 @@ def prepare_in_worker(
 MAX_SIZE = 2**31 - 1
 
 
-def checked_dtypes(dtypes: Iterable[Any] | str) -> tuple[str, ...]:
+def checked_dtypes(dtypes: Iterable[Any] | str, what: str = "verify") -> tuple[str, ...]:
     """The names of the dtypes ``verify`` is asked for, each once, in order: real floating
     dtypes of the tolerance table (a name, a NumPy or JAX dtype; one may be passed alone).
     Anything else, a complex dtype among them (the rules are real maps), is a ``ValueError``
-    naming it.
+    naming it (and ``what`` asked for it).
 
     >>> checked_dtypes(["float32", "float32", jnp.bfloat16])
     ('float32', 'bfloat16')
@@ -747,10 +747,10 @@ def checked_dtypes(dtypes: Iterable[Any] | str) -> tuple[str, ...]:
         except TypeError:
             name = None
         if name not in TOLERANCES:  # a complex dtype's name is not there
-            raise ValueError(f"verify: dtype {dtype!r} is not one it checks; expected {known}")
+            raise ValueError(f"{what}: dtype {dtype!r} is not one it checks; expected {known}")
         names.append(name)
     if not names:
-        raise ValueError(f"verify: dtypes is empty; expected one or more of {known}")
+        raise ValueError(f"{what}: dtypes is empty; expected one or more of {known}")
     return tuple(dict.fromkeys(names))
 
 
