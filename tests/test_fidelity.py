@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from jax.experimental.ode import odeint
 
 import matcalc_jax as mj
 from matcalc_jax import operators
@@ -153,8 +154,27 @@ def _pair_bwd(res, cts):
 
 scaled_pair.defvjp(_pair_fwd, _pair_bwd)
 
+
+@jax.custom_vjp
+def first_weight(x, w):
+    return x * w[0]
+
+
+def _first_weight_fwd(x, w):
+    return x * w[0], w
+
+
+def _first_weight_bwd(w, u):  # indexes a constant of the program with a traced index
+    return u * w[jnp.argmax(u) * 0], jnp.zeros_like(w)
+
+
+first_weight.defvjp(_first_weight_fwd, _first_weight_bwd)
+
+
 CUSTOM_VJP = {
     "gradient reversal": lambda x: reverse_gradient(jnp.tanh(x)),
+    "bwd indexing a constant": lambda x: first_weight(x, jnp.array([2.0, 3.0])),
+    "odeint": lambda x: odeint(lambda y, t, k: -y * k, x, jnp.array([0.0, 0.5]), x[::-1])[-1],
     "clip_gradient": clip_gradient,
     "straight-through round": lambda x: straight_through_round(2.0 * x) * x,
     "two inputs, two outputs": lambda x: sum(scaled_pair(x, x[::-1] ** 2)),

@@ -540,7 +540,9 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
     _, res_tree, input_fwds = params["out_trees"]()  # known once fwd has run
     fresh = res_tree.num_leaves - sum(f is not None for f in input_fwds)
     computed, outs = iter(res_and_outs[:fresh]), list(res_and_outs[fresh:])
-    res = [next(computed) if f is None else ins[f] for f in input_fwds]
+    # jnp arrays: a constant of the program may come as a NumPy array, which bwd could not
+    # index with a traced value (odeint's bwd does)
+    res = [jnp.asarray(next(computed) if f is None else ins[f]) for f in input_fwds]
     wanted = [k for k, op in enumerate(ops) if op is not None]
 
     def pullback(*cotangents: Array) -> list[Array]:
