@@ -447,3 +447,14 @@ def test_an_integer_or_boolean_output_has_a_zero_jacobian_without_a_rule(f):
             np.testing.assert_allclose(dense, column, rtol=1e-13)
         else:
             assert not np.any(dense)
+
+
+def test_keyword_arguments_are_passed_through_not_differentiated():
+    """As jax.jacfwd and jax.hessian (a bare TypeError from the wrapper before)."""
+    f = lambda x, scale=1.0: jnp.sum(jnp.sin(x)) * scale * x  # noqa: E731
+    loss = lambda x, scale=1.0: jnp.sum(jnp.sin(x) ** 2) * scale  # noqa: E731
+    J = mj.jacobian(f)(X, scale=jnp.array(2.0))
+    assert_jacobians_close(J.to_dense(), jax.jacfwd(f)(X, scale=jnp.array(2.0)))
+    H = mj.hessian(loss)(X, scale=3.0)
+    assert_jacobians_close(H.to_dense(), jax.hessian(loss)(X, scale=3.0))
+    assert_jacobians_close(mj.laplacian(loss)(X, scale=3.0), jnp.trace(H.to_dense()))

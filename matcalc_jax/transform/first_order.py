@@ -115,7 +115,8 @@ def jacobian(
 ) -> Callable[..., Any]:
     """The structured Jacobian of ``f`` with respect to its arguments ``argnums``.
 
-    ``jacobian(f, argnums)(*args)`` returns ``matcalc_jax.JacobianOperator`` objects in
+    ``jacobian(f, argnums)(*args, **kwargs)`` (keyword arguments are passed to ``f``, not
+    differentiated, as by ``jax.jacfwd``) returns ``matcalc_jax.JacobianOperator`` objects in
     numerator layout, built from ``f``'s program without autodiff, arranged as
     ``jax.jacfwd(f, argnums)(*args)`` arranges its arrays: for one array in and one array
     out, one operator J; for pytrees, a pytree with the output's structure whose leaves are
@@ -166,14 +167,16 @@ def jacobian(
     name = getattr(f, "__name__", type(f).__name__)
 
     @functools.wraps(f)
-    def jacobian_of_f(*args: Any) -> Any:
+    def jacobian_of_f(*args: Any, **kwargs: Any) -> Any:
         indices = check_argnums(argnums, len(args))
         args = list(args)
         for index in indices:
             pairs, tree = jax.tree_util.tree_flatten_with_path(args[index])
             checked = [check_leaf(name, index, path, leaf) for path, leaf in pairs]
             args[index] = jax.tree_util.tree_unflatten(tree, checked)
-        closed, out_shape = jax.make_jaxpr(f, return_shape=True)(*args)
+        # keyword arguments are passed to f, not differentiated (as by jax.jacfwd)
+        program = functools.partial(f, **kwargs) if kwargs else f
+        closed, out_shape = jax.make_jaxpr(program, return_shape=True)(*args)
         if has_aux:
             if not (isinstance(out_shape, (tuple, list)) and len(out_shape) == 2):
                 raise TypeError(

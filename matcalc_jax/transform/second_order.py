@@ -229,11 +229,12 @@ def hessian(
     name = _name(f)
 
     @functools.wraps(f)
-    def hessian_of_f(*args: Any) -> Any:
+    def hessian_of_f(*args: Any, **kwargs: Any) -> Any:
         _check_arguments("hessian", name, args, argnums)
-        out = jax.eval_shape(f, *args)
+        program = functools.partial(f, **kwargs) if kwargs else f  # not differentiated
+        out = jax.eval_shape(program, *args)
         _check_scalar("hessian", name, out[0] if has_aux else out)
-        gradient = jax.grad(f, argnums, has_aux=has_aux)
+        gradient = jax.grad(program, argnums, has_aux=has_aux)
         result = first_order.jacobian(gradient, argnums, has_aux=has_aux, ravel=ravel)(*args)
         H, aux = result if has_aux else (result, None)
         H = jax.tree_util.tree_map(simplify, H, is_leaf=is_operator)
@@ -257,8 +258,8 @@ def laplacian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Array]:
     build = hessian(f, argnums, ravel=True)
 
     @functools.wraps(f)
-    def laplacian_of_f(*args: Any) -> Array:
-        return build(*args).trace()
+    def laplacian_of_f(*args: Any, **kwargs: Any) -> Array:
+        return build(*args, **kwargs).trace()
 
     return laplacian_of_f
 
