@@ -2,8 +2,9 @@
 
 Every function takes what its ``jax.nn`` namesake takes (``axis``, ``where=``, ``alpha``,
 integer and boolean inputs, promoted as ``jax.nn`` promotes them, empty arrays, every float
-dtype) and returns the same dtype, so replacing ``jax.nn.f`` by ``matcalc_jax.nn.f`` in a
-model changes nothing but the digits ``jax.nn`` gets wrong. Integer inputs are promoted for
+dtype) and returns the same dtype and weak type (asked of ``jax.nn`` itself), so replacing
+``jax.nn.f`` by ``matcalc_jax.nn.f`` in a model changes nothing but the digits ``jax.nn``
+gets wrong. Integer inputs are promoted for
 every function, also where ``jax.nn`` refuses them (``jax.nn.sigmoid`` of an int32 array).
 
 Each function is a ``jax.custom_jvp`` (not ``custom_vjp``, so forward and reverse mode both
@@ -31,13 +32,17 @@ Numerics, beyond ``jax.nn`` (measured against mpmath in docs/accuracy.md):
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+from jax._src.lax import lax as _lax_internal
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
@@ -69,7 +74,8 @@ def _inexact(name: str, value: ArrayLike, argument: str = "x") -> Array:
     if array.dtype == jnp.bool_ or jnp.issubdtype(array.dtype, jnp.integer):
         wide = array.dtype.itemsize == 8
         boolean = array.dtype == jnp.bool_ and name in _BOOL_TO_DEFAULT_FLOAT
-        weak = name in _WEAK_FLOAT or boolean or not hasattr(value, "dtype")
+        python_number = not hasattr(value, "dtype") and not isinstance(value, bool)
+        weak = name in _WEAK_FLOAT or boolean or python_number
         target = jax.dtypes.canonicalize_dtype(jnp.float64 if wide or weak else jnp.float32)
         return array.astype(target)
     raise TypeError(
@@ -108,9 +114,69 @@ def _with_parameter(function: Callable[..., Array], x: Array, parameter: ArrayLi
     return _in_working_precision(function, x, parameter)
 
 
+def _abstract(value: Any) -> Any:
+    """An argument as ``jax.eval_shape`` reads it, hashable: an array by its shape, dtype
+    and weak type; anything else (a Python number, an axis, a flag) as it is."""
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        weak = bool(getattr(value, "weak_type", False))
+        return jax.ShapeDtypeStruct(tuple(value.shape), value.dtype, weak_type=weak)
+    return tuple(value) if isinstance(value, list) else value
+
+
+@functools.lru_cache(maxsize=1024)
+def _reference_type(name: str, args: tuple, kwargs: tuple, kinds: tuple) -> Any:
+    """What ``jax.nn.<name>`` returns for these abstract arguments (shapes, dtypes, weak
+    types), or None where it refuses them (an integer ``sigmoid``: promoted here).
+    ``kinds``, the arguments' Python types, only keys the cache (1, 1.0 and True are
+    equal keys, not equal arguments)."""
+    try:
+        with warnings.catch_warnings():  # jax.nn's own (log_softmax casts -inf to an int)
+            warnings.simplefilter("ignore")
+            return jax.eval_shape(partial(getattr(jax.nn, name), **dict(kwargs)), *args)
+    except Exception:  # jax.nn's refusal, whatever its type
+        return None
+
+
+def _retyped(value: Array, reference: Any) -> Array:
+    if reference is None or not hasattr(reference, "dtype"):
+        return value
+    weak = bool(getattr(reference, "weak_type", False))
+    if value.dtype == reference.dtype and bool(getattr(value, "weak_type", False)) == weak:
+        return value
+    return _lax_internal._convert_element_type(value, reference.dtype, weak_type=weak)
+
+
+def _typed_as_jax_nn(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` returning the dtype and weak type its ``jax.nn`` namesake returns for
+    the same arguments (asked of ``jax.nn`` itself, abstractly, once per kind of
+    argument): a Python number or a weakly typed array in gives a weakly typed result
+    where ``jax.nn``'s is, so that ``nn.sigmoid(0.5) * h`` keeps a bfloat16 ``h``'s dtype."""
+
+    @functools.wraps(function)
+    def typed(*args: Any, **kwargs: Any) -> Any:
+        result = function(*args, **kwargs)
+        named = sorted(kwargs.items())
+        key = (
+            tuple(_abstract(a) for a in args),
+            tuple((k, _abstract(v)) for k, v in named),
+            tuple(type(a) for a in (*args, *(v for _, v in named))),
+        )
+        try:
+            reference = _reference_type(function.__name__, *key)
+        except TypeError:  # an unhashable argument: asked without the cache
+            reference = _reference_type.__wrapped__(function.__name__, *key)
+        if isinstance(result, tuple):
+            references = reference if isinstance(reference, tuple) else (None,) * len(result)
+            return tuple(_retyped(v, r) for v, r in zip(result, references, strict=True))
+        return _retyped(result, reference)
+
+    return typed
+
+
 # --------------------------------------------------------------------- elementwise maps
 
 
+@_typed_as_jax_nn
 def sigmoid(x: ArrayLike) -> Array:
     """sigma(x) = 1 / (1 + exp(-x)); derivative sigma'(x) = e / (1 + e)^2, e = exp(-|x|),
     exact in the tails (5.7e-17 at 37.4 in float64, where sigma (1 - sigma) is 0).
@@ -122,16 +188,19 @@ def sigmoid(x: ArrayLike) -> Array:
     return _in_working_precision(activations.sigmoid, _inexact("sigmoid", x))
 
 
+@_typed_as_jax_nn
 def log_sigmoid(x: ArrayLike) -> Array:
     """log sigma(x) = -softplus(-x); derivative sigma(-x) = 1 - sigma(x), without cancellation."""
     return _in_working_precision(activations.log_sigmoid, _inexact("log_sigmoid", x))
 
 
+@_typed_as_jax_nn
 def softplus(x: ArrayLike) -> Array:
     """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)); derivative sigma(x), second sigma'(x)."""
     return _in_working_precision(activations.softplus, _inexact("softplus", x))
 
 
+@_typed_as_jax_nn
 def tanh(x: ArrayLike) -> Array:
     """tanh(x); derivative sech^2(x) = 4 e / (1 + e)^2, e = exp(-2|x|), exact in the tails
     (1.7e-17 at 20 in float64, where 1 - tanh^2 is 0); second derivative -2 tanh sech^2.
@@ -146,6 +215,7 @@ def tanh_prime(x: ArrayLike) -> Array:
     return _in_working_precision(activations.tanh_prime, _inexact("tanh_prime", x))
 
 
+@_typed_as_jax_nn
 def silu(x: ArrayLike) -> Array:
     """silu(x) = swish(x) = x sigma(x); derivative sigma(x) (1 + x sigma(-x))."""
     return _in_working_precision(activations.silu, _inexact("silu", x))
@@ -154,6 +224,7 @@ def silu(x: ArrayLike) -> Array:
 swish = silu
 
 
+@_typed_as_jax_nn
 def gelu(x: ArrayLike, approximate: bool = True) -> Array:
     """The Gaussian error linear unit: x Phi(x) (``approximate=False``, derivative
     Phi(x) + x phi(x)), or its tanh form 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))
@@ -162,22 +233,26 @@ def gelu(x: ArrayLike, approximate: bool = True) -> Array:
     return _in_working_precision(function, _inexact("gelu", x))
 
 
+@_typed_as_jax_nn
 def elu(x: ArrayLike, alpha: ArrayLike = 1.0) -> Array:
     """x for x > 0, alpha (exp(x) - 1) otherwise; derivative 1 or alpha exp(x) (alpha at 0,
     as jax.nn.elu). Differentiable in ``alpha`` too."""
     return _with_parameter(activations.elu, _inexact("elu", x), alpha)
 
 
+@_typed_as_jax_nn
 def selu(x: ArrayLike) -> Array:
     """scale * elu(x, alpha) with scale = 1.0507..., alpha = 1.6732... (self-normalizing)."""
     return _in_working_precision(activations.selu, _inexact("selu", x))
 
 
+@_typed_as_jax_nn
 def celu(x: ArrayLike, alpha: ArrayLike = 1.0) -> Array:
     """max(x, 0) + alpha (exp(min(x, 0) / alpha) - 1); derivative 1 or exp(x / alpha)."""
     return _with_parameter(activations.celu, _inexact("celu", x), alpha)
 
 
+@_typed_as_jax_nn
 def soft_sign(x: ArrayLike) -> Array:
     """x / (1 + |x|); derivative 1 / (1 + |x|)^2."""
     return _in_working_precision(activations.soft_sign, _inexact("soft_sign", x))
@@ -186,6 +261,7 @@ def soft_sign(x: ArrayLike) -> Array:
 softsign = soft_sign
 
 
+@_typed_as_jax_nn
 def leaky_relu(x: ArrayLike, negative_slope: ArrayLike = 0.01) -> Array:
     """x for x >= 0, negative_slope * x otherwise; derivative 1 at 0 (as jax.nn.leaky_relu)."""
     x = _inexact("leaky_relu", x)
@@ -202,16 +278,19 @@ def _piecewise_linear(
     return _in_working_precision(function, _inexact(name, array))
 
 
+@_typed_as_jax_nn
 def relu(x: ArrayLike) -> Array:
     """max(x, 0); derivative 1 for x > 0, else 0 (0 at x = 0, like ``jax.nn.relu``)."""
     return _piecewise_linear("relu", activations.relu, lambda x: jnp.maximum(x, 0), x)
 
 
+@_typed_as_jax_nn
 def relu6(x: ArrayLike) -> Array:
     """min(max(x, 0), 6); derivative 1 on (0, 6), else 0 (like ``jax.nn.relu6``)."""
     return _in_working_precision(activations.relu6, _inexact("relu6", x))
 
 
+@_typed_as_jax_nn
 def hard_tanh(x: ArrayLike) -> Array:
     """clip(x, -1, 1); derivative 1 on [-1, 1], else 0 (like ``jax.nn.hard_tanh``)."""
     return _piecewise_linear(
@@ -386,6 +465,7 @@ def _masked_input(x: Array, mask: Array | None) -> Array:
     return x if mask is None else jnp.where(mask, x, -jnp.inf)
 
 
+@_typed_as_jax_nn
 def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> Array:
     """exp(x) / sum exp(x) over ``axis``; Jacobian diag(s) - s s^T applied to the tangent.
 
@@ -397,6 +477,7 @@ def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> Ar
     return s if mask is None else jnp.where(mask, s, jnp.zeros((), s.dtype))
 
 
+@_typed_as_jax_nn
 def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> Array:
     """x - logsumexp(x) over ``axis``; Jacobian I - 1 s^T. Masked entries (``where``) are
     -inf with derivative 0; a slice with nothing left is -inf with derivative 0."""
@@ -406,6 +487,7 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -
     return y if mask is None else jnp.where(mask, y, -jnp.inf)
 
 
+@_typed_as_jax_nn
 def logsumexp(
     a: ArrayLike,
     axis: Axis | None = None,

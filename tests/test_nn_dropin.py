@@ -90,6 +90,37 @@ def test_integers_are_promoted_to_jax_nn_s_dtype(name, dtype):
     assert_jacobians_close(ours, theirs, dtype=jnp.float32)
 
 
+WEAK_INPUTS = {
+    "python float": 0.5,
+    "python int": 2,
+    "python bool": True,
+    "weak array": jnp.asarray(0.5),
+    "int times a float": jnp.arange(3) * 2.0,
+    "int array": jnp.arange(3),
+    "bool array": jnp.array([True, False]),
+    "float16": jnp.arange(3.0, dtype=jnp.float16),
+}
+
+
+@pytest.mark.parametrize("name", SMOOTH + KINKED + REDUCTIONS)
+@pytest.mark.parametrize("kind", list(WEAK_INPUTS))
+def test_dtype_and_weak_type_are_jax_nn_s(name, kind):
+    """A Python number or a weakly typed array gives a weakly typed result where jax.nn's
+    is (``nn.sigmoid(0.5) * h`` was float32 for a bfloat16 h), and a Python bool the dtype
+    jax.nn gives (float32 for tanh in 64-bit mode, not float64)."""
+    value = WEAK_INPUTS[kind]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "invalid value encountered in cast")  # as above
+        try:
+            theirs = function("jax.nn", name)(value)
+        except (TypeError, ValueError):  # refused by jax.nn (an int sigmoid, a 0-d softmax)
+            return
+    ours = function("ours", name)(value)
+    assert (ours.dtype, ours.weak_type) == (theirs.dtype, theirs.weak_type)
+    h = jnp.ones(jnp.shape(theirs), jnp.bfloat16)
+    assert (ours * h).dtype == (theirs * h).dtype
+
+
 @pytest.mark.parametrize("name", ["elu", "celu", "leaky_relu"])
 @pytest.mark.parametrize("x_dtype", ["float16", "float32", "float64"])
 @pytest.mark.parametrize("parameter", [0.3, np.float32(0.3), np.array(0.3), np.float64(0.3)])
