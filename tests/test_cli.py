@@ -583,3 +583,18 @@ def test_bench_models_runs_float64_in_64_bit_mode_and_refuses_other_dtypes(capsy
     assert seen == [("float64", "float64")]
     assert main(["bench-models", "--quick", "--dtype", "int32"]) == 2
     assert "bench-models: dtype 'int32' is not one it checks" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["bench-scale", "--quick", "--devices", "3"], "must be a power of two up to 64"),
+        (["bench", "--quick", "--rules", "identity", "--sizes", "99999999999"], "up to 2147483647"),
+    ],
+    ids=["devices that do not split the batch", "a size past 2^31 - 1"],
+)
+def test_bench_arguments_it_cannot_run_are_usage_errors(capsys, argv, said):
+    """A JAX sharding traceback and an OverflowError traceback (exit 1) before."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1

@@ -39,6 +39,7 @@ from matcalc_jax import runtime
 from matcalc_jax.catalogue import select
 from matcalc_jax.catalogue.record import Rule
 from matcalc_jax.verification import references
+from matcalc_jax.verification.harness import checked_sizes
 
 BENCH_SCHEMA = "matcalc-jax/bench/1"
 AUTODIFF = ("jacfwd", "jacrev", "grad")
@@ -426,6 +427,7 @@ def bench(
     """
     selected = select(rule_ids)
     dtypes = tuple(dtypes)
+    sizes = checked_sizes(sizes, "bench") if sizes else sizes  # 2^31 - 1 at most
     rounds = rounds if rounds is not None else (3 if quick else 7)
     plan = [
         (r, dtype, size)

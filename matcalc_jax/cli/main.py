@@ -523,11 +523,22 @@ def _emulate_cpu_devices(count: int) -> None:
         jax.config.update("jax_num_cpu_devices", count)
 
 
+#: The most devices ``bench-scale`` splits its smallest batch (64 rows, ``--quick``) over.
+SCALE_MAX_DEVICES = 64
+
+
 def _bench_scale(args: argparse.Namespace) -> int:
     import jax
 
     from matcalc_jax.benchmark.scale import bench_scale, format_scale
 
+    uneven = [c for c in args.devices if c & (c - 1) or c > SCALE_MAX_DEVICES]
+    if uneven:
+        raise ValueError(
+            f"bench-scale: --devices {' '.join(map(str, uneven))}: a device count must be a "
+            f"power of two up to {SCALE_MAX_DEVICES} (the sweep splits batches of 64 and 2048 "
+            "rows evenly)"
+        )
     available = jax.device_count()
     counts = sorted({c for c in args.devices if c <= available})
     if not counts:

@@ -754,7 +754,7 @@ def checked_dtypes(dtypes: Iterable[Any] | str, what: str = "verify") -> tuple[s
     return tuple(dict.fromkeys(names))
 
 
-def _checked_sizes(sizes: Iterable[Any] | int) -> tuple[int, ...]:
+def checked_sizes(sizes: Iterable[Any] | int, what: str = "verify") -> tuple[int, ...]:
     """``sizes`` as positive integers up to ``MAX_SIZE``, each once (one may be passed
     alone; 4.0 is 4, 2.5 and "4" are refused)."""
     listed = [sizes] if not isinstance(sizes, Iterable) or isinstance(sizes, str) else sizes
@@ -769,7 +769,7 @@ def _checked_sizes(sizes: Iterable[Any] | int) -> tuple[int, ...]:
 
     if not listed or not all(whole(size) for size in listed):
         shown = reprlib.repr(listed)
-        raise ValueError(f"verify: sizes={shown}; expected positive integers up to {MAX_SIZE}")
+        raise ValueError(f"{what}: sizes={shown}; expected positive integers up to {MAX_SIZE}")
     return tuple(dict.fromkeys(int(size) for size in listed))
 
 
@@ -837,7 +837,7 @@ def verify(
     dtypes = checked_dtypes(dtypes)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (0 <= seed < 2**32):
         raise ValueError(f"verify: seed={seed!r}; expected an integer in [0, 2**32)")
-    sizes = SIZES if sizes is None else _checked_sizes(sizes)
+    sizes = SIZES if sizes is None else checked_sizes(sizes)
     _check_arguments(progress, workers, max_bytes, programs)
     plan = [
         (index, rule, dtype, size)
