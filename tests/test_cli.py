@@ -598,3 +598,15 @@ def test_bench_arguments_it_cannot_run_are_usage_errors(capsys, argv, said):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert said in err and len(err.strip().splitlines()) == 1
+
+
+def test_site_refuses_a_bad_address_and_a_build_path_that_is_a_file(capsys, tmp_path, monkeypatch):
+    """mkdocs' OverflowError traceback, a NotADirectoryError traceback (exit 1) before."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["site", "--serve", "--address", "127.0.0.1:99999"])
+    assert stopped.value.code == 2
+    assert "a port from 1 to 65535; got '127.0.0.1:99999'" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    monkeypatch.chdir(ROOT)  # site runs from the repository's root
+    assert main(["site", "--build", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err.strip().endswith("is not a directory")

@@ -500,8 +500,11 @@ def _site(args: argparse.Namespace) -> int:
         raise EnvironmentUnavailableError(
             f"site: no mkdocs.yml and docs/ in {root}; run it from the repository's root"
         )
+    build = root / args.build
+    if build.exists() and not build.is_dir():
+        raise ValueError(f"site: --build {args.build} is not a directory")
     try:
-        config = assemble(root, root / args.build)
+        config = assemble(root, build)
         code = mkdocs(config, serve=args.serve, address=args.address)
     except SiteError as error:
         raise EnvironmentUnavailableError(f"site: {error}") from None
@@ -651,6 +654,16 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer; got {value}")
     return value
+
+
+def _address(text: str) -> str:
+    """HOST:PORT with a port from 1 to 65535 (mkdocs' own check is a traceback)."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT, a port from 1 to 65535; got {text!r}"
+        )
+    return text
 
 
 def _seconds(text: str) -> float:
@@ -835,7 +848,9 @@ def build_parser() -> argparse.ArgumentParser:
         "docs extra and npm), or serve it",
     )
     site.add_argument("--serve", action="store_true", help="serve it, rebuilding on change")
-    site.add_argument("--address", default="127.0.0.1:8000", help="HOST:PORT for --serve")
+    site.add_argument(
+        "--address", type=_address, default="127.0.0.1:8000", help="HOST:PORT for --serve"
+    )
     site.add_argument("--build", default="build", help="the build folder (default: build)")
     site.set_defaults(run=_site, platform="default")
 
