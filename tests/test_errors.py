@@ -285,3 +285,23 @@ def test_every_rule_refuses_a_differentiated_argument_of_the_wrong_rank(r):
         r.jacobian(*args)
     with pytest.raises(ValueError, match=f"rule '{r.id}'"):
         r.fn(*args)
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda: mj.jacobian(5), "matcalc_jax.jacobian: f is int 5; expected a function"),
+        (lambda: mj.hessian("f"), "matcalc_jax.hessian: f is str 'f'; expected a function"),
+        (lambda: mj.laplacian(5), "matcalc_jax.laplacian: f is int 5"),
+        (lambda: mj.gauss_newton(5, jnp.sum), "matcalc_jax.gauss_newton: model is int 5"),
+        (lambda: mj.gauss_newton(jnp.sin, None), "matcalc_jax.gauss_newton: loss is NoneType"),
+        (lambda: mj.batched_jacobian(5, jnp.ones((2, 3))), "batched_jacobian: jacobian is int"),
+    ],
+    ids=["jacobian", "hessian", "laplacian", "gauss_newton model", "gauss_newton loss", "batched"],
+)
+def test_a_transform_of_something_not_callable_says_so_when_made(make, said):
+    """It failed when called, deep in JAX (or in functools.wraps), without naming the
+    function."""
+    with pytest.raises(TypeError) as raised:
+        make()
+    assert said in str(raised.value)

@@ -8,10 +8,21 @@ inside XLA.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
+
+
+def function(what: str, name: str, value: Any) -> None:
+    """Raise ``TypeError`` unless ``value`` is callable: a transform given something else
+    says so when it is made, not deep inside JAX when it is called."""
+    if not callable(value):
+        raise TypeError(
+            f"matcalc_jax.{what}: {name} is {type(value).__name__} {value!r:.60}; expected a "
+            "function"
+        )
 
 
 def floating(rule_id: str, name: str, value: ArrayLike) -> Array:

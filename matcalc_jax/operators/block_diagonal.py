@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
+from matcalc_jax.core import validate
 from matcalc_jax.core.layout import Layout, check_layout
 from matcalc_jax.core.sharding import batch_like
 from matcalc_jax.operators.base import (
@@ -113,6 +114,7 @@ def batched_jacobian(
       a ``BlockDiagonal`` with (N, n, m) blocks: never the (N, n, N, m) array
       ``jax.jacfwd`` of the batched map gives.
     """
+    validate.function("batched_jacobian", "jacobian", jacobian)
     layout = check_layout("batched_jacobian", layout)
     xs = jnp.asarray(xs)
     if xs.ndim != 2:

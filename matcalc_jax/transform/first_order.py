@@ -14,6 +14,7 @@ import numpy as np
 from jax import Array
 from jax.extend import core as jex_core
 
+from matcalc_jax.core import validate
 from matcalc_jax.core.sharding import batch_like
 from matcalc_jax.operators.base import Composition, JacobianOperator, Sum, compose
 from matcalc_jax.operators.block_diagonal import BlockDiagonal
@@ -159,6 +160,7 @@ def jacobian(
         >>> sorted(tree), type(tree["w"]).__name__, tree["b"].shape
         (['b', 'w'], 'Diagonal', (3,))
     """
+    validate.function("jacobian", "f", f)
     if fallback not in FALLBACKS:
         raise ValueError(
             f"matcalc_jax.jacobian: fallback={fallback!r} is not a fallback; expected one of "

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
+from matcalc_jax.core import validate
 from matcalc_jax.core.layout import Layout
 from matcalc_jax.operators.banded import banded
 from matcalc_jax.operators.base import (
@@ -226,6 +227,7 @@ def hessian(
         >>> type(H.operator).__name__, H.to_dense().shape
         ('Diagonal', (3, 3))
     """
+    validate.function("hessian", "f", f)
     name = _name(f)
 
     @functools.wraps(f)
@@ -250,6 +252,7 @@ def laplacian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Array]:
     trace of ``hessian(f)``'s structure (O(n) for a diagonal or banded Hessian, the
     weights times the squared row norms for X^T diag(w) X) without the n x n matrix where
     the structure allows. A pytree argument is traced over all its leaves."""
+    validate.function("laplacian", "f", f)
     if not isinstance(argnums, int) or isinstance(argnums, bool):
         raise TypeError(
             f"matcalc_jax.laplacian: argnums={argnums!r} is not an int; the Laplacian is "
@@ -343,6 +346,8 @@ def gauss_newton(
             f"matcalc_jax.gauss_newton: argnums={argnums!r} is not an int; pass the "
             "parameters as one argument (a pytree is fine)"
         )
+    validate.function("gauss_newton", "model", model)
+    validate.function("gauss_newton", "loss", loss)
     name = _name(model)
 
     @functools.wraps(model)
