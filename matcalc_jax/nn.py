@@ -447,18 +447,24 @@ def _weighted_logsumexp_jvp(axis: Axis, primals: tuple, tangents: tuple) -> tupl
 _weighted_logsumexp.defjvp(_weighted_logsumexp_jvp, symbolic_zeros=True)
 
 
-def _mask(name: str, where: ArrayLike | None, x: Array) -> Array | None:
-    """``where`` as a boolean array of x's shape, or None."""
-    if where is None:
-        return None
-    mask = _array(name, where, "where")
+def _broadcast(name: str, argument: str, x: Array, other: Array) -> tuple[Array, Array]:
+    """x and ``other`` broadcast together, as ``jax.nn`` broadcasts ``where`` and ``b`` with
+    x (a (2, 3) mask over a (3,) x gives a (2, 3) result)."""
     try:
-        return jnp.broadcast_to(mask.astype(bool), x.shape)
+        shape = jnp.broadcast_shapes(x.shape, other.shape)
     except ValueError:
         raise ValueError(
-            f"nn.{name}: argument 'where' has shape {tuple(mask.shape)}; expected a shape "
-            f"that broadcasts to x's {tuple(x.shape)}"
+            f"nn.{name}: argument {argument!r} has shape {tuple(other.shape)}; expected a shape "
+            f"that broadcasts with x's {tuple(x.shape)}"
         ) from None
+    return jnp.broadcast_to(x, shape), jnp.broadcast_to(other, shape)
+
+
+def _mask(name: str, where: ArrayLike | None, x: Array) -> tuple[Array, Array | None]:
+    """(x, ``where`` as booleans) broadcast together, or (x, None)."""
+    if where is None:
+        return x, None
+    return _broadcast(name, "where", x, _array(name, where, "where").astype(bool))
 
 
 def _masked_input(x: Array, mask: Array | None) -> Array:
@@ -472,7 +478,8 @@ def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> Ar
     ``where`` (booleans broadcasting to x) leaves entries out: they get 0 and derivative 0.
     A slice with nothing left (all -inf, or all masked) gives 0 with derivative 0."""
     x = _inexact("softmax", x)
-    axes, mask = _normalize_axis(axis, x.ndim), _mask("softmax", where, x)
+    x, mask = _mask("softmax", where, x)
+    axes = _normalize_axis(axis, x.ndim)
     s = _in_working_precision(lambda x: _softmax(x, axes), _masked_input(x, mask))
     return s if mask is None else jnp.where(mask, s, jnp.zeros((), s.dtype))
 
@@ -482,7 +489,8 @@ def log_softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -
     """x - logsumexp(x) over ``axis``; Jacobian I - 1 s^T. Masked entries (``where``) are
     -inf with derivative 0; a slice with nothing left is -inf with derivative 0."""
     x = _inexact("log_softmax", x)
-    axes, mask = _normalize_axis(axis, x.ndim), _mask("log_softmax", where, x)
+    x, mask = _mask("log_softmax", where, x)
+    axes = _normalize_axis(axis, x.ndim)
     y = _in_working_precision(lambda x: _log_softmax(x, axes), _masked_input(x, mask))
     return y if mask is None else jnp.where(mask, y, -jnp.inf)
 
@@ -503,19 +511,16 @@ def logsumexp(
     left out whatever its a (large, infinite or NaN), with derivative 0 in a, as in
     ``jax.nn``; the derivative in b there is the exact e^(a - lse) (``jax.nn`` gives 0)."""
     x = _inexact("logsumexp", a, "a")
-    axes, mask = _normalize_axis(axis, x.ndim), _mask("logsumexp", where, x)
+    weights = None if b is None else _inexact("logsumexp", b, "b")
+    if weights is not None:
+        x, weights = _broadcast("logsumexp", "b", x, weights)
+    x, mask = _mask("logsumexp", where, x)
+    axes = _normalize_axis(axis, x.ndim)
     x = _masked_input(x, mask)
-    if b is None and not return_sign:
+    if weights is None and not return_sign:
         lse = _in_working_precision(lambda x: _logsumexp(x, axes), x)
         return lse if keepdims else jnp.squeeze(lse, axis=axes)
-    weights = jnp.ones_like(x) if b is None else _inexact("logsumexp", b, "b")
-    try:
-        weights = jnp.broadcast_to(weights, x.shape)
-    except ValueError:
-        raise ValueError(
-            f"nn.logsumexp: argument 'b' has shape {tuple(jnp.shape(b))}; expected a shape "
-            f"that broadcasts to a's {tuple(x.shape)}"
-        ) from None
+    weights = jnp.ones_like(x) if weights is None else jnp.broadcast_to(weights, x.shape)
     if mask is not None:
         weights = jnp.where(mask, weights, jnp.zeros((), weights.dtype))
     dtype = jnp.result_type(x, weights)

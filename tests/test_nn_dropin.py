@@ -186,6 +186,41 @@ def test_where_masks_like_jax_nn_with_zero_derivative_at_masked_entries(name):
             assert_jacobians_close(J[:2, :, :2], reference)
 
 
+@pytest.mark.parametrize("name", REDUCTIONS)
+def test_where_and_b_broadcast_with_x_as_in_jax_nn(name):
+    """A (2, 3) mask or weight over a (3,) x gives a (2, 3) (or (2,)) result, as in jax.nn
+    (refused before). The reference broadcasts x itself: jax.nn.softmax and log_softmax of
+    an x that broadcasts against ``where`` normalize over the wrong entries (0.5, 0.5 for
+    softmax([0, 1, 2]) over [0, 2]), where they are right once x is broadcast."""
+    x = jnp.array([0.0, 1.0, 2.0])
+    mask = jnp.array([[True, False, True], [True, True, False]])
+
+    def ours(x):
+        return function("ours", name)(x, axis=-1, where=mask)
+
+    def theirs(x):
+        return function("jax.nn", name)(jnp.broadcast_to(x, mask.shape), axis=-1, where=mask)
+
+    def lse(x, f):
+        b = jnp.array([[1.0], [-2.0]]) * jnp.array([1.0, 0.5, 2.0])
+        return f(x, b=b, axis=-1, return_sign=True)[0]
+
+    finite = jnp.isfinite(theirs(x))
+    np.testing.assert_allclose(ours(x)[finite], theirs(x)[finite], rtol=1e-14)
+    assert ours(x).shape == theirs(x).shape
+    np.testing.assert_allclose(
+        jax.jacrev(ours)(x)[finite], jax.jacrev(theirs)(x)[finite], atol=1e-15
+    )
+    if name == "logsumexp":
+        assert lse(x, nn.logsumexp).shape == lse(x, jax.nn.logsumexp).shape == (2,)
+        np.testing.assert_allclose(lse(x, nn.logsumexp), lse(x, jax.nn.logsumexp), rtol=1e-14)
+        np.testing.assert_allclose(
+            jax.grad(lambda x: lse(x, nn.logsumexp).sum())(x),
+            jax.grad(lambda x: lse(x, jax.nn.logsumexp).sum())(x),
+            rtol=1e-13,
+        )
+
+
 @pytest.mark.parametrize(
     "a, b",
     [
