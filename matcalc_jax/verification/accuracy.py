@@ -565,7 +565,7 @@ def markdown() -> str:
         "smallest normal number where the truth is below (or in the lowest binade of) the",
         "normal range, or not inf where the truth overflows. Near an irrational root of the",
         "quantity (silu', gelu', gelu'') the error is measured against the size of the terms",
-        "(see `matcalc_jax/_accuracy.py`); every such point is within the bound too.",
+        "(see `matcalc_jax/verification/accuracy.py`); every such point is within the bound too.",
         "",
         "The bound column is what the tests (`tests/test_accuracy.py`) hold `matcalc_jax.nn`",
         "to, float64 / float32; float16 and bfloat16 are computed in float32 and rounded once,",
