@@ -317,3 +317,15 @@ def test_benchmark_scripts_name_real_commands_and_options(script):
     for command in commands:
         words = shlex.split(command.split("|")[0])[1:]
         parser.parse_args(words)  # exits 2 on an unknown command or option
+
+
+def test_each_case_is_benchmarked_once_and_an_unknown_program_is_named():
+    """--dtype float64 float64 timed the same case twice; bench-transform took any rule id
+    (--programs softmax ran a catalogue rule it has no sizes for) and repeated ids."""
+    from matcalc_jax.benchmark.rules import bench
+    from matcalc_jax.benchmark.transform import bench_transform
+
+    report = bench(["identity"], dtypes=["float32", "float32"], sizes=[4], quick=True)
+    assert [(c.dtype, c.size) for c in report.cases] == [("float32", 4)]
+    with pytest.raises(ValueError, match=r"bench-transform: unknown programs \['softmax'\]"):
+        bench_transform(["layer_norm", "softmax"], quick=True)

@@ -317,7 +317,7 @@ def bench_hessian(
 
     ``peers`` defaults to those of asdex and folx that are installed; ``quick`` takes small
     sizes and three rounds (a check that it runs, not a measurement)."""
-    names = list(program_ids) if program_ids else list(PROGRAMS)
+    names = list(dict.fromkeys(program_ids)) if program_ids else list(PROGRAMS)  # each once
     unknown = [p for p in names if p not in PROGRAMS]
     if unknown:
         raise ValueError(f"bench-hessian: unknown programs {unknown}; known: {sorted(PROGRAMS)}")

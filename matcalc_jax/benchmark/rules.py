@@ -426,7 +426,7 @@ def bench(
     ``progress`` is called with (cases done, cases in all, label) before each case.
     """
     selected = select(rule_ids)
-    dtypes = tuple(dtypes)
+    dtypes = tuple(dict.fromkeys(dtypes))  # each once, as the rules and the sizes
     sizes = checked_sizes(sizes, "bench") if sizes else sizes  # 2^31 - 1 at most
     rounds = rounds if rounds is not None else (3 if quick else 7)
     plan = [

@@ -266,7 +266,12 @@ def bench_transform(
     ``peers`` defaults to those of asdex and sparsejac that are installed; ``quick`` takes
     one small size per program and three rounds (a check that it runs, not a measurement).
     """
-    selected = [rule(i) for i in program_ids] if program_ids else list(corpus.PROGRAMS)
+    known = {p.id: p for p in corpus.PROGRAMS}
+    ids = list(dict.fromkeys(program_ids)) if program_ids else list(known)  # each once
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise ValueError(f"bench-transform: unknown programs {unknown}; known: {sorted(known)}")
+    selected = [known[i] for i in ids]
     peers = tuple(p for p in PEERS if installed(p)) if peers is None else tuple(peers)
     rounds = rounds if rounds is not None else (3 if quick else 7)
     min_sample_s = 1e-3 if quick else 2e-3
