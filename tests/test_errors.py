@@ -15,6 +15,16 @@ s0 = jnp.float32(0.5)
 
 # (call, exception, pieces the message must contain)
 CASES = {
+    "linear A a string": (
+        lambda: mj.linear_jacobian("abc", v3),
+        TypeError,
+        ["'linear'", "'A'", "is str", "floating"],
+    ),
+    "verify rule_ids an int": (
+        lambda: mj.verify(5),
+        TypeError,
+        ["verify", "rule_ids=5", "expected a rule id"],
+    ),
     "linear x length": (
         lambda: mj.linear_jacobian(M23, v4),
         ValueError,

@@ -31,7 +31,13 @@ def floating(rule_id: str, name: str, value: ArrayLike) -> Array:
     Python floats and lists of them are accepted; integer, boolean and complex values are
     refused, since the rules describe Jacobians of real maps of real arguments.
     """
-    array = jnp.asarray(value)
+    try:
+        array = jnp.asarray(value)
+    except (TypeError, ValueError) as error:  # a string, a ragged list, an object
+        raise TypeError(
+            f"rule {rule_id!r}: argument {name!r} is {type(value).__name__}; expected an array "
+            f"of a floating dtype ({error})"
+        ) from None
     if not jnp.issubdtype(array.dtype, jnp.floating):
         raise TypeError(
             f"rule {rule_id!r}: argument {name!r} has dtype {array.dtype}; expected a "

@@ -831,7 +831,9 @@ def verify(
     >>> report.passed, len(report.checks)
     (True, 10)
     """
-    if isinstance(rule_ids, (bytes, bytearray)):
+    if isinstance(rule_ids, (bytes, bytearray)) or not (
+        rule_ids is None or isinstance(rule_ids, (str, Iterable))
+    ):
         raise TypeError(f"verify: rule_ids={rule_ids!r}; expected a rule id or a list of them")
     selected = select(rule_ids)
     dtypes = checked_dtypes(dtypes)
