@@ -469,3 +469,22 @@ def test_an_eager_product_or_dense_matrix_is_one_program():
         calls = {"diagonal": op.diagonal, "trace": op.trace, "logdet": op.logdet}
         too_many |= _one_program_each(op, calls, expected)
     assert not too_many, too_many
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda: mj.Kronecker(jnp.ones(3), jnp.ones((2, 2))), r"Kronecker\(A, B\): A must be"),
+        (lambda: mj.BlockDiagonal(jnp.ones((2, 2))), r"blocks must have shape \(N, n, m\)"),
+        (lambda: mj.LowRank(jnp.ones((3, 1)), jnp.ones((3, 2))), r"the same rank axis"),
+    ],
+    ids=["Kronecker of a vector", "BlockDiagonal of a matrix", "LowRank of two ranks"],
+)
+def test_constructors_refuse_factors_of_the_wrong_rank(make, said):
+    """They built operators of nonsense shapes (a Kronecker of a vector A) or failed deep
+    inside einsum when used; a batch of operators (jax.vmap returning one) still builds."""
+    with pytest.raises(ValueError, match=said):
+        make()
+    batched = jax.vmap(lambda a: mj.Kronecker(a, a))(jnp.ones((3, 2, 2)))
+    assert batched.A.shape == (3, 2, 2)
+    assert jax.vmap(lambda b: mj.BlockDiagonal(b).trace())(jnp.ones((4, 2, 3, 3))).shape == (4,)

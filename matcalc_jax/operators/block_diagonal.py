@@ -39,6 +39,13 @@ class BlockDiagonal(JacobianOperator):
     blocks: Array
     layout: Layout = "numerator"
 
+    def __post_init__(self) -> None:
+        if hasattr(self.blocks, "ndim") and self.blocks.ndim < 3:  # more: a batch (vmap)
+            raise ValueError(
+                f"BlockDiagonal(blocks): blocks must have shape (N, n, m); got "
+                f"{tuple(self.blocks.shape)}"
+            )
+
     @property
     def out_shape(self) -> tuple[int, ...]:
         return (self.blocks.shape[0], self.blocks.shape[1])

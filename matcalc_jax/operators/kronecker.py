@@ -32,6 +32,15 @@ class Kronecker(JacobianOperator):
     B: Array
     layout: Layout = "numerator"
 
+    def __post_init__(self) -> None:
+        if not (hasattr(self.A, "ndim") and hasattr(self.B, "ndim")):
+            return  # a pytree being rebuilt with placeholder leaves
+        if self.A.ndim < 2 or self.B.ndim < 1:  # more axes: a batch of them (jax.vmap)
+            raise ValueError(
+                f"Kronecker(A, B): A must be a matrix and B a matrix or a vector; got shapes "
+                f"{tuple(self.A.shape)} and {tuple(self.B.shape)}"
+            )
+
     @property
     def out_shape(self) -> tuple[int, ...]:
         return (self.A.shape[0], *tuple(self.B.shape[1:]))

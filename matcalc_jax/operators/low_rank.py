@@ -33,6 +33,15 @@ class LowRank(JacobianOperator):
     V: Array
     layout: Layout = "numerator"
 
+    def __post_init__(self) -> None:
+        if not (hasattr(self.U, "ndim") and hasattr(self.V, "ndim")):
+            return  # a pytree being rebuilt with placeholder leaves
+        if not (self.U.ndim and self.V.ndim and self.U.shape[-1] == self.V.shape[-1]):
+            raise ValueError(
+                f"LowRank(U, V): U and V must end in the same rank axis (out_shape + (r,), "
+                f"in_shape + (r,)); got shapes {tuple(self.U.shape)} and {tuple(self.V.shape)}"
+            )
+
     @property
     def out_shape(self) -> tuple[int, ...]:
         return tuple(self.U.shape[:-1])
