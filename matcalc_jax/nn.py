@@ -4,8 +4,8 @@ Every function takes what its ``jax.nn`` namesake takes (``axis``, ``where=``, `
 integer and boolean inputs, promoted as ``jax.nn`` promotes them, empty arrays, every float
 dtype) and returns the same dtype and weak type (asked of ``jax.nn`` itself), so replacing
 ``jax.nn.f`` by ``matcalc_jax.nn.f`` in a model changes nothing but the digits ``jax.nn``
-gets wrong. Integer inputs are promoted for
-every function, also where ``jax.nn`` refuses them (``jax.nn.sigmoid`` of an int32 array).
+gets wrong. Integer inputs are promoted for every function, also where ``jax.nn`` refuses
+them (``jax.nn.sigmoid`` of an int32 array).
 
 Each function is a ``jax.custom_jvp`` (not ``custom_vjp``, so forward and reverse mode both
 work: ``jacfwd``, ``jacrev``, ``grad``, ``hessian``) whose tangent is the closed-form
@@ -42,7 +42,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
-from jax._src.lax import lax as _lax_internal
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
@@ -137,13 +136,21 @@ def _reference_type(name: str, args: tuple, kwargs: tuple, kinds: tuple) -> Any:
         return None
 
 
+try:  # JAX's own cast that sets the weak type (jax.lax.convert_element_type cannot)
+    from jax._src.lax.lax import _convert_element_type
+except ImportError:  # a JAX without it: the dtype is still jax.nn's, the type strong
+    _convert_element_type = None
+
+
 def _retyped(value: Array, reference: Any) -> Array:
     if reference is None or not hasattr(reference, "dtype"):
         return value
     weak = bool(getattr(reference, "weak_type", False))
     if value.dtype == reference.dtype and bool(getattr(value, "weak_type", False)) == weak:
         return value
-    return _lax_internal._convert_element_type(value, reference.dtype, weak_type=weak)
+    if _convert_element_type is None:
+        return value.astype(reference.dtype)
+    return _convert_element_type(value, reference.dtype, weak_type=weak)
 
 
 def _typed_as_jax_nn(function: Callable[..., Any]) -> Callable[..., Any]:
