@@ -458,3 +458,15 @@ def test_keyword_arguments_are_passed_through_not_differentiated():
     H = mj.hessian(loss)(X, scale=3.0)
     assert_jacobians_close(H.to_dense(), jax.hessian(loss)(X, scale=3.0))
     assert_jacobians_close(mj.laplacian(loss)(X, scale=3.0), jnp.trace(H.to_dense()))
+
+
+def test_a_raveled_jacobian_with_a_complex_output_transposes_to_the_real_argument():
+    """ravel=True: vm was complex128 (zero imaginary part) where jax.vjp's is float64."""
+    f = lambda x: {"z": C[:4] * x, "r": jnp.sin(x)}  # noqa: E731
+    x = X[:4]
+    R = mj.jacobian(f, ravel=True)(x)
+    u = {"r": jnp.ones(4), "z": jnp.ones(4) + 1j}
+    flat = jnp.concatenate([u["r"], u["z"]])  # the leaves in pytree order: r, z
+    expected = jax.vjp(f, x)[1](u)[0]
+    assert R.vm(flat).dtype == expected.dtype == jnp.float64
+    assert_jacobians_close(R.vm(flat), expected)

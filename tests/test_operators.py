@@ -488,3 +488,25 @@ def test_constructors_refuse_factors_of_the_wrong_rank(make, said):
     batched = jax.vmap(lambda a: mj.Kronecker(a, a))(jnp.ones((3, 2, 2)))
     assert batched.A.shape == (3, 2, 2)
     assert jax.vmap(lambda b: mj.BlockDiagonal(b).trace())(jnp.ones((4, 2, 3, 3))).shape == (4,)
+
+
+@pytest.mark.parametrize(
+    "f",
+    [jnp.tanh, jax.nn.softmax, lambda x: x[::-1], lambda x: jnp.tanh(x) + jnp.ones((3, 3)) @ x],
+    ids=["Diagonal", "DiagonalPlusLowRank", "Reverse", "Sum"],
+)
+def test_a_complex_scale_of_a_real_jacobian_transposes_as_jax_does(f):
+    """(c J).vm(u) for a real J is J^T Re(c u), real, as jax.vjp of v -> c J v at a real
+    point (it was J^T (c u), complex); alone and composed."""
+    x = jnp.array([0.1, -0.4, 0.7])
+    u = jnp.array([1 + 2j, -1 + 0.5j, 0.3 - 1j])
+    J, softmax = mj.jacobian(f)(x), mj.jacobian(jax.nn.softmax)(x)
+    for op, apply in [
+        (1j * J, lambda v: 1j * J.mv(v)),
+        (J * (2 - 1j), lambda v: (2 - 1j) * J.mv(v)),
+        (((1 + 2j) * J) @ softmax, lambda v: (1 + 2j) * J.mv(softmax.mv(v))),
+    ]:
+        expected = jax.vjp(apply, x)[1](u)[0]
+        actual = op.vm(u)
+        assert actual.dtype == expected.dtype == jnp.float64
+        np.testing.assert_allclose(actual, expected, atol=1e-15)

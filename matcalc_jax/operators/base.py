@@ -548,8 +548,19 @@ class Scaled(JacobianOperator):
 
     def vm(self, cotangent: ArrayLike) -> Array:
         # (c J)^T u = J^T (c u): the scale meets the cotangent first, which matters for a
-        # complex c and a J that ends in a real part.
-        return self.operator.vm(self.scale * jnp.asarray(cotangent))
+        # complex c and a J that ends in a real part. A complex c of a real J maps real
+        # tangents to complex ones: JAX's transpose keeps the real part, J^T Re(c u).
+        scaled = self.scale * jnp.asarray(cotangent)
+        return self.operator.vm(jnp.real(scaled) if self._complex_of_real() else scaled)
+
+    def _complex_of_real(self) -> bool:
+        return jnp.iscomplexobj(self.scale) and not jnp.issubdtype(
+            self.operator.dtype, jnp.complexfloating
+        )
+
+    @property
+    def real_to_complex(self) -> bool:
+        return self._complex_of_real() or self.operator.real_to_complex
 
     def _numerator(self) -> Array:
         return self.scale * self.operator._numerator()
