@@ -329,3 +329,15 @@ def test_each_case_is_benchmarked_once_and_an_unknown_program_is_named():
     assert [(c.dtype, c.size) for c in report.cases] == [("float32", 4)]
     with pytest.raises(ValueError, match=r"bench-transform: unknown programs \['softmax'\]"):
         bench_transform(["layer_norm", "softmax"], quick=True)
+
+
+def test_the_hessian_benchmark_states_sizes_in_a_unit_that_shows_them():
+    """--quick said jax.hessian "would need 0.0 TB" (800 MB at n = 10^4)."""
+    from matcalc_jax.benchmark.hessian import _bytes
+
+    assert [_bytes(b) for b in (8e12, 8e8, 4e5, 12)] == [
+        "8.0 TB",
+        "800.0 MB",
+        "400.0 kB",
+        "12 bytes",
+    ]

@@ -341,11 +341,10 @@ def bench_hessian(
                     dispatch_s=dispatch_s, peers=peers,
                 )
             )  # fmt: skip
+        separable_n = 10_000 if quick else 1_000_000
         if progress is not None:
-            progress(len(plan), steps, "separable at n = 10^6")
-        million = bench_million(
-            n=10_000 if quick else 1_000_000, rounds=rounds, min_sample_s=min_sample_s
-        )
+            progress(len(plan), steps, f"separable at n = {separable_n}")
+        million = bench_million(n=separable_n, rounds=rounds, min_sample_s=min_sample_s)
         if progress is not None:
             progress(len(plan) + 1, steps, "laplacian of an MLP")
         lap = bench_laplacian(
@@ -405,7 +404,7 @@ def format_hessian(data: dict[str, Any]) -> str:
         "",
         f"separable, n = {million['n']}: diagonal + trace + logdet = "
         f"{million['time_over_grad']:.2f} times one jax.grad "
-        f"(jax.hessian would need {million['jax_hessian_bytes'] / 1e12:.1f} TB)",
+        f"(jax.hessian would need {_bytes(million['jax_hessian_bytes'])})",
         f"laplacian of a 2-hidden-layer tanh MLP, d = {lap['d']}: "
         f"{lap['speedup']:.2f}x faster than trace(jax.hessian){folx}",
         f"gauss_newton mv, {gn['parameters']} parameters, batch {gn['batch']}: "
@@ -451,3 +450,11 @@ def write_plot(data: dict[str, Any], path: str) -> str:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def _bytes(count: float) -> str:
+    """A byte count in the largest unit that keeps it at least 1 (400 MB, not 0.0 TB)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count:.0f} bytes"
