@@ -341,3 +341,24 @@ def test_the_hessian_benchmark_states_sizes_in_a_unit_that_shows_them():
         "400.0 kB",
         "12 bytes",
     ]
+
+
+def test_a_case_too_large_for_memory_is_refused_before_anything_runs(capsys):
+    """--sizes 60000 ran into RESOURCE_EXHAUSTED (the floor writes the 13 GiB Jacobian)."""
+    from matcalc_jax.benchmark.rules import bench, case_bytes, default_sizes
+
+    with pytest.raises(ValueError, match=r"'identity' at size 60000 \(float32\) needs about 13"):
+        bench(["identity"], sizes=[60000], quick=True)
+    assert main(["bench", "--quick", "--rules", "identity", "--sizes", "60000"]) == 2
+    err = capsys.readouterr().err
+    assert "raise the limit (--max-gib)" in err and "Traceback" not in err
+    # every default sweep fits the default limit
+    assert (
+        max(
+            case_bytes(r, d, s)
+            for r in mj.rules()
+            for d in ("float32", "float64")
+            for s in default_sizes(r, False)
+        )
+        <= 4 * 2**30
+    )

@@ -292,6 +292,27 @@ def dispatch_time(rounds: int = 7, calls: int = 200) -> float:
     return float(np.median([_run(compiled, (argument,), calls) for _ in range(rounds)]))
 
 
+#: The most bytes one benchmark case may need, estimated before the run (``case_bytes``).
+MAX_CASE_BYTES = 4 * 2**30
+#: Dense Jacobians above this are not formed by the timed methods (``bench_case``).
+MAX_DENSE_BYTES = 2**28
+#: Jacobian-sized arrays the dense methods hold at once (closed form, jacfwd, jacrev).
+_DENSE_COPIES = 3
+
+
+def case_bytes(rule: Rule, dtype: str, size: int) -> int:
+    """An estimate of the bytes one case needs, from the shapes alone: the floor writes the
+    dense Jacobian whatever its size, and where it is at most ``MAX_DENSE_BYTES`` the dense
+    methods hold ``_DENSE_COPIES`` more (the dense Hessian counted the same way)."""
+    args = jax.eval_shape(lambda: rule.example(jax.random.key(0), jnp.float32, size))
+    shape = jax.eval_shape(partial(rule.jacobian, layout="numerator"), *args)
+    itemsize = jnp.dtype(dtype).itemsize
+    dense = math.prod(shape.shape) * itemsize  # Python integers: no overflow
+    hessian = math.prod(args[rule.wrt].shape) ** 2 * itemsize if rule.has_hessian else 0
+    held = sum(b * _DENSE_COPIES for b in (dense, hessian) if b <= MAX_DENSE_BYTES)
+    return dense + held
+
+
 def bench_case(
     rule: Rule,
     dtype: str,
@@ -300,7 +321,7 @@ def bench_case(
     rounds: int = 7,
     min_sample_s: float = 2e-3,
     seed: int = 0,
-    max_dense_bytes: int = 2**28,
+    max_dense_bytes: int = MAX_DENSE_BYTES,
     dispatch_s: float = 0.0,
     parallel_compile: bool = False,
 ) -> Case:
@@ -417,13 +438,16 @@ def bench(
     rounds: int | None = None,
     seed: int = 0,
     progress: Callable[[int, int, str], None] | None = None,
+    max_bytes: int = MAX_CASE_BYTES,
 ) -> BenchReport:
     """Benchmark every rule (or ``rule_ids``) at every dtype over its size sweep.
 
     ``sizes`` overrides every rule's sweep; ``quick`` takes one small size per rule, three
     rounds and 1 ms samples, and compiles a case's methods side by side on every core (a
     check that the benchmark runs, not a measurement: its compile times overlap).
-    ``progress`` is called with (cases done, cases in all, label) before each case.
+    ``progress`` is called with (cases done, cases in all, label) before each case. A case
+    estimated to need more than ``max_bytes`` (``case_bytes``; 4 GiB by default) is refused
+    before anything runs.
     """
     selected = select(rule_ids)
     dtypes = tuple(dict.fromkeys(dtypes))  # each once, as the rules and the sizes
@@ -435,6 +459,14 @@ def bench(
         for dtype in dtypes
         for size in (tuple(sizes) if sizes else default_sizes(r, quick))
     ]
+    for r, dtype, size in plan:  # before any case runs
+        needed = case_bytes(r, dtype, size)
+        if needed > max_bytes:
+            raise ValueError(
+                f"bench: rule {r.id!r} at size {size} ({dtype}) needs about "
+                f"{needed / 2**30:.1f} GiB, over the limit of {max_bytes / 2**30:.1f} GiB; "
+                "choose a smaller size or raise the limit (--max-gib)"
+            )
     min_sample_s = 1e-3 if quick else 2e-3
     cases = []
     with runtime.precise("float64" in dtypes) as env:

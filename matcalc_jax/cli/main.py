@@ -359,6 +359,7 @@ def _bench(args: argparse.Namespace) -> int:
         quick=args.quick,
         rounds=args.rounds,
         progress=show,
+        max_bytes=int(args.max_gib * 2**30),
     )
     progress.finish()
     to_stdout = args.json == "-"
@@ -788,6 +789,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="one small size per rule, three short rounds"
     )
     bench.add_argument("--rounds", type=_positive, help="rounds of samples (default 7; quick 3)")
+    bench.add_argument(
+        "--max-gib",
+        type=_gib,
+        default=4.0,
+        metavar="GIB",
+        help="refuse a case estimated to need more memory than this, before running (default 4)",
+    )
     bench.add_argument("--csv", metavar="PATH", help="write every timing as CSV")
     bench.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
     bench.add_argument("--plots", metavar="DIR", help="write PNG plots (needs matplotlib)")
