@@ -266,6 +266,12 @@ CASES: dict[str, Case] = {
         lambda x: jnp.concatenate([lax.split(x, (4, 7))[1] * 2.0, lax.sin(lax.split(x, (4, 7))[0])])
     ),
     "stack": Case(lambda x: jnp.stack([x, lax.sin(x)], axis=1).ravel(), ulps=0),
+    "unstack": Case(  # jnp.unstack; optax.sigmoid_focal_loss iterates over an array
+        lambda x: jnp.concatenate(
+            [u * (k + 1.0) for k, u in enumerate(jnp.unstack(x[:8].reshape(2, 4), axis=1))]
+        ),
+        ulps=0,
+    ),
     "tile": Case(lambda x: jnp.tile(x[:6].reshape(2, 3), (2, 2)).ravel()),
     "dynamic_update_slice": Case(
         lambda x: lax.dynamic_update_slice(lax.sqrt(x), x[:3] * 2.0, (jnp.int32(9),)),

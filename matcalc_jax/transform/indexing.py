@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
@@ -57,6 +58,17 @@ def _split(ctx, eqn, ins, ops, outs):
     for y in outs:
         out_ops.append(compose(_restrict(ins[0], y, axis, offset), ops[0]))
         offset += y.shape[axis]
+    return out_ops
+
+
+@pointwise("unstack", complex=True, linear=True)
+def _unstack(ctx, eqn, ins, ops, outs):
+    # piece k = x[..., k, ...] along axis: the slice k:k+1, then its unit axis dropped
+    x, axis, out_ops = ins[0], eqn.params["axis"], []
+    for k, y in enumerate(outs):
+        piece = jax.ShapeDtypeStruct((*y.shape[:axis], 1, *y.shape[axis:]), y.dtype)
+        restricted = compose(_restrict(x, piece, axis, k), ops[0])
+        out_ops.append(compose(Reshape(tuple(y.shape), piece.shape, y.dtype.name), restricted))
     return out_ops
 
 
