@@ -39,7 +39,7 @@ from matcalc_jax import runtime
 from matcalc_jax.catalogue import select
 from matcalc_jax.catalogue.record import Rule
 from matcalc_jax.verification import references
-from matcalc_jax.verification.harness import checked_sizes
+from matcalc_jax.verification.harness import checked_sizes, refuse_oversized
 
 BENCH_SCHEMA = "matcalc-jax/bench/1"
 AUTODIFF = ("jacfwd", "jacrev", "grad")
@@ -459,14 +459,7 @@ def bench(
         for dtype in dtypes
         for size in (tuple(sizes) if sizes else default_sizes(r, quick))
     ]
-    for r, dtype, size in plan:  # before any case runs
-        needed = case_bytes(r, dtype, size)
-        if needed > max_bytes:
-            raise ValueError(
-                f"bench: rule {r.id!r} at size {size} ({dtype}) needs about "
-                f"{needed / 2**30:.1f} GiB, over the limit of {max_bytes / 2**30:.1f} GiB; "
-                "choose a smaller size or raise the limit (--max-gib)"
-            )
+    refuse_oversized("bench", plan, case_bytes, max_bytes)
     min_sample_s = 1e-3 if quick else 2e-3
     cases = []
     with runtime.precise("float64" in dtypes) as env:

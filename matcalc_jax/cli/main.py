@@ -329,12 +329,7 @@ def _run_verify(args: argparse.Namespace, dtypes: list[str], programs=None) -> i
     if to_stdout:
         print(report.to_json())
     elif args.json:
-        try:
-            report.to_json(args.json)
-        except OSError as error:  # a full disk, a path that changed during the run
-            reason = error.strerror or str(error)
-            print(f"matcalc-jax: error: verify: --json {args.json}: {reason}", file=sys.stderr)
-            return 2
+        _write(args, "--json", args.json, report.to_json() + "\n")
         print(f"report written to {args.json}")
     return 0 if report.passed else 1
 
@@ -708,6 +703,13 @@ def _add_common(command: argparse.ArgumentParser, default_dtypes: str) -> None:
     )
     command.add_argument("--wide", action="store_true", help="lines longer than 100 columns")
     command.add_argument(
+        "--max-gib",
+        type=_gib,
+        default=4.0,
+        metavar="GIB",
+        help="refuse a case estimated to need more memory than this, before running (default 4)",
+    )
+    command.add_argument(
         "--platform",
         choices=PLATFORMS,
         default="cpu",
@@ -766,14 +768,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="check the rules in N worker processes (default: one per core, at most 4)",
     )
-
-    verify.add_argument(
-        "--max-gib",
-        type=_gib,
-        default=4.0,
-        metavar="GIB",
-        help="refuse a case estimated to need more memory than this, before running (default 4)",
-    )
     verify.set_defaults(run=_verify)
 
     bench = command(
@@ -789,13 +783,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="one small size per rule, three short rounds"
     )
     bench.add_argument("--rounds", type=_positive, help="rounds of samples (default 7; quick 3)")
-    bench.add_argument(
-        "--max-gib",
-        type=_gib,
-        default=4.0,
-        metavar="GIB",
-        help="refuse a case estimated to need more memory than this, before running (default 4)",
-    )
     bench.add_argument("--csv", metavar="PATH", help="write every timing as CSV")
     bench.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
     bench.add_argument("--plots", metavar="DIR", help="write PNG plots (needs matplotlib)")

@@ -773,6 +773,24 @@ def checked_sizes(sizes: Iterable[Any] | int, what: str = "verify") -> tuple[int
     return tuple(dict.fromkeys(int(size) for size in listed))
 
 
+def refuse_oversized(
+    what: str,
+    cases: Iterable[tuple[Rule, str, int]],
+    estimate: Callable[[Rule, str, int], int],
+    max_bytes: float,
+) -> None:
+    """``ValueError`` for the first case (rule, dtype, size) that ``estimate`` says needs
+    more than ``max_bytes``: asked before any case runs."""
+    for rule, dtype, size in cases:
+        needed = estimate(rule, dtype, size)
+        if needed > max_bytes:
+            raise ValueError(
+                f"{what}: rule {rule.id!r} at size {size} ({dtype}) needs about "
+                f"{needed / 2**30:.1f} GiB, over the limit of {max_bytes / 2**30:.1f} GiB; "
+                "choose a smaller size or raise the limit (--max-gib)"
+            )
+
+
 def _check_arguments(progress: Any, workers: Any, max_bytes: Any, programs: Any) -> None:
     """``ValueError`` or ``TypeError`` naming ``verify``'s argument that is not what it takes."""
     if progress is not None and not callable(progress):
@@ -847,14 +865,7 @@ def verify(
         for dtype in dtypes
         for size in sizes
     ]
-    for _, rule, dtype, size in plan:
-        needed = case_bytes(rule, dtype, size)
-        if needed > max_bytes:
-            raise ValueError(
-                f"verify: rule {rule.id!r} at size {size} ({dtype}) needs about "
-                f"{needed / 2**30:.1f} GiB, over the limit of {max_bytes / 2**30:.1f} GiB; "
-                "choose a smaller size or raise the limit (--max-gib)"
-            )
+    refuse_oversized("verify", [case[1:] for case in plan], case_bytes, max_bytes)
     if programs is not None and not isinstance(programs, ProgramCache):
         try:
             programs = ProgramCache(programs)
