@@ -482,8 +482,9 @@ def _masked_input(x: Array, mask: Array | None) -> Array:
 def softmax(x: ArrayLike, axis: Axis = -1, where: ArrayLike | None = None) -> Array:
     """exp(x) / sum exp(x) over ``axis``; Jacobian diag(s) - s s^T applied to the tangent.
 
-    ``where`` (booleans broadcasting to x) leaves entries out: they get 0 and derivative 0.
-    A slice with nothing left (all -inf, or all masked) gives 0 with derivative 0."""
+    ``where`` (booleans broadcasting with x, which may widen the result) leaves entries
+    out: they get 0 and derivative 0. A slice with nothing left (all -inf, or all masked)
+    gives 0 with derivative 0."""
     x = _inexact("softmax", x)
     x, mask = _mask("softmax", where, x)
     axes = _normalize_axis(axis, x.ndim)
