@@ -226,6 +226,16 @@ CASES = {
         ValueError,
         ["'quadratic_form'", "'A'", "(3, 4)", "(3, 3)"],
     ),
+    "quadratic_form structured a string": (
+        lambda: mj.quadratic_form_hessian(v3, jnp.eye(3), structured="no"),
+        TypeError,
+        ["'quadratic_form'", "structured", "str", "'no'", "True or False"],
+    ),
+    "frobenius structured a number": (
+        lambda: mj.frobenius_hessian(M23, structured=1),
+        TypeError,
+        ["'frobenius'", "structured", "int", "True or False"],
+    ),
     "least_squares b length": (
         lambda: mj.least_squares_gradient(v3, M23, v3),
         ValueError,

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
@@ -23,6 +24,17 @@ def function(what: str, name: str, value: Any) -> None:
             f"matcalc_jax.{what}: {name} is {type(value).__name__} {value!r:.60}; expected a "
             "function"
         )
+
+
+def flag(rule_id: str, name: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool (Python's or NumPy's), else raise ``TypeError``: a
+    string such as ``"no"`` is truthy and would silently mean True."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(
+            f"rule {rule_id!r}: {name} is {type(value).__name__} {value!r:.60}; expected True "
+            "or False"
+        )
+    return bool(value)
 
 
 def floating(rule_id: str, name: str, value: ArrayLike) -> Array:

@@ -60,6 +60,7 @@ def quadratic_form_hessian(x: ArrayLike, A: ArrayLike, *, structured: bool = Fal
     ``structured=True`` gives ``Dense(A) + Dense(A^T)`` (A stored once, read both ways), whose
     ``mv`` is A v + v A: the Hessian-vector product without forming A + A^T.
     """
+    structured = validate.flag("quadratic_form", "structured", structured)
     x, A = _quadratic_args(x, A)
     op = Sum((Dense(A, 1), Dense(A, 1, stored="denominator")))
     return op if structured else op.to_dense()
@@ -96,6 +97,7 @@ def least_squares_hessian(
     ``structured=True`` gives ``WeightedGram(A, 2)``, whose ``mv`` is 2 A^T (A v): O(m n)
     instead of the O(m n^2) of forming A^T A.
     """
+    structured = validate.flag("least_squares", "structured", structured)
     x, A, b = _least_squares_args(x, A, b)
     weights = jnp.full((A.shape[0],), 2, A.dtype)
     gram = WeightedGram(A, weights)
@@ -145,6 +147,7 @@ def logistic_regression_hessian(
     ``structured=True`` gives ``WeightedGram(X, s(1 - s))``: Hessian-vector products in
     O(n d), its diagonal in O(n d), the (d, d) matrix only on ``to_dense()``.
     """
+    structured = validate.flag("logistic_regression", "structured", structured)
     w, X, _ = _logistic_args(w, X, y)
     gram = WeightedGram(X, logistic_prime(X @ w))
     return gram if structured else gram.to_dense()
@@ -179,6 +182,7 @@ def softmax_cross_entropy_hessian(z: ArrayLike, t: ArrayLike, *, structured: boo
     The dense form is ``softmax_jacobian``'s (full relative accuracy on the diagonal);
     ``structured=True`` gives a ``DiagonalPlusLowRank`` (O(K) memory and products).
     """
+    structured = validate.flag("softmax_cross_entropy", "structured", structured)
     z, t = _cross_entropy_args(z, t)
     total = jnp.sum(t)
     if structured:

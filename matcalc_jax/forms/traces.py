@@ -75,6 +75,7 @@ def trace_quadratic_hessian(X: ArrayLike, A: ArrayLike, *, structured: bool = Fa
     Returns the (p, q, p, q) array, or with ``structured=True`` the operator
     ``Kronecker(A + A^T, I)`` whose ``mv`` costs one (p, p) x (p, q) product.
     """
+    structured = validate.flag("trace_quadratic", "structured", structured)
     X, A = _trace_quadratic_args(X, A)
     op = Kronecker(A + A.T, jnp.eye(X.shape[1], dtype=X.dtype))
     return op if structured else op.to_dense()
@@ -98,6 +99,7 @@ def frobenius_gradient(X: ArrayLike) -> Array:
 def frobenius_hessian(X: ArrayLike, *, structured: bool = False) -> Any:
     """The Hessian of ||X||_F^2: 2 I on (p, q) matrices; ``structured=True`` gives
     ``Scaled(2, Identity)``, which stores nothing but the shape."""
+    structured = validate.flag("frobenius", "structured", structured)
     X = validate.matrix("frobenius", "X", X)
     op = Scaled(jnp.asarray(2, X.dtype), Identity(tuple(X.shape), X.dtype.name))
     return op if structured else op.to_dense()
