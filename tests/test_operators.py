@@ -237,6 +237,19 @@ def test_every_operator_type_has_a_case():
     assert types - abstract <= covered
 
 
+def test_zero_promotes_a_wider_vector_as_a_dense_zero_matrix_does():
+    zero = operators.Zero((2,), (3,), "float32")
+    dense = mj.Dense(jnp.zeros((2, 3), jnp.float32), 1)
+    for method, size in (("mv", 3), ("vm", 2)):
+        v = jnp.ones(size, jnp.float64)
+        expected = getattr(dense, method)(v)
+        assert expected.dtype == jnp.float64
+        result = getattr(zero, method)(v)
+        assert result.dtype == expected.dtype
+        chex.assert_trees_all_equal(result, expected)
+        assert getattr(zero, method)(v.astype(jnp.float32)).dtype == jnp.float32
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_transpose_is_the_transpose_of_the_map(name):
     op = CASES[name]()

@@ -19,18 +19,20 @@ from matcalc_jax.operators.base import (
 
 @pytree((), ("out_sizes", "in_sizes", "dtype_name", "layout"))
 class Zero(ShapedOperator):
-    """The zero map from ``in_shape`` to ``out_shape``; stores nothing."""
+    """The zero map from ``in_shape`` to ``out_shape``; stores nothing. ``mv`` and ``vm``
+    give zeros in the dtype a dense zero matrix would: the operator's and the vector's,
+    promoted (a float32 ``Zero`` times a float64 vector is float64)."""
 
     layout: Layout = "numerator"
     trivial_in_composition = True
 
     def mv(self, tangent: ArrayLike) -> Array:
-        check_tangent(self, "mv", tangent, self.in_shape)
-        return jnp.zeros(self.out_shape, self.dtype)
+        array = check_tangent(self, "mv", tangent, self.in_shape)
+        return jnp.zeros(self.out_shape, jnp.result_type(self.dtype, array))
 
     def vm(self, cotangent: ArrayLike) -> Array:
-        check_tangent(self, "vm", cotangent, self.out_shape)
-        return jnp.zeros(self.in_shape, self.dtype)
+        array = check_tangent(self, "vm", cotangent, self.out_shape)
+        return jnp.zeros(self.in_shape, jnp.result_type(self.dtype, array))
 
     def _numerator(self) -> Array:
         return jnp.zeros(self.out_shape + self.in_shape, self.dtype)
