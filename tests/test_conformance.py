@@ -291,6 +291,11 @@ CASES: dict[str, Case] = {
     ),
     "cumprod": Case(lambda x: jnp.cumprod(x[:6]), (2.0, 0.0, -1.5, 0.5, 0.0, 3.0)),
     "cumlogsumexp": Case(lambda x: lax.cumlogsumexp(x, reverse=True), ulps=4),
+    "cumlogsumexp_masked": Case(  # -inf entries (log 0, a mask): weight 0, as in JAX
+        lambda x: lax.cumlogsumexp(x) + lax.cumlogsumexp(x, reverse=True),
+        (-INF, 0.0, -INF, 1.0, -2.5, -INF, 3.0, -INF),
+        ulps=4,
+    ),
     "cummax": Case(lambda x: lax.cummax(x), PAIRS),
     "cummin": Case(lambda x: lax.cummin(x, reverse=True), PAIRS),
     # complex values

@@ -45,14 +45,16 @@ def _chooser(name: str, choose: Callable[[Array, Array], Array]) -> Callable[[Pa
     return combine
 
 
-def _finite_or_zero(x: Array) -> Array:
-    return jnp.where(jnp.isinf(x), jnp.zeros((), x.dtype), x)
+def _replace_inf(x: Array) -> Array:
+    """x with +inf replaced by 0, as JAX's logaddexp rule does (-inf stays: a masked entry,
+    weight exp(-inf - out) = 0)."""
+    return jnp.where(x == jnp.inf, jnp.zeros((), x.dtype), x)
 
 
 def _log_add_exp(a: Pair, b: Pair) -> Pair:
     out = jnp.logaddexp(a[0], b[0])
-    weight_a = jnp.exp(_finite_or_zero(a[0]) - _finite_or_zero(out))
-    weight_b = jnp.exp(_finite_or_zero(b[0]) - _finite_or_zero(out))
+    weight_a = jnp.exp(_replace_inf(a[0]) - _replace_inf(out))
+    weight_b = jnp.exp(_replace_inf(b[0]) - _replace_inf(out))
     return out, a[1] * weight_a + b[1] * weight_b
 
 
