@@ -270,6 +270,64 @@ def test_where_after_a_shared_map_keeps_jax_rows():
     np.testing.assert_array_equal(J.mv(v), jax.jvp(f, (x,), (v,))[1])
 
 
+def _pairwise_energy(X):
+    D = jnp.sqrt(jnp.sum((X[:, None] - X[None]) ** 2, -1))  # sqrt'(0) = inf on the diagonal
+    i, j = jnp.triu_indices(3, 1)
+    return jnp.sum(1.0 / D[i, j])
+
+
+def _safe_normalize(x):
+    n = jnp.linalg.norm(x)
+    return jnp.where(n > 0, x / n, 0.0)
+
+
+_AT = jnp.array([0.0, 1.0, 2.0])
+#: A selection after a factor with an infinite derivative: JAX's jvp selects the infinite
+#: entries away, its vjp multiplies them by a cotangent's 0.
+SELECTED_AWAY = {
+    "pairwise energy": (_pairwise_energy, jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])),
+    "sqrt then index": (lambda x: jnp.sqrt(x)[1], _AT),
+    "product then index": (lambda x: (jnp.sqrt(x) * jnp.sum(x))[1], _AT),
+    "safe normalize at 0": (lambda x: jnp.sum(_safe_normalize(x)), jnp.zeros(3)),
+    "where then index": (lambda x: jnp.where(x > 0, jnp.log(x) * jnp.mean(x), 0.0)[0], _AT),
+    "relu of log": (lambda x: jnp.sum(jax.nn.relu(jnp.log(x) * x[2])), _AT),
+    "dropped scatter": (
+        lambda x: jnp.sum(x.at[jnp.array([10])].add(jnp.log(x[:1]) * x[1], mode="drop")),
+        _AT,
+    ),
+    "fill gather": (
+        lambda x: jnp.sum((jnp.log(x) * x[2]).at[jnp.array([5, 1])].get(mode="fill")),
+        _AT,
+    ),
+    "sort then index": (lambda x: jnp.sort(jnp.log(x) * x[2])[-1], _AT),
+    "overwritten": (lambda x: jnp.sum((jnp.log(x) * jnp.sum(x)).at[0].set(5.0)), _AT),
+    "det of rank n - 2": (jnp.linalg.det, jnp.diag(jnp.array([1.0, 2.0, 0.0, 0.0]))),
+    "det of zeros": (jnp.linalg.det, jnp.zeros((4, 4))),
+}
+
+
+@pytest.mark.parametrize("name", list(SELECTED_AWAY))
+def test_a_row_through_a_selection_is_jacfwd_s_not_nan(name):
+    """A row u^T B is first pulled back (B^T u, jax.vjp's NaN where u's 0 meets an infinite
+    entry of B) and its non-finite entries recomputed forward (u^T B e_j, as jax.jvp)."""
+    f, x = SELECTED_AWAY[name]
+    v = jnp.ones_like(x).at[(0,) * x.ndim].set(0.0)
+    expected = jax.jacfwd(f)(x)
+    assert np.isfinite(expected).all()
+    for J in (mj.jacobian(f)(x), jax.jit(mj.jacobian(f))(x)):
+        np.testing.assert_allclose(J.to_dense(), expected, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(J.mv(v), jax.jvp(f, (x,), (v,))[1], rtol=1e-12)
+
+
+def test_a_row_non_finite_forward_too_stays_non_finite():
+    """c^T sqrt(x) with c_0 = 0 at x_0 = 0: 0 * inf forward as well, NaN (not 0) in column
+    0; the other columns keep their diagonal entries (a NaN stays on its entry)."""
+    c = jnp.array([0.0, 1.0, 1.0])
+    row = mj.jacobian(lambda x: c @ jnp.sqrt(x))(jnp.array([0.0, 1.0, 4.0])).to_dense()
+    assert np.isnan(row[0])
+    np.testing.assert_allclose(row[1:], [0.5, 0.25], rtol=1e-15)
+
+
 def test_abs_at_zero_is_jax_convention():
     """Finding 4: abs'(0) was 0; JAX's rule is select(x >= 0, 1, -1): 1 at +-0, -1 at NaN."""
     x = jnp.array([0.0, -0.0, 2.0, -2.0, jnp.nan])

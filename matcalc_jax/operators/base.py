@@ -58,7 +58,7 @@ def check_tangent(op: JacobianOperator, name: str, value: ArrayLike, shape: tupl
     return array
 
 
-def _concrete(*trees: Any) -> bool:
+def is_concrete(*trees: Any) -> bool:
     """Whether every leaf of ``trees`` is a concrete array (nothing is being traced)."""
     return all(
         isinstance(leaf, (jax.Array, np.ndarray)) and not isinstance(leaf, jax.core.Tracer)
@@ -79,7 +79,7 @@ def one_program_when_eager(method: Callable) -> Callable:
 
     @functools.wraps(method)
     def run(self: Any, *args: Any) -> Any:
-        if _concrete(self, args):
+        if is_concrete(self, args):
             return compiled(self, *args)
         return method(self, *args)
 
@@ -160,7 +160,7 @@ class JacobianOperator:
         """
         layout = self.layout if layout is None else check_layout("to_dense", layout)
         chunk_size = check_chunk_size(f"{type(self).__name__}.to_dense", chunk_size)
-        if _concrete(self):
+        if is_concrete(self):
             return _dense_program(self, layout, chunk_size)
         return self._dense(layout, chunk_size)
 

@@ -16,6 +16,7 @@ from matcalc_jax.operators.base import (
     addition_rule,
     check_tangent,
     composition_rule,
+    is_concrete,
     pytree,
     size_of,
 )
@@ -191,7 +192,56 @@ def _after_low_rank(outer: JacobianOperator, inner: LowRank) -> LowRank:
 
 @composition_rule(LowRank, JacobianOperator)
 def _before_low_rank(outer: LowRank, inner: JacobianOperator) -> LowRank:
-    return _canonical(outer.U, _columns(inner.vm, outer.V), outer.layout)
+    return _canonical(outer.U, _pulled_back(inner, outer.V), outer.layout)
+
+
+#: Unit tangents pushed through a map at once by ``_pulled_back``'s forward recomputation.
+FORWARD_CHUNK = 8
+
+
+def _pulled_back(inner: JacobianOperator, V: Array) -> Array:
+    """B^T V for the map B = ``inner``, as the rows of jax.jacfwd's matrix of V^T B.
+
+    First the r products ``inner.vm`` of V's columns, as jax.vjp pulls them back. An entry
+    j that comes out NaN or infinite is then recomputed forward, V^T (B e_j), as jax.jvp
+    pushes e_j through B: ``vm`` multiplies a cotangent's zeros by B's infinite entries
+    (the rows a gather leaves out, the branch a ``where`` masks, sqrt' at 0), where ``mv``
+    selects them away, so ``sqrt(x)[1]`` at x_0 = 0 has the row (0, 1 / (2 sqrt x_1), 0)
+    of jax.jacfwd, not NaN in column 0. An entry that is non-finite forward too stays so.
+    The forward pass costs one ``mv`` per non-finite entry, ``FORWARD_CHUNK`` at a time,
+    and runs only if there is one (a ``lax.cond``). A map from complex values is left to
+    ``vm`` (a real-linear map needs both e_j and i e_j)."""
+    W = _columns(inner.vm, V)
+    if not jnp.issubdtype(W.dtype, jnp.floating) or W.size == 0:
+        return W
+    n, r = size_of(tuple(inner.in_shape)), V.shape[-1]
+    rows = W.reshape(n, r)
+    bad = ~jnp.all(jnp.isfinite(rows), axis=1)
+    if is_concrete(bad) and not bool(jnp.any(bad)):
+        return W  # eager and finite: nothing to recompute, nothing to trace
+
+    def forward(rows: Array) -> Array:
+        chunk = min(FORWARD_CHUNK, n)
+        count = jnp.sum(bad)
+        order = jnp.argsort(~bad, stable=True)  # the non-finite entries first
+        order = jnp.concatenate([order, jnp.zeros(chunk, order.dtype)])
+        out_axes = tuple(range(1, 1 + len(inner.out_shape)))
+
+        def step(state: tuple[Array, Array]) -> tuple[Array, Array]:
+            start, rows = state
+            index = jax.lax.dynamic_slice(order, (start,), (chunk,))
+            valid = start + jnp.arange(chunk) < count
+            basis = jax.nn.one_hot(index, n, dtype=rows.dtype).reshape((chunk, *inner.in_shape))
+            images = jax.vmap(inner.mv)(basis)  # B e_j, (chunk,) + out_shape
+            fresh = jnp.tensordot(images, V, axes=(out_axes, tuple(a - 1 for a in out_axes)))
+            fresh = jnp.real(fresh).astype(rows.dtype)
+            written = jnp.where(valid, index, n)  # past the end: dropped
+            return start + chunk, rows.at[written].set(fresh, mode="drop")
+
+        return jax.lax.while_loop(lambda state: state[0] < count, step, (0, rows))[1]
+
+    rows = jax.lax.cond(jnp.any(bad), forward, lambda rows: rows, rows)
+    return rows.reshape(W.shape)
 
 
 @addition_rule(LowRank, LowRank)
