@@ -144,7 +144,7 @@ CASES: dict[str, Case] = {
     "ceil": Case(lambda x: lax.ceil(x) + x),
     "round": Case(lambda x: lax.round(x) + x),
     "stop_gradient": Case(lambda x: lax.stop_gradient(x) * x),
-    "reduce_precision": Case(lambda x: lax.reduce_precision(x, 5, 10)),
+    "reduce_precision": Case(lambda x: lax.reduce_precision(x * 0.1, 5, 10)),  # rounds 0.1
     "copy": Case(jnp.copy),
     "optimization_barrier": Case(lax.optimization_barrier),
     # elementwise, binary: ties and zeros in both operands

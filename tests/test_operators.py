@@ -99,6 +99,7 @@ CASES = {
     "Reverse": lambda: operators.Reverse((2, 3), (2, 3), "float64", (1,)),
     "DynamicSlice": lambda: operators.DynamicSlice((2,), (5,), "float64", (jnp.asarray(2),)),
     "ChangeType": lambda: operators.ChangeType((3,), (3,), "float64", "float32"),
+    "Rounding": lambda: operators.Rounding((2, 3), (2, 3), "float64", (5, 10)),
     "Gather": lambda: _found(
         lambda x: x[jnp.array([2, 0, 2])], _normal(54, (4,)), operators.Gather
     ),

@@ -51,7 +51,8 @@ composites, and ``Wrapped``, the base of an operator that holds another and is i
 (``WithFallbacks``; ``matcalc_jax.Hessian``).
 
 The maps of JAX's primitives, a module a family: ``index_maps`` (``Reshape``, ``Embed``,
-``Restrict``, ``Reverse``, ``DynamicSlice``, ``ChangeType``, ``Gather``, ``TakeAlong``),
+``Restrict``, ``Reverse``, ``DynamicSlice``, ``ChangeType``, ``Rounding``, ``Gather``,
+``TakeAlong``),
 ``selection`` (``Select``), ``solves`` (``TriangularSolve``, ``LinearSolve``),
 ``convolution`` (``Convolution``, ``WindowSum``, ``WindowChoice``), ``complex_maps``
 (``ImaginaryPart``, ``Conjugate``, ``Fourier``), ``stacked`` (``Stacked``),
@@ -96,6 +97,7 @@ from matcalc_jax.operators.index_maps import (
     Reshape,
     Restrict,
     Reverse,
+    Rounding,
     Static,
     TakeAlong,
 )
@@ -148,6 +150,7 @@ __all__ = [
     "Reshape",
     "Restrict",
     "Reverse",
+    "Rounding",
     "SVDTangent",
     "Scaled",
     "Select",

@@ -263,6 +263,14 @@ class JacobianOperator:
         """True when ``J (c v) = c J v`` for complex scalars c as well as real ones."""
         return not self.real_linear_only and all(c.complex_linear() for c in self.children())
 
+    #: True for a map that is linear only up to a rounding of its tangent
+    #: (``reduce_precision``): a scalar does not commute with it, ``J (c v)`` rounds c v.
+    rounds = False
+
+    def commutes_with_scaling(self) -> bool:
+        """True when ``J (c v) = c J v`` for real scalars c (every map but a rounding)."""
+        return not self.rounds and all(c.commutes_with_scaling() for c in self.children())
+
     @property
     def real_to_complex(self) -> bool:
         """True for a map from real tangents to complex ones (``x + 0i``, a real DFT, and
@@ -745,6 +753,8 @@ def _scale_outside_outer(outer: Scaled, inner: JacobianOperator) -> JacobianOper
 def _scale_outside_inner(outer: JacobianOperator, inner: Scaled) -> JacobianOperator | None:
     if jnp.iscomplexobj(inner.scale) and not outer.complex_linear():
         return None  # Re(c w) is not c Re(w)
+    if not outer.commutes_with_scaling():
+        return None  # round(c w) is not c round(w)
     return _rescaled(compose(outer, inner.operator), inner.scale)
 
 

@@ -3,7 +3,8 @@
 Each stores only what it needs to apply the map and its transpose (an index, a padding
 configuration, start indices): ``reshape`` (``Reshape``), ``pad`` / ``concatenate``
 (``Embed``), ``slice`` (``Restrict``), ``rev`` (``Reverse``), ``dynamic_slice``
-(``DynamicSlice``), a change of float type (``ChangeType``), ``gather`` (``Gather``) and the
+(``DynamicSlice``), a change of float type (``ChangeType``), ``reduce_precision``
+(``Rounding``), ``gather`` (``Gather``) and the
 permutation of ``sort`` or the selection of ``top_k`` (``TakeAlong``). They never build the
 dense Jacobian unless ``to_dense`` is called, which applies ``mv`` to the basis.
 
@@ -248,6 +249,31 @@ class ChangeType(Map):
         return ChangeType(
             self.in_sizes, self.out_sizes, self.in_dtype_name, self.dtype_name, self.layout
         )
+
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        return frozenset((k, k) for k in range(len(self.in_shape)))
+
+
+@pytree((), ("out_sizes", "in_sizes", "dtype_name", "bits", "layout"))
+class Rounding(Map):
+    """v -> ``lax.reduce_precision(v, *bits)``: JAX's jvp of ``reduce_precision`` rounds the
+    tangent to the same (exponent, mantissa) bits, and its transpose the cotangent. The
+    identity up to that rounding (which is not linear: ``mv`` and ``to_dense`` round the
+    tangents themselves, as ``jax.jvp`` and ``jax.jacfwd`` do)."""
+
+    bits: tuple[int, int]
+    layout: Layout = "numerator"
+    rounds = True
+
+    def _apply(self, tangent: Array) -> Array:
+        exponent_bits, mantissa_bits = self.bits
+        return lax.reduce_precision(tangent, exponent_bits, mantissa_bits)
+
+    def _apply_transpose(self, cotangent: Array) -> Array:
+        return self._apply(cotangent)
+
+    def transpose(self) -> JacobianOperator:
+        return self
 
     def batch_axes(self) -> frozenset[tuple[int, int]]:
         return frozenset((k, k) for k in range(len(self.in_shape)))

@@ -58,6 +58,7 @@ from matcalc_jax.operators.index_maps import (
     Reshape,
     Restrict,
     Reverse,
+    Rounding,
     Static,
     slice_config,
 )
@@ -114,9 +115,15 @@ def _neg(ctx, eqn, ins, ops, outs):
     return [ops[0].scaled(jnp.asarray(-1, outs[0].dtype))]
 
 
-@pointwise("copy", "copy_p", "optimization_barrier", "reduce_precision", linear=True)
+@pointwise("copy", "copy_p", "optimization_barrier", linear=True)
 def _same(ctx, eqn, ins, ops, outs):
     return list(ops)
+
+
+@pointwise("reduce_precision", linear=True)
+def _reduce_precision(ctx, eqn, ins, ops, outs):
+    shape, bits = tuple(outs[0].shape), (eqn.params["exponent_bits"], eqn.params["mantissa_bits"])
+    return [compose(Rounding(shape, shape, outs[0].dtype.name, bits), ops[0])]
 
 
 # Holomorphic maps keep their derivative formula on complex values; sign's is 0 in JAX.
