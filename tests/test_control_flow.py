@@ -67,6 +67,17 @@ PROGRAMS = {
         lambda x: lax.fori_loop(0, 3 + (x[0] > 0), lambda i, y: y * jnp.cos(y), x),
         "Diagonal",
     ),
+    # Horner's scheme: y * x + c gains a low-rank column each step (same structure, a
+    # wider factor): carried dense
+    "scan, growing rank (polyval)": (lambda x: jnp.polyval(x[:3], x), None),
+    "while, growing rank": (
+        lambda x: lax.while_loop(
+            lambda s: s[1] < 3,
+            lambda s: (s[0] * jnp.arange(6.0) + x[1], s[1] + 1),
+            (x[0] * jnp.ones(6), 0),
+        )[0],
+        None,
+    ),
 }  # fmt: skip
 
 
@@ -87,6 +98,11 @@ def test_control_flow_against_autodiff(name):
         assert type(J).__name__ == structure, str(J)
     jitted = jax.jit(mj.jacobian(f))(X)
     assert_jacobians_close(jitted.to_dense(), jax.jacfwd(f)(X))
+
+
+def test_the_hessian_of_a_polynomial_evaluated_by_horner_s_scheme():
+    f = lambda x: jnp.sum(jnp.polyval(x[:3], x))  # noqa: E731
+    assert_jacobians_close(mj.hessian(f)(X).to_dense(), jax.hessian(f)(X))
 
 
 def test_cond_under_jit_selects_the_branch_jax_takes():

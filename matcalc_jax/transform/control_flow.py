@@ -86,6 +86,17 @@ def _structure(ops: Sequence[Operator]) -> Any:
     return jax.tree_util.tree_structure(list(ops))
 
 
+def _signature(ops: Sequence[Any]) -> tuple:
+    """What a loop's carried Jacobians must keep from step to step: their structure and
+    their leaves' shapes, dtypes and weak types (a low-rank factor that gains a column
+    keeps its structure but not its shape)."""
+    leaves, structure = jax.tree_util.tree_flatten(list(ops))
+    return structure, tuple(
+        (tuple(leaf.shape), jnp.dtype(leaf.dtype), bool(getattr(leaf, "weak_type", False)))
+        for leaf in leaves
+    )
+
+
 def _dense(op: Operator) -> Operator:
     return None if op is None else Dense.from_array(op.to_dense(), len(op.out_shape))
 
@@ -157,8 +168,10 @@ class _Loop:
         )
 
     def stable(self, carry: list, carry_ops: list[Operator], t: Any) -> bool:
-        """True when a step leaves the Jacobians' structure as it found it."""
-        return self.structure_after(carry, carry_ops, t).children()[0] == _structure(carry_ops)
+        """True when a step leaves the Jacobians' structure (and their arrays' shapes and
+        types) as it found them."""
+        after = jax.eval_shape(self.step, carry, carry_ops, t)[1]
+        return _signature(after) == _signature(carry_ops)
 
     def settle(
         self, carry: list, carry_ops: list[Operator], times: Sequence[int], argument: tuple
@@ -290,8 +303,7 @@ def _while(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any
             ]
         else:
             carry_ops = list(init_ops)
-        after = loop.structure_after(list(init), carry_ops, 0).children()[0]
-        if after == _structure(carry_ops):
+        if loop.stable(list(init), carry_ops, 0):
             break
     else:
         raise NoRule("whose carried Jacobian changes structure even when dense")
