@@ -82,6 +82,35 @@ def test_hessians_through_a_complex_reduction(f):
     assert_jacobians_close(H, jax.hessian(f)(X))
 
 
+_Z = jnp.array([[1 + 2j, 0.5], [0.3j, 2 - 1j]])
+
+
+@pytest.mark.parametrize(
+    "transform, f, x",
+    [
+        (mj.hessian, lambda x: jnp.real(jnp.sum((_Z @ x) ** 2)), jnp.array([0.3, -0.4])),
+        (
+            mj.hessian,
+            lambda x: jnp.imag(jnp.sum((x + 1j * x[::-1]) ** 3)),
+            jnp.array([0.3, -0.4, 1.2]),
+        ),
+        (mj.jacobian, lambda x: jnp.abs(_Z @ x) ** 2, jnp.array([0.3, -0.4])),
+    ],
+    ids=["real(sum((Z x)^2))", "imag(sum((x + i rev(x))^3))", "|Z x|^2"],
+)
+def test_solve_and_logdet_through_complex_values_are_the_real_matrix_s(transform, f, x):
+    """A real square map through complex values has factors square as arrays but not as
+    real maps: det and solve do not split over them (they gave 4.57 for 3.75, -inf and a
+    false "singular", complex "solutions")."""
+    op = transform(f)(x)
+    matrix = (jax.hessian if transform is mj.hessian else jax.jacfwd)(f)(x)
+    b = jnp.arange(1.0, 1.0 + x.size)
+    np.testing.assert_allclose(op.logdet(), jnp.linalg.slogdet(matrix)[1], rtol=1e-12)
+    solution = op.solve(b)
+    assert solution.dtype == jnp.float64
+    np.testing.assert_allclose(solution, jnp.linalg.solve(matrix, b), rtol=1e-11)
+
+
 def test_a_dft_is_stored_as_a_transform_not_a_matrix():
     n = 512
     x = jnp.cos(jnp.arange(n) / 7.0)

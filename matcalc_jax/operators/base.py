@@ -694,7 +694,16 @@ class Composition(JacobianOperator):
         return Composition(self.inner.transpose(), self.outer.transpose())
 
     def _factors_square(self) -> bool:
-        return all(f.in_shape == f.out_shape for f in (self.outer, self.inner))
+        """True when det and solve split over the factors: each a square real map. A real
+        map through complex values (x -> x + 0i, then Re) has factors square as arrays
+        but not as real maps (C^n is 2n real dimensions): the dense matrix decides."""
+        return all(
+            f.in_shape == f.out_shape
+            and jnp.issubdtype(f.dtype, jnp.floating)
+            and f.complex_linear()
+            and not f.real_to_complex
+            for f in (self.outer, self.inner)
+        )
 
     def logdet(self) -> Array:
         if self._factors_square():  # det(A B) = det(A) det(B)
