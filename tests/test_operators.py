@@ -334,7 +334,7 @@ def test_diagonal_plus_low_rank_with_zeros_on_its_diagonal(zeros):
     ku, kv = jax.random.split(key(70))
     d = jnp.arange(1.0, n + 1).at[jnp.array([1, 4, 5][:zeros])].set(0.0)
     if zeros < r:
-        d = d.at[6].set(1e-20)  # below eps max|d|: also moved into the low-rank part
+        d = d.at[6].set(1e-20)  # tiny but normal: kept, Woodbury divides by it
     U, V = jax.random.normal(ku, (n, r), jnp.float64), jax.random.normal(kv, (n, r), jnp.float64)
     op = mj.DiagonalPlusLowRank(d, U, V)
     rhs = jnp.sin(jnp.arange(n, dtype=jnp.float64))
@@ -346,6 +346,32 @@ def test_diagonal_plus_low_rank_with_zeros_on_its_diagonal(zeros):
     else:
         assert float(logdet) == -np.inf
         assert bool(jnp.all(jnp.isnan(solution)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_diagonal_plus_low_rank_with_a_badly_scaled_diagonal(dtype):
+    """d = (1e20, 1, 2, 3) (float64) or (2.4e7, 1, 1.6, 2.7) (float32, the Hessian of
+    sum(exp(x)) + sum(x)^2 / 2 at x_0 = 17): the small entries are not zeros and are kept
+    (shifting them by max|d| rounded them away: log|det| 47.15 for 48.66)."""
+    big = 1e20 if dtype == "float64" else float(np.exp(np.float32(17.0)))
+    d = jnp.array([big, 1.0, 1.6, 2.7], dtype)
+    U = jnp.ones((4, 1), dtype)
+    V = jnp.array([[1.0], [0.5], [0.2], [2.0]], dtype)
+    op = mj.DiagonalPlusLowRank(d, U, V)
+    dense = np.diag(np.asarray(d, np.float64)) + np.asarray(U @ V.T, np.float64)
+    rhs = np.array([1.0, 2.0, 3.0, 4.0])
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(op.logdet(), np.linalg.slogdet(dense)[1], rtol=tol)
+    np.testing.assert_allclose(op.solve(rhs.astype(dtype)), np.linalg.solve(dense, rhs), rtol=tol)
+
+
+def test_diagonal_plus_low_rank_to_dense_keeps_a_complex_or_wider_diagonal():
+    op = mj.DiagonalPlusLowRank(jnp.array([1 + 2j, 2.0, 3.0]), jnp.ones((3, 1)), jnp.ones((3, 1)))
+    assert op.to_dense().dtype == jnp.complex128 and op.to_dense()[0, 0] == 2 + 2j
+    ones = jnp.ones((3, 1), jnp.float32)
+    op = mj.DiagonalPlusLowRank(jnp.array([1 + 1e-9, 2.0, 3.0]), ones, ones)
+    assert op.to_dense().dtype == jnp.float64
+    np.testing.assert_allclose(op.to_dense()[0, 0] - 2, 1e-9, rtol=1e-6)
 
 
 def test_the_jacobian_of_relu_plus_a_rank_one_term_solves():

@@ -115,7 +115,7 @@ class DiagonalPlusLowRank(JacobianOperator):
         return cotangent * self.values + self.V @ (cotangent @ self.U)
 
     def _numerator(self) -> Array:
-        low_rank = self.U @ self.V.T
+        low_rank = (self.U @ self.V.T).astype(self.dtype)  # a complex or wider d promotes
         return add_to_diagonal(low_rank, self.values)
 
     def transpose(self) -> JacobianOperator:
@@ -130,20 +130,30 @@ class DiagonalPlusLowRank(JacobianOperator):
 
     def _with_invertible_diagonal(self) -> tuple[Array, Array, Array, Array]:
         """(d', U', V', singular) with diag(d) + U V^T = diag(d') + U' V'^T and d' safe to
-        divide by: up to r entries with |d_k| <= eps max|d| (a zero, as relu's derivative
-        gives: D + U V^T is then invertible, D is not) get c = max|d| added, and the rank-one
-        terms -c e_k e_k^T join U V^T (rank <= 2r). More than r zeros in d leave a matrix of
-        rank below its size (their rows lie in the span of V^T): ``singular``."""
+        divide by. An entry d_k negligible in its own row (|d_k| <= eps rho_k, rho_k =
+        sum_i |U_ki| max_j |V_ji| bounding the row's low-rank entries; a zero, as relu's
+        derivative gives: D + U V^T is then invertible, D is not) makes Woodbury divide by
+        almost nothing. Up to r of them get rho_k added, and the rank-one terms
+        -rho_k e_k e_k^T join U V^T (rank <= 2r): the matrix changes by at most eps in
+        those rows. An entry that is small only beside max|d| is kept (d = (1e20, 1, 2)
+        with O(1) factors is well conditioned row by row). More than r zeros in d leave a
+        matrix of rank below its size (their rows lie in the span of V^T): ``singular``."""
         magnitudes = jnp.abs(self.values)
-        scale = jnp.max(magnitudes, initial=0)
-        scale = jnp.where(scale > 0, scale, jnp.ones((), scale.dtype))
-        small = magnitudes <= jnp.finfo(self.dtype).eps * scale
+        rows = (jnp.abs(self.U) @ jnp.max(jnp.abs(self.V), axis=0, initial=0)).astype(
+            magnitudes.dtype
+        )
+        fallback = jnp.max(magnitudes, initial=0)  # a zero row of U V^T: any positive shift
+        fallback = jnp.where(fallback > 0, fallback, jnp.ones((), fallback.dtype))
+        shift = jnp.where(rows > 0, rows, fallback)
+        tiny = jnp.finfo(self.dtype).tiny
+        small = (magnitudes <= jnp.finfo(self.dtype).eps * rows) | (magnitudes < tiny)
         zero = self.values == 0
         count = min(self.U.shape[-1], self.values.shape[0])
         _, chosen = jax.lax.top_k(small.astype(jnp.int32) + zero.astype(jnp.int32), count)
         W = jax.nn.one_hot(chosen, self.values.shape[0], dtype=self.dtype).T * small[chosen]
-        values = self.values + scale * jnp.sum(W, axis=-1)
-        U = jnp.concatenate([self.U, -scale * W], axis=-1)
+        shifts = jnp.sum(W, axis=-1) * shift
+        values = self.values + shifts
+        U = jnp.concatenate([self.U, -shift[:, None] * W], axis=-1)
         V = jnp.concatenate([self.V, W.astype(self.V.dtype)], axis=-1)
         return values, U, V, jnp.sum(zero) > count
 
