@@ -163,6 +163,25 @@ def test_chained_objectives_store_o_n():
         np.testing.assert_allclose(H.to_dense(), jax.hessian(f)(x), rtol=1e-10, atol=1e-9)
 
 
+def test_the_transpose_of_a_hessian_that_is_not_symmetric():
+    """A custom_vjp whose backward rule (u -> u cumsum(z)) is not its function's derivative:
+    jax.hessian is lower triangular, and H.T is its transpose, not H."""
+
+    @jax.custom_vjp
+    def g(z):
+        return jnp.sin(z)
+
+    g.defvjp(lambda z: (jnp.sin(z), z), lambda z, u: (u * jnp.cumsum(z),))
+    f = lambda x: jnp.sum(g(x))  # noqa: E731
+    x = jnp.array([1.0, 2.0, 3.0])
+    H, expected = mj.hessian(f)(x), jax.hessian(f)(x)
+    assert not np.allclose(expected, expected.T)
+    np.testing.assert_allclose(H.to_dense(), expected, rtol=1e-14)
+    np.testing.assert_allclose(H.T.to_dense(), expected.T, rtol=1e-14)
+    u = jnp.array([1.0, 0.0, 0.0])
+    np.testing.assert_allclose(H.T.mv(u), u @ expected, rtol=1e-14)
+
+
 def test_banded_transpose_and_vm():
     H = mj.hessian(rosenbrock)(_vector()).operator
     dense = H.to_dense()

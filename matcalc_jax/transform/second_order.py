@@ -129,8 +129,9 @@ def add_sharing(left: JacobianOperator, right: JacobianOperator) -> JacobianOper
 
 @pytree(("operator",), ("name",))
 class Hessian(Wrapped):
-    """The Hessian of a scalar function, d^2 f / dx^2: a symmetric map on tangents of
-    x's shape, holding the structured operator the transform derived (``operator``).
+    """The Hessian of a scalar function, d^2 f / dx^2: a map on tangents of x's shape
+    (symmetric unless a ``custom_vjp``'s backward rule is not its function's derivative),
+    holding the structured operator the transform derived (``operator``).
 
     ``to_dense()`` has shape ``x.shape + x.shape`` and equals ``jax.hessian``; ``mv`` is the
     Hessian-vector product (``jax.jvp`` of ``jax.grad``); ``diagonal``, ``trace``,
@@ -152,7 +153,9 @@ class Hessian(Wrapped):
         return Hessian(self.operator.with_layout(layout), self.name)
 
     def transpose(self) -> JacobianOperator:
-        return self
+        # The transposed map, not ``self``: a custom_vjp whose backward rule is not its
+        # function's derivative has a Hessian that is not symmetric (jax.hessian's too).
+        return Hessian(self.operator.transpose(), self.name)
 
     def solve(self, rhs: ArrayLike) -> Array:
         rhs = check_tangent(self, "solve", rhs, self.out_shape)
