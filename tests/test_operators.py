@@ -238,6 +238,24 @@ def test_every_operator_type_has_a_case():
     assert types - abstract <= covered
 
 
+def test_a_real_map_after_a_complex_one_is_complex_as_the_dense_product():
+    """A real LowRank or Contraction composed after a complex map kept its real dtype and
+    dropped the imaginary part (L Z gave Re(L Z); C (2 + 3i) I gave 2 C)."""
+    Z = mj.Dense(jnp.array([[1j, 0.0], [0.0, 2.0]]), 1)
+    L = mj.LowRank(jnp.array([[1.0], [2.0]]), jnp.array([[1.0], [1.0]]))
+    M = jnp.array([[2.0, 1.0], [0.0, 3.0]])
+    C = operators.Contraction((2,), (2,), "float64", M, ("b", "ab", "a"))
+    scaled = mj.Identity((2,), "float64") * (2 + 3j)
+    v = jnp.array([1.0, -2.0])
+    LZ, cM = L.to_dense() @ Z.to_dense(), (2 + 3j) * M
+    # (the second map starts from real tangents: its vm is real, JAX's pairing Re(u^T w))
+    for product, expected, vm in ((L @ Z, LZ, v @ LZ), (C @ scaled, cM, jnp.real(v @ cM))):
+        assert product.dtype == jnp.complex128
+        np.testing.assert_allclose(product.to_dense(), expected, rtol=1e-15)
+        np.testing.assert_allclose(product.mv(v), expected @ v, rtol=1e-15)
+        np.testing.assert_allclose(product.vm(v), vm, rtol=1e-15)
+
+
 def test_zero_promotes_a_wider_vector_as_a_dense_zero_matrix_does():
     zero = operators.Zero((2,), (3,), "float32")
     dense = mj.Dense(jnp.zeros((2, 3), jnp.float32), 1)

@@ -669,7 +669,18 @@ class Composition(JacobianOperator):
     layout = property(lambda self: self.outer.layout)  # type: ignore[assignment]
     out_shape = property(lambda self: self.outer.out_shape)
     in_shape = property(lambda self: self.inner.in_shape)
-    dtype = property(lambda self: self.outer.dtype)  # what outer.mv returns
+    @property
+    def dtype(self) -> Any:
+        """What ``outer.mv`` returns: the outer map's dtype, complex when a complex-linear
+        real map follows a complex one (a real part is not complex-linear: it stays real)."""
+        outer, inner = self.outer.dtype, self.inner.dtype
+        if (
+            jnp.issubdtype(inner, jnp.complexfloating)
+            and not jnp.issubdtype(outer, jnp.complexfloating)
+            and self.outer.complex_linear()
+        ):
+            return jnp.result_type(outer, inner)
+        return outer
 
     def mv(self, tangent: ArrayLike) -> Array:
         return self.outer.mv(self.inner.mv(tangent))

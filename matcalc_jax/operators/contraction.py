@@ -97,12 +97,20 @@ class Contraction(ShapedOperator):
     def mv(self, tangent: ArrayLike) -> Array:
         tangent = check_tangent(self, "mv", tangent, self.in_shape)
         ins, _, outs = self.spec
-        return einsum(self._operands(tangent, ins), outs, self.sizes, self.dtype)
+        return einsum(self._operands(tangent, ins), outs, self.sizes, self._image(tangent))
 
     def vm(self, cotangent: ArrayLike) -> Array:
         cotangent = check_tangent(self, "vm", cotangent, self.out_shape)
         ins, _, outs = self.spec
-        return einsum(self._operands(cotangent, outs), ins, self.sizes, self.dtype)
+        return einsum(self._operands(cotangent, outs), ins, self.sizes, self._image(cotangent))
+
+    def _image(self, vector: Array) -> Any:
+        """The dtype of a product: the map's, complex for a complex vector (a real map
+        applied to complex values, as a dense matrix would be; casting back to the real
+        dtype dropped the imaginary part)."""
+        if jnp.iscomplexobj(vector) and not jnp.issubdtype(self.dtype, jnp.complexfloating):
+            return jnp.result_type(self.dtype, vector.dtype)
+        return self.dtype
 
     def _numerator(self) -> Array:
         ins, core, outs = self.spec

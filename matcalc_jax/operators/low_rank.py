@@ -186,7 +186,9 @@ def _columns(apply: Any, factor: Array) -> Array:
 
 def _canonical(U: Array, V: Array, layout: Layout) -> LowRank:
     """U V^T with a one-entry side folded into the other: rank one. U is on the output's
-    side, so its dtype is the map's."""
+    side, so its dtype is the map's (complex when V is: a real U V^T after a complex map)."""
+    if jnp.iscomplexobj(V) and not jnp.iscomplexobj(U):
+        U = U.astype(jnp.result_type(U.dtype, V.dtype))
     V = V.astype(U.dtype)
     if U.shape[-1] > 1 and size_of(U.shape[:-1]) == 1:
         return LowRank(jnp.ones_like(U[..., :1]), (V @ U.reshape(-1))[..., None], layout)
