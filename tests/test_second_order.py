@@ -348,6 +348,11 @@ def test_gauss_newton_of_pytree_parameters():
 def test_non_scalar_function_is_refused():
     with pytest.raises(TypeError, match=r"hessian\(<lambda>\).*expected a real scalar"):
         mj.hessian(lambda x: x**2)(jnp.ones(3))
+    # a container of one scalar: named, with the way out (it was JAX's "Gradient only
+    # defined for scalar-output functions" from inside jax.grad)
+    for transform in (mj.hessian, mj.laplacian):
+        with pytest.raises(TypeError, match=r"returns \{'loss': 'float.*\[\]'\}.*one leaf"):
+            transform(lambda x: {"loss": jnp.sum(x**3)})(jnp.ones(3))
 
 
 @pytest.mark.parametrize("x", [jnp.arange(3), jnp.ones(3, jnp.complex64)])

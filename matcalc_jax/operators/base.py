@@ -669,6 +669,7 @@ class Composition(JacobianOperator):
     layout = property(lambda self: self.outer.layout)  # type: ignore[assignment]
     out_shape = property(lambda self: self.outer.out_shape)
     in_shape = property(lambda self: self.inner.in_shape)
+
     @property
     def dtype(self) -> Any:
         """What ``outer.mv`` returns: the outer map's dtype, complex when a complex-linear

@@ -181,16 +181,18 @@ def _name(f: Any) -> str:
 
 
 def _check_scalar(what: str, name: str, out: Any) -> None:
-    leaves = jax.tree_util.tree_leaves(out)
+    leaves, structure = jax.tree_util.tree_flatten(out)
     if (
         len(leaves) != 1
+        or not jax.tree_util.treedef_is_leaf(structure)  # {"loss": x}: a container of one
         or leaves[0].shape != ()
         or not jnp.issubdtype(leaves[0].dtype, jnp.floating)
     ):
         got = jax.tree_util.tree_map(lambda leaf: f"{leaf.dtype}{list(leaf.shape)}", out)
         raise TypeError(
             f"matcalc_jax.{what}({name}): f returns {got}; expected a real scalar "
-            "(a float array of shape ()), as jax.hessian"
+            "(a float array of shape ()); of a pytree output, differentiate one leaf "
+            "(lambda x: f(x)[key])"
         )
 
 
