@@ -256,6 +256,14 @@ def test_a_real_map_after_a_complex_one_is_complex_as_the_dense_product():
         np.testing.assert_allclose(product.vm(v), vm, rtol=1e-15)
 
 
+def test_a_diagonal_plus_a_wider_identity_promotes_and_log_dets_are_real():
+    d = mj.Diagonal(jnp.array([1e-9, 2.0], jnp.float32))
+    for total in (d + mj.Identity((2,), "float64"), mj.Identity((2,), "float64") + d):
+        assert total.dtype == jnp.float64  # as jnp: float32 + float64
+    identity = mj.Identity((3,), "complex128")
+    assert identity.logdet().dtype == jnp.linalg.slogdet(identity.to_dense())[1].dtype
+
+
 def test_zero_promotes_a_wider_vector_as_a_dense_zero_matrix_does():
     zero = operators.Zero((2,), (3,), "float32")
     dense = mj.Dense(jnp.zeros((2, 3), jnp.float32), 1)

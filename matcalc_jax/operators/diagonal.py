@@ -78,12 +78,12 @@ def _diagonal_diagonal(outer: Diagonal, inner: Diagonal) -> Diagonal:
 
 @addition_rule(Diagonal, Identity)
 def _diagonal_plus_identity(left: Diagonal, right: Identity) -> Diagonal:
-    return Diagonal(left.values + 1, left.layout)
+    return Diagonal(left.values + jnp.ones((), right.dtype), left.layout)  # promoted
 
 
 @addition_rule(Identity, Diagonal)
 def _identity_plus_diagonal(left: Identity, right: Diagonal) -> Diagonal:
-    return Diagonal(right.values + 1, right.layout)
+    return _diagonal_plus_identity(right, left)
 
 
 @addition_rule(Scaled, JacobianOperator)

@@ -58,8 +58,8 @@ class Identity(JacobianOperator):
     def trace(self) -> Array:
         return jnp.asarray(size_of(self.in_shape), self.dtype)
 
-    def logdet(self) -> Array:
-        return jnp.zeros((), self.dtype)
+    def logdet(self) -> Array:  # log|det I| = 0, real as jnp.linalg.slogdet's
+        return jnp.zeros((), jnp.finfo(self.dtype).dtype)
 
     def solve(self, rhs: ArrayLike) -> Array:
         return check_tangent(self, "solve", rhs, self.out_shape)
