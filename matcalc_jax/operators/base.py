@@ -153,6 +153,16 @@ def _densified_once(method: Callable[[Any], Array]) -> Callable[[Any], Array]:
     return numerator
 
 
+def _kept(op: Any, name: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``, kept on the (immutable) operator: a property of the whole graph below
+    it, which compositions ask of every node they meet."""
+    kept = op.__dict__.get(f"_{name}")
+    if kept is None:
+        kept = compute()
+        op.__dict__[f"_{name}"] = kept  # not a field: a frozen dataclass's __dict__ holds it
+    return kept
+
+
 class JacobianOperator:
     """A structured Jacobian: a linear map from tangents of ``in_shape`` to tangents of
     ``out_shape`` (see ``matcalc_jax.operators``)."""
@@ -313,7 +323,9 @@ class JacobianOperator:
 
     def complex_linear(self) -> bool:
         """True when ``J (c v) = c J v`` for complex scalars c as well as real ones."""
-        return not self.real_linear_only and all(c.complex_linear() for c in self.children())
+        return _kept(self, "complex_linear", lambda: not self.real_linear_only and all(
+            c.complex_linear() for c in self.children()
+        ))  # fmt: skip
 
     #: True for a map that is linear only up to a rounding of its tangent
     #: (``reduce_precision``): a scalar does not commute with it, ``J (c v)`` rounds c v.
@@ -321,7 +333,9 @@ class JacobianOperator:
 
     def commutes_with_scaling(self) -> bool:
         """True when ``J (c v) = c J v`` for real scalars c (every map but a rounding)."""
-        return not self.rounds and all(c.commutes_with_scaling() for c in self.children())
+        return _kept(self, "commutes_with_scaling", lambda: not self.rounds and all(
+            c.commutes_with_scaling() for c in self.children()
+        ))  # fmt: skip
 
     @property
     def real_to_complex(self) -> bool:
@@ -722,10 +736,11 @@ class Composition(JacobianOperator):
     out_shape = property(lambda self: self.outer.out_shape)
     in_shape = property(lambda self: self.inner.in_shape)
 
-    @property
+    @functools.cached_property
     def dtype(self) -> Any:
         """What ``outer.mv`` returns: the outer map's dtype, complex when a complex-linear
-        real map follows a complex one (a real part is not complex-linear: it stays real)."""
+        real map follows a complex one (a real part is not complex-linear: it stays real).
+        Kept once computed: it reads the whole graph below, which may share nodes."""
         outer, inner = self.outer.dtype, self.inner.dtype
         if (
             jnp.issubdtype(inner, jnp.complexfloating)
