@@ -348,6 +348,22 @@ def test_a_row_through_a_selection_is_jacfwd_s_not_nan(name):
         np.testing.assert_allclose(J.mv(v), jax.jvp(f, (x,), (v,))[1], rtol=1e-12)
 
 
+def test_the_eager_forward_pass_is_one_program_compiled_once():
+    """Eager, the forward recomputation is one compiled program per operator structure:
+    a second point (another NaN) reuses it (each call compiled its own, 0.2 s)."""
+    from matcalc_jax.operators.low_rank import _forward_rows_program
+
+    f = lambda x: jnp.sum(jnp.sqrt(x) * x[::-1])  # noqa: E731
+    x = jnp.linspace(0.5, 2.0, 20)
+    mj.jacobian(f)(x.at[3].set(jnp.nan)).to_dense()
+    compiled = _forward_rows_program._cache_size()
+    row = mj.jacobian(f)(x.at[7].set(jnp.nan)).to_dense()
+    assert _forward_rows_program._cache_size() == compiled
+    nan = np.zeros(20, bool)
+    nan[[7, 12]] = True  # x_7 and its mirror; a NaN stays on its entries
+    np.testing.assert_array_equal(np.isnan(row), nan)
+
+
 def test_a_row_non_finite_forward_too_stays_non_finite():
     """c^T sqrt(x) with c_0 = 0 at x_0 = 0: 0 * inf forward as well, NaN (not 0) in column
     0; the other columns keep their diagonal entries (a NaN stays on its entry)."""

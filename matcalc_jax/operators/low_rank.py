@@ -226,34 +226,40 @@ def _pulled_back(inner: JacobianOperator, V: Array) -> Array:
     W = _columns(inner.vm, V)
     if not jnp.issubdtype(W.dtype, jnp.floating) or W.size == 0:
         return W
-    n, r = size_of(tuple(inner.in_shape)), V.shape[-1]
-    rows = W.reshape(n, r)
+    rows = W.reshape(size_of(tuple(inner.in_shape)), V.shape[-1])
     bad = ~jnp.all(jnp.isfinite(rows), axis=1)
-    if is_concrete(bad) and not bool(jnp.any(bad)):
-        return W  # eager and finite: nothing to recompute, nothing to trace
-
-    def forward(rows: Array) -> Array:
-        chunk = min(FORWARD_CHUNK, n)
-        count = jnp.sum(bad)
-        order = jnp.argsort(~bad, stable=True)  # the non-finite entries first
-        order = jnp.concatenate([order, jnp.zeros(chunk, order.dtype)])
-        out_axes = tuple(range(1, 1 + len(inner.out_shape)))
-
-        def step(state: tuple[Array, Array]) -> tuple[Array, Array]:
-            start, rows = state
-            index = jax.lax.dynamic_slice(order, (start,), (chunk,))
-            valid = start + jnp.arange(chunk) < count
-            basis = jax.nn.one_hot(index, n, dtype=rows.dtype).reshape((chunk, *inner.in_shape))
-            images = jax.vmap(inner.mv)(basis)  # B e_j, (chunk,) + out_shape
-            fresh = jnp.tensordot(images, V, axes=(out_axes, tuple(a - 1 for a in out_axes)))
-            fresh = jnp.real(fresh).astype(rows.dtype)
-            written = jnp.where(valid, index, n)  # past the end: dropped
-            return start + chunk, rows.at[written].set(fresh, mode="drop")
-
-        return jax.lax.while_loop(lambda state: state[0] < count, step, (0, rows))[1]
-
-    rows = jax.lax.cond(jnp.any(bad), forward, lambda rows: rows, rows)
+    if not is_concrete(bad):  # traced: the forward pass is a branch, taken when needed
+        rows = jax.lax.cond(jnp.any(bad), _forward_rows, lambda *a: a[0], rows, bad, inner, V)
+    elif bool(jnp.any(bad)):  # eager: one program per operator structure, compiled once
+        rows = _forward_rows_program(rows, bad, inner, V)
     return rows.reshape(W.shape)
+
+
+def _forward_rows(rows: Array, bad: Array, inner: JacobianOperator, V: Array) -> Array:
+    """``rows`` (B^T V, (n, r)) with each row j flagged ``bad`` replaced by V^T (B e_j),
+    ``FORWARD_CHUNK`` unit tangents at a time."""
+    n = rows.shape[0]
+    chunk = min(FORWARD_CHUNK, n)
+    count = jnp.sum(bad)
+    order = jnp.argsort(~bad, stable=True)  # the non-finite entries first
+    order = jnp.concatenate([order, jnp.zeros(chunk, order.dtype)])
+    out_axes = tuple(range(1, 1 + len(inner.out_shape)))
+
+    def step(state: tuple[Array, Array]) -> tuple[Array, Array]:
+        start, rows = state
+        index = jax.lax.dynamic_slice(order, (start,), (chunk,))
+        valid = start + jnp.arange(chunk) < count
+        basis = jax.nn.one_hot(index, n, dtype=rows.dtype).reshape((chunk, *inner.in_shape))
+        images = jax.vmap(inner.mv)(basis)  # B e_j, (chunk,) + out_shape
+        fresh = jnp.tensordot(images, V, axes=(out_axes, tuple(a - 1 for a in out_axes)))
+        fresh = jnp.real(fresh).astype(rows.dtype)
+        written = jnp.where(valid, index, n)  # past the end: dropped
+        return start + chunk, rows.at[written].set(fresh, mode="drop")
+
+    return jax.lax.while_loop(lambda state: state[0] < count, step, (0, rows))[1]
+
+
+_forward_rows_program = jax.jit(_forward_rows)
 
 
 @addition_rule(LowRank, LowRank)
