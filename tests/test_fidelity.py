@@ -373,6 +373,18 @@ def test_a_row_non_finite_forward_too_stays_non_finite():
     np.testing.assert_allclose(row[1:], [0.5, 0.25], rtol=1e-15)
 
 
+def test_a_stored_product_with_an_infinite_derivative_is_nan_never_a_wrong_number():
+    """Documented: cumsum's triangle times sqrt'(0) = inf is NaN above the diagonal of that
+    column (jax.jacfwd: 0); the other columns and the rows below agree."""
+    f = lambda x: jnp.cumsum(jnp.sqrt(x))  # noqa: E731
+    x = jnp.array([1.0, 2.0, 4.0, 0.0])
+    dense, expected = mj.jacobian(f)(x).to_dense(), jax.jacfwd(f)(x)
+    assert np.isnan(dense[:3, 3]).all() and (expected[:3, 3] == 0).all()
+    assert dense[3, 3] == expected[3, 3] == np.inf
+    finite = np.isfinite(expected[:, :3])
+    np.testing.assert_allclose(dense[:, :3][finite], expected[:, :3][finite], rtol=1e-15)
+
+
 def test_abs_at_zero_is_jax_convention():
     """Finding 4: abs'(0) was 0; JAX's rule is select(x >= 0, 1, -1): 1 at +-0, -1 at NaN."""
     x = jnp.array([0.0, -0.0, 2.0, -2.0, jnp.nan])
