@@ -153,7 +153,7 @@ def _densified_once(method: Callable[[Any], Array]) -> Callable[[Any], Array]:
     return numerator
 
 
-def _kept(op: Any, name: str, compute: Callable[[], Any]) -> Any:
+def kept_on(op: Any, name: str, compute: Callable[[], Any]) -> Any:
     """``compute()``, kept on the (immutable) operator: a property of the whole graph below
     it, which compositions ask of every node they meet."""
     kept = op.__dict__.get(f"_{name}")
@@ -323,7 +323,7 @@ class JacobianOperator:
 
     def complex_linear(self) -> bool:
         """True when ``J (c v) = c J v`` for complex scalars c as well as real ones."""
-        return _kept(self, "complex_linear", lambda: not self.real_linear_only and all(
+        return kept_on(self, "complex_linear", lambda: not self.real_linear_only and all(
             c.complex_linear() for c in self.children()
         ))  # fmt: skip
 
@@ -333,7 +333,7 @@ class JacobianOperator:
 
     def commutes_with_scaling(self) -> bool:
         """True when ``J (c v) = c J v`` for real scalars c (every map but a rounding)."""
-        return _kept(self, "commutes_with_scaling", lambda: not self.rounds and all(
+        return kept_on(self, "commutes_with_scaling", lambda: not self.rounds and all(
             c.commutes_with_scaling() for c in self.children()
         ))  # fmt: skip
 

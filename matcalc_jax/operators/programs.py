@@ -21,6 +21,7 @@ from matcalc_jax.operators.base import (
     Transposed,
     Wrapped,
     check_tangent,
+    kept_on,
     pytree,
     size_of,
 )
@@ -193,5 +194,8 @@ class FromCotangents(Wrapped):
 
 
 def has_pullback(op: JacobianOperator) -> bool:
-    """Whether a ``Pullback`` is anywhere in ``op``."""
-    return isinstance(op, Pullback) or any(has_pullback(child) for child in op.children())
+    """Whether a ``Pullback`` is anywhere in ``op`` (kept on each node: a graph shared by
+    many paths is read once)."""
+    return kept_on(op, "has_pullback", lambda: isinstance(op, Pullback) or any(
+        has_pullback(child) for child in op.children()
+    ))  # fmt: skip
