@@ -25,7 +25,9 @@ from jax import Array, lax
 
 from matcalc_jax.operators.base import compose
 from matcalc_jax.operators.contraction import LETTERS, contraction
+from matcalc_jax.operators.diagonal import Diagonal
 from matcalc_jax.transform import elementwise
+from matcalc_jax.transform.interpreter import Operator
 from matcalc_jax.transform.registry import pointwise
 
 Pair = tuple[Array, Array]
@@ -66,6 +68,54 @@ COMBINE: dict[str, Callable[[Pair, Pair], Pair]] = {
 }
 
 
+#: The running reductions whose core's zeros are structural: dy_i/dx_j is 0 where y_i does
+#: not depend on x_j near x (j past i, a product with another zero entry, an entry that is
+#: not the maximum). Not cumlogsumexp: its weight exp(x_j - y_i) is 0 at x_j = -inf, where
+#: an infinite dx_j/dt (log at 0) makes the true derivative finite and nonzero.
+STRUCTURAL_ZEROS = ("cumsum", "cumprod", "cummax", "cummin")
+
+
+def _after(name: str, core: Array, spec: tuple, x: Array, y: Array, op: Operator) -> Operator:
+    """The running reduction's map (``core`` with labels ``spec``) after the argument's
+    Jacobian ``op``. After a diagonal (an elementwise map) the two merge into one core,
+    where a structural zero of the reduction stays 0 beside an infinite derivative (sqrt'
+    at 0) instead of 0 * inf: JAX's scan adds prefixes and never forms that product, so
+    ``cumsum(sqrt(x))`` keeps jax.jacfwd's zeros above the diagonal."""
+    ins, core_labels, outs = spec
+    if not (name in STRUCTURAL_ZEROS and isinstance(op, Diagonal)):
+        return compose(contraction(core, spec, x.shape, y.shape, y.dtype), op)
+    labels = core_labels + "".join(c for c in ins if c not in core_labels)
+    sizes = dict(zip(ins, x.shape, strict=True)) | dict(zip(core_labels, core.shape, strict=True))
+    shape = tuple(sizes[c] for c in labels)
+    wide = jnp.broadcast_to(_aligned(core, core_labels, labels), shape)
+    values = _aligned(op.values, ins, labels).astype(jnp.result_type(core, op.values))
+    merged = jnp.where(wide == 0, jnp.zeros((), values.dtype), wide * values)
+    return contraction(merged, (ins, labels, outs), x.shape, y.shape, y.dtype, op.layout)
+
+
+def _aligned(array: Array, labels: str, target: str) -> Array:
+    """``array`` (axes ``labels``) with its axes in ``target``'s order, a length-1 axis for
+    each label of ``target`` it lacks: ready to broadcast."""
+    order = sorted(range(len(labels)), key=lambda k: target.index(labels[k]))
+    array = jnp.transpose(array, order)
+    present = [labels[k] for k in order]
+    return array.reshape([array.shape[present.index(c)] if c in present else 1 for c in target])
+
+
+@pointwise("cumsum", complex=True, linear=True)
+def _cumsum(ctx, eqn, ins, ops, outs):
+    x, y = ins[0], outs[0]
+    axis, n = eqn.params["axis"], x.shape[eqn.params["axis"]]
+    labels = LETTERS[: x.ndim]
+    twin = LETTERS[x.ndim]
+    core = jnp.tril(jnp.ones((n, n), y.dtype))  # core[j, i] = [i <= j]
+    if eqn.params.get("reverse"):
+        core = core.T
+    out_labels = labels.replace(labels[axis], twin)
+    spec = (labels, twin + labels[axis], out_labels)
+    return [_after("cumsum", core, spec, x, y, ops[0])]
+
+
 @pointwise(*COMBINE)
 def _running(ctx, eqn, ins, ops, outs):
     x, y = ins[0], outs[0]
@@ -82,7 +132,7 @@ def _running(ctx, eqn, ins, ops, outs):
     twin = LETTERS[x.ndim]
     in_labels = labels.replace(labels[axis], twin)
     spec = (in_labels, twin + labels, labels)
-    return [compose(contraction(core, spec, x.shape, y.shape, y.dtype), ops[0])]
+    return [_after(eqn.primitive.name, core, spec, x, y, ops[0])]
 
 
 def _others_product(x: Array, axes: tuple[int, ...]) -> Array:

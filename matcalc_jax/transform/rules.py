@@ -307,20 +307,6 @@ def _reduce_chooser(ctx, eqn, ins, ops, outs):
     return [compose(contraction(core, spec, x.shape, y.shape, y.dtype), ops[0])]
 
 
-@pointwise("cumsum", complex=True, linear=True)
-def _cumsum(ctx, eqn, ins, ops, outs):
-    x, y = ins[0], outs[0]
-    axis, n = eqn.params["axis"], x.shape[eqn.params["axis"]]
-    labels = _label(x.ndim)
-    twin = LETTERS[x.ndim]
-    core = jnp.tril(jnp.ones((n, n), y.dtype))  # core[j, i] = [i <= j]
-    if eqn.params.get("reverse"):
-        core = core.T
-    out_labels = labels.replace(labels[axis], twin)
-    spec = (labels, twin + labels[axis], out_labels)
-    return [compose(contraction(core, spec, x.shape, y.shape, y.dtype), ops[0])]
-
-
 # -------------------------------------------------------------------- linear maps: indexing
 
 
