@@ -377,14 +377,31 @@ def test_a_row_non_finite_forward_too_stays_non_finite():
     "running", [jnp.cumsum, jnp.cumprod, lax.cummax, lambda y: lax.cummin(y, reverse=True)]
 )
 def test_a_running_reduction_after_an_infinite_derivative_keeps_its_structural_zeros(running):
-    """sqrt'(0) = inf merged into a running reduction's triangle stays 0 where y_i does not
-    depend on x_j (it was 0 * inf = NaN up the column); where jax.jacfwd is finite, equal."""
+    """sqrt'(0) = inf merged into a running reduction's triangle stays 0 outside the prefix
+    (it was 0 * inf = NaN up the column); where jax.jacfwd is finite, equal."""
     f = lambda x: running(jnp.sqrt(x))  # noqa: E731
     x = jnp.array([1.0, 2.0, 4.0, 0.0])
     dense, expected = mj.jacobian(f)(x).to_dense(), jax.jacfwd(f)(x)
-    finite = np.isfinite(expected)
+    finite = np.isfinite(expected)  # column 3 above the diagonal among them: 0
     np.testing.assert_allclose(dense[finite], expected[finite], rtol=1e-15)
-    assert not np.isnan(dense).any()
+
+
+def test_a_running_reduction_keeps_the_products_jax_forms_inside_its_prefix():
+    """Only the entries outside the prefix are structural: a product that underflowed to 0
+    times sqrt'(0) = inf is NaN (jax.jacfwd: inf), never the 0 of a structural entry."""
+    f = lambda x: lax.cumprod(jnp.sqrt(x))  # noqa: E731
+    dense = mj.jacobian(f)(jnp.array([1e-300, 1e-300, 1e-300, 0.0])).to_dense()
+    assert not np.isfinite(dense[3, 3])
+    assert (dense[:3, 3] == 0).all()  # outputs 0-2 do not read x_3
+
+
+def test_logdet_and_solve_through_a_rounding_are_its_matrix_s():
+    f = lambda x: lax.reduce_precision(x * 3.1, 5, 10) * 2.0  # noqa: E731
+    x = jnp.array([0.3, -0.7, 1.2])
+    J = mj.jacobian(f)(x)
+    matrix = jax.jacfwd(f)(x)
+    np.testing.assert_allclose(J.logdet(), jnp.linalg.slogdet(matrix)[1], rtol=1e-14)
+    np.testing.assert_allclose(J.solve(jnp.ones(3)), jnp.linalg.solve(matrix, jnp.ones(3)))
 
 
 def test_a_stored_product_with_an_infinite_derivative_is_nan_never_a_wrong_number():

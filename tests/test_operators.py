@@ -391,6 +391,28 @@ def test_diagonal_plus_low_rank_with_a_badly_scaled_diagonal(dtype):
     np.testing.assert_allclose(op.solve(rhs.astype(dtype)), np.linalg.solve(dense, rhs), rtol=tol)
 
 
+@pytest.mark.parametrize(
+    "d, U, V",
+    [
+        ([3.0, 3e-16], [[1.0], [0.5]], [[1.0], [1.0]]),  # just above eps * rho: was 2.5
+        ([1.0, 1e-15], [[1.0], [1.0]], [[1.0], [-1.0]]),  # -0.875 for -1
+        ([1.0, 1e-12], [[1.0], [1.0]], [[1.0], [-1.0]]),
+        ([1.48e-15, 0.68, -0.91], np.eye(3) * 0.7 + 0.2, np.ones((3, 3)) * 0.4),
+    ],
+)
+def test_diagonal_plus_low_rank_with_a_small_entry_in_a_well_conditioned_matrix(d, U, V):
+    """Woodbury divides by d: a d_k small beside its row's low-rank part is shifted into
+    the low-rank part whatever its size, not only below eps (cond < 20 here)."""
+    op = mj.DiagonalPlusLowRank(jnp.array(d), jnp.array(U), jnp.array(V))
+    dense = np.diag(d) + np.array(U) @ np.array(V).T
+    assert np.linalg.cond(dense) < 20
+    rhs = np.array([1.0, -2.0, 0.5][: len(d)])
+    expected = np.linalg.solve(dense, rhs)
+    solution = np.asarray(op.solve(jnp.array(rhs)))
+    assert np.linalg.norm(solution - expected) <= 1e-13 * np.linalg.norm(expected)
+    assert abs(float(op.logdet()) - np.linalg.slogdet(dense)[1]) <= 1e-13
+
+
 def test_diagonal_plus_low_rank_to_dense_keeps_a_complex_or_wider_diagonal():
     op = mj.DiagonalPlusLowRank(jnp.array([1 + 2j, 2.0, 3.0]), jnp.ones((3, 1)), jnp.ones((3, 1)))
     assert op.to_dense().dtype == jnp.complex128 and op.to_dense()[0, 0] == 2 + 2j

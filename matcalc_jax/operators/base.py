@@ -780,6 +780,7 @@ class Composition(JacobianOperator):
             f.in_shape == f.out_shape
             and jnp.issubdtype(f.dtype, jnp.floating)
             and f.complex_linear()
+            and f.commutes_with_scaling()  # a rounding is not linear: no det of its own
             and not f.real_to_complex
             for f in (self.outer, self.inner)
         )

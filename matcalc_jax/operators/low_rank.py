@@ -130,14 +130,16 @@ class DiagonalPlusLowRank(JacobianOperator):
 
     def _with_invertible_diagonal(self) -> tuple[Array, Array, Array, Array]:
         """(d', U', V', singular) with diag(d) + U V^T = diag(d') + U' V'^T and d' safe to
-        divide by. An entry d_k negligible in its own row (|d_k| <= eps rho_k, rho_k =
-        sum_i |U_ki| max_j |V_ji| bounding the row's low-rank entries; a zero, as relu's
-        derivative gives: D + U V^T is then invertible, D is not) makes Woodbury divide by
-        almost nothing. Up to r of them get rho_k added, and the rank-one terms
-        -rho_k e_k e_k^T join U V^T (rank <= 2r): the matrix changes by at most eps in
-        those rows. An entry that is small only beside max|d| is kept (d = (1e20, 1, 2)
-        with O(1) factors is well conditioned row by row). More than r zeros in d leave a
-        matrix of rank below its size (their rows lie in the span of V^T): ``singular``."""
+        divide by. Woodbury divides by d: an entry small beside its own row's low-rank part
+        (|d_k| < rho_k, rho_k = sum_i |U_ki| max_j |V_ji|; a zero, as relu's derivative
+        gives, where D + U V^T is invertible and D is not) makes the r x r system
+        ill-conditioned however well conditioned the matrix is. The r entries of smallest
+        |d_k| / rho_k below 1 get rho_k added, and the rank-one terms -rho_k e_k e_k^T join
+        U V^T (rank <= 2r): exact but for the rounding of d_k + rho_k, at most eps rho_k,
+        a change of eps in that row. An entry small only beside max|d| is its row's own
+        scale and is kept (d = (1e20, 1, 2) with O(1) factors: only the smallest shifts).
+        More than r zeros in d leave a matrix of rank below its size (their rows lie in
+        the span of V^T): ``singular``."""
         magnitudes = jnp.abs(self.values)
         rows = (jnp.abs(self.U) @ jnp.max(jnp.abs(self.V), axis=0, initial=0)).astype(
             magnitudes.dtype
@@ -146,10 +148,13 @@ class DiagonalPlusLowRank(JacobianOperator):
         fallback = jnp.where(fallback > 0, fallback, jnp.ones((), fallback.dtype))
         shift = jnp.where(rows > 0, rows, fallback)
         tiny = jnp.finfo(self.dtype).tiny
-        small = (magnitudes <= jnp.finfo(self.dtype).eps * rows) | (magnitudes < tiny)
+        alone = jnp.where(magnitudes < tiny, 0.0, jnp.inf).astype(magnitudes.dtype)
+        ratio = jnp.where(rows > 0, magnitudes / jnp.where(rows > 0, rows, 1), alone)
+        ratio = jnp.where(jnp.isnan(ratio), jnp.inf, ratio)
+        small = ratio < 1
         zero = self.values == 0
         count = min(self.U.shape[-1], self.values.shape[0])
-        _, chosen = jax.lax.top_k(small.astype(jnp.int32) + zero.astype(jnp.int32), count)
+        _, chosen = jax.lax.top_k(-ratio, count)  # the smallest ratios, zeros first
         W = jax.nn.one_hot(chosen, self.values.shape[0], dtype=self.dtype).T * small[chosen]
         shifts = jnp.sum(W, axis=-1) * shift
         values = self.values + shifts

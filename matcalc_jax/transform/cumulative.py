@@ -68,28 +68,27 @@ COMBINE: dict[str, Callable[[Pair, Pair], Pair]] = {
 }
 
 
-#: The running reductions whose core's zeros are structural: dy_i/dx_j is 0 where y_i does
-#: not depend on x_j near x (j past i, a product with another zero entry, an entry that is
-#: not the maximum). Not cumlogsumexp: its weight exp(x_j - y_i) is 0 at x_j = -inf, where
-#: an infinite dx_j/dt (log at 0) makes the true derivative finite and nonzero.
-STRUCTURAL_ZEROS = ("cumsum", "cumprod", "cummax", "cummin")
-
-
-def _after(name: str, core: Array, spec: tuple, x: Array, y: Array, op: Operator) -> Operator:
+def _after(
+    core: Array, spec: tuple, x: Array, y: Array, op: Operator, prefix: Array, along: str
+) -> Operator:
     """The running reduction's map (``core`` with labels ``spec``) after the argument's
-    Jacobian ``op``. After a diagonal (an elementwise map) the two merge into one core,
-    where a structural zero of the reduction stays 0 beside an infinite derivative (sqrt'
-    at 0) instead of 0 * inf: JAX's scan adds prefixes and never forms that product, so
-    ``cumsum(sqrt(x))`` keeps jax.jacfwd's zeros above the diagonal."""
+    Jacobian ``op``. After a diagonal (an elementwise map) the two merge into one core in
+    which the entries outside the prefix (``prefix``, True where an output reads an input
+    along the axis, its two axes labelled ``along``) stay 0 beside an infinite
+    derivative (sqrt' at 0), instead of 0 * inf: JAX's scan combines prefixes and never
+    forms that product, so ``cumsum(sqrt(x))`` keeps jax.jacfwd's zeros above the
+    diagonal. Inside the prefix the product is formed as JAX forms it (a product that
+    underflowed to 0, the 0 of a NaN maximum: 0 * inf is NaN there too)."""
     ins, core_labels, outs = spec
-    if not (name in STRUCTURAL_ZEROS and isinstance(op, Diagonal)):
+    if not isinstance(op, Diagonal):
         return compose(contraction(core, spec, x.shape, y.shape, y.dtype), op)
     labels = core_labels + "".join(c for c in ins if c not in core_labels)
     sizes = dict(zip(ins, x.shape, strict=True)) | dict(zip(core_labels, core.shape, strict=True))
     shape = tuple(sizes[c] for c in labels)
     wide = jnp.broadcast_to(_aligned(core, core_labels, labels), shape)
     values = _aligned(op.values, ins, labels).astype(jnp.result_type(core, op.values))
-    merged = jnp.where(wide == 0, jnp.zeros((), values.dtype), wide * values)
+    inside = _aligned(prefix, along, labels)
+    merged = jnp.where(inside, wide * values, jnp.zeros((), values.dtype))
     return contraction(merged, (ins, labels, outs), x.shape, y.shape, y.dtype, op.layout)
 
 
@@ -113,7 +112,7 @@ def _cumsum(ctx, eqn, ins, ops, outs):
         core = core.T
     out_labels = labels.replace(labels[axis], twin)
     spec = (labels, twin + labels[axis], out_labels)
-    return [_after("cumsum", core, spec, x, y, ops[0])]
+    return [_after(core, spec, x, y, ops[0], core != 0, twin + labels[axis])]
 
 
 @pointwise(*COMBINE)
@@ -132,7 +131,9 @@ def _running(ctx, eqn, ins, ops, outs):
     twin = LETTERS[x.ndim]
     in_labels = labels.replace(labels[axis], twin)
     spec = (in_labels, twin + labels, labels)
-    return [_after(eqn.primitive.name, core, spec, x, y, ops[0])]
+    j, i = jnp.arange(n)[:, None], jnp.arange(n)[None, :]  # input j, output i
+    prefix = j >= i if reverse else j <= i
+    return [_after(core, spec, x, y, ops[0], prefix, twin + labels[axis])]
 
 
 def _others_product(x: Array, axes: tuple[int, ...]) -> Array:
