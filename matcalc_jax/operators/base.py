@@ -736,11 +736,14 @@ class Composition(JacobianOperator):
     out_shape = property(lambda self: self.outer.out_shape)
     in_shape = property(lambda self: self.inner.in_shape)
 
-    @functools.cached_property
+    @property
     def dtype(self) -> Any:
         """What ``outer.mv`` returns: the outer map's dtype, complex when a complex-linear
         real map follows a complex one (a real part is not complex-linear: it stays real).
         Kept once computed: it reads the whole graph below, which may share nodes."""
+        return kept_on(self, "dtype", self._promoted_dtype)
+
+    def _promoted_dtype(self) -> Any:
         outer, inner = self.outer.dtype, self.inner.dtype
         if (
             jnp.issubdtype(inner, jnp.complexfloating)

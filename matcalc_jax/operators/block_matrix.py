@@ -24,6 +24,7 @@ from jax.typing import ArrayLike
 
 from matcalc_jax.core.layout import Layout
 from matcalc_jax.operators.base import JacobianOperator, check_tangent, pytree, size_of
+from matcalc_jax.operators.index_maps import cast  # a real block reads a piece's real part
 
 
 @pytree(("blocks",), ("layout",))
@@ -65,7 +66,7 @@ class BlockMatrix(JacobianOperator):
         tangent = check_tangent(self, "mv", tangent, self.in_shape)
         pieces = self._pieces(tangent, list(self.blocks[0]), "in_shape")
         rows = [
-            sum(op.mv(_cast(piece, op.dtype)).reshape(-1)
+            sum(op.mv(cast(piece, op.dtype)).reshape(-1)
                 for op, piece in zip(row, pieces, strict=True))
             for row in self.blocks
         ]  # fmt: skip
@@ -76,7 +77,7 @@ class BlockMatrix(JacobianOperator):
         pieces = self._pieces(cotangent, [row[0] for row in self.blocks], "out_shape")
         columns = [
             sum(
-                row[j].vm(_cast(piece, row[j].dtype)).reshape(-1)
+                row[j].vm(cast(piece, row[j].dtype)).reshape(-1)
                 for row, piece in zip(self.blocks, pieces, strict=True)
             )
             for j in range(len(self.blocks[0]))
@@ -120,11 +121,3 @@ class BlockMatrix(JacobianOperator):
 
     def describe(self) -> str:
         return f"{len(self.blocks)} x {len(self.blocks[0])} blocks"
-
-
-def _cast(piece: Array, dtype: Any) -> Array:
-    """A piece of a flat vector in a block's dtype: a real block reads the real part of a
-    complex piece (JAX's pairing Re(u^T w); a plain cast of complex to real is deprecated)."""
-    if jnp.iscomplexobj(piece) and not jnp.issubdtype(dtype, jnp.complexfloating):
-        piece = jnp.real(piece)
-    return piece.astype(dtype)

@@ -24,7 +24,7 @@ import numpy as np
 from jax import Array, lax
 
 from matcalc_jax.operators.base import compose
-from matcalc_jax.operators.contraction import LETTERS, contraction
+from matcalc_jax.operators.contraction import LETTERS, contraction, einsum
 from matcalc_jax.operators.diagonal import Diagonal
 from matcalc_jax.transform import elementwise
 from matcalc_jax.transform.interpreter import Operator
@@ -84,21 +84,12 @@ def _after(
         return compose(contraction(core, spec, x.shape, y.shape, y.dtype), op)
     labels = core_labels + "".join(c for c in ins if c not in core_labels)
     sizes = dict(zip(ins, x.shape, strict=True)) | dict(zip(core_labels, core.shape, strict=True))
-    shape = tuple(sizes[c] for c in labels)
-    wide = jnp.broadcast_to(_aligned(core, core_labels, labels), shape)
-    values = _aligned(op.values, ins, labels).astype(jnp.result_type(core, op.values))
-    inside = _aligned(prefix, along, labels)
-    merged = jnp.where(inside, wide * values, jnp.zeros((), values.dtype))
+    dtype = jnp.result_type(core, op.values)
+    wide = einsum([(core, core_labels)], labels, sizes, dtype)  # each in labels' order
+    values = einsum([(op.values, ins)], labels, sizes, dtype)
+    inside = einsum([(prefix, along)], labels, sizes, bool)
+    merged = jnp.where(inside, wide * values, jnp.zeros((), dtype))
     return contraction(merged, (ins, labels, outs), x.shape, y.shape, y.dtype, op.layout)
-
-
-def _aligned(array: Array, labels: str, target: str) -> Array:
-    """``array`` (axes ``labels``) with its axes in ``target``'s order, a length-1 axis for
-    each label of ``target`` it lacks: ready to broadcast."""
-    order = sorted(range(len(labels)), key=lambda k: target.index(labels[k]))
-    array = jnp.transpose(array, order)
-    present = [labels[k] for k in order]
-    return array.reshape([array.shape[present.index(c)] if c in present else 1 for c in target])
 
 
 @pointwise("cumsum", complex=True, linear=True)
