@@ -119,6 +119,46 @@ def test_a_declaration_derives_the_structured_twin_and_the_public_name():
         _declared(closed_form=_lonely)
 
 
+def test_every_rule_reads_its_text_from_its_table_and_every_table_names_a_rule():
+    """The family files declare no text: each rule's fields are its table's in rules.toml,
+    runs of white space read as one space; no table is left without a rule."""
+    record = catalogue.record
+    assert record.text_ids() == tuple(r.id for r in mj.rules())
+    for r in mj.rules():
+        text = record.rule_text(r.id)
+        assert {f: getattr(r, f) for f in record.TEXT_FIELDS if f in text} == text
+        assert all(value == " ".join(value.split()) and value for value in text.values())
+    assert mj.rule("softmax").formula.startswith(r"\frac{\partial \operatorname{softmax}")
+
+
+def test_a_declaration_without_text_or_a_bad_table_is_an_error_naming_the_rule(monkeypatch):
+    record = catalogue.record
+    tables = {
+        "wrapped": dict(title="A\n  title", formula="f", numerator_formula="f", plain="p",
+                        source="s", shapes="x"),
+        "unknown": dict(title="t", formula="f", numerator_formula="f", plain="p",
+                        source="s", shapes="x", note="misspelt"),
+        "missing": dict(title="t", formula="f", plain="p", source="s", shapes="x"),
+        "number": dict(title="t", formula="f", numerator_formula="f", plain="p",
+                       source="s", shapes=3),
+    }  # fmt: skip
+    monkeypatch.setattr(record, "_text_tables", lambda: tables)
+    declare = lambda rule_id: record.Rule(  # noqa: E731
+        id=rule_id, fn=softmax.softmax_map, make_example=None,
+        closed_form=softmax.softmax_jacobian,
+    )  # fmt: skip
+    wrapped = declare("wrapped")
+    assert (wrapped.title, wrapped.shapes, wrapped.notes) == ("A title", "x", "")
+    with pytest.raises(ValueError, match=r"rule 'absent': no title given and no \[absent\]"):
+        declare("absent")
+    with pytest.raises(ValueError, match=r"rule 'unknown':.*unknown fields \['note'\]"):
+        declare("unknown")
+    with pytest.raises(ValueError, match=r"rule 'missing':.*lacks \['numerator_formula'\]"):
+        declare("missing")
+    with pytest.raises(ValueError, match=r"rule 'number':.*non-string \['shapes'\]"):
+        declare("number")
+
+
 def _lonely(*args, layout="numerator"):
     return args
 

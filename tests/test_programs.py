@@ -114,7 +114,7 @@ def test_a_program_compiled_with_other_options_is_not_loaded(tmp_path):
     np.testing.assert_allclose(compiled(_INPUTS)["sum"], 6.5)
 
 
-def test_the_source_digest_covers_every_module(monkeypatch, tmp_path):
+def test_the_source_digest_covers_every_module_and_table(monkeypatch, tmp_path):
     package = tmp_path / "package"
     (package / "sub").mkdir(parents=True)
     (package / "a.py").write_text("x = 1\n")
@@ -125,7 +125,11 @@ def test_the_source_digest_covers_every_module(monkeypatch, tmp_path):
         before = programs_module.source_digest()
         programs_module.source_digest.cache_clear()
         (package / "sub" / "b.py").write_text("y = 3\n")
-        assert programs_module.source_digest() != before
+        changed = programs_module.source_digest()
+        assert changed != before
+        programs_module.source_digest.cache_clear()
+        (package / "sub" / "rules.toml").write_text("[r]\ntitle = 't'\n")
+        assert programs_module.source_digest() != changed
     finally:
         programs_module.source_digest.cache_clear()
 

@@ -174,15 +174,6 @@ def _chain_scalar_example(key: Array, dtype: Any, size: int) -> tuple[Array, ...
 RULES = (
     Rule(
         id="chain_vector",
-        title="Chain rule, vector",
-        formula=r"\frac{\partial \mathbf{z}}{\partial \mathbf{x}}"
-        r"=\frac{\partial \mathbf{y}}{\partial \mathbf{x}}"
-        r"\frac{\partial \mathbf{z}}{\partial \mathbf{y}}",
-        numerator_formula=r"\frac{\partial \mathbf{z}}{\partial \mathbf{y}}"
-        r"\frac{\partial \mathbf{y}}{\partial \mathbf{x}}",
-        plain="dz/dx = (dy/dx)(dz/dy)",
-        source="seed",
-        shapes="x in R^m, y in R^s, z in R^n; instance y = tanh(W x), z = V y",
         fn=_chain_vector_fn,
         closed_form=_chain_vector_jacobian,
         bench_sizes=MATMUL_SIZES,
@@ -190,32 +181,14 @@ RULES = (
     ),
     Rule(
         id="chain_matrix_trace",
-        title="Chain rule, matrix through matrix (trace form)",
-        formula=r"\frac{\partial z}{\partial X_{i j}}=\operatorname{tr}\left(\left("
-        r"\frac{\partial z}{\partial Y}\right)^{\mathrm{T}}"
-        r"\frac{\partial Y}{\partial X_{i j}}\right)",
-        numerator_formula=r"\frac{\partial z}{\partial X_{i j}}=\sum_{a b}"
-        r"\frac{\partial z}{\partial Y_{a b}} \frac{\partial Y_{a b}}{\partial X_{i j}}",
-        plain="dz/dX_ij = tr((dz/dY)^T dY/dX_ij)",
-        source="seed",
-        shapes="X in R^{p x q}, Y in R^{s x t}, z scalar; instance Y = A X B, z = sum(tanh(Y))",
         fn=_chain_matrix_trace_fn,
         closed_form=_chain_matrix_trace_jacobian,
         bench_sizes=(8, 16, 32, 48),
         quick_size=4,
         make_example=_chain_matrix_trace_example,
-        notes="Builds the real (s, t, p, q) tensor dY/dX, as the seed writes it: O(size^4) memory.",
     ),
     Rule(
         id="chain_matrix_vector",
-        title="Chain rule, matrix through vector",
-        formula=r"\frac{\partial z}{\partial X_{i j}}=\left(\frac{\partial z}{\partial \mathbf{y}}"
-        r"\right)^{\mathrm{T}} \frac{\partial \mathbf{y}}{\partial X_{i j}}",
-        numerator_formula=r"\frac{\partial z}{\partial X_{i j}}=\sum_{a}"
-        r"\frac{\partial z}{\partial y_{a}} \frac{\partial y_{a}}{\partial X_{i j}}",
-        plain="dz/dX_ij = (dz/dy)^T dy/dX_ij",
-        source="seed",
-        shapes="X in R^{p x q}, y in R^s, z scalar; instance y = X v, z = sum(tanh(y))",
         fn=_chain_matrix_vector_fn,
         closed_form=_chain_matrix_vector_jacobian,
         bench_sizes=(16, 32, 64, 96),
@@ -224,18 +197,9 @@ RULES = (
     ),
     Rule(
         id="chain_scalar",
-        title="Chain rule, scalar through vector",
-        formula=r"\frac{\partial \mathbf{g}}{\partial x}=\left(\frac{\partial \mathbf{g}}"
-        r"{\partial \mathbf{u}}\right)^{\mathrm{T}} \frac{\partial \mathbf{u}}{\partial x}",
-        numerator_formula=r"\frac{\partial \mathbf{g}}{\partial \mathbf{u}}"
-        r"\frac{\partial \mathbf{u}}{\partial x}",
-        plain="dg/dx = (dg/du)^T du/dx",
-        source="seed",
-        shapes="x scalar, u in R^s, g in R^t; instance u = tanh(a x), g = W u",
         fn=_chain_scalar_fn,
         closed_form=_chain_scalar_jacobian,
         bench_sizes=VECTOR_SIZES,
         make_example=_chain_scalar_example,
-        notes="The printed order holds only with du/dx read as a column: see docs/errata.md.",
     ),
 )

@@ -34,12 +34,6 @@ def _linear_transposed_example(key: Array, dtype: Any, size: int) -> tuple[Array
 RULES = (
     Rule(
         id="identity",
-        title="Identity",
-        formula=r"\frac{\partial \mathbf{x}}{\partial \mathbf{x}}=I",
-        numerator_formula=r"I",
-        plain="dx/dx = I",
-        source="seed",
-        shapes="x in R^n",
         fn=lambda x: validate.vector("identity", "x", x),
         closed_form=identity_jacobian,
         bench_sizes=DIAGONAL_SIZES,
@@ -47,12 +41,6 @@ RULES = (
     ),
     Rule(
         id="linear",
-        title="Linear map",
-        formula=r"\frac{\partial A \mathbf{x}}{\partial \mathbf{x}}=A^{\mathrm{T}}",
-        numerator_formula=r"A",
-        plain="d(Ax)/dx = A^T",
-        source="seed",
-        shapes="A in R^{n x m}, x in R^m",
         fn=linear_map,
         wrt=1,
         closed_form=linear_jacobian,
@@ -60,12 +48,6 @@ RULES = (
     ),
     Rule(
         id="linear_transposed",
-        title="Transposed linear map",
-        formula=r"\frac{\partial \mathbf{x}^{\mathrm{T}} A}{\partial \mathbf{x}}=A",
-        numerator_formula=r"A^{\mathrm{T}}",
-        plain="d(x^T A)/dx = A",
-        source="seed",
-        shapes="x in R^m, A in R^{m x n}",
         fn=linear_transposed_map,
         closed_form=linear_transposed_jacobian,
         make_example=_linear_transposed_example,

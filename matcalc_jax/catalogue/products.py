@@ -154,16 +154,6 @@ def _sum_jacobian(
 RULES = (
     Rule(
         id="product_inner",
-        title="Product rule, inner product",
-        formula=r"\frac{\partial \mathbf{y}^{\mathrm{T}} \mathbf{z}}{\partial \mathbf{x}}"
-        r"=\frac{\partial \mathbf{y}}{\partial \mathbf{x}} \mathbf{z}"
-        r"+\frac{\partial \mathbf{z}}{\partial \mathbf{x}} \mathbf{y}",
-        numerator_formula=r"\left(\frac{\partial \mathbf{y}}{\partial \mathbf{x}}"
-        r"\right)^{\mathrm{T}}\mathbf{z}"
-        r"+\left(\frac{\partial \mathbf{z}}{\partial \mathbf{x}}\right)^{\mathrm{T}}\mathbf{y}",
-        plain="d(y^T z)/dx = (dy/dx) z + (dz/dx) y",
-        source="seed",
-        shapes="x in R^m; y, z in R^n; instance y = W x, z = tanh(V x)",
         fn=_inner_fn,
         closed_form=_inner_jacobian,
         bench_sizes=MATMUL_SIZES,
@@ -171,17 +161,6 @@ RULES = (
     ),
     Rule(
         id="product_bilinear",
-        title="Product rule, bilinear form",
-        formula=r"\frac{\partial \mathbf{y}^{\mathrm{T}} A \mathbf{z}}{\partial \mathbf{x}}"
-        r"=\frac{\partial \mathbf{y}}{\partial \mathbf{x}} A \mathbf{z}"
-        r"+\frac{\partial \mathbf{z}}{\partial \mathbf{x}} A^{\mathrm{T}} \mathbf{y}",
-        numerator_formula=r"\left(\frac{\partial \mathbf{y}}{\partial \mathbf{x}}"
-        r"\right)^{\mathrm{T}}A \mathbf{z}"
-        r"+\left(\frac{\partial \mathbf{z}}{\partial \mathbf{x}}\right)^{\mathrm{T}}"
-        r"A^{\mathrm{T}} \mathbf{y}",
-        plain="d(y^T A z)/dx = (dy/dx) A z + (dz/dx) A^T y",
-        source="seed",
-        shapes="x in R^m, y in R^n, z in R^p, A in R^{n x p}; instance y = W x, z = tanh(V x)",
         fn=_bilinear_fn,
         closed_form=_bilinear_jacobian,
         bench_sizes=MATMUL_SIZES,
@@ -189,32 +168,13 @@ RULES = (
     ),
     Rule(
         id="product_scalar_vector",
-        title="Product rule, scalar times vector",
-        formula=r"\frac{\partial y \mathbf{z}}{\partial \mathbf{x}}"
-        r"=y \frac{\partial \mathbf{z}}{\partial \mathbf{x}}"
-        r"+\frac{\partial y}{\partial \mathbf{x}} \mathbf{z}^{\mathrm{T}}",
-        numerator_formula=r"y \frac{\partial \mathbf{z}}{\partial \mathbf{x}}"
-        r"+\mathbf{z}\left(\frac{\partial y}{\partial \mathbf{x}}\right)^{\mathrm{T}}",
-        plain="d(y z)/dx = y dz/dx + (dy/dx) z^T",
-        source="seed",
-        shapes="x in R^m, y scalar, z in R^n; instance y = u^T x, z = tanh(V x)",
         fn=_scalar_vector_fn,
         closed_form=_scalar_vector_jacobian,
         bench_sizes=MATMUL_SIZES,
         make_example=_scalar_vector_example,
-        notes="The printed (dy/dx) z^T holds in denominator layout only: see docs/errata.md.",
     ),
     Rule(
         id="sum",
-        title="Sum rule",
-        formula=r"\frac{\partial(\mathbf{y}+\mathbf{z})}{\partial \mathbf{x}}"
-        r"=\frac{\partial \mathbf{y}}{\partial \mathbf{x}}"
-        r"+\frac{\partial \mathbf{z}}{\partial \mathbf{x}}",
-        numerator_formula=r"\frac{\partial \mathbf{y}}{\partial \mathbf{x}}"
-        r"+\frac{\partial \mathbf{z}}{\partial \mathbf{x}}",
-        plain="d(y + z)/dx = dy/dx + dz/dx",
-        source="nndl",
-        shapes="x in R^m; y, z in R^n; instance y = W x, z = tanh(V x)",
         fn=_sum_fn,
         closed_form=_sum_jacobian,
         public="matcalc_jax.sum_rule",

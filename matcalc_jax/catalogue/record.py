@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.resources
 import inspect
 import sys
+import tomllib
 from collections.abc import Callable
 from typing import Any
 
@@ -23,8 +25,10 @@ from matcalc_jax.core.layout import Layout, check_layout, from_numerator
 from matcalc_jax.core.precision import in_working_precision
 from matcalc_jax.operators import Dense
 
-#: The Matrix Cookbook, cited in the ``source`` of the matrix-argument rules.
-COOKBOOK = "matrix-cookbook (Petersen & Pedersen, 2012)"
+#: The text fields of a rule: given in its declaration, or read from its table in
+#: ``rules.toml`` beside this file (the catalogue's rules give theirs there).
+TEXT_FIELDS = ("title", "formula", "numerator_formula", "plain", "source", "shapes", "notes")
+_OPTIONAL_TEXT = ("notes",)
 
 #: Benchmark size sweeps (``Rule.bench_sizes``): the length of the differentiated argument, its
 #: side for a matrix. Rules whose closed form or autodiff needs matrix-matrix products stop at
@@ -44,7 +48,8 @@ class Rule:
 
     Attributes:
       id: stable snake_case id (``"linear"``).
-      title: a short human name.
+      title: a short human name. A declaration without one takes its text fields (title to
+        notes, ``TEXT_FIELDS``) from the rule's table in ``rules.toml`` (``rule_text``).
       formula: the formula in LaTeX as printed in its source (denominator layout for the seed).
       numerator_formula: the same derivative in numerator layout, in LaTeX.
       plain: a one-line plain-text form of ``formula`` for terminals.
@@ -80,14 +85,14 @@ class Rule:
     """
 
     id: str
-    title: str
-    formula: str
-    numerator_formula: str
-    plain: str
-    source: str
-    shapes: str
     fn: Callable[..., Array]
     make_example: Callable[[Array, Any, int], tuple[Array, ...]]
+    title: str = ""
+    formula: str = ""
+    numerator_formula: str = ""
+    plain: str = ""
+    source: str = ""
+    shapes: str = ""
     closed_form: Callable[..., Array] | None = None
     gradient: Callable[..., Array] | None = None
     wrt: int = 0
@@ -101,6 +106,9 @@ class Rule:
     structured_hessian_form: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
+        if not self.title:
+            for name, value in rule_text(self.id).items():
+                object.__setattr__(self, name, value)
         if self.closed_form is None and self.gradient is None:
             raise ValueError(f"rule {self.id!r}: give closed_form or gradient")
         if self.gradient is not None:  # what is given wins (as dataclasses.replace gives)
@@ -230,6 +238,42 @@ class Rule:
         jacobian = transform(self.fn, argnums=self.wrt)(*args)
         out_ndim = jacobian.ndim - jnp.ndim(args[self.wrt])
         return from_numerator(jacobian, out_ndim, layout)
+
+
+@functools.cache
+def _text_tables() -> dict[str, dict[str, Any]]:
+    path = importlib.resources.files(__package__) / "rules.toml"
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+def text_ids() -> tuple[str, ...]:
+    """The rule ids with a table in ``rules.toml``, in its order."""
+    return tuple(_text_tables())
+
+
+def rule_text(rule_id: str) -> dict[str, str]:
+    """The text fields of rule ``rule_id`` from its table in ``rules.toml``, each with its
+    runs of white space (line breaks included) read as one space.
+
+    A missing table, a missing or non-string field, or a field the record does not know is a
+    ``ValueError`` naming the rule.
+    """
+    table = _text_tables().get(rule_id)
+    if table is None:
+        raise ValueError(
+            f"rule {rule_id!r}: no title given and no [{rule_id}] table in "
+            "matcalc_jax/catalogue/rules.toml; give the text fields in one or the other"
+        )
+    unknown = sorted(set(table) - set(TEXT_FIELDS))
+    missing = [f for f in TEXT_FIELDS if f not in _OPTIONAL_TEXT and not table.get(f)]
+    wrong = sorted(f for f, value in table.items() if not isinstance(value, str))
+    if unknown or missing or wrong:
+        raise ValueError(
+            f"rule {rule_id!r}: its table in rules.toml has unknown fields {unknown}, lacks "
+            f"{missing} or has non-string {wrong}; expected the string fields {TEXT_FIELDS} "
+            f"({', '.join(_OPTIONAL_TEXT)} optional)"
+        )
+    return {name: " ".join(value.split()) for name, value in table.items()}
 
 
 def _structured(form: Callable[..., Any]) -> Callable[..., Any] | None:

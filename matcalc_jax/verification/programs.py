@@ -54,9 +54,10 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 
 @functools.lru_cache(maxsize=1)
 def source_digest() -> str:
-    """SHA-256 of every Python module of the package: each relative path and its bytes."""
+    """SHA-256 of every Python module and TOML table of the package: each relative path and
+    its bytes."""
     digest = hashlib.sha256()
-    for path in sorted(_PACKAGE.rglob("*.py")):
+    for path in sorted(p for p in _PACKAGE.rglob("*") if p.suffix in (".py", ".toml")):
         data = path.read_bytes()
         digest.update(f"{path.relative_to(_PACKAGE).as_posix()}\0{len(data)}\0".encode())
         digest.update(data)
