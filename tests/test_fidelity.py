@@ -415,6 +415,19 @@ def test_a_stored_product_with_an_infinite_derivative_is_nan_never_a_wrong_numbe
     np.testing.assert_allclose(dense[1:][finite], expected[1:][finite], rtol=1e-14)
 
 
+def test_a_product_with_an_infinite_entry_has_the_exact_derivative_at_that_entry():
+    """Documented: prod's derivative is the product of the other entries, formed without a
+    division; at prod([0, inf, 1]) that is 0 for the infinite entry, where jax.jacfwd
+    multiplies its tangent's 0 by inf (NaN). The other entries are non-finite, as in
+    jax.jacfwd; mv is jax.jvp's NaN."""
+    x = jnp.array([0.0, jnp.inf, 1.0])
+    J = mj.jacobian(jnp.prod)(x)
+    dense, expected = np.asarray(J.to_dense()), jax.jacfwd(jnp.prod)(x)
+    assert dense[1] == 0 and np.isnan(expected).all()
+    assert not np.isfinite(dense[[0, 2]]).any()
+    assert np.isnan(J.mv(jnp.array([0.0, 1.0, 0.0])))
+
+
 def test_abs_at_zero_is_jax_convention():
     """Finding 4: abs'(0) was 0; JAX's rule is select(x >= 0, 1, -1): 1 at +-0, -1 at NaN."""
     x = jnp.array([0.0, -0.0, 2.0, -2.0, jnp.nan])
