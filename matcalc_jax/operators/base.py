@@ -77,7 +77,7 @@ def one_program_when_eager(method: Callable) -> Callable:
     method runs as written."""
     if getattr(method, "one_program_when_eager", False):
         return method
-    compiled = jax.jit(method)
+    compiled = on_graph(method)
 
     @functools.wraps(method)
     def run(self: Any, *args: Any) -> Any:
@@ -87,6 +87,102 @@ def one_program_when_eager(method: Callable) -> Callable:
 
     run.one_program_when_eager = True  # type: ignore[attr-defined]
     return run
+
+
+def on_graph(method: Callable, static_argnums: tuple[int, ...] = ()) -> Callable:
+    """``jax.jit(method, static_argnums)`` for ``method(op, *args)``, with the operator's
+    graph passed as it is: each node and array once.
+
+    ``jax.jit`` flattens an operator as a tree, so a node reached on several paths (the
+    Jacobian every branch of a ``cond`` starts from, a Hessian's factors of its gradient)
+    is copied once per path: the expm Hessian's 37 arrays arrive as 3425, and the traced
+    copies are densified one by one. Here the arrays go in once each, and the graph is
+    rebuilt from them inside the trace with its sharing, so ``to_dense`` densifies a shared
+    node once. The graph's recipe (each node's one-level tree structure and references) is
+    static, kept on the operator (``kept_on``)."""
+    shifted = tuple(i + 1 for i in static_argnums)  # after (recipe, arrays), not op
+
+    def rebuilt(recipe: _Recipe, arrays: list, *args: Any) -> Any:
+        return method(_rebuild(recipe, arrays), *args)
+
+    compiled = jax.jit(rebuilt, static_argnums=(0, *shifted))
+
+    @functools.wraps(method)
+    def run(op: Any, *args: Any) -> Any:
+        recipe, arrays = kept_on(op, "graph", lambda: _graph_of(op))
+        return compiled(recipe, arrays, *args)
+
+    return run
+
+
+def _graph_of(root: Any) -> tuple[_Recipe, list]:
+    """``(recipe, arrays)``: the nodes of ``root``'s graph, children first, each once by
+    identity, as ``(treedef, references)`` (its one-level tree structure, a reference per
+    leaf: ``(0, i)`` the array ``arrays[i]``, ``(1, j)`` the node ``recipe[j]``); each array
+    once by identity. Iterative: a graph may be deeper than Python's recursion limit."""
+    node_index: dict[int, int] = {}
+    array_index: dict[int, int] = {}
+    recipe: list[tuple] = []
+    arrays: list[Any] = []
+    stack: list[tuple[Any, list | None]] = [(root, None)]
+    while stack:
+        node, parts = stack.pop()
+        if id(node) in node_index:
+            continue
+        if parts is None:  # first visit: its children go first
+            parts = _one_level(node)
+            stack.append((node, parts))
+            stack.extend((p, None) for p in parts if isinstance(p, JacobianOperator))
+            continue
+        references = []
+        for part in parts:
+            if isinstance(part, JacobianOperator):
+                references.append((1, node_index[id(part)]))
+            else:
+                references.append((0, array_index.setdefault(id(part), len(arrays))))
+                if references[-1][1] == len(arrays):
+                    arrays.append(part)
+        node_index[id(node)] = len(recipe)
+        recipe.append(
+            (jax.tree_util.tree_structure(node, is_leaf=_child_of(node)), tuple(references))
+        )
+    return _Recipe(tuple(recipe)), arrays
+
+
+class _Recipe:
+    """A graph's recipe as a static argument of ``jax.jit``: its hash computed once (an
+    eager ``mv`` would otherwise hash every node's tree structure on each call)."""
+
+    __slots__ = ("_hash", "nodes")
+
+    def __init__(self, nodes: tuple) -> None:
+        self.nodes = nodes
+        self._hash = hash(nodes)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (
+            isinstance(other, _Recipe) and self._hash == other._hash and self.nodes == other.nodes
+        )
+
+
+def _child_of(node: Any) -> Callable[[Any], bool]:
+    return lambda x: x is not node and isinstance(x, JacobianOperator)
+
+
+def _one_level(node: Any) -> list:
+    """The leaves of ``node`` with its operator children as leaves."""
+    return jax.tree_util.tree_leaves(node, is_leaf=_child_of(node))
+
+
+def _rebuild(recipe: _Recipe, arrays: list) -> Any:
+    """The graph ``_graph_of`` described, each node built once from ``arrays``."""
+    built: list[Any] = []
+    for treedef, references in recipe.nodes:
+        built.append(treedef.unflatten([(arrays, built)[kind][i] for kind, i in references]))
+    return built[-1]
 
 
 #: The methods of an operator that run as one program each when called eagerly (besides
@@ -425,7 +521,7 @@ class ShapedOperator(JacobianOperator):
 
 
 #: ``to_dense`` of concrete operators as one compiled program (see ``one_program_when_eager``).
-_dense_program = jax.jit(JacobianOperator._dense, static_argnums=(1, 2))
+_dense_program = on_graph(JacobianOperator._dense, static_argnums=(1, 2))
 
 
 # ------------------------------------------------------------------- binary algebra
