@@ -374,6 +374,27 @@ def test_diagonal_plus_low_rank_with_zeros_on_its_diagonal(zeros):
         assert bool(jnp.all(jnp.isnan(solution)))
 
 
+@pytest.mark.parametrize("side", ["row", "column"])
+def test_diagonal_plus_low_rank_with_a_zero_row_or_column_is_singular(side):
+    """A zero in d whose row of U (or of V) is zero too is a zero row (column) of the
+    matrix: singular exactly, -inf and NaN, as in the Hessian of sum(relu(z))^2 +
+    sum(relu(z)^3) with a unit off. The shifted system was only nearly singular after
+    rounding: log|det| -29 and a solution of 1e15."""
+    d = jnp.array([0.0, 6.6, 4.2, 5.4])
+    U = jnp.array([[0.0], [2.0], [2.0], [2.0]])
+    V = jnp.array([[0.0], [2.2], [1.4], [1.8]])
+    if side == "column":
+        U, V = U.at[0, 0].set(1.5), V
+    else:
+        U, V = U, V.at[0, 0].set(1.5)
+    op = mj.DiagonalPlusLowRank(d, U, V)
+    assert np.linalg.slogdet(np.asarray(op.to_dense()))[1] == -np.inf
+    logdet, solution = jax.jit(lambda o: (o.logdet(), o.solve(jnp.ones(4))))(op)
+    assert float(logdet) == -np.inf and bool(jnp.all(jnp.isnan(solution)))
+    f = lambda z: jnp.sum(jax.nn.relu(z)) ** 2 + jnp.sum(jax.nn.relu(z) ** 3)  # noqa: E731
+    assert float(mj.hessian(f)(jnp.array([-1.0, 1.1, 0.7, 0.9])).logdet()) == -np.inf
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_diagonal_plus_low_rank_with_a_badly_scaled_diagonal(dtype):
     """d = (1e20, 1, 2, 3) (float64) or (2.4e7, 1, 1.6, 2.7) (float32, the Hessian of

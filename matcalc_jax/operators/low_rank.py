@@ -139,7 +139,9 @@ class DiagonalPlusLowRank(JacobianOperator):
         a change of eps in that row. An entry small only beside max|d| is its row's own
         scale and is kept (d = (1e20, 1, 2) with O(1) factors: only the smallest shifts).
         More than r zeros in d leave a matrix of rank below its size (their rows lie in
-        the span of V^T): ``singular``."""
+        the span of V^T), and so does a zero d_k whose row of U or of V is zero (a zero
+        row or column: a relu unit off in a Hessian): ``singular``, exactly, where the
+        shifted system would only be nearly singular after rounding."""
         magnitudes = jnp.abs(self.values)
         rows = (jnp.abs(self.U) @ jnp.max(jnp.abs(self.V), axis=0, initial=0)).astype(
             magnitudes.dtype
@@ -160,7 +162,9 @@ class DiagonalPlusLowRank(JacobianOperator):
         values = self.values + shifts
         U = jnp.concatenate([self.U, -shift[:, None] * W], axis=-1)
         V = jnp.concatenate([self.V, W.astype(self.V.dtype)], axis=-1)
-        return values, U, V, jnp.sum(zero) > count
+        columns = jnp.abs(self.V) @ jnp.max(jnp.abs(self.U), axis=0, initial=0)
+        empty = zero & ((rows == 0) | (columns == 0))  # a zero row or column
+        return values, U, V, (jnp.sum(zero) > count) | jnp.any(empty)
 
     def logdet(self) -> Array:
         values, U, V, singular = self._with_invertible_diagonal()
