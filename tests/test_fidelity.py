@@ -489,6 +489,32 @@ def test_fill_gather_rows_out_of_bounds_are_zero(fill):
     np.testing.assert_array_equal(J.vm(jnp.ones(2)), jnp.ones(2) @ expected)
 
 
+def test_an_index_out_of_bounds_is_clamped_both_ways_as_the_value_is():
+    """x[idx] promises its indices in bounds, and XLA clamps one that is not: x[[7]] of 4
+    entries is x_3, jax.jacfwd's row e_3, but jax.vjp drops it (0). mv / to_dense were
+    jax.jvp's and vm jax.vjp's, so a sum after it (pulled back) gave 0 where jax.jvp gives
+    1. Now every direction clamps; vm differs from jax.vjp, documented. A scatter drops an
+    out-of-bounds update both ways."""
+    x = jnp.array([0.3, -1.2, 0.7, 2.0])
+    for f in (lambda z: z[jnp.array([7, 1])], lambda z: jnp.sum(z[jnp.array([7])]) * z):
+        J, expected = mj.jacobian(f)(x), jax.jacfwd(f)(x)
+        np.testing.assert_array_equal(J.to_dense(), expected)
+        u, v = jnp.cos(jnp.arange(expected.shape[0])), jnp.sin(jnp.arange(4.0))
+        np.testing.assert_allclose(J.mv(v), jax.jvp(f, (x,), (v,))[1], rtol=1e-14)
+        np.testing.assert_allclose(J.vm(u), u @ expected, rtol=1e-14)
+    assert jax.vjp(lambda z: z[jnp.array([7])], x)[1](jnp.ones(1))[0][3] == 0
+    stencil = lambda z: jnp.sum(z * z[jnp.arange(1, 5)])  # noqa: E731  (z_3 z_3 last)
+    H, expected = mj.hessian(stencil)(x).to_dense(), jax.hessian(stencil)(x)
+    np.testing.assert_array_equal(H, expected)  # the gradient program drops z_3's second
+    assert expected[3, 3] == 1 and jax.jacfwd(jax.jacfwd(stencil))(x)[3, 3] == 2
+    for mode in ("promise_in_bounds", "drop", "clip"):
+        g = lambda y, mode=mode: x.at[jnp.array([7, 1])].add(y, mode=mode) ** 2  # noqa: E731
+        y = jnp.array([1.0, 2.0])
+        J, expected = mj.jacobian(g)(y), jax.jacfwd(g)(y)
+        np.testing.assert_allclose(J.to_dense(), expected, rtol=1e-14)
+        np.testing.assert_allclose(J.vm(jnp.ones(4)), jnp.ones(4) @ expected, rtol=1e-14)
+
+
 # ---------------------------------------------------------------- 7. strict promotion
 
 

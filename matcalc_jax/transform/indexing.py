@@ -141,12 +141,19 @@ def _gather_for(eqn: Any, operand: Array, indices: Array, updates: Array) -> Gat
     slice_sizes = tuple(
         1 if d in unit else updates.shape[next(window)] for d in range(operand.ndim)
     )
+    # A scatter drops an out-of-bounds update under every mode but "clip" (XLA's scatter
+    # skips it), so its gather reads 0 there: "fill_or_drop", not the promise, under which
+    # a gather clamps (JAX's transpose does, and pulls a cotangent back to the dropped
+    # update).
+    mode = eqn.params["mode"]
+    if mode == lax.GatherScatterMode.PROMISE_IN_BOUNDS:
+        mode = lax.GatherScatterMode.FILL_OR_DROP
     params = {
         "dimension_numbers": gather_numbers,
         "slice_sizes": slice_sizes,
         "indices_are_sorted": eqn.params["indices_are_sorted"],
         "unique_indices": eqn.params["unique_indices"],
-        "mode": eqn.params["mode"],
+        "mode": mode,
         "fill_value": 0,
     }
     return Gather(

@@ -396,7 +396,13 @@ def _gather(ctx, eqn, ins, ops, outs):
     }
     # Out-of-bounds rows of a "fill" gather hold the fill value, a constant: their
     # tangent is 0, as in JAX's gather rule (which gathers tangents with fill_value=0).
-    params |= {"mode": eqn.params["mode"], "fill_value": 0}
+    # Under "promise_in_bounds" (x[idx]'s default) XLA clamps an out-of-bounds index, and
+    # the value is computed so; JAX's transpose scatters with the promise and drops it
+    # (jax.grad of x[7] on 4 entries is 0, jax.jacfwd's row e_3). "clip" clamps both ways.
+    mode = eqn.params["mode"]
+    if mode == lax.GatherScatterMode.PROMISE_IN_BOUNDS:
+        mode = lax.GatherScatterMode.CLIP
+    params |= {"mode": mode, "fill_value": 0}
     take = Gather(tuple(y.shape), tuple(x.shape), y.dtype.name, indices, Static(params))
     return [compose(take, ops[0])]
 
