@@ -515,6 +515,24 @@ def test_an_index_out_of_bounds_is_clamped_both_ways_as_the_value_is():
         np.testing.assert_allclose(J.vm(jnp.ones(4)), jnp.ones(4) @ expected, rtol=1e-14)
 
 
+@pytest.mark.parametrize("start", [-1, -5, -100, 3])
+def test_a_dynamic_slice_reads_a_negative_start_as_the_primitive_clamps_it(start):
+    """lax.dynamic_slice wraps a negative start once, and its equation clamps what is left:
+    a start of -5 on 4 entries (or -1 without wrapping) reads from 0. The slice's map
+    called lax.dynamic_slice again, which wrapped it a second time: rows 2-3 for 0-1, a
+    silent wrong Jacobian, mv and vm; the same for dynamic_update_slice."""
+    x = jnp.array([1.0, 2.0, 3.0, 4.0])
+    s = jnp.array(start)
+    programs = (
+        lambda x: lax.dynamic_slice(x, (s,), (2,)) * jnp.array([1.0, 2.0]),
+        lambda x: lax.dynamic_slice(x, (s,), (2,), allow_negative_indices=False) ** 2,
+        lambda x: lax.dynamic_update_slice(x, 10 * x[:2] ** 2, (s - 4,)),
+        lambda x: lax.dynamic_update_slice(x**2, 10 * x[:2], (s,), allow_negative_indices=False),
+    )
+    for f in programs:
+        assert_transform_matches_autodiff(f, x)
+
+
 # ---------------------------------------------------------------- 7. strict promotion
 
 

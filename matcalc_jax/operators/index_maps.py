@@ -195,17 +195,19 @@ class Reverse(Map):
 
 @pytree(("start",), ("out_sizes", "in_sizes", "dtype_name", "layout"))
 class DynamicSlice(Map):
-    """v -> lax.dynamic_slice(v, start, out_shape), with traced start indices."""
+    """v -> lax.dynamic_slice(v, start, out_shape), with traced start indices as the
+    primitive reads them: clamped into bounds, a negative one to 0 (the start a program's
+    equation holds; ``lax.dynamic_slice`` itself would wrap it from the end first)."""
 
     start: tuple[Array, ...]
     layout: Layout = "numerator"
 
     def _apply(self, tangent: Array) -> Array:
-        return lax.dynamic_slice(tangent, self.start, self.out_shape)
+        return lax.dynamic_slice(tangent, self.start, self.out_shape, allow_negative_indices=False)
 
     def _apply_transpose(self, cotangent: Array) -> Array:
         zeros = jnp.zeros(self.in_shape, cotangent.dtype)
-        return lax.dynamic_update_slice(zeros, cotangent, self.start)
+        return lax.dynamic_update_slice(zeros, cotangent, self.start, allow_negative_indices=False)
 
 
 def cast(tangent: Array, dtype: Any) -> Array:

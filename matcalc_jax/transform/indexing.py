@@ -115,8 +115,11 @@ def _dynamic_update_slice(ctx, eqn, ins, ops, outs):
     start = tuple(jnp.asarray(i) for i in start)
     window = DynamicSlice(tuple(update.shape), tuple(y.shape), y.dtype.name, start)
     kept = lax.dynamic_update_slice(
-        jnp.ones(y.shape, bool), jnp.zeros(update.shape, bool), start
-    )  # operand entries the update does not overwrite
+        jnp.ones(y.shape, bool),
+        jnp.zeros(update.shape, bool),
+        start,
+        allow_negative_indices=False,
+    )  # operand entries the update does not overwrite; the start as the primitive clamps it
     terms = [None if ops[0] is None else select(kept, (None, ops[0]))]
     if ops[1] is not None:
         terms.append(compose(window.transpose(), ops[1]))
