@@ -428,6 +428,19 @@ def test_a_product_with_an_infinite_entry_has_the_exact_derivative_at_that_entry
     assert np.isnan(J.mv(jnp.array([0.0, 1.0, 0.0])))
 
 
+def test_a_product_over_an_empty_axis_is_one_with_no_derivative():
+    """The stick-breaking idiom's first weight, prod(1 - v[:0]) = 1: the rule for the
+    product of the other entries crashed on an empty axis (cannot reshape (1,) into (0,))."""
+
+    def stick_breaking(v):
+        return jnp.stack([v[k] * jnp.prod(1 - v[:k]) for k in range(v.shape[0])])
+
+    assert_transform_matches_autodiff(stick_breaking, jnp.array([0.3, 0.5, 0.2]))
+    A = jnp.arange(6.0).reshape(3, 2)
+    assert_transform_matches_autodiff(lambda a: jnp.prod(a[:, :0], axis=1) * a[:, 0], A)
+    assert_transform_matches_autodiff(lambda a: jnp.prod(a[:0], axis=0) + a[0], A)
+
+
 def test_abs_at_zero_is_jax_convention():
     """Finding 4: abs'(0) was 0; JAX's rule is select(x >= 0, 1, -1): 1 at +-0, -1 at NaN."""
     x = jnp.array([0.0, -0.0, 2.0, -2.0, jnp.nan])

@@ -128,7 +128,10 @@ def _running(ctx, eqn, ins, ops, outs):
 
 
 def _others_product(x: Array, axes: tuple[int, ...]) -> Array:
-    """prod over ``axes`` of the entries other than each one, without dividing."""
+    """prod over ``axes`` of the entries other than each one, without dividing (none: an
+    empty array, for an empty axis)."""
+    if x.size == 0:
+        return jnp.zeros(x.shape, x.dtype)
     kept = [d for d in range(x.ndim) if d not in axes]
     moved = jnp.transpose(x, (*kept, *axes))
     flat = moved.reshape((*moved.shape[: len(kept)], -1))
