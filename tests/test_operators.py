@@ -648,3 +648,30 @@ def test_an_eager_to_dense_densifies_a_node_shared_by_many_paths_once():
     assert len(_DENSIFIED) == 1
     v = _normal(1, (3,))
     np.testing.assert_allclose(G.mv(v), expected @ v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_log_dets_and_solves_run_in_float32(dtype):
+    """jaxlib's CPU LAPACK has no half-precision LU: logdet of tanh(x.astype(bfloat16))'s
+    Jacobian raised NotImplementedError from inside it. Each square rule computes in
+    float32 and rounds once, as the closed forms do."""
+    x = jnp.array([0.5, -1.0, 2.0])
+    rng = np.random.default_rng(3)
+    ops = [
+        mj.jacobian(lambda x: jnp.tanh(x.astype(dtype)) * 2)(x),
+        mj.jacobian(lambda x: jnp.tanh(x.astype(dtype)).astype(jnp.float32))(x),
+        mj.Dense(jnp.asarray(np.eye(3) * 2 + 0.3 * rng.standard_normal((3, 3)), dtype), 1),
+        mj.DiagonalPlusLowRank(jnp.arange(1.0, 4.0, dtype=dtype), jnp.ones((3, 1), dtype),
+                               jnp.full((3, 1), 0.5, dtype)),
+        mj.Kronecker(jnp.asarray([[2.0, 0.5], [0.0, 1.0]], dtype), jnp.eye(2, dtype=dtype) * 3),
+        mj.BlockDiagonal(jnp.asarray(np.eye(2) * 2 + 0.3 * rng.standard_normal((2, 2, 2)), dtype)),
+    ]  # fmt: skip
+    for op in ops:
+        n = int(np.prod(op.in_shape))
+        dense = np.asarray(op.to_dense(), np.float64).reshape(n, n)
+        rhs = jnp.ones(op.out_shape, op.dtype)
+        logdet, solution = op.logdet(), op.solve(rhs)
+        tol = mj.tolerance(dtype)
+        assert abs(float(logdet) - np.linalg.slogdet(dense)[1]) < tol, type(op).__name__
+        expected = np.linalg.solve(dense, np.ones(n))
+        assert relative_error(np.asarray(solution, np.float64).ravel(), expected) < tol

@@ -31,6 +31,7 @@ from jax.typing import ArrayLike
 
 from matcalc_jax.core.chunks import assemble, check_chunk_size
 from matcalc_jax.core.layout import Layout, check_layout, from_numerator
+from matcalc_jax.core.precision import in_working_precision
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -249,6 +250,12 @@ def _densified_once(method: Callable[[Any], Array]) -> Callable[[Any], Array]:
     return numerator
 
 
+#: log|det| and a solve of dense matrices; float16 / bfloat16 in float32, rounded once
+#: (jaxlib's CPU LAPACK has no half-precision LU).
+log_abs_det = in_working_precision(lambda matrix: jnp.linalg.slogdet(matrix)[1])
+dense_solve = in_working_precision(jnp.linalg.solve)
+
+
 def kept_on(op: Any, name: str, compute: Callable[[], Any]) -> Any:
     """``compute()``, kept on the (immutable) operator: a property of the whole graph below
     it, which compositions ask of every node they meet."""
@@ -374,14 +381,14 @@ class JacobianOperator:
 
     def logdet(self) -> Array:
         """log |det J| (NaN-free: -inf for a singular map); only for square operators."""
-        return jnp.linalg.slogdet(self._square_matrix("logdet"))[1]
+        return log_abs_det(self._square_matrix("logdet"))
 
     def solve(self, rhs: ArrayLike) -> Array:
         """x with J x = rhs (``rhs`` of ``out_shape``, x of ``in_shape``); only for square
         operators."""
         matrix = self._square_matrix("solve")
         rhs = check_tangent(self, "solve", rhs, self.out_shape)
-        return jnp.linalg.solve(matrix, rhs.reshape(-1)).reshape(self.in_shape)
+        return dense_solve(matrix, rhs.reshape(-1)).reshape(self.in_shape)
 
     def _square_matrix(self, what: str) -> Array:
         """The dense numerator Jacobian as an (n, n) matrix, for the default rules."""

@@ -16,6 +16,8 @@ from matcalc_jax.operators.base import (
     JacobianOperator,
     check_tangent,
     composition_rule,
+    dense_solve,
+    log_abs_det,
     pytree,
 )
 from matcalc_jax.operators.diagonal import Diagonal
@@ -80,12 +82,12 @@ class BlockDiagonal(JacobianOperator):
 
     def logdet(self) -> Array:
         self._check_square("logdet")
-        return jnp.sum(jnp.linalg.slogdet(self.blocks)[1])
+        return jnp.sum(log_abs_det(self.blocks))
 
     def solve(self, rhs: ArrayLike) -> Array:
         self._check_square("solve")
         rhs = batch_like(check_tangent(self, "solve", rhs, self.out_shape), self.blocks)
-        return jnp.linalg.solve(self.blocks, rhs[..., None])[..., 0]
+        return dense_solve(self.blocks, rhs[..., None])[..., 0]
 
     def batch_axes(self) -> frozenset[tuple[int, int]]:
         return frozenset({(0, 0)})

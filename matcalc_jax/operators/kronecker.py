@@ -14,6 +14,8 @@ from matcalc_jax.operators.base import (
     Transposed,
     check_tangent,
     composition_rule,
+    dense_solve,
+    log_abs_det,
     pytree,
 )
 
@@ -83,13 +85,13 @@ class Kronecker(JacobianOperator):
     def logdet(self) -> Array:
         self._check_square("logdet")
         p, q = self.in_shape
-        return q * jnp.linalg.slogdet(self.A)[1] + p * jnp.linalg.slogdet(self.B)[1]
+        return q * log_abs_det(self.A) + p * log_abs_det(self.B)
 
     def solve(self, rhs: ArrayLike) -> Array:
         self._check_square("solve")
         rhs = check_tangent(self, "solve", rhs, self.out_shape)
-        left = jnp.linalg.solve(self.A, rhs)  # A^{-1} C
-        return jnp.linalg.solve(self.B.T, left.T).T  # (A^{-1} C) B^{-1}
+        left = dense_solve(self.A, rhs)  # A^{-1} C
+        return dense_solve(self.B.T, left.T).T  # (A^{-1} C) B^{-1}
 
 
 @composition_rule(Kronecker, Kronecker)

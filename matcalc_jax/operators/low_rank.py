@@ -16,7 +16,9 @@ from matcalc_jax.operators.base import (
     addition_rule,
     check_tangent,
     composition_rule,
+    dense_solve,
     is_concrete,
+    log_abs_det,
     pytree,
     size_of,
 )
@@ -169,14 +171,14 @@ class DiagonalPlusLowRank(JacobianOperator):
     def logdet(self) -> Array:
         values, U, V, singular = self._with_invertible_diagonal()
         diagonal_part = jnp.sum(jnp.log(jnp.abs(values)))
-        total = diagonal_part + jnp.linalg.slogdet(_capacitance(values, U, V))[1]
+        total = diagonal_part + log_abs_det(_capacitance(values, U, V))
         return jnp.where(singular, -jnp.inf, total)
 
     def solve(self, rhs: ArrayLike) -> Array:
         rhs = check_tangent(self, "solve", rhs, self.out_shape)
         values, U, V, singular = self._with_invertible_diagonal()
         scaled_rhs = rhs / values
-        correction = jnp.linalg.solve(_capacitance(values, U, V), scaled_rhs @ V)
+        correction = dense_solve(_capacitance(values, U, V), scaled_rhs @ V)
         solution = scaled_rhs - (U @ correction) / values
         return jnp.where(singular, jnp.nan, solution)
 
