@@ -368,6 +368,24 @@ def test_singular_solve_is_an_error_and_logdet_is_minus_inf():
         H.solve(jnp.ones(3))
 
 
+def test_a_gauss_newton_matrix_of_fewer_outputs_than_parameters_is_singular():
+    """J^T H J has rank at most m: with m = 2 outputs and n = 3 parameters log|det| is
+    -inf and solve an error (a NaN under jit), as a singular Hessian's. The LU of the
+    dense matrix rounded: a finite log|det| and a solution of 1e15 or NaN, no error."""
+    model = lambda w: jnp.tanh(jnp.array([[1.0, 2.0, 0.5], [0.3, -1.0, 2.0]]) @ w)  # noqa: E731
+    loss = lambda y: jnp.sum((y - 0.5) ** 2)  # noqa: E731
+    w = jnp.array([0.1, -0.2, 0.3])
+    G = mj.gauss_newton(model, loss)(w)
+    assert np.isneginf(G.logdet())
+    with pytest.raises(ValueError, match=r"gauss_newton\(\.\.\.\)\.solve: J\^T H J is singular"):
+        G.solve(jnp.ones(3))
+    solution = jax.jit(lambda w: mj.gauss_newton(model, loss)(w).solve(jnp.ones(3)))(w)
+    assert bool(jnp.all(jnp.isnan(solution)))
+    square = mj.gauss_newton(lambda w: jnp.tanh(w) * 2, loss)(w)  # m = n: the LU's answer
+    expected = jnp.linalg.solve(square.to_dense(), jnp.ones(3))
+    np.testing.assert_allclose(square.solve(jnp.ones(3)), expected, rtol=1e-12)
+
+
 def test_gauss_newton_argnums_must_be_an_int():
     with pytest.raises(TypeError, match="gauss_newton: argnums"):
         mj.gauss_newton(_model, _loss, argnums=(0,))

@@ -160,20 +160,30 @@ class Hessian(Wrapped):
     def solve(self, rhs: ArrayLike) -> Array:
         rhs = check_tangent(self, "solve", rhs, self.out_shape)
         solution = self.operator.solve(rhs)
-        if not isinstance(solution, jax.core.Tracer) and not isinstance(rhs, jax.core.Tracer):
-            logdet = self.operator.logdet()
-            if bool(jnp.isneginf(logdet)) or (
-                bool(jnp.all(jnp.isfinite(rhs))) and not bool(jnp.all(jnp.isfinite(solution)))
-            ):
-                raise ValueError(
-                    f"matcalc_jax.hessian({self.name}).solve: the Hessian is singular "
-                    f"(log|det H| = {float(logdet)}); no solution of H x = rhs exists or it "
-                    "is not unique. Regularize it (add a multiple of the identity) or use mv."
-                )
+        _check_solution(f"hessian({self.name})", "the Hessian", "H", self.operator, rhs, solution)
         return solution
 
     def describe(self) -> str:
         return f"of {self.name}"
+
+
+def _check_solution(
+    call: str, matrix: str, symbol: str, op: JacobianOperator, rhs: Array, solution: Array
+) -> None:
+    """Called outside ``jit``: the ``ValueError`` of a singular ``op`` (log|det| = -inf, or a
+    non-finite solution of a finite right-hand side); under ``jit`` nothing (the solution
+    is what the factorization gives, as ``jnp.linalg.solve``)."""
+    if isinstance(solution, jax.core.Tracer) or isinstance(rhs, jax.core.Tracer):
+        return
+    logdet = op.logdet()
+    if bool(jnp.isneginf(logdet)) or (
+        bool(jnp.all(jnp.isfinite(rhs))) and not bool(jnp.all(jnp.isfinite(solution)))
+    ):
+        raise ValueError(
+            f"matcalc_jax.{call}.solve: {matrix} is singular (log|det {symbol}| = "
+            f"{float(logdet)}); no solution of {symbol} x = rhs exists or it is not unique. "
+            "Regularize it (add a multiple of the identity) or use mv."
+        )
 
 
 def _name(f: Any) -> str:
@@ -323,6 +333,27 @@ class GaussNewton(JacobianOperator):
         else:
             weighted = self.curvature.to_dense("numerator").reshape(m, m) @ rows
         return jnp.sum(rows * weighted, axis=0).reshape(self.in_shape)
+
+    def _rank_deficient(self) -> bool:
+        """J^T H J has rank at most m, J's output size: singular when m < n."""
+        return size_of(self.jacobian.out_shape) < size_of(self.jacobian.in_shape)
+
+    def logdet(self) -> Array:
+        if self._rank_deficient():  # exactly -inf, where the LU of J^T H J rounds
+            self._check_square("logdet")
+            return jnp.full((), -jnp.inf, jnp.finfo(self.dtype).dtype)
+        return super().logdet()
+
+    def solve(self, rhs: ArrayLike) -> Array:
+        """x with J^T H J x = rhs. Singular when J has fewer outputs than inputs: NaN under
+        ``jit``, outside it a ``ValueError``, as a singular ``hessian``'s solve."""
+        rhs = check_tangent(self, "solve", rhs, self.out_shape)
+        if self._rank_deficient():
+            solution = jnp.full(self.in_shape, jnp.nan, jnp.result_type(self.dtype, rhs))
+        else:
+            solution = super().solve(rhs)
+        _check_solution("gauss_newton(...)", "J^T H J", "G", self, rhs, solution)
+        return solution
 
     def describe(self) -> str:
         return "J^T H J"
