@@ -548,15 +548,15 @@ def test_a_dynamic_slice_reads_a_negative_start_as_the_primitive_clamps_it(start
 
 def test_max_pooling_at_a_tie_is_jax_jvp_s_in_both_directions():
     """Documented: at a tie inside a padded window JAX's jvp of reduce_window max and its
-    vjp (select_and_scatter_add) credit different maximizers, so jax.jacfwd and jax.jacrev
-    differ; the transform's vm is the transpose of its mv, jax.jacfwd's matrix."""
+    vjp (select_and_scatter_add) may credit different maximizers (which one depends on how
+    XLA packs value and tangent), so jax.jacfwd and jax.jacrev may differ; the transform's
+    vm is the transpose of its mv, jax.jacfwd's matrix."""
     f = lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (2, 2), (1, 1), "SAME")  # noqa: E731
     x = jnp.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
     u = jnp.arange(1.0, 7.0).reshape(2, 3)
     J, forward = mj.jacobian(f)(x), jax.jacfwd(f)(x).reshape(6, 6)
     np.testing.assert_array_equal(J.to_dense().reshape(6, 6), forward)
     np.testing.assert_array_equal(J.vm(u).ravel(), u.ravel() @ forward)
-    assert not np.array_equal(u.ravel() @ forward, jax.vjp(f, x)[1](u)[0].ravel())
 
 
 # ---------------------------------------------------------------- 7. strict promotion
