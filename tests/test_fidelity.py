@@ -441,6 +441,15 @@ def test_a_product_over_an_empty_axis_is_one_with_no_derivative():
     assert_transform_matches_autodiff(lambda a: jnp.prod(a[:0], axis=0) + a[0], A)
 
 
+def test_an_empty_maximum_has_no_derivative_where_jax_divides_zero_by_zero():
+    """Documented: max(x[:0], initial=0) has no entries to depend on: derivative 0.
+    JAX's jvp of reduce_max divides by the count of maximizers, 0 / 0: NaN everywhere."""
+    f = lambda x: jnp.max(x[:0], initial=0.0) + x  # noqa: E731
+    x = jnp.array([1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(mj.jacobian(f)(x).to_dense(), jnp.eye(3))
+    assert np.isnan(jax.jacfwd(f)(x)).all()
+
+
 def test_abs_at_zero_is_jax_convention():
     """Finding 4: abs'(0) was 0; JAX's rule is select(x >= 0, 1, -1): 1 at +-0, -1 at NaN."""
     x = jnp.array([0.0, -0.0, 2.0, -2.0, jnp.nan])
