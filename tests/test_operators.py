@@ -663,15 +663,18 @@ def test_half_precision_log_dets_and_solves_run_in_float32(dtype):
         mj.Dense(jnp.asarray(np.eye(3) * 2 + 0.3 * rng.standard_normal((3, 3)), dtype), 1),
         mj.DiagonalPlusLowRank(jnp.arange(1.0, 4.0, dtype=dtype), jnp.ones((3, 1), dtype),
                                jnp.full((3, 1), 0.5, dtype)),
+        # V / d overflows in float16 (NaN), and 1e-4 is lost beside its shift of 10
+        mj.DiagonalPlusLowRank(jnp.array([1e-4, 1.0], dtype), jnp.array([[0.0], [1.0]], dtype),
+                               jnp.array([[10.0], [1.0]], dtype)),
         mj.Kronecker(jnp.asarray([[2.0, 0.5], [0.0, 1.0]], dtype), jnp.eye(2, dtype=dtype) * 3),
         mj.BlockDiagonal(jnp.asarray(np.eye(2) * 2 + 0.3 * rng.standard_normal((2, 2, 2)), dtype)),
     ]  # fmt: skip
     for op in ops:
         n = int(np.prod(op.in_shape))
         dense = np.asarray(op.to_dense(), np.float64).reshape(n, n)
+        tol = mj.tolerance(dtype)  # the inputs are exact in dtype: one rounding at the end
         rhs = jnp.ones(op.out_shape, op.dtype)
         logdet, solution = op.logdet(), op.solve(rhs)
-        tol = mj.tolerance(dtype)
         assert abs(float(logdet) - np.linalg.slogdet(dense)[1]) < tol, type(op).__name__
         expected = np.linalg.solve(dense, np.ones(n))
         assert relative_error(np.asarray(solution, np.float64).ravel(), expected) < tol

@@ -14,6 +14,11 @@ import jax.numpy as jnp
 _HALF = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 
 
+def is_half(dtype: Any) -> bool:
+    """Whether ``dtype`` is float16 or bfloat16 (computed in float32 here)."""
+    return jnp.dtype(dtype) in _HALF
+
+
 def in_working_precision(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run ``fn`` on float16/bfloat16 arguments in float32 and round its result once (an
     array, or every array in a structured operator), to the arguments' dtype. Other dtypes

@@ -11,6 +11,7 @@ from jax.typing import ArrayLike
 
 from matcalc_jax.core.arrays import add_to_diagonal
 from matcalc_jax.core.layout import Layout
+from matcalc_jax.core.precision import is_half
 from matcalc_jax.operators.base import (
     JacobianOperator,
     addition_rule,
@@ -168,7 +169,16 @@ class DiagonalPlusLowRank(JacobianOperator):
         empty = zero & ((rows == 0) | (columns == 0))  # a zero row or column
         return values, U, V, (jnp.sum(zero) > count) | jnp.any(empty)
 
+    def _in_float32(self) -> DiagonalPlusLowRank:
+        """The same map in float32: a half-precision d, U, V overflow in Woodbury's V / d
+        and lose a small d_k beside its shift."""
+        return DiagonalPlusLowRank(
+            *(a.astype(jnp.float32) for a in (self.values, self.U, self.V)), self.layout
+        )
+
     def logdet(self) -> Array:
+        if is_half(self.dtype):  # computed in float32, rounded once
+            return self._in_float32().logdet().astype(self.dtype)
         values, U, V, singular = self._with_invertible_diagonal()
         diagonal_part = jnp.sum(jnp.log(jnp.abs(values)))
         total = diagonal_part + log_abs_det(_capacitance(values, U, V))
@@ -176,6 +186,9 @@ class DiagonalPlusLowRank(JacobianOperator):
 
     def solve(self, rhs: ArrayLike) -> Array:
         rhs = check_tangent(self, "solve", rhs, self.out_shape)
+        if is_half(self.dtype):
+            wide = self._in_float32().solve(rhs.astype(jnp.result_type(rhs, jnp.float32)))
+            return wide.astype(self.dtype)
         values, U, V, singular = self._with_invertible_diagonal()
         scaled_rhs = rhs / values
         correction = dense_solve(_capacitance(values, U, V), scaled_rhs @ V)
