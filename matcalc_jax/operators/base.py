@@ -140,9 +140,11 @@ def _graph_of(root: Any) -> tuple[_Recipe, list]:
             if isinstance(part, JacobianOperator):
                 references.append((1, node_index[id(part)]))
             else:
-                references.append((0, array_index.setdefault(id(part), len(arrays))))
-                if references[-1][1] == len(arrays):
+                index = array_index.get(id(part))
+                if index is None:
+                    index = array_index[id(part)] = len(arrays)
                     arrays.append(part)
+                references.append((0, index))
         node_index[id(node)] = len(recipe)
         recipe.append(
             (jax.tree_util.tree_structure(node, is_leaf=_child_of(node)), tuple(references))
@@ -182,7 +184,8 @@ def _rebuild(recipe: _Recipe, arrays: list) -> Any:
     """The graph ``_graph_of`` described, each node built once from ``arrays``."""
     built: list[Any] = []
     for treedef, references in recipe.nodes:
-        built.append(treedef.unflatten([(arrays, built)[kind][i] for kind, i in references]))
+        parts = [built[i] if kind == 1 else arrays[i] for kind, i in references]
+        built.append(treedef.unflatten(parts))
     return built[-1]
 
 
