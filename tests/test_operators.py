@@ -678,3 +678,42 @@ def test_half_precision_log_dets_and_solves_run_in_float32(dtype):
         assert abs(float(logdet) - np.linalg.slogdet(dense)[1]) < tol, type(op).__name__
         expected = np.linalg.solve(dense, np.ones(n))
         assert relative_error(np.asarray(solution, np.float64).ravel(), expected) < tol
+
+
+def _doubled(levels):
+    """X, then G <- G + G: the node X reached on 2^levels paths of a graph of levels + 1."""
+    X = mj.Diagonal(jnp.arange(1.0, 4.0))
+    G = X
+    for _ in range(levels):
+        G = operators.Sum((G, G))
+    return G
+
+
+def test_a_shared_graph_is_read_once_per_node_by_the_band_reader(monkeypatch):
+    """band_of walked every path: the Hessian of a two-step RK4 loop (a few hundred nodes)
+    took 170 s to simplify (13 million visits); now each node is read once."""
+    banded_module = sys.modules[operators.Banded.__module__]
+    calls = []
+    band_of = banded_module.band_of
+    monkeypatch.setattr(banded_module, "band_of", lambda *a: calls.append(1) or band_of(*a))
+    band = banded_module.banded(_doubled(12))
+    np.testing.assert_array_equal(band.to_dense(), 4096 * jnp.diag(jnp.arange(1.0, 4.0)))
+    assert len(calls) < 40, len(calls)
+
+
+def test_an_eager_call_reads_a_shared_graph_s_arrays_once(monkeypatch):
+    """Whether an operator is concrete was read from its tree: 2^k leaves for a node on
+    2^k paths (1.9 million for the RK4 Hessian, 2.4 s per eager to_dense)."""
+    base = sys.modules[operators.Sum.__module__]
+    seen = []
+    is_concrete = base.is_concrete
+
+    def counted(*trees):
+        seen.append(len(jax.tree_util.tree_leaves(trees)))
+        return is_concrete(*trees)
+
+    monkeypatch.setattr(base, "is_concrete", counted)
+    G = _doubled(12)
+    np.testing.assert_array_equal(G.to_dense(), 4096 * jnp.diag(jnp.arange(1.0, 4.0)))
+    np.testing.assert_array_equal(G.mv(jnp.ones(3)), 4096 * jnp.arange(1.0, 4.0))
+    assert max(seen) <= 2, seen

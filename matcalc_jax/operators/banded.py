@@ -121,9 +121,21 @@ def _one_dimensional(op: JacobianOperator) -> bool:
     return len(op.out_shape) == 1 and len(op.in_shape) == 1
 
 
-def band_of(op: JacobianOperator) -> Band | None:
+def band_of(op: JacobianOperator, memo: dict[int, tuple] | None = None) -> Band | None:
     """``op`` as a band, when it is built of diagonals, identities, contiguous slices and
-    paddings of vectors by sums, scales and compositions; else ``None``."""
+    paddings of vectors by sums, scales and compositions; else ``None``.
+
+    ``memo`` (by node) keeps each node's band across calls: a graph whose nodes are shared
+    is read once per node, not once per path (a Hessian's sums, asked one by one by
+    ``simplify``, walked 13 million paths of a graph of a few hundred nodes)."""
+    memo = {} if memo is None else memo
+    kept = memo.get(id(op))
+    if kept is None or kept[0] is not op:
+        kept = memo[id(op)] = (op, _band(op, memo))  # op held: its id stays its own
+    return kept[1]
+
+
+def _band(op: JacobianOperator, memo: dict[int, tuple]) -> Band | None:
     if not _one_dimensional(op):
         return None
     (m,), (n,) = op.out_shape, op.in_shape
@@ -132,31 +144,32 @@ def band_of(op: JacobianOperator) -> Band | None:
     if isinstance(op, Banded):
         return m, n, dict(zip(op.offsets, op.values, strict=True))
     if isinstance(op, Identity):
-        return m, n, {0: jnp.ones((m,), op.dtype)}
+        return m, n, {0: np.ones((m,), op.dtype)}
     if isinstance(op, Zero):
         return m, n, {}
     if isinstance(op, Restrict) and op.config[0][2] == 0:  # out[i] = in[i + lo]
-        return m, n, {op.config[0][0]: jnp.ones((m,), op.dtype)}
+        return m, n, {op.config[0][0]: np.ones((m,), op.dtype)}
     if isinstance(op, Embed) and op.config[0][2] == 0:  # out[i] = in[i - lo]
         lo = op.config[0][0]
         inside = (np.arange(m) - lo >= 0) & (np.arange(m) - lo < n)
-        return m, n, {-lo: jnp.asarray(inside, op.dtype)}
+        return m, n, {-lo: inside.astype(op.dtype)}
     if isinstance(op, Scaled) and jnp.ndim(op.scale) == 0:
-        band = band_of(op.operator)
+        band = band_of(op.operator, memo)
         if band is None:
             return None
         return m, n, {o: op.scale * d for o, d in band[2].items()}
     if isinstance(op, Sum):
-        bands = [band_of(t) for t in op.terms]
-        if any(b is None for b in bands):
-            return None
         merged: dict[int, Array] = {}
-        for _, _, diagonals in bands:
-            for o, d in diagonals.items():
+        for term in op.terms:
+            band = band_of(term, memo)
+            if band is None:
+                return None
+            for o, d in band[2].items():
                 merged[o] = merged[o] + d if o in merged else d
         return (m, n, merged) if len(merged) <= MAX_OFFSETS else None
     if isinstance(op, Composition):
-        outer, inner = band_of(op.outer), band_of(op.inner)
+        outer = band_of(op.outer, memo)
+        inner = None if outer is None else band_of(op.inner, memo)
         if outer is None or inner is None:
             return None
         composed: dict[int, Array] = {}
@@ -176,12 +189,12 @@ def _resize(v: Array, size: int) -> Array:
     return jnp.concatenate([v, jnp.zeros((size - v.shape[0],), v.dtype)])
 
 
-def banded(op: JacobianOperator) -> JacobianOperator | None:
+def banded(op: JacobianOperator, memo: dict[int, tuple] | None = None) -> JacobianOperator | None:
     """A square map on vectors as ``Banded`` (or ``Diagonal`` for one offset 0) when
-    ``band_of`` reads it; else ``None``."""
+    ``band_of`` reads it (with ``memo``); else ``None``."""
     if not _one_dimensional(op) or op.out_shape != op.in_shape:
         return None
-    band = band_of(op)
+    band = band_of(op, memo)
     if band is None:
         return None
     _, n, diagonals = band

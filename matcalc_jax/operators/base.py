@@ -82,7 +82,7 @@ def one_program_when_eager(method: Callable) -> Callable:
 
     @functools.wraps(method)
     def run(self: Any, *args: Any) -> Any:
-        if is_concrete(self, args):
+        if is_concrete_graph(self, args):
             return compiled(self, *args)
         return method(self, *args)
 
@@ -114,6 +114,15 @@ def on_graph(method: Callable, static_argnums: tuple[int, ...] = ()) -> Callable
         return compiled(recipe, arrays, *args)
 
     return run
+
+
+def is_concrete_graph(op: Any, args: tuple = ()) -> bool:
+    """``is_concrete(op, args)``, reading each of the operator's arrays once (its graph,
+    kept on it), not once per path: a Hessian whose nodes are shared may flatten to
+    millions of leaves."""
+    if not is_concrete(args):
+        return False
+    return is_concrete(kept_on(op, "graph", lambda: _graph_of(op))[1])
 
 
 def _graph_of(root: Any) -> tuple[_Recipe, list]:
@@ -326,7 +335,7 @@ class JacobianOperator:
         """
         layout = self.layout if layout is None else check_layout("to_dense", layout)
         chunk_size = check_chunk_size(f"{type(self).__name__}.to_dense", chunk_size)
-        if is_concrete(self):
+        if is_concrete_graph(self):
             return _dense_program(self, layout, chunk_size)
         return self._dense(layout, chunk_size)
 

@@ -65,19 +65,22 @@ def simplify(op: JacobianOperator) -> JacobianOperator:
     sharing an inner factor, a diagonal after a diagonal, X^T D X meet their rules). A
     shared part is rebuilt once, so that parts the program used twice stay one object."""
     memo: dict[int, JacobianOperator] = {}
+    bands: dict[int, tuple] = {}  # each node's band, read once (band_of)
 
     def rebuild(node: JacobianOperator) -> JacobianOperator:
         key = id(node)
         if key not in memo:
-            memo[key] = _rebuilt(node, rebuild)
+            memo[key] = _rebuilt(node, rebuild, bands)
         return memo[key]
 
     result = rebuild(op)
-    band = banded(result)
+    band = banded(result, bands)
     return result if band is None else band
 
 
-def _rebuilt(node: JacobianOperator, rebuild: Callable[[Any], Any]) -> JacobianOperator:
+def _rebuilt(
+    node: JacobianOperator, rebuild: Callable[[Any], Any], bands: dict[int, tuple]
+) -> JacobianOperator:
     if isinstance(node, Select):
         branches = [None if b is None else rebuild(b) for b in node.branches]
         if all(b is None or isinstance(b, Diagonal) for b in branches):
@@ -93,7 +96,7 @@ def _rebuilt(node: JacobianOperator, rebuild: Callable[[Any], Any]) -> JacobianO
     if isinstance(node, Sum):
         terms = [rebuild(t) for t in node.terms]
         total = functools.reduce(add_sharing, terms)
-        band = banded(total)
+        band = banded(total, bands)
         return total if band is None else band
     if isinstance(node, Scaled):
         inner = rebuild(node.operator)
