@@ -717,3 +717,30 @@ def test_an_eager_call_reads_a_shared_graph_s_arrays_once(monkeypatch):
     np.testing.assert_array_equal(G.to_dense(), 4096 * jnp.diag(jnp.arange(1.0, 4.0)))
     np.testing.assert_array_equal(G.mv(jnp.ones(3)), 4096 * jnp.arange(1.0, 4.0))
     assert max(seen) <= 2, seen
+
+
+_PUSHED = []
+
+
+@operators.base.pytree(("array",), ("out_ndim", "layout", "stored"))
+class _CountedMv(operators.Dense):
+    """A dense operator that counts the tangents pushed through it (when traced)."""
+
+    def mv(self, tangent):
+        _PUSHED.append(self)
+        return super().mv(tangent)
+
+
+def test_to_dense_pushes_a_vector_through_a_shared_part_once():
+    """A composition densifies by pushing its inner columns through the outer map's mv; a
+    shared outer part (G <- (G + G) D) met the same vector on every path and was traced
+    once per path: a flax LSTM's Hessian took 20 s at 2 steps, over 240 s at 3."""
+    A = 0.5 * _normal(2, (3, 3))
+    D = mj.Dense(0.5 * jnp.eye(3) + 0.1, 1)
+    G, expected = _CountedMv(A, 1), np.asarray(A)
+    for _ in range(10):
+        G = operators.Composition(operators.Sum((G, G)), D)
+        expected = 2 * expected @ np.asarray(D.to_dense())
+    _PUSHED.clear()
+    np.testing.assert_allclose(G.to_dense(), expected, rtol=1e-5)
+    assert len(_PUSHED) <= 10, len(_PUSHED)
