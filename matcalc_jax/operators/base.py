@@ -110,7 +110,7 @@ def on_graph(method: Callable, static_argnums: tuple[int, ...] = ()) -> Callable
 
     @functools.wraps(method)
     def run(op: Any, *args: Any) -> Any:
-        recipe, arrays = kept_on(op, "graph", lambda: _graph_of(op))
+        recipe, arrays = _graph(op)
         return compiled(recipe, arrays, *args)
 
     return run
@@ -122,7 +122,12 @@ def is_concrete_graph(op: Any, args: tuple = ()) -> bool:
     millions of leaves."""
     if not is_concrete(args):
         return False
-    return is_concrete(kept_on(op, "graph", lambda: _graph_of(op))[1])
+    return is_concrete(_graph(op)[1])
+
+
+def _graph(op: Any) -> tuple[_Recipe, list]:
+    """``_graph_of(op)``, kept on the operator."""
+    return kept_on(op, "graph", lambda: _graph_of(op))
 
 
 def _graph_of(root: Any) -> tuple[_Recipe, list]:
@@ -244,47 +249,34 @@ def _dense_once() -> Iterator[None]:
         _SHARED.numerators = None
 
 
-def _densified_once(method: Callable[[Any], Array]) -> Callable[[Any], Array]:
-    @functools.wraps(method)
-    def numerator(op: Any) -> Array:
-        memo = getattr(_SHARED, "numerators", None)
-        if memo is None:
-            return method(op)
-        trace = _trace_context.trace
-        kept = memo.get(id(op))
-        if kept is not None and kept[0] is op and kept[1] is trace:
-            return kept[2]
-        value = method(op)
-        memo[id(op)] = (op, trace, value)  # op and trace held: their ids stay theirs
-        return value
+def _once_per_trace(method: Callable[..., Array]) -> Callable[..., Array]:
+    """``method(op, *args)`` kept by the identities of the operator and the arguments, and
+    the trace, within one ``to_dense`` (``_dense_once``).
 
-    numerator.densified_once = True
-    return numerator
-
-
-def _applied_once(method: Callable[[Any, Any], Array]) -> Callable[[Any, Any], Array]:
-    """``mv`` / ``vm`` kept by the identities of operator and vector, and the trace, within
-    one ``to_dense``: a shared part of the graph is reached on many paths with the same
-    vector (the terms of a sum push one tangent through a common inner factor), and is
-    traced once, not once per path (a flax LSTM's Hessian: 11,001 ``mv`` on 93 nodes)."""
+    A shared part of a lazy graph is reached on many paths: ``_numerator`` densifies it
+    once, not once per path (nested conds of an expm Hessian), and ``mv`` / ``vm`` push a
+    vector through it once (the terms of a sum meet one tangent at a common inner factor:
+    a flax LSTM's Hessian made 11,001 ``mv`` on 93 nodes). Operator, arguments and trace
+    are held in the memo, so their ids stay theirs while it lives."""
     name = method.__name__
 
     @functools.wraps(method)
-    def applied(op: Any, vector: Any) -> Array:
+    def once(op: Any, *args: Any) -> Array:
         memo = getattr(_SHARED, "numerators", None)
         if memo is None:
-            return method(op, vector)
+            return method(op, *args)
         trace = _trace_context.trace
-        key = (name, id(op), id(vector))
+        held = (op, *args)
+        key = (name, *map(id, held))
         kept = memo.get(key)
-        if kept is not None and kept[0] is op and kept[1] is vector and kept[2] is trace:
-            return kept[3]
-        value = method(op, vector)
-        memo[key] = (op, vector, trace, value)  # all held: their ids stay theirs
+        if kept is not None and kept[1] is trace and all(map(operator.is_, kept[0], held)):
+            return kept[2]
+        value = method(op, *args)
+        memo[key] = (held, trace, value)
         return value
 
-    applied.densified_once = True
-    return applied
+    once.once_per_trace = True
+    return once
 
 
 #: log|det| and a solve of dense matrices; float16 / bfloat16 in float32, rounded once
@@ -311,13 +303,10 @@ class JacobianOperator:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        method = cls.__dict__.get("_numerator")
-        if method is not None and not getattr(method, "densified_once", False):
-            cls._numerator = _densified_once(method)
-        for name in ("mv", "vm"):
+        for name in ("_numerator", "mv", "vm"):
             method = cls.__dict__.get(name)
-            if method is not None and not getattr(method, "densified_once", False):
-                setattr(cls, name, _applied_once(method))
+            if method is not None and not getattr(method, "once_per_trace", False):
+                setattr(cls, name, _once_per_trace(method))
 
     @property
     def out_shape(self) -> tuple[int, ...]:
