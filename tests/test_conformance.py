@@ -44,6 +44,8 @@ PAIRS = (0.0, 1.0, -1.0, 2.0, 0.0, NAN, 3.0, -0.0, 0.0, 1.0, 2.0, -1.0, -0.0, 1.
 FINITE_PAIRS = (0.0, 1.0, -1.0, 2.0, 0.0, 3.0, 0.0, 1.0, 2.0, -1.0, -0.0, 1.0)
 #: clamp(low, x, high) over four triples: x between, at a bound, outside, NaN.
 CLAMPED = (0.0, 1.0, -1.0, 2.0, 0.0, NAN, 1.0, -1.0, 0.0, 1.0, 0.0, NAN)
+#: Indices promised in bounds (x[idx]'s mode), out of bounds here on purpose.
+PROMISE = "promise_in_bounds"
 POSITIVE = (0.0, 1e-30, 0.5, 1.0, 2.0, 7.5, 40.0, INF, NAN)
 
 
@@ -57,8 +59,9 @@ class Case:
     its mask: a deliberate difference, docs/transform.md) or "selects" (the same for a
     program that is not elementwise: ``J.vm`` equals ``jax.vjp`` wherever that is not
     NaN, and may be finite where it is, since the transform selects what JAX masks), or
-    "matrix" (``jax.vjp`` refuses the program, a ``while_loop``: the rows of the jvp's
-    matrix)."""
+    "matrix" (the rows of the jvp's matrix: ``jax.vjp`` refuses the program, a
+    ``while_loop``, or differs from ``jax.jvp`` by design, out-of-bounds indices under
+    the promise of being in bounds, where the transform follows the value)."""
 
     fn: Any
     points: tuple[float, ...] = EDGES
@@ -186,9 +189,22 @@ CASES: dict[str, Case] = {
                 + lax.pad(x[:9].reshape(3, 3), x[0], ((-1, 2, 0), (1, -2, 2))).sum()),
     "concatenate": Case(lambda x: lax.concatenate([x[2:5], x[:4], x], 0)),
     "dynamic_slice": Case(lambda x: lax.dynamic_slice(x, (jnp.int32(7),), (5,))),
+    "dynamic_slice_negative": Case(  # wrapped once, then clamped; or clamped alone
+        lambda x: lax.dynamic_slice(x, (jnp.int32(-5),), (3,))
+        + lax.dynamic_slice(x, (jnp.int32(-5),), (3,), allow_negative_indices=False)
+        + lax.dynamic_slice(x, (jnp.int32(-40),), (3,))
+        + lax.dynamic_index_in_dim(x, jnp.int32(-2), keepdims=False)
+    ),
     "gather": Case(lambda x: jnp.take(x, jnp.array([1, 40, 2, -30]))
                    + jnp.take(x, jnp.array([1, 40, 2, -30]), mode="clip")
                    + jnp.take(x, jnp.array([1, 40, 2, -30]), mode="fill", fill_value=-1.0)),
+    # x[idx] promises its indices in bounds and XLA clamps one that is not; jax.vjp drops
+    # it, the transform clamps both ways (docs/transform.md): vm reads the jvp's matrix
+    "gather_promised": Case(
+        lambda x: x[jnp.array([1, 40, 2, -30, -3])]
+        + x.at[jnp.array([0, 11, 12, -12, 5])].get(mode=PROMISE),
+        vm="matrix",
+    ),
     "triangular_solve": Case(  # in the right-hand side, and in the matrix, both sides
         lambda x: jax.scipy.linalg.solve_triangular(UPPER.astype(x.dtype), x[:3])
         + lax.linalg.triangular_solve(
@@ -277,6 +293,12 @@ CASES: dict[str, Case] = {
         lambda x: lax.dynamic_update_slice(lax.sqrt(x), x[:3] * 2.0, (jnp.int32(9),)),
         vm="selects",
     ),
+    "dynamic_update_slice_negative": Case(
+        lambda x: lax.dynamic_update_slice(lax.sin(x), x[:3] * 2.0, (jnp.int32(-4),))
+        + lax.dynamic_update_slice(x, x[3:5] ** 2, (jnp.int32(-4),), allow_negative_indices=False)
+        + lax.dynamic_update_slice(x, x[:2], (jnp.int32(-40),)),
+        vm="selects",
+    ),
     "scatter-add": Case(
         lambda x: jax.ops.segment_sum(x, jnp.array([0, 0, 1, 3, 1, 2, 2, 0, 3, 1, 0]), 4)
         + jnp.zeros(4, x.dtype).at[jnp.array([1, 9, -2])].add(x[:3])
@@ -284,10 +306,21 @@ CASES: dict[str, Case] = {
     "scatter": Case(  # repeated and out-of-bounds indices; a NaN derivative overwritten
         lambda x: lax.sqrt(x).at[jnp.array([1, 1, 4, 20])].set(x[:4] ** 2), vm="selects"
     ),
+    # an out-of-bounds update under the promise is dropped, as its value is; jax.vjp
+    # gathers its cotangent clamped (docs/transform.md): vm reads the jvp's matrix
+    "scatter_promised": Case(
+        lambda x: lax.sin(x).at[jnp.array([1, 20, -30, 3])].add(x[:4] ** 2, mode=PROMISE)
+        + x.at[jnp.array([2, 40])].set(x[5:7], mode=PROMISE),
+        tuple(np.linspace(-1.0, 2.0, 11)),  # finite: the indices are the edge here
+        vm="matrix",
+    ),
     "sort": Case(lambda x: jnp.sort(x) + lax.sort((x[::-1], x * x), num_keys=1)[1], PAIRS),
     "top_k": Case(lambda x: lax.top_k(x, 4)[0], PAIRS),
     "reduce_prod": Case(
         lambda x: jnp.prod(x[:6].reshape(2, 3), axis=1), (2.0, 0.0, -1.5, 0.0, 0.0, 3.0), ulps=2
+    ),
+    "reduce_prod_empty": Case(  # an empty product is 1 and depends on no entry
+        lambda x: jnp.prod(x[:6].reshape(2, 3)[:, :0], axis=1) * x[:2] + jnp.prod(1.0 - x[:0])
     ),
     "cumprod": Case(lambda x: jnp.cumprod(x[:6]), (2.0, 0.0, -1.5, 0.5, 0.0, 3.0)),
     "cumlogsumexp": Case(lambda x: lax.cumlogsumexp(x, reverse=True), ulps=4),
@@ -417,7 +450,7 @@ def check_case(name: str, dtype: str, compiled: bool, ulps: int) -> None:
     if case.vm == "elementwise":  # u times the jvp's diagonal, d_j = (J e_j)_j
         with np.errstate(invalid="ignore"):
             rows = cotangents * np.diagonal(out["columns"])
-    elif case.vm == "matrix":  # jax.vjp refuses (a while_loop): the jvp's matrix, read by rows
+    elif case.vm == "matrix":  # the jvp's matrix, read by rows
         rows = out["columns"].reshape(x.size, -1).T.reshape(-1, *x.shape)
     else:
         rows = out["rows"]
