@@ -299,6 +299,21 @@ def test_case_bytes_counts_the_jacobian_of_the_shapes():
     assert case_bytes(mj.rule("softmax"), "float64", 10) == 10 * 10 * 8 * 8
 
 
+def test_case_bytes_reads_a_rule_s_shapes_once_per_size_whatever_the_dtype(monkeypatch):
+    """verify estimates every case before the run (318 of them by default): the shapes are
+    the same in every dtype, so each rule and size is traced once and the dtype scales it."""
+    from matcalc_jax.verification import harness
+
+    traced = []
+    make_jaxpr = jax.make_jaxpr
+    monkeypatch.setattr(jax, "make_jaxpr", lambda *a, **k: traced.append(1) or make_jaxpr(*a, **k))
+    harness._case_entries.cache_clear()
+    rule = mj.rule("softmax")
+    sizes = {d: harness.case_bytes(rule, d, 7) for d in ("float32", "float64", "bfloat16")}
+    assert sizes == {"float32": 7 * 7 * 4 * 8, "float64": 7 * 7 * 8 * 8, "bfloat16": 7 * 7 * 8 * 8}
+    assert len(traced) == 1
+
+
 _PARENT = """
 import os, sys
 from matcalc_jax.site.build import run_reaped

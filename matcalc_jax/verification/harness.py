@@ -686,7 +686,17 @@ def case_bytes(rule: Rule, dtype: str, size: int) -> int:
     n x n arrays too), or, if larger, the map's largest intermediate array times
     max(in, out) (jacfwd carries a tangent per input through each intermediate, jacrev a
     cotangent per output: a program whose inner arrays outgrow its Jacobian). Read from the
-    shapes alone: nothing is computed."""
+    shapes alone (traced once per rule and size, whatever the dtype): nothing is computed."""
+    try:
+        entries = _case_entries(rule, size)
+    except TypeError:  # a rule whose fields do not hash: read its shapes again
+        entries = _case_entries.__wrapped__(rule, size)
+    return entries * jnp.dtype(reference_dtype(dtype)).itemsize * _JACOBIAN_COPIES
+
+
+@functools.lru_cache(maxsize=4096)
+def _case_entries(rule: Rule, size: int) -> int:
+    """The entries ``case_bytes`` counts, from the shapes of ``rule`` at ``size``."""
     # The shapes do not depend on the dtype: read them in float32 (no 64-bit mode needed).
     args = jax.eval_shape(lambda: rule.example(jax.random.key(0), jnp.float32, size))
     program = jax.make_jaxpr(rule.fn, return_shape=True)
@@ -695,8 +705,7 @@ def case_bytes(rule: Rule, dtype: str, size: int) -> int:
     entries = out_size * x_size  # Python integers: no overflow
     if rule.has_hessian:
         entries += x_size**2
-    entries = max(entries, _largest_array(jaxpr.jaxpr) * max(x_size, out_size))
-    return entries * jnp.dtype(reference_dtype(dtype)).itemsize * _JACOBIAN_COPIES
+    return max(entries, _largest_array(jaxpr.jaxpr) * max(x_size, out_size))
 
 
 def _largest_array(jaxpr: Any) -> int:
