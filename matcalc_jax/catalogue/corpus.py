@@ -417,7 +417,7 @@ USER_PROGRAMS = (
     ),
     program(
         "gru_scan", "A GRU over a sequence by lax.scan", "J_ts = dh_t/dx_s (s <= t)", gru, 0,
-        _gru_example, "Sum", bench_sizes=(16, 64, 256), shapes="xs T x 2; W 6 x 2; U 6 x 3",
+        _gru_example, "Stacked", bench_sizes=(16, 64, 256), shapes="xs T x 2; W 6 x 2; U 6 x 3",
     ),
     program(
         "conv_layer", "A 1-D convolution layer by its input",

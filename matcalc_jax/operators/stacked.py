@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from matcalc_jax.core.layout import Layout
-from matcalc_jax.operators.base import JacobianOperator, check_tangent, pytree
+from matcalc_jax.operators.base import JacobianOperator, check_tangent, kept_on, pytree
 
 
 @pytree(("leaves",), ("structure", "length", "step_out", "step_in", "dtype_name", "layout"))
@@ -34,17 +34,23 @@ class Stacked(JacobianOperator):
     @classmethod
     def of(cls, leaves: Sequence[Array], structure: Any, length: int) -> Stacked:
         """The stacked operators whose step ``t`` is ``structure`` over ``leaves[:, t]``."""
-        first = jax.tree_util.tree_unflatten(structure, [leaf[0] for leaf in leaves])
-        return cls(
-            tuple(leaves), structure, length, tuple(first.out_shape), tuple(first.in_shape),
-            jnp.dtype(first.dtype).name, first.layout,
-        )  # fmt: skip
+        found: list[tuple] = []  # read from a traced first step: no leaf sliced eagerly
+
+        def first_step(rows: list[Array]) -> None:
+            first = jax.tree_util.tree_unflatten(structure, [leaf[0] for leaf in rows])
+            found.append((tuple(first.out_shape), tuple(first.in_shape),
+                          jnp.dtype(first.dtype).name, first.layout))  # fmt: skip
+
+        jax.eval_shape(first_step, list(leaves))
+        return cls(tuple(leaves), structure, length, *found[0])
 
     def _step(self, leaves: Sequence[Array]) -> JacobianOperator:
         return jax.tree_util.tree_unflatten(self.structure, leaves)
 
     def _first(self) -> JacobianOperator:
-        return self._step([leaf[0] for leaf in self.leaves])
+        """The first step, kept on the operator: graph walks (``children``) ask it of every
+        node they meet."""
+        return kept_on(self, "first_step", lambda: self._step([leaf[0] for leaf in self.leaves]))
 
     out_shape = property(lambda self: (self.length, *self.step_out))
     in_shape = property(lambda self: tuple(self.step_in))

@@ -21,6 +21,9 @@ are nonzero (``_scan_jvp``). The rule probes it:
 - a structure that keeps growing (a chain of dense layers composes lazily) is carried
   dense: each step's Jacobian is multiplied out (``to_dense``), as ``jax.jacfwd`` does.
 
+Which it is, is found by tracing the first steps (``_Loop._plan``): a loop that would go
+dense after steps unrolled carries dense Jacobians from its first step instead.
+
 The stacked outputs ``ys`` come back as a ``Stacked`` operator: the step's output
 Jacobian, one per iteration, its leaves stacked along the loop axis. ``while`` carries the
 Jacobian forward only (as ``jax.jvp`` does; ``jax.vjp`` refuses a ``while_loop``), but the
@@ -35,6 +38,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array, lax
 from jax.extend import core as jex_core
 
@@ -180,28 +184,65 @@ class _Loop:
         as the diagonal it becomes; a constant carry becoming a Jacobian by running steps
         unrolled (at most ``SETTLE_STEPS``, traced as in the loop); else dense. A structure
         that changes when nothing is constant any more keeps growing (a chain of lazy
-        compositions): it goes dense at once. Returns the unrolled steps' ``(t, ys,
-        ys_ops)`` and the carry and its Jacobians after them."""
-        unrolled: list[tuple] = []
-        for t in times[:SETTLE_STEPS]:
-            if self.stable(carry, carry_ops, t):
-                return unrolled, carry, carry_ops
-            widened = [_widened(op, x, argument) for x, op in zip(carry, carry_ops, strict=True)]
-            if self.stable(carry, widened, t):
-                return unrolled, carry, widened
-            constant = any(
-                op is None and jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+        compositions): it goes dense at once. Which it is, is found first by tracing those
+        steps (``_plan``): a loop that goes dense after steps unrolled carries dense
+        Jacobians from its first step instead (a constant carry a zero matrix, as in
+        ``while``), so that no step runs, and no carry is densified, outside the loop.
+        Returns the unrolled steps' ``(t, ys, ys_ops)`` and the carry and its Jacobians
+        after them."""
+        steps, how = self._plan(carry, carry_ops, times, argument)
+        if how == "dense" and steps:
+            self.dense = True
+            zeros = [
+                _dense(_widened(op, x, argument, square=False))
                 for x, op in zip(carry, carry_ops, strict=True)
-            )
-            if not constant:
-                break
+            ]
+            if self.stable(carry, zeros, times[0]):
+                return [], carry, zeros
+            self.dense = False
+        unrolled: list[tuple] = []
+        for t in times[:steps]:
             new_carry, new_ops, ys, ys_ops = jax.jit(self.step)(carry, carry_ops, t)
             unrolled.append((t, ys, ys_ops))
             carry, carry_ops = list(new_carry), list(new_ops)
-        if len(unrolled) < len(times):
+        if how == "widened":
+            carry_ops = [_widened(op, x, argument) for x, op in zip(carry, carry_ops, strict=True)]
+        elif how == "dense":
             self.dense = True
             carry_ops = [_dense(op) for op in carry_ops]
         return unrolled, carry, carry_ops
+
+    def _plan(
+        self, carry: list, carry_ops: list[Operator], times: Sequence[int], argument: tuple
+    ) -> tuple[int, str]:
+        """How ``settle`` brings the Jacobians to a structure, found in one trace (nothing
+        runs): the number of steps to unroll, and after them the Jacobians carried "as it
+        is", "widened" or "dense"."""
+        plan: list[tuple[int, str]] = []
+
+        def replay(*steps: Array) -> None:
+            values, ops = carry, carry_ops
+            for k, t in enumerate(steps):
+                if self.stable(values, ops, t):
+                    plan.append((k, "as it is"))
+                    return
+                widened = [_widened(op, x, argument) for x, op in zip(values, ops, strict=True)]
+                if self.stable(values, widened, t):
+                    plan.append((k, "widened"))
+                    return
+                constant = any(
+                    op is None and jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+                    for x, op in zip(values, ops, strict=True)
+                )
+                if not constant:
+                    plan.append((k, "dense"))
+                    return
+                new_values, new_ops, _, _ = self.step(values, ops, t)
+                values, ops = list(new_values), list(new_ops)
+            plan.append((len(steps), "dense" if len(steps) < len(times) else "as it is"))
+
+        jax.eval_shape(replay, *times[:SETTLE_STEPS])
+        return plan[0]
 
 
 @rule("scan", complex=True, linear=True)
@@ -248,7 +289,7 @@ def _scan(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
             )  # fmt: skip
 
         state = (list(carry), jax.tree_util.tree_leaves(list(carry_ops)))
-        steps = jnp.arange(first, first + count, dtype=jnp.int32)
+        steps = np.arange(first, first + count, dtype=np.int32)  # no eager program
         (carry, leaves), (ys, ys_leaves) = lax.scan(body_fn, state, steps, reverse=reverse)
         carry_ops = jax.tree_util.tree_unflatten(carry_structure, leaves)
         offset = 0
@@ -261,11 +302,13 @@ def _scan(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
             ys_parts[j].append((first, ys[j], stacked))
     ys_out, ys_ops_out = [], []
     for j, var in enumerate(eqn.outvars[n_carry:]):
-        value = jnp.zeros(var.aval.shape, var.aval.dtype)
-        terms = []
-        for t, rows, op in ys_parts[j]:
-            value = lax.dynamic_update_slice_in_dim(value, rows, t, 0)
-            terms.append(_placed(op, t, length))
+        if len(ys_parts[j]) == 1:  # one part holds every row: the loop's (or one step's)
+            value = ys_parts[j][0][1]
+        else:
+            value = jnp.zeros(var.aval.shape, var.aval.dtype)
+            for t, rows, _ in ys_parts[j]:
+                value = lax.dynamic_update_slice_in_dim(value, rows, t, 0)
+        terms = [_placed(op, t, length) for t, _, op in ys_parts[j]]
         present = [term for term in terms if term is not None]
         ys_out.append(value)
         ys_ops_out.append(functools.reduce(add, present) if present else None)
