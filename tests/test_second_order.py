@@ -389,3 +389,30 @@ def test_a_gauss_newton_matrix_of_fewer_outputs_than_parameters_is_singular():
 def test_gauss_newton_argnums_must_be_an_int():
     with pytest.raises(TypeError, match="gauss_newton: argnums"):
         mj.gauss_newton(_model, _loss, argnums=(0,))
+
+
+def test_a_hessian_returned_from_jit_keeps_the_sharing_of_its_graph():
+    """The Hessian of a two-step RK4 loop shares the gradient's nodes on 1.9 million paths:
+    returned from jax.jit it came back as that many arrays (a MemoryError at five steps),
+    and at one step its to_dense took 24 s, passing it into jit 52 s. Its leaves are now
+    the graph's arrays, each once."""
+    W1 = jnp.sin(jnp.arange(24.0)).reshape(8, 3) / 2
+    W2 = jnp.cos(jnp.arange(24.0)).reshape(3, 8) / 2
+
+    def rk4_twice(y, h=0.1):
+        for _ in range(2):
+            k1 = W2 @ jnp.tanh(W1 @ y)
+            k2 = W2 @ jnp.tanh(W1 @ (y + h / 2 * k1))
+            k3 = W2 @ jnp.tanh(W1 @ (y + h / 2 * k2))
+            k4 = W2 @ jnp.tanh(W1 @ (y + h * k3))
+            y = y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        return jnp.sum(y**2)
+
+    x = jnp.array([0.3, -0.2, 0.5])
+    H = jax.jit(lambda x: mj.hessian(rk4_twice)(x))(x)
+    leaves = jax.tree_util.tree_leaves(H)
+    assert len(leaves) < 200 and len({id(leaf) for leaf in leaves}) == len(leaves)
+    expected = jax.hessian(rk4_twice)(x)
+    np.testing.assert_allclose(H.to_dense(), expected, rtol=1e-12, atol=1e-14)
+    v = jnp.array([1.0, -2.0, 0.5])
+    np.testing.assert_allclose(jax.jit(lambda H, v: H.mv(v))(H, v), expected @ v, rtol=1e-12)

@@ -209,20 +209,46 @@ def _rebuild(recipe: _Recipe, arrays: list) -> Any:
 EAGER_AS_ONE_PROGRAM = ("mv", "vm", "diagonal", "trace", "logdet")
 
 
-def pytree(data: tuple[str, ...], meta: tuple[str, ...]) -> Callable[[type], type]:
+def pytree(
+    data: tuple[str, ...], meta: tuple[str, ...], *, as_graph: bool = False
+) -> Callable[[type], type]:
     """Class decorator: the class as a frozen dataclass and a JAX pytree whose leaves are the
     ``data`` fields (arrays, operators) and whose static part is the ``meta`` fields. Its
     ``EAGER_AS_ONE_PROGRAM`` methods (its own or inherited) run as one program each when
-    called eagerly (``one_program_when_eager``)."""
+    called eagerly (``one_program_when_eager``).
+
+    ``as_graph``, for a class holding one operator (``data`` one field): its leaves are the
+    held graph's arrays, each once, and it is rebuilt with its sharing (``_graph_of``). A
+    Hessian's factors share the gradient's nodes: as a tree, a two-step RK4 loop's Hessian
+    has 1.9 million leaves, and one returned from ``jax.jit`` came back with every shared
+    node copied once per path (its ``to_dense`` densified each copy)."""
 
     def register(cls: type) -> type:
         cls = dataclasses.dataclass(frozen=True)(cls)
-        jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
+        if as_graph:
+            _register_as_graph(cls, *data, meta)
+        else:
+            jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
         for name in EAGER_AS_ONE_PROGRAM:
             setattr(cls, name, one_program_when_eager(getattr(cls, name)))
         return cls
 
     return register
+
+
+def _register_as_graph(cls: type, held: str, meta: tuple[str, ...]) -> None:
+    """``cls`` as a pytree whose leaves are the arrays of its ``held`` operator's graph,
+    each once, and whose static part is the graph's recipe and the ``meta`` fields."""
+
+    def flatten(op: Any) -> tuple[list, tuple]:
+        recipe, arrays = _graph(getattr(op, held))
+        return arrays, (recipe, tuple(getattr(op, name) for name in meta))
+
+    def unflatten(aux: tuple, arrays: Any) -> Any:
+        recipe, values = aux
+        return cls(**{held: _rebuild(recipe, list(arrays))}, **dict(zip(meta, values, strict=True)))
+
+    jax.tree_util.register_pytree_node(cls, flatten, unflatten)
 
 
 try:  # the current trace: a dense matrix is reused only where it was traced
@@ -251,7 +277,7 @@ def _dense_once() -> Iterator[None]:
 
 def _once_per_trace(method: Callable[..., Array]) -> Callable[..., Array]:
     """``method(op, *args)`` kept by the identities of the operator and the arguments, and
-    the trace, within one ``to_dense`` (``_dense_once``).
+    the trace, within one ``to_dense`` (``_dense_once``) or the outermost such call.
 
     A shared part of a lazy graph is reached on many paths: ``_numerator`` densifies it
     once, not once per path (nested conds of an expm Hessian), and ``mv`` / ``vm`` push a
@@ -264,7 +290,10 @@ def _once_per_trace(method: Callable[..., Array]) -> Callable[..., Array]:
     def once(op: Any, *args: Any) -> Array:
         memo = getattr(_SHARED, "numerators", None)
         if memo is None:
-            return method(op, *args)
+            if _trace_context is None:
+                return method(op, *args)
+            with _dense_once():  # the outermost call keeps the memo for those it makes
+                return once(op, *args)
         trace = _trace_context.trace
         held = (op, *args)
         key = (name, *map(id, held))

@@ -130,7 +130,7 @@ def add_sharing(left: JacobianOperator, right: JacobianOperator) -> JacobianOper
 # ------------------------------------------------------------------------- Hessian
 
 
-@pytree(("operator",), ("name",))
+@pytree(("operator",), ("name",), as_graph=True)
 class Hessian(Wrapped):
     """The Hessian of a scalar function, d^2 f / dx^2: a map on tangents of x's shape
     (symmetric unless a ``custom_vjp``'s backward rule is not its function's derivative),
