@@ -90,6 +90,21 @@ def test_the_whole_on_flattened_vectors():
     assert_jacobians_close(J.T.mv(u), u @ dense)
 
 
+def test_a_zero_size_leaf_on_flattened_vectors():
+    """An empty output leaf beside a full one, ravel=True: to_dense raised a
+    ZeroDivisionError (its block's rows were reshaped to (0, -1)); mv and vm were right."""
+    x = jnp.arange(1.0, 7.0)
+    for f, args in (
+        (lambda a: (a[:0] * 2, a**2), (x,)),
+        (lambda a, b: a * 2 + jnp.sum(b), (x, jnp.zeros(0))),
+    ):
+        J = mj.jacobian(f, argnums=tuple(range(len(args))), ravel=True)(*args)
+        flat, unravel = ravel_pytree(args)
+        dense = jax.jacfwd(lambda v, f=f, u=unravel: ravel_pytree(f(*u(v)))[0])(flat)
+        assert_jacobians_close(J.to_dense(), dense)
+        assert_jacobians_close(J.mv(jnp.ones(6)), dense @ jnp.ones(6))
+
+
 def test_a_square_pytree_map_solves_and_has_a_logdet():
     def flow(tree):
         return {"a": tree["a"] + 0.5 * jnp.tanh(tree["b"].sum()), "b": 2.0 * tree["b"]}

@@ -89,7 +89,8 @@ class BlockMatrix(JacobianOperator):
     def _numerator(self) -> Array:
         rows = [
             jnp.concatenate(
-                [op._numerator().reshape(size_of(op.out_shape), -1).astype(self.dtype)
+                [op._numerator().reshape(size_of(op.out_shape), size_of(op.in_shape))
+                   .astype(self.dtype)
                  for op in row],
                 axis=1,
             )

@@ -80,7 +80,8 @@ class Map(ShapedOperator):
         n = size_of(self.in_shape)
         basis = jnp.eye(n, dtype=self.dtype).reshape((n, *self.in_shape))
         columns = jax.vmap(self._apply)(basis)  # (n, *out_shape)
-        return jnp.moveaxis(columns.reshape(n, -1), 0, -1).reshape(self.out_shape + self.in_shape)
+        columns = columns.reshape(n, size_of(self.out_shape))  # sizes, not -1: one may be 0
+        return jnp.moveaxis(columns, 0, -1).reshape(self.out_shape + self.in_shape)
 
 
 @pytree((), ("out_sizes", "in_sizes", "dtype_name", "layout"))

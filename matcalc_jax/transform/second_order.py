@@ -317,7 +317,7 @@ class GaussNewton(JacobianOperator):
         """J as (m, n): the m rows u^T J for the unit cotangents u."""
         m = size_of(self.jacobian.out_shape)
         basis = jnp.eye(m, dtype=self.dtype).reshape((m, *self.jacobian.out_shape))
-        return jax.vmap(self.jacobian.vm)(basis).reshape(m, -1)
+        return jax.vmap(self.jacobian.vm)(basis).reshape(m, size_of(self.jacobian.in_shape))
 
     def _numerator(self) -> Array:
         rows = self._rows()
