@@ -707,3 +707,17 @@ def test_a_raveled_jacobian_with_a_complex_output_transposes_to_the_real_argumen
     expected = jax.vjp(f, x)[1](u)[0]
     assert R.vm(flat).dtype == expected.dtype == jnp.float64
     assert_jacobians_close(R.vm(flat), expected)
+
+
+def test_eigh_of_a_matrix_that_is_not_symmetric_is_differentiated_at_the_one_lapack_reads():
+    """Documented: with symmetrize_input=False LAPACK reads the lower triangle. The
+    transform differentiates at that symmetric matrix S (dw_i/dA = v_i v_i^T, S's
+    eigenvectors); JAX's jvp at (A + A^T) / 2, where its primal differs from f(A)."""
+    A = jnp.array([[3.0, 1.0], [0.5, 5.0]])
+    f = lambda A: jnp.linalg.eigh(A, symmetrize_input=False)[0]  # noqa: E731
+    _, V = np.linalg.eigh(np.asarray(A), UPLO="L")  # NumPy's LAPACK: the oracle
+    expected = np.stack([np.outer(V[:, i], V[:, i]) for i in range(2)])
+    np.testing.assert_allclose(mj.jacobian(f)(A).to_dense(), expected, rtol=1e-12)
+    assert not np.allclose(jax.jacfwd(f)(A), expected, atol=1e-3)  # JAX's other point
+    symmetric = (A + A.T) / 2
+    np.testing.assert_allclose(mj.jacobian(f)(symmetric).to_dense(), jax.jacfwd(f)(symmetric))
