@@ -179,3 +179,22 @@ def test_a_loop_that_goes_dense_carries_dense_jacobians_from_its_first_step():
     J = mj.jacobian(lstm_outputs)(xs)
     assert isinstance(J, Stacked) and "5 steps of" in str(J)
     assert_transform_matches_autodiff(lstm_outputs, xs)
+
+
+def test_a_stacked_jacobian_asked_for_its_step_under_jit_stays_concrete():
+    """A Stacked operator keeps its first step for the graph walks that ask it; one
+    returned from jit (rebuilt, nothing kept) and first asked under a trace kept that
+    trace's tracer, and its children() raised UnexpectedTracerError afterwards."""
+
+    def f(x):
+        body = lambda c, xi: (jnp.tanh(c * xi + x[:2]),) * 2  # noqa: E731
+        return lax.scan(body, jnp.zeros(2), x.reshape(3, 2))[1]
+
+    x = jnp.linspace(0.1, 0.6, 6)
+    J = jax.jit(mj.jacobian(f))(x)
+    assert isinstance(J, Stacked)
+    u = jnp.ones((3, 2))
+    jax.jit(lambda u: J.with_layout("denominator").vm(u))(u)
+    step = J.children()[0]
+    assert all(not isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(step))
+    assert_jacobians_close(step.to_dense(), jax.jacfwd(f)(x)[0, :, :])
