@@ -416,3 +416,26 @@ def test_a_hessian_returned_from_jit_keeps_the_sharing_of_its_graph():
     np.testing.assert_allclose(H.to_dense(), expected, rtol=1e-12, atol=1e-14)
     v = jnp.array([1.0, -2.0, 0.5])
     np.testing.assert_allclose(jax.jit(lambda H, v: H.mv(v))(H, v), expected @ v, rtol=1e-12)
+
+
+def test_a_solve_singular_to_working_precision_is_an_error():
+    """Softmax cross-entropy's Hessian diag(p) - p p^T is singular (ones in its null
+    space), but its LU rounds to a finite log|det| (-37.7) and a finite x of size 1e16
+    with G x - b = [3.6, -3.5, -12.3] for b = ones: returned without an error. The solve
+    now bounds the condition number from below and refuses past 1 / (16 eps); a
+    regularized one still solves."""
+    c, labels, w = (
+        jnp.array([1.0, 2.0, 3.0]),
+        jnp.array([0.0, 1.0, 0.0]),
+        jnp.array([0.1, 0.2, 0.3]),
+    )
+    cross_entropy = lambda y: -jnp.sum(labels * jax.nn.log_softmax(y))  # noqa: E731
+    G = mj.gauss_newton(lambda w: w * c, cross_entropy)(w)
+    with pytest.raises(ValueError, match=r"J\^T H J is singular to working precision"):
+        G.solve(jnp.ones(3))
+    H = mj.hessian(lambda w: cross_entropy(w * c))(w)
+    with pytest.raises(ValueError, match=r"the Hessian is singular to working precision"):
+        H.solve(jnp.ones(3))
+    f = lambda w: cross_entropy(w * c) + 0.1 * jnp.sum(w**2)  # noqa: E731
+    x = mj.hessian(f)(w).solve(jnp.ones(3))
+    np.testing.assert_allclose(jax.hessian(f)(w) @ x, jnp.ones(3), rtol=1e-12)

@@ -24,6 +24,7 @@ J (m the model's output size).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -173,20 +174,53 @@ class Hessian(Wrapped):
 def _check_solution(
     call: str, matrix: str, symbol: str, op: JacobianOperator, rhs: Array, solution: Array
 ) -> None:
-    """Called outside ``jit``: the ``ValueError`` of a singular ``op`` (log|det| = -inf, or a
-    non-finite solution of a finite right-hand side); under ``jit`` nothing (the solution
-    is what the factorization gives, as ``jnp.linalg.solve``)."""
+    """Called outside ``jit``: the ``ValueError`` of a singular ``op``: log|det| = -inf, a
+    non-finite solution of a finite right-hand side, or one singular to working precision
+    (``_condition_at_least`` past ``1 / (16 eps)``: the LU of a matrix singular in exact
+    arithmetic, softmax cross-entropy's Hessian, rounds to a finite x of size 1e16 that
+    does not solve it). Under ``jit`` nothing (the solution is what the factorization
+    gives, as ``jnp.linalg.solve``)."""
     if isinstance(solution, jax.core.Tracer) or isinstance(rhs, jax.core.Tracer):
         return
     logdet = op.logdet()
-    if bool(jnp.isneginf(logdet)) or (
-        bool(jnp.all(jnp.isfinite(rhs))) and not bool(jnp.all(jnp.isfinite(solution)))
+    finite = bool(jnp.all(jnp.isfinite(rhs)))
+    if bool(jnp.isneginf(logdet)) or (finite and not bool(jnp.all(jnp.isfinite(solution)))):
+        how = f"singular (log|det {symbol}| = {float(logdet)})"
+    elif finite and (condition := _condition_at_least(op, rhs, solution)) > _singular_condition(
+        op.dtype
     ):
-        raise ValueError(
-            f"matcalc_jax.{call}.solve: {matrix} is singular (log|det {symbol}| = "
-            f"{float(logdet)}); no solution of {symbol} x = rhs exists or it is not unique. "
-            "Regularize it (add a multiple of the identity) or use mv."
-        )
+        how = f"singular to working precision (condition number at least {condition:.1e})"
+    else:
+        return
+    raise ValueError(
+        f"matcalc_jax.{call}.solve: {matrix} is {how}; no solution of {symbol} x = rhs "
+        "exists or it is not unique. Regularize it (add a multiple of the identity) or use mv."
+    )
+
+
+def _singular_condition(dtype: Any) -> float:
+    """The condition number past which a solve has no correct digit: 1 / (16 eps)."""
+    return 1.0 / (16 * float(jnp.finfo(dtype).eps))
+
+
+def _condition_at_least(op: JacobianOperator, rhs: Array, solution: Array) -> float:
+    """A lower bound on op's condition number: ||op|| ||op^{-1}|| >= (||op v|| / ||v||)
+    (||x|| / ||b||), ||op|| bounded below by two steps of the power method from a fixed
+    vector. Two ``mv``, cheap for any structure."""
+    norm = lambda a: float(jnp.linalg.norm(jnp.ravel(a)))  # noqa: E731
+    size = norm(rhs)
+    if size == 0 or not math.isfinite(size):
+        return 0.0
+    v = jnp.cos(jnp.arange(size_of(op.in_shape), dtype=jnp.result_type(op.dtype, float)))
+    v = v.reshape(op.in_shape)
+    largest = 0.0
+    for _ in range(2):
+        w = op.mv(v.astype(op.dtype))
+        largest = max(largest, norm(w) / max(norm(v), 1e-300))
+        if norm(w) == 0 or not math.isfinite(norm(w)):
+            break
+        v = w / norm(w)
+    return largest * norm(solution) / size
 
 
 def _name(f: Any) -> str:
