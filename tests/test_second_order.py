@@ -439,3 +439,30 @@ def test_a_solve_singular_to_working_precision_is_an_error():
     f = lambda w: cross_entropy(w * c) + 0.1 * jnp.sum(w**2)  # noqa: E731
     x = mj.hessian(f)(w).solve(jnp.ones(3))
     np.testing.assert_allclose(jax.hessian(f)(w) @ x, jnp.ones(3), rtol=1e-12)
+
+
+def test_laplacian_and_gauss_newton_errors_name_themselves_and_the_function_at_fault():
+    """They build on hessian, whose errors named matcalc_jax.hessian(<lambda>) and "f" (a
+    call the user never made); an integer model output was reported as the loss's
+    "argument 0" with advice about argnums."""
+    w = jnp.ones(3)
+    square = lambda y: y**2  # noqa: E731
+    rounded = lambda w: jnp.round(w).astype(int)  # noqa: E731
+    cases = (
+        (lambda: mj.laplacian(lambda x: x**3)(w), r"laplacian\(<lambda>\): f returns"),
+        (
+            lambda: mj.laplacian(lambda x: jnp.sum(x**3))(jnp.arange(3)),
+            r"laplacian\(<lambda>\): argument 0 has dtype int",
+        ),
+        (
+            lambda: mj.gauss_newton(lambda w: w * 2, square)(w),
+            r"gauss_newton\(<lambda>\): loss returns float64\[3\]",
+        ),
+        (
+            lambda: mj.gauss_newton(rounded, lambda y: jnp.sum(y**2.0))(w),
+            r"gauss_newton\(<lambda>\): model returns \['int",
+        ),
+    )
+    for call, message in cases:
+        with pytest.raises(TypeError, match=message):
+            call()

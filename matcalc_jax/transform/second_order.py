@@ -227,7 +227,7 @@ def _name(f: Any) -> str:
     return getattr(f, "__name__", type(f).__name__)
 
 
-def _check_scalar(what: str, name: str, out: Any) -> None:
+def _check_scalar(what: str, name: str, out: Any, role: str = "f") -> None:
     leaves, structure = jax.tree_util.tree_flatten(out)
     if (
         len(leaves) != 1
@@ -237,9 +237,9 @@ def _check_scalar(what: str, name: str, out: Any) -> None:
     ):
         got = jax.tree_util.tree_map(lambda leaf: f"{leaf.dtype}{list(leaf.shape)}", out)
         raise TypeError(
-            f"matcalc_jax.{what}({name}): f returns {got}; expected a real scalar "
+            f"matcalc_jax.{what}({name}): {role} returns {got}; expected a real scalar "
             "(a float array of shape ()); of a pytree output, differentiate one leaf "
-            "(lambda x: f(x)[key])"
+            f"(lambda x: {role}(x)[key])"
         )
 
 
@@ -280,14 +280,28 @@ def hessian(
         ('Diagonal', (3, 3))
     """
     validate.function("hessian", "f", f)
-    name = _name(f)
+    return _hessian(f, argnums, has_aux=has_aux, ravel=ravel, what="hessian", name=_name(f))
+
+
+def _hessian(
+    f: Callable[..., Any],
+    argnums: int | tuple[int, ...] = 0,
+    *,
+    has_aux: bool = False,
+    ravel: bool = False,
+    what: str,
+    name: str,
+    role: str = "f",
+) -> Callable[..., Any]:
+    """``hessian``, its errors naming ``matcalc_jax.<what>(<name>)`` and ``f`` as ``role``
+    (``laplacian`` and ``gauss_newton``'s loss build on it)."""
 
     @functools.wraps(f)
     def hessian_of_f(*args: Any, **kwargs: Any) -> Any:
-        _check_arguments("hessian", name, args, argnums)
+        _check_arguments(what, name, args, argnums)
         program = functools.partial(f, **kwargs) if kwargs else f  # not differentiated
         out = jax.eval_shape(program, *args)
-        _check_scalar("hessian", name, out[0] if has_aux else out)
+        _check_scalar(what, name, out[0] if has_aux else out, role)
         gradient = jax.grad(program, argnums, has_aux=has_aux)
         result = first_order.jacobian(gradient, argnums, has_aux=has_aux, ravel=ravel)(*args)
         H, aux = result if has_aux else (result, None)
@@ -310,7 +324,7 @@ def laplacian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Array]:
             f"matcalc_jax.laplacian: argnums={argnums!r} is not an int; the Laplacian is "
             "taken in one argument"
         )
-    build = hessian(f, argnums, ravel=True)
+    build = _hessian(f, argnums, ravel=True, what="laplacian", name=_name(f))
 
     @functools.wraps(f)
     def laplacian_of_f(*args: Any, **kwargs: Any) -> Array:
@@ -434,8 +448,18 @@ def gauss_newton(
             jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(tree))
             for tree in (args[argnums], jax.eval_shape(model, *args))
         )
+        outputs = jax.tree_util.tree_leaves(jax.eval_shape(model, *args))
+        if not all(jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in outputs):
+            got = [f"{leaf.dtype}{list(leaf.shape)}" for leaf in outputs]
+            raise TypeError(
+                f"matcalc_jax.gauss_newton({name}): model returns {got}; expected real "
+                "floating-point outputs (the loss is differentiated in them)"
+            )
         J, y = first_order.jacobian(with_output, argnums, has_aux=True, ravel=pytrees)(*args)
-        H = hessian(loss, ravel=pytrees)(y)
+        loss_hessian = _hessian(
+            loss, ravel=pytrees, what="gauss_newton", name=_name(loss), role="loss"
+        )
+        H = loss_hessian(y)
         operator = H.operator if isinstance(H, Hessian) else H
         return GaussNewton(J, operator)
 
