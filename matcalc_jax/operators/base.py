@@ -314,13 +314,17 @@ log_abs_det = in_working_precision(lambda matrix: jnp.linalg.slogdet(matrix)[1])
 dense_solve = in_working_precision(jnp.linalg.solve)
 
 
-def kept_on(op: Any, name: str, compute: Callable[[], Any]) -> Any:
+def kept_on(
+    op: Any, name: str, compute: Callable[[], Any], keep: Callable[[Any], bool] | None = None
+) -> Any:
     """``compute()``, kept on the (immutable) operator: a property of the whole graph below
-    it, which compositions ask of every node they meet."""
+    it, which compositions ask of every node they meet. With ``keep``, a value is kept only
+    where ``keep(value)`` (an array computed under a trace belongs to that trace)."""
     kept = op.__dict__.get(f"_{name}")
     if kept is None:
         kept = compute()
-        op.__dict__[f"_{name}"] = kept  # not a field: a frozen dataclass's __dict__ holds it
+        if keep is None or keep(kept):
+            op.__dict__[f"_{name}"] = kept  # not a field: a frozen dataclass's __dict__ holds it
     return kept
 
 

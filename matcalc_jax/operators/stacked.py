@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from matcalc_jax.core.layout import Layout
-from matcalc_jax.operators.base import JacobianOperator, check_tangent, is_concrete, pytree
+from matcalc_jax.operators.base import JacobianOperator, check_tangent, is_concrete, kept_on, pytree
 
 
 @pytree(("leaves",), ("structure", "length", "step_out", "step_in", "dtype_name", "layout"))
@@ -50,13 +50,8 @@ class Stacked(JacobianOperator):
     def _first(self) -> JacobianOperator:
         """The first step, kept on the operator: graph walks (``children``) ask it of every
         node they meet."""
-        kept = self.__dict__.get("_first_step")
-        if kept is not None:
-            return kept
-        first = self._step([leaf[0] for leaf in self.leaves])
-        if is_concrete(first):  # sliced under a trace it is that trace's: not kept
-            self.__dict__["_first_step"] = first
-        return first
+        first_step = lambda: self._step([leaf[0] for leaf in self.leaves])  # noqa: E731
+        return kept_on(self, "first_step", first_step, keep=is_concrete)
 
     out_shape = property(lambda self: (self.length, *self.step_out))
     in_shape = property(lambda self: tuple(self.step_in))

@@ -213,13 +213,14 @@ def _condition_at_least(op: JacobianOperator, rhs: Array, solution: Array) -> fl
         return 0.0
     v = jnp.cos(jnp.arange(size_of(op.in_shape), dtype=jnp.result_type(op.dtype, float)))
     v = v.reshape(op.in_shape)
-    largest = 0.0
+    largest, length = 0.0, norm(v)
     for _ in range(2):
         w = op.mv(v.astype(op.dtype))
-        largest = max(largest, norm(w) / max(norm(v), 1e-300))
-        if norm(w) == 0 or not math.isfinite(norm(w)):
+        image = norm(w)
+        largest = max(largest, image / max(length, 1e-300))
+        if image == 0 or not math.isfinite(image):
             break
-        v = w / norm(w)
+        v, length = w / image, 1.0
     return largest * norm(solution) / size
 
 
