@@ -306,6 +306,25 @@ CASES: dict[str, Case] = {
     "scatter": Case(  # repeated and out-of-bounds indices; a NaN derivative overwritten
         lambda x: lax.sqrt(x).at[jnp.array([1, 1, 4, 20])].set(x[:4] ** 2), vm="selects"
     ),
+    # ties between updates and with the operand share the derivative (JAX's rule); NaN,
+    # zeros of both signs, repeated and out-of-bounds indices, a segment nothing reaches
+    "scatter-max": Case(
+        lambda x: jax.ops.segment_max(x[:11], jnp.array([0, 0, 1, 3, 1, 2, 2, 0, 3, 1, 3]), 5)
+        + x[:5].at[jnp.array([1, 1, 4, -2, 0, 20])].max(x[10:]),
+        PAIRS,
+    ),
+    "scatter-min": Case(
+        lambda x: jax.ops.segment_min(x[5:], jnp.array([0, 2, 1, 1, 0, 2, 2, 0, 3, 3, 1]), 4)
+        + x[:4].at[jnp.array([0, 0, 3, 2])].min(x[4:8]),
+        PAIRS,
+    ),
+    # the operand's derivative is the product of what lands (a 0 among it too); the
+    # updates' for unique indices, the operand's entry
+    "scatter-mul": Case(
+        lambda x: x[:5].at[jnp.array([1, 1, 4, 9])].mul(jnp.array([2.0, -0.5, 0.0, 3.0], x.dtype))
+        + lax.sin(x[5:10]).at[jnp.array([1, 3, 4])].mul(x[10:13], unique_indices=True),
+        PAIRS,
+    ),
     # an out-of-bounds update under the promise is dropped, as its value is; jax.vjp
     # gathers its cotangent clamped (docs/transform.md): vm reads the jvp's matrix
     "scatter_promised": Case(

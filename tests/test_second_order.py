@@ -76,6 +76,14 @@ def mlp_loss(params):
     return jnp.mean((out - LABELS) ** 2)
 
 
+SEGMENTS = jnp.arange(N) % 3
+
+
+def graph_pooling(x):  # a graph network's max and min readout (scatter-max, scatter-min)
+    pooled = jax.ops.segment_max(x * x[::-1], SEGMENTS, 3)
+    return jnp.sum(jnp.tanh(pooled) ** 2) + jnp.sum(jax.ops.segment_min(jnp.sin(x), SEGMENTS, 3))
+
+
 def _vector():
     return jax.random.normal(jax.random.fold_in(KEY, 5), (N,)) * 0.7
 
@@ -91,6 +99,7 @@ PROGRAMS = {
     "cross_entropy": (cross_entropy, _vector(), "DiagonalPlusLowRank"),
     "per_example": (per_example, jax.random.normal(KEY, (5, 3)), "BlockDiagonal"),
     "barrier": (barrier, jnp.abs(_vector()) + 0.5, None),
+    "graph_pooling": (graph_pooling, _vector(), None),
     "neg_logdet": (neg_logdet, jnp.eye(4) + 0.2 * jax.random.normal(KEY, (4, 4)), None),
 }
 

@@ -337,6 +337,22 @@ def test_an_uncovered_case_of_a_primitive_goes_the_same_way(monkeypatch):
     assert any("tile" in note for note in J.fallbacks)
 
 
+def test_a_product_scatter_of_repeating_indices_is_refused_as_jax_refuses_it():
+    """``segment_prod`` of a differentiated array multiplies updates that land together:
+    JAX's rule for ``scatter-mul`` needs unique indices, and so does the transform's (the
+    operand's derivative alone is covered, tests/test_conformance.py)."""
+    segments = jnp.array([0, 0, 1, 2, 1, 0])
+
+    def product(x):
+        return jax.ops.segment_prod(x[:6], segments, 3)
+
+    x = jnp.linspace(0.5, 2.0, 6)
+    with pytest.raises(NotImplementedError, match="unique_indices=True"):
+        jax.jacfwd(product)(x)
+    with pytest.raises(UnsupportedPrimitiveError, match="'scatter-mul' with respect to updates"):
+        mj.jacobian(product)(x)
+
+
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [

@@ -13,6 +13,10 @@ primitive                     Jacobian of the output
 ``scatter-add``               J_operand + (the transpose of the matching gather) J_updates
 ``scatter``                   the operand where no update lands + the updates that land
                               (of duplicates, the one JAX's scatter keeps), scattered
+``scatter-max``, ``-min``     the entries that reach the extremum, sharing it equally on a
+                              tie (JAX's rule); an entry no update reaches: the operand's
+``scatter-mul``               diag(the product of the updates landing) J_operand + diag(the
+                              operand) (the gather's transpose) J_updates, for unique indices
 ``sort``                      each operand's Jacobian, permuted as the keys sort
 ``top_k``                     the operand's entries at the returned indices
 ============================  ==============================================================
@@ -41,7 +45,14 @@ from matcalc_jax.operators.index_maps import (
 )
 from matcalc_jax.operators.selection import select
 from matcalc_jax.transform.interpreter import NoRule
-from matcalc_jax.transform.registry import RELEVANT, index_map, pointwise, total
+from matcalc_jax.transform.registry import (
+    RELEVANT,
+    index_map,
+    numerator,
+    pointwise,
+    times,
+    total,
+)
 
 
 def _restrict(x: Array, y: Array, axis: int, start: int) -> Restrict:
@@ -197,6 +208,52 @@ def _scatter(ctx, eqn, ins, ops, outs):
 
 
 RELEVANT["scatter"] = lambda eqn: [0, 2]
+
+
+@pointwise("scatter-max", "scatter-min")
+def _scatter_extremal(ctx, eqn, ins, ops, outs):
+    # JAX's rule: where k updates reach the extremum an entry takes, each gets 1 / k of the
+    # derivative, 1 / (k + 1) if the operand's entry ties with them (which keeps that
+    # share); an entry no update reaches is the operand's. NaN won nowhere: derivative 0.
+    operand, indices, updates = ins
+    gather = _gather_for(eqn, operand, indices, updates)
+    dtype = operand.dtype
+    landing = gather.mv(jnp.ones(operand.shape, dtype)) == 1  # not dropped
+    won = landing & (updates == gather.mv(outs[0]))
+    winners = gather.transpose().mv(won.astype(dtype))  # per entry of the operand
+    reached = gather.transpose().mv(landing.astype(dtype)) > 0
+    kept = reached & (operand == outs[0])
+    terms = [times(jnp.where(reached, jnp.where(kept, 1 / (winners + 1), 0), 1), ops[0])]
+    if ops[2] is not None:
+        share = 1 / (gather.mv(winners) + gather.mv(kept.astype(dtype)))
+        terms.append(compose(gather.transpose(), times(jnp.where(won, share, 0), ops[2])))
+    return [total(terms)]
+
+
+RELEVANT["scatter-max"] = RELEVANT["scatter-min"] = lambda eqn: [0, 2]
+
+
+@pointwise("scatter-mul", linear=numerator)
+def _scatter_mul(ctx, eqn, ins, ops, outs):
+    # d/d operand: the product of the updates that land on each entry; d/d updates (JAX's
+    # rule, for indices promised unique): the operand's entry each update multiplies.
+    operand, indices, updates = ins
+    numbers = eqn.params["dimension_numbers"]
+    options = {key: eqn.params[key] for key in ("indices_are_sorted", "unique_indices", "mode")}
+    factors = lax.scatter_mul(jnp.ones_like(operand), indices, updates, numbers, **options)
+    terms = [times(factors, ops[0])]
+    if ops[2] is not None:
+        if not eqn.params["unique_indices"]:
+            raise NoRule(
+                "with respect to updates whose indices may repeat (x.at[i].mul(y) of a "
+                "differentiated y): JAX's rule needs unique_indices=True too"
+            )
+        scatter = _gather_for(eqn, operand, indices, updates).transpose()
+        terms.append(times(operand, compose(scatter, ops[2])))
+    return [total(terms)]
+
+
+RELEVANT["scatter-mul"] = lambda eqn: [0, 2]
 
 
 @pointwise("sort", complex=True, linear=True)
