@@ -781,3 +781,31 @@ def test_mv_pushes_a_tangent_through_a_shared_part_once():
         _PUSHED.clear()
         np.testing.assert_allclose(mv(v), expected @ v, rtol=1e-6)
         assert len(_PUSHED) == 1, len(_PUSHED)
+
+
+@operators.base.pytree(("array",), ("out_ndim", "layout", "stored"))
+class _CountedVm(operators.Dense):
+    """A dense operator that counts the cotangents pushed through it."""
+
+    def vm(self, cotangent):
+        _PUSHED.append(self)
+        return super().vm(cotangent)
+
+
+def test_vm_pushes_the_summed_cotangents_through_a_shared_part_once():
+    """In vm a shared inner part meets a different cotangent on every path (G <- A G + B G:
+    A^T u and B^T u), so no memo of vectors helps: pushed path by path it took 2^k
+    products (here 256) (a two-step RK4 Hessian's vm: minutes; a flax nnx MLP's: over 95 s). Reverse
+    accumulation sums a node's cotangents first: each map once, eager and under jit."""
+    A = mj.Dense(0.5 * _normal(3, (3, 3)), 1)
+    B = mj.Dense(0.5 * _normal(4, (3, 3)), 1)
+    base = _normal(5, (3, 3))
+    G, expected = _CountedVm(base, 1), np.asarray(base)
+    for _ in range(8):
+        G = operators.Sum((operators.Composition(A, G), operators.Composition(B, G)))
+        expected = (np.asarray(A.to_dense()) + np.asarray(B.to_dense())) @ expected
+    u = jnp.arange(1.0, 4.0)
+    for vm in (G.vm, jax.jit(lambda u: G.vm(u))):
+        _PUSHED.clear()
+        np.testing.assert_allclose(vm(u), u @ expected, rtol=1e-9)
+        assert len(_PUSHED) == 1, len(_PUSHED)
