@@ -746,11 +746,16 @@ _PUSHED = []
 
 @operators.base.pytree(("array",), ("out_ndim", "layout", "stored"))
 class _CountedMv(operators.Dense):
-    """A dense operator that counts the tangents pushed through it (when traced)."""
+    """A dense operator that counts the tangents and cotangents pushed through it (when
+    traced)."""
 
     def mv(self, tangent):
         _PUSHED.append(self)
         return super().mv(tangent)
+
+    def vm(self, cotangent):
+        _PUSHED.append(self)
+        return super().vm(cotangent)
 
 
 def test_to_dense_pushes_a_vector_through_a_shared_part_once():
@@ -783,15 +788,6 @@ def test_mv_pushes_a_tangent_through_a_shared_part_once():
         assert len(_PUSHED) == 1, len(_PUSHED)
 
 
-@operators.base.pytree(("array",), ("out_ndim", "layout", "stored"))
-class _CountedVm(operators.Dense):
-    """A dense operator that counts the cotangents pushed through it."""
-
-    def vm(self, cotangent):
-        _PUSHED.append(self)
-        return super().vm(cotangent)
-
-
 def test_vm_pushes_the_summed_cotangents_through_a_shared_part_once():
     """In vm a shared inner part meets a different cotangent on every path (G <- A G + B G:
     A^T u and B^T u), so no memo of vectors helps: pushed path by path it took 2^k
@@ -800,7 +796,7 @@ def test_vm_pushes_the_summed_cotangents_through_a_shared_part_once():
     A = mj.Dense(0.5 * _normal(3, (3, 3)), 1)
     B = mj.Dense(0.5 * _normal(4, (3, 3)), 1)
     base = _normal(5, (3, 3))
-    G, expected = _CountedVm(base, 1), np.asarray(base)
+    G, expected = _CountedMv(base, 1), np.asarray(base)
     for _ in range(8):
         G = operators.Sum((operators.Composition(A, G), operators.Composition(B, G)))
         expected = (np.asarray(A.to_dense()) + np.asarray(B.to_dense())) @ expected
