@@ -7,6 +7,8 @@ References in float64: ``jax.jacfwd`` / ``jax.jvp`` (or ``jax.jacrev`` / ``jax.v
 JAX defines the derivative in reverse mode only, as for ``custom_vjp``).
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -239,6 +241,16 @@ CLIPPED_INSIDE = {
     "clip(A x) 3": lambda x: clip_gradient(_A @ x) * 3.0,
     "sin(clip(x))": lambda x: jnp.sin(clip_gradient(x)),
     "a tree of outputs": lambda x: {"a": 2.0 * clip_gradient(x), "b": jnp.sin(x)},
+    # a scale, a second call, a reduction or a running sum beside the rule: the rules that
+    # merge maps and move scales moved them across it (clip(3 x) had clip(e_i), 1/3 of
+    # jax.jacrev's rows; 4 sum(clip(x)) had 4 clip(1))
+    "clip(3 x)": lambda x: clip_gradient(3.0 * x),
+    "clip(x / 4)": lambda x: clip_gradient(x / 4.0),
+    "4 sum(clip(x))": lambda x: 4.0 * jnp.sum(clip_gradient(x)),
+    "clip(x) + clip(2 x)": lambda x: clip_gradient(x) + clip_gradient(2.0 * x),
+    "sum(clip(x)) ones(2)": lambda x: jnp.sum(clip_gradient(x)) * jnp.ones(2),
+    "clip(x) . clip(x)": lambda x: jnp.dot(clip_gradient(x), clip_gradient(x)),
+    "clip(2 cumsum(x))": lambda x: clip_gradient(2.0 * jnp.cumsum(x)),
 }
 
 
@@ -250,7 +262,7 @@ def test_a_backward_rule_not_linear_inside_a_program_gives_jacrev_s_matrix(name)
     vm is jax.vjp's, under jit too."""
     f = CLIPPED_INSIDE[name]
     J, expected = mj.jacobian(f)(X), jax.jacrev(f)(X)
-    u = jnp.linspace(-4.0, 4.0, 6)
+    t = jnp.linspace(-4.0, 4.0, 6)
     if isinstance(J, dict):  # each output leaf: its rows with the other leaf's cotangent 0
         for leaf in J:
             np.testing.assert_allclose(J[leaf].to_dense(), expected[leaf], rtol=1e-12)
@@ -258,9 +270,24 @@ def test_a_backward_rule_not_linear_inside_a_program_gives_jacrev_s_matrix(name)
     jitted = jax.jit(lambda x: mj.jacobian(f)(x).to_dense())(X)
     for dense in (J.to_dense(), J.to_dense(chunk_size=4), jitted):
         np.testing.assert_allclose(dense, expected, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(J.vm(u), jax.vjp(f, X)[1](u)[0], rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(J.mv(u), expected @ u, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(J.trace(), jnp.trace(expected), rtol=1e-12)
+    shape = jnp.shape(f(X))
+    for scale in (0.3, 1.0, 4.0):  # cotangents clipped nowhere, somewhere, everywhere
+        u = scale * jnp.cos(jnp.arange(1.0, 1.0 + math.prod(shape))).reshape(shape)
+        for vm in (J.vm, jax.jit(lambda u: mj.jacobian(f)(X).vm(u))):
+            np.testing.assert_allclose(vm(u), jax.vjp(f, X)[1](u)[0], rtol=1e-12, atol=1e-15)
+    matrix = expected.reshape(math.prod(shape), 6)
+    np.testing.assert_allclose(J.mv(t), (matrix @ t).reshape(shape), rtol=1e-12, atol=1e-14)
+    if shape == (6,):
+        np.testing.assert_allclose(J.trace(), jnp.trace(expected), rtol=1e-12)
+
+
+def test_a_backward_rule_not_linear_in_a_loop_body_is_refused():
+    """Carried from step to step, such a map would be stacked or densified as a matrix,
+    which it is not (clip(c x_t) in a scan had half of jax.vjp's first entry): the loop is
+    refused, as a primitive without a rule."""
+    f = lambda x: lax.scan(lambda c, v: (clip_gradient(c * v), c), 1.0, x)[1]  # noqa: E731
+    with pytest.raises(UnsupportedPrimitiveError, match="'scan' with a custom_vjp whose"):
+        mj.jacobian(f)(X)
 
 
 # ------------------------------------------------------------ 3. where selects, 4. abs

@@ -315,6 +315,23 @@ def test_fallback_is_opt_in_and_recorded():
     assert mj.jacobian(jnp.sin)(VECTOR).fallbacks == ()
 
 
+def test_the_fallback_of_a_primitive_from_real_to_complex_values():
+    """eig takes a real matrix to complex eigenvalues: the fallback's densify pushed its
+    complex basis into jax.jvp with the real operand, and JAX refused the tangent's
+    dtype from deep inside the operator."""
+
+    def spectrum(x):
+        return jnp.abs(jnp.linalg.eigvals(x.reshape(3, 3)))
+
+    x = jnp.arange(9.0) ** 1.5 / 7 - 1.0
+    J = mj.jacobian(spectrum, fallback="autodiff")(x)
+    assert any("eig" in note for note in J.fallbacks)
+    assert_jacobians_close(J.to_dense(), jax.jacfwd(spectrum)(x))
+    t, u = jnp.cos(jnp.arange(9.0)), jnp.array([1.0, -2.0, 0.5])
+    assert_jacobians_close(J.mv(t), jax.jvp(spectrum, (x,), (t,))[1])
+    assert_jacobians_close(J.vm(u), jax.vjp(spectrum, x)[1](u)[0])
+
+
 def _tiled(x):
     return jnp.sin(jnp.tile(x, 2)) * 3
 

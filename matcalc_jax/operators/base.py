@@ -470,7 +470,10 @@ class JacobianOperator:
     # -------------------------------------------------------------------- structure
 
     def children(self) -> tuple[JacobianOperator, ...]:
-        """The operators this one is built from (none for a leaf type)."""
+        """The operators this one is built from (none for a leaf type, and none for a type
+        of the user's that is not a dataclass)."""
+        if not dataclasses.is_dataclass(self):
+            return ()
         found: list[JacobianOperator] = []
         for field in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, field.name)
@@ -501,6 +504,20 @@ class JacobianOperator:
         """True when ``J (c v) = c J v`` for real scalars c (every map but a rounding)."""
         return kept_on(self, "commutes_with_scaling", lambda: not self.rounds and all(
             c.commutes_with_scaling() for c in self.children()
+        ))  # fmt: skip
+
+    #: False for a map whose ``vm`` is not linear in its cotangent (``Pullback``: a
+    #: ``custom_vjp``'s backward rule such as ``clip_gradient``'s, run as JAX runs it).
+    linear_in_cotangent = True
+
+    def composes_as_matrix(self) -> bool:
+        """True when every map in this one has a ``vm`` linear in its cotangent. Where one
+        has not, no matrix stands for it ((2 clip)'s rows are clip(2 e_i), not 2 clip(e_i)):
+        ``compose`` and ``add`` then keep the graph as the program built it (no rule merges
+        it, regroups it or moves a scale across it), so that ``vm`` hands each backward rule
+        the cotangent JAX's transpose hands it."""
+        return kept_on(self, "composes_as_matrix", lambda: self.linear_in_cotangent and all(
+            c.composes_as_matrix() for c in self.children()
         ))  # fmt: skip
 
     @property
@@ -658,6 +675,8 @@ def compose(outer: JacobianOperator, inner: JacobianOperator) -> JacobianOperato
             f"inner {type(inner).__name__} gives {inner.out_shape}"
         )
     _check_same_layout("compose", outer, inner)
+    if not (outer.composes_as_matrix() and inner.composes_as_matrix()):
+        return Composition(outer, inner)
     if jnp.issubdtype(inner.dtype, jnp.complexfloating) and not outer.complex_linear():
         return Composition(outer, inner)  # the rules may move complex factors across outer
     trivial = outer.trivial_in_composition or inner.trivial_in_composition
@@ -677,6 +696,8 @@ def add(left: JacobianOperator, right: JacobianOperator) -> JacobianOperator:
             f"{type(left).__name__} ({left.out_shape} <- {left.in_shape})"
         )
     _check_same_layout("add", left, right)
+    if not (left.composes_as_matrix() and right.composes_as_matrix()):
+        return Sum((left, right))
     result = _first("sum", left, right)
     return Sum((left, right)) if result is None else result
 

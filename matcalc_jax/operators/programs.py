@@ -21,7 +21,6 @@ from matcalc_jax.operators.base import (
     Transposed,
     Wrapped,
     check_tangent,
-    kept_on,
     pytree,
     size_of,
 )
@@ -66,7 +65,12 @@ class Linearized(Map):
         return local
 
     def _apply(self, tangent: Array) -> Array:
-        return jax.jvp(self._local(), (self.operands[self.position],), (tangent,))[1]
+        # A tangent of the operand's dtype, as jax.jvp asks: one of a real operand is real
+        # (the basis a real-to-complex primitive, eig, is densified with is complex).
+        operand = self.operands[self.position]
+        if not jnp.iscomplexobj(operand):
+            tangent = jnp.real(tangent)
+        return jax.jvp(self._local(), (operand,), (tangent.astype(operand.dtype),))[1]
 
     def _apply_transpose(self, cotangent: Array) -> Array:
         _, pullback = jax.vjp(self._local(), self.operands[self.position])
@@ -136,6 +140,7 @@ class Pullback(Map):
     output: int
     position: int
     layout: Layout = "numerator"
+    linear_in_cotangent = False
 
     def _apply_transpose(self, cotangent: Array) -> Array:
         bwd, shapes = self.backward.value
@@ -194,8 +199,5 @@ class FromCotangents(Wrapped):
 
 
 def has_pullback(op: JacobianOperator) -> bool:
-    """Whether a ``Pullback`` is anywhere in ``op`` (kept on each node: a graph shared by
-    many paths is read once)."""
-    return kept_on(op, "has_pullback", lambda: isinstance(op, Pullback) or any(
-        has_pullback(child) for child in op.children()
-    ))  # fmt: skip
+    """Whether a ``Pullback`` (a ``vm`` not linear in its cotangent) is anywhere in ``op``."""
+    return not op.composes_as_matrix()

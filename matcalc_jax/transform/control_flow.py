@@ -160,6 +160,14 @@ class _Loop:
 
     def step(self, carry: list[Array], carry_ops: list[Operator], t: Any) -> tuple:
         new_carry, new_ops, *rest = self.raw_step(carry, carry_ops, t)
+        made = [*new_ops, *(rest[1] if len(rest) > 1 else ())]
+        if any(op is not None and not op.composes_as_matrix() for op in made):
+            # Carried from step to step, such a map would be densified or stacked as a
+            # matrix, which it is not: no step-by-step structure follows JAX there.
+            raise NoRule(
+                "with a custom_vjp whose backward rule is not linear in its cotangent in "
+                "its body (clip_gradient)"
+            )
         if self.dense:
             new_ops = [_dense(op) for op in new_ops]
         return (new_carry, new_ops, *rest)
