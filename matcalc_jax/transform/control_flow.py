@@ -42,7 +42,7 @@ import numpy as np
 from jax import Array, lax
 from jax.extend import core as jex_core
 
-from matcalc_jax.operators.base import JacobianOperator, add, compose
+from matcalc_jax.operators.base import JacobianOperator, Shared, add, compose, tree_signature
 from matcalc_jax.operators.dense import Dense
 from matcalc_jax.operators.diagonal import Diagonal
 from matcalc_jax.operators.index_maps import DynamicSlice, Embed, Reshape
@@ -94,11 +94,7 @@ def _signature(ops: Sequence[Any]) -> tuple:
     """What a loop's carried Jacobians must keep from step to step: their structure and
     their leaves' shapes, dtypes and weak types (a low-rank factor that gains a column
     keeps its structure but not its shape)."""
-    leaves, structure = jax.tree_util.tree_flatten(list(ops))
-    return structure, tuple(
-        (tuple(leaf.shape), jnp.dtype(leaf.dtype), bool(getattr(leaf, "weak_type", False)))
-        for leaf in leaves
-    )
+    return tree_signature(list(ops))
 
 
 def _dense(op: Operator) -> Operator:
@@ -172,6 +168,10 @@ class _Loop:
             new_ops = [_dense(op) for op in new_ops]
         return (new_carry, new_ops, *rest)
 
+    def _shared_step(self, state: Shared, t: Any) -> Shared:
+        """``step`` with its Jacobians in and out as graphs (``Shared``), for ``jax.jit``."""
+        return Shared(self.step(*state.value, t))
+
     def structure_after(self, carry: list[Array], carry_ops: list[Operator], t: Any) -> Any:
         """The structure of the Jacobians after a step, as traced inside a loop (every
         value abstract: a ``cond`` inside selects, as it does in the loop)."""
@@ -182,7 +182,7 @@ class _Loop:
     def stable(self, carry: list, carry_ops: list[Operator], t: Any) -> bool:
         """True when a step leaves the Jacobians' structure (and their arrays' shapes and
         types) as it found them."""
-        after = jax.eval_shape(self.step, carry, carry_ops, t)[1]
+        after = jax.eval_shape(self._shared_step, Shared((carry, carry_ops)), t).value[1]
         return _signature(after) == _signature(carry_ops)
 
     def settle(
@@ -210,7 +210,9 @@ class _Loop:
             self.dense = False
         unrolled: list[tuple] = []
         for t in times[:steps]:
-            new_carry, new_ops, ys, ys_ops = jax.jit(self.step)(carry, carry_ops, t)
+            new_carry, new_ops, ys, ys_ops = jax.jit(self._shared_step)(
+                Shared((carry, carry_ops)), t
+            ).value
             unrolled.append((t, ys, ys_ops))
             carry, carry_ops = list(new_carry), list(new_ops)
         if how == "widened":
