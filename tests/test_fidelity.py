@@ -281,6 +281,26 @@ def test_a_backward_rule_not_linear_inside_a_program_gives_jacrev_s_matrix(name)
         np.testing.assert_allclose(J.trace(), jnp.trace(expected), rtol=1e-12)
 
 
+@jax.custom_vjp
+def _inject(x):  # a penalty's gradient added in the backward rule: affine in g
+    return x
+
+
+_inject.defvjp(lambda x: (x, x), lambda x, g: (g + 0.1 * x,))
+
+
+def test_a_backward_rule_affine_in_its_cotangent_is_not_taken_for_linear():
+    """bwd(g) = g + 0.1 x passed the check that each equation is linear in g (an add is),
+    and the Jacobian was the identity: to_dense, vm and grad silently without the 0.1 x.
+    A constant added in (concrete, called eagerly) makes it a Pullback, as JAX calls it."""
+    x, u = jnp.array([0.3, -1.2, 0.5]), jnp.array([1.0, 2.0, 3.0])
+    J = mj.jacobian(_inject)(x)
+    np.testing.assert_allclose(J.vm(u), jax.vjp(_inject, x)[1](u)[0], rtol=1e-12)
+    np.testing.assert_allclose(J.to_dense(), jax.jacrev(_inject)(x), rtol=1e-12)
+    h = lambda x: jnp.sum(_inject(x) ** 2)  # noqa: E731
+    np.testing.assert_allclose(mj.jacobian(h)(x).vm(jnp.array(1.0)), jax.grad(h)(x), rtol=1e-12)
+
+
 def test_a_backward_rule_not_linear_in_a_loop_body_is_refused():
     """Carried from step to step, such a map would be stacked or densified as a matrix,
     which it is not (clip(c x_t) in a scan had half of jax.vjp's first entry): the loop is

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 from jax.extend import core as jex_core
@@ -52,6 +53,26 @@ class NotLinear(Exception):  # noqa: N818  (a signal, as NoRule)
 class RuleOutputError(AssertionError):
     """A rule returned a Jacobian whose shapes or dtype are not those of its equation: a
     defect of the rule, named with its primitive."""
+
+
+#: Primitives linear in each operand that add a constant operand in (g + c, a pad value, an
+#: update's background): affine, not linear, unless the constant is 0.
+ADDITIVE = frozenset(
+    ("add", "add_any", "sub", "concatenate", "select_n", "pad", "dynamic_update_slice",
+     "scatter", "scatter-add")
+)  # fmt: skip
+
+
+def _constants_are_zero(ins: list[Array], in_ops: list[Any]) -> bool:
+    """Whether no floating operand without a Jacobian is known to be other than 0 (a
+    backward rule ``g + 0.1 x`` is affine in its cotangent). Only a concrete one is read:
+    under ``jit`` a traced constant (often the zeros of a ``where``) is taken for 0."""
+    for value, op in zip(ins, in_ops, strict=True):
+        if op is not None or isinstance(value, jax.core.Tracer):
+            continue
+        if jnp.issubdtype(jnp.result_type(value), jnp.inexact) and bool(jnp.any(value != 0)):
+            return False
+    return True
 
 
 class NoRule(Exception):  # noqa: N818  (a signal between a rule and the interpreter)
@@ -352,6 +373,8 @@ class Context:
             test = self.linear.get(name)
             if test is None or not test([op is not None for op in in_ops]):
                 raise NotLinear(f"the primitive {name!r} {self.where(eqn)}")
+            if name in ADDITIVE and not _constants_are_zero(ins, in_ops):
+                raise NotLinear(f"the primitive {name!r} of a constant {self.where(eqn)}")
         rule = self.rules.get(name)
         what = f"the primitive {name!r}"
         if rule is not None and name not in self.complex_rules and self._complex_case(eqn, in_ops):
