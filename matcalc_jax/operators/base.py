@@ -205,25 +205,19 @@ def _rebuild(recipe: _Recipe, arrays: list) -> Any:
 
 def tree_signature(value: Any) -> tuple:
     """``value``'s structure as a tree and its leaves' shapes, dtypes and weak types, read
-    over its graphs, each node once: a node is numbered at its first place in the tree, so
-    equal trees number alike whatever they share (as a tree, an RK4 step's Jacobians have
-    a leaf per path)."""
+    over its graph (``_graph_of``), each node once: a node is numbered at its first place in
+    the tree, so equal trees number alike whatever they share (as a tree, an RK4 step's
+    Jacobians have a leaf per path)."""
+    recipe, arrays = _graph_of(value)
+    leaves = [
+        (tuple(a.shape), jnp.dtype(a.dtype), bool(getattr(a, "weak_type", False))) for a in arrays
+    ]
     numbers: dict[tuple, int] = {}
-    of_node: dict[int, int] = {}
-
-    def number(node: Any) -> Any:
-        if node is not value and not isinstance(node, JacobianOperator):
-            weak = bool(getattr(node, "weak_type", False))
-            return (tuple(node.shape), jnp.dtype(node.dtype), weak)
-        found = of_node.get(id(node))
-        if found is None:
-            parts = _one_level(node)
-            key = (jax.tree_util.tree_structure(node, is_leaf=_child_of(node)),
-                   tuple(number(part) for part in parts))  # fmt: skip
-            found = of_node[id(node)] = numbers.setdefault(key, len(numbers))
-        return found
-
-    return number(value), tuple(numbers)
+    of_node: list[int] = []
+    for treedef, references in recipe.nodes:  # children first
+        parts = tuple(of_node[i] if kind == 1 else leaves[i] for kind, i in references)
+        of_node.append(numbers.setdefault((treedef, parts), len(numbers)))
+    return of_node[-1], tuple(numbers)
 
 
 class Shared:

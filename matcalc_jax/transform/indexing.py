@@ -175,6 +175,12 @@ def _gather_for(eqn: Any, operand: Array, indices: Array, updates: Array) -> Gat
     )
 
 
+def _options(eqn: Any) -> dict[str, Any]:
+    """The scatter's own dimension numbers and options, to scatter other values as it does."""
+    names = ("dimension_numbers", "indices_are_sorted", "unique_indices", "mode")
+    return {name: eqn.params[name] for name in names}
+
+
 @pointwise("scatter-add", complex=True, linear=True)
 def _scatter_add(ctx, eqn, ins, ops, outs):
     operand, indices, updates = ins
@@ -195,10 +201,8 @@ def _scatter(ctx, eqn, ins, ops, outs):
     operand, indices, updates = ins
     if eqn.params.get("update_jaxpr") is not None:
         raise NoRule("with a combining function")
-    numbers = eqn.params["dimension_numbers"]
-    options = {key: eqn.params[key] for key in ("indices_are_sorted", "unique_indices", "mode")}
     ids = jnp.arange(1, updates.size + 1, dtype=jnp.int32).reshape(updates.shape)
-    landed = lax.scatter(jnp.zeros(operand.shape, jnp.int32), indices, ids, numbers, **options)
+    landed = lax.scatter(jnp.zeros(operand.shape, jnp.int32), indices, ids, **_options(eqn))
     gather = _gather_for(eqn, operand, indices, updates)
     won = gather.mv(landed) == ids
     terms = [None if ops[0] is None else select(landed == 0, (None, ops[0]))]
@@ -217,16 +221,17 @@ def _scatter_extremal(ctx, eqn, ins, ops, outs):
     # share); an entry no update reaches is the operand's. NaN won nowhere: derivative 0.
     operand, indices, updates = ins
     gather = _gather_for(eqn, operand, indices, updates)
+    scatter = gather.transpose()
     dtype = operand.dtype
     landing = gather.mv(jnp.ones(operand.shape, dtype)) == 1  # not dropped
     won = landing & (updates == gather.mv(outs[0]))
-    winners = gather.transpose().mv(won.astype(dtype))  # per entry of the operand
-    reached = gather.transpose().mv(landing.astype(dtype)) > 0
+    winners = scatter.mv(won.astype(dtype))  # per entry of the operand
+    reached = scatter.mv(landing.astype(dtype)) > 0
     kept = reached & (operand == outs[0])
     terms = [times(jnp.where(reached, jnp.where(kept, 1 / (winners + 1), 0), 1), ops[0])]
     if ops[2] is not None:
         share = 1 / (gather.mv(winners) + gather.mv(kept.astype(dtype)))
-        terms.append(compose(gather.transpose(), times(jnp.where(won, share, 0), ops[2])))
+        terms.append(compose(scatter, times(jnp.where(won, share, 0), ops[2])))
     return [total(terms)]
 
 
@@ -238,9 +243,7 @@ def _scatter_mul(ctx, eqn, ins, ops, outs):
     # d/d operand: the product of the updates that land on each entry; d/d updates (JAX's
     # rule, for indices promised unique): the operand's entry each update multiplies.
     operand, indices, updates = ins
-    numbers = eqn.params["dimension_numbers"]
-    options = {key: eqn.params[key] for key in ("indices_are_sorted", "unique_indices", "mode")}
-    factors = lax.scatter_mul(jnp.ones_like(operand), indices, updates, numbers, **options)
+    factors = lax.scatter_mul(jnp.ones_like(operand), indices, updates, **_options(eqn))
     terms = [times(factors, ops[0])]
     if ops[2] is not None:
         if not eqn.params["unique_indices"]:

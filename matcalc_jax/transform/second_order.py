@@ -445,11 +445,12 @@ def gauss_newton(
             y = model(*inner)
             return y, y
 
+        shapes = jax.eval_shape(model, *args)
         pytrees = not all(
             jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(tree))
-            for tree in (args[argnums], jax.eval_shape(model, *args))
+            for tree in (args[argnums], shapes)
         )
-        outputs = jax.tree_util.tree_leaves(jax.eval_shape(model, *args))
+        outputs = jax.tree_util.tree_leaves(shapes)
         if not all(jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in outputs):
             got = [f"{leaf.dtype}{list(leaf.shape)}" for leaf in outputs]
             raise TypeError(
