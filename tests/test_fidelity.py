@@ -19,6 +19,7 @@ from jax.experimental.ode import odeint
 import matcalc_jax as mj
 from matcalc_jax import operators
 from matcalc_jax.transform import UnsupportedPrimitiveError, interpreter, registry
+from matcalc_jax.verification.tolerance import tolerance
 
 from .helpers import assert_jacobians_close, assert_transform_matches_autodiff
 
@@ -234,6 +235,31 @@ def test_a_backward_rule_that_is_not_linear_follows_jax_call_by_call():
     np.testing.assert_array_equal(J.to_dense(), jnp.eye(6))
 
 
+@jax.custom_vjp
+def clip_by_global_norm(a, b):  # optax's clip, on the backward pass: mixes the cotangents
+    return a, b
+
+
+def _global_norm_bwd(_, g):
+    scale = jnp.minimum(1.0, 1.0 / jnp.sqrt(jnp.sum(g[0] ** 2) + jnp.sum(g[1] ** 2)))
+    return g[0] * scale, g[1] * scale
+
+
+clip_by_global_norm.defvjp(lambda a, b: ((a, b), None), _global_norm_bwd)
+
+
+@jax.custom_vjp
+def bilinear(a, b):  # bwd linear in each output's cotangent, not in both at once
+    return a, b
+
+
+bilinear.defvjp(lambda a, b: ((a, b), None), lambda _, g: (g[0] * jnp.sum(g[1]), g[1]))
+
+
+def _stacked(pair, outer=lambda a, b: jnp.concatenate([3.0 * a, b])):
+    return lambda x: outer(*pair(2.0 * x[:3], x[3:]))
+
+
 _A = jnp.asarray(np.random.default_rng(7).normal(size=(6, 6)))
 CLIPPED_INSIDE = {
     "2 clip(x)": lambda x: 2.0 * clip_gradient(x),
@@ -251,6 +277,17 @@ CLIPPED_INSIDE = {
     "sum(clip(x)) ones(2)": lambda x: jnp.sum(clip_gradient(x)) * jnp.ones(2),
     "clip(x) . clip(x)": lambda x: jnp.dot(clip_gradient(x), clip_gradient(x)),
     "clip(2 cumsum(x))": lambda x: clip_gradient(2.0 * jnp.cumsum(x)),
+    # a rule of several outputs that mixes their cotangents: one bwd call takes them all
+    # (called once per output, each with the other's cotangent 0, the norm was each one's)
+    "clip by global norm": _stacked(clip_by_global_norm),
+    "clip by global norm, a b": _stacked(clip_by_global_norm, lambda a, b: a * jnp.sin(b)),
+    "clip by global norm, float32 a": lambda x: jnp.concatenate(
+        [
+            y.astype(x.dtype)
+            for y in clip_by_global_norm((2.0 * x[:3]).astype(jnp.float32), jnp.sin(x[3:]))
+        ]
+    ),
+    "bilinear rule": _stacked(bilinear),
 }
 
 
@@ -271,10 +308,13 @@ def test_a_backward_rule_not_linear_inside_a_program_gives_jacrev_s_matrix(name)
     for dense in (J.to_dense(), J.to_dense(chunk_size=4), jitted):
         np.testing.assert_allclose(dense, expected, rtol=1e-12, atol=1e-15)
     shape = jnp.shape(f(X))
+    rtol = tolerance("float32" if "float32" in name else "float64")
     for scale in (0.3, 1.0, 4.0):  # cotangents clipped nowhere, somewhere, everywhere
         u = scale * jnp.cos(jnp.arange(1.0, 1.0 + math.prod(shape))).reshape(shape)
-        for vm in (J.vm, jax.jit(lambda u: mj.jacobian(f)(X).vm(u))):
-            np.testing.assert_allclose(vm(u), jax.vjp(f, X)[1](u)[0], rtol=1e-12, atol=1e-15)
+        returned = jax.jit(mj.jacobian(f))(X)  # its graph's sharing kept through jit
+        for vm in (J.vm, jax.jit(lambda u: mj.jacobian(f)(X).vm(u)), returned.vm):
+            # jax.vjp passes on bwd's float64 cotangent of a float32 input; the transform rounds it
+            np.testing.assert_allclose(vm(u), jax.vjp(f, X)[1](u)[0], rtol=rtol, atol=1e-15)
     matrix = expected.reshape(math.prod(shape), 6)
     np.testing.assert_allclose(J.mv(t), (matrix @ t).reshape(shape), rtol=1e-12, atol=1e-14)
     if shape == (6,):
@@ -292,13 +332,42 @@ _inject.defvjp(lambda x: (x, x), lambda x, g: (g + 0.1 * x,))
 def test_a_backward_rule_affine_in_its_cotangent_is_not_taken_for_linear():
     """bwd(g) = g + 0.1 x passed the check that each equation is linear in g (an add is),
     and the Jacobian was the identity: to_dense, vm and grad silently without the 0.1 x.
-    A constant added in (concrete, called eagerly) makes it a Pullback, as JAX calls it."""
+    A constant added in that is not 0 makes it a Pullback, as JAX calls it; under jit,
+    where the constant is traced, one not known to be 0 (made from a literal 0) does."""
     x, u = jnp.array([0.3, -1.2, 0.5]), jnp.array([1.0, 2.0, 3.0])
-    J = mj.jacobian(_inject)(x)
-    np.testing.assert_allclose(J.vm(u), jax.vjp(_inject, x)[1](u)[0], rtol=1e-12)
-    np.testing.assert_allclose(J.to_dense(), jax.jacrev(_inject)(x), rtol=1e-12)
     h = lambda x: jnp.sum(_inject(x) ** 2)  # noqa: E731
-    np.testing.assert_allclose(mj.jacobian(h)(x).vm(jnp.array(1.0)), jax.grad(h)(x), rtol=1e-12)
+    for jit in (lambda f: f, jax.jit):
+        vm = jit(lambda x, u: mj.jacobian(_inject)(x).vm(u))(x, u)
+        np.testing.assert_allclose(vm, jax.vjp(_inject, x)[1](u)[0], rtol=1e-12)
+        dense = jit(lambda x: mj.jacobian(_inject)(x).to_dense())(x)
+        np.testing.assert_allclose(dense, jax.jacrev(_inject)(x), rtol=1e-12)
+        grad = jit(lambda x: mj.jacobian(h)(x).vm(jnp.array(1.0)))(x)
+        np.testing.assert_allclose(grad, jax.grad(h)(x), rtol=1e-12)
+
+
+@jax.custom_vjp
+def _masked(x):  # a linear rule whose zeros are a where's: traced under jit
+    return 2.0 * x
+
+
+_masked.defvjp(
+    lambda x: (2.0 * x, x), lambda x, g: (jnp.where(x > 0, 2.0 * g, 0.0) + jnp.zeros_like(x),)
+)
+
+
+def test_a_linear_backward_rule_with_the_zeros_of_a_where_stays_a_matrix_under_jit():
+    """Zeros made from a literal 0 (a where's, zeros_like) are known to be 0 under jit:
+    the rule is linear there too, a structured matrix and not a Pullback."""
+    x = jnp.array([0.3, -1.2, 0.5])
+    kinds = []
+
+    def dense(x):
+        J = mj.jacobian(_masked)(x)
+        kinds.append(type(J))
+        return J.to_dense()
+
+    np.testing.assert_allclose(jax.jit(dense)(x), jax.jacrev(_masked)(x), rtol=1e-12)
+    assert kinds == [operators.Diagonal]
 
 
 def test_a_backward_rule_not_linear_in_a_loop_body_is_refused():

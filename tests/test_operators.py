@@ -46,6 +46,19 @@ def _clipped(x):
 
 _clipped.defvjp(lambda x: (x, None), lambda _, g: (3.0 * jnp.clip(g, -0.5, 0.5),))
 
+
+@jax.custom_vjp
+def _clipped_pair(a, b):
+    return a, b
+
+
+def _by_global_norm(_, g):  # both cotangents scaled down to a global norm of 100 at most
+    scale = jnp.minimum(1.0, 100.0 / jnp.sqrt(jnp.sum(g[0] ** 2) + jnp.sum(g[1] ** 2)))
+    return 2.0 * g[0] * scale, g[1] * scale
+
+
+_clipped_pair.defvjp(lambda a, b: ((a, b), None), _by_global_norm)
+
 #: ``mul`` and its parameters, as the transform's fallback holds a primitive.
 _MUL = operators.Static(
     (jax.lax.mul_p, dict(jax.make_jaxpr(jnp.multiply)(1.0, 2.0).eqns[0].params))
@@ -129,6 +142,11 @@ CASES = {
         (3,), (3,), "float64", (_normal(62, (3,)), _normal(63, (3,))), _MUL, 0, 0, "a case"
     ),
     "Pullback": lambda: _found(_clipped, _normal(64, (3,)), operators.Pullback),
+    "JointPullback": lambda: _found(
+        lambda x: jnp.concatenate(_clipped_pair(x[:2], x[2:])),
+        _normal(66, (5,)),
+        operators.JointPullback,
+    ),
     "FromCotangents": lambda: _found(
         lambda x: 0.25 * _clipped(x), _normal(64, (3,)), operators.FromCotangents
     ),
@@ -235,6 +253,7 @@ def test_every_operator_type_has_a_case():
     }
     covered = {type(make()) for make in CASES.values()}
     abstract = {mj.JacobianOperator, operators.ShapedOperator, operators.Map, operators.Wrapped}
+    abstract |= {t for t in types if t.__name__.startswith("_")}  # a private common part
     assert types - abstract <= covered
 
 

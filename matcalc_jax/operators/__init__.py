@@ -58,7 +58,7 @@ The maps of JAX's primitives, a module a family: ``index_maps`` (``Reshape``, ``
 (``ImaginaryPart``, ``Conjugate``, ``Fourier``), ``stacked`` (``Stacked``),
 ``matrix_functions`` (``TriangularProduct``, ``CholeskyTangent``, ``EighTangent``,
 ``QRTangent``, ``SVDTangent``, ``LUTangent``) and ``programs`` (``Linearized``,
-``Pullback``, ``FromCotangents``, ``WithFallbacks``). Most derive from ``Map``
+``Pullback``, ``JointPullback``, ``FromCotangents``, ``WithFallbacks``). Most derive from ``Map``
 (``index_maps``), applied by ``_apply`` and transposed by ``_apply_transpose``, their
 compile-time parameters held as ``Static``.
 """
@@ -111,7 +111,13 @@ from matcalc_jax.operators.matrix_functions import (
     SVDTangent,
     TriangularProduct,
 )
-from matcalc_jax.operators.programs import FromCotangents, Linearized, Pullback, WithFallbacks
+from matcalc_jax.operators.programs import (
+    FromCotangents,
+    JointPullback,
+    Linearized,
+    Pullback,
+    WithFallbacks,
+)
 from matcalc_jax.operators.selection import Select
 from matcalc_jax.operators.solves import LinearSolve, TriangularSolve
 from matcalc_jax.operators.stacked import Stacked
@@ -139,6 +145,7 @@ __all__ = [
     "Identity",
     "ImaginaryPart",
     "JacobianOperator",
+    "JointPullback",
     "Kronecker",
     "LUTangent",
     "LinearSolve",

@@ -123,35 +123,11 @@ def _times_matrix(op: JacobianOperator, tangent: Array) -> Array:
     return (matrix @ tangent.reshape(n)).reshape(op.out_shape)
 
 
-@pytree(
-    ("residuals",),
-    ("out_sizes", "in_sizes", "dtype_name", "backward", "output", "position", "layout"),
-)
-class Pullback(Map):
-    """The local Jacobian of a ``custom_vjp`` function whose backward rule is not linear in
-    the cotangent (``clip_gradient``): no matrix then stands for it, and this follows JAX
-    call by call. ``vm(u)`` is ``bwd(residuals, u)``, what ``jax.vjp`` returns; the matrix
-    (``to_dense``, and ``mv`` through it) is ``jax.jacrev``'s, whose rows are ``bwd`` at
-    the unit cotangents. ``backward`` holds ``bwd`` and the outputs' cotangent shapes;
-    ``output`` and ``position`` say which output and which input this part maps."""
+class _FollowsBackward(Map):
+    """A map whose ``vm`` calls a ``custom_vjp``'s backward rule and whose matrix is
+    ``jax.jacrev``'s: its rows are that ``vm`` at the unit cotangents."""
 
-    residuals: tuple[Array, ...]
-    backward: Static
-    output: int
-    position: int
-    layout: Layout = "numerator"
     linear_in_cotangent = False
-
-    def _apply_transpose(self, cotangent: Array) -> Array:
-        bwd, shapes = self.backward.value
-        cotangents = [
-            cotangent if j == self.output else jnp.zeros(shape, dtype)
-            for j, (shape, dtype) in enumerate(shapes)
-        ]
-        pulled = bwd.call_wrapped(*self.residuals, *cotangents)[self.position]
-        if not hasattr(pulled, "shape"):  # a symbolic zero: this input gets no cotangent
-            return jnp.zeros(self.in_shape, self.dtype)
-        return pulled.astype(self.dtype)
 
     def _numerator(self) -> Array:
         return _rows_of(self, self._apply_transpose)
@@ -159,11 +135,92 @@ class Pullback(Map):
     def _apply(self, tangent: Array) -> Array:
         return _times_matrix(self, tangent)
 
+
+@pytree(
+    ("residuals",),
+    ("out_sizes", "in_sizes", "dtype_name", "backward", "output", "position", "layout"),
+)
+class Pullback(_FollowsBackward):
+    """The local Jacobian of a ``custom_vjp`` function whose backward rule is not linear in
+    the cotangent (``clip_gradient``): no matrix then stands for it, and this follows JAX
+    call by call. ``vm(u)`` is ``bwd(residuals, u)``, what ``jax.vjp`` returns; the matrix
+    (``to_dense``, and ``mv`` through it) is ``jax.jacrev``'s, whose rows are ``bwd`` at
+    the unit cotangents. ``backward`` holds ``bwd`` and the outputs' and inputs' shapes and
+    dtypes; ``output`` and ``position`` say which output and which input this part maps."""
+
+    residuals: tuple[Array, ...]
+    backward: Static
+    output: int
+    position: int
+    layout: Layout = "numerator"
+
+    def _apply_transpose(self, cotangent: Array) -> Array:
+        pulled = _call_backward(self.backward, self.residuals, {self.output: cotangent})
+        return _cotangent_of(self.backward, pulled, self.position).astype(self.dtype)
+
     def describe(self) -> str:
         return "of a backward rule not linear in its cotangent"
 
 
-@pytree(("operator",), ())
+@pytree(
+    ("residuals",),
+    ("out_sizes", "in_sizes", "dtype_name", "backward", "outputs", "positions", "layout"),
+)
+class JointPullback(_FollowsBackward):
+    """The local Jacobian of a ``custom_vjp`` function of several outputs whose backward
+    rule is not linear in their cotangents, on flat vectors: the cotangents of
+    ``outputs`` ravelled and stacked in -> those of the inputs at ``positions`` out. A rule
+    may mix its outputs' cotangents (a clip by their global norm): ``bwd(u_0, u_1)`` is
+    not ``bwd(u_0, 0) + bwd(0, u_1)``, so one map takes them all, and a graph that uses
+    each output (through ``Restrict`` from this map) sums each output's cotangent before
+    the one ``bwd`` call, as JAX's transpose does."""
+
+    residuals: tuple[Array, ...]
+    backward: Static
+    outputs: tuple[int, ...]
+    positions: tuple[int, ...]
+    layout: Layout = "numerator"
+
+    def _apply_transpose(self, cotangent: Array) -> Array:
+        _, shapes, _ = self.backward.value
+        pieces, start = {}, 0
+        for j in self.outputs:
+            shape, dtype = shapes[j]
+            size = size_of(tuple(shape))
+            piece = cotangent[start : start + size].reshape(tuple(shape))
+            pieces[j] = piece if jnp.iscomplexobj(jnp.zeros((), dtype)) else jnp.real(piece)
+            pieces[j] = pieces[j].astype(dtype)
+            start += size
+        pulled = _call_backward(self.backward, self.residuals, pieces)
+        return jnp.concatenate([
+            _cotangent_of(self.backward, pulled, k).astype(self.dtype).reshape(-1)
+            for k in self.positions
+        ])  # fmt: skip
+
+    def describe(self) -> str:
+        return "of a backward rule of several outputs, not linear in their cotangents"
+
+
+def _call_backward(backward: Static, residuals: tuple, cotangents: dict[int, Array]) -> list:
+    """``bwd(residuals, u_0, u_1, ...)`` with the given outputs' cotangents, 0 for the rest."""
+    bwd, shapes, _ = backward.value
+    full = [
+        cotangents[j] if j in cotangents else jnp.zeros(shape, dtype)
+        for j, (shape, dtype) in enumerate(shapes)
+    ]
+    return bwd.call_wrapped(*residuals, *full)
+
+
+def _cotangent_of(backward: Static, pulled: list, position: int) -> Array:
+    """Input ``position``'s cotangent from ``bwd``, in the input's dtype (as ``jax.vjp``
+    returns it); a symbolic zero (no cotangent) as an array of 0."""
+    shape, dtype = backward.value[2][position]
+    if not hasattr(pulled[position], "shape"):
+        return jnp.zeros(shape, dtype)
+    return pulled[position].astype(dtype)
+
+
+@pytree(("operator",), (), as_graph=True)
 class FromCotangents(Wrapped):
     """A Jacobian with a ``Pullback`` inside: a backward rule not linear in its cotangent
     (``clip_gradient``) does not compose as a matrix (the map after it scales the cotangent

@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 from jax.extend import core as jex_core
 
@@ -63,16 +64,22 @@ ADDITIVE = frozenset(
 )  # fmt: skip
 
 
-def _constants_are_zero(ins: list[Array], in_ops: list[Any]) -> bool:
-    """Whether no floating operand without a Jacobian is known to be other than 0 (a
-    backward rule ``g + 0.1 x`` is affine in its cotangent). Only a concrete one is read:
-    under ``jit`` a traced constant (often the zeros of a ``where``) is taken for 0."""
-    for value, op in zip(ins, in_ops, strict=True):
-        if op is not None or isinstance(value, jax.core.Tracer):
-            continue
-        if jnp.issubdtype(jnp.result_type(value), jnp.inexact) and bool(jnp.any(value != 0)):
-            return False
-    return True
+#: Primitives whose output is 0 wherever their floating operands all are (the zeros of a
+#: ``where`` or a ``zeros_like`` come from a literal 0 through these).
+KEEPS_ZERO = frozenset(
+    ("broadcast_in_dim", "reshape", "convert_element_type", "squeeze", "expand_dims",
+     "transpose", "slice", "dynamic_slice", "rev", "neg", "copy", "copy_p", "reduce_sum",
+     "cumsum", "gather", "real", "imag", "conj", "complex", "mul", "dot_general", "select_n",
+     "concatenate", "pad", "dynamic_update_slice", "add", "add_any", "sub", "max", "min")
+)  # fmt: skip
+
+
+def _floats(ins: list[Array], in_ops: list[Any]) -> list[Array]:
+    return [
+        value
+        for value, op in zip(ins, in_ops, strict=True)
+        if op is None and jnp.issubdtype(jnp.result_type(value), jnp.inexact)
+    ]
 
 
 class NoRule(Exception):  # noqa: N818  (a signal between a rule and the interpreter)
@@ -272,6 +279,24 @@ class Context:
     #: gradient's seed is): variable -> the scalar, so that a product with one scales
     #: (``c J``) instead of storing a diagonal of equal entries
     uniform: dict[Any, Array] = field(default_factory=dict)
+    #: in a linear context, the traced constants known to be 0 (made from a literal 0 by
+    #: ``KEEPS_ZERO`` primitives): id -> the value (held, so the id stays its own)
+    zeros: dict[int, Array] = field(default_factory=dict)
+
+    def is_zero(self, value: Array) -> bool:
+        """Whether a constant is known to be 0: read when concrete; traced (under ``jit``),
+        only when made from a literal 0 (``zeros``)."""
+        if isinstance(value, jax.core.Tracer):
+            return id(value) in self.zeros
+        return not np.any(np.asarray(value) != 0)
+
+    def _note_zeros(self, eqn: Any, ins: list[Array], outs: list[Array]) -> None:
+        """Outputs of a constant equation in a linear context that are known to be 0."""
+        floats = _floats(ins, [None] * len(ins))
+        if eqn.primitive.name in KEEPS_ZERO and floats and all(map(self.is_zero, floats)):
+            for value in outs:
+                if isinstance(value, jax.core.Tracer):
+                    self.zeros[id(value)] = value
 
     def scalar_or_value(self, var: Any, value: Array) -> Array:
         """The scalar ``var`` broadcasts when it is such a constant, else its ``value``."""
@@ -326,6 +351,8 @@ class Context:
             ]
             if not any(v in needed for v in eqn.outvars) or all(op is None for op in in_ops):
                 outs, out_ops = bind(eqn, ins), [None] * len(eqn.outvars)
+                if self.linear is not None:
+                    self._note_zeros(eqn, ins, outs)
             else:
                 outs, out_ops = self._apply(eqn, ins, in_ops)
             scalar = eqn.primitive.name == "broadcast_in_dim" and jnp.ndim(ins[0]) == 0
@@ -373,7 +400,9 @@ class Context:
             test = self.linear.get(name)
             if test is None or not test([op is not None for op in in_ops]):
                 raise NotLinear(f"the primitive {name!r} {self.where(eqn)}")
-            if name in ADDITIVE and not _constants_are_zero(ins, in_ops):
+            if name in ADDITIVE and not all(map(self.is_zero, _floats(ins, in_ops))):
+                # a constant added in (g + 0.1 x) makes the rule affine, not linear; under
+                # jit one not known to be 0 is taken for such a constant
                 raise NotLinear(f"the primitive {name!r} of a constant {self.where(eqn)}")
         rule = self.rules.get(name)
         what = f"the primitive {name!r}"

@@ -62,7 +62,7 @@ from matcalc_jax.operators.index_maps import (
     Static,
     slice_config,
 )
-from matcalc_jax.operators.programs import Linearized, Pullback
+from matcalc_jax.operators.programs import JointPullback, Linearized, Pullback
 from matcalc_jax.operators.selection import select
 from matcalc_jax.operators.solves import LinearSolve
 from matcalc_jax.transform import complex_values, elementwise
@@ -555,33 +555,111 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
     program = jax.make_jaxpr(pullback)(*cotangents)
     label = eqn.params.get("name", "custom_vjp")
     inner = dataclasses.replace(ctx.inside(f"custom_vjp_call[{label}] bwd", eqn), linear=LINEAR)
-    backward = Static((bwd, [(y.shape, y.dtype) for y in outs]))
+    backward = Static(
+        (bwd, [(y.shape, y.dtype) for y in outs], [(jnp.shape(x), jnp.result_type(x)) for x in ins])
+    )
+    differentiable = [j for j, y in enumerate(outs) if jnp.issubdtype(y.dtype, jnp.inexact)]
+
+    def transposed(seeds: list[Operator]) -> list[Operator]:  # the B_k^T, or NotLinear
+        _, pulled = inner.run(program.jaxpr, program.consts, cotangents, seeds)
+        return [None if b is None else b.transpose() for b in pulled]
+
+    try:  # one output's cotangent at a time: the structured B_kj^T
+        locals_ = {
+            j: transposed([_identity_of(y) if i == j else None for i, y in enumerate(outs)])
+            for j in differentiable
+        }
+        if len(differentiable) > 1:  # linear in each output's cotangent, and in all at once?
+            transposed(_pieces_of(outs, differentiable))
+    except NotLinear:
+        if len(differentiable) > 1:
+            return outs, _joint_pullback(outs, differentiable, ins, wanted, ops, res, backward)
+        (j,) = differentiable
+        shape, dtype = tuple(outs[j].shape), outs[j].dtype.name
+        locals_ = {
+            j: [Pullback(shape, ins[k].shape, dtype, tuple(res), backward, j, k) for k in wanted]
+        }
     out_ops = []
     for j, y in enumerate(outs):
-        if not jnp.issubdtype(y.dtype, jnp.inexact):
-            out_ops.append(None)
-            continue
-        seeds = [
-            Identity(tuple(y.shape), y.dtype.name) if i == j else None for i in range(len(outs))
+        terms = [
+            compose(_as_dtype(local, y.dtype), ops[k])
+            for k, local in zip(wanted, locals_.get(j, [None] * len(wanted)), strict=True)
+            if local is not None
         ]
-        try:
-            _, pulled = inner.run(program.jaxpr, program.consts, cotangents, seeds)
-            locals_ = [None if b is None else b.transpose() for b in pulled]  # B_kj^T
-        except NotLinear:
-            shapes = (tuple(y.shape), y.dtype.name)
-            locals_ = [
-                Pullback(shapes[0], tuple(ins[k].shape), shapes[1], tuple(res), backward, j, k)
-                for k in wanted
-            ]
-        terms = []
-        for k, local in zip(wanted, locals_, strict=True):
-            if local is not None:
-                if local.dtype != y.dtype:
-                    shape = tuple(y.shape)
-                    local = compose(ChangeType(shape, shape, y.dtype.name, local.dtype.name), local)
-                terms.append(compose(local, ops[k]))
         out_ops.append(total(terms))
     return outs, out_ops
+
+
+def _identity_of(y: Array) -> Operator:
+    return Identity(tuple(y.shape), y.dtype.name)
+
+
+def _as_dtype(op: Operator, dtype: Any) -> Operator:
+    """``op`` followed by a cast of its values to ``dtype`` (none when it has that dtype)."""
+    dtype = jnp.dtype(dtype)
+    if op.dtype == dtype:
+        return op
+    shape = tuple(op.out_shape)
+    return compose(ChangeType(shape, shape, dtype.name, jnp.dtype(op.dtype).name), op)
+
+
+def _flat_layout(arrays: list[Array], chosen: list[int]) -> tuple[Any, list[tuple[int, int]]]:
+    """The dtype of ``arrays[chosen]`` ravelled and stacked in one vector, and each one's
+    (offset, size) in it."""
+    dtype = jnp.result_type(*(arrays[j].dtype for j in chosen))
+    offsets = np.cumsum([0] + [arrays[j].size for j in chosen])
+    return dtype, [(int(offsets[i]), arrays[j].size) for i, j in enumerate(chosen)]
+
+
+def _pieces_of(outs: list[Array], chosen: list[int], dtype: Any = None) -> list[Operator]:
+    """Per output, the map from all ``chosen`` outputs ravelled and stacked in one vector
+    of ``dtype`` (theirs, by default) to that one (None for the others): seeds in which
+    every output's cotangent varies at once."""
+    common, places = _flat_layout(outs, chosen)
+    dtype = jnp.dtype(common if dtype is None else dtype)
+    total_size = sum(size for _, size in places)
+    pieces: list[Operator] = [None] * len(outs)
+    for j, (offset, size) in zip(chosen, places, strict=True):
+        config = ((offset, total_size - offset - size, 0),)
+        y = outs[j]
+        piece = compose(
+            Reshape(tuple(y.shape), (size,), dtype.name),
+            Restrict((size,), (total_size,), dtype.name, config),
+        )
+        pieces[j] = _as_dtype(piece, y.dtype)
+    return pieces
+
+
+def _joint_pullback(
+    outs: list[Array],
+    differentiable: list[int],
+    ins: list[Array],
+    wanted: list[int],
+    ops: list[Operator],
+    res: list[Array],
+    backward: Static,
+) -> list[Operator]:
+    """The outputs' Jacobians through one ``JointPullback``: the inputs' Jacobians ravelled
+    and stacked, the joint map, then each output's piece of it. Every output's path goes
+    through the same map, so ``vm`` hands ``bwd`` all the outputs' cotangents in one call."""
+    dtype = jnp.result_type(
+        *(outs[j].dtype for j in differentiable), *(ins[k].dtype for k in wanted)
+    )
+    _, places = _flat_layout(ins, wanted)
+    n = sum(size for _, size in places)
+    stacked = total([
+        compose(
+            Embed((n,), (size,), dtype.name, ((offset, n - offset - size, 0),)),
+            compose(Reshape((size,), tuple(ins[k].shape), dtype.name), _as_dtype(ops[k], dtype)),
+        )
+        for k, (offset, size) in zip(wanted, places, strict=True)
+    ])  # fmt: skip
+    m = sum(outs[j].size for j in differentiable)
+    outputs, positions = tuple(differentiable), tuple(wanted)
+    joint = JointPullback((m,), (n,), dtype.name, tuple(res), backward, outputs, positions)
+    through = compose(joint, stacked)
+    pieces = _pieces_of(outs, differentiable, dtype)
+    return [None if piece is None else compose(piece, through) for piece in pieces]
 
 
 def fallback(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
