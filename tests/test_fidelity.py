@@ -370,13 +370,27 @@ def test_a_linear_backward_rule_with_the_zeros_of_a_where_stays_a_matrix_under_j
     assert kinds == [operators.Diagonal]
 
 
-def test_a_backward_rule_not_linear_in_a_loop_body_is_refused():
+LOOPS_WITH_A_PULLBACK = {
+    "in its body": (
+        lambda x: lax.scan(lambda c, v: (clip_gradient(c * v), c), 1.0, x)[1],
+        "in its body or in an input it reads",
+    ),
+    "in what it carries": (
+        lambda x: lax.fori_loop(0, 3, lambda i, c: 2.0 * c, clip_gradient(x)),
+        "in what it carries in",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(LOOPS_WITH_A_PULLBACK))
+def test_a_backward_rule_not_linear_in_a_loop_is_refused(name):
     """Carried from step to step, such a map would be stacked or densified as a matrix,
     which it is not (clip(c x_t) in a scan had half of jax.vjp's first entry): the loop is
-    refused, as a primitive without a rule."""
-    f = lambda x: lax.scan(lambda c, v: (clip_gradient(c * v), c), 1.0, x)[1]  # noqa: E731
-    with pytest.raises(UnsupportedPrimitiveError, match="'scan' with a custom_vjp whose"):
+    refused, as a primitive without a rule, saying where the rule is."""
+    f, where = LOOPS_WITH_A_PULLBACK[name]
+    with pytest.raises(UnsupportedPrimitiveError, match="'scan' with a custom_vjp whose") as e:
         mj.jacobian(f)(X)
+    assert where in str(e.value)
 
 
 # ------------------------------------------------------------ 3. where selects, 4. abs
@@ -529,6 +543,21 @@ def test_a_stored_product_with_an_infinite_derivative_is_nan_never_a_wrong_numbe
     assert np.isnan(dense[0, 3]) and expected[0, 3] == 0
     finite = np.isfinite(expected[1:])
     np.testing.assert_allclose(dense[1:][finite], expected[1:][finite], rtol=1e-14)
+
+
+def test_a_low_rank_vm_through_a_nan_is_nan_in_every_entry():
+    """Documented: sin(x[:4]) x_5 at x_2 = inf is a LowRank U V^T with V = e_5 stored as
+    numbers: vm through U's NaN is V times NaN, NaN everywhere (also for a cotangent 0 at
+    entry 2), where jax.vjp has NaN only at 2 and 5 (its broadcast's zeros are
+    structural). Never a wrong finite number; at a finite point the two agree."""
+    f = lambda x: jnp.sin(x[:4]) * x[5]  # noqa: E731
+    x = jnp.array([0.5, 1.0, jnp.inf, 2.0, 3.0, 0.25])
+    for u in (jnp.array([1.0, 0.0, 1.0, 0.0]), jnp.array([1.0, 2.0, 0.0, -1.0])):
+        assert np.isnan(mj.jacobian(f)(x).vm(u)).all()
+        expected = jax.vjp(f, x)[1](u)[0]
+        assert np.isnan(expected).sum() == 2 and np.isnan(expected[jnp.array([2, 5])]).all()
+    x = x.at[2].set(1.5)
+    np.testing.assert_allclose(mj.jacobian(f)(x).vm(u), jax.vjp(f, x)[1](u)[0], rtol=1e-14)
 
 
 def test_a_product_with_an_infinite_entry_has_the_exact_derivative_at_that_entry():

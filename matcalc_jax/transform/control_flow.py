@@ -146,6 +146,10 @@ def _one_row(op: Operator) -> Operator:
     return compose(Reshape((1, *shape), shape, op.dtype.name), op)
 
 
+def _all_matrices(ops: list[Operator]) -> bool:
+    return all(op is None or op.composes_as_matrix() for op in ops)
+
+
 class _Loop:
     """One loop's step as a function of the carry, its Jacobians and the step's index,
     and what the rules need to carry the Jacobians through it."""
@@ -155,14 +159,19 @@ class _Loop:
         self.dense = False
 
     def step(self, carry: list[Array], carry_ops: list[Operator], t: Any) -> tuple:
-        new_carry, new_ops, *rest = self.raw_step(carry, carry_ops, t)
-        made = [*new_ops, *(rest[1] if len(rest) > 1 else ())]
-        if any(op is not None and not op.composes_as_matrix() for op in made):
-            # Carried from step to step, such a map would be densified or stacked as a
-            # matrix, which it is not: no step-by-step structure follows JAX there.
+        # Carried from step to step, a map that does not compose as a matrix (a backward
+        # rule not linear in its cotangent) would be densified or stacked as one: no
+        # step-by-step structure follows JAX there.
+        where = "in what it carries in (made before the loop)"
+        if not _all_matrices(carry_ops):
             raise NoRule(
-                "with a custom_vjp whose backward rule is not linear in its cotangent in "
-                "its body (clip_gradient)"
+                f"with a custom_vjp whose backward rule is not linear in its cotangent {where}"
+            )
+        new_carry, new_ops, *rest = self.raw_step(carry, carry_ops, t)
+        if not _all_matrices([*new_ops, *(rest[1] if len(rest) > 1 else ())]):
+            where = "in its body or in an input it reads (clip_gradient)"
+            raise NoRule(
+                f"with a custom_vjp whose backward rule is not linear in its cotangent {where}"
             )
         if self.dense:
             new_ops = [_dense(op) for op in new_ops]
