@@ -345,6 +345,68 @@ def test_a_backward_rule_affine_in_its_cotangent_is_not_taken_for_linear():
         np.testing.assert_allclose(grad, jax.grad(h)(x), rtol=1e-12)
 
 
+NOT_LINEAR_BACKWARD_RULES = {
+    # a part that does not depend on g: bwd(0) is not 0 (the part was taken for 0)
+    "0.1 x": lambda x, g: 0.1 * x,
+    "a constant branch": lambda x, g: lax.cond(
+        jnp.sum(x) > 0, lambda g: jnp.full_like(g, 0.5), lambda g: g, g
+    ),
+    # derivative 0 but a value that is not: taken for the 0 map
+    "sign(g)": lambda x, g: jnp.sign(g),
+    "round(4 g) / 4": lambda x, g: jnp.round(4.0 * g) / 4.0,
+    "stop_gradient(g)": lambda x, g: lax.stop_gradient(g),
+    # a branch, an order, an index or a step count read from g (fixed at g = 0 before)
+    "where(g > 0, g, 0)": lambda x, g: jnp.where(g > 0, g, 0.0),
+    "sort(g)": lambda x, g: jnp.sort(g),
+    "cond(sum(g) > 1)": lambda x, g: lax.cond(jnp.sum(g) > 1, lambda g: 0.5 * g, lambda g: g, g),
+    "while sum(g) > 1": lambda x, g: lax.while_loop(lambda c: jnp.sum(c) > 1, lambda c: c / 2, g),
+    "g at argmax": lambda x, g: jnp.zeros_like(g).at[jnp.argmax(g)].set(g[jnp.argmax(g)]),
+    "through integers": lambda x, g: (g * 100).astype(jnp.int32).astype(g.dtype) / 100,
+    "reduce_precision": lambda x, g: lax.reduce_precision(1.2345678 * g, 5, 10),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_LINEAR_BACKWARD_RULES))
+def test_a_backward_rule_not_linear_in_its_values_is_followed_as_jax_calls_it(name):
+    """Each rule below passed the check that every equation is linear (or constant) in g,
+    read once at g = 0, and was taken for a matrix: Zero for sign(g) and 0.1 x, the
+    identity for cond(sum(g) > 1), the sort of 0 for sort(g). Now each is a Pullback:
+    vm is jax.vjp's, the matrix jax.jacrev's, eagerly and under jit."""
+    backward = NOT_LINEAR_BACKWARD_RULES[name]
+
+    @jax.custom_vjp
+    def f(x):
+        return x
+
+    f.defvjp(lambda x: (x, x), lambda x, g: (backward(x, g),))
+    x, u = jnp.array([0.3, -1.2, 2.0]), jnp.array([1.0, -2.0, 3.0])
+    for jit in (lambda f: f, jax.jit):
+        vm = jit(lambda x, u: mj.jacobian(f)(x).vm(u))(x, u)
+        np.testing.assert_allclose(vm, jax.vjp(f, x)[1](u)[0], rtol=1e-12)
+        dense = jit(lambda x: mj.jacobian(f)(x).to_dense())(x)
+        np.testing.assert_allclose(dense, jax.jacrev(f)(x), rtol=1e-12)
+
+
+@jax.custom_vjp
+def _through_float32(x):
+    return x
+
+
+_through_float32.defvjp(
+    lambda x: (x, None), lambda _, g: ((1.2345678 * g).astype(jnp.float32).astype(g.dtype),)
+)
+
+
+def test_a_backward_rule_through_a_narrower_float_is_the_map_it_rounds():
+    """Documented: a cast of the cotangent to float32 and back is taken as the linear map
+    it rounds (a scale and two casts, which the algebra may reorder): vm agrees with
+    jax.vjp to float32's rounding, not to float64's."""
+    x, u = jnp.array([0.3, -1.2, 2.0]), jnp.array([0.1, 0.2, 0.3])
+    vm, expected = mj.jacobian(_through_float32)(x).vm(u), jax.vjp(_through_float32, x)[1](u)[0]
+    np.testing.assert_allclose(vm, expected, rtol=tolerance("float32"))
+    assert not np.allclose(vm, expected, rtol=tolerance("float64"), atol=0)
+
+
 @jax.custom_vjp
 def _masked(x):  # a linear rule whose zeros are a where's: traced under jit
     return 2.0 * x
@@ -391,6 +453,38 @@ def test_a_backward_rule_not_linear_in_a_loop_is_refused(name):
     with pytest.raises(UnsupportedPrimitiveError, match="'scan' with a custom_vjp whose") as e:
         mj.jacobian(f)(X)
     assert where in str(e.value)
+
+
+def _scan_both(x):  # the final carry and the stacked outputs, both through the rule
+    carry, ys = lax.scan(lambda c, v: (clip_gradient(c * v), c + v), 0.5, x)
+    return carry * ys
+
+
+FALLBACK_ON_LOOPS_WITH_A_PULLBACK = {
+    "3 scan(clip(c v))": lambda x: (
+        3.0 * lax.scan(lambda c, v: (c, clip_gradient(c * v)), 1.0, x)[1]
+    ),
+    "carry times outputs": _scan_both,
+    "global norm in a loop": lambda x: lax.fori_loop(
+        0, 2, lambda i, ab: clip_by_global_norm(2.0 * ab[0], ab[1] + ab[0]), (x[:3], x[3:])
+    )[1],
+}
+
+
+@pytest.mark.parametrize("name", list(FALLBACK_ON_LOOPS_WITH_A_PULLBACK))
+def test_the_fallback_follows_a_loop_with_a_backward_rule_inside_by_jax_vjp(name):
+    """fallback="autodiff" on such a loop raised JAX's "can't apply forward-mode autodiff
+    (jvp) to a custom_vjp function" from to_dense. The loop's local map is jax.vjp of the
+    loop, all its outputs' cotangents in one call (its rule may mix them), jacrev's rows."""
+    f = FALLBACK_ON_LOOPS_WITH_A_PULLBACK[name]
+    J = mj.jacobian(f, fallback="autodiff")(X)
+    assert any("custom_vjp inside" in note for note in J.fallbacks)
+    np.testing.assert_allclose(J.to_dense(), jax.jacrev(f)(X), rtol=1e-12, atol=1e-15)
+    shape = jnp.shape(f(X))
+    for scale in (0.3, 1.0, 4.0):
+        u = scale * jnp.cos(jnp.arange(1.0, 1.0 + math.prod(shape))).reshape(shape)
+        for vm in (J.vm, jax.jit(lambda u: mj.jacobian(f, fallback="autodiff")(X).vm(u))):
+            np.testing.assert_allclose(vm(u), jax.vjp(f, X)[1](u)[0], rtol=1e-12, atol=1e-15)
 
 
 # ------------------------------------------------------------ 3. where selects, 4. abs

@@ -28,9 +28,9 @@ def _well_conditioned(seed, n):
     return jnp.eye(n) + 0.3 * _normal(seed, (n, n)) / np.sqrt(n)
 
 
-def _found(f, x, kind):
+def _found(f, x, kind, **options):
     """The first operator of type ``kind`` in the transform's Jacobian of ``f`` at ``x``."""
-    stack = [mj.jacobian(f)(x)]
+    stack = [mj.jacobian(f, **options)(x)]
     while stack:
         op = stack.pop()
         if isinstance(op, kind):
@@ -142,6 +142,12 @@ CASES = {
         (3,), (3,), "float64", (_normal(62, (3,)), _normal(63, (3,))), _MUL, 0, 0, "a case"
     ),
     "Pullback": lambda: _found(_clipped, _normal(64, (3,)), operators.Pullback),
+    "LinearizedByRows": lambda: _found(
+        lambda x: jax.lax.scan(lambda c, v: (c, _clipped(c * v)), 1.0, x)[1],
+        _normal(67, (4,)),
+        operators.LinearizedByRows,
+        fallback="autodiff",
+    ),
     "JointPullback": lambda: _found(
         lambda x: jnp.concatenate(_clipped_pair(x[:2], x[2:])),
         _normal(66, (5,)),

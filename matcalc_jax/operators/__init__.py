@@ -58,7 +58,8 @@ The maps of JAX's primitives, a module a family: ``index_maps`` (``Reshape``, ``
 (``ImaginaryPart``, ``Conjugate``, ``Fourier``), ``stacked`` (``Stacked``),
 ``matrix_functions`` (``TriangularProduct``, ``CholeskyTangent``, ``EighTangent``,
 ``QRTangent``, ``SVDTangent``, ``LUTangent``) and ``programs`` (``Linearized``,
-``Pullback``, ``JointPullback``, ``FromCotangents``, ``WithFallbacks``). Most derive from ``Map``
+``LinearizedByRows``, ``Pullback``, ``JointPullback``, ``FromCotangents``,
+``WithFallbacks``). Most derive from ``Map``
 (``index_maps``), applied by ``_apply`` and transposed by ``_apply_transpose``, their
 compile-time parameters held as ``Static``.
 """
@@ -115,6 +116,7 @@ from matcalc_jax.operators.programs import (
     FromCotangents,
     JointPullback,
     Linearized,
+    LinearizedByRows,
     Pullback,
     WithFallbacks,
 )
@@ -150,6 +152,7 @@ __all__ = [
     "LUTangent",
     "LinearSolve",
     "Linearized",
+    "LinearizedByRows",
     "LowRank",
     "Map",
     "Pullback",

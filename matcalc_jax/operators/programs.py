@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
@@ -199,6 +200,54 @@ class JointPullback(_FollowsBackward):
 
     def describe(self) -> str:
         return "of a backward rule of several outputs, not linear in their cotangents"
+
+
+@pytree(
+    ("operands",),
+    ("out_sizes", "in_sizes", "dtype_name", "primitive", "outputs", "positions", "where", "layout"),
+)
+class LinearizedByRows(_FollowsBackward):
+    """The autodiff fallback for a primitive with a ``custom_vjp`` inside (a loop whose
+    body calls one), on flat vectors as a ``JointPullback``: the cotangents of
+    ``outputs`` ravelled and stacked in -> those of the operands at ``positions`` out, by
+    one ``jax.vjp`` of the primitive. ``jax.jvp`` refuses such a primitive, and its
+    backward rule may not be linear in the cotangent: so the matrix is ``jax.jacrev``'s,
+    ``mv`` that matrix times the tangent, and it does not compose as a matrix."""
+
+    operands: tuple[Array, ...]
+    primitive: Static
+    outputs: tuple[int, ...]
+    positions: tuple[int, ...]
+    where: str
+    layout: Layout = "numerator"
+    is_fallback = True
+
+    def _apply_transpose(self, cotangent: Array) -> Array:
+        primitive, params = self.primitive.value
+        operands = list(self.operands)
+
+        def local(*varied: Array) -> list[Array]:
+            args = list(operands)
+            for k, value in zip(self.positions, varied, strict=True):
+                args[k] = value
+            out = primitive.bind(*args, **params)
+            return list(out) if primitive.multiple_results else [out]
+
+        outs, pullback = jax.vjp(local, *(operands[k] for k in self.positions))
+        pieces, start = [], 0
+        for j, y in enumerate(outs):
+            if j not in self.outputs:  # an integer output: JAX's float0 cotangent
+                pieces.append(np.zeros(y.shape, jax.dtypes.float0))
+                continue
+            piece = cotangent[start : start + y.size].reshape(y.shape)
+            start += y.size
+            pieces.append((piece if jnp.iscomplexobj(y) else jnp.real(piece)).astype(y.dtype))
+        pulled = pullback(pieces)
+        return jnp.concatenate([p.astype(self.dtype).reshape(-1) for p in pulled])
+
+    def describe(self) -> str:
+        primitive, _ = self.primitive.value
+        return f"{primitive.name} (autodiff fallback by jax.vjp, a custom_vjp inside, {self.where})"
 
 
 def _call_backward(backward: Static, residuals: tuple, cotangents: dict[int, Array]) -> list:

@@ -48,7 +48,7 @@ from matcalc_jax.operators.diagonal import Diagonal
 from matcalc_jax.operators.index_maps import DynamicSlice, Embed, Reshape
 from matcalc_jax.operators.selection import diagonal_factor, select
 from matcalc_jax.operators.stacked import Stacked
-from matcalc_jax.transform.interpreter import Context, NoRule, Operator, bind
+from matcalc_jax.transform.interpreter import Context, NoRule, NotLinear, Operator, bind
 from matcalc_jax.transform.registry import RELEVANT, rule
 
 #: Steps run unrolled, at most, while a carry's structure settles.
@@ -334,6 +334,15 @@ def _scan(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
     return [*carry, *ys_out], [*carry_ops, *ys_ops_out]
 
 
+def _reads_varying(cond: Any, n_consts: int, carry_ops: list[Operator]) -> bool:
+    """Whether a loop's condition reads a carry that has a Jacobian: in a linear context
+    (a backward rule) the number of steps would then depend on the cotangent."""
+    read = {v for eqn in cond.eqns for v in eqn.invars if not isinstance(v, jex_core.Literal)}
+    read |= {v for v in cond.outvars if not isinstance(v, jex_core.Literal)}
+    carries = cond.invars[n_consts:]
+    return any(op is not None and v in read for v, op in zip(carries, carry_ops, strict=True))
+
+
 @rule("while", complex=True, linear=True)
 def _while(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
     params = eqn.params
@@ -369,6 +378,8 @@ def _while(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any
             break
     else:
         raise NoRule("whose carried Jacobian changes structure even when dense")
+    if ctx.linear is not None and _reads_varying(cond.jaxpr, n_cond, carry_ops):
+        raise NotLinear(f"a while_loop whose condition reads what varies {ctx.where(eqn)}")
     structure = _structure(carry_ops)
     condition = jex_core.jaxpr_as_fun(cond)
 

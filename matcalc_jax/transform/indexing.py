@@ -259,7 +259,7 @@ def _scatter_mul(ctx, eqn, ins, ops, outs):
 RELEVANT["scatter-mul"] = lambda eqn: [0, 2]
 
 
-@pointwise("sort", complex=True, linear=True)
+@pointwise("sort", complex=True, linear=True)  # by a constant key (Context._check_linear)
 def _sort(ctx, eqn, ins, ops, outs):
     dimension = eqn.params["dimension"]
     shape = ins[0].shape
@@ -275,7 +275,7 @@ def _sort(ctx, eqn, ins, ops, outs):
     ]  # fmt: skip
 
 
-@pointwise("top_k", linear=True)
+@pointwise("top_k")  # the indices depend on the operand: not linear in a backward rule
 def _top_k(ctx, eqn, ins, ops, outs):
     x = ins[0]
     values, indices = outs

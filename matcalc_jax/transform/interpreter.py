@@ -60,7 +60,7 @@ class RuleOutputError(AssertionError):
 #: update's background): affine, not linear, unless the constant is 0.
 ADDITIVE = frozenset(
     ("add", "add_any", "sub", "concatenate", "select_n", "pad", "dynamic_update_slice",
-     "scatter", "scatter-add")
+     "scatter", "scatter-add", "complex", "stack")
 )  # fmt: skip
 
 
@@ -74,12 +74,25 @@ KEEPS_ZERO = frozenset(
 )  # fmt: skip
 
 
+#: Linear primitives whose outputs are made by a program of their own (a call, a loop, a
+#: branch): 0 operands do not make them 0 (a branch may return a constant).
+OPAQUE_WHEN_LINEAR = frozenset(
+    ("cond", "while", "scan", "pjit", "jit", "closed_call", "core_call", "remat", "remat2",
+     "checkpoint", "custom_linear_solve")
+)  # fmt: skip
+
+
 def _floats(ins: list[Array], in_ops: list[Any]) -> list[Array]:
     return [
         value
         for value, op in zip(ins, in_ops, strict=True)
         if op is None and jnp.issubdtype(jnp.result_type(value), jnp.inexact)
     ]
+
+
+class _Everything:
+    def __contains__(self, item: Any) -> bool:
+        return True
 
 
 class NoRule(Exception):  # noqa: N818  (a signal between a rule and the interpreter)
@@ -290,10 +303,47 @@ class Context:
             return id(value) in self.zeros
         return not np.any(np.asarray(value) != 0)
 
-    def _note_zeros(self, eqn: Any, ins: list[Array], outs: list[Array]) -> None:
-        """Outputs of a constant equation in a linear context that are known to be 0."""
-        floats = _floats(ins, [None] * len(ins))
-        if eqn.primitive.name in KEEPS_ZERO and floats and all(map(self.is_zero, floats)):
+    def _check_linear(
+        self, eqn: Any, ins: list[Array], in_ops: list[Operator], varying: list[bool]
+    ) -> None:
+        """``NotLinear`` unless ``eqn`` is a linear map of its operands that vary (those
+        with a Jacobian), with the constants it adds in 0. Not linear: a primitive outside
+        ``linear`` (``sign``, ``round``, ``stop_gradient``: their derivative is 0, their
+        value is not), an operand that varies where the rule ignores it (a ``while``'s
+        condition), a value that is not floating point made from one that varies (``g > 0``,
+        an ``argmax``: the branch or index then depends on the cotangent), a ``sort`` by
+        a key that varies."""
+        name = eqn.primitive.name
+        where = self.where(eqn)
+        test = self.linear.get(name)
+        if test is None or not test([op is not None for op in in_ops]):
+            raise NotLinear(f"the primitive {name!r} {where}")
+        if any(v and op is None for v, op in zip(varying, in_ops, strict=True)):
+            raise NotLinear(f"the primitive {name!r} of a varying operand it ignores {where}")
+        if not all(is_float(v) for v in eqn.outvars):
+            raise NotLinear(f"the primitive {name!r} of a varying operand to integers {where}")
+        if name == "sort" and any(varying[: eqn.params["num_keys"]]):
+            raise NotLinear(f"a sort by a varying key {where}")
+        if name in ADDITIVE and not all(map(self.is_zero, _floats(ins, in_ops))):
+            # a constant added in (g + 0.1 x) makes the rule affine, not linear; under
+            # jit one not known to be 0 is taken for such a constant
+            raise NotLinear(f"the primitive {name!r} of a constant {where}")
+
+    def _note_zeros(
+        self, eqn: Any, ins: list[Array], outs: list[Array], varying: list[bool]
+    ) -> None:
+        """In a linear context (evaluated where the varying values are 0), the traced
+        outputs of ``eqn`` known to be 0: a constant equation's in ``KEEPS_ZERO`` whose
+        floating operands are all 0, a linear equation's whose varying operands are (its
+        constants added in were checked to be 0; a call or a loop may make constants of its
+        own, and only its inner program's values are read)."""
+        if any(varying):
+            operands = [x for x, v in zip(ins, varying, strict=True) if v]
+            known = eqn.primitive.name not in OPAQUE_WHEN_LINEAR
+        else:
+            operands = _floats(ins, [None] * len(ins))
+            known = eqn.primitive.name in KEEPS_ZERO and bool(operands)
+        if known and all(map(self.is_zero, operands)):
             for value in outs:
                 if isinstance(value, jax.core.Tracer):
                     self.zeros[id(value)] = value
@@ -329,7 +379,9 @@ class Context:
     ) -> tuple[list[Array], list[Operator]]:
         """Interpret an open ``jaxpr`` on ``consts`` and ``values`` whose Jacobians are
         ``operators`` (``None`` for a constant)."""
-        needed = self._needed(jaxpr)
+        # In a linear context every value that varies is followed, also one that only
+        # reaches a comparison (g > 0 picks a branch: not linear).
+        needed = self._needed(jaxpr) if self.linear is None else _Everything()
         env: dict[Any, Array] = {}
         jacobians: dict[Any, JacobianOperator] = {}
 
@@ -349,12 +401,15 @@ class Context:
                 jacobians.get(v) if k in positions and not isinstance(v, jex_core.Literal) else None
                 for k, v in enumerate(eqn.invars)
             ]
+            varying = [not isinstance(v, jex_core.Literal) and v in jacobians for v in eqn.invars]
+            if self.linear is not None and any(varying):
+                self._check_linear(eqn, ins, in_ops, varying)
             if not any(v in needed for v in eqn.outvars) or all(op is None for op in in_ops):
                 outs, out_ops = bind(eqn, ins), [None] * len(eqn.outvars)
-                if self.linear is not None:
-                    self._note_zeros(eqn, ins, outs)
             else:
                 outs, out_ops = self._apply(eqn, ins, in_ops)
+            if self.linear is not None:
+                self._note_zeros(eqn, ins, outs, varying)
             scalar = eqn.primitive.name == "broadcast_in_dim" and jnp.ndim(ins[0]) == 0
             if scalar and out_ops[0] is None:
                 self.uniform[eqn.outvars[0]] = jnp.asarray(ins[0])
@@ -396,14 +451,6 @@ class Context:
         self, eqn: Any, ins: list[Array], in_ops: list[Operator]
     ) -> tuple[list[Array], list[Operator]]:
         name = eqn.primitive.name
-        if self.linear is not None:
-            test = self.linear.get(name)
-            if test is None or not test([op is not None for op in in_ops]):
-                raise NotLinear(f"the primitive {name!r} {self.where(eqn)}")
-            if name in ADDITIVE and not all(map(self.is_zero, _floats(ins, in_ops))):
-                # a constant added in (g + 0.1 x) makes the rule affine, not linear; under
-                # jit one not known to be 0 is taken for such a constant
-                raise NotLinear(f"the primitive {name!r} of a constant {self.where(eqn)}")
         rule = self.rules.get(name)
         what = f"the primitive {name!r}"
         if rule is not None and name not in self.complex_rules and self._complex_case(eqn, in_ops):

@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
+from jax.extend import core as jex_core
 
 from matcalc_jax.operators.base import compose
 from matcalc_jax.operators.contraction import LETTERS, contraction
@@ -62,7 +63,7 @@ from matcalc_jax.operators.index_maps import (
     Static,
     slice_config,
 )
-from matcalc_jax.operators.programs import JointPullback, Linearized, Pullback
+from matcalc_jax.operators.programs import JointPullback, Linearized, LinearizedByRows, Pullback
 from matcalc_jax.operators.selection import select
 from matcalc_jax.operators.solves import LinearSolve
 from matcalc_jax.transform import complex_values, elementwise
@@ -99,7 +100,8 @@ def _unary(ctx, eqn, ins, ops, outs):
     return [times(derivative.astype(y.dtype), ops[0])]
 
 
-@pointwise(*elementwise.PIECEWISE_CONSTANT, "stop_gradient", linear=True)
+# Not linear in a backward rule (a linear context): the derivative is 0, the value is not.
+@pointwise(*elementwise.PIECEWISE_CONSTANT, "stop_gradient")
 def _zero_derivative(ctx, eqn, ins, ops, outs):
     return [None]
 
@@ -120,7 +122,7 @@ def _same(ctx, eqn, ins, ops, outs):
     return list(ops)
 
 
-@pointwise("reduce_precision", linear=True)
+@pointwise("reduce_precision")  # a quantizer: not linear in a backward rule
 def _reduce_precision(ctx, eqn, ins, ops, outs):
     shape, bits = tuple(outs[0].shape), (eqn.params["exponent_bits"], eqn.params["mantissa_bits"])
     return [compose(Rounding(shape, shape, outs[0].dtype.name, bits), ops[0])]
@@ -560,8 +562,13 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
     )
     differentiable = [j for j, y in enumerate(outs) if jnp.issubdtype(y.dtype, jnp.inexact)]
 
+    for zero in cotangents:  # bwd runs at 0 cotangents: its values there are bwd(0)
+        inner.zeros[id(zero)] = zero
+
     def transposed(seeds: list[Operator]) -> list[Operator]:  # the B_k^T, or NotLinear
-        _, pulled = inner.run(program.jaxpr, program.consts, cotangents, seeds)
+        at_zero, pulled = inner.run(program.jaxpr, program.consts, cotangents, seeds)
+        if not all(map(inner.is_zero, at_zero)):  # bwd(0) = c: affine (or not known 0)
+            raise NotLinear(f"custom_vjp_call[{label}] bwd: not 0 at a 0 cotangent")
         return [None if b is None else b.transpose() for b in pulled]
 
     try:  # one output's cotangent at a time: the structured B_kj^T
@@ -639,9 +646,27 @@ def _joint_pullback(
     res: list[Array],
     backward: Static,
 ) -> list[Operator]:
-    """The outputs' Jacobians through one ``JointPullback``: the inputs' Jacobians ravelled
-    and stacked, the joint map, then each output's piece of it. Every output's path goes
-    through the same map, so ``vm`` hands ``bwd`` all the outputs' cotangents in one call."""
+    """The outputs' Jacobians through one ``JointPullback``."""
+
+    def joint(m: int, n: int, dtype: Any) -> Operator:
+        outputs, positions = tuple(differentiable), tuple(wanted)
+        return JointPullback((m,), (n,), dtype.name, tuple(res), backward, outputs, positions)
+
+    return _through_joint(outs, differentiable, ins, wanted, ops, joint)
+
+
+def _through_joint(
+    outs: list[Array],
+    differentiable: list[int],
+    ins: list[Array],
+    wanted: list[int],
+    ops: list[Operator],
+    joint: Any,
+) -> list[Operator]:
+    """The outputs' Jacobians through one map on flat vectors, ``joint(m, n, dtype)``
+    (the outputs' m entries <- the wanted inputs' n): the inputs' Jacobians ravelled and
+    stacked, the joint map, then each output's piece of it. Every output's path goes
+    through the same map, so ``vm`` hands it all the outputs' cotangents in one call."""
     dtype = jnp.result_type(
         *(outs[j].dtype for j in differentiable), *(ins[k].dtype for k in wanted)
     )
@@ -655,11 +680,18 @@ def _joint_pullback(
         for k, (offset, size) in zip(wanted, places, strict=True)
     ])  # fmt: skip
     m = sum(outs[j].size for j in differentiable)
-    outputs, positions = tuple(differentiable), tuple(wanted)
-    joint = JointPullback((m,), (n,), dtype.name, tuple(res), backward, outputs, positions)
-    through = compose(joint, stacked)
+    through = compose(joint(m, n, dtype), stacked)
     pieces = _pieces_of(outs, differentiable, dtype)
     return [None if piece is None else compose(piece, through) for piece in pieces]
+
+
+def _calls_custom_vjp(jaxpr: Any) -> bool:
+    """Whether a ``custom_vjp`` function is called in ``jaxpr`` or a program inside it."""
+    return any(
+        eqn.primitive.name == "custom_vjp_call"
+        or any(_calls_custom_vjp(inner) for inner in jex_core.jaxprs_in_params(eqn.params))
+        for eqn in jaxpr.eqns
+    )
 
 
 def fallback(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
@@ -668,6 +700,21 @@ def fallback(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> A
     outs = bind(eqn, ins)
     where = ctx.where(eqn)
     primitive = Static((eqn.primitive, dict(eqn.params)))
+    operands = tuple(jnp.asarray(v) for v in ins)  # arrays, not Python scalars, as leaves
+    inner = jex_core.jaxprs_in_params(eqn.params)
+    if any(_calls_custom_vjp(program) for program in inner):  # jax.jvp refuses it
+        differentiable = [j for j, y in enumerate(outs) if jnp.issubdtype(y.dtype, jnp.inexact)]
+        wanted = [k for k, op in enumerate(ops) if op is not None]
+
+        def joint(m: int, n: int, dtype: Any) -> Operator:
+            outputs, positions = tuple(differentiable), tuple(wanted)
+            local = LinearizedByRows(
+                (m,), (n,), dtype.name, operands, primitive, outputs, positions, where
+            )
+            ctx.fallbacks.append(local.describe())
+            return local
+
+        return outs, _through_joint(outs, differentiable, list(ins), wanted, ops, joint)
     out_ops = []
     for j, y in enumerate(outs):
         if not jnp.issubdtype(y.dtype, jnp.inexact):
@@ -677,7 +724,7 @@ def fallback(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> A
         for k, op in enumerate(ops):
             if op is not None:
                 shapes = (tuple(y.shape), tuple(ins[k].shape), y.dtype.name)
-                local = Linearized(*shapes, tuple(ins), primitive, k, j, where)
+                local = Linearized(*shapes, operands, primitive, k, j, where)
                 ctx.fallbacks.append(local.describe())
                 terms.append(compose(local, op))
         out_ops.append(total(terms))
