@@ -363,6 +363,13 @@ NOT_LINEAR_BACKWARD_RULES = {
     "g at argmax": lambda x, g: jnp.zeros_like(g).at[jnp.argmax(g)].set(g[jnp.argmax(g)]),
     "through integers": lambda x, g: (g * 100).astype(jnp.int32).astype(g.dtype) / 100,
     "reduce_precision": lambda x, g: lax.reduce_precision(1.2345678 * g, 5, 10),
+    # a constant added in by a sort beside g or a gather's fill value (0 under jit before)
+    "a constant sorted beside g": lambda x, g: (lambda _, gs, cs: gs + cs)(
+        *lax.sort((jnp.array([3.0, 1.0, 2.0]), g, jnp.array([1.0, 2.0, 3.0])), num_keys=1)
+    ),
+    "a gather's fill value": lambda x, g: g.at[jnp.array([0, 5, 1])].get(
+        mode="fill", fill_value=5.0
+    ),
 }
 
 
@@ -385,6 +392,31 @@ def test_a_backward_rule_not_linear_in_its_values_is_followed_as_jax_calls_it(na
         np.testing.assert_allclose(vm, jax.vjp(f, x)[1](u)[0], rtol=1e-12)
         dense = jit(lambda x: mj.jacobian(f)(x).to_dense())(x)
         np.testing.assert_allclose(dense, jax.jacrev(f)(x), rtol=1e-12)
+
+
+COMPLEX_COTANGENT_RULES = {
+    "imag(g)": jnp.imag,
+    "real(g) + imag(g)": lambda g: jnp.real(g) + jnp.imag(g),
+    "real(conj(g) (1 + i))": lambda g: jnp.real(jnp.conj(g) * (1 + 1j)),
+}
+
+
+@pytest.mark.parametrize("name", list(COMPLEX_COTANGENT_RULES))
+def test_a_backward_rule_linear_over_the_reals_only_is_followed_as_jax_calls_it(name):
+    """real, imag and conj of a complex cotangent are linear over the reals, not over the
+    complex numbers: seeded with a complex identity, imag(g) was taken for 0 (vm 0 where
+    jax.vjp has Im u), conj for the identity. Such a rule is a Pullback."""
+    backward = COMPLEX_COTANGENT_RULES[name]
+
+    @jax.custom_vjp
+    def f(x):
+        return x * (1 - 1j)
+
+    f.defvjp(lambda x: (f(x), None), lambda _, g: (backward(g),))
+    x, u = jnp.array([0.5, -1.0, 2.0]), jnp.array([1 + 2j, -1 + 0.5j, 3j])
+    for jit in (lambda f: f, jax.jit):
+        vm = jit(lambda x, u: mj.jacobian(f)(x).vm(u))(x, u)
+        np.testing.assert_allclose(vm, jax.vjp(f, x)[1](u)[0], rtol=1e-12)
 
 
 @jax.custom_vjp

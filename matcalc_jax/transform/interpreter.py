@@ -74,6 +74,20 @@ KEEPS_ZERO = frozenset(
 )  # fmt: skip
 
 
+#: Products: 0 where the factor that varies is 0, whatever the constant one.
+SCALES = frozenset(("mul", "dot_general", "div", "conv_general_dilated", "triangular_solve"))
+
+
+def _adds_a_constant(eqn: Any) -> bool:
+    """Whether a parameter adds a constant in: a gather's fill value (NaN by default) at
+    an index out of bounds."""
+    if eqn.primitive.name != "gather":
+        return False
+    mode = str(eqn.params.get("mode", ""))
+    fill = eqn.params.get("fill_value")
+    return "FILL" in mode.upper() and not (fill is not None and fill == 0)
+
+
 #: Linear primitives whose outputs are made by a program of their own (a call, a loop, a
 #: branch): 0 operands do not make them 0 (a branch may return a constant).
 OPAQUE_WHEN_LINEAR = frozenset(
@@ -324,6 +338,11 @@ class Context:
             raise NotLinear(f"the primitive {name!r} of a varying operand to integers {where}")
         if name == "sort" and any(varying[: eqn.params["num_keys"]]):
             raise NotLinear(f"a sort by a varying key {where}")
+        if _adds_a_constant(eqn):
+            raise NotLinear(f"the primitive {name!r} with a fill value {where}")
+        if name in ("real", "imag", "conj") and is_complex(eqn.invars[0]):
+            # linear over the reals only: a complex seed would take imag(I) for 0
+            raise NotLinear(f"the primitive {name!r} of a varying complex value {where}")
         if name in ADDITIVE and not all(map(self.is_zero, _floats(ins, in_ops))):
             # a constant added in (g + 0.1 x) makes the rule affine, not linear; under
             # jit one not known to be 0 is taken for such a constant
@@ -333,17 +352,18 @@ class Context:
         self, eqn: Any, ins: list[Array], outs: list[Array], varying: list[bool]
     ) -> None:
         """In a linear context (evaluated where the varying values are 0), the traced
-        outputs of ``eqn`` known to be 0: a constant equation's in ``KEEPS_ZERO`` whose
-        floating operands are all 0, a linear equation's whose varying operands are (its
-        constants added in were checked to be 0; a call or a loop may make constants of its
-        own, and only its inner program's values are read)."""
-        if any(varying):
+        outputs of ``eqn`` known to be 0: those of a primitive that keeps 0 (``KEEPS_ZERO``,
+        nothing added in by a parameter) when all its floating operands are 0, or of a
+        product (``SCALES``) when its varying operands are. A call or a loop may make
+        constants of its own: only its inner program's values are read."""
+        name = eqn.primitive.name
+        if name in SCALES and any(varying):
             operands = [x for x, v in zip(ins, varying, strict=True) if v]
-            known = eqn.primitive.name not in OPAQUE_WHEN_LINEAR
-        else:
+        elif name in KEEPS_ZERO and not _adds_a_constant(eqn):
             operands = _floats(ins, [None] * len(ins))
-            known = eqn.primitive.name in KEEPS_ZERO and bool(operands)
-        if known and all(map(self.is_zero, operands)):
+        else:
+            return
+        if operands and all(map(self.is_zero, operands)):
             for value in outs:
                 if isinstance(value, jax.core.Tracer):
                     self.zeros[id(value)] = value
