@@ -419,6 +419,44 @@ def test_a_backward_rule_linear_over_the_reals_only_is_followed_as_jax_calls_it(
         np.testing.assert_allclose(vm, jax.vjp(f, x)[1](u)[0], rtol=1e-12)
 
 
+LINEAR_RULES_IN_A_LOOP = {
+    "a fori_loop": lambda r, g: lax.fori_loop(0, 3, lambda i, a: 0.5 * a, g),
+    "a scan over g": lambda r, g: lax.scan(lambda c, gi: (c + gi, c + gi), 0.0, g)[1],
+    "pad": lambda r, g: jnp.pad(g[1:], (1, 0)),
+    "fft and back": lambda r, g: jnp.fft.ifft(jnp.fft.fft(g)).real,
+    "a scatter into zeros": lambda r, g: jnp.zeros(4).at[jnp.argsort(r)].add(g),
+    "a cond on the residual": lambda r, g: lax.cond(r[0] > 0, lambda c: c, lambda c: -c, g),
+    "a solve": lambda r, g: jnp.linalg.solve(2 * jnp.eye(4) + jnp.outer(r, r), g),
+}
+
+
+@pytest.mark.parametrize("name", list(LINEAR_RULES_IN_A_LOOP))
+def test_a_linear_backward_rule_in_a_loop_body_stays_a_matrix(name):
+    """In a loop's body the residuals are traced even when called eagerly: a bwd(0) not
+    known to be 0 made these linear rules Pullbacks, and the loop was refused. There the
+    rule's matrix is kept with a check when it runs (NaN if bwd(0) is not 0)."""
+    backward = LINEAR_RULES_IN_A_LOOP[name]
+    g = jax.custom_vjp(jnp.tanh)
+    g.defvjp(lambda x: (jnp.tanh(x), x), lambda r, ct: (backward(r, ct),))
+    f = lambda x: lax.scan(lambda c, _: (g(0.5 * c), None), x, None, length=3)[0]  # noqa: E731
+    x = jnp.array([0.3, -0.7, 1.2, 0.1])
+    for jit in (lambda f: f, jax.jit):
+        dense = jit(lambda x: mj.jacobian(f)(x).to_dense())(x)
+        np.testing.assert_allclose(dense, jax.jacrev(f)(x), rtol=1e-12, atol=1e-15)
+
+
+def test_an_affine_backward_rule_in_a_loop_body_is_nan_never_a_wrong_number():
+    """Documented: g + 0.1 x in a scan's body cannot be told from a linear rule while the
+    loop is traced, nor made a Pullback (a loop refuses one): every entry its structure
+    stores is NaN (here a Diagonal: its structural zeros stay 0), and so is every product."""
+    f = lambda x: lax.scan(lambda c, _: (_inject(0.5 * c), None), x, None, length=2)[0]  # noqa: E731
+    x = jnp.array([0.3, -0.7, 1.2])
+    J = mj.jacobian(f)(x)
+    assert np.isnan(J.diagonal()).all() and np.isnan(J.vm(jnp.ones(3))).all()
+    assert np.isnan(J.mv(jnp.array([1.0, -2.0, 0.5]))).all()
+    assert np.isfinite(jax.jacrev(f)(x)).all()
+
+
 @jax.custom_vjp
 def _through_float32(x):
     return x

@@ -96,6 +96,11 @@ OPAQUE_WHEN_LINEAR = frozenset(
 )  # fmt: skip
 
 
+def _nonzero(value: Array) -> bool:
+    """Whether a value is concrete and not all 0 (a traced one is not known to be)."""
+    return not isinstance(value, jax.core.Tracer) and bool(np.any(np.asarray(value) != 0))
+
+
 def _floats(ins: list[Array], in_ops: list[Any]) -> list[Array]:
     return [
         value
@@ -309,13 +314,16 @@ class Context:
     #: in a linear context, the traced constants known to be 0 (made from a literal 0 by
     #: ``KEEPS_ZERO`` primitives): id -> the value (held, so the id stays its own)
     zeros: dict[int, Array] = field(default_factory=dict)
+    #: in a linear context, whether the cotangent is complex (``real``, ``imag``, ``conj``
+    #: of it are linear over the reals only)
+    complex_cotangent: bool = False
 
     def is_zero(self, value: Array) -> bool:
         """Whether a constant is known to be 0: read when concrete; traced (under ``jit``),
         only when made from a literal 0 (``zeros``)."""
         if isinstance(value, jax.core.Tracer):
             return id(value) in self.zeros
-        return not np.any(np.asarray(value) != 0)
+        return not _nonzero(value)
 
     def _check_linear(
         self, eqn: Any, ins: list[Array], in_ops: list[Operator], varying: list[bool]
@@ -334,18 +342,23 @@ class Context:
             raise NotLinear(f"the primitive {name!r} {where}")
         if any(v and op is None for v, op in zip(varying, in_ops, strict=True)):
             raise NotLinear(f"the primitive {name!r} of a varying operand it ignores {where}")
-        if not all(is_float(v) for v in eqn.outvars):
+        if name not in OPAQUE_WHEN_LINEAR and not all(is_float(v) for v in eqn.outvars):
+            # (a loop's counter is an integer output: its body's equations are checked)
             raise NotLinear(f"the primitive {name!r} of a varying operand to integers {where}")
         if name == "sort" and any(varying[: eqn.params["num_keys"]]):
             raise NotLinear(f"a sort by a varying key {where}")
         if _adds_a_constant(eqn):
             raise NotLinear(f"the primitive {name!r} with a fill value {where}")
-        if name in ("real", "imag", "conj") and is_complex(eqn.invars[0]):
+        if (
+            self.complex_cotangent
+            and name in ("real", "imag", "conj")
+            and is_complex(eqn.invars[0])
+        ):
             # linear over the reals only: a complex seed would take imag(I) for 0
             raise NotLinear(f"the primitive {name!r} of a varying complex value {where}")
-        if name in ADDITIVE and not all(map(self.is_zero, _floats(ins, in_ops))):
-            # a constant added in (g + 0.1 x) makes the rule affine, not linear; under
-            # jit one not known to be 0 is taken for such a constant
+        if name in ADDITIVE and any(map(_nonzero, _floats(ins, in_ops))):
+            # a constant added in (g + 0.1 x) makes the rule affine, not linear (a traced
+            # one is judged where the rule ends: bwd(0) must be 0)
             raise NotLinear(f"the primitive {name!r} of a constant {where}")
 
     def _note_zeros(

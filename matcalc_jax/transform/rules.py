@@ -48,7 +48,7 @@ import numpy as np
 from jax import Array, lax
 from jax.extend import core as jex_core
 
-from matcalc_jax.operators.base import compose
+from matcalc_jax.operators.base import compose, times_scalar
 from matcalc_jax.operators.contraction import LETTERS, contraction
 from matcalc_jax.operators.identity import Identity
 from matcalc_jax.operators.index_maps import (
@@ -556,7 +556,12 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
     cotangents = [jnp.zeros(y.shape, y.dtype) for y in outs]
     program = jax.make_jaxpr(pullback)(*cotangents)
     label = eqn.params.get("name", "custom_vjp")
-    inner = dataclasses.replace(ctx.inside(f"custom_vjp_call[{label}] bwd", eqn), linear=LINEAR)
+    complex_cotangent = any(jnp.iscomplexobj(y) for y in outs)
+    inner = dataclasses.replace(
+        ctx.inside(f"custom_vjp_call[{label}] bwd", eqn),
+        linear=LINEAR,
+        complex_cotangent=complex_cotangent,
+    )
     backward = Static(
         (bwd, [(y.shape, y.dtype) for y in outs], [(jnp.shape(x), jnp.result_type(x)) for x in ins])
     )
@@ -565,10 +570,19 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
     for zero in cotangents:  # bwd runs at 0 cotangents: its values there are bwd(0)
         inner.zeros[id(zero)] = zero
 
+    in_a_loop = any(part.startswith(("scan", "while")) for part in ctx.path)
+    unknown: list[Array] = []  # traced values of bwd(0) not known to be 0
+
     def transposed(seeds: list[Operator]) -> list[Operator]:  # the B_k^T, or NotLinear
         at_zero, pulled = inner.run(program.jaxpr, program.consts, cotangents, seeds)
-        if not all(map(inner.is_zero, at_zero)):  # bwd(0) = c: affine (or not known 0)
-            raise NotLinear(f"custom_vjp_call[{label}] bwd: not 0 at a 0 cotangent")
+        # Each equation is linear in g up to constants it adds: bwd(g) = B g + bwd(0),
+        # linear when bwd(0) = 0. One traced and not known to be 0: a Pullback; in a
+        # loop's body (which refuses a Pullback), B with a check when it runs.
+        for value in at_zero:
+            if not inner.is_zero(value):
+                if not in_a_loop or not isinstance(value, jax.core.Tracer):
+                    raise NotLinear(f"custom_vjp_call[{label}] bwd: not 0 at a 0 cotangent")
+                unknown.append(value)
         return [None if b is None else b.transpose() for b in pulled]
 
     try:  # one output's cotangent at a time: the structured B_kj^T
@@ -588,6 +602,10 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
         }
     out_ops = []
     for j, y in enumerate(outs):
+        if unknown and j in locals_:  # NaN where the rule turns out affine when it runs
+            ok = jnp.all(jnp.stack([jnp.all(value == 0) for value in unknown]))
+            guard = jnp.where(ok, jnp.ones((), y.dtype), jnp.full((), jnp.nan, y.dtype))
+            locals_[j] = [None if b is None else times_scalar(b, guard) for b in locals_[j]]
         terms = [
             compose(_as_dtype(local, y.dtype), ops[k])
             for k, local in zip(wanted, locals_.get(j, [None] * len(wanted)), strict=True)
