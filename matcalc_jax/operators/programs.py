@@ -184,15 +184,9 @@ class JointPullback(_FollowsBackward):
 
     def _apply_transpose(self, cotangent: Array) -> Array:
         _, shapes, _ = self.backward.value
-        pieces, start = {}, 0
-        for j in self.outputs:
-            shape, dtype = shapes[j]
-            size = size_of(tuple(shape))
-            piece = cotangent[start : start + size].reshape(tuple(shape))
-            pieces[j] = piece if jnp.iscomplexobj(jnp.zeros((), dtype)) else jnp.real(piece)
-            pieces[j] = pieces[j].astype(dtype)
-            start += size
-        pulled = _call_backward(self.backward, self.residuals, pieces)
+        split = _split(cotangent, [shapes[j] for j in self.outputs])
+        cotangents = dict(zip(self.outputs, split, strict=True))
+        pulled = _call_backward(self.backward, self.residuals, cotangents)
         return jnp.concatenate([
             _cotangent_of(self.backward, pulled, k).astype(self.dtype).reshape(-1)
             for k in self.positions
@@ -234,20 +228,32 @@ class LinearizedByRows(_FollowsBackward):
             return list(out) if primitive.multiple_results else [out]
 
         outs, pullback = jax.vjp(local, *(operands[k] for k in self.positions))
-        pieces, start = [], 0
-        for j, y in enumerate(outs):
-            if j not in self.outputs:  # an integer output: JAX's float0 cotangent
-                pieces.append(np.zeros(y.shape, jax.dtypes.float0))
-                continue
-            piece = cotangent[start : start + y.size].reshape(y.shape)
-            start += y.size
-            pieces.append((piece if jnp.iscomplexobj(y) else jnp.real(piece)).astype(y.dtype))
-        pulled = pullback(pieces)
+        split = iter(_split(cotangent, [(outs[j].shape, outs[j].dtype) for j in self.outputs]))
+        pulled = pullback(
+            [
+                next(split) if j in self.outputs else np.zeros(y.shape, jax.dtypes.float0)
+                for j, y in enumerate(outs)
+            ]
+        )  # an integer output has JAX's float0 cotangent
         return jnp.concatenate([p.astype(self.dtype).reshape(-1) for p in pulled])
 
     def describe(self) -> str:
         primitive, _ = self.primitive.value
         return f"{primitive.name} (autodiff fallback by jax.vjp, a custom_vjp inside, {self.where})"
+
+
+def _split(vector: Array, shapes: list[tuple]) -> list[Array]:
+    """A flat cotangent cut into pieces of the given (shape, dtype), in order (a real
+    piece takes the real part of a complex vector's)."""
+    pieces, start = [], 0
+    for shape, dtype in shapes:
+        size = size_of(tuple(shape))
+        piece = vector[start : start + size].reshape(tuple(shape))
+        if not jnp.issubdtype(dtype, jnp.complexfloating):
+            piece = jnp.real(piece)
+        pieces.append(piece.astype(dtype))
+        start += size
+    return pieces
 
 
 def _call_backward(backward: Static, residuals: tuple, cotangents: dict[int, Array]) -> list:

@@ -317,6 +317,8 @@ class Context:
     #: in a linear context, whether the cotangent is complex (``real``, ``imag``, ``conj``
     #: of it are linear over the reals only)
     complex_cotangent: bool = False
+    #: whether this program is a loop's body (or inside one): its values are traced
+    in_loop: bool = False
 
     def is_zero(self, value: Array) -> bool:
         """Whether a constant is known to be 0: read when concrete; traced (under ``jit``),
@@ -434,9 +436,12 @@ class Context:
                 jacobians.get(v) if k in positions and not isinstance(v, jex_core.Literal) else None
                 for k, v in enumerate(eqn.invars)
             ]
-            varying = [not isinstance(v, jex_core.Literal) and v in jacobians for v in eqn.invars]
-            if self.linear is not None and any(varying):
-                self._check_linear(eqn, ins, in_ops, varying)
+            if self.linear is not None:
+                varying = [
+                    not isinstance(v, jex_core.Literal) and v in jacobians for v in eqn.invars
+                ]
+                if any(varying):
+                    self._check_linear(eqn, ins, in_ops, varying)
             if not any(v in needed for v in eqn.outvars) or all(op is None for op in in_ops):
                 outs, out_ops = bind(eqn, ins), [None] * len(eqn.outvars)
             else:

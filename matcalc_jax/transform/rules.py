@@ -570,7 +570,6 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
     for zero in cotangents:  # bwd runs at 0 cotangents: its values there are bwd(0)
         inner.zeros[id(zero)] = zero
 
-    in_a_loop = any(part.startswith(("scan", "while")) for part in ctx.path)
     unknown: list[Array] = []  # traced values of bwd(0) not known to be 0
 
     def transposed(seeds: list[Operator]) -> list[Operator]:  # the B_k^T, or NotLinear
@@ -580,7 +579,7 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
         # loop's body (which refuses a Pullback), B with a check when it runs.
         for value in at_zero:
             if not inner.is_zero(value):
-                if not in_a_loop or not isinstance(value, jax.core.Tracer):
+                if not ctx.in_loop or not isinstance(value, jax.core.Tracer):
                     raise NotLinear(f"custom_vjp_call[{label}] bwd: not 0 at a 0 cotangent")
                 unknown.append(value)
         return [None if b is None else b.transpose() for b in pulled]
@@ -600,10 +599,11 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
         locals_ = {
             j: [Pullback(shape, ins[k].shape, dtype, tuple(res), backward, j, k) for k in wanted]
         }
+    # NaN where the rule turns out affine when it runs
+    ok = jnp.all(jnp.stack([jnp.all(value == 0) for value in unknown])) if unknown else None
     out_ops = []
     for j, y in enumerate(outs):
-        if unknown and j in locals_:  # NaN where the rule turns out affine when it runs
-            ok = jnp.all(jnp.stack([jnp.all(value == 0) for value in unknown]))
+        if ok is not None and j in locals_:
             guard = jnp.where(ok, jnp.ones((), y.dtype), jnp.full((), jnp.nan, y.dtype))
             locals_[j] = [None if b is None else times_scalar(b, guard) for b in locals_[j]]
         terms = [
