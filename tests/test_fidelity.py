@@ -433,8 +433,8 @@ LINEAR_RULES_IN_A_LOOP = {
 @pytest.mark.parametrize("name", list(LINEAR_RULES_IN_A_LOOP))
 def test_a_linear_backward_rule_in_a_loop_body_stays_a_matrix(name):
     """In a loop's body the residuals are traced even when called eagerly: a bwd(0) not
-    known to be 0 made these linear rules Pullbacks, and the loop was refused. There the
-    rule's matrix is kept with a check when it runs (NaN if bwd(0) is not 0)."""
+    known to be 0 made these linear rules Pullbacks, and the loop was refused. Their
+    programs prove bwd(0) = 0 (transform/zeros.py): each stays a matrix."""
     backward = LINEAR_RULES_IN_A_LOOP[name]
     g = jax.custom_vjp(jnp.tanh)
     g.defvjp(lambda x: (jnp.tanh(x), x), lambda r, ct: (backward(r, ct),))
@@ -445,18 +445,56 @@ def test_a_linear_backward_rule_in_a_loop_body_stays_a_matrix(name):
         np.testing.assert_allclose(dense, jax.jacrev(f)(x), rtol=1e-12, atol=1e-15)
 
 
-def test_an_affine_backward_rule_in_a_loop_body_is_nan_through_its_matrix():
-    """Documented: g + 0.1 x in a scan's body cannot be told from a linear rule while the
-    loop is traced, nor made a Pullback (a loop refuses one): every entry its structure
-    stores is NaN, and so is every product through it. (Its structural zeros stay 0, as do
-    rows that do not go through it, where jax.jacrev has the rule's constant: a known
-    defect, in docs/transform.md.)"""
-    f = lambda x: lax.scan(lambda c, _: (_inject(0.5 * c), None), x, None, length=2)[0]  # noqa: E731
-    x = jnp.array([0.3, -0.7, 1.2])
-    J = mj.jacobian(f)(x)
-    assert np.isnan(J.diagonal()).all() and np.isnan(J.vm(jnp.ones(3))).all()
-    assert np.isnan(J.mv(jnp.array([1.0, -2.0, 0.5]))).all()
-    assert np.isfinite(jax.jacrev(f)(x)).all()
+@pytest.mark.parametrize("name", list(LINEAR_RULES_IN_A_LOOP))
+def test_a_linear_backward_rule_with_a_traced_zero_stays_a_matrix_under_jit(name):
+    """Under jit, bwd(0) of these rules is traced (a loop's, a cond's, a solve's output):
+    it was not known to be 0, and the rule was a Pullback (right, without structure). Their
+    program proves it 0: the Jacobian composes as a matrix and is jax.jacrev's."""
+    backward = LINEAR_RULES_IN_A_LOOP[name]
+    g = jax.custom_vjp(jnp.tanh)
+    g.defvjp(lambda x: (jnp.tanh(x), x), lambda r, ct: (backward(r, ct),))
+    x, matrices = jnp.array([0.3, -0.7, 1.2, 0.1]), []
+
+    def dense(x):
+        J = mj.jacobian(g)(x)
+        matrices.append(J.composes_as_matrix())
+        return J.to_dense()
+
+    np.testing.assert_allclose(jax.jit(dense)(x), jax.jacrev(g)(x), rtol=1e-12, atol=1e-15)
+    assert matrices == [True]
+
+
+_sine = jax.custom_vjp(jnp.sin)
+_sine.defvjp(lambda x: (jnp.sin(x), x), lambda r, g: (g * jnp.cos(r) + 0.1 * r,))
+
+
+def _affine_beside_a_carry(x):  # the rule on one carry; the other never goes through it
+    (a, b), _ = lax.scan(lambda c, _: ((_sine(c[0]), c[1]), None), (x, x), None, length=2)
+    return jnp.concatenate([a[:1], 2 * b[1:]])
+
+
+AFFINE_RULES_IN_A_LOOP = {
+    "the rule's own rows": lambda x: lax.scan(
+        lambda c, _: (_inject(0.5 * c), None), x, None, length=2
+    )[0],
+    "rows beside it": _affine_beside_a_carry,
+}
+
+
+@pytest.mark.parametrize("name", list(AFFINE_RULES_IN_A_LOOP))
+def test_an_affine_backward_rule_in_a_loop_body_is_refused(name):
+    """g + 0.1 x in a scan's body cannot be told from a linear rule by values while the
+    loop is traced. It was kept as its matrix with a runtime check, NaN through it, but
+    JAX calls the rule at every step, also for a cotangent reaching the other carry: the
+    diagonal of "rows beside it" was [nan, 2.0] where jax.jacrev has [0.972, 1.881]. Its
+    bwd(0) is not proven 0 from its program: the loop is refused, eagerly and under jit,
+    and fallback='autodiff' follows it as jax.jacrev."""
+    f, x = AFFINE_RULES_IN_A_LOOP[name], jnp.array([0.3, -0.7])
+    for jit in (lambda f: f, jax.jit):
+        with pytest.raises(UnsupportedPrimitiveError, match="custom_vjp whose backward rule"):
+            jit(lambda x: mj.jacobian(f)(x).to_dense())(x)
+        dense = jit(lambda x: mj.jacobian(f, fallback="autodiff")(x).to_dense())(x)
+        np.testing.assert_allclose(dense, jax.jacrev(f)(x), rtol=1e-12)
 
 
 @jax.custom_vjp

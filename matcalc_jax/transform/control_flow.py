@@ -32,7 +32,6 @@ result is an operator: its ``vm`` exists.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -170,7 +169,7 @@ class _Loop:
             )
         new_carry, new_ops, *rest = self.raw_step(carry, carry_ops, t)
         if not _all_matrices([*new_ops, *(rest[1] if len(rest) > 1 else ())]):
-            where = "in its body or in an input it reads (clip_gradient)"
+            where = "in its body or in an input it reads (clip_gradient, g + 0.1 x)"
             raise NoRule(
                 f"with a custom_vjp whose backward rule is not linear in its cotangent {where}"
             )
@@ -273,7 +272,7 @@ def _scan(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
     split = (n_consts, n_consts + n_carry)
     consts, init, xs = ins[: split[0]], ins[split[0] : split[1]], ins[split[1] :]
     const_ops, init_ops, xs_ops = ops[: split[0]], ops[split[0] : split[1]], ops[split[1] :]
-    inner = dataclasses.replace(ctx.inside(f"scan[length {length}]", eqn), in_loop=True)
+    inner = ctx.inside(f"scan[length {length}]", eqn)
 
     def step(carry: list[Array], carry_ops: list[Operator], t: Any) -> tuple:
         x_t = [lax.dynamic_index_in_dim(x, t, 0, keepdims=False) for x in xs]
@@ -352,7 +351,7 @@ def _while(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any
     cond_consts = ins[:n_cond]
     body_consts, body_const_ops = ins[n_cond : n_cond + n_body], ops[n_cond : n_cond + n_body]
     init, init_ops = ins[n_cond + n_body :], ops[n_cond + n_body :]
-    inner = dataclasses.replace(ctx.inside("while", eqn), in_loop=True)
+    inner = ctx.inside("while", eqn)
 
     def step(carry: list[Array], carry_ops: list[Operator], t: Any) -> tuple:
         outs, out_ops = inner.run(

@@ -64,21 +64,7 @@ ADDITIVE = frozenset(
 )  # fmt: skip
 
 
-#: Primitives whose output is 0 wherever their floating operands all are (the zeros of a
-#: ``where`` or a ``zeros_like`` come from a literal 0 through these).
-KEEPS_ZERO = frozenset(
-    ("broadcast_in_dim", "reshape", "convert_element_type", "squeeze", "expand_dims",
-     "transpose", "slice", "dynamic_slice", "rev", "neg", "copy", "copy_p", "reduce_sum",
-     "cumsum", "gather", "real", "imag", "conj", "complex", "mul", "dot_general", "select_n",
-     "concatenate", "pad", "dynamic_update_slice", "add", "add_any", "sub", "max", "min")
-)  # fmt: skip
-
-
-#: Products: 0 where the factor that varies is 0, whatever the constant one.
-SCALES = frozenset(("mul", "dot_general", "div", "conv_general_dilated", "triangular_solve"))
-
-
-def _adds_a_constant(eqn: Any) -> bool:
+def adds_a_constant(eqn: Any) -> bool:
     """Whether a parameter adds a constant in: a gather's fill value (NaN by default) at
     an index out of bounds."""
     if eqn.primitive.name != "gather":
@@ -96,7 +82,7 @@ OPAQUE_WHEN_LINEAR = frozenset(
 )  # fmt: skip
 
 
-def _nonzero(value: Array) -> bool:
+def nonzero(value: Array) -> bool:
     """Whether a value is concrete and not all 0 (a traced one is not known to be)."""
     return not isinstance(value, jax.core.Tracer) and bool(np.any(np.asarray(value) != 0))
 
@@ -311,21 +297,9 @@ class Context:
     #: gradient's seed is): variable -> the scalar, so that a product with one scales
     #: (``c J``) instead of storing a diagonal of equal entries
     uniform: dict[Any, Array] = field(default_factory=dict)
-    #: in a linear context, the traced constants known to be 0 (made from a literal 0 by
-    #: ``KEEPS_ZERO`` primitives): id -> the value (held, so the id stays its own)
-    zeros: dict[int, Array] = field(default_factory=dict)
     #: in a linear context, whether the cotangent is complex (``real``, ``imag``, ``conj``
     #: of it are linear over the reals only)
     complex_cotangent: bool = False
-    #: whether this program is a loop's body (or inside one): its values are traced
-    in_loop: bool = False
-
-    def is_zero(self, value: Array) -> bool:
-        """Whether a constant is known to be 0: read when concrete; traced (under ``jit``),
-        only when made from a literal 0 (``zeros``)."""
-        if isinstance(value, jax.core.Tracer):
-            return id(value) in self.zeros
-        return not _nonzero(value)
 
     def _check_linear(
         self, eqn: Any, ins: list[Array], in_ops: list[Operator], varying: list[bool]
@@ -349,7 +323,7 @@ class Context:
             raise NotLinear(f"the primitive {name!r} of a varying operand to integers {where}")
         if name == "sort" and any(varying[: eqn.params["num_keys"]]):
             raise NotLinear(f"a sort by a varying key {where}")
-        if _adds_a_constant(eqn):
+        if adds_a_constant(eqn):
             raise NotLinear(f"the primitive {name!r} with a fill value {where}")
         if (
             self.complex_cotangent
@@ -358,30 +332,10 @@ class Context:
         ):
             # linear over the reals only: a complex seed would take imag(I) for 0
             raise NotLinear(f"the primitive {name!r} of a varying complex value {where}")
-        if name in ADDITIVE and any(map(_nonzero, _floats(ins, in_ops))):
+        if name in ADDITIVE and any(map(nonzero, _floats(ins, in_ops))):
             # a constant added in (g + 0.1 x) makes the rule affine, not linear (a traced
             # one is judged where the rule ends: bwd(0) must be 0)
             raise NotLinear(f"the primitive {name!r} of a constant {where}")
-
-    def _note_zeros(
-        self, eqn: Any, ins: list[Array], outs: list[Array], varying: list[bool]
-    ) -> None:
-        """In a linear context (evaluated where the varying values are 0), the traced
-        outputs of ``eqn`` known to be 0: those of a primitive that keeps 0 (``KEEPS_ZERO``,
-        nothing added in by a parameter) when all its floating operands are 0, or of a
-        product (``SCALES``) when its varying operands are. A call or a loop may make
-        constants of its own: only its inner program's values are read."""
-        name = eqn.primitive.name
-        if name in SCALES and any(varying):
-            operands = [x for x, v in zip(ins, varying, strict=True) if v]
-        elif name in KEEPS_ZERO and not _adds_a_constant(eqn):
-            operands = _floats(ins, [None] * len(ins))
-        else:
-            return
-        if operands and all(map(self.is_zero, operands)):
-            for value in outs:
-                if isinstance(value, jax.core.Tracer):
-                    self.zeros[id(value)] = value
 
     def scalar_or_value(self, var: Any, value: Array) -> Array:
         """The scalar ``var`` broadcasts when it is such a constant, else its ``value``."""
@@ -446,8 +400,6 @@ class Context:
                 outs, out_ops = bind(eqn, ins), [None] * len(eqn.outvars)
             else:
                 outs, out_ops = self._apply(eqn, ins, in_ops)
-            if self.linear is not None:
-                self._note_zeros(eqn, ins, outs, varying)
             scalar = eqn.primitive.name == "broadcast_in_dim" and jnp.ndim(ins[0]) == 0
             if scalar and out_ops[0] is None:
                 self.uniform[eqn.outvars[0]] = jnp.asarray(ins[0])

@@ -48,7 +48,7 @@ import numpy as np
 from jax import Array, lax
 from jax.extend import core as jex_core
 
-from matcalc_jax.operators.base import compose, times_scalar
+from matcalc_jax.operators.base import compose
 from matcalc_jax.operators.contraction import LETTERS, contraction
 from matcalc_jax.operators.identity import Identity
 from matcalc_jax.operators.index_maps import (
@@ -67,7 +67,15 @@ from matcalc_jax.operators.programs import JointPullback, Linearized, Linearized
 from matcalc_jax.operators.selection import select
 from matcalc_jax.operators.solves import LinearSolve
 from matcalc_jax.transform import complex_values, elementwise
-from matcalc_jax.transform.interpreter import Context, NoRule, NotLinear, Operator, Rule, bind
+from matcalc_jax.transform.interpreter import (
+    Context,
+    NoRule,
+    NotLinear,
+    Operator,
+    Rule,
+    bind,
+    nonzero,
+)
 from matcalc_jax.transform.registry import (
     COMPLEX,
     LINEAR,
@@ -82,6 +90,7 @@ from matcalc_jax.transform.registry import (
     times,
     total,
 )
+from matcalc_jax.transform.zeros import known_zeros
 
 
 def _label(ndim: int, start: int = 0) -> str:
@@ -567,21 +576,15 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
     )
     differentiable = [j for j, y in enumerate(outs) if jnp.issubdtype(y.dtype, jnp.inexact)]
 
-    for zero in cotangents:  # bwd runs at 0 cotangents: its values there are bwd(0)
-        inner.zeros[id(zero)] = zero
-
-    unknown: list[Array] = []  # traced values of bwd(0) not known to be 0
+    # bwd(g) = B g + bwd(0), linear when bwd(0) = 0: read eagerly, proven from the program
+    # when traced (under jit, in a loop's body)
+    proven = known_zeros(program, [True] * len(cotangents))
 
     def transposed(seeds: list[Operator]) -> list[Operator]:  # the B_k^T, or NotLinear
         at_zero, pulled = inner.run(program.jaxpr, program.consts, cotangents, seeds)
-        # Each equation is linear in g up to constants it adds: bwd(g) = B g + bwd(0),
-        # linear when bwd(0) = 0. One traced and not known to be 0: a Pullback; in a
-        # loop's body (which refuses a Pullback), B with a check when it runs.
-        for value in at_zero:
-            if not inner.is_zero(value):
-                if not ctx.in_loop or not isinstance(value, jax.core.Tracer):
-                    raise NotLinear(f"custom_vjp_call[{label}] bwd: not 0 at a 0 cotangent")
-                unknown.append(value)
+        for value, zero in zip(at_zero, proven, strict=True):
+            if not zero and (isinstance(value, jax.core.Tracer) or nonzero(value)):
+                raise NotLinear(f"custom_vjp_call[{label}] bwd: not 0 at a 0 cotangent")
         return [None if b is None else b.transpose() for b in pulled]
 
     try:  # one output's cotangent at a time: the structured B_kj^T
@@ -599,13 +602,8 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
         locals_ = {
             j: [Pullback(shape, ins[k].shape, dtype, tuple(res), backward, j, k) for k in wanted]
         }
-    # NaN where the rule turns out affine when it runs
-    ok = jnp.all(jnp.stack([jnp.all(value == 0) for value in unknown])) if unknown else None
     out_ops = []
     for j, y in enumerate(outs):
-        if ok is not None and j in locals_:
-            guard = jnp.where(ok, jnp.ones((), y.dtype), jnp.full((), jnp.nan, y.dtype))
-            locals_[j] = [None if b is None else times_scalar(b, guard) for b in locals_[j]]
         terms = [
             compose(_as_dtype(local, y.dtype), ops[k])
             for k, local in zip(wanted, locals_.get(j, [None] * len(wanted)), strict=True)
