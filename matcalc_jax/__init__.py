@@ -79,6 +79,7 @@ from matcalc_jax.forms.traces import (
     trace_quadratic_hessian,
 )
 from matcalc_jax.operators import (
+    BatchOfOperatorsError,
     BlockDiagonal,
     BlockMatrix,
     Composition,
@@ -115,6 +116,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LAYOUTS",
     "TOLERANCES",
+    "BatchOfOperatorsError",
     "BlockDiagonal",
     "BlockMatrix",
     "Composition",

@@ -250,3 +250,66 @@ def test_dense_stored_either_way_is_the_same_map():
     np.testing.assert_allclose(denominator.vm(u), numerator.vm(u))
     np.testing.assert_array_equal(denominator.to_dense("numerator"), A)
     np.testing.assert_array_equal(denominator.to_dense(), A.T)
+
+
+_W = jnp.arange(12.0).reshape(3, 4) / 10 - 0.5
+
+BATCHED_JACOBIANS = {
+    "Diagonal": jnp.sin,
+    "DiagonalPlusLowRank": jax.nn.softmax,
+    "a composition": lambda x: jnp.tanh(_W.T @ jnp.tanh(_W @ x)),
+    "a reversal": lambda x: x[::-1] * 2.0,
+    "a Pullback": lambda x: jnp.tanh(optax_like_clip(x)),
+}
+
+
+@jax.custom_vjp
+def optax_like_clip(x):  # a backward rule not linear in its cotangent
+    return x
+
+
+optax_like_clip.defvjp(
+    lambda x: (x, None), lambda _, g: (g / jnp.maximum(1.0, jnp.linalg.norm(g)),)
+)
+
+
+@pytest.mark.parametrize("name", list(BATCHED_JACOBIANS))
+def test_an_operator_returned_from_vmap_is_a_batch_its_methods_refuse(name):
+    """jax.vmap(mj.jacobian(f))(xs) stacks the operators' arrays: a Diagonal read the batch
+    as more entries (its trace the sum of the batch's, to_dense of shape (2, 4, 2, 4)),
+    other types failed with unclear errors. Its methods, @ and + now raise naming the
+    batch; a vmap over it sees one operator again, also after jit and a scan's stacking."""
+    f = BATCHED_JACOBIANS[name]
+    xs = jax.random.normal(key(7), (2, 4), jnp.float64)
+    expected = jax.vmap(jax.jacrev(f))(xs)
+    for made in (
+        jax.vmap(mj.jacobian(f))(xs),
+        jax.jit(jax.vmap(mj.jacobian(f)))(xs),
+        jax.lax.scan(lambda c, x: (c, mj.jacobian(f)(x)), 0.0, xs)[1],
+    ):
+        calls = {
+            "to_dense": lambda J: J.to_dense(),
+            "trace": lambda J: J.trace(),
+            "diagonal": lambda J: J.diagonal(),
+            "mv": lambda J: J.mv(jnp.ones(4)),
+            "vm": lambda J: J.vm(jnp.ones(4)),
+            "transpose": lambda J: J.T,
+            "compose": lambda J: J @ mj.Identity((4,), "float64"),
+            "add": lambda J: J + mj.Identity((4,), "float64"),
+        }
+        for method, call in calls.items():
+            said = rf"\.{method}: this \w+ is a batch of operators \(leading axes \(2,\)\)"
+            with pytest.raises(mj.BatchOfOperatorsError, match=said):
+                call(made)
+        dense = jax.vmap(lambda J: J.to_dense())(made)
+        np.testing.assert_allclose(dense, expected, rtol=1e-12, atol=1e-15)
+        traces = jax.jit(jax.vmap(lambda J: J.trace()))(made)
+        np.testing.assert_allclose(traces, jnp.trace(expected, axis1=1, axis2=2), rtol=1e-12)
+
+
+def test_an_operator_built_from_arrays_with_more_axes_is_not_a_batch():
+    """Built directly, an operator's arrays are what its shapes say, whatever their rank:
+    a Diagonal of a (2, 4) array is the map on (2, 4) tangents."""
+    J = mj.Diagonal(jnp.arange(8.0).reshape(2, 4))
+    assert float(J.trace()) == 28.0
+    assert jax.tree_util.tree_map(lambda a: a, J).trace() == 28.0

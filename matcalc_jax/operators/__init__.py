@@ -66,6 +66,7 @@ compile-time parameters held as ``Static``.
 
 from matcalc_jax.operators.banded import Banded
 from matcalc_jax.operators.base import (
+    BatchOfOperatorsError,
     Composition,
     JacobianOperator,
     Scaled,
@@ -127,6 +128,7 @@ from matcalc_jax.operators.zero import Zero
 
 __all__ = [
     "Banded",
+    "BatchOfOperatorsError",
     "BlockDiagonal",
     "BlockMatrix",
     "ChangeType",

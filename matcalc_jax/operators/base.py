@@ -69,6 +69,47 @@ def is_concrete(*trees: Any) -> bool:
     )
 
 
+class BatchOfOperatorsError(ValueError):
+    """A method was called on a batch of operators (one returned from ``jax.vmap``)."""
+
+
+def refuse_a_batch(op: Any, what: str) -> None:
+    """``BatchOfOperatorsError`` if ``op`` is a batch of operators: its arrays have leading
+    axes its shapes do not know, which every method would read as more entries."""
+    batch = op.__dict__.get("_batch") if hasattr(op, "__dict__") else None
+    if batch is not None:
+        name, call = type(op).__name__, "to_dense" if what.startswith("_") else what
+        raise BatchOfOperatorsError(
+            f"{name}.{call}: this {name} is a batch of operators (leading axes {batch}), as "
+            "jax.vmap returns one or a lax.scan stacks it; its methods would read the batch "
+            f"as more entries. Call {call} inside a vmap over it, "
+            f"jax.vmap(lambda J: J.{call}(...))(Js), or take the Jacobian of the batched "
+            "function, matcalc_jax.jacobian(jax.vmap(f))(xs)."
+        )
+
+
+def _refuses_a_batch(method: Callable) -> Callable:
+    """``method(op, ...)``, refused on a batch of operators (``refuse_a_batch``)."""
+    if getattr(method, "refuses_a_batch", False):
+        return method
+    what = method.__name__
+
+    @functools.wraps(method)
+    def checked(op: Any, *args: Any, **kwargs: Any) -> Any:
+        refuse_a_batch(op, what)
+        return method(op, *args, **kwargs)
+
+    checked.refuses_a_batch = True  # type: ignore[attr-defined]
+    return checked
+
+
+#: The methods that read an operator's arrays as its shapes say: refused on a batch.
+READ_AS_ONE = (
+    "mv", "vm", "rmv", "_numerator", "to_dense", "diagonal", "trace", "logdet", "solve",
+    "transpose", "scaled", "with_layout",
+)  # fmt: skip
+
+
 def one_program_when_eager(method: Callable) -> Callable:
     """``method(op, *arrays)`` as one compiled program when called on concrete arrays.
 
@@ -82,6 +123,7 @@ def one_program_when_eager(method: Callable) -> Callable:
 
     @functools.wraps(method)
     def run(self: Any, *args: Any) -> Any:
+        refuse_a_batch(self, method.__name__)
         if is_concrete_graph(self, args):
             return compiled(self, *args)
         return method(self, *args)
@@ -268,12 +310,77 @@ def pytree(
         if as_graph:
             _register_as_graph(cls, *data, meta)
         else:
-            jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
+            _register_with_ranks(cls, data, meta)
         for name in EAGER_AS_ONE_PROGRAM:
             setattr(cls, name, one_program_when_eager(getattr(cls, name)))
         return cls
 
     return register
+
+
+def _ranks(children: Any) -> Any:
+    """The number of axes of each array among an operator's children (nested as they
+    are; ``None`` for an operator or anything else)."""
+    if isinstance(children, (tuple, list)):
+        return tuple(_ranks(c) for c in children)
+    if isinstance(children, JacobianOperator):
+        return None
+    return getattr(children, "ndim", None) if hasattr(children, "shape") else np.ndim(children)
+
+
+def _batch_of(children: Any, ranks: Any) -> tuple[int, ...] | None:
+    """The leading axes that ``children`` have beyond the ``ranks`` they were flattened
+    with (a batch added by ``jax.vmap``, or a ``lax.scan``'s stacking), or ``None``."""
+    if isinstance(children, JacobianOperator):
+        return children.__dict__.get("_batch")
+    if isinstance(children, (tuple, list)):
+        if not isinstance(ranks, tuple) or len(ranks) != len(children):
+            return None
+        found = (_batch_of(c, r) for c, r in zip(children, ranks, strict=True))
+        return next((b for b in found if b is not None), None)
+    rank = getattr(children, "ndim", None)
+    if rank is None or not isinstance(ranks, int) or rank <= ranks:
+        return None  # a placeholder leaf (vmap's axis specs), or no batch
+    return tuple(children.shape[: rank - ranks])
+
+
+def _mark_batch(op: Any, batch: tuple[int, ...] | None, ranks: Any) -> Any:
+    """``op`` rebuilt from a tree whose arrays had ``ranks`` axes: it flattens with them
+    again (rebuilt from placeholders, as ``jax.jit`` does, its structure stays the same),
+    and with a ``batch`` it is marked a batch of operators, whose methods refuse it
+    (``_refuses_a_batch``) and which ``jax.vmap`` over it hands one operator at a time."""
+    if ranks is not None:
+        op.__dict__["_ranks"] = ranks
+    if batch is not None:
+        op.__dict__["_batch"] = batch
+    return op
+
+
+def _register_with_ranks(cls: type, data: tuple[str, ...], meta: tuple[str, ...]) -> None:
+    """``cls`` as a pytree of its ``data`` fields (children) and static ``meta`` fields,
+    whose structure also records each child array's number of axes: one rebuilt from
+    arrays with more (``jax.vmap`` returning an operator stacks its arrays) is a batch of
+    operators, marked so (a ``Diagonal`` of stacked values would read the batch as more
+    entries: a trace summed over the batch)."""
+
+    def flatten_with_keys(op: Any) -> tuple[list, tuple]:
+        children = [getattr(op, name) for name in data]
+        ranks = op.__dict__.get("_ranks") or _ranks(children)
+        keyed = [(jax.tree_util.GetAttrKey(n), c) for n, c in zip(data, children, strict=True)]
+        return keyed, (tuple(getattr(op, name) for name in meta), ranks)
+
+    def flatten(op: Any) -> tuple[list, tuple]:
+        children = [getattr(op, name) for name in data]
+        ranks = op.__dict__.get("_ranks") or _ranks(children)
+        return children, (tuple(getattr(op, name) for name in meta), ranks)
+
+    def unflatten(aux: tuple, children: Any) -> Any:
+        values, ranks = aux
+        children = list(children)
+        op = cls(**dict(zip(data, children, strict=True)), **dict(zip(meta, values, strict=True)))
+        return _mark_batch(op, _batch_of(children, ranks), ranks)
+
+    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
 
 
 def _register_as_graph(cls: type, held: str, meta: tuple[str, ...]) -> None:
@@ -286,7 +393,9 @@ def _register_as_graph(cls: type, held: str, meta: tuple[str, ...]) -> None:
 
     def unflatten(aux: tuple, arrays: Any) -> Any:
         recipe, values = aux
-        return cls(**{held: _rebuild(recipe, list(arrays))}, **dict(zip(meta, values, strict=True)))
+        inner = _rebuild(recipe, list(arrays))
+        op = cls(**{held: inner}, **dict(zip(meta, values, strict=True)))
+        return _mark_batch(op, getattr(inner, "__dict__", {}).get("_batch"), None)
 
     jax.tree_util.register_pytree_node(cls, flatten, unflatten)
 
@@ -380,6 +489,9 @@ class JacobianOperator:
             method = cls.__dict__.get(name)
             if method is not None and not getattr(method, "once_per_trace", False):
                 setattr(cls, name, _once_per_trace(method))
+        for name in READ_AS_ONE:
+            if name in cls.__dict__:
+                setattr(cls, name, _refuses_a_batch(cls.__dict__[name]))
 
     @property
     def out_shape(self) -> tuple[int, ...]:
@@ -648,6 +760,10 @@ class ShapedOperator(JacobianOperator):
 
 
 #: ``to_dense`` of concrete operators as one compiled program (see ``one_program_when_eager``).
+for _name in READ_AS_ONE:  # the defaults, as the subclasses' own (__init_subclass__)
+    if _name in JacobianOperator.__dict__:
+        setattr(JacobianOperator, _name, _refuses_a_batch(JacobianOperator.__dict__[_name]))
+
 _dense_program = on_graph(JacobianOperator._dense, static_argnums=(1, 2))
 
 
@@ -709,6 +825,8 @@ def compose(outer: JacobianOperator, inner: JacobianOperator) -> JacobianOperato
     """dz/dx from dz/dy (``outer``) and dy/dx (``inner``), keeping the structure the
     registered rules know; layout-free (``@`` reads its operands in the layout's order and
     calls this)."""
+    refuse_a_batch(outer, "compose")
+    refuse_a_batch(inner, "compose")
     if outer.in_shape != inner.out_shape:
         raise ValueError(
             f"cannot compose: the outer {type(outer).__name__} takes {outer.in_shape} but the "
@@ -730,6 +848,8 @@ def compose(outer: JacobianOperator, inner: JacobianOperator) -> JacobianOperato
 
 def add(left: JacobianOperator, right: JacobianOperator) -> JacobianOperator:
     """left + right, keeping the structure the registered rules know."""
+    refuse_a_batch(left, "add")
+    refuse_a_batch(right, "add")
     if (left.out_shape, left.in_shape) != (right.out_shape, right.in_shape):
         raise ValueError(
             f"cannot add a {type(right).__name__} ({right.out_shape} <- {right.in_shape}) to a "
