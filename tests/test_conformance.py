@@ -150,6 +150,7 @@ CASES: dict[str, Case] = {
     "reduce_precision": Case(lambda x: lax.reduce_precision(x * 0.1, 5, 10)),  # rounds 0.1
     "copy": Case(jnp.copy),
     "optimization_barrier": Case(lax.optimization_barrier),
+    "device_put": Case(lambda x: jax.device_put(x) * 2 + jax.device_put((x, x * x))[1]),
     # elementwise, binary: ties and zeros in both operands
     "add": Case(_binary(lax.add), PAIRS),
     "sub": Case(_binary(lax.sub), PAIRS),

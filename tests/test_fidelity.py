@@ -464,6 +464,64 @@ def test_a_linear_backward_rule_with_a_traced_zero_stays_a_matrix_under_jit(name
     assert matrices == [True]
 
 
+_SPD = jnp.array([[4.0, 1.0, 0.5], [1.0, 3.0, 0.2], [0.5, 0.2, 2.0]])
+
+BACKWARD_RULES_WITH_A_HIDDEN_CONSTANT = {
+    # two Richardson steps warm-started at the residual: the solver adds to the rhs
+    "a warm-started custom_linear_solve": lambda r, g: lax.custom_linear_solve(
+        lambda v: _SPD @ v,
+        g,
+        solve=lambda mv, b: lax.fori_loop(0, 2, lambda i, z: z + 0.2 * (b - mv(z)), r),
+        symmetric=True,
+    ),
+    # XLA's integer 0 // 0 is -1
+    "an integer quotient of 0": lambda r, g: (
+        g * jnp.cos(r) + lax.div(jnp.zeros(3, jnp.int32), r.astype(jnp.int32)).astype(g.dtype)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BACKWARD_RULES_WITH_A_HIDDEN_CONSTANT))
+def test_a_constant_a_backward_rule_hides_is_not_proven_0(name):
+    """The proof took a custom_linear_solve of a 0 rhs for 0 (its solver was not read) and
+    an integer 0 // r for 0: under jit the rule was a matrix without its constant (row 1
+    [0, 2, 0] where jax.jacrev has [0.022, 1.800, 0.438]), and in a scan wrong in every
+    entry. Eagerly its value was not read once proven. Now: a Pullback, or the loop is
+    refused."""
+    backward = BACKWARD_RULES_WITH_A_HIDDEN_CONSTANT[name]
+    s = jax.custom_vjp(jnp.sin)
+    s.defvjp(lambda x: (jnp.sin(x), x), lambda r, g: (backward(r, g),))
+    f = lambda x: jnp.concatenate([s(x)[:1], 2 * x[1:]])  # noqa: E731
+    looped = lambda x: lax.scan(lambda c, _: (s(c), None), x, None, length=2)[0]  # noqa: E731
+    x = jnp.array([0.3, -0.7, 1.2])
+    for jit in (lambda f: f, jax.jit):
+        dense = jit(lambda x: mj.jacobian(f)(x).to_dense())(x)
+        np.testing.assert_allclose(dense, jax.jacrev(f)(x), rtol=1e-12)
+        with pytest.raises(UnsupportedPrimitiveError, match="custom_vjp whose backward rule"):
+            jit(lambda x: mj.jacobian(looped)(x).to_dense())(x)
+
+
+def test_a_nan_constant_of_a_backward_rule_is_nan_in_its_columns():
+    """bwd = g cos(r) + 0 log(r): at r = 0 or r < 0 its constant is NaN, and so are
+    jax.jacrev's columns there. Proven 0 under jit and in a loop (0 times anything), the
+    NaN was dropped: row 1 [0, 0.765, 0] where JAX has [nan, nan, 0]. Now B is followed by
+    a diagonal that is NaN where bwd(0) is: NaN on the diagonal entry of those columns
+    (the transform's convention, docs/transform.md), every finite entry JAX's."""
+    s = jax.custom_vjp(jnp.sin)
+    s.defvjp(lambda x: (jnp.sin(x), x), lambda r, g: (g * jnp.cos(r) + 0.0 * jnp.log(r),))
+    looped = lambda x: lax.scan(lambda c, _: (s(c), None), x, None, length=1)[0]  # noqa: E731
+    x = jnp.array([0.0, -0.7, 1.2])
+    for f in (s, looped):
+        expected = np.asarray(jax.jacrev(f)(x))
+        dense_of = lambda x, f=f: mj.jacobian(f)(x).to_dense()  # noqa: E731
+        for jit in (lambda f: f, jax.jit):
+            dense = np.asarray(jit(dense_of)(x))
+            finite = np.isfinite(expected)
+            np.testing.assert_allclose(dense[finite], expected[finite], rtol=1e-12)
+            np.testing.assert_array_equal(np.isnan(dense).any(0), np.isnan(expected).any(0))
+            assert np.isnan(expected).any(0).tolist() == [True, True, False]
+
+
 _sine = jax.custom_vjp(jnp.sin)
 _sine.defvjp(lambda x: (jnp.sin(x), x), lambda r, g: (g * jnp.cos(r) + 0.1 * r,))
 

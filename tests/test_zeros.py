@@ -62,6 +62,18 @@ PROGRAMS = {
     "a solve of g": (lambda g, r: _solve(r, g), True),
     "a solve of r": (lambda g, r: _solve(r, r) * jnp.sum(g), True),
     "a solve of g + r": (lambda g, r: _solve(r, g + r), False),
+    "a warm-started solve": (
+        lambda g, r: lax.custom_linear_solve(
+            lambda v: 2.0 * v, g, solve=lambda mv, b: b / 2.0 + r, symmetric=True
+        ),
+        False,
+    ),
+    "g sorted by r": (lambda g, r: lax.sort((r, g), num_keys=1)[1], True),
+    "r sorted by r": (lambda g, r: lax.sort((r, g), num_keys=1)[0], False),
+    "an integer 0 // r": (
+        lambda g, r: g + lax.div(jnp.zeros(3, jnp.int32), r.astype(jnp.int32)).astype(g.dtype),
+        False,
+    ),
     "a checkpoint": (lambda g, r: jax.checkpoint(lambda g: 2.0 * g)(g), True),
     "a jit of a constant": (lambda g, r: jax.jit(lambda g: g + 1.0)(g), False),
     "g - g": (lambda g, r: g - g, True),

@@ -50,6 +50,7 @@ from jax.extend import core as jex_core
 
 from matcalc_jax.operators.base import compose
 from matcalc_jax.operators.contraction import LETTERS, contraction
+from matcalc_jax.operators.diagonal import Diagonal
 from matcalc_jax.operators.identity import Identity
 from matcalc_jax.operators.index_maps import (
     ChangeType,
@@ -126,7 +127,7 @@ def _neg(ctx, eqn, ins, ops, outs):
     return [ops[0].scaled(jnp.asarray(-1, outs[0].dtype))]
 
 
-@pointwise("copy", "copy_p", "optimization_barrier", linear=True)
+@pointwise("copy", "copy_p", "optimization_barrier", "device_put", linear=True)
 def _same(ctx, eqn, ins, ops, outs):
     return list(ops)
 
@@ -139,7 +140,7 @@ def _reduce_precision(ctx, eqn, ins, ops, outs):
 
 # Holomorphic maps keep their derivative formula on complex values; sign's is 0 in JAX.
 COMPLEX.update(elementwise.HOLOMORPHIC, ("abs", "sign", "stop_gradient", "pow"))
-COMPLEX.update(("copy", "copy_p", "optimization_barrier"))
+COMPLEX.update(("copy", "copy_p", "optimization_barrier", "device_put"))
 
 
 @pointwise("add", "add_any", complex=True, linear=True)
@@ -576,15 +577,22 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
     )
     differentiable = [j for j, y in enumerate(outs) if jnp.issubdtype(y.dtype, jnp.inexact)]
 
-    # bwd(g) = B g + bwd(0), linear when bwd(0) = 0: read eagerly, proven from the program
-    # when traced (under jit, in a loop's body)
+    # bwd(g) = B g + bwd(0), linear when bwd(0) = 0: read when concrete; when traced (under
+    # jit, in a loop's body), proven 0 from the program up to NaN (0 inf, 0 / 0), which
+    # JAX's rows then carry: B^T is followed by diag(1, or NaN where bwd(0) is)
     proven = known_zeros(program, [True] * len(cotangents))
+    traced: dict[int, Array] = {}
 
     def transposed(seeds: list[Operator]) -> list[Operator]:  # the B_k^T, or NotLinear
         at_zero, pulled = inner.run(program.jaxpr, program.consts, cotangents, seeds)
-        for value, zero in zip(at_zero, proven, strict=True):
-            if not zero and (isinstance(value, jax.core.Tracer) or nonzero(value)):
-                raise NotLinear(f"custom_vjp_call[{label}] bwd: not 0 at a 0 cotangent")
+        for i, (value, zero) in enumerate(zip(at_zero, proven, strict=True)):
+            if not isinstance(value, jax.core.Tracer):
+                if nonzero(value):  # NaN included: JAX's rows are NaN there
+                    raise NotLinear(f"custom_vjp_call[{label}] bwd: not 0 at a 0 cotangent")
+            elif not zero:
+                raise NotLinear(f"custom_vjp_call[{label}] bwd: not proven 0 at a 0 cotangent")
+            else:
+                traced[i] = value
         return [None if b is None else b.transpose() for b in pulled]
 
     try:  # one output's cotangent at a time: the structured B_kj^T
@@ -602,6 +610,12 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
         locals_ = {
             j: [Pullback(shape, ins[k].shape, dtype, tuple(res), backward, j, k) for k in wanted]
         }
+    else:
+        for i, value in traced.items():
+            nan_where_not_0 = Diagonal(jnp.where(value == 0, jnp.ones((), value.dtype), jnp.nan))
+            for local in locals_.values():
+                if local[i] is not None:
+                    local[i] = compose(local[i], nan_where_not_0)
     out_ops = []
     for j, y in enumerate(outs):
         terms = [

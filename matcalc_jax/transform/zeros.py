@@ -15,8 +15,11 @@ are. Then, equation by equation:
   ``select_n`` of its cases, ``add`` and ``pad`` of all their operands) is 0 when all its
   operands are, those that only say where aside (indices, a ``select_n``'s predicate), and
   it adds no constant of its own (a gather's fill);
-- a product (``mul``, ``dot_general``, a convolution) is 0 when one factor is, a quotient
-  when its numerator is, a triangular or ``custom_linear_solve`` when its right-hand side is;
+- a product (``mul``, ``dot_general``, a convolution) of floats is 0 when one factor is, a
+  quotient when its numerator is, a triangular solve when its right-hand side is (an
+  integer ``0 // 0`` is -1); a ``custom_linear_solve`` is its ``solve`` program's analysis
+  (a warm start may add to the right-hand side); a ``sort``'s, a ``device_put``'s output
+  is 0 when its own operand is;
 - a call (``jit``, ``checkpoint``, ``custom_jvp`` / ``custom_vjp`` functions) is its program's
   analysis, a ``cond`` the analysis of every branch (0 where all are 0, whichever runs);
 - a loop's carry is 0 when it is 0 on entry and stays 0 through the body: the body is
@@ -24,9 +27,10 @@ are. Then, equation by equation:
   one pass per carry), so a ``fori_loop`` of ``0.5 a`` keeps 0 and one of ``a + 1`` does not;
 - anything else is not known to be 0.
 
-The analysis is sound for the rule's affine part: it never calls a value 0 that some input
-of the chosen zeros and constants could make nonzero (``0 * inf`` aside, which JAX's own
-transpose also treats as 0). It may miss a 0 (``(g + x) - x``); the rule is then a ``Pullback``.
+The analysis never calls a value 0 that the chosen zeros and some value of the traced
+constants could make a nonzero number: it may be NaN there (``0 inf``, ``0 / 0``), which
+the caller checks when the program runs. It may miss a 0 (``(g + x) - x``); the rule is
+then a ``Pullback``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import jax
 import numpy as np
 from jax.extend import core as jex_core
 
-from matcalc_jax.transform.interpreter import adds_a_constant
+from matcalc_jax.transform.interpreter import adds_a_constant, is_float
 
 #: primitives whose output is 0 wherever their floating operands all are
 KEEPS_ZERO = frozenset(
@@ -57,6 +61,9 @@ _FACTORS: dict[str, tuple[int, ...] | None] = {
     "div": (0,),
     "triangular_solve": (1,),
 }
+
+#: output k is operand k, moved or reordered: 0 when it is
+_PER_OPERAND = frozenset(("sort", "device_put", "optimization_barrier"))
 
 #: calls whose outputs are their program's, and the parameter that holds it
 _CALLS = {
@@ -117,7 +124,9 @@ def _equation(eqn: Any, zero_in: list[bool]) -> list[bool]:
     """The outputs' flags of one equation from its inputs'."""
     name, params = eqn.primitive.name, eqn.params
     n_out = len(eqn.outvars)
-    if name in _FACTORS:
+    if name in _PER_OPERAND:
+        return list(zero_in)
+    if name in _FACTORS and is_float(eqn.outvars[0]):  # an integer 0 // 0 is -1
         at = _FACTORS[name]
         factors = zero_in if at is None else [zero_in[k] for k in at]
         return [any(factors)] * n_out
@@ -133,9 +142,11 @@ def _equation(eqn: Any, zero_in: list[bool]) -> list[bool]:
         return _scan(eqn, zero_in)
     if name == "while":
         return _while(eqn, zero_in)
-    if name == "custom_linear_solve":
-        rhs = zero_in[sum(params["const_lengths"]) :]
-        return [all(rhs)] * n_out
+    if name == "custom_linear_solve":  # x = solve(b): its program, which may add to b's
+        lengths = params["const_lengths"]
+        start = lengths.matvec + lengths.vecmat
+        solve_consts = zero_in[start : start + lengths.solve]
+        return _call(params["jaxprs"].solve, [*solve_consts, *zero_in[sum(lengths) :]])
     return [False] * n_out
 
 
