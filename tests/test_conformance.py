@@ -123,6 +123,9 @@ CASES: dict[str, Case] = {
     # Compiled, XLA fuses polygamma's series with the product by the tangent its own way
     # in each program: float32 a few ulps apart (bit for bit evaluated eagerly, below).
     "digamma": Case(lax.digamma, (0.5, 1.0, 2.5, 40.0, 0.0, -1.0, -0.5, NAN), ulps=8),
+    "bessel_i0e": Case(lax.bessel_i0e, ulps=2),
+    # 1/2 at |x| <= eps, the limit at 0
+    "bessel_i1e": Case(lax.bessel_i1e, (*EDGES, 1e-17, -3e-8, 2e-16), ulps=2),
     "erf": Case(lax.erf, ulps=2),
     "erf_inv": Case(lax.erf_inv, UNIT, ulps=2),
     "erfc": Case(lax.erfc, ulps=2),

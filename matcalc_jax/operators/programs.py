@@ -308,8 +308,3 @@ class FromCotangents(Wrapped):
 
     def describe(self) -> str:
         return "with a backward rule not linear in its cotangent: jax.jacrev's matrix"
-
-
-def has_pullback(op: JacobianOperator) -> bool:
-    """Whether a ``Pullback`` (a ``vm`` not linear in its cotangent) is anywhere in ``op``."""
-    return not op.composes_as_matrix()

@@ -53,7 +53,21 @@ UNARY: dict[str, Callable[[Array, Array], Array]] = {
     "lgamma": lambda x, y: lax.digamma(x),
     # polygamma(1, x) with a scalar order, as JAX's jvp binds it.
     "digamma": lambda x, y: lax.polygamma(np.array(1, x.dtype), x),
+    # the exponentially scaled Bessel functions: i0e' = i1e - sign(x) i0e, and i1e' below
+    "bessel_i0e": lambda x, y: lax.bessel_i1e(x) - jnp.sign(x) * y,
+    "bessel_i1e": lambda x, y: _bessel_i1e(x, y),
 }
+
+
+def _bessel_i1e(x: Array, y: Array) -> Array:
+    """i1e'(x) = i0e(x) - i1e(x) (sign(x) + 1/x), 1/2 where |x| <= eps (its limit at 0),
+    arranged as JAX's jvp arranges it."""
+    eps = float(jnp.finfo(x.dtype).eps)
+    not_tiny = jnp.abs(x) > eps
+    safe = jnp.where(not_tiny, x, jnp.full_like(x, eps))
+    derivative = lax.bessel_i0e(safe) - y * (jnp.sign(safe) + 1 / safe)
+    return jnp.where(not_tiny, derivative, jnp.full_like(x, 0.5))
+
 
 #: The maps above that are holomorphic: the same formula is their complex derivative.
 HOLOMORPHIC = (

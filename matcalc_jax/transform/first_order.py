@@ -21,7 +21,7 @@ from matcalc_jax.operators.block_diagonal import BlockDiagonal
 from matcalc_jax.operators.block_matrix import BlockMatrix
 from matcalc_jax.operators.identity import Identity
 from matcalc_jax.operators.index_maps import ChangeType
-from matcalc_jax.operators.programs import FromCotangents, WithFallbacks, has_pullback
+from matcalc_jax.operators.programs import FromCotangents, WithFallbacks
 from matcalc_jax.operators.selection import Select
 from matcalc_jax.operators.zero import Zero
 from matcalc_jax.transform import (  # each module registers its rules
@@ -252,6 +252,6 @@ def _finish(op: Any, out: Any, x: Array, notes: tuple[str, ...]) -> JacobianOper
         shape = tuple(out.shape)
         op = compose(ChangeType(shape, shape, out_dtype.name, jnp.dtype(op.dtype).name), op)
     op = _blocks(op, x)
-    if has_pullback(op):  # no matrix composes through it: the matrix is jax.jacrev's
+    if not op.composes_as_matrix():  # a Pullback inside: the matrix is jax.jacrev's
         op = FromCotangents(op)
     return WithFallbacks(op, notes) if notes else op

@@ -678,8 +678,7 @@ def _joint_pullback(
 ) -> list[Operator]:
     """The outputs' Jacobians through one ``JointPullback``."""
 
-    def joint(m: int, n: int, dtype: Any) -> Operator:
-        outputs, positions = tuple(differentiable), tuple(wanted)
+    def joint(m: int, n: int, dtype: Any, outputs: tuple, positions: tuple) -> Operator:
         return JointPullback((m,), (n,), dtype.name, tuple(res), backward, outputs, positions)
 
     return _through_joint(outs, differentiable, ins, wanted, ops, joint)
@@ -693,8 +692,9 @@ def _through_joint(
     ops: list[Operator],
     joint: Any,
 ) -> list[Operator]:
-    """The outputs' Jacobians through one map on flat vectors, ``joint(m, n, dtype)``
-    (the outputs' m entries <- the wanted inputs' n): the inputs' Jacobians ravelled and
+    """The outputs' Jacobians through one map on flat vectors, ``joint(m, n, dtype,
+    outputs, positions)`` (the ``differentiable`` outputs' m entries <- the ``wanted``
+    inputs' n, as tuples of their indices): the inputs' Jacobians ravelled and
     stacked, the joint map, then each output's piece of it. Every output's path goes
     through the same map, so ``vm`` hands it all the outputs' cotangents in one call."""
     dtype = jnp.result_type(
@@ -710,7 +710,7 @@ def _through_joint(
         for k, (offset, size) in zip(wanted, places, strict=True)
     ])  # fmt: skip
     m = sum(outs[j].size for j in differentiable)
-    through = compose(joint(m, n, dtype), stacked)
+    through = compose(joint(m, n, dtype, tuple(differentiable), tuple(wanted)), stacked)
     pieces = _pieces_of(outs, differentiable, dtype)
     return [None if piece is None else compose(piece, through) for piece in pieces]
 
@@ -736,8 +736,7 @@ def fallback(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> A
         differentiable = [j for j, y in enumerate(outs) if jnp.issubdtype(y.dtype, jnp.inexact)]
         wanted = [k for k, op in enumerate(ops) if op is not None]
 
-        def joint(m: int, n: int, dtype: Any) -> Operator:
-            outputs, positions = tuple(differentiable), tuple(wanted)
+        def joint(m: int, n: int, dtype: Any, outputs: tuple, positions: tuple) -> Operator:
             local = LinearizedByRows(
                 (m,), (n,), dtype.name, operands, primitive, outputs, positions, where
             )
