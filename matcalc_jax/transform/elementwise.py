@@ -117,6 +117,16 @@ BINARY: dict[str, tuple[Callable[[Array, Array, Array], Array], ...]] = {
         lambda a, b, y: b / (jnp.square(a) + jnp.square(b)),
         lambda a, b, y: -a / (jnp.square(a) + jnp.square(b)),
     ),
+    # the regularized incomplete gamma functions P(a, x) and Q(a, x) = 1 - P(a, x):
+    # dP/da by XLA's igamma_grad_a, dP/dx = x^(a-1) e^(-x) / Gamma(a), as JAX writes them
+    "igamma": (
+        lambda a, x, y: lax.igamma_grad_a(a, x),
+        lambda a, x, y: _gamma_density(a, x),
+    ),
+    "igammac": (
+        lambda a, x, y: -lax.igamma_grad_a(a, x),
+        lambda a, x, y: -_gamma_density(a, x),
+    ),
     # rem(a, b) = a - b trunc(a / b) (jnp.fmod; jnp.mod adds b where the signs differ):
     # 1 in a, -trunc(a / b) in b, written as JAX's jvp writes it
     "rem": (
@@ -124,3 +134,15 @@ BINARY: dict[str, tuple[Callable[[Array, Array, Array], Array], ...]] = {
         lambda a, b, y: -(jnp.sign(a / b) * jnp.floor(jnp.abs(a / b))),
     ),
 }
+
+
+def _gamma_density(a: Array, x: Array) -> Array:
+    return jnp.exp(-x + (a - jnp.ones((), a.dtype)) * jnp.log(x) - lax.lgamma(a))
+
+
+def betainc_x(a: Array, b: Array, x: Array) -> Array:
+    """d I_x(a, b) / dx = x^(a-1) (1-x)^(b-1) / B(a, b), the regularized incomplete beta
+    function's derivative in x (JAX defines none in a or b), as JAX writes it."""
+    one = jnp.ones((), x.dtype)
+    log_beta = lax.lgamma(a) + lax.lgamma(b) - lax.lgamma(a + b)
+    return jnp.exp((b - one) * jnp.log1p(-x) + (a - one) * jnp.log(x) - log_beta)

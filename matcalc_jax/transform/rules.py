@@ -187,6 +187,15 @@ def _binary(ctx, eqn, ins, ops, outs):
     return [total(terms)]
 
 
+@pointwise("regularized_incomplete_beta")
+def _betainc(ctx, eqn, ins, ops, outs):
+    # jax.scipy.special.betainc(a, b, x); JAX raises for a derivative in a or b
+    if ops[0] is not None or ops[1] is not None:
+        raise NoRule("in a or b (JAX defines its derivative in x only)")
+    y = outs[0]
+    return [times(elementwise.betainc_x(*ins).astype(y.dtype), broadcast(ops[2], y.shape))]
+
+
 @pointwise("clamp")
 def _clamp(ctx, eqn, ins, ops, outs):
     # As jax.lax differentiates clamp: each operand's tangent where it is the one chosen,
