@@ -298,13 +298,27 @@ def test_an_operator_returned_from_vmap_is_a_batch_its_methods_refuse(name):
             "add": lambda J: J + mj.Identity((4,), "float64"),
         }
         for method, call in calls.items():
-            said = rf"\.{method}: this \w+ is a batch of operators \(leading axes \(2,\)\)"
+            said = rf"\.{method}: this \w+ is a batch of operators \(its arrays have 1 axis"
             with pytest.raises(mj.BatchOfOperatorsError, match=said):
                 call(made)
         dense = jax.vmap(lambda J: J.to_dense())(made)
         np.testing.assert_allclose(dense, expected, rtol=1e-12, atol=1e-15)
         traces = jax.jit(jax.vmap(lambda J: J.trace()))(made)
         np.testing.assert_allclose(traces, jnp.trace(expected, axis1=1, axis2=2), rtol=1e-12)
+
+
+def test_an_operator_is_its_own_vmap_axis_spec():
+    """The ranks an operator's structure records are not part of its equality: an
+    operator of integer leaves is an in_axes / out_axes spec for one (a structure mismatch
+    once the ranks were recorded)."""
+    xs = jnp.stack([jnp.linspace(0.1, 0.9, 4), jnp.linspace(0.2, 1.8, 4)])
+    Js = jax.vmap(mj.jacobian(jnp.sin))(xs)
+    traces = jax.vmap(lambda J: J.trace(), in_axes=(mj.Diagonal(0),))(Js)
+    np.testing.assert_allclose(traces, jnp.sum(jnp.cos(xs), axis=1), rtol=1e-12)
+    moved = jax.vmap(mj.jacobian(jnp.sin), out_axes=mj.Diagonal(1))(xs)
+    np.testing.assert_allclose(moved.values, jnp.cos(xs).T, rtol=1e-12)
+    with pytest.raises(mj.BatchOfOperatorsError, match="1 axis more"):
+        moved.trace()
 
 
 def test_an_operator_built_from_arrays_with_more_axes_is_not_a_batch():

@@ -79,12 +79,13 @@ def refuse_a_batch(op: Any, what: str) -> None:
     batch = op.__dict__.get("_batch") if hasattr(op, "__dict__") else None
     if batch is not None:
         name, call = type(op).__name__, "to_dense" if what.startswith("_") else what
+        axes = "1 axis" if batch == 1 else f"{batch} axes"
         raise BatchOfOperatorsError(
-            f"{name}.{call}: this {name} is a batch of operators (leading axes {batch}), as "
-            "jax.vmap returns one or a lax.scan stacks it; its methods would read the batch "
-            f"as more entries. Call {call} inside a vmap over it, "
-            f"jax.vmap(lambda J: J.{call}(...))(Js), or take the Jacobian of the batched "
-            "function, matcalc_jax.jacobian(jax.vmap(f))(xs)."
+            f"{name}.{call}: this {name} is a batch of operators (its arrays have {axes} "
+            "more than its structure records), as jax.vmap returns one or a lax.scan "
+            "stacks it; its methods would read the batch as more entries. Call "
+            f"{call} inside a vmap over it, jax.vmap(lambda J: J.{call}(...))(Js), or take "
+            "the Jacobian of the batched function, matcalc_jax.jacobian(jax.vmap(f))(xs)."
         )
 
 
@@ -328,9 +329,9 @@ def _ranks(children: Any) -> Any:
     return getattr(children, "ndim", None) if hasattr(children, "shape") else np.ndim(children)
 
 
-def _batch_of(children: Any, ranks: Any) -> tuple[int, ...] | None:
-    """The leading axes that ``children`` have beyond the ``ranks`` they were flattened
-    with (a batch added by ``jax.vmap``, or a ``lax.scan``'s stacking), or ``None``."""
+def _batch_of(children: Any, ranks: Any) -> int | None:
+    """How many axes ``children`` have beyond the ``ranks`` they were flattened with (a
+    batch added by ``jax.vmap``, or a ``lax.scan``'s stacking), or ``None``."""
     if isinstance(children, JacobianOperator):
         return children.__dict__.get("_batch")
     if isinstance(children, (tuple, list)):
@@ -341,14 +342,34 @@ def _batch_of(children: Any, ranks: Any) -> tuple[int, ...] | None:
     rank = getattr(children, "ndim", None)
     if rank is None or not isinstance(ranks, int) or rank <= ranks:
         return None  # a placeholder leaf (vmap's axis specs), or no batch
-    return tuple(children.shape[: rank - ranks])
+    return rank - ranks
 
 
-def _mark_batch(op: Any, batch: tuple[int, ...] | None, ranks: Any) -> Any:
+class _Ranks:
+    """Each child array's number of axes, carried in an operator's tree structure but not
+    part of its equality: a structure is the same whatever its arrays' ranks, as for any
+    pytree (``Diagonal(0)`` is a ``jax.vmap`` axis spec for a ``Diagonal``)."""
+
+    __slots__ = ("ranks",)
+
+    def __init__(self, ranks: Any) -> None:
+        self.ranks = ranks
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Ranks)
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return f"ranks{self.ranks}"
+
+
+def _mark_batch(op: Any, batch: int | None, ranks: Any) -> Any:
     """``op`` rebuilt from a tree whose arrays had ``ranks`` axes: it flattens with them
-    again (rebuilt from placeholders, as ``jax.jit`` does, its structure stays the same),
-    and with a ``batch`` it is marked a batch of operators, whose methods refuse it
-    (``_refuses_a_batch``) and which ``jax.vmap`` over it hands one operator at a time."""
+    again, and with a ``batch`` (that many axes more) it is marked a batch of operators,
+    whose methods refuse it (``_refuses_a_batch``) and which ``jax.vmap`` over it hands
+    one operator at a time."""
     if ranks is not None:
         op.__dict__["_ranks"] = ranks
     if batch is not None:
@@ -365,17 +386,17 @@ def _register_with_ranks(cls: type, data: tuple[str, ...], meta: tuple[str, ...]
 
     def flatten_with_keys(op: Any) -> tuple[list, tuple]:
         children = [getattr(op, name) for name in data]
-        ranks = op.__dict__.get("_ranks") or _ranks(children)
+        ranks = _Ranks(op.__dict__.get("_ranks") or _ranks(children))
         keyed = [(jax.tree_util.GetAttrKey(n), c) for n, c in zip(data, children, strict=True)]
         return keyed, (tuple(getattr(op, name) for name in meta), ranks)
 
     def flatten(op: Any) -> tuple[list, tuple]:
         children = [getattr(op, name) for name in data]
-        ranks = op.__dict__.get("_ranks") or _ranks(children)
+        ranks = _Ranks(op.__dict__.get("_ranks") or _ranks(children))
         return children, (tuple(getattr(op, name) for name in meta), ranks)
 
     def unflatten(aux: tuple, children: Any) -> Any:
-        values, ranks = aux
+        values, ranks = aux[0], aux[1].ranks
         children = list(children)
         op = cls(**dict(zip(data, children, strict=True)), **dict(zip(meta, values, strict=True)))
         return _mark_batch(op, _batch_of(children, ranks), ranks)
