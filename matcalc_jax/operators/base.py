@@ -74,8 +74,8 @@ class BatchOfOperatorsError(ValueError):
 
 
 def refuse_a_batch(op: Any, what: str) -> None:
-    """``BatchOfOperatorsError`` if ``op`` is a batch of operators: its arrays have leading
-    axes its shapes do not know, which every method would read as more entries."""
+    """``BatchOfOperatorsError`` if ``op`` is a batch of operators: its arrays have more
+    axes than its structure records, which every method would read as more entries."""
     batch = op.__dict__.get("_batch") if hasattr(op, "__dict__") else None
     if batch is not None:
         name, call = type(op).__name__, "to_dense" if what.startswith("_") else what
@@ -320,8 +320,8 @@ def pytree(
 
 
 def _ranks(children: Any) -> Any:
-    """The number of axes of each array among an operator's children (nested as they
-    are; ``None`` for an operator or anything else)."""
+    """The number of axes of each array (or number) among an operator's children, nested
+    as they are; ``None`` for an operator."""
     if isinstance(children, (tuple, list)):
         return tuple(_ranks(c) for c in children)
     if isinstance(children, JacobianOperator):
@@ -384,16 +384,16 @@ def _register_with_ranks(cls: type, data: tuple[str, ...], meta: tuple[str, ...]
     operators, marked so (a ``Diagonal`` of stacked values would read the batch as more
     entries: a trace summed over the batch)."""
 
-    def flatten_with_keys(op: Any) -> tuple[list, tuple]:
-        children = [getattr(op, name) for name in data]
-        ranks = _Ranks(op.__dict__.get("_ranks") or _ranks(children))
-        keyed = [(jax.tree_util.GetAttrKey(n), c) for n, c in zip(data, children, strict=True)]
-        return keyed, (tuple(getattr(op, name) for name in meta), ranks)
+    keys = [jax.tree_util.GetAttrKey(name) for name in data]
 
     def flatten(op: Any) -> tuple[list, tuple]:
         children = [getattr(op, name) for name in data]
         ranks = _Ranks(op.__dict__.get("_ranks") or _ranks(children))
         return children, (tuple(getattr(op, name) for name in meta), ranks)
+
+    def flatten_with_keys(op: Any) -> tuple[list, tuple]:
+        children, aux = flatten(op)
+        return list(zip(keys, children, strict=True)), aux
 
     def unflatten(aux: tuple, children: Any) -> Any:
         values, ranks = aux[0], aux[1].ranks
@@ -780,11 +780,11 @@ class ShapedOperator(JacobianOperator):
     dtype = property(lambda self: jnp.dtype(self.dtype_name))
 
 
-#: ``to_dense`` of concrete operators as one compiled program (see ``one_program_when_eager``).
 for _name in READ_AS_ONE:  # the defaults, as the subclasses' own (__init_subclass__)
     if _name in JacobianOperator.__dict__:
         setattr(JacobianOperator, _name, _refuses_a_batch(JacobianOperator.__dict__[_name]))
 
+#: ``to_dense`` of concrete operators as one compiled program (see ``one_program_when_eager``).
 _dense_program = on_graph(JacobianOperator._dense, static_argnums=(1, 2))
 
 

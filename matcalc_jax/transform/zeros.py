@@ -44,7 +44,7 @@ from jax.extend import core as jex_core
 
 from matcalc_jax.transform.interpreter import adds_a_constant, is_float
 
-#: primitives whose output is 0 wherever their floating operands all are
+#: primitives whose output is 0 wherever their operands all are (indices and predicates aside)
 KEEPS_ZERO = frozenset(
     ("broadcast_in_dim", "reshape", "convert_element_type", "squeeze", "expand_dims",
      "transpose", "slice", "dynamic_slice", "rev", "neg", "copy", "copy_p", "reduce_sum",
