@@ -327,3 +327,12 @@ def test_an_operator_built_from_arrays_with_more_axes_is_not_a_batch():
     J = mj.Diagonal(jnp.arange(8.0).reshape(2, 4))
     assert float(J.trace()) == 28.0
     assert jax.tree_util.tree_map(lambda a: a, J).trace() == 28.0
+
+
+def test_an_operator_is_not_taken_for_an_array():
+    """np.asarray of an operator (a Hessian's block of a dict of parameters) gave a 0-d
+    object array holding it; jnp.asarray, a deep error. Both say to call to_dense."""
+    J = mj.jacobian(jnp.sin)(jnp.arange(3.0))
+    for convert in (np.asarray, jnp.asarray, np.array):
+        with pytest.raises(TypeError, match=r"Diagonal is a structured Jacobian.*to_dense\(\)"):
+            convert(J)

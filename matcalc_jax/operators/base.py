@@ -734,6 +734,13 @@ class JacobianOperator:
 
     # ---------------------------------------------------------------------- operators
 
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """Refused: ``np.asarray(J)`` made a 0-d array holding the operator."""
+        raise TypeError(
+            f"a {type(self).__name__} is a structured Jacobian, not an array: "
+            "J.to_dense() gives its dense array"
+        )
+
     def __matmul__(self, other: JacobianOperator) -> JacobianOperator:
         if not isinstance(other, JacobianOperator):
             return NotImplemented
