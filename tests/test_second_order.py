@@ -450,6 +450,32 @@ def test_a_solve_singular_to_working_precision_is_an_error():
     np.testing.assert_allclose(jax.hessian(f)(w) @ x, jnp.ones(3), rtol=1e-12)
 
 
+FIELDS = {
+    "sin(x) |x|^2": lambda x: jnp.sin(x) * jnp.sum(x**2),
+    "tanh(W x)": lambda x: jnp.tanh(jnp.linspace(-1.0, 1.0, 12).reshape(4, 3) @ x),
+    "an outer product": lambda x: jnp.outer(jnp.tanh(x), x),
+    "a flax MLP's 2 outputs": None,
+}
+
+
+@pytest.mark.parametrize("name", list(FIELDS))
+def test_laplacian_of_a_field_is_each_outputs(name):
+    """A vector field's Laplacian (a PINN's velocity) was refused ("expected a real
+    scalar"): now each output's, the trace of jax.hessian's block for it, eagerly and
+    under jit, in the output's shape."""
+    f, x = FIELDS[name], jnp.array([0.3, -0.7, 1.2])
+    if f is None:
+        nn = pytest.importorskip("flax.linen")
+        model = nn.Sequential([nn.Dense(8, param_dtype=jnp.float64), nn.tanh, nn.Dense(2)])
+        params = model.init(jax.random.key(0), x)
+        f = lambda x: model.apply(params, x)  # noqa: E731
+    expected = jnp.trace(jax.hessian(f)(x), axis1=-2, axis2=-1)
+    for jit in (lambda f: f, jax.jit):
+        got = jit(mj.laplacian(f))(x)
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-14)
+
+
 def test_laplacian_and_gauss_newton_errors_name_themselves_and_the_function_at_fault():
     """They build on hessian, whose errors named matcalc_jax.hessian(<lambda>) and "f" (a
     call the user never made); an integer model output was reported as the loss's
@@ -458,7 +484,7 @@ def test_laplacian_and_gauss_newton_errors_name_themselves_and_the_function_at_f
     square = lambda y: y**2  # noqa: E731
     rounded = lambda w: jnp.round(w).astype(int)  # noqa: E731
     cases = (
-        (lambda: mj.laplacian(lambda x: x**3)(w), r"laplacian\(<lambda>\): f returns"),
+        (lambda: mj.laplacian(lambda x: {"y": x**3})(w), r"laplacian\(<lambda>\): f returns"),
         (
             lambda: mj.laplacian(lambda x: jnp.sum(x**3))(jnp.arange(3)),
             r"laplacian\(<lambda>\): argument 0 has dtype int",

@@ -237,10 +237,14 @@ def _check_scalar(what: str, name: str, out: Any, role: str = "f") -> None:
         or not jnp.issubdtype(leaves[0].dtype, jnp.floating)
     ):
         got = jax.tree_util.tree_map(lambda leaf: f"{leaf.dtype}{list(leaf.shape)}", out)
+        expected = (
+            "a real float array (a scalar, or a field: a Laplacian per entry)"
+            if what == "laplacian"
+            else "a real scalar (a float array of shape ())"
+        )
         raise TypeError(
-            f"matcalc_jax.{what}({name}): {role} returns {got}; expected a real scalar "
-            "(a float array of shape ()); of a pytree output, differentiate one leaf "
-            f"(lambda x: {role}(x)[key])"
+            f"matcalc_jax.{what}({name}): {role} returns {got}; expected {expected}; of a "
+            f"pytree output, differentiate one leaf (lambda x: {role}(x)[key])"
         )
 
 
@@ -315,21 +319,43 @@ def _hessian(
 
 
 def laplacian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Array]:
-    """The Laplacian of a scalar ``f``, tr(d^2 f / dx^2) = sum_i d^2 f / dx_i^2, exact: the
-    trace of ``hessian(f)``'s structure (O(n) for a diagonal or banded Hessian, the
-    weights times the squared row norms for X^T diag(w) X) without the n x n matrix where
-    the structure allows. A pytree argument is traced over all its leaves."""
+    """The Laplacian of ``f``, tr(d^2 f / dx^2) = sum_i d^2 f / dx_i^2, exact: the trace of
+    ``hessian(f)``'s structure (O(n) for a diagonal or banded Hessian, the weights times the
+    squared row norms for X^T diag(w) X) without the n x n matrix where the structure
+    allows. A pytree argument is traced over all its leaves.
+
+    Of an ``f`` returning a float array of shape S (a vector field, as a PINN's velocity),
+    an array of shape S: each output's Laplacian, the trace of the Hessian of ``u . f(x)``
+    for each unit ``u``, one program ``jax.vmap``-ped over the units (m outputs cost m
+    Hessians' traces)."""
     validate.function("laplacian", "f", f)
     if not isinstance(argnums, int) or isinstance(argnums, bool):
         raise TypeError(
             f"matcalc_jax.laplacian: argnums={argnums!r} is not an int; the Laplacian is "
             "taken in one argument"
         )
-    build = _hessian(f, argnums, ravel=True, what="laplacian", name=_name(f))
+    name = _name(f)
+    build = _hessian(f, argnums, ravel=True, what="laplacian", name=name)
 
     @functools.wraps(f)
     def laplacian_of_f(*args: Any, **kwargs: Any) -> Array:
-        return build(*args, **kwargs).trace()
+        program = functools.partial(f, **kwargs) if kwargs else f
+        out = jax.eval_shape(program, *args)
+        field = isinstance(out, jax.ShapeDtypeStruct) and out.shape != ()
+        if not (field and jnp.issubdtype(out.dtype, jnp.floating)):
+            return build(*args, **kwargs).trace()  # a scalar, or the error naming the output
+        size = size_of(out.shape)
+        units = jnp.eye(size, dtype=out.dtype).reshape((size, *out.shape))
+
+        def of_one_output(unit: Array) -> Array:
+            def weighted(*arguments: Any) -> Array:
+                return jnp.sum(unit * program(*arguments))
+
+            return _hessian(weighted, argnums, ravel=True, what="laplacian", name=name)(
+                *args
+            ).trace()
+
+        return jax.vmap(of_one_output)(units).reshape(out.shape)
 
     return laplacian_of_f
 
