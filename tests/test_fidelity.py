@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from jax import lax
 from jax.experimental.ode import odeint
+from jax.flatten_util import ravel_pytree
 
 import matcalc_jax as mj
 from matcalc_jax import operators
@@ -427,6 +428,14 @@ LINEAR_RULES_IN_A_LOOP = {
     "a scatter into zeros": lambda r, g: jnp.zeros(4).at[jnp.argsort(r)].add(g),
     "a cond on the residual": lambda r, g: lax.cond(r[0] > 0, lambda c: c, lambda c: -c, g),
     "a solve": lambda r, g: jnp.linalg.solve(2 * jnp.eye(4) + jnp.outer(r, r), g),
+    # linear primitives the first zero proof did not list (refused in a loop's body)
+    "split and back": lambda r, g: jnp.concatenate(jnp.split(g * jnp.cos(r), 2)),
+    "tile": lambda r, g: jnp.tile(g[:2], 2),
+    "unstack and stack": lambda r, g: jnp.stack(jnp.unstack(g)[::-1]),
+    "a pytree unravelled": lambda r, g: ravel_pytree(ravel_pytree({"a": r[:1], "b": r[1:]})[1](g))[
+        0
+    ],
+    "a window sum": lambda r, g: lax.reduce_window(g, 0.0, lax.add, (2,), (1,), "SAME"),
 }
 
 
@@ -499,6 +508,32 @@ def test_a_constant_a_backward_rule_hides_is_not_proven_0(name):
         np.testing.assert_allclose(dense, jax.jacrev(f)(x), rtol=1e-12)
         with pytest.raises(UnsupportedPrimitiveError, match="custom_vjp whose backward rule"):
             jit(lambda x: mj.jacobian(looped)(x).to_dense())(x)
+
+
+INFINITE_BACKWARD_RULES = {
+    # g / (2 sqrt(x)) at x = 0: 0 / 0 at g = 0 is the matrix's own 0 inf, not a constant
+    "g / (2 r) at r = 0": (lambda r, g: g / (2 * r), jnp.sqrt),
+    "g log|r| at r = 0": (lambda r, g: g * jnp.log(jnp.abs(r)), jnp.sin),
+}
+
+
+@pytest.mark.parametrize("name", list(INFINITE_BACKWARD_RULES))
+def test_an_infinite_entry_of_a_backward_rule_stays_infinite_under_jit_and_in_loops(name):
+    """bwd(0) is NaN there (0 inf), but as a term of the rule's matrix, not a constant it
+    adds: JAX's diagonal is inf. The NaN guard turned it into NaN under jit and in a loop
+    (eagerly it was inf). The structural zeros stay 0 (the documented convention)."""
+    backward, forward = INFINITE_BACKWARD_RULES[name]
+    s = jax.custom_vjp(forward)
+    s.defvjp(lambda x: (forward(x), forward(x) if forward is jnp.sqrt else x),
+             lambda r, g: (backward(r, g),))  # fmt: skip
+    looped = lambda x: lax.fori_loop(0, 1, lambda i, c: s(c), x)  # noqa: E731
+    x = jnp.array([0.0, 4.0])
+    for f in (s, looped):
+        expected = np.diag(np.asarray(jax.jacrev(f)(x)))
+        for jit in (lambda f: f, jax.jit):
+            diagonal = np.diag(np.asarray(jit(lambda x, f=f: mj.jacobian(f)(x).to_dense())(x)))
+            np.testing.assert_array_equal(np.isinf(diagonal), np.isinf(expected))
+            np.testing.assert_allclose(diagonal, expected, rtol=1e-12)
 
 
 def test_a_nan_constant_of_a_backward_rule_is_nan_in_its_columns():

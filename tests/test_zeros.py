@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from matcalc_jax.transform.zeros import known_zeros
+from matcalc_jax.transform.zeros import facts, known_zeros
 
 
 def _solve(r, b):
@@ -103,3 +103,32 @@ def test_a_constant_of_the_program_is_read_only_when_concrete():
     seen = []
     jax.jit(lambda z: seen.append(known_zeros(jax.make_jaxpr(lambda g: g + z)(z), [True])))(zeros)
     assert seen == [[False]]
+
+
+EXACTLY = {
+    # a term of the rule's matrix: its 0 inf at g = 0 is the matrix's, exactly 0 here
+    "g / r": (lambda g, r: g / r, True),
+    "r g + g": (lambda g, r: r * g + g, True),
+    # a constant 0 times a constant: NaN where the constant is infinite
+    "0 log(r)": (lambda g, r: g + 0.0 * jnp.log(r), False),
+    "zeros_like(r) / r": (lambda g, r: g + jnp.zeros_like(r) / r, False),
+    "a loop carrying 0 log(r)": (
+        lambda g, r: lax.fori_loop(0, 2, lambda i, c: c + 0.0 * jnp.log(r), g),
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(EXACTLY))
+def test_a_zero_is_exact_unless_a_constant_0_meets_a_constant(name):
+    """Proven 0 (or NaN) at g = 0; exactly 0 unless a constant 0 multiplies a constant.
+    The oracle: the program at g = 0 and r = 0, where log(r) and 1 / r are infinite."""
+    program, exact = EXACTLY[name]
+    g, r = jnp.zeros(3), jnp.array([0.0, 1.0, 2.0])
+    (fact,) = facts(jax.make_jaxpr(program)(g, r), [True, False])
+    assert fact.zero and fact.exact == exact and fact.varying
+    at_zero = np.asarray(program(g, r))
+    if exact:
+        assert not np.isnan(at_zero[1:]).any()  # a term of the matrix: NaN only at 0 inf
+    else:
+        assert np.isnan(at_zero[0]) and (at_zero[1:] == 0).all()

@@ -91,7 +91,7 @@ from matcalc_jax.transform.registry import (
     times,
     total,
 )
-from matcalc_jax.transform.zeros import known_zeros
+from matcalc_jax.transform.zeros import facts
 
 
 def _label(ndim: int, start: int = 0) -> str:
@@ -587,21 +587,21 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
     differentiable = [j for j, y in enumerate(outs) if jnp.issubdtype(y.dtype, jnp.inexact)]
 
     # bwd(g) = B g + bwd(0), linear when bwd(0) = 0: read when concrete; when traced (under
-    # jit, in a loop's body), proven 0 from the program up to NaN (0 inf, 0 / 0), which
-    # JAX's rows then carry: B^T is followed by diag(1, or NaN where bwd(0) is)
-    proven = known_zeros(program, [True] * len(cotangents))
-    traced: dict[int, Array] = {}
+    # jit, in a loop's body), proven 0 from the program, or up to NaN (0 log(r) at r = 0),
+    # which JAX's rows then carry: B^T is followed by diag(1, or NaN where bwd(0) is)
+    proven = facts(program, [True] * len(cotangents))
+    maybe_nan: dict[int, Array] = {}
 
     def transposed(seeds: list[Operator]) -> list[Operator]:  # the B_k^T, or NotLinear
         at_zero, pulled = inner.run(program.jaxpr, program.consts, cotangents, seeds)
-        for i, (value, zero) in enumerate(zip(at_zero, proven, strict=True)):
+        for i, (value, fact) in enumerate(zip(at_zero, proven, strict=True)):
             if not isinstance(value, jax.core.Tracer):
                 if nonzero(value):  # NaN included: JAX's rows are NaN there
                     raise NotLinear(f"custom_vjp_call[{label}] bwd: not 0 at a 0 cotangent")
-            elif not zero:
+            elif not fact.zero:
                 raise NotLinear(f"custom_vjp_call[{label}] bwd: not proven 0 at a 0 cotangent")
-            else:
-                traced[i] = value
+            elif not fact.exact:
+                maybe_nan[i] = value
         return [None if b is None else b.transpose() for b in pulled]
 
     try:  # one output's cotangent at a time: the structured B_kj^T
@@ -620,7 +620,7 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
             j: [Pullback(shape, ins[k].shape, dtype, tuple(res), backward, j, k) for k in wanted]
         }
     else:
-        for i, value in traced.items():
+        for i, value in maybe_nan.items():
             nan_where_not_0 = Diagonal(jnp.where(value == 0, jnp.ones((), value.dtype), jnp.nan))
             for local in locals_.values():
                 if local[i] is not None:

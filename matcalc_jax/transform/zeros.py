@@ -7,62 +7,62 @@ A ``custom_vjp`` backward rule ``bwd`` whose equations are each linear in the co
 the residuals are traced and it is not: this analysis proves it 0 or does not, the same
 for every value the residuals may take.
 
-The abstract value of a variable is one bit, "known to be 0". An input is 0 when it is one
-of the chosen inputs (the cotangents), a literal or concrete constant when all its entries
-are. Then, equation by equation:
+Each variable gets a ``Fact``: whether its part that does not vary with ``g`` (its
+constant part) is 0; whether exactly, or only up to NaN (``0 log(r)`` at r = 0 is NaN);
+and whether it varies with ``g``. The chosen inputs (the cotangents) vary and are exactly
+0; a literal or concrete constant is exactly 0 when all its entries are. Then, equation by
+equation, read from the transform's table of linear primitives (``registry.LINEAR``):
 
-- a primitive that keeps 0 (``KEEPS_ZERO``: reshapes, slices, gathers, casts, sums, ``fft``,
-  ``select_n`` of its cases, ``add`` and ``pad`` of all their operands) is 0 when all its
-  operands are, those that only say where aside (indices, a ``select_n``'s predicate), and
-  it adds no constant of its own (a gather's fill);
-- a product (``mul``, ``dot_general``, a convolution) of floats is 0 when one factor is, a
-  quotient when its numerator is, a triangular solve when its right-hand side is (an
-  integer ``0 // 0`` is -1); a ``custom_linear_solve`` is its ``solve`` program's analysis
-  (a warm start may add to the right-hand side); a ``sort``'s, a ``device_put``'s output
-  is 0 when its own operand is;
+- a primitive linear in all its operands together (reshapes, slices, gathers, casts, sums,
+  ``split``, ``tile``, ``fft``, ``pad``, scatters, ``select_n``'s cases, ``add``) is 0 when
+  all its operands are, those that only say where aside (indices, a predicate), unless a
+  parameter adds a constant in (a gather's fill); exactly when all are exactly;
+- a product, linear in one factor at a time (``mul``, ``dot_general``, a convolution; a
+  quotient in its numerator, a triangular solve in its right-hand side) is 0 when one of
+  those factors is: exactly when that factor varies (a term ``g / (2 r)`` of the rule's
+  matrix, whose 0 inf at g = 0 is the matrix's own) or every operand is an exactly 0
+  factor; a constant 0 times (or over) a constant may be NaN (``0 log(r)``, ``0 / r``).
+  Integer values are not followed (XLA's integer ``0 // 0`` is -1);
+- a ``sort``'s, a ``device_put``'s output is its own operand's;
 - a call (``jit``, ``checkpoint``, ``custom_jvp`` / ``custom_vjp`` functions) is its program's
-  analysis, a ``cond`` the analysis of every branch (0 where all are 0, whichever runs);
+  analysis, a ``cond`` every branch's (0 where all are, whichever runs), a
+  ``custom_linear_solve`` its solver program's (a warm start adds to the right-hand side);
 - a loop's carry is 0 when it is 0 on entry and stays 0 through the body: the body is
-  analysed from "every carry 0 that enters 0" and the set shrinks to a fixed point (at most
-  one pass per carry), so a ``fori_loop`` of ``0.5 a`` keeps 0 and one of ``a + 1`` does not;
+  analysed from the facts the carry enters with, which only weaken, to a fixed point, so a
+  ``fori_loop`` of ``0.5 a`` keeps 0 and one of ``a + 1`` does not;
 - anything else is not known to be 0.
 
-The analysis never calls a value 0 that the chosen zeros and some value of the traced
-constants could make a nonzero number: it may be NaN there (``0 inf``, ``0 / 0``), which
-the caller checks when the program runs. It may miss a 0 (``(g + x) - x``); the rule is
-then a ``Pullback``.
+The analysis never calls a value 0 that some value of the traced constants could make a
+nonzero number. It may miss a 0 (``(g + x) - x``); the rule is then a ``Pullback``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from jax.extend import core as jex_core
 
 from matcalc_jax.transform.interpreter import adds_a_constant, is_float
+from matcalc_jax.transform.registry import LINEAR
 
-#: primitives whose output is 0 wherever their operands all are (indices and predicates aside)
-KEEPS_ZERO = frozenset(
-    ("broadcast_in_dim", "reshape", "convert_element_type", "squeeze", "expand_dims",
-     "transpose", "slice", "dynamic_slice", "rev", "neg", "copy", "copy_p", "reduce_sum",
-     "cumsum", "gather", "real", "imag", "conj", "complex", "select_n", "concatenate", "pad",
-     "dynamic_update_slice", "scatter", "scatter-add", "add", "add_any", "sub", "max", "min",
-     "fft", "reduce_precision")
-)  # fmt: skip
 
-#: products: 0 when the factor at one of these positions is (None: any operand)
-_FACTORS: dict[str, tuple[int, ...] | None] = {
-    "mul": None,
-    "dot_general": None,
-    "conv_general_dilated": None,
-    "div": (0,),
-    "triangular_solve": (1,),
-}
+class Fact(NamedTuple):
+    """What the analysis knows of a value at a 0 cotangent."""
 
-#: output k is operand k, moved or reordered: 0 when it is
+    #: its constant part (what does not vary with the cotangent) is 0, or NaN
+    zero: bool
+    #: and not NaN: exactly 0
+    exact: bool
+    #: it varies with the cotangent
+    varying: bool
+
+
+UNKNOWN = Fact(False, False, False)
+
+#: output k is operand k, moved or reordered
 _PER_OPERAND = frozenset(("sort", "device_put", "optimization_barrier"))
 
 #: calls whose outputs are their program's, and the parameter that holds it
@@ -85,74 +85,94 @@ def _open(program: Any) -> tuple[Any, Sequence[Any]]:
     return (program.jaxpr, program.consts) if hasattr(program, "consts") else (program, ())
 
 
-def _is_zero_constant(value: Any) -> bool:
-    """A constant all of whose entries are 0 (a traced one is not known to be)."""
+def _constant(value: Any) -> Fact:
+    """A constant: exactly 0 when all its entries are (a traced one is not known to be)."""
     if isinstance(value, jax.core.Tracer):
-        return False
+        return UNKNOWN
     try:
-        return not np.any(np.asarray(value) != 0)
+        zero = not np.any(np.asarray(value) != 0)
     except (TypeError, ValueError):  # a key, a token: not a number
-        return False
+        return UNKNOWN
+    return Fact(zero, zero, False)
 
 
-def known_zeros(program: Any, zero_inputs: Sequence[bool]) -> list[bool]:
-    """Per output of ``program`` (a closed or open jaxpr), whether it is 0 wherever the
-    inputs flagged in ``zero_inputs`` are 0, whatever the others and its traced constants
-    are."""
-    jaxpr, consts = _open(program)
-    consts_zero = [_is_zero_constant(c) for c in consts]
-    return _run(jaxpr, [*consts_zero, *zero_inputs])
+def facts(program: Any, chosen: Sequence[bool]) -> list[Fact]:
+    """Per output of ``program`` (a closed or open jaxpr), what is known of it where the
+    inputs flagged in ``chosen`` are 0 (and vary), whatever the others and its traced
+    constants are."""
+    inputs = [Fact(True, True, True) if c else UNKNOWN for c in chosen]
+    return _call(program, inputs)
 
 
-def _run(jaxpr: Any, zero_in: Sequence[bool]) -> list[bool]:
-    """``known_zeros`` of an open jaxpr, its constants' flags before its inputs'."""
-    zero: dict[Any, bool] = dict(zip([*jaxpr.constvars, *jaxpr.invars], zero_in, strict=True))
+def known_zeros(program: Any, chosen: Sequence[bool]) -> list[bool]:
+    """Per output of ``program``, whether its constant part is 0 (or NaN) where the
+    inputs flagged in ``chosen`` are 0 (``facts``)."""
+    return [fact.zero for fact in facts(program, chosen)]
 
-    def read(var: Any) -> bool:
+
+def _run(jaxpr: Any, facts_in: Sequence[Fact]) -> list[Fact]:
+    """``facts`` of an open jaxpr, its constants' before its inputs'."""
+    known: dict[Any, Fact] = dict(zip([*jaxpr.constvars, *jaxpr.invars], facts_in, strict=True))
+
+    def read(var: Any) -> Fact:
         if isinstance(var, jex_core.Literal):
-            return _is_zero_constant(var.val)
-        return zero.get(var, False)
+            return _constant(var.val)
+        return known.get(var, UNKNOWN)
 
     for eqn in jaxpr.eqns:
         outs = _equation(eqn, [read(v) for v in eqn.invars])
-        for var, flag in zip(eqn.outvars, outs, strict=True):
-            zero[var] = flag
+        known.update(zip(eqn.outvars, outs, strict=True))
     return [read(v) for v in jaxpr.outvars]
 
 
-def _equation(eqn: Any, zero_in: list[bool]) -> list[bool]:
-    """The outputs' flags of one equation from its inputs'."""
+def _equation(eqn: Any, ins: list[Fact]) -> list[Fact]:
+    """The outputs' facts of one equation from its inputs'."""
     name, params = eqn.primitive.name, eqn.params
     n_out = len(eqn.outvars)
     if name in _PER_OPERAND:
-        return list(zero_in)
-    if name in _FACTORS and is_float(eqn.outvars[0]):  # an integer 0 // 0 is -1
-        at = _FACTORS[name]
-        factors = zero_in if at is None else [zero_in[k] for k in at]
-        return [any(factors)] * n_out
-    if name in KEEPS_ZERO:
-        data = [z for k, z in enumerate(zero_in) if k not in _indices(name, len(zero_in))]
-        return [all(data) and not adds_a_constant(eqn)] * n_out
+        return list(ins)
     if name in _CALLS and _CALLS[name] in params:
-        return _call(params[_CALLS[name]], zero_in)
+        return _call(params[_CALLS[name]], ins)
     if name == "cond":
-        branches = [_call(branch, zero_in[1:]) for branch in params["branches"]]
-        return [all(flags) for flags in zip(*branches, strict=True)]
+        branches = [_call(branch, ins[1:]) for branch in params["branches"]]
+        return [_meet(*found) for found in zip(*branches, strict=True)]
     if name == "scan":
-        return _scan(eqn, zero_in)
+        return _scan(eqn, ins)
     if name == "while":
-        return _while(eqn, zero_in)
+        return _while(eqn, ins)
     if name == "custom_linear_solve":  # x = solve(b): its program, which may add to b's
         lengths = params["const_lengths"]
         start = lengths.matvec + lengths.vecmat
-        solve_consts = zero_in[start : start + lengths.solve]
-        return _call(params["jaxprs"].solve, [*solve_consts, *zero_in[sum(lengths) :]])
-    return [False] * n_out
+        return _call(
+            params["jaxprs"].solve, [*ins[start : start + lengths.solve], *ins[sum(lengths) :]]
+        )
+    test = LINEAR.get(name)
+    varying = any(fact.varying for fact in ins)
+    if test is None or not is_float(eqn.outvars[0]) or adds_a_constant(eqn):
+        return [Fact(False, False, varying)] * n_out
+    n_in = len(ins)
+    if test([True] * n_in):  # linear in all its operands together
+        data = [f for k, f in enumerate(ins) if k not in _indices(name, n_in)]
+        zero = all(f.zero for f in data)
+        return [Fact(zero, zero and all(f.exact for f in data), varying)] * n_out
+    factors = [ins[k] for k in range(n_in) if test([j == k for j in range(n_in)])]
+    zeros = [f for f in factors if f.zero]
+    # exactly 0: a term of the matrix, or a product of exact zeros (not 0 / 0)
+    every = len(factors) == n_in and all(f.exact for f in ins)
+    exact = any(f.exact and f.varying for f in zeros) or every
+    return [Fact(bool(zeros), bool(zeros) and exact, varying)] * n_out
+
+
+def _meet(*found: Fact) -> Fact:
+    """What holds of a value that is one of ``found`` (a branch's, a step's)."""
+    return Fact(
+        all(f.zero for f in found), all(f.exact for f in found), any(f.varying for f in found)
+    )
 
 
 def _indices(name: str, n_in: int) -> range | tuple[int, ...]:
-    """The operands of a ``KEEPS_ZERO`` primitive that say where, not what: its output is
-    0 whatever they are."""
+    """The operands of a primitive linear in the others that say where, not what: its
+    output is 0 whatever they are."""
     if name in ("gather", "scatter", "scatter-add"):
         return (1,)
     if name == "select_n":
@@ -164,34 +184,33 @@ def _indices(name: str, n_in: int) -> range | tuple[int, ...]:
     return ()
 
 
-def _call(program: Any, zero_in: Sequence[bool]) -> list[bool]:
+def _call(program: Any, ins: Sequence[Fact]) -> list[Fact]:
     jaxpr, consts = _open(program)
-    return _run(jaxpr, [*(_is_zero_constant(c) for c in consts), *zero_in])
+    return _run(jaxpr, [*map(_constant, consts), *ins])
 
 
-def _fixed_point(body: Any, before: list[bool], carry: list[bool], after: list[bool]) -> Any:
-    """The carry's flags that hold through ``body`` (inputs: ``before``, the carry,
+def _fixed_point(body: Any, before: list[Fact], carry: list[Fact], after: list[Fact]) -> Any:
+    """The carry's facts that hold through ``body`` (inputs: ``before``, the carry,
     ``after``; its first outputs the new carry) and the body's outputs with them."""
     while True:
         outs = _call(body, [*before, *carry, *after])
-        kept = [c and o for c, o in zip(carry, outs[: len(carry)], strict=True)]
+        kept = [_meet(c, o) for c, o in zip(carry, outs[: len(carry)], strict=True)]
         if kept == carry:
             return carry, outs
         carry = kept
 
 
-def _scan(eqn: Any, zero_in: list[bool]) -> list[bool]:
+def _scan(eqn: Any, ins: list[Fact]) -> list[Fact]:
     """A scan's carry and stacked outputs: ``(consts, carry, xs) -> (carry, ys)``."""
     n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
-    consts, carry = zero_in[:n_consts], zero_in[n_consts : n_consts + n_carry]
-    xs = zero_in[n_consts + n_carry :]
-    carry, outs = _fixed_point(eqn.params["jaxpr"], consts, carry, xs)
+    consts, carry = ins[:n_consts], ins[n_consts : n_consts + n_carry]
+    carry, outs = _fixed_point(eqn.params["jaxpr"], consts, carry, ins[n_consts + n_carry :])
     return [*carry, *outs[n_carry:]]
 
 
-def _while(eqn: Any, zero_in: list[bool]) -> list[bool]:
+def _while(eqn: Any, ins: list[Fact]) -> list[Fact]:
     """A while loop's carry: the body is ``(body consts, carry) -> carry``."""
     n_cond, n_body = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
-    consts, carry = zero_in[n_cond : n_cond + n_body], zero_in[n_cond + n_body :]
+    consts, carry = ins[n_cond : n_cond + n_body], ins[n_cond + n_body :]
     carry, _ = _fixed_point(eqn.params["body_jaxpr"], consts, carry, [])
     return carry
