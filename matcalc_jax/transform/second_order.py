@@ -306,16 +306,32 @@ def _hessian(
         _check_arguments(what, name, args, argnums)
         program = functools.partial(f, **kwargs) if kwargs else f  # not differentiated
         out = jax.eval_shape(program, *args)
-        _check_scalar(what, name, out[0] if has_aux else out, role)
-        gradient = jax.grad(program, argnums, has_aux=has_aux)
-        result = first_order.jacobian(gradient, argnums, has_aux=has_aux, ravel=ravel)(*args)
-        H, aux = result if has_aux else (result, None)
-        H = jax.tree_util.tree_map(simplify, H, is_leaf=is_operator)
-        if is_operator(H) and H.in_shape == H.out_shape:
-            H = Hessian(H, name)
-        return (H, aux) if has_aux else H
+        return _hessian_at(program, args, out, argnums, has_aux, ravel, what, name, role)
 
     return hessian_of_f
+
+
+def _hessian_at(
+    program: Callable[..., Any],
+    args: tuple[Any, ...],
+    out: Any,
+    argnums: int | tuple[int, ...],
+    has_aux: bool,
+    ravel: bool,
+    what: str,
+    name: str,
+    role: str = "f",
+) -> Any:
+    """``hessian(program)(*args)`` for arguments already checked and the output's shapes
+    ``out`` already read (``jax.eval_shape``)."""
+    _check_scalar(what, name, out[0] if has_aux else out, role)
+    gradient = jax.grad(program, argnums, has_aux=has_aux)
+    result = first_order.jacobian(gradient, argnums, has_aux=has_aux, ravel=ravel)(*args)
+    H, aux = result if has_aux else (result, None)
+    H = jax.tree_util.tree_map(simplify, H, is_leaf=is_operator)
+    if is_operator(H) and H.in_shape == H.out_shape:
+        H = Hessian(H, name)
+    return (H, aux) if has_aux else H
 
 
 def laplacian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Array]:
@@ -335,25 +351,27 @@ def laplacian(f: Callable[..., Any], argnums: int = 0) -> Callable[..., Array]:
             "taken in one argument"
         )
     name = _name(f)
-    build = _hessian(f, argnums, ravel=True, what="laplacian", name=name)
+
+    def trace(program: Callable[..., Any], args: tuple[Any, ...], out: Any) -> Array:
+        return _hessian_at(program, args, out, argnums, False, True, "laplacian", name).trace()
 
     @functools.wraps(f)
     def laplacian_of_f(*args: Any, **kwargs: Any) -> Array:
+        _check_arguments("laplacian", name, args, argnums)
         program = functools.partial(f, **kwargs) if kwargs else f
-        out = jax.eval_shape(program, *args)
+        out = jax.eval_shape(program, *args)  # f traced once for its shapes
         field = isinstance(out, jax.ShapeDtypeStruct) and out.shape != ()
         if not (field and jnp.issubdtype(out.dtype, jnp.floating)):
-            return build(*args, **kwargs).trace()  # a scalar, or the error naming the output
+            return trace(program, args, out)  # a scalar, or the error naming the output
         size = size_of(out.shape)
         units = jnp.eye(size, dtype=out.dtype).reshape((size, *out.shape))
+        scalar = jax.ShapeDtypeStruct((), out.dtype)
 
         def of_one_output(unit: Array) -> Array:
             def weighted(*arguments: Any) -> Array:
                 return jnp.sum(unit * program(*arguments))
 
-            return _hessian(weighted, argnums, ravel=True, what="laplacian", name=name)(
-                *args
-            ).trace()
+            return trace(weighted, args, scalar)
 
         return jax.vmap(of_one_output)(units).reshape(out.shape)
 

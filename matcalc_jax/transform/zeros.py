@@ -42,10 +42,9 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 from jax.extend import core as jex_core
 
-from matcalc_jax.transform.interpreter import adds_a_constant, is_float
+from matcalc_jax.transform.interpreter import adds_a_constant, is_float, nonzero
 from matcalc_jax.transform.registry import LINEAR
 
 
@@ -90,7 +89,7 @@ def _constant(value: Any) -> Fact:
     if isinstance(value, jax.core.Tracer):
         return UNKNOWN
     try:
-        zero = not np.any(np.asarray(value) != 0)
+        zero = not nonzero(value)
     except (TypeError, ValueError):  # a key, a token: not a number
         return UNKNOWN
     return Fact(zero, zero, False)
