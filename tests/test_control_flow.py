@@ -139,6 +139,36 @@ def test_cond_under_jit_selects_the_branch_jax_takes():
         np.testing.assert_array_equal(J.to_dense(), jax.jacfwd(f)(x))
 
 
+CONDS_WITH_A_NAN_BRANCH = {
+    # the branch taken is W @ z, a dense row each; arcsin'(2) is NaN in the one not taken
+    "cond": lambda x: lax.cond(x[0] > 0, lambda z: W[:3, :3] @ z, jnp.arcsin, x),
+    "switch": lambda x: lax.switch(
+        (x[0] > 0).astype(jnp.int32) + (x[1] > 10).astype(jnp.int32),
+        [jnp.log, lambda z: W[:3, :3] @ z, jnp.arcsin],
+        x,
+    ),
+    # elementwise branches: their diagonals are selected
+    "cond of diagonals": lambda x: lax.cond(x[0] > 0, jnp.sin, jnp.arcsin, x),
+}
+
+
+@pytest.mark.parametrize("name", CONDS_WITH_A_NAN_BRANCH)
+def test_vm_of_a_traced_cond_pulls_back_through_the_branch_taken(name):
+    """Under jit the Jacobian of a cond is every branch's, selected; JAX's vjp of a cond
+    runs the branch taken alone, so a NaN derivative in another (arcsin at 2) never reaches
+    u^T J. vm masked the cotangent before each branch (0 times NaN: all NaN where
+    jax.vjp gives [4.4, ...]), while to_dense and mv were right."""
+    f = CONDS_WITH_A_NAN_BRANCH[name]
+    x, u = jnp.array([2.0, 3.0, 0.5]), jnp.array([1.0, -2.0, 0.5])
+    expected = jax.vjp(f, x)[1](u)[0]
+    assert np.all(np.isfinite(expected))
+    J = jax.jit(mj.jacobian(f))(x)
+    np.testing.assert_allclose(J.vm(u), expected, rtol=1e-13)
+    np.testing.assert_allclose(jax.jit(lambda x: mj.jacobian(f)(x).vm(u))(x), expected, rtol=1e-13)
+    np.testing.assert_allclose(u @ J.to_dense().reshape(3, 3), expected, rtol=1e-13)
+    np.testing.assert_allclose(J.T.mv(u), expected, rtol=1e-13)
+
+
 def test_a_scans_stacked_outputs_keep_their_structure():
     f = lambda x: lax.scan(lambda c, a: (c, jnp.sin(a) * c), 2.0, x)[1]  # noqa: E731
     J = mj.jacobian(f)(X)
@@ -224,3 +254,29 @@ def test_the_hessian_of_an_rk4_step_in_a_scan():
 
     y = jnp.array([0.5, -0.3, 0.8])
     assert_jacobians_close(mj.hessian(f)(y).to_dense(), jax.hessian(f)(y))
+
+
+def _newton_steps_per_example(x):
+    """A while_loop whose trip count depends on the example (2 or 3 steps)."""
+    body = lambda s: (jnp.sin(s[0]) + s[0], s[1] + 1)  # noqa: E731
+    return lax.while_loop(lambda s: s[1] < 2 + (s[0][0] > 0), body, (x, 0))[0]
+
+
+def test_a_while_loop_under_vmap_stopping_per_example_is_refused_clearly():
+    """Under jax.vmap a while_loop's condition is one per example (JAX runs until every
+    example is done, each keeping its own carry after its last step). The transform's loop
+    took it for the one condition of the loop and failed inside lax.while_loop ("cond_fun
+    must return a boolean scalar"); it is refused naming what to do instead, which gives
+    jax.jacfwd's answer, as does fallback="autodiff"."""
+    X = jnp.array([[0.5, 1.0], [-0.5, 2.0]])
+    f = jax.vmap(_newton_steps_per_example)
+    expected = jax.jacfwd(f)(X)
+    for wrap in (lambda g: g, jax.jit):
+        with pytest.raises(mj.UnsupportedPrimitiveError, match=r"'while' with a condition per"):
+            wrap(mj.jacobian(f))(X)
+        per_example = wrap(jax.vmap(mj.jacobian(_newton_steps_per_example)))(X)
+        dense = jax.vmap(lambda J: J.to_dense())(per_example)
+        np.testing.assert_allclose(dense, jax.vmap(jax.jacfwd(_newton_steps_per_example))(X))
+        np.testing.assert_allclose(
+            wrap(mj.jacobian(f, fallback="autodiff"))(X).to_dense(), expected, rtol=1e-13
+        )

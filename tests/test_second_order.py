@@ -450,6 +450,25 @@ def test_a_solve_singular_to_working_precision_is_an_error():
     np.testing.assert_allclose(jax.hessian(f)(w) @ x, jnp.ones(3), rtol=1e-12)
 
 
+def test_a_singular_solve_the_condition_bound_misses_is_an_error():
+    """A shift-invariant loss (the third moment of standardized x): its Hessian has the
+    ones in its null space, singular values [60.6, ..., 0.46, 7e-15]. The Woodbury solve
+    returned 1.4e11 in every entry, with ||H x - b|| / ||b|| = 0.1, and no error: the
+    condition bound reached 7.9e12, below 1 / (16 eps). A step of iterative refinement
+    changes that x by all of its norm: an error now. Where the Hessian is not singular the
+    same solve still answers (a diagonal entry 1e-13 of the others: cond 1e13)."""
+    moment = lambda x: jnp.sum(((x - x.mean()) / jnp.sqrt(x.var() + 1e-5)) ** 3)  # noqa: E731
+    x = jnp.abs(jax.random.normal(jax.random.key(3), (6,))) + 0.5
+    b = jnp.cos(jnp.arange(6.0))
+    H = mj.hessian(moment)(x)
+    with pytest.raises(ValueError, match=r"singular to working precision \(a step of iter"):
+        H.solve(b)
+    weights = jnp.array([1.0, 1.0, 1.0, 1.0, 1.0, 1e-13])
+    f = lambda x: jnp.sum(jnp.cosh(x) * weights) + jnp.sum(x) ** 2  # noqa: E731
+    solution = mj.hessian(f)(x).solve(b)
+    np.testing.assert_allclose(jax.hessian(f)(x) @ solution, b, rtol=1e-9, atol=1e-12)
+
+
 FIELDS = {
     "sin(x) |x|^2": lambda x: jnp.sin(x) * jnp.sum(x**2),
     "tanh(W x)": lambda x: jnp.tanh(jnp.linspace(-1.0, 1.0, 12).reshape(4, 3) @ x),

@@ -307,6 +307,30 @@ def test_an_operator_returned_from_vmap_is_a_batch_its_methods_refuse(name):
         np.testing.assert_allclose(traces, jnp.trace(expected, axis1=1, axis2=2), rtol=1e-12)
 
 
+BATCHED_HESSIANS = {
+    # Sums of terms whose types read their shapes from different arrays: rebuilt with the
+    # batch's axes, a Sum compared them (LowRank (4, 2) <- (4, 3) against a Composition
+    # (4, 2) <- (3,)) and raised "cannot add ..." from inside jax.vmap
+    "logsumexp(W x)": lambda x: jax.nn.logsumexp(_W[:, :3] @ x),
+    "sum(sin(W x)^2) + prod(x)": lambda x: jnp.sum(jnp.sin(_W[:, :3] @ x) ** 2) + jnp.prod(x),
+}
+
+
+@pytest.mark.parametrize("name", list(BATCHED_HESSIANS))
+def test_a_hessian_returned_from_vmap_is_a_batch(name):
+    """jax.vmap(mj.hessian(f)) as jax.vmap(jax.hessian(f)): a batch of Hessians, whose
+    operators are rebuilt from arrays with the batch's axes without checking their shapes
+    (a check read the batch as one operator's shapes)."""
+    f = BATCHED_HESSIANS[name]
+    xs = jax.random.normal(key(8), (4, 3), jnp.float64)
+    expected = jax.vmap(jax.hessian(f))(xs)
+    for made in (jax.vmap(mj.hessian(f))(xs), jax.jit(jax.vmap(mj.hessian(f)))(xs)):
+        with pytest.raises(mj.BatchOfOperatorsError, match=r"Hessian\.trace: this Hessian"):
+            made.trace()
+        dense = jax.vmap(lambda H: H.to_dense())(made)
+        np.testing.assert_allclose(dense, expected, rtol=1e-12, atol=1e-15)
+
+
 def test_an_operator_is_its_own_vmap_axis_spec():
     """The ranks an operator's structure records are not part of its equality: an
     operator of integer leaves is an in_axes / out_axes spec for one (a structure mismatch

@@ -377,6 +377,22 @@ def _mark_batch(op: Any, batch: int | None, ranks: Any) -> Any:
     return op
 
 
+def _unchecked(cls: type, fields: dict[str, Any]) -> Any:
+    """``cls(**fields)`` without its ``__post_init__``: a batch of operators being rebuilt,
+    whose arrays have the batch's axes, which a check of its shapes (a ``Sum``'s terms
+    alike) would read as one operator's."""
+    op = object.__new__(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in fields:
+            value = fields[field.name]
+        elif field.default is not dataclasses.MISSING:
+            value = field.default
+        else:
+            value = field.default_factory()  # type: ignore[misc]
+        object.__setattr__(op, field.name, value)
+    return op
+
+
 def _register_with_ranks(cls: type, data: tuple[str, ...], meta: tuple[str, ...]) -> None:
     """``cls`` as a pytree of its ``data`` fields (children) and static ``meta`` fields,
     whose structure also records each child array's number of axes: one rebuilt from
@@ -398,8 +414,10 @@ def _register_with_ranks(cls: type, data: tuple[str, ...], meta: tuple[str, ...]
     def unflatten(aux: tuple, children: Any) -> Any:
         values, ranks = aux[0], aux[1].ranks
         children = list(children)
-        op = cls(**dict(zip(data, children, strict=True)), **dict(zip(meta, values, strict=True)))
-        return _mark_batch(op, _batch_of(children, ranks), ranks)
+        fields = dict(zip(data, children, strict=True)) | dict(zip(meta, values, strict=True))
+        batch = _batch_of(children, ranks)
+        op = cls(**fields) if batch is None else _unchecked(cls, fields)
+        return _mark_batch(op, batch, ranks)
 
     jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
 

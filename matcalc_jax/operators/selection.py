@@ -30,17 +30,22 @@ from matcalc_jax.operators.diagonal import Diagonal
 from matcalc_jax.operators.identity import Identity
 
 
-@pytree(("predicate", "branches"), ("layout",))
+@pytree(("predicate", "branches"), ("layout", "whole"))
 class Select(JacobianOperator):
     """The Jacobian of ``lax.select_n(p, y_0, y_1, ...)``: row i is row i of the Jacobian of
     the branch ``p_i`` chooses (``None``: a constant branch, a zero row). ``mv`` applies the
     branches and selects, as JAX's ``jvp`` of ``select_n`` does, so a NaN or an infinity in
     a branch not taken (``sqrt`` of a negative entry under ``jnp.where(x > 0, ...)``) never
-    reaches the result; ``vm`` masks the cotangent before each branch, as JAX's ``vjp``."""
+    reaches the result; ``vm`` masks the cotangent before each branch, as JAX's ``vjp`` of
+    ``select_n`` does (a NaN row of a branch not taken reaches it, as in ``jax.jacrev``).
+    ``whole``: one branch for every row, a ``cond``'s (``predicate`` its index, a scalar):
+    ``vm`` pulls the cotangent back through every branch and selects the result, as JAX's
+    ``vjp`` of ``cond`` runs the branch taken alone, so a NaN in another never reaches it."""
 
     predicate: Array
     branches: tuple[JacobianOperator | None, ...]
     layout: Layout = "numerator"
+    whole: bool = False
 
     def _first(self) -> JacobianOperator:
         return next(b for b in self.branches if b is not None)
@@ -62,6 +67,11 @@ class Select(JacobianOperator):
 
     def vm(self, cotangent: ArrayLike) -> Array:
         cotangent = check_tangent(self, "vm", cotangent, self.out_shape)
+        if self.whole:
+            pulled = [None if b is None else b.vm(cotangent) for b in self.branches]
+            present = next(p for p in pulled if p is not None)
+            cases = [jnp.zeros_like(present) if p is None else p for p in pulled]
+            return lax.select_n(self.predicate, *cases)
         zeros = jnp.zeros_like(cotangent)
         pulled = []
         for k, branch in enumerate(self.branches):
@@ -76,7 +86,7 @@ class Select(JacobianOperator):
 
     def with_layout(self, layout: Layout) -> JacobianOperator:
         branches = tuple(None if b is None else b.with_layout(layout) for b in self.branches)
-        return Select(self.predicate, branches, layout)
+        return Select(self.predicate, branches, layout, self.whole)
 
     def diagonal(self) -> Array:
         self._check_square("diagonal")
@@ -104,12 +114,15 @@ def diagonal_factor(op: JacobianOperator) -> tuple[Array, JacobianOperator | Non
     return jnp.ones(op.out_shape, op.dtype), op
 
 
-def select(predicate: Array, branches: Sequence[JacobianOperator | None]) -> Any:
+def select(
+    predicate: Array, branches: Sequence[JacobianOperator | None], *, whole: bool = False
+) -> Any:
     """The Jacobian of ``select_n(predicate, *branches)``, as structured as selection allows:
     branches that are diagonal after a common factor X (``diag(d_k) o X``, X the identity
     for elementwise branches) select their diagonals, ``diag(select(p, d_k)) o X``; a
     constant branch beside a non-trivial X keeps the selection after X (a NaN row of X in a
-    branch not taken must not reach the result); anything else is a lazy ``Select``."""
+    branch not taken must not reach the result); anything else is a lazy ``Select``.
+    ``whole``: ``predicate`` is a ``cond``'s index, one branch for every row (``Select``)."""
     present = [b for b in branches if b is not None]
     if not present:
         return None
@@ -128,5 +141,5 @@ def select(predicate: Array, branches: Sequence[JacobianOperator | None]) -> Any
             )  # fmt: skip
             chosen = Diagonal(values)
             return chosen if inner is None else compose(chosen, inner)
-        return compose(Select(predicate, tuple(diagonals)), inner)
-    return Select(predicate, tuple(branches))
+        return compose(Select(predicate, tuple(diagonals), whole=whole), inner)
+    return Select(predicate, tuple(branches), whole=whole)

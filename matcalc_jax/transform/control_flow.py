@@ -76,7 +76,9 @@ def _cond(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
         ctx.inside(f"cond[branch {k}]", eqn).run(b.jaxpr, b.consts, operands, operand_ops)[1]
         for k, b in enumerate(branches)
     ]
-    out_ops = [select(index, [ops_k[j] for ops_k in per_branch]) for j in range(len(outs))]
+    out_ops = [
+        select(index, [ops_k[j] for ops_k in per_branch], whole=True) for j in range(len(outs))
+    ]
     return outs, out_ops
 
 
@@ -351,6 +353,12 @@ def _while(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any
     cond_consts = ins[:n_cond]
     body_consts, body_const_ops = ins[n_cond : n_cond + n_body], ops[n_cond : n_cond + n_body]
     init, init_ops = ins[n_cond + n_body :], ops[n_cond + n_body :]
+    if cond.out_avals[0].shape != ():
+        raise NoRule(
+            "with a condition per example (a while_loop or fori_loop under jax.vmap that "
+            "stops at a different step for each example); take the Jacobian inside the "
+            "vmap, jax.vmap(matcalc_jax.jacobian(f)), one example at a time"
+        )
     inner = ctx.inside("while", eqn)
 
     def step(carry: list[Array], carry_ops: list[Operator], t: Any) -> tuple:

@@ -164,7 +164,10 @@ class Hessian(Wrapped):
     def solve(self, rhs: ArrayLike) -> Array:
         rhs = check_tangent(self, "solve", rhs, self.out_shape)
         solution = self.operator.solve(rhs)
-        _check_solution(f"hessian({self.name})", "the Hessian", "H", self.operator, rhs, solution)
+        _check_solution(
+            f"hessian({self.name})", "the Hessian", "H", self.operator, rhs, solution,
+            self.operator.solve,
+        )  # fmt: skip
         return solution
 
     def describe(self) -> str:
@@ -172,14 +175,23 @@ class Hessian(Wrapped):
 
 
 def _check_solution(
-    call: str, matrix: str, symbol: str, op: JacobianOperator, rhs: Array, solution: Array
+    call: str,
+    matrix: str,
+    symbol: str,
+    op: JacobianOperator,
+    rhs: Array,
+    solution: Array,
+    solve: Callable[[Array], Array],
 ) -> None:
     """Called outside ``jit``: the ``ValueError`` of a singular ``op``: log|det| = -inf, a
-    non-finite solution of a finite right-hand side, or one singular to working precision
-    (``_condition_at_least`` past ``1 / (16 eps)``: the LU of a matrix singular in exact
+    non-finite solution of a finite right-hand side, or one singular to working precision:
+    ``_condition_at_least`` past ``1 / (16 eps)`` (the LU of a matrix singular in exact
     arithmetic, softmax cross-entropy's Hessian, rounds to a finite x of size 1e16 that
-    does not solve it). Under ``jit`` nothing (the solution is what the factorization
-    gives, as ``jnp.linalg.solve``)."""
+    does not solve it), or a step of iterative refinement, d = ``solve`` (rhs - op x),
+    at least half the size of x (``_refinement``: no digit of x is right; the bound on the
+    condition number can fall short of it, a shift-invariant loss's Hessian at 7e12 where
+    it is 8e15). Under ``jit`` nothing (the solution is what the factorization gives, as
+    ``jnp.linalg.solve``)."""
     if isinstance(solution, jax.core.Tracer) or isinstance(rhs, jax.core.Tracer):
         return
     logdet = op.logdet()
@@ -190,6 +202,11 @@ def _check_solution(
         op.dtype
     ):
         how = f"singular to working precision (condition number at least {condition:.1e})"
+    elif finite and (change := _refinement(op, rhs, solution, solve)) >= 0.5:
+        how = (
+            "singular to working precision (a step of iterative refinement changes the "
+            f"solution by {change:.0%} of its norm)"
+        )
     else:
         return
     raise ValueError(
@@ -201,6 +218,20 @@ def _check_solution(
 def _singular_condition(dtype: Any) -> float:
     """The condition number past which a solve has no correct digit: 1 / (16 eps)."""
     return 1.0 / (16 * float(jnp.finfo(dtype).eps))
+
+
+def _refinement(
+    op: JacobianOperator, rhs: Array, solution: Array, solve: Callable[[Array], Array]
+) -> float:
+    """||d|| / ||x|| for d = ``solve`` (rhs - op x), the step of iterative refinement from
+    x = ``solution``: about cond(op) eps where x is right, near 1 where no digit of it is."""
+    norm = lambda a: float(jnp.linalg.norm(jnp.ravel(a)))  # noqa: E731
+    size = norm(solution)
+    if size == 0:
+        return 0.0
+    residual = rhs - op.mv(solution.astype(op.dtype))
+    change = norm(solve(residual))
+    return change / size if math.isfinite(change) else math.inf
 
 
 def _condition_at_least(op: JacobianOperator, rhs: Array, solution: Array) -> float:
@@ -447,7 +478,7 @@ class GaussNewton(JacobianOperator):
             solution = jnp.full(self.in_shape, jnp.nan, jnp.result_type(self.dtype, rhs))
         else:
             solution = super().solve(rhs)
-        _check_solution("gauss_newton(...)", "J^T H J", "G", self, rhs, solution)
+        _check_solution("gauss_newton(...)", "J^T H J", "G", self, rhs, solution, super().solve)
         return solution
 
     def describe(self) -> str:
