@@ -11,6 +11,8 @@ import numpy as np
 import optax
 import pytest
 
+import matcalc_jax as mj
+
 from .helpers import assert_transform_matches_autodiff, key
 
 #: Host arrays, and parameters built by the test that uses them: every test process imports
@@ -93,3 +95,43 @@ EDGES = {
 def test_user_program_at_its_edges(name):
     f, x = EDGES[name]
     assert_transform_matches_autodiff(f, x)
+
+
+_STACK = np.sin(np.arange(24.0) * 0.7).reshape(2, 4, 3) + np.eye(4, 3)
+BATCHED_LINEAR_ALGEBRA = {
+    # jax.vmap of a per-example factorization, or a stack of matrices: every factor of each
+    "vmap(norm(M, 2))": (jax.vmap(lambda m: jnp.linalg.norm(m, ord=2)), _STACK),
+    "svd of a stack of tall matrices": (
+        lambda a: jnp.concatenate([f.ravel() for f in jnp.linalg.svd(a, full_matrices=False)]),
+        _STACK,
+    ),
+    "svd of a stack of wide matrices": (
+        lambda a: jnp.concatenate(
+            [f.ravel() for f in jnp.linalg.svd(jnp.swapaxes(a, 1, 2), full_matrices=False)]
+        ),
+        _STACK,
+    ),
+    "vmap(lstsq)": (jax.vmap(lambda a: jnp.linalg.lstsq(a, jnp.arange(4.0))[0]), _STACK),
+    "qr of a stack": (lambda a: jnp.concatenate([f.ravel() for f in jnp.linalg.qr(a)]), _STACK),
+    "vmap(lu_factor)": (
+        jax.vmap(lambda a: jax.scipy.linalg.lu_factor(a)[0]),
+        _STACK[:, :3, :] + np.array([[[0.0, 0, 0], [0, 0, 0], [2, 0, 0]]]),  # rows pivot
+    ),
+    "vmap(lu_solve(lu_factor))": (
+        jax.vmap(lambda a: jax.scipy.linalg.lu_solve(jax.scipy.linalg.lu_factor(a), jnp.ones(3))),
+        _STACK[:, :3, :],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BATCHED_LINEAR_ALGEBRA))
+def test_batched_factorizations_against_autodiff(name):
+    """svd, qr and lu of a stack of matrices (jax.vmap of a per-example norm, lstsq,
+    lu_factor) were refused ("other than a thin SVD of one matrix"); each matrix of the
+    stack is now differentiated by the one-matrix rule, eagerly and under jit."""
+    f, a = BATCHED_LINEAR_ALGEBRA[name]
+    a = jnp.asarray(a)
+    assert_transform_matches_autodiff(f, a)
+    np.testing.assert_allclose(
+        mj.jacobian(f)(a).to_dense(), jax.jacrev(f)(a), rtol=1e-10, atol=1e-12
+    )

@@ -150,10 +150,11 @@ class QRTangent(Map):
 
 
 def _svd_gaps(s: Array) -> Array:
-    """F_ij = 1 / (s_j^2 - s_i^2) off the diagonal, 0 on it (JAX's rule)."""
-    row = s[None, :]
+    """F_ij = 1 / (s_j^2 - s_i^2) off the diagonal, 0 on it (JAX's rule), for each matrix
+    of a stack."""
+    row, column = s[..., None, :], s[..., :, None]
     eye = jnp.eye(s.shape[-1], dtype=s.dtype)
-    return 1 / ((row + row.T) * (row - row.T) + eye) - eye
+    return 1 / ((row + column) * (row - column) + eye) - eye
 
 
 @pytree(("u", "s", "vt"), ("out_sizes", "in_sizes", "dtype_name", "part", "layout"))
@@ -161,7 +162,7 @@ class SVDTangent(Map):
     """dA -> ds, dU or dVt (``part``) of a thin SVD A = U diag(s) Vt, as JAX's rule:
     P = U^T dA V, ds = diag(P), dU = U (F o (P S + S P^T)) (+ (I - U U^T) dA V S^{-1} for a
     tall A), dV = V (F o (S P + P^T S)) (+ (I - V V^T) dA^T U S^{-1} for a wide A); the
-    transposes written out."""
+    transposes written out. Of each matrix of a stack (leading axes: a batched ``svd``)."""
 
     u: Array
     s: Array
@@ -173,43 +174,45 @@ class SVDTangent(Map):
         u, s, v = self.u, self.s, _t(self.vt)
         p = _t(u) @ tangent @ v
         if self.part == "s":
-            return jnp.diagonal(p)
+            return jnp.diagonal(p, axis1=-2, axis2=-1)
         gaps = _svd_gaps(s)
-        m, n = tangent.shape
+        m, n = tangent.shape[-2:]
+        row = s[..., None, :]
         if self.part == "u":
-            ps = p * s[None, :]
+            ps = p * row
             du = u @ (gaps * (ps + _t(ps)))
             if m > n:
                 dav = tangent @ v
-                du = du + (dav - u @ (_t(u) @ dav)) / s[None, :]
+                du = du + (dav - u @ (_t(u) @ dav)) / row
             return du
-        sp = s[:, None] * p
+        sp = s[..., :, None] * p
         dv = v @ (gaps * (sp + _t(sp)))
         if n > m:
             dau = _t(tangent) @ u
-            dv = dv + (dau - v @ (_t(v) @ dau)) / s[None, :]
+            dv = dv + (dau - v @ (_t(v) @ dau)) / row
         return _t(dv)
 
     def _apply_transpose(self, cotangent: Array) -> Array:
         u, s, v = self.u, self.s, _t(self.vt)
-        m, n = self.in_shape
+        m, n = self.in_shape[-2:]
         if self.part == "s":
-            return u @ (cotangent[:, None] * _t(v))
+            return u @ (cotangent[..., :, None] * _t(v))
         gaps = _svd_gaps(s)
+        row = s[..., None, :]
         if self.part == "u":
             g = gaps * (_t(u) @ cotangent)
-            d_p = (g + _t(g)) * s[None, :]
+            d_p = (g + _t(g)) * row
             result = u @ d_p @ _t(v)
             if m > n:
-                scaled = cotangent / s[None, :]
+                scaled = cotangent / row
                 result = result + (scaled - u @ (_t(u) @ scaled)) @ _t(v)
             return result
         d_v = _t(cotangent)  # the cotangent of dV = dVt^T
         g = gaps * (_t(v) @ d_v)
-        d_p = s[:, None] * (g + _t(g))
+        d_p = s[..., :, None] * (g + _t(g))
         result = u @ d_p @ _t(v)
         if n > m:
-            scaled = d_v / s[None, :]
+            scaled = d_v / row
             result = result + _t((scaled - v @ (_t(v) @ scaled)) @ _t(u))
         return result
 
@@ -218,7 +221,8 @@ class SVDTangent(Map):
 class LUTangent(Map):
     """dA -> the tangent of the packed LU factors of a square A (P A = L U), as JAX's rule:
     X = P dA, Y = L^{-1} X U^{-1}, dLU = L tril(Y, -1) + triu(Y) U; its transpose
-    written out (the permutation's transpose puts the rows back)."""
+    written out (the permutation's transpose puts the rows back). Of each matrix of a
+    stack (leading axes: a batched ``lu``)."""
 
     lower: Array
     upper: Array
@@ -227,7 +231,7 @@ class LUTangent(Map):
 
     def _apply(self, tangent: Array) -> Array:
         lower, upper = self.lower, self.upper
-        x = tangent[self.permutation]
+        x = jnp.take_along_axis(tangent, self.permutation[..., :, None], axis=-2)
         y = lax.linalg.triangular_solve(lower, x, left_side=True, lower=True, unit_diagonal=True)
         y = lax.linalg.triangular_solve(upper, y, left_side=False, lower=False)
         return lower @ jnp.tril(y, -1) + jnp.triu(y) @ upper
@@ -241,4 +245,5 @@ class LUTangent(Map):
         d_x = lax.linalg.triangular_solve(
             lower, d_y, left_side=True, lower=True, transpose_a=True, unit_diagonal=True
         )
-        return jnp.zeros_like(d_x).at[self.permutation].set(d_x)
+        back = jnp.argsort(self.permutation, axis=-1)  # the inverse permutation
+        return jnp.take_along_axis(d_x, back[..., :, None], axis=-2)

@@ -85,7 +85,7 @@ def _qr(ctx, eqn, ins, ops, outs):
     x = ins[0]
     q, r = outs[:2]
     m, n = x.shape[-2:]
-    if eqn.params.get("pivoting") or eqn.params.get("full_matrices") or m < n or x.ndim != 2:
+    if eqn.params.get("pivoting") or eqn.params.get("full_matrices") or m < n:
         raise NoRule("other than a thin QR of a tall or square matrix without pivoting")
     parts = [
         QRTangent(tuple(y.shape), tuple(x.shape), y.dtype.name, q, r, part)
@@ -98,8 +98,8 @@ def _qr(ctx, eqn, ins, ops, outs):
 def _svd(ctx, eqn, ins, ops, outs):
     a = ins[0]
     m, n = a.shape[-2:]
-    if a.ndim != 2 or (eqn.params.get("full_matrices") and m != n and len(outs) > 1):
-        raise NoRule("other than a thin SVD of one matrix")
+    if eqn.params.get("full_matrices") and m != n and len(outs) > 1:
+        raise NoRule("other than a thin SVD")
     subset = eqn.params.get("subset_by_index")
     if subset is not None and tuple(subset) != (0, min(m, n)):
         raise NoRule("for a subset of the singular values")
@@ -121,8 +121,8 @@ def _lu(ctx, eqn, ins, ops, outs):
     a = ins[0]
     packed, _, permutation = outs
     m, n = a.shape[-2:]
-    if a.ndim != 2 or m != n:
-        raise NoRule("of a rectangular or batched matrix")
+    if m != n:
+        raise NoRule("of a rectangular matrix")
     lower = jnp.tril(packed, -1) + jnp.eye(n, dtype=packed.dtype)
     upper = jnp.triu(packed)
     shape = tuple(packed.shape)
