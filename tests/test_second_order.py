@@ -469,6 +469,19 @@ def test_a_singular_solve_the_condition_bound_misses_is_an_error():
     np.testing.assert_allclose(jax.hessian(f)(x) @ solution, b, rtol=1e-9, atol=1e-12)
 
 
+def test_a_float32_solve_of_a_large_right_hand_side_is_not_taken_for_singular():
+    """The singularity checks' norms squared the entries in float32: a right-hand side of
+    1e28 overflowed, the refinement step's size was inf and a Hessian of condition 2.6 was
+    "singular"; they are now taken in float64, scaled by the largest entry."""
+    A = np.array([[3.0, 1.0], [1.0, 2.0]], np.float32)
+    with jax.enable_x64(False):
+        H = mj.hessian(lambda x: 0.5 * x @ (jnp.asarray(A) @ x))(jnp.zeros(2, jnp.float32))
+        for scale in (1.0, 1e24, 1e28, 1e36):
+            b = np.array([1.0, -2.0], np.float32) * np.float32(scale)
+            solution = H.solve(jnp.asarray(b))
+            np.testing.assert_allclose(solution, np.linalg.solve(A, b), rtol=1e-5)
+
+
 FIELDS = {
     "sin(x) |x|^2": lambda x: jnp.sin(x) * jnp.sum(x**2),
     "tanh(W x)": lambda x: jnp.tanh(jnp.linspace(-1.0, 1.0, 12).reshape(4, 3) @ x),

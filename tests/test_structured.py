@@ -331,6 +331,26 @@ def test_a_hessian_returned_from_vmap_is_a_batch(name):
         np.testing.assert_allclose(dense, expected, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("name", list(BATCHED_HESSIANS))
+def test_a_hessian_is_a_tree_of_placeholders_for_vmap_and_equinox(name):
+    """tree_map over a Hessian with placeholders (an axis spec of 0s, equinox's filters'
+    True/False): a Sum rebuilt from them checked its terms' shapes (AttributeError: 'int'
+    object has no attribute 'shape'), and the graph, read again by identity, took its equal
+    placeholders for one leaf (a structure mismatch). Both now rebuild as they were."""
+    eqx = pytest.importorskip("equinox")
+    f = BATCHED_HESSIANS[name]
+    xs = jax.random.normal(key(9), (3, 3), jnp.float64)
+    expected = jax.vmap(jax.hessian(f))(xs)
+    spec = jax.tree_util.tree_map(lambda a: 0, mj.hessian(f)(xs[0]))
+    assert jax.tree_util.tree_structure(spec) == jax.tree_util.tree_structure(mj.hessian(f)(xs[0]))
+    for made in (
+        jax.vmap(mj.hessian(f), out_axes=spec)(xs),
+        eqx.filter_vmap(mj.hessian(f))(xs),
+    ):
+        dense = jax.vmap(lambda H: H.to_dense())(made)
+        np.testing.assert_allclose(dense, expected, rtol=1e-12, atol=1e-15)
+
+
 def test_an_operator_is_its_own_vmap_axis_spec():
     """The ranks an operator's structure records are not part of its equality: an
     operator of integer leaves is an in_axes / out_axes spec for one (a structure mismatch

@@ -377,10 +377,22 @@ def _mark_batch(op: Any, batch: int | None, ranks: Any) -> Any:
     return op
 
 
+def _holds_placeholders(children: Any) -> bool:
+    """Whether an operator's ``children`` hold something other than arrays where arrays
+    go: ``jax.vmap``'s axis specs (an int, ``None``), what ``tree_map`` or equinox's
+    filters put there, or an operator rebuilt from such."""
+    if isinstance(children, JacobianOperator):
+        return bool(children.__dict__.get("_placeholders"))
+    if isinstance(children, (tuple, list)):
+        return any(_holds_placeholders(c) for c in children)
+    return not hasattr(children, "shape")
+
+
 def _unchecked(cls: type, fields: dict[str, Any]) -> Any:
     """``cls(**fields)`` without its ``__post_init__``: a batch of operators being rebuilt,
     whose arrays have the batch's axes, which a check of its shapes (a ``Sum``'s terms
-    alike) would read as one operator's."""
+    alike) would read as one operator's, or a tree of placeholders (axis specs), which
+    has no shapes to check."""
     op = object.__new__(cls)
     for field in dataclasses.fields(cls):
         if field.name in fields:
@@ -416,7 +428,11 @@ def _register_with_ranks(cls: type, data: tuple[str, ...], meta: tuple[str, ...]
         children = list(children)
         fields = dict(zip(data, children, strict=True)) | dict(zip(meta, values, strict=True))
         batch = _batch_of(children, ranks)
-        op = cls(**fields) if batch is None else _unchecked(cls, fields)
+        if batch is None and not _holds_placeholders(children):
+            return _mark_batch(cls(**fields), None, ranks)
+        op = _unchecked(cls, fields)
+        if batch is None:  # a tree of axis specs or tree_map's placeholders, not arrays
+            op.__dict__["_placeholders"] = True
         return _mark_batch(op, batch, ranks)
 
     jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
@@ -432,7 +448,11 @@ def _register_as_graph(cls: type, held: str, meta: tuple[str, ...]) -> None:
 
     def unflatten(aux: tuple, arrays: Any) -> Any:
         recipe, values = aux
-        inner = _rebuild(recipe, list(arrays))
+        arrays = list(arrays)
+        inner = _rebuild(recipe, arrays)
+        # Its graph is the one it was rebuilt from: read again by identity, equal leaves
+        # that are not arrays (tree_map's or equinox's filters' True, vmap's 0) would be one
+        inner.__dict__.setdefault("_graph", (recipe, arrays))
         op = cls(**{held: inner}, **dict(zip(meta, values, strict=True)))
         return _mark_batch(op, getattr(inner, "__dict__", {}).get("_batch"), None)
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
@@ -220,17 +221,26 @@ def _singular_condition(dtype: Any) -> float:
     return 1.0 / (16 * float(jnp.finfo(dtype).eps))
 
 
+def _norm(a: Array) -> float:
+    """The 2-norm of ``a`` in float64 on the host, scaled by its largest entry: no square
+    overflows (a float32 right-hand side of 1e28), none underflows."""
+    a = np.abs(np.asarray(a, np.float64).ravel())
+    largest = float(np.max(a, initial=0.0))
+    if largest == 0 or not math.isfinite(largest):
+        return largest
+    return largest * float(np.linalg.norm(a / largest))
+
+
 def _refinement(
     op: JacobianOperator, rhs: Array, solution: Array, solve: Callable[[Array], Array]
 ) -> float:
     """||d|| / ||x|| for d = ``solve`` (rhs - op x), the step of iterative refinement from
     x = ``solution``: about cond(op) eps where x is right, near 1 where no digit of it is."""
-    norm = lambda a: float(jnp.linalg.norm(jnp.ravel(a)))  # noqa: E731
-    size = norm(solution)
+    size = _norm(solution)
     if size == 0:
         return 0.0
     residual = rhs - op.mv(solution.astype(op.dtype))
-    change = norm(solve(residual))
+    change = _norm(solve(residual))
     return change / size if math.isfinite(change) else math.inf
 
 
@@ -238,21 +248,20 @@ def _condition_at_least(op: JacobianOperator, rhs: Array, solution: Array) -> fl
     """A lower bound on op's condition number: ||op|| ||op^{-1}|| >= (||op v|| / ||v||)
     (||x|| / ||b||), ||op|| bounded below by two steps of the power method from a fixed
     vector. Two ``mv``, cheap for any structure."""
-    norm = lambda a: float(jnp.linalg.norm(jnp.ravel(a)))  # noqa: E731
-    size = norm(rhs)
+    size = _norm(rhs)
     if size == 0 or not math.isfinite(size):
         return 0.0
     v = jnp.cos(jnp.arange(size_of(op.in_shape), dtype=jnp.result_type(op.dtype, float)))
     v = v.reshape(op.in_shape)
-    largest, length = 0.0, norm(v)
+    largest, length = 0.0, _norm(v)
     for _ in range(2):
         w = op.mv(v.astype(op.dtype))
-        image = norm(w)
+        image = _norm(w)
         largest = max(largest, image / max(length, 1e-300))
         if image == 0 or not math.isfinite(image):
             break
         v, length = w / image, 1.0
-    return largest * norm(solution) / size
+    return largest * _norm(solution) / size
 
 
 def _name(f: Any) -> str:
