@@ -420,6 +420,49 @@ def test_diagonal_plus_low_rank_with_a_zero_row_or_column_is_singular(side):
     assert float(mj.hessian(f)(jnp.array([-1.0, 1.1, 0.7, 0.9])).logdet()) == -np.inf
 
 
+SINGULAR_JACOBIANS = {
+    # relu units off: a Diagonal with zeros, behind a dense layer (a Composition)
+    "relu": lambda x: jax.nn.relu(x),
+    "W relu(x)": lambda x: jnp.sin(jnp.arange(16.0)).reshape(4, 4) @ jax.nn.relu(x),
+}
+
+
+@pytest.mark.parametrize("name", list(SINGULAR_JACOBIANS))
+def test_a_singular_jacobian_solves_to_nan_everywhere(name):
+    """J x = b has no solution (or not a unique one) where J is singular: x was b / d,
+    finite in the entries of the units on and inf in the others ([-0.67, inf, -0.54, inf]
+    for W relu(x)), as if it solved the system in part. NaN in every entry now, as
+    DiagonalPlusLowRank's solve gives, eagerly and under jit; log|det J| is -inf."""
+    f = SINGULAR_JACOBIANS[name]
+    x, b = jnp.array([1.0, -2.0, 0.5, -0.1]), jnp.cos(jnp.arange(4.0))
+    assert np.linalg.matrix_rank(np.asarray(jax.jacfwd(f)(x))) < 4
+    for solve in (
+        lambda x: mj.jacobian(f)(x).solve(b),
+        jax.jit(lambda x: mj.jacobian(f)(x).solve(b)),
+    ):
+        assert bool(jnp.all(jnp.isnan(solve(x)))), solve(x)
+    assert float(mj.jacobian(f)(x).logdet()) == -np.inf
+    regular = jnp.array([1.0, 2.0, 0.5, 3.0])
+    np.testing.assert_allclose(
+        mj.jacobian(f)(regular).solve(b), np.linalg.solve(jax.jacfwd(f)(regular), b), rtol=1e-10
+    )
+
+
+def test_a_block_diagonal_with_a_singular_block_solves_to_nan_everywhere():
+    """The per-example Jacobian of a vmapped map (a BlockDiagonal) with one singular block:
+    the other blocks solved to finite numbers beside the singular one's inf / NaN; the map is
+    singular, so NaN in every entry, eagerly and under jit."""
+    g = lambda z: jnp.array([z[0] * z[1], z[1] ** 2])  # noqa: E731
+    xs, b = jnp.array([[1.0, 2.0], [0.0, 0.0]]), jnp.array([[1.0, 2.0], [3.0, 4.0]])
+    J = mj.jacobian(jax.vmap(g))(xs)
+    assert isinstance(J, mj.BlockDiagonal), type(J)
+    assert bool(jnp.all(jnp.isnan(J.solve(b))))
+    assert bool(jnp.all(jnp.isnan(jax.jit(lambda x: mj.jacobian(jax.vmap(g))(x).solve(b))(xs))))
+    regular = xs.at[1].set(jnp.array([0.5, 3.0]))
+    expected = jax.vmap(lambda z, c: jnp.linalg.solve(jax.jacfwd(g)(z), c))(regular, b)
+    np.testing.assert_allclose(mj.jacobian(jax.vmap(g))(regular).solve(b), expected, rtol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_diagonal_plus_low_rank_with_a_badly_scaled_diagonal(dtype):
     """d = (1e20, 1, 2, 3) (float64) or (2.4e7, 1, 1.6, 2.7) (float32, the Hessian of

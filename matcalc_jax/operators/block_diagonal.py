@@ -87,7 +87,11 @@ class BlockDiagonal(JacobianOperator):
     def solve(self, rhs: ArrayLike) -> Array:
         self._check_square("solve")
         rhs = batch_like(check_tangent(self, "solve", rhs, self.out_shape), self.blocks)
-        return dense_solve(self.blocks, rhs[..., None])[..., 0]
+        solution = dense_solve(self.blocks, rhs[..., None])[..., 0]
+        # A singular block (its LU's zero pivot: a non-finite solution of a finite
+        # right-hand side) makes the whole map singular: NaN in every entry, not only its own
+        singular = jnp.all(jnp.isfinite(rhs)) & ~jnp.all(jnp.isfinite(solution))
+        return jnp.where(singular, jnp.nan, solution)
 
     def batch_axes(self) -> frozenset[tuple[int, int]]:
         return frozenset({(0, 0)})

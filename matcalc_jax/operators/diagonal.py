@@ -65,7 +65,10 @@ class Diagonal(JacobianOperator):
         return jnp.sum(jnp.log(jnp.abs(self.values)))
 
     def solve(self, rhs: ArrayLike) -> Array:
-        return check_tangent(self, "solve", rhs, self.out_shape) / self.values
+        """rhs / d; NaN in every entry where some d is 0 (no solution, or not a unique
+        one: b / d would be finite in the other entries, as if it solved the system)."""
+        solution = check_tangent(self, "solve", rhs, self.out_shape) / self.values
+        return jnp.where(jnp.any(self.values == 0), jnp.nan, solution)
 
     def batch_axes(self) -> frozenset[tuple[int, int]]:
         return frozenset((k, k) for k in range(len(self.in_shape)))
