@@ -89,9 +89,10 @@ class BlockDiagonal(JacobianOperator):
         rhs = batch_like(check_tangent(self, "solve", rhs, self.out_shape), self.blocks)
         solution = dense_solve(self.blocks, rhs[..., None])[..., 0]
         # A singular block (its LU's zero pivot: a non-finite solution of a finite
-        # right-hand side) makes the whole map singular: NaN in every entry, not only its own
-        singular = jnp.all(jnp.isfinite(rhs)) & ~jnp.all(jnp.isfinite(solution))
-        return jnp.where(singular, jnp.nan, solution)
+        # right-hand side) solves to NaN in each of its entries, not finite beside inf. Block
+        # by block: the blocks are examples, which may live on other devices (nothing moves)
+        finite = jnp.all(jnp.isfinite(rhs), axis=-1) & ~jnp.all(jnp.isfinite(solution), axis=-1)
+        return jnp.where(finite[..., None], jnp.nan, solution)
 
     def batch_axes(self) -> frozenset[tuple[int, int]]:
         return frozenset({(0, 0)})
