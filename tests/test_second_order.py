@@ -469,6 +469,23 @@ def test_a_singular_solve_the_condition_bound_misses_is_an_error():
     np.testing.assert_allclose(jax.hessian(f)(x) @ solution, b, rtol=1e-9, atol=1e-12)
 
 
+def test_a_singular_solve_of_a_right_hand_side_in_the_range_is_an_error():
+    """sum tanh(A x)^2 with A of 3 rows and 5 columns: a Hessian of rank 3. For b = H 1 the
+    solve returned [56.2, -14.8, -11.8, -14.5, -0.5], which solves H x = b to 1e-15 but is
+    one of a plane of solutions (1 is another), with no error: the checks saw only b, in
+    the range. A fixed probe, solved too, has a part along the null space: an error now,
+    whatever b is. A Hessian of full rank with the same b still answers."""
+    A = jnp.asarray(np.random.default_rng(0).normal(size=(3, 5)))
+    x = jnp.linspace(0.1, 0.5, 5)
+    H = mj.hessian(lambda x: jnp.sum(jnp.tanh(A @ x) ** 2))(x)
+    for b in (H.mv(jnp.ones(5)), A[0], jnp.ones(5)):
+        with pytest.raises(ValueError, match=r"the Hessian is singular to working precision"):
+            H.solve(b)
+    f = lambda x: jnp.sum(jnp.tanh(A @ x) ** 2) + 0.5 * jnp.sum(x**2)  # noqa: E731
+    b = H.mv(jnp.ones(5))
+    np.testing.assert_allclose(jax.hessian(f)(x) @ mj.hessian(f)(x).solve(b), b, rtol=1e-12)
+
+
 def test_a_float32_solve_of_a_large_right_hand_side_is_not_taken_for_singular():
     """The singularity checks' norms squared the entries in float32: a right-hand side of
     1e28 overflowed, the refinement step's size was inf and a Hessian of condition 2.6 was

@@ -199,7 +199,7 @@ def _check_solution(
     finite = bool(jnp.all(jnp.isfinite(rhs)))
     if bool(jnp.isneginf(logdet)) or (finite and not bool(jnp.all(jnp.isfinite(solution)))):
         how = f"singular (log|det {symbol}| = {float(logdet)})"
-    elif finite and (condition := _condition_at_least(op, rhs, solution)) > _singular_condition(
+    elif finite and (condition := _condition(op, rhs, solution, solve)) > _singular_condition(
         op.dtype
     ):
         how = f"singular to working precision (condition number at least {condition:.1e})"
@@ -242,6 +242,28 @@ def _refinement(
     residual = rhs - op.mv(solution.astype(op.dtype))
     change = _norm(solve(residual))
     return change / size if math.isfinite(change) else math.inf
+
+
+#: The seed of ``_condition``'s probe: the bytes of "matcalc_jax probe".
+_PROBE_SEED = int.from_bytes(b"matcalc_jax probe", "big")
+
+
+def _condition(
+    op: JacobianOperator, rhs: Array, solution: Array, solve: Callable[[Array], Array]
+) -> float:
+    """A lower bound on op's condition number from the caller's system and from a fixed
+    probe p, solved as well: a right-hand side in the range of a singular op has a finite
+    solution of its size (the LU's rounded zero pivot meets a rounded zero), which says
+    nothing of the null space, while p has a part along it that the solve blows up to
+    ||p|| / (eps ||op||). Deterministic: p is drawn from the kit's own seed (not 0, 42 or
+    another that a user's data is likely drawn from: a row of the data is in the range)."""
+    bound = _condition_at_least(op, rhs, solution)
+    probe = np.random.default_rng(_PROBE_SEED).standard_normal(size_of(op.in_shape))
+    probe = jnp.asarray(probe.reshape(op.in_shape), op.dtype)
+    probe_solution = solve(probe)
+    if not bool(jnp.all(jnp.isfinite(probe_solution))):
+        return math.inf
+    return max(bound, _condition_at_least(op, probe, probe_solution))
 
 
 def _condition_at_least(op: JacobianOperator, rhs: Array, solution: Array) -> float:
