@@ -262,21 +262,27 @@ def _newton_steps_per_example(x):
     return lax.while_loop(lambda s: s[1] < 2 + (s[0][0] > 0), body, (x, 0))[0]
 
 
-def test_a_while_loop_under_vmap_stopping_per_example_is_refused_clearly():
+def test_a_while_loop_under_vmap_stopping_per_example_agrees_with_jax():
     """Under jax.vmap a while_loop's condition is one per example (JAX runs until every
     example is done, each keeping its own carry after its last step). The transform's loop
     took it for the one condition of the loop and failed inside lax.while_loop ("cond_fun
-    must return a boolean scalar"); it is refused naming what to do instead, which gives
-    jax.jacfwd's answer, as does fallback="autodiff"."""
-    X = jnp.array([[0.5, 1.0], [-0.5, 2.0]])
-    f = jax.vmap(_newton_steps_per_example)
-    expected = jax.jacfwd(f)(X)
-    for wrap in (lambda g: g, jax.jit):
-        with pytest.raises(mj.UnsupportedPrimitiveError, match=r"'while' with a condition per"):
-            wrap(mj.jacobian(f))(X)
-        per_example = wrap(jax.vmap(mj.jacobian(_newton_steps_per_example)))(X)
-        dense = jax.vmap(lambda J: J.to_dense())(per_example)
-        np.testing.assert_allclose(dense, jax.vmap(jax.jacfwd(_newton_steps_per_example))(X))
-        np.testing.assert_allclose(
-            wrap(mj.jacobian(f, fallback="autodiff"))(X).to_dense(), expected, rtol=1e-13
-        )
+    must return a boolean scalar"); the carried Jacobians are now selected per example as
+    the carry is. A fori_loop of a per-example count is the same loop."""
+    X = jnp.array([[0.5, 1.0], [-0.5, 2.0], [0.3, -1.0]])
+    counts = jnp.array([1, 3, 2])
+    fori = lambda x, n: lax.fori_loop(0, n, lambda i, c: jnp.tanh(c) * 1.5 + 0.1 * x, x)  # noqa: E731
+    programs = {
+        "while_loop": jax.vmap(_newton_steps_per_example),
+        "fori_loop": lambda X: jax.vmap(fori)(X, counts),
+    }
+    v = jnp.cos(jnp.arange(6.0)).reshape(3, 2)
+    for f in programs.values():
+        expected = jax.jacfwd(f)(X)
+        for wrap in (lambda g: g, jax.jit):
+            J = wrap(mj.jacobian(f))(X)
+            np.testing.assert_allclose(J.to_dense(), expected, rtol=1e-13, atol=1e-15)
+            np.testing.assert_allclose(J.mv(v), jax.jvp(f, (X,), (v,))[1], rtol=1e-13)
+    per_example = jax.vmap(mj.jacobian(_newton_steps_per_example))(X)
+    dense = jax.vmap(lambda J: J.to_dense())(per_example)
+    expected = jax.vmap(jax.jacfwd(_newton_steps_per_example))(X)
+    np.testing.assert_allclose(dense, expected, rtol=1e-13)

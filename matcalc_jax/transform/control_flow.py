@@ -353,12 +353,13 @@ def _while(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any
     cond_consts = ins[:n_cond]
     body_consts, body_const_ops = ins[n_cond : n_cond + n_body], ops[n_cond : n_cond + n_body]
     init, init_ops = ins[n_cond + n_body :], ops[n_cond + n_body :]
-    if cond.out_avals[0].shape != ():
-        raise NoRule(
-            "with a condition per example (a while_loop or fori_loop under jax.vmap that "
-            "stops at a different step for each example); take the Jacobian inside the "
-            "vmap, jax.vmap(matcalc_jax.jacobian(f)), one example at a time"
-        )
+    # Under jax.vmap a loop that stops at a different step per example has a condition per
+    # example, of the batch's shape (leading in every carry): JAX runs the body while any
+    # goes on and keeps each example's carry from its own last step, a select per example.
+    # The carried Jacobians are selected the same way, row by row, which needs them dense.
+    per_example = cond.out_avals[0].shape
+    if per_example and any(tuple(x.shape[: len(per_example)]) != per_example for x in init):
+        raise NoRule(f"with a condition of shape {per_example} that not every carry leads with")
     inner = ctx.inside("while", eqn)
 
     def step(carry: list[Array], carry_ops: list[Operator], t: Any) -> tuple:
@@ -371,7 +372,7 @@ def _while(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any
     # an identity as the diagonal it is, or dense, whichever keeps its structure.
     loop = _Loop(step)
     argument = next(op for op in ops if op is not None).in_shape
-    for attempt in ("as it is", "widened", "dense"):
+    for attempt in ("dense",) if per_example else ("as it is", "widened", "dense"):
         if attempt == "widened":
             carry_ops = [_widened(op, x, argument) for x, op in zip(init, init_ops, strict=True)]
         elif attempt == "dense":
@@ -392,18 +393,38 @@ def _while(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any
     condition = jex_core.jaxpr_as_fun(cond)
 
     def keep_going(state: tuple) -> Array:
-        return condition(*cond_consts, *state[0])[0]
+        going = condition(*cond_consts, *state[0])[0]
+        return jnp.any(going) if per_example else going
 
     def body_fn(state: tuple) -> tuple:
         values, leaves = state
-        new_values, new_ops = loop.step(
-            list(values), jax.tree_util.tree_unflatten(structure, leaves), 0
-        )
+        old_ops = jax.tree_util.tree_unflatten(structure, leaves)
+        new_values, new_ops = loop.step(list(values), old_ops, 0)
+        if per_example:
+            going = condition(*cond_consts, *values)[0]
+            pairs = zip(new_values, values, strict=True)
+            new_values = [_per_example(going, new, old) for new, old in pairs]
+            new_ops = [
+                None if new is None else _dense_per_example(going, new, old)
+                for new, old in zip(new_ops, old_ops, strict=True)
+            ]
         return list(new_values), jax.tree_util.tree_leaves(list(new_ops))
 
     state = (list(init), jax.tree_util.tree_leaves(carry_ops))
     values, leaves = lax.while_loop(keep_going, body_fn, state)
     return list(values), list(jax.tree_util.tree_unflatten(structure, leaves))
+
+
+def _per_example(going: Array, new: Array, old: Array) -> Array:
+    """``new`` where the example goes on, ``old`` where it has stopped: ``going`` has the
+    shape of ``new``'s leading axes (JAX's select of a batched while_loop's carry)."""
+    return jnp.where(going.reshape(going.shape + (1,) * (new.ndim - going.ndim)), new, old)
+
+
+def _dense_per_example(going: Array, new: Dense, old: Dense) -> Dense:
+    """The carried Jacobian of ``_per_example``: the rows of ``new`` where the example goes
+    on, those of ``old`` where it has stopped (both dense, numerator order)."""
+    return Dense.from_array(_per_example(going, new.array, old.array), new.out_ndim)
 
 
 RELEVANT["while"] = lambda eqn: list(range(eqn.params["cond_nconsts"], len(eqn.invars)))
