@@ -125,6 +125,12 @@ CASES: dict[str, Case] = {
     # Compiled, XLA fuses polygamma's series with the product by the tangent its own way
     # in each program: float32 a few ulps apart (bit for bit evaluated eagerly, below).
     "digamma": Case(lax.digamma, (0.5, 1.0, 2.5, 40.0, 0.0, -1.0, -0.5, NAN), ulps=8),
+    # psi^(2): the derivative psi^(3) at poles (0, -1), between them and at NaN
+    "polygamma": Case(
+        lambda x: lax.polygamma(jnp.full_like(x, 2.0), x),
+        (0.5, 1.0, 2.5, 40.0, 0.0, -1.0, -0.5, NAN),
+        ulps=8,
+    ),
     "bessel_i0e": Case(lax.bessel_i0e, ulps=2),
     # 1/2 at |x| <= eps, the limit at 0
     "bessel_i1e": Case(lax.bessel_i1e, (*EDGES, 1e-17, -3e-8, 2e-16), ulps=2),
@@ -512,6 +518,15 @@ EAGER = {"cos": 0, "digamma": 0, "div": 0, "reduce_max": 1, "remat2": 0, "select
 @pytest.mark.parametrize("name", sorted(EAGER))
 def test_rule_agrees_with_jax_evaluated_eagerly(name, dtype):
     check_case(name, dtype, compiled=False, ulps=EAGER[name])
+
+
+def test_polygamma_in_its_order_is_refused_as_jax_refuses_it():
+    """JAX defines polygamma's derivative in x only (psi^(m+1)), not in the order m."""
+    f = lambda m: lax.polygamma(m, jnp.full(3, 1.5))  # noqa: E731
+    with pytest.raises(mj.UnsupportedPrimitiveError, match="'polygamma' in m, the order"):
+        mj.jacobian(f)(jnp.full(3, 2.0))
+    with pytest.raises(ValueError, match="not supported"):
+        jax.jacfwd(f)(jnp.full(3, 2.0))
 
 
 def test_betainc_in_a_or_b_is_refused_as_jax_refuses_it():

@@ -196,6 +196,18 @@ def _betainc(ctx, eqn, ins, ops, outs):
     return [times(elementwise.betainc_x(*ins).astype(y.dtype), broadcast(ops[2], y.shape))]
 
 
+@pointwise("polygamma")
+def _polygamma(ctx, eqn, ins, ops, outs):
+    # jax.scipy.special.polygamma(m, x): d/dx psi^(m)(x) = psi^(m+1)(x); JAX raises for a
+    # derivative in m (an integer order)
+    if ops[0] is not None:
+        raise NoRule("in m, the order (JAX defines its derivative in x only)")
+    m, x = ins
+    y = outs[0]
+    partial = lax.polygamma(m + jnp.ones((), m.dtype), x).astype(y.dtype)
+    return [times(partial, broadcast(ops[1], y.shape))]
+
+
 @pointwise("clamp")
 def _clamp(ctx, eqn, ins, ops, outs):
     # As jax.lax differentiates clamp: each operand's tangent where it is the one chosen,
