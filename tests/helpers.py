@@ -160,3 +160,30 @@ def lowerings_during(action):
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
     return len(events)
+
+
+def _trigamma_primitive() -> Any:
+    """A primitive the transform has no rule for and JAX differentiates: psi^(1)(x)
+    (``lax.polygamma(1, x)``, whose own rule the transform has), bound as a primitive of
+    its own, ``test_trigamma``, with a JVP, a batching rule and a lowering."""
+    from jax.extend.core import Primitive
+    from jax.interpreters import ad, batching, mlir
+
+    def value(x):
+        return jax.lax.polygamma(jnp.ones_like(x), x)
+
+    primitive = Primitive("test_trigamma")
+    primitive.def_impl(value)
+    primitive.def_abstract_eval(lambda x: jax.core.ShapedArray(x.shape, x.dtype))
+    ad.defjvp(primitive, lambda g, x: g * jax.lax.polygamma(jnp.full_like(x, 2.0), x))
+    batching.defvectorized(primitive)
+    mlir.register_lowering(primitive, mlir.lower_fun(value, multiple_results=False))
+    return primitive
+
+
+TRIGAMMA = _trigamma_primitive()
+
+
+def trigamma(x: Any) -> jax.Array:
+    """psi^(1)(x) through a primitive without a rule (``test_trigamma``)."""
+    return TRIGAMMA.bind(x)

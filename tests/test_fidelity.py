@@ -22,7 +22,7 @@ from matcalc_jax import operators
 from matcalc_jax.transform import UnsupportedPrimitiveError, interpreter, registry
 from matcalc_jax.verification.tolerance import tolerance
 
-from .helpers import assert_jacobians_close, assert_transform_matches_autodiff
+from .helpers import TRIGAMMA, assert_jacobians_close, assert_transform_matches_autodiff, trigamma
 
 X = jnp.linspace(-1.3, 1.7, 6)
 H = jnp.exp(-jnp.arange(4.0)) * (1.0 + 0.5j)
@@ -892,6 +892,22 @@ def test_an_empty_maximum_has_no_derivative_where_jax_divides_zero_by_zero():
     assert np.isnan(jax.jacfwd(f)(x)).all()
 
 
+def test_a_complex_log_at_zero_is_nan_in_every_direction():
+    """Documented: the derivative 1/z of a complex log, multiplied by the tangent, is NaN
+    + NaN i at z = 0 in every direction; JAX divides the tangent by z (inf for a real
+    one, NaN for an imaginary one). Non-finite in the same entries, finite away from 0;
+    1 / z is NaN in both."""
+    log = lambda x: jnp.log(lax.complex(x[0], x[1]))  # noqa: E731
+    dense, expected = mj.jacobian(log)(jnp.zeros(2)).to_dense(), jax.jacfwd(log)(jnp.zeros(2))
+    assert np.isnan(dense.real).all() and np.isnan(dense.imag).all()
+    assert np.isinf(expected[0].real) and np.isnan(expected[1].real)
+    reciprocal = lambda x: 1 / lax.complex(x[0], x[1])  # noqa: E731
+    assert np.isnan(mj.jacobian(reciprocal)(jnp.zeros(2)).to_dense()).all()
+    assert np.isnan(jax.jacfwd(reciprocal)(jnp.zeros(2))).all()
+    x = jnp.array([0.3, -0.4])
+    np.testing.assert_allclose(mj.jacobian(log)(x).to_dense(), jax.jacfwd(log)(x), rtol=1e-14)
+
+
 def test_abs_at_zero_is_jax_convention():
     """Finding 4: abs'(0) was 0; JAX's rule is select(x >= 0, 1, -1): 1 at +-0, -1 at NaN."""
     x = jnp.array([0.0, -0.0, 2.0, -2.0, jnp.nan])
@@ -916,26 +932,22 @@ def test_a_nan_derivative_stays_on_the_diagonal():
 # -------------------------------------------------------------------- 5. fallbacks listed
 
 
-def _trigamma(x):  # a primitive without a rule: polygamma
-    return lax.polygamma(jnp.ones_like(x), x)
-
-
 @pytest.mark.parametrize(
     "f",
     [
-        lambda x: jnp.sum(_trigamma(x) ** 2),
-        lambda x: jnp.sum(_trigamma(x)) * x,
-        lambda x: jnp.stack([jnp.var(_trigamma(x)), jnp.std(x)]),
+        lambda x: jnp.sum(trigamma(x) ** 2),
+        lambda x: jnp.sum(trigamma(x)) * x,
+        lambda x: jnp.stack([jnp.var(trigamma(x)), jnp.std(x)]),
     ],
     ids=["a sum of squares (LowRank)", "a sum times x (DiagonalPlusLowRank)", "stacked moments"],
 )
 def test_fallbacks_are_listed_through_every_simplification(f):
     """Finding 5: a fallback folded into a LowRank vanished from J.fallbacks (then with
-    sort, prod and stack, which have rules now; polygamma has none)."""
-    with pytest.raises(UnsupportedPrimitiveError, match="polygamma"):
+    sort, prod and stack, which have rules now; test_trigamma has none)."""
+    with pytest.raises(UnsupportedPrimitiveError, match="test_trigamma"):
         mj.jacobian(f)(X)
     J = mj.jacobian(f, fallback="autodiff")(X)
-    assert J.fallbacks and all("polygamma" in note for note in J.fallbacks), J.fallbacks
+    assert J.fallbacks and all("test_trigamma" in note for note in J.fallbacks), J.fallbacks
     assert "autodiff fallback" in str(J)
     assert_jacobians_close(J.to_dense(), jax.jacfwd(f)(X))
     jitted = jax.jit(mj.jacobian(f, fallback="autodiff"))(X)
@@ -1055,7 +1067,7 @@ def test_an_error_inside_a_flax_module_names_the_users_line():
         @nn.compact
         def __call__(self, x):
             y = nn.Dense(3)(x)
-            return lax.polygamma(jnp.ones_like(y), y)  # a primitive without a rule
+            return TRIGAMMA.bind(y)  # a primitive without a rule
 
     model = ScaledDense()
     params = model.init(jax.random.key(0), X)
@@ -1067,9 +1079,9 @@ def test_an_error_inside_a_flax_module_names_the_users_line():
 
 
 def test_an_error_from_fori_loop_says_so():
-    f = lambda x: lax.fori_loop(0, 3, lambda i, c: _trigamma(c), x)  # noqa: E731
+    f = lambda x: lax.fori_loop(0, 3, lambda i, c: trigamma(c), x)  # noqa: E731
     with pytest.raises(
-        UnsupportedPrimitiveError, match=r"'polygamma'.*inside scan\[length 3\] from fori_loop"
+        UnsupportedPrimitiveError, match=r"'test_trigamma'.*inside scan\[length 3\] from fori_loop"
     ):
         mj.jacobian(f)(X)
 

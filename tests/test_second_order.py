@@ -9,6 +9,7 @@ import pytest
 
 import matcalc_jax as mj
 from matcalc_jax.operators.banded import Banded
+from matcalc_jax.transform import second_order
 from matcalc_jax.transform.second_order import GaussNewton, Hessian
 
 jax.config.update("jax_enable_x64", True)
@@ -429,10 +430,10 @@ def test_a_hessian_returned_from_jit_keeps_the_sharing_of_its_graph():
 
 def test_a_solve_singular_to_working_precision_is_an_error():
     """Softmax cross-entropy's Hessian diag(p) - p p^T is singular (ones in its null
-    space), but its LU rounds to a finite log|det| (-37.7) and a finite x of size 1e16
+    space), but its LU rounded to a finite log|det| (-37.7) and a finite x of size 1e16
     with G x - b = [3.6, -3.5, -12.3] for b = ones: returned without an error. The solve
-    now bounds the condition number from below and refuses past 1 / (16 eps); a
-    regularized one still solves."""
+    now bounds the condition number from below and refuses past 1 / (16 eps) (or finds
+    log|det| = -inf, as the Gauss-Newton matrix's LU does); a regularized one solves."""
     c, labels, w = (
         jnp.array([1.0, 2.0, 3.0]),
         jnp.array([0.0, 1.0, 0.0]),
@@ -440,10 +441,12 @@ def test_a_solve_singular_to_working_precision_is_an_error():
     )
     cross_entropy = lambda y: -jnp.sum(labels * jax.nn.log_softmax(y))  # noqa: E731
     G = mj.gauss_newton(lambda w: w * c, cross_entropy)(w)
-    with pytest.raises(ValueError, match=r"J\^T H J is singular to working precision"):
+    with pytest.raises(ValueError, match=r"J\^T H J is singular (\(log\|det G\| = -inf|to work)"):
         G.solve(jnp.ones(3))
     H = mj.hessian(lambda w: cross_entropy(w * c))(w)
-    with pytest.raises(ValueError, match=r"the Hessian is singular to working precision"):
+    with pytest.raises(
+        ValueError, match=r"the Hessian is singular (\(log\|det H\| = -inf|to work)"
+    ):
         H.solve(jnp.ones(3))
     f = lambda w: cross_entropy(w * c) + 0.1 * jnp.sum(w**2)  # noqa: E731
     x = mj.hessian(f)(w).solve(jnp.ones(3))
@@ -456,13 +459,20 @@ def test_a_singular_solve_the_condition_bound_misses_is_an_error():
     returned 1.4e11 in every entry, with ||H x - b|| / ||b|| = 0.1, and no error: the
     condition bound reached 7.9e12, below 1 / (16 eps). A step of iterative refinement
     changes that x by all of its norm: an error now. Where the Hessian is not singular the
-    same solve still answers (a diagonal entry 1e-13 of the others: cond 1e13)."""
+    same solve still answers (a diagonal entry 1e-13 of the others: cond 1e13). (The
+    bound from a probe solved too now reaches 1.3e15 first.) A solve that returns a wrong
+    x of a well-conditioned matrix is caught by the refinement step alone."""
     moment = lambda x: jnp.sum(((x - x.mean()) / jnp.sqrt(x.var() + 1e-5)) ** 3)  # noqa: E731
     x = jnp.abs(jax.random.normal(jax.random.key(3), (6,))) + 0.5
     b = jnp.cos(jnp.arange(6.0))
     H = mj.hessian(moment)(x)
-    with pytest.raises(ValueError, match=r"singular to working precision \(a step of iter"):
+    with pytest.raises(ValueError, match=r"the Hessian is singular to working precision"):
         H.solve(b)
+    A = Hessian(mj.jacobian(lambda x: jnp.array([[2.0, 1.0], [1.0, 3.0]]) @ x)(jnp.zeros(2)))
+    wrong = lambda rhs: 3 * A.solve(rhs)  # noqa: E731  (condition 2.6; x three times too large)
+    with pytest.raises(ValueError, match=r"a step of iterative refinement changes the solution"):
+        second_order._check_solution("f", "A", "A", A, b[:2], wrong(b[:2]), A.solve)
+    second_order._check_solution("f", "A", "A", A, b[:2], A.solve(b[:2]), A.solve)
     weights = jnp.array([1.0, 1.0, 1.0, 1.0, 1.0, 1e-13])
     f = lambda x: jnp.sum(jnp.cosh(x) * weights) + jnp.sum(x) ** 2  # noqa: E731
     solution = mj.hessian(f)(x).solve(b)

@@ -166,11 +166,14 @@ def _mul(ctx, eqn, ins, ops, outs):
 
 @pointwise("div", complex=True, linear=numerator)
 def _div(ctx, eqn, ins, ops, outs):
-    b = ins[1]
-    y = outs[0]
-    shape = y.shape
+    # d(a / b)/db = -a b^-2, written as JAX's jvp writes it: b^-2 overflows to inf where
+    # b is tiny (1e-30 in float32) as JAX's does, where -(y / b) stayed finite eagerly and
+    # overflowed under jit alone (XLA rewrites (a / b) / b as a / (b b))
+    a, b = ins
+    shape = outs[0].shape
+    partial_b = -a * lax.integer_pow(b, -2)
     return [
-        total([times(1 / b, broadcast(ops[0], shape)), times(-(y / b), broadcast(ops[1], shape))])
+        total([times(1 / b, broadcast(ops[0], shape)), times(partial_b, broadcast(ops[1], shape))])
     ]
 
 

@@ -186,13 +186,14 @@ def _check_solution(
 ) -> None:
     """Called outside ``jit``: the ``ValueError`` of a singular ``op``: log|det| = -inf, a
     non-finite solution of a finite right-hand side, or one singular to working precision:
-    ``_condition_at_least`` past ``1 / (16 eps)`` (the LU of a matrix singular in exact
+    ``_condition`` past ``1 / (16 eps)`` (the LU of a matrix singular in exact
     arithmetic, softmax cross-entropy's Hessian, rounds to a finite x of size 1e16 that
-    does not solve it), or a step of iterative refinement, d = ``solve`` (rhs - op x),
-    at least half the size of x (``_refinement``: no digit of x is right; the bound on the
-    condition number can fall short of it, a shift-invariant loss's Hessian at 7e12 where
-    it is 8e15). Under ``jit`` nothing (the solution is what the factorization gives, as
-    ``jnp.linalg.solve``)."""
+    does not solve it; a right-hand side in the range of a rank-deficient one gives one
+    finite x of many), or a step of iterative refinement, d = ``solve`` (rhs - op x),
+    at least half the size of x (``_refinement``: no digit of x is right; a safeguard
+    where the bound falls short, as it did without the probe, a shift-invariant loss's
+    Hessian at 7e12 where it is 8e15). Under ``jit`` nothing (the solution is what the
+    factorization gives, as ``jnp.linalg.solve``)."""
     if isinstance(solution, jax.core.Tracer) or isinstance(rhs, jax.core.Tracer):
         return
     logdet = op.logdet()
