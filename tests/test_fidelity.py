@@ -1180,3 +1180,28 @@ def test_eigh_of_a_matrix_that_is_not_symmetric_is_differentiated_at_the_one_lap
     assert not np.allclose(jax.jacfwd(f)(A), expected, atol=1e-3)  # JAX's other point
     symmetric = (A + A.T) / 2
     np.testing.assert_allclose(mj.jacobian(f)(symmetric).to_dense(), jax.jacfwd(f)(symmetric))
+
+
+def test_a_float64_map_of_float32_values_keeps_its_float64_digits():
+    """A float32 argument cast up and computed on in float64: jax.jacfwd pushes the float32
+    unit tangents forward exactly, float64 digits. A low-rank factor pulled back through
+    the cast's transpose (which rounds a cotangent to float32, as jax.vjp does) kept 1e-8
+    of float32 rounding in a float64 Jacobian, Hessian block and Gauss-Newton matrix; the
+    structures keep the wider type now. A user's vm is still jax.vjp's float32."""
+    a = jnp.array([0.5, 0.2], jnp.float32)
+    c = jnp.array([0.1, -0.3, 0.7])
+    g = lambda a: jnp.sum(jnp.sin(a.astype(jnp.float64))) * c  # noqa: E731
+    exact = jax.jacfwd(g)(a.astype(jnp.float64))
+    for wrap in (lambda f: f, jax.jit):
+        np.testing.assert_array_equal(wrap(mj.jacobian(g))(a).to_dense(), exact)
+    f = lambda a, x: jnp.sum(jnp.sin(a * x)) * jnp.sum(x**2)  # noqa: E731
+    x = jnp.array([0.3, -0.7])
+    block = mj.hessian(f, argnums=(0, 1))(a, x)[1][0].to_dense()
+    np.testing.assert_allclose(block, jax.hessian(f, argnums=(0, 1))(a, x)[1][0], rtol=1e-15)
+    model = lambda a: jnp.tanh(a.astype(jnp.float64) * c[:2]) * 2 + jnp.sum(a.astype(float))  # noqa: E731
+    rows = jax.jacfwd(model)(a)
+    G = mj.gauss_newton(model, lambda y: jnp.sum(y**2))(a)
+    np.testing.assert_allclose(G.to_dense(), 2 * rows.T @ rows, rtol=1e-15)
+    np.testing.assert_allclose(G.diagonal(), 2 * jnp.sum(rows**2, axis=0), rtol=1e-15)
+    vm, reference = mj.jacobian(g)(a).vm(c), jax.vjp(g, a)[1](c)[0]
+    np.testing.assert_allclose(vm, reference, rtol=1e-7)

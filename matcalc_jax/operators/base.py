@@ -483,6 +483,26 @@ def _dense_once() -> Iterator[None]:
         _SHARED.numerators = None
 
 
+@contextlib.contextmanager
+def keeping_width() -> Iterator[None]:
+    """Within it, a cast's transpose (``ChangeType``) keeps the wider of its two float
+    types: rows pulled back to build a structure (a low-rank factor ``B^T V``, a dense
+    matrix by rows) keep the float64 digits of a map from float32 values, which
+    ``jax.jacfwd`` has (it pushes the float32 unit tangents forward, exactly), where
+    ``jax.vjp`` rounds its cotangent to float32. A user's ``vm`` is ``jax.vjp``'s."""
+    before = getattr(_SHARED, "keep_width", False)
+    _SHARED.keep_width = True
+    try:
+        yield
+    finally:
+        _SHARED.keep_width = before
+
+
+def keeps_width() -> bool:
+    """Whether the calling thread is inside ``keeping_width``."""
+    return getattr(_SHARED, "keep_width", False)
+
+
 def _once_per_trace(method: Callable[..., Array]) -> Callable[..., Array]:
     """``method(op, *args)`` kept by the identities of the operator and the arguments, and
     the trace, within one ``to_dense`` (``_dense_once``) or the outermost such call.
@@ -504,7 +524,7 @@ def _once_per_trace(method: Callable[..., Array]) -> Callable[..., Array]:
                 return once(op, *args)
         trace = _trace_context.trace
         held = (op, *args)
-        key = (name, *map(id, held))
+        key = (name, keeps_width(), *map(id, held))
         kept = memo.get(key)
         if kept is not None and kept[1] is trace and all(map(operator.is_, kept[0], held)):
             return kept[2]
@@ -613,10 +633,11 @@ class JacobianOperator:
         out_shape, in_shape = tuple(self.out_shape), tuple(self.in_shape)
         out_size, in_size = size_of(out_shape), size_of(in_shape)
         if out_size <= in_size:  # rows u^T J, fewer of them
-            rows = assemble(
-                lambda u: self.vm(u.reshape(out_shape)).reshape(-1),
-                out_size, self.dtype, (in_size,), chunk_size, as_columns=False,
-            )  # fmt: skip
+            with keeping_width():
+                rows = assemble(
+                    lambda u: self.vm(u.reshape(out_shape)).reshape(-1),
+                    out_size, self.dtype, (in_size,), chunk_size, as_columns=False,
+                )  # fmt: skip
         else:  # columns J v
             rows = assemble(
                 lambda v: self.mv(v.reshape(in_shape)).reshape(-1),

@@ -30,6 +30,7 @@ from matcalc_jax.operators.base import (
     ShapedOperator,
     check_tangent,
     composition_rule,
+    keeps_width,
     pytree,
     size_of,
 )
@@ -220,6 +221,11 @@ def cast(tangent: Array, dtype: Any) -> Array:
     return tangent.astype(dtype)
 
 
+def _real_type(dtype: Any) -> Any:
+    """The real type of ``dtype``'s precision (float64 for complex128)."""
+    return jnp.finfo(dtype).dtype
+
+
 @pytree((), ("out_sizes", "in_sizes", "dtype_name", "in_dtype_name", "layout"))
 class ChangeType(Map):
     """v -> v in another float type (``convert_element_type``). Between real and complex:
@@ -246,7 +252,16 @@ class ChangeType(Map):
         return cast(cast(tangent, self.in_dtype_name), self.dtype)
 
     def _apply_transpose(self, cotangent: Array) -> Array:
-        return cast(cast(cotangent, self.dtype), self.in_dtype_name)
+        return cast(cast(cotangent, self.dtype), self._transposed_dtype())
+
+    def _transposed_dtype(self) -> Any:
+        """The input's type; inside ``keeping_width`` one of its kind (real or complex)
+        wide enough for both types (float64 from float32 to float64: no digit is lost)."""
+        if not keeps_width():
+            return self.in_dtype_name
+        real = jnp.promote_types(_real_type(self.in_dtype_name), _real_type(self.dtype))
+        complex_in = jnp.issubdtype(self.in_dtype_name, jnp.complexfloating)
+        return jnp.promote_types(real, jnp.complex64) if complex_in else real
 
     def transpose(self) -> JacobianOperator:
         return ChangeType(

@@ -18,6 +18,7 @@ from matcalc_jax.operators.base import (
     check_tangent,
     composition_rule,
     is_concrete,
+    keeping_width,
     pytree,
     size_of,
 )
@@ -245,7 +246,8 @@ def _pulled_back(inner: JacobianOperator, V: Array) -> Array:
     The forward pass costs one ``mv`` per non-finite entry, ``FORWARD_CHUNK`` at a time,
     and runs only if there is one (a ``lax.cond``). A map from complex values is left to
     ``vm`` (a real-linear map needs both e_j and i e_j)."""
-    W = _columns(inner.vm, V)
+    with keeping_width():  # the float64 digits of a map from float32 values: jacfwd's
+        W = _columns(inner.vm, V)
     if not jnp.issubdtype(W.dtype, jnp.floating) or W.size == 0:
         return W
     rows = W.reshape(size_of(tuple(inner.in_shape)), V.shape[-1])

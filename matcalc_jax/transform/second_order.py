@@ -47,6 +47,7 @@ from matcalc_jax.operators.base import (
     check_tangent,
     compose,
     is_operator,
+    keeping_width,
     pytree,
     size_of,
 )
@@ -470,10 +471,13 @@ class GaussNewton(JacobianOperator):
         return self.mv(check_tangent(self, "vm", cotangent, self.out_shape))
 
     def _rows(self) -> Array:
-        """J as (m, n): the m rows u^T J for the unit cotangents u."""
+        """J as (m, n): the m rows u^T J for the unit cotangents u (jax.jacfwd's, the float64
+        digits of a model of float32 parameters kept: ``keeping_width``)."""
         m = size_of(self.jacobian.out_shape)
         basis = jnp.eye(m, dtype=self.dtype).reshape((m, *self.jacobian.out_shape))
-        return jax.vmap(self.jacobian.vm)(basis).reshape(m, size_of(self.jacobian.in_shape))
+        with keeping_width():
+            rows = jax.vmap(self.jacobian.vm)(basis)
+        return rows.reshape(m, size_of(self.jacobian.in_shape))
 
     def _numerator(self) -> Array:
         rows = self._rows()
