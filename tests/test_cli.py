@@ -221,6 +221,10 @@ def test_python_dash_m_runs_the_same_command():
         (["--rules", "softmax", "--cache-dir", "/dev/null"], "is not a directory"),
         (["--rules", "softmax", "--cache-dir", __file__], "is not a directory"),
         (["--rules", "softmax", "--json", ""], "--json is empty"),
+        (["--rules", "softmax", "--json", "new.json/"], "ends with a separator"),
+        (["--rules", "softmax", "--dtype", ""], "--dtype '' names no dtype"),
+        (["--rules", "softmax", "--dtype", ","], "--dtype ',' names no dtype"),
+        (["--rules", "softmax", "--max-gib", "1e-30"], "--max-gib 1e-30 is under one byte"),
     ],
 )
 def test_verify_refuses_bad_requests_before_any_work(capsys, argv, message):
@@ -563,8 +567,30 @@ def test_an_interrupt_lost_on_the_way_is_raised_at_the_next_step():
         (["bench-models", "--quick", "--json", "{dir}"], "bench-models: --json {dir} is a"),
         (["bench-transform", "--quick", "--markdown", "{dir}/no/t.md"], "does not exist"),
         (["bench-hessian", "--quick", "--plot", "{dir}"], "bench-hessian: --plot {dir} is a"),
+        (["bench", "--quick", "--rules", "identity", "--plots", __file__], "is a file"),
+        (["bench", "--quick", "--rules", "identity", "--plots", ""], "expected a folder path"),
+        (["bench", "--quick", "--rules", "identity", "--dtype", ""], "names no dtype"),
+        (["bench-hessian", "--quick", "--plot", "-"], "--plot is a PNG, not for stdout"),
+        (["bench", "--quick", "--json", "-", "--csv", "-"], "--json and --csv are both -"),
+        (["docs", "--check", "--out", "{dir}"], "docs: --out {dir} is a directory"),
+        (["docs", "--check", "--out", ""], "--check reads --out; got ''"),
     ],
-    ids=["docs", "accuracy", "bench csv", "bench markdown", "models", "transform", "hessian"],
+    ids=[
+        "docs",
+        "accuracy",
+        "bench csv",
+        "bench markdown",
+        "models",
+        "transform",
+        "hessian",
+        "plots a file",
+        "plots empty",
+        "bench dtype empty",
+        "plot to stdout",
+        "two to stdout",
+        "docs check a directory",
+        "docs check empty",
+    ],
 )
 def test_every_command_refuses_an_output_path_before_any_work(capsys, tmp_path, argv, said):
     argv = [a.format(dir=tmp_path) for a in argv]
@@ -625,3 +651,82 @@ def test_site_refuses_a_bad_address_and_a_build_path_that_is_a_file(capsys, tmp_
     monkeypatch.chdir(ROOT)  # site runs from the repository's root
     assert main(["site", "--build", str(tmp_path / "file")]) == 2
     assert capsys.readouterr().err.strip().endswith("is not a directory")
+
+
+def test_docs_check_of_a_file_that_is_not_text_is_stale(tmp_path, capsys):
+    """A UnicodeDecodeError traceback (exit 1) before: a file that is not the page is stale."""
+    page = tmp_path / "rules.md"
+    page.write_bytes(bytes(range(128, 256)))
+    assert main(["docs", "--check", "--out", str(page)]) == 1
+    assert "is stale" in capsys.readouterr().err
+
+
+def test_dash_is_stdout_for_every_output_and_the_table_then_goes_to_stderr(
+    capsys, tmp_path, monkeypatch
+):
+    """docs, bench's --csv and the benchmarks' --json wrote a file named "-" before."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["docs", "--out", "-"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("# ") and "wrote" not in captured.out + captured.err
+    models = importlib.import_module("matcalc_jax.benchmark.models")
+    monkeypatch.setattr(models, "bench_models", lambda **kw: ())
+    monkeypatch.setattr(models, "format_models", lambda cases: "the table")
+    assert main(["bench-models", "--quick", "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["schema"].startswith("matcalc-jax/bench-models")
+    assert "the table" in captured.err
+    assert not (tmp_path / "-").exists()
+
+
+def _verify_into_a_closed_pipe(argv, monkeypatch):
+    """main(["verify", ...]) with stdout a pipe whose reader is gone (``| head -c 0``)."""
+    import io
+
+    read, write = os.pipe()
+    os.close(read)
+    stdout = io.TextIOWrapper(os.fdopen(write, "wb", buffering=0), write_through=True)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    try:
+        return main(["verify", *argv])
+    finally:
+        monkeypatch.undo()
+        stdout.close()
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["passing", "failing"])
+def test_a_closed_pipe_keeps_verify_s_verdict(monkeypatch, failing):
+    """`verify | head` exited 0 with a failed check (a pipefail script read a pass)."""
+    if failing:
+        _failing_linear(monkeypatch)
+    argv = ["--rules", "linear", "--dtype", "float32", "--sizes", "2", "--processes", "1"]
+    assert _verify_into_a_closed_pipe(argv, monkeypatch) == (1 if failing else 0)
+    argv += ["--json", "-"]
+    if failing:
+        _failing_linear(monkeypatch)
+    assert _verify_into_a_closed_pipe(argv, monkeypatch) == (1 if failing else 0)
+
+
+def test_a_worker_process_that_dies_is_one_line_and_exit_1(capsys, monkeypatch):
+    """A worker killed (the out-of-memory killer) ended the run with a BrokenProcessPool
+    traceback: now a WorkerDiedError naming the task, one line from the command."""
+    import importlib
+
+    from matcalc_jax.verification import processes
+
+    cli = importlib.import_module("matcalc_jax.cli.main")
+
+    results = processes.ordered_map(os._exit, [(1,)], 1)  # a worker that ends at once
+    with pytest.raises(processes.WorkerDiedError, match="task 0"):
+        next(results)
+
+    def died(args):
+        raise processes.WorkerDiedError("verify: a worker process ended while checking x")
+
+    monkeypatch.setattr(cli, "_verify", died)
+    assert main(["verify", "--rules", "softmax"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "matcalc-jax: error: verify: a worker process ended while checking x"
+    )

@@ -12,8 +12,10 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from matcalc_jax.cli.console import WIDTH, Interrupts, Progress, clip, seconds
+from matcalc_jax.verification.processes import WorkerDiedError
 
 PLATFORMS = ("cpu", "gpu", "default")
 
@@ -23,6 +25,23 @@ def _split(values: Sequence[str] | None) -> list[str] | None:
     if values is None:
         return None
     return [item for value in values for item in value.split(",") if item]
+
+
+def _dtypes(args: argparse.Namespace) -> list[str] | None:
+    """``--dtype``'s names (None when not given); given but naming none (``--dtype ""``) is
+    a usage error, not the default."""
+    names = _split(args.dtype)
+    if names is not None and not names:
+        raise ValueError(f"{args.command}: --dtype {' '.join(args.dtype)!r} names no dtype")
+    return names
+
+
+def _max_bytes(args: argparse.Namespace) -> int:
+    """``--max-gib`` in bytes; under one byte is a usage error naming the option."""
+    limit = int(args.max_gib * 2**30)
+    if limit < 1:
+        raise ValueError(f"{args.command}: --max-gib {args.max_gib} is under one byte")
+    return limit
 
 
 class EnvironmentUnavailableError(Exception):
@@ -190,6 +209,8 @@ def _check_output_path(command: str, path: str | None, option: str = "--json") -
         return
     if not path:
         raise ValueError(f"{command}: {option} is empty; expected a file path, or - for stdout")
+    if path.endswith(("/", os.sep)):
+        raise ValueError(f"{command}: {option} {path} ends with a separator; expected a file path")
     target = Path(path)
     if target.is_symlink() and not target.exists():
         raise ValueError(f"{command}: {option} {path} is a link to a missing file")
@@ -202,35 +223,81 @@ def _check_output_path(command: str, path: str | None, option: str = "--json") -
         raise ValueError(f"{command}: {option} {path} cannot be written (permission denied)")
 
 
-#: The options that name a file a command writes, checked before any work.
+#: The options that name a file a command writes, checked before any work; ``-`` is stdout
+#: for each but ``--plot`` (a PNG).
 OUTPUT_OPTIONS = {"json": "--json", "csv": "--csv", "markdown": "--markdown", "out": "--out",
                   "plot": "--plot"}  # fmt: skip
 
 
 def _check_output_paths(args: argparse.Namespace) -> None:
-    """``_check_output_path`` for each output option the command was given (``docs --check``
-    reads its ``--out``)."""
-    if args.command == "docs" and args.check:
+    """``_check_output_path`` for each output option the command was given, at most one
+    of them ``-``; ``--plots`` a folder it can make; ``docs --check`` reads its ``--out``."""
+    command = args.command
+    if command == "docs" and args.check:
+        _check_input_path(command, args.out, "--out")
         return
-    for attribute, option in OUTPUT_OPTIONS.items():
-        _check_output_path(args.command, getattr(args, attribute, None), option)
+    given = {option: getattr(args, attribute, None) for attribute, option in OUTPUT_OPTIONS.items()}
+    to_stdout = [option for option, path in given.items() if path == "-"]
+    if "--plot" in to_stdout:
+        raise ValueError(f"{command}: --plot is a PNG, not for stdout; expected a file path")
+    if len(to_stdout) > 1:
+        raise ValueError(f"{command}: {' and '.join(to_stdout)} are both -; one output at most "
+                         "goes to stdout")  # fmt: skip
+    for option, path in given.items():
+        _check_output_path(command, path, option)
+    if getattr(args, "plots", None) is not None:
+        _check_output_folder(command, args.plots, "--plots")
 
 
-def _write(args: argparse.Namespace, option: str, path: str, text: str) -> None:
-    """Write an output file; a failure after the run (a full disk, a folder removed
-    meanwhile) is one line and exit 2, as a path refused before it."""
+def _check_output_folder(command: str, path: str, option: str) -> None:
+    """Refuse a folder that cannot be made or written into, before any work."""
+    if not path or path == "-":
+        raise ValueError(f"{command}: {option} is {path!r}; expected a folder path")
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{command}: {option} {path} is a file; expected a folder path")
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ValueError(f"{command}: {option} {path} cannot be written (in {existing})")
+
+
+def _check_input_path(command: str, path: str, option: str) -> None:
+    """Refuse a path to read that is not a file (``docs --check``); a missing one is
+    stale, not an error."""
+    if not path or path == "-":
+        raise ValueError(f"{command}: --check reads {option}; got {path!r}, expected a file path")
+    if Path(path).is_dir():
+        raise ValueError(f"{command}: {option} {path} is a directory; expected a file path")
+
+
+def _stdout_taken(args: argparse.Namespace) -> bool:
+    """Whether an output option is ``-``: the command's table then goes to stderr."""
+    return any(getattr(args, attribute, None) == "-" for attribute in OUTPUT_OPTIONS)
+
+
+def _write(args: argparse.Namespace, option: str, path: str, text: str, note: Any = None) -> None:
+    """Write an output: ``-`` is stdout, a file is said on ``note`` (stdout by default:
+    "wrote PATH"). A failure after the run (a full disk, a folder removed meanwhile) is
+    one line and exit 2, as a path refused before it."""
+    if path == "-":
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+        return
     try:
         Path(path).write_text(text, encoding="utf-8")
     except OSError as error:
         reason = error.strerror or str(error)
         raise ValueError(f"{args.command}: {option} {path}: {reason}") from None
+    print(f"wrote {path}", file=note or sys.stdout)
 
 
 def _verify(args: argparse.Namespace) -> int:
     from matcalc_jax.cli import cache
     from matcalc_jax.verification.harness import DTYPES, checked_dtypes
 
-    dtypes = list(checked_dtypes(_split(args.dtype) or DTYPES))
+    dtypes = list(checked_dtypes(_dtypes(args) or DTYPES))
     if args.cache_dir == "":
         raise ValueError("verify: --cache-dir is empty; expected a directory")
     if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
@@ -313,7 +380,7 @@ def _run_verify(args: argparse.Namespace, dtypes: list[str], programs=None) -> i
     with Watchdog(args.timeout, _hang) as watchdog:
         report = verify(
             _split(args.rules), dtypes=dtypes, sizes=args.sizes, seed=args.seed, progress=show,
-            max_bytes=int(args.max_gib * 2**30), programs=programs,
+            max_bytes=_max_bytes(args), programs=programs,
             processes=args.processes or _default_processes(),
         )  # fmt: skip
     progress.finish()
@@ -323,15 +390,13 @@ def _run_verify(args: argparse.Namespace, dtypes: list[str], programs=None) -> i
             "they were compiled again",
             file=sys.stderr,
         )
+    args.verdict = 0 if report.passed else 1  # kept if the reader of stdout goes away
     to_stdout = args.json == "-"
     print_report(report, wide=args.wide, out=sys.stderr if to_stdout else sys.stdout)
     print(f"verify took {seconds(progress.elapsed())}", file=sys.stderr)
-    if to_stdout:
-        print(report.to_json())
-    elif args.json:
+    if args.json:
         _write(args, "--json", args.json, report.to_json() + "\n")
-        print(f"report written to {args.json}")
-    return 0 if report.passed else 1
+    return args.verdict
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -349,16 +414,15 @@ def _bench(args: argparse.Namespace) -> int:
     previous = [""]
     report = bench(
         _split(args.rules),
-        dtypes=_split(args.dtype) or ("float32",),
+        dtypes=_dtypes(args) or ("float32",),
         sizes=args.sizes,
         quick=args.quick,
         rounds=args.rounds,
         progress=show,
-        max_bytes=int(args.max_gib * 2**30),
+        max_bytes=_max_bytes(args),
     )
     progress.finish()
-    to_stdout = args.json == "-"
-    out = sys.stderr if to_stdout else sys.stdout
+    out = sys.stderr if _stdout_taken(args) else sys.stdout
     width = None if args.wide else WIDTH
     env = report.environment
     lines = [
@@ -385,17 +449,12 @@ def _bench(args: argparse.Namespace) -> int:
     for line in lines:
         print(clip(line, width), file=out)
     print(f"bench took {seconds(progress.elapsed())}", file=sys.stderr)
-    if to_stdout:
-        print(output.to_json_text(report))
-    elif args.json:
-        _write(args, "--json", args.json, output.to_json_text(report) + "\n")
-        print(f"wrote {args.json}")
+    if args.json:
+        _write(args, "--json", args.json, output.to_json_text(report) + "\n", out)
     if args.csv:
-        _write(args, "--csv", args.csv, output.format_csv(report))
-        print(f"wrote {args.csv}", file=out)
+        _write(args, "--csv", args.csv, output.format_csv(report), out)
     if args.markdown:
-        _write(args, "--markdown", args.markdown, output.format_markdown(report))
-        print(f"wrote {args.markdown}", file=out)
+        _write(args, "--markdown", args.markdown, output.format_markdown(report), out)
     if args.plots:
         for path in output.write_plots(report, args.plots):
             print(f"wrote {path}", file=out)
@@ -416,8 +475,9 @@ def _bench_models(args: argparse.Namespace) -> int:
     with runtime.x64(dtype == "float64"):  # float64 arrays are float32 without it
         cases = bench_models(dtype=dtype, quick=args.quick, rounds=args.rounds)
         env = environment()
-    print(f"device: {env['platform']} ({env['device_kind']}), jax {env['jax']}")
-    print(format_models(cases))
+    out = sys.stderr if _stdout_taken(args) else sys.stdout
+    print(f"device: {env['platform']} ({env['device_kind']}), jax {env['jax']}", file=out)
+    print(format_models(cases), file=out)
     if args.json:
         data = {
             "schema": "matcalc-jax/bench-models/1",
@@ -433,8 +493,7 @@ def _bench_models(args: argparse.Namespace) -> int:
                 for c in cases
             ],
         }
-        _write(args, "--json", args.json, json.dumps(data, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        _write(args, "--json", args.json, json.dumps(data, indent=1) + "\n", out)
     return 0
 
 
@@ -462,7 +521,8 @@ def _bench_hessian(args: argparse.Namespace) -> int:
     )  # fmt: skip
     code = _report(args, data, format_hessian)
     if args.plot:
-        print(f"wrote {write_plot(data, args.plot)}")
+        out = sys.stderr if _stdout_taken(args) else sys.stdout
+        print(f"wrote {write_plot(data, args.plot)}", file=out)
     return code
 
 
@@ -476,15 +536,14 @@ def _report(args: argparse.Namespace, data: dict, formatter: Callable[[dict], st
 
     data["environment"] = env = environment()
     count = f" x {jax.device_count()}" if jax.device_count() > 1 else ""
-    print(f"device: {env['platform']} ({env['device_kind']}){count}, jax {env['jax']}")
+    out = sys.stderr if _stdout_taken(args) else sys.stdout
+    print(f"device: {env['platform']} ({env['device_kind']}){count}, jax {env['jax']}", file=out)
     table = formatter(data)
-    print(table)
+    print(table, file=out)
     if args.json:
-        _write(args, "--json", args.json, json.dumps(data, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        _write(args, "--json", args.json, json.dumps(data, indent=1) + "\n", out)
     if args.markdown:
-        _write(args, "--markdown", args.markdown, table + "\n")
-        print(f"wrote {args.markdown}")
+        _write(args, "--markdown", args.markdown, table + "\n", out)
     return 0
 
 
@@ -578,13 +637,18 @@ def _docs(args: argparse.Namespace) -> int:
     text = render_rules_markdown()
     path = Path(args.out)
     if args.check:
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
+        try:
+            current = path.read_text(encoding="utf-8") if path.exists() else None
+        except UnicodeDecodeError:  # not the page it should be: stale
+            current = None
+        except OSError as error:
+            raise ValueError(f"docs: --out {path}: {error.strerror or error}") from None
+        if current != text:
             print(f"{path} is stale: run `matcalc-jax docs --out {path}`", file=sys.stderr)
             return 1
         print(f"{path} is up to date")
         return 0
     _write(args, "--out", args.out, text)
-    print(f"wrote {path}")
     return 0
 
 
@@ -595,12 +659,7 @@ def _accuracy(args: argparse.Namespace) -> int:
     jax.config.update("jax_enable_x64", True)
     from matcalc_jax.verification import accuracy as _accuracy
 
-    text = _accuracy.markdown()
-    if args.out == "-":
-        print(text)
-    else:
-        _write(args, "--out", args.out, text)
-        print(f"wrote {args.out}", file=sys.stderr)
+    _write(args, "--out", args.out, _accuracy.markdown(), sys.stderr)
     return 0
 
 
@@ -612,9 +671,10 @@ VERIFY_EXAMPLES = """examples:
   matcalc-jax verify --json - | jq .passed            JSON on stdout, the table on stderr
   matcalc-jax verify --platform gpu                   on a GPU (exit 3 if there is none)
 
-exit codes: 0 every check passed; 1 a check failed, or a step made no progress for --timeout
-seconds; 2 a usage error, or --json could not be written; 3 this machine cannot do what was
-asked (no such platform, no float64); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM)."""
+exit codes: 0 every check passed; 1 a check failed, a worker process died, or a step made no
+progress for --timeout seconds (the verdict stands when the reader of stdout goes away); 2 a
+usage error, or --json could not be written; 3 this machine cannot do what was asked (no such
+platform, no float64); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM)."""
 
 BENCH_EXAMPLES = """examples:
   matcalc-jax bench --quick                           proves the benchmark runs (< 30 s)
@@ -910,7 +970,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of stdout went away (| head): stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 0
+        # verify's verdict stands whoever reads the table (a failed check is 1, also for
+        # `verify | head` under pipefail); cut off before it, verify did not pass
+        return getattr(args, "verdict", 1) if args.command == "verify" else 0
+    except WorkerDiedError as error:
+        print(f"matcalc-jax: error: {error}", file=sys.stderr)
+        return 1
     except (KeyError, ValueError, TypeError) as error:
         if not _raised_by_the_package(error):  # a bug, not a usage error: show it
             raise

@@ -80,7 +80,7 @@ from matcalc_jax.operators.base import storage
 from matcalc_jax.transform import hessian as transform_hessian
 from matcalc_jax.transform import jacobian as transform_jacobian
 from matcalc_jax.verification import references
-from matcalc_jax.verification.processes import ordered_map
+from matcalc_jax.verification.processes import WorkerDiedError, ordered_map
 from matcalc_jax.verification.programs import ProgramCache
 from matcalc_jax.verification.tolerance import (
     FINITE_DIFFERENCE_TOLERANCE,
@@ -922,7 +922,13 @@ def _check_in_processes(
                 index, count,
             )
         )  # fmt: skip
-        rule_checks, elapsed, dropped = next(results)
+        try:
+            rule_checks, elapsed, dropped = next(results)
+        except WorkerDiedError:
+            raise WorkerDiedError(
+                f"verify: a worker process ended without a result while checking {rule.id} "
+                "(killed by a signal or out of memory); --processes 1 checks in this process"
+            ) from None
         if programs is not None:
             programs.dropped += dropped
         checks += rule_checks

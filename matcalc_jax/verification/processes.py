@@ -59,6 +59,11 @@ def _start_worker(options: dict[str, Any], caller: int, xla_flags: Sequence[str]
         jax.config.update(name, value)
 
 
+class WorkerDiedError(RuntimeError):
+    """A worker process ended without a result: killed by a signal (the out-of-memory
+    killer, a ``kill -9``) or crashed. Its argument says which task, or the caller's words."""
+
+
 def ordered_map(
     work: Callable, tasks: Sequence[tuple], processes: int, xla_flags: Sequence[str] = ()
 ) -> Iterator[Any]:
@@ -77,8 +82,12 @@ def ordered_map(
     try:
         with _interrupts_held():  # the workers start (and ``submit`` starts them)
             futures = [pool.submit(work, *task) for task in tasks]
-        for future in futures:
-            yield future.result()
+        for index, future in enumerate(futures):
+            try:
+                result = future.result()
+            except concurrent.futures.BrokenExecutor:  # BrokenProcessPool
+                raise WorkerDiedError(f"task {index}") from None
+            yield result
     except BaseException:
         _stop(pool)
         raise
