@@ -822,6 +822,42 @@ def test_a_running_reduction_keeps_the_products_jax_forms_inside_its_prefix():
     assert (dense[:3, 3] == 0).all()  # outputs 0-2 do not read x_3
 
 
+ROUNDED = {  # 1.1 rounds to 1.0 with 2 mantissa bits: a tangent 1.1 v is not 1.1 round(v)
+    "sum(rp(1.1 p))^2": lambda p: jnp.sum(lax.reduce_precision(1.1 * p, 5, 2)) ** 2,
+    "softmax(rp(1.1 p))": lambda p: jax.nn.softmax(lax.reduce_precision(1.1 * p, 5, 2)),
+    "rp(1.1 p) sum(p)": lambda p: lax.reduce_precision(1.1 * p, 5, 2) * jnp.sum(p),
+    "W rp(1.1 p)": lambda p: jnp.arange(12.0).reshape(3, 4) @ lax.reduce_precision(1.1 * p, 5, 2),
+}
+
+
+@pytest.mark.parametrize("name", list(ROUNDED))
+def test_a_rounding_of_the_tangent_is_never_folded_into_a_neighbours_factors(name):
+    """round(U V^T v) is neither U round(V^T v) nor round(U) V^T v: a sum after a rounding
+    was a LowRank whose mv gave 4.4 where jax.jvp gives 4.0 (and to_dense jax.jacrev's
+    matrix, not jax.jacfwd's)."""
+    f = ROUNDED[name]
+    p, v = jnp.array([0.3, 1.2, -0.7, 2.1]), jnp.array([0.31, -1.1, 0.7, 0.2])
+    J = mj.jacobian(f)(p)
+    y, jvp = jax.jvp(f, (p,), (v,))
+    u = jnp.full(y.shape, 0.77)
+    np.testing.assert_allclose(J.to_dense(), jax.jacfwd(f)(p), rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(J.mv(v), jvp, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(J.vm(u), jax.vjp(f, p)[1](u)[0], rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("loop", ["scan", "fori_loop"])
+def test_a_loop_that_rounds_its_tangent_is_refused(loop):
+    """Carried from step to step, a rounding would be densified as the matrix it is not
+    (mv 0.16 off jax.jvp): the loop is refused with the error of a primitive without a rule."""
+    step = lambda c: jnp.tanh(lax.reduce_precision(1.3 * c, 5, 2))  # noqa: E731
+    if loop == "scan":
+        f = lambda p: lax.scan(lambda c, _: (step(c), None), p, None, length=3)[0]  # noqa: E731
+    else:
+        f = lambda p: lax.fori_loop(0, 3, lambda i, c: step(c), p)  # noqa: E731
+    with pytest.raises(UnsupportedPrimitiveError, match="reduce_precision"):
+        mj.jacobian(f)(jnp.array([0.3, 1.2, -0.7, 2.1]))
+
+
 def test_logdet_and_solve_through_a_rounding_are_its_matrix_s():
     f = lambda x: lax.reduce_precision(x * 3.1, 5, 10) * 2.0  # noqa: E731
     x = jnp.array([0.3, -0.7, 1.2])

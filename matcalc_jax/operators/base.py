@@ -925,6 +925,10 @@ def compose(outer: JacobianOperator, inner: JacobianOperator) -> JacobianOperato
     if jnp.issubdtype(inner.dtype, jnp.complexfloating) and not outer.complex_linear():
         return Composition(outer, inner)  # the rules may move complex factors across outer
     trivial = outer.trivial_in_composition or inner.trivial_in_composition
+    if not (outer.commutes_with_scaling() and inner.commutes_with_scaling()) and not trivial:
+        # A rounding's map is not a matrix: round(U V^T v) is neither U round(V^T v) nor
+        # round(U) V^T v, so no rule folds it into a neighbour's factors.
+        return Composition(outer, inner)
     if (outer.real_to_complex or inner.real_to_complex) and not trivial:
         # The rules read a map's matrix transpose from its vm, which for a map from real
         # tangents keeps only the real part (sum(c x) with complex c: a row of Re(c)).
@@ -945,6 +949,8 @@ def add(left: JacobianOperator, right: JacobianOperator) -> JacobianOperator:
     _check_same_layout("add", left, right)
     if not (left.composes_as_matrix() and right.composes_as_matrix()):
         return Sum((left, right))
+    if not (left.commutes_with_scaling() and right.commutes_with_scaling()):
+        return Sum((left, right))  # a rounding's map is not a matrix to merge (see compose)
     result = _first("sum", left, right)
     return Sum((left, right)) if result is None else result
 

@@ -148,8 +148,15 @@ def _one_row(op: Operator) -> Operator:
     return compose(Reshape((1, *shape), shape, op.dtype.name), op)
 
 
+#: Why a loop is refused when a map in it is not a matrix.
+NOT_A_MATRIX = (
+    "with a custom_vjp whose backward rule is not linear in its cotangent, or a "
+    "reduce_precision that rounds the tangent,"
+)
+
+
 def _all_matrices(ops: list[Operator]) -> bool:
-    return all(op is None or op.composes_as_matrix() for op in ops)
+    return all(op is None or (op.composes_as_matrix() and op.commutes_with_scaling()) for op in ops)
 
 
 class _Loop:
@@ -162,18 +169,15 @@ class _Loop:
 
     def step(self, carry: list[Array], carry_ops: list[Operator], t: Any) -> tuple:
         # Carried from step to step, a map that does not compose as a matrix (a backward
-        # rule not linear in its cotangent) would be densified or stacked as one: no
-        # step-by-step structure follows JAX there.
-        where = "in what it carries in (made before the loop)"
+        # rule not linear in its cotangent, a rounding of the tangent) would be densified
+        # or stacked as one: no step-by-step structure follows JAX there.
         if not _all_matrices(carry_ops):
-            raise NoRule(
-                f"with a custom_vjp whose backward rule is not linear in its cotangent {where}"
-            )
+            raise NoRule(f"{NOT_A_MATRIX} in what it carries in (made before the loop)")
         new_carry, new_ops, *rest = self.raw_step(carry, carry_ops, t)
         if not _all_matrices([*new_ops, *(rest[1] if len(rest) > 1 else ())]):
-            where = "in its body or in an input it reads (clip_gradient, g + 0.1 x)"
             raise NoRule(
-                f"with a custom_vjp whose backward rule is not linear in its cotangent {where}"
+                f"{NOT_A_MATRIX} in its body or in an input it reads "
+                "(clip_gradient, g + 0.1 x, reduce_precision)"
             )
         if self.dense:
             new_ops = [_dense(op) for op in new_ops]
