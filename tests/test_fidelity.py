@@ -858,6 +858,33 @@ def test_a_loop_that_rounds_its_tangent_is_refused(loop):
         mj.jacobian(f)(jnp.array([0.3, 1.2, -0.7, 2.1]))
 
 
+CHUNKED = {  # (program, argument dtype): to_dense(chunk_size) read rows from vm
+    "float32 through float64": (
+        lambda p: jnp.sin(p.astype(jnp.float64) * 1.1).astype(jnp.float32)[:2],
+        jnp.float32,
+    ),  # float64 rows, 1.2e-8 off jax.jacfwd's float32
+    "float64 through float32": (lambda p: jnp.sin(p.astype(jnp.float32))[:3], jnp.float64),
+    "a real DFT": (lambda p: jnp.fft.rfft(p)[:2], jnp.float32),  # a real part: 0.95 off
+    "conj": (lambda p: jnp.conj(p * (1 + 2j))[:2], jnp.float64),  # float64, 2.0 off
+    "a rounding": (  # jax.jacrev's rows, 0.1 off jax.jacfwd's
+        lambda p: jnp.sum(lax.reduce_precision(1.1 * p, 5, 2)) * jnp.ones(2),
+        jnp.float64,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CHUNKED))
+def test_a_chunked_matrix_is_jacfwd_s_in_value_and_dtype(name):
+    """With fewer outputs than inputs to_dense(chunk_size) builds rows with vm: only where
+    they are the rows of the matrix mv applies, rounded once to the map's dtype."""
+    f, dtype = CHUNKED[name]
+    p = jnp.linspace(0.1, 1.7, 5).astype(dtype)
+    J, expected = mj.jacobian(f)(p), jax.jacfwd(f)(p)
+    for dense in (J.to_dense(), J.to_dense(chunk_size=2)):
+        assert dense.dtype == expected.dtype
+        np.testing.assert_array_equal(dense, expected)
+
+
 def test_logdet_and_solve_through_a_rounding_are_its_matrix_s():
     f = lambda x: lax.reduce_precision(x * 3.1, 5, 10) * 2.0  # noqa: E731
     x = jnp.array([0.3, -0.7, 1.2])

@@ -496,6 +496,22 @@ def test_a_singular_solve_of_a_right_hand_side_in_the_range_is_an_error():
     np.testing.assert_allclose(jax.hessian(f)(x) @ mj.hessian(f)(x).solve(b), b, rtol=1e-12)
 
 
+@pytest.mark.parametrize(("dtype", "largest"), [("float32", 1e6), ("float16", 1000.0)])
+def test_a_diagonal_hessian_past_the_condition_bound_is_solved_exactly(dtype, largest):
+    """diag(1, 1e6) in float32 has a condition number past 1 / (16 eps) but x_i = b_i / d_i
+    is right to the last digit: it was refused for every b. A zero on the diagonal is
+    still the error."""
+    d = jnp.array([1.0, largest, 3.0], dtype)
+    x, b = jnp.ones(3, dtype), jnp.array([1.0, 2.0, -3.0], dtype)
+    with jax.enable_x64(False):
+        H = mj.hessian(lambda x: 0.5 * jnp.sum(d * x * x))(x)
+        assert isinstance(H.operator, mj.Diagonal)
+        np.testing.assert_array_equal(H.solve(b), b / d)
+        singular = mj.hessian(lambda x: 0.5 * jnp.sum(d.at[1].set(0) * x * x))(x)
+        with pytest.raises(ValueError, match=r"the Hessian is singular"):
+            singular.solve(b)
+
+
 def test_a_float32_solve_of_a_large_right_hand_side_is_not_taken_for_singular():
     """The singularity checks' norms squared the entries in float32: a right-hand side of
     1e28 overflowed, the refinement step's size was inf and a Hessian of condition 2.6 was

@@ -632,18 +632,35 @@ class JacobianOperator:
     def _numerator_in_chunks(self, chunk_size: int) -> Array:
         out_shape, in_shape = tuple(self.out_shape), tuple(self.in_shape)
         out_size, in_size = size_of(out_shape), size_of(in_shape)
-        if out_size <= in_size:  # rows u^T J, fewer of them
+        if out_size <= in_size and self._rows_are_its_matrix():  # rows u^T J, fewer
             with keeping_width():
                 rows = assemble(
                     lambda u: self.vm(u.reshape(out_shape)).reshape(-1),
                     out_size, self.dtype, (in_size,), chunk_size, as_columns=False,
                 )  # fmt: skip
-        else:  # columns J v
+            # jax.jacfwd's single rounding of the wider rows to the map's dtype
+            rows = rows.astype(self.dtype)
+        else:  # columns J v, as jax.jacfwd
             rows = assemble(
                 lambda v: self.mv(v.reshape(in_shape)).reshape(-1),
                 in_size, self.dtype, (out_size,), chunk_size, as_columns=True,
             )  # fmt: skip
         return rows.reshape(out_shape + in_shape)
+
+    def _rows_are_its_matrix(self) -> bool:
+        """True when the rows ``vm`` gives are those of the matrix ``mv`` applies: a real
+        map that composes as a matrix. Not through complex values (``vm`` of a map from real
+        tangents keeps a real part), a rounding (``vm`` rounds the cotangent, jax.jacfwd
+        the tangent) or a backward rule not linear in its cotangent."""
+        if not (
+            jnp.issubdtype(self.dtype, jnp.floating)
+            and not self.real_to_complex
+            and self.composes_as_matrix()
+            and self.commutes_with_scaling()
+        ):
+            return False
+        cotangent = jax.ShapeDtypeStruct(tuple(self.out_shape), self.dtype)
+        return jnp.issubdtype(jax.eval_shape(self.vm, cotangent).dtype, jnp.floating)
 
     def with_layout(self, layout: Layout) -> JacobianOperator:
         """The same map, arranged in ``layout`` by ``to_dense`` and read in its order by ``@``."""
