@@ -399,6 +399,23 @@ def test_diagonal_plus_low_rank_with_zeros_on_its_diagonal(zeros):
         assert bool(jnp.all(jnp.isnan(solution)))
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_diagonal_plus_low_rank_capacitance_condition(dtype):
+    """I - 1 1^T / n is singular; its capacitance 1 - n / n rounds to +-eps or 0: past
+    1 / (16 eps). I - 0.5 1 1^T / n has the capacitance 1 - 0.5 beside terms of size
+    1 + 0.5: a condition 3."""
+    n = 200
+    ones = jnp.ones((n, 1), dtype)
+    singular = mj.DiagonalPlusLowRank(jnp.ones(n, dtype), -ones / n, ones)
+    eps = float(jnp.finfo(dtype).eps)
+    assert float(singular.capacitance_condition()) > 1 / (16 * eps)
+    regular = mj.DiagonalPlusLowRank(jnp.ones(n, dtype), -0.5 * ones / n, ones)
+    np.testing.assert_allclose(float(regular.capacitance_condition()), 3.0, rtol=50 * eps)
+    zero_row = mj.DiagonalPlusLowRank(jnp.array([0.0, 1.0], dtype), jnp.zeros((2, 1), dtype),
+                                      jnp.ones((2, 1), dtype))  # fmt: skip
+    assert float(zero_row.capacitance_condition()) == np.inf
+
+
 @pytest.mark.parametrize("side", ["row", "column"])
 def test_diagonal_plus_low_rank_with_a_zero_row_or_column_is_singular(side):
     """A zero in d whose row of U (or of V) is zero too is a zero row (column) of the

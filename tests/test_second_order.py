@@ -512,6 +512,24 @@ def test_a_diagonal_hessian_past_the_condition_bound_is_solved_exactly(dtype, la
             singular.solve(b)
 
 
+@pytest.mark.parametrize("n", [50, 200])
+def test_a_diagonal_plus_low_rank_hessian_singular_after_rounding_is_an_error(n):
+    """0.5 |x|^2 - sum(x)^2 / (2 n): H = I - 1 1^T / n, singular along 1. Woodbury's
+    capacitance 1 - n / n rounds to -eps, not 0, and solve returned a finite x for b in
+    the range and out of it (the probe's bound reached 4.7e13, under 1 / (16 eps)). The
+    same Hessian with 0.9 sum(x)^2 is solved."""
+    x = jnp.linspace(0.1, 1.0, n)
+    H = mj.hessian(lambda x: 0.5 * jnp.sum(x**2) - 0.5 * jnp.sum(x) ** 2 / n)(x)
+    assert isinstance(H.operator, mj.DiagonalPlusLowRank)
+    for b in (jnp.ones(n), x - jnp.mean(x)):
+        with pytest.raises(ValueError, match=r"Woodbury's identity has a condition number"):
+            H.solve(b)
+    f = lambda x: 0.5 * jnp.sum(x**2) - 0.45 * jnp.sum(x) ** 2 / n  # noqa: E731
+    b = jnp.cos(jnp.arange(n))
+    expected = jnp.linalg.solve(jax.hessian(f)(x), b)
+    np.testing.assert_allclose(mj.hessian(f)(x).solve(b), expected, rtol=1e-12)
+
+
 def test_a_float32_solve_of_a_large_right_hand_side_is_not_taken_for_singular():
     """The singularity checks' norms squared the entries in float32: a right-hand side of
     1e28 overflowed, the refinement step's size was inf and a Hessian of condition 2.6 was

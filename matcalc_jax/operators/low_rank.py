@@ -168,6 +168,24 @@ class DiagonalPlusLowRank(JacobianOperator):
         empty = zero & ((rows == 0) | (columns == 0))  # a zero row or column
         return values, U, V, (jnp.sum(zero) > count) | jnp.any(empty)
 
+    def capacitance_condition(self) -> Array:
+        """||I_r + |V|^T |D|^{-1} |U|||_2 / sigma_min(I_r + V^T D^{-1} U): how far the r x r
+        system of Woodbury's identity is from singular beside the size of its terms. Past
+        1 / (16 eps) its rounding decides the solve: I - 1 1^T / n (singular, null space
+        1) has a capacitance 1 - n / n that rounds to +-eps, and Woodbury then returns a
+        finite x of size ||b|| whose part along 1 is arbitrary. Infinite when ``solve``
+        finds the matrix singular exactly."""
+        if is_half(self.dtype):
+            return self._in_float32().capacitance_condition()
+        values, U, V, singular = self._with_invertible_diagonal()
+        if U.shape[-1] == 0:
+            return jnp.where(singular, jnp.inf, 1.0)
+        terms = (jnp.abs(V) / jnp.abs(values)[:, None]).T @ jnp.abs(U)
+        size = jnp.linalg.norm(jnp.eye(U.shape[-1], dtype=terms.dtype) + terms, 2)
+        smallest = jnp.linalg.svd(_capacitance(values, U, V), compute_uv=False)[-1]
+        condition = jnp.where(smallest > 0, size / jnp.where(smallest > 0, smallest, 1), jnp.inf)
+        return jnp.where(singular, jnp.inf, condition)
+
     def _in_float32(self) -> DiagonalPlusLowRank:
         """The same map in float32: a half-precision d, U, V overflow in Woodbury's V / d
         and lose a small d_k beside its shift."""

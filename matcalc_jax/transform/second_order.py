@@ -53,6 +53,7 @@ from matcalc_jax.operators.base import (
 )
 from matcalc_jax.operators.diagonal import Diagonal
 from matcalc_jax.operators.identity import Identity
+from matcalc_jax.operators.low_rank import DiagonalPlusLowRank
 from matcalc_jax.operators.selection import Select
 from matcalc_jax.transform import first_order
 
@@ -202,6 +203,11 @@ def _check_solution(
     finite = bool(jnp.all(jnp.isfinite(rhs)))
     if bool(jnp.isneginf(logdet)) or (finite and not bool(jnp.all(jnp.isfinite(solution)))):
         how = f"singular (log|det {symbol}| = {float(logdet)})"
+    elif finite and (woodbury := _capacitance_condition(op)) > _singular_condition(op.dtype):
+        how = (
+            "singular to working precision (the r x r system of Woodbury's identity has a "
+            f"condition number of {woodbury:.1e} beside the size of its terms)"
+        )
     elif (
         finite
         and not _solved_entrywise(op)
@@ -229,6 +235,13 @@ def _solved_entrywise(op: JacobianOperator) -> bool:
     if isinstance(op, Scaled):
         return _solved_entrywise(op.operator)
     return isinstance(op, (Identity, Diagonal))
+
+
+def _capacitance_condition(op: JacobianOperator) -> float:
+    """A diagonal plus low rank op's ``capacitance_condition``; 0 for another op."""
+    if isinstance(op, Scaled):
+        return _capacitance_condition(op.operator)
+    return float(op.capacitance_condition()) if isinstance(op, DiagonalPlusLowRank) else 0.0
 
 
 def _singular_condition(dtype: Any) -> float:
