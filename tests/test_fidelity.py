@@ -885,6 +885,51 @@ def test_a_chunked_matrix_is_jacfwd_s_in_value_and_dtype(name):
         np.testing.assert_array_equal(dense, expected)
 
 
+_W = jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)  # float64
+MIXED = {  # (program, argument dtype, cotangent scale): a cast folded into a structure
+    "float64 W @ float32 p": (lambda p: _W @ p, jnp.float32, 1.0),  # vm was float64
+    "sum(p.astype(float64))": (lambda p: jnp.sum(p.astype(jnp.float64)), jnp.float32, 1.0),
+    "bfloat16 dot into float32": (
+        lambda p: jnp.dot(_W.astype(jnp.bfloat16), p, preferred_element_type=jnp.float32),
+        jnp.bfloat16,
+        1.0,
+    ),  # vm was float32
+    "a float16 sum of a float32 argument": (  # vm was inf: V = 1e4 rounded to float16
+        lambda p: jnp.sum((p * 1e4).astype(jnp.float16)),
+        jnp.float32,
+        10.0,
+    ),
+    "a float16 low-rank output": (
+        lambda p: (jnp.sum(jnp.sin(p)) * jnp.cos(p)).astype(jnp.float16),
+        jnp.float32,
+        1.0,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MIXED))
+def test_a_cast_folded_into_a_structure_keeps_jax_s_dtypes(name):
+    """jax.jvp's tangent has the output's dtype, jax.vjp's cotangent the argument's and
+    jax.jacfwd's matrix the output's: so do mv, vm and to_dense, in value too (the wider
+    structure rounded once at the end)."""
+    f, dtype, scale = MIXED[name]
+    p = jnp.linspace(0.1, 1.7, 4).astype(dtype)
+    v = jnp.linspace(0.3, -1.1, 4).astype(dtype)
+    J, y = mj.jacobian(f)(p), f(p)
+    u = jnp.full(y.shape, scale * 0.7, y.dtype)
+    pairs = [
+        (J.mv(v), jax.jvp(f, (p,), (v,))[1]),
+        (J.vm(u), jax.vjp(f, p)[1](u)[0]),
+        (J.to_dense(), jax.jacfwd(f)(p)),
+    ]
+    for got, expected in pairs:
+        assert got.dtype == expected.dtype
+        rtol = tolerance(expected.dtype)
+        np.testing.assert_allclose(
+            np.asarray(got, np.float64), np.asarray(expected, np.float64), rtol=rtol
+        )
+
+
 def test_logdet_and_solve_through_a_rounding_are_its_matrix_s():
     f = lambda x: lax.reduce_precision(x * 3.1, 5, 10) * 2.0  # noqa: E731
     x = jnp.array([0.3, -0.7, 1.2])

@@ -157,6 +157,11 @@ CASES = {
         lambda x: 0.25 * _clipped(x), _normal(64, (3,)), operators.FromCotangents
     ),
     "WithFallbacks": lambda: operators.WithFallbacks(mj.Dense(_normal(65, (2, 3)), 1), ("a",)),
+    "InProgramDtypes": lambda: _found(  # float32 in and out, float64 inside
+        lambda x: (_normal(69, (2, 3)) @ x).astype(jnp.float32),
+        _normal(70, (3,)).astype(jnp.float32),
+        operators.InProgramDtypes,
+    ),
     "Convolution": lambda: _found(
         lambda x: jax.lax.conv(x, _normal(66, (2, 1, 3)), (1,), "SAME"),
         _normal(67, (1, 1, 5)),

@@ -172,7 +172,8 @@ def bench_program(
 
 def _per_example(batch: int, width: int) -> tuple[Callable, tuple]:
     keys = jax.random.split(jax.random.key(batch), 4)
-    weights = [jax.random.normal(k, (width, width), jnp.float32) / np.sqrt(width) for k in keys[:3]]
+    scale = np.float32(1 / np.sqrt(width))  # float32 under x64 too (a np.float64 promotes)
+    weights = [jax.random.normal(k, (width, width), jnp.float32) * scale for k in keys[:3]]
 
     def mlp(xs: jax.Array) -> jax.Array:
         def one(x: jax.Array) -> jax.Array:

@@ -59,7 +59,7 @@ The maps of JAX's primitives, a module a family: ``index_maps`` (``Reshape``, ``
 ``matrix_functions`` (``TriangularProduct``, ``CholeskyTangent``, ``EighTangent``,
 ``QRTangent``, ``SVDTangent``, ``LUTangent``) and ``programs`` (``Linearized``,
 ``LinearizedByRows``, ``Pullback``, ``JointPullback``, ``FromCotangents``,
-``WithFallbacks``). Most derive from ``Map``
+``WithFallbacks``, ``InProgramDtypes``). Most derive from ``Map``
 (``index_maps``), applied by ``_apply`` and transposed by ``_apply_transpose``, their
 compile-time parameters held as ``Static``.
 """
@@ -115,6 +115,7 @@ from matcalc_jax.operators.matrix_functions import (
 )
 from matcalc_jax.operators.programs import (
     FromCotangents,
+    InProgramDtypes,
     JointPullback,
     Linearized,
     LinearizedByRows,
@@ -148,6 +149,7 @@ __all__ = [
     "Gather",
     "Identity",
     "ImaginaryPart",
+    "InProgramDtypes",
     "JacobianOperator",
     "JointPullback",
     "Kronecker",

@@ -59,18 +59,19 @@ class LowRank(JacobianOperator):
 
     @property
     def dtype(self) -> Any:
-        return jnp.result_type(self.U, self.V)
+        """U's: the output side's (V may be wider: the argument's side of a narrowing map)."""
+        return jnp.result_type(self.U, self.V if jnp.iscomplexobj(self.V) else self.U)
 
     def mv(self, tangent: ArrayLike) -> Array:
         tangent = check_tangent(self, "mv", tangent, self.in_shape)
-        return self.U @ jnp.tensordot(tangent, self.V, axes=tangent.ndim)
+        return (self.U @ jnp.tensordot(tangent, self.V, axes=tangent.ndim)).astype(self.dtype)
 
     def vm(self, cotangent: ArrayLike) -> Array:
         cotangent = check_tangent(self, "vm", cotangent, self.out_shape)
         return self.V @ jnp.tensordot(cotangent, self.U, axes=cotangent.ndim)
 
     def _numerator(self) -> Array:
-        return jnp.tensordot(self.U, self.V, axes=((-1,), (-1,)))
+        return jnp.tensordot(self.U, self.V, axes=((-1,), (-1,))).astype(self.dtype)
 
     def transpose(self) -> JacobianOperator:
         return LowRank(self.V, self.U, self.layout)
@@ -227,10 +228,12 @@ def _columns(apply: Any, factor: Array) -> Array:
 
 def _canonical(U: Array, V: Array, layout: Layout) -> LowRank:
     """U V^T with a one-entry side folded into the other: rank one. U is on the output's
-    side, so its dtype is the map's (complex when V is: a real U V^T after a complex map)."""
+    side, so its dtype is the map's (complex when V is: a real U V^T after a complex map);
+    V keeps a wider dtype of its own (a float16 output of a float32 argument: V of 1e4
+    in float16 overflowed ``vm`` where ``jax.vjp`` computes in float32)."""
     if jnp.iscomplexobj(V) and not jnp.iscomplexobj(U):
         U = U.astype(jnp.result_type(U.dtype, V.dtype))
-    V = V.astype(U.dtype)
+    V = V.astype(jnp.result_type(U.dtype, V.dtype))
     if U.shape[-1] > 1 and size_of(U.shape[:-1]) == 1:
         return LowRank(jnp.ones_like(U[..., :1]), (V @ U.reshape(-1))[..., None], layout)
     if V.shape[-1] > 1 and size_of(V.shape[:-1]) == 1:

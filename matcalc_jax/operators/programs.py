@@ -2,13 +2,15 @@
 fallback for a primitive without a rule (that primitive's ``jvp`` and ``vjp``);
 ``Pullback``, a ``custom_vjp`` whose backward rule is not linear in its cotangent (its
 ``bwd``, called as JAX calls it); ``FromCotangents``, a Jacobian with such a pullback
-inside, whose matrix is ``jax.jacrev``'s; and ``WithFallbacks``, a Jacobian that names where
-the fallback ran.
+inside, whose matrix is ``jax.jacrev``'s; ``WithFallbacks``, a Jacobian that names where
+the fallback ran; and ``InProgramDtypes``, a Jacobian whose products are rounded to the
+program's argument and output dtypes where its structure holds a wider one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,7 @@ from matcalc_jax.operators.base import (
     Transposed,
     Wrapped,
     check_tangent,
+    keeps_width,
     pytree,
     size_of,
 )
@@ -308,3 +311,60 @@ class FromCotangents(Wrapped):
 
     def describe(self) -> str:
         return "with a backward rule not linear in its cotangent: jax.jacrev's matrix"
+
+
+@pytree(("operator",), ("in_dtype_name", "out_dtype_name"))
+class InProgramDtypes(Wrapped):
+    """A Jacobian whose structure computes in a dtype wider than the program's (a cast
+    folded into a factor: ``W @ p.astype(float64)`` is a float64 ``Contraction`` of a
+    float32 p; a float16 output of a float32 low-rank part): ``mv`` is rounded once to the
+    output's dtype, as ``jax.jvp``'s tangent is, ``vm`` to the argument's, as ``jax.vjp``'s
+    cotangent is, and the matrix to the output's, as ``jax.jacfwd``'s. The rest is the held
+    operator's, in its own dtype."""
+
+    operator: JacobianOperator
+    in_dtype_name: str
+    out_dtype_name: str
+
+    dtype = property(lambda self: jnp.dtype(self.out_dtype_name))
+
+    def mv(self, tangent: ArrayLike) -> Array:
+        return self.operator.mv(tangent).astype(self.out_dtype_name)
+
+    def vm(self, cotangent: ArrayLike) -> Array:
+        pulled = self.operator.vm(cotangent)
+        # a structure built from it (a Gauss-Newton matrix's rows) keeps the wider digits
+        return pulled if keeps_width() else pulled.astype(self.in_dtype_name)
+
+    def _numerator(self) -> Array:
+        return self.operator._numerator().astype(self.out_dtype_name)
+
+    def with_layout(self, layout: Layout) -> JacobianOperator:
+        return InProgramDtypes(
+            self.operator.with_layout(layout), self.in_dtype_name, self.out_dtype_name
+        )
+
+    def transpose(self) -> JacobianOperator:
+        return InProgramDtypes(self.operator.transpose(), self.out_dtype_name, self.in_dtype_name)
+
+    def describe(self) -> str:
+        return f"rounded to the program's dtypes: {self.in_dtype_name} -> {self.out_dtype_name}"
+
+
+def in_program_dtypes(op: JacobianOperator, in_dtype: Any, out_dtype: Any) -> JacobianOperator:
+    """``op``, wrapped in ``InProgramDtypes`` where its ``mv`` or ``vm`` (read abstractly,
+    ``jax.eval_shape``) gives another dtype than the output's or the argument's, of the
+    same kind (a real map of complex values keeps its own rule)."""
+    in_dtype, out_dtype = jnp.dtype(in_dtype), jnp.dtype(out_dtype)
+    tangent = jax.ShapeDtypeStruct(tuple(op.in_shape), in_dtype)
+    cotangent = jax.ShapeDtypeStruct(tuple(op.out_shape), out_dtype)
+    image, preimage = jax.eval_shape(op.mv, tangent).dtype, jax.eval_shape(op.vm, cotangent).dtype
+    if (image, preimage) == (out_dtype, in_dtype):
+        return op
+    if _kind(image) != _kind(out_dtype) or _kind(preimage) != _kind(in_dtype):
+        return op
+    return InProgramDtypes(op, in_dtype.name, out_dtype.name)
+
+
+def _kind(dtype: Any) -> str:
+    return "complex" if jnp.issubdtype(dtype, jnp.complexfloating) else "real"

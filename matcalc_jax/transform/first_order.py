@@ -21,7 +21,7 @@ from matcalc_jax.operators.block_diagonal import BlockDiagonal
 from matcalc_jax.operators.block_matrix import BlockMatrix
 from matcalc_jax.operators.identity import Identity
 from matcalc_jax.operators.index_maps import ChangeType
-from matcalc_jax.operators.programs import FromCotangents, WithFallbacks
+from matcalc_jax.operators.programs import FromCotangents, WithFallbacks, in_program_dtypes
 from matcalc_jax.operators.selection import Select
 from matcalc_jax.operators.zero import Zero
 from matcalc_jax.transform import (  # each module registers its rules
@@ -254,4 +254,6 @@ def _finish(op: Any, out: Any, x: Array, notes: tuple[str, ...]) -> JacobianOper
     op = _blocks(op, x)
     if not op.composes_as_matrix():  # a Pullback inside: the matrix is jax.jacrev's
         op = FromCotangents(op)
+    if jnp.issubdtype(x.dtype, jnp.inexact) and jnp.issubdtype(out_dtype, jnp.inexact):
+        op = in_program_dtypes(op, x.dtype, out_dtype)
     return WithFallbacks(op, notes) if notes else op

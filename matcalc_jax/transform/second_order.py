@@ -23,6 +23,7 @@ J (m the model's output size).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -54,6 +55,7 @@ from matcalc_jax.operators.base import (
 from matcalc_jax.operators.diagonal import Diagonal
 from matcalc_jax.operators.identity import Identity
 from matcalc_jax.operators.low_rank import DiagonalPlusLowRank
+from matcalc_jax.operators.programs import InProgramDtypes
 from matcalc_jax.operators.selection import Select
 from matcalc_jax.transform import first_order
 
@@ -106,6 +108,8 @@ def _rebuilt(
     if isinstance(node, Scaled):
         inner = rebuild(node.operator)
         return node if inner is node.operator else inner.scaled(node.scale)
+    if isinstance(node, InProgramDtypes):
+        return dataclasses.replace(node, operator=rebuild(node.operator))
     return node
 
 
@@ -232,14 +236,14 @@ def _solved_entrywise(op: JacobianOperator) -> bool:
     d_i is right to the last digit whatever the condition number (diag(1, 1e6) in float32
     is past 1 / (16 eps) and solved exactly); singular only with a zero on the diagonal,
     which log|det| finds."""
-    if isinstance(op, Scaled):
+    if isinstance(op, (Scaled, InProgramDtypes)):
         return _solved_entrywise(op.operator)
     return isinstance(op, (Identity, Diagonal))
 
 
 def _capacitance_condition(op: JacobianOperator) -> float:
     """A diagonal plus low rank op's ``capacitance_condition``; 0 for another op."""
-    if isinstance(op, Scaled):
+    if isinstance(op, (Scaled, InProgramDtypes)):
         return _capacitance_condition(op.operator)
     return float(op.capacitance_condition()) if isinstance(op, DiagonalPlusLowRank) else 0.0
 
