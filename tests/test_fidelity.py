@@ -899,6 +899,14 @@ MIXED = {  # (program, argument dtype, cotangent scale): a cast folded into a st
         jnp.float32,
         10.0,
     ),
+    "a cast inside lax.map's body": (  # float32 outside the loop: vm was float64
+        lambda p: lax.map(
+            lambda r: jnp.sum(jnp.sin(r.astype(jnp.float64)) * _W[0, :2]).astype(jnp.float32) * r,
+            p.reshape(2, 2),
+        ).ravel(),
+        jnp.float32,
+        1.0,
+    ),
     "a float16 low-rank output": (
         lambda p: (jnp.sum(jnp.sin(p)) * jnp.cos(p)).astype(jnp.float16),
         jnp.float32,

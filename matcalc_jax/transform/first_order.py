@@ -193,6 +193,7 @@ def jacobian(
         inputs = [k for index in indices for k in range(starts[index], starts[index + 1])]
         on_missing = rules.fallback if fallback == "autodiff" else None
         grid = []  # grid[j][i]: output leaf i in input leaf j
+        dtypes = _inexact_dtypes(closed.jaxpr)  # one dtype: no cast to fold, nothing to round
         results = None
         for k in inputs:
             x = values[k]
@@ -203,7 +204,7 @@ def jacobian(
             notes = tuple(dict.fromkeys(ctx.fallbacks))
             grid.append(
                 [
-                    _finish(op, shape, x, notes)
+                    _finish(op, shape, x, notes, dtypes)
                     for op, shape in zip(out_ops, out_leaves, strict=False)
                 ]
             )
@@ -229,6 +230,36 @@ def jacobian(
     return jacobian_of_f
 
 
+def _inexact_dtypes(jaxpr: Any) -> frozenset:
+    """The float and complex dtypes of every value a program computes, in its calls,
+    branches and loop bodies too."""
+    found: set = set()
+
+    def walk(program: Any) -> None:
+        for eqn in program.eqns:
+            for var in eqn.outvars:
+                dtype = getattr(var.aval, "dtype", None)
+                if dtype is not None and jnp.issubdtype(dtype, jnp.inexact):
+                    found.add(jnp.dtype(dtype))
+            for param in eqn.params.values():
+                for inner in _programs_in(param):
+                    walk(inner)
+
+    walk(jaxpr)
+    return frozenset(found)
+
+
+def _programs_in(param: Any) -> list[Any]:
+    """The programs an equation's parameter holds (a body, a tuple of branches)."""
+    if isinstance(param, jex_core.ClosedJaxpr):
+        return [param.jaxpr]
+    if isinstance(param, jex_core.Jaxpr):
+        return [param]
+    if isinstance(param, (tuple, list)):
+        return [inner for item in param for inner in _programs_in(item)]
+    return []
+
+
 def _arrange(row: list[Any], in_trees: list[Any], argnums: Any) -> Any:
     """One output leaf's operators in the arguments' structure (a tuple for tuple argnums)."""
     pieces, offset = [], 0
@@ -238,10 +269,14 @@ def _arrange(row: list[Any], in_trees: list[Any], argnums: Any) -> Any:
     return tuple(pieces) if isinstance(argnums, tuple) else pieces[0]
 
 
-def _finish(op: Any, out: Any, x: Array, notes: tuple[str, ...]) -> JacobianOperator:
+def _finish(
+    op: Any, out: Any, x: Array, notes: tuple[str, ...], dtypes: frozenset
+) -> JacobianOperator:
     """The Jacobian of one output leaf ``out`` in the input leaf ``x`` as returned: a
     ``Zero`` where it does not depend on x, cast to the output's dtype, a block-diagonal
-    map as its blocks, the fallback's notes kept."""
+    map as its blocks, its products rounded to the program's dtypes where it computes
+    wider (read only when the program's values, ``dtypes``, are not all of x's dtype),
+    the fallback's notes kept."""
     out_dtype = jnp.dtype(out.dtype)
     if not jnp.issubdtype(out_dtype, jnp.inexact):
         out_dtype = x.dtype  # an integer output: a zero Jacobian, in the argument's dtype
@@ -254,6 +289,7 @@ def _finish(op: Any, out: Any, x: Array, notes: tuple[str, ...]) -> JacobianOper
     op = _blocks(op, x)
     if not op.composes_as_matrix():  # a Pullback inside: the matrix is jax.jacrev's
         op = FromCotangents(op)
-    if jnp.issubdtype(x.dtype, jnp.inexact) and jnp.issubdtype(out_dtype, jnp.inexact):
+    one_dtype = dtypes <= {x.dtype} and out_dtype == x.dtype
+    if not one_dtype and jnp.issubdtype(x.dtype, jnp.inexact):
         op = in_program_dtypes(op, x.dtype, out_dtype)
     return WithFallbacks(op, notes) if notes else op
