@@ -938,6 +938,51 @@ def test_a_cast_folded_into_a_structure_keeps_jax_s_dtypes(name):
         )
 
 
+HALF_LOW_RANK = {  # a float32 sum inside: the low-rank factor pulled back is float32
+    "softmax": lambda p: mj.jacobian(jax.nn.softmax)(p),
+    "p + sum(p)": lambda p: mj.jacobian(lambda p: p + jnp.sum(p))(p),
+    "p sum(p)": lambda p: mj.jacobian(lambda p: p * jnp.sum(p))(p),
+    "hessian(logsumexp)": lambda p: mj.hessian(jax.nn.logsumexp)(p),
+}
+HALF_REFERENCE = {
+    "softmax": lambda p: jax.jacfwd(jax.nn.softmax)(p),
+    "p + sum(p)": lambda p: jax.jacfwd(lambda p: p + jnp.sum(p))(p),
+    "p sum(p)": lambda p: jax.jacfwd(lambda p: p * jnp.sum(p))(p),
+    "hessian(logsumexp)": lambda p: jax.hessian(jax.nn.logsumexp)(p),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("name", list(HALF_LOW_RANK))
+def test_a_half_precision_diagonal_plus_low_rank_keeps_the_output_s_dtype(name, dtype):
+    """Its V pulled back through a float32 sum is float32: the operator's dtype was then
+    float32 and every such program (softmax in float16) a RuleOutputError."""
+    p = jnp.linspace(0.1, 1.0, 6, dtype=dtype)
+    J, expected = HALF_LOW_RANK[name](p), HALF_REFERENCE[name](p)
+    assert J.dtype == expected.dtype and J.to_dense().dtype == expected.dtype
+    v = jnp.linspace(-1.0, 1.0, 6, dtype=dtype)
+    assert J.mv(v).dtype == expected.dtype
+    dense = np.asarray(J.to_dense(), np.float64)
+    np.testing.assert_allclose(dense, np.asarray(expected, np.float64), atol=tolerance(dtype))
+
+
+FLOAT8 = {
+    "a round trip": lambda p: (1.1 * p).astype(jnp.float8_e5m2).astype(jnp.float32),
+    "a float8 output": lambda p: p.astype(jnp.float8_e4m3fn),
+    "a sum of a round trip": lambda p: jnp.sum(p.astype(jnp.float8_e4m3fn).astype(jnp.float32)),
+}
+
+
+@pytest.mark.parametrize("name", list(FLOAT8))
+def test_a_float8_cast_is_differentiated_as_jax_differentiates_it(name):
+    """JAX promotes a float8 type with no other: the cast's transpose asked it to and
+    raised a TypePromotionError from inside the transform."""
+    f, x = FLOAT8[name], jnp.array([1.0, 2.0, 3.0], jnp.float32)
+    dense, expected = mj.jacobian(f)(x).to_dense(), jax.jacfwd(f)(x)
+    assert dense.dtype == expected.dtype
+    np.testing.assert_array_equal(np.asarray(dense, np.float64), np.asarray(expected, np.float64))
+
+
 def test_logdet_and_solve_through_a_rounding_are_its_matrix_s():
     f = lambda x: lax.reduce_precision(x * 3.1, 5, 10) * 2.0  # noqa: E731
     x = jnp.array([0.3, -0.7, 1.2])

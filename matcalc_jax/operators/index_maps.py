@@ -226,6 +226,15 @@ def _real_type(dtype: Any) -> Any:
     return jnp.finfo(dtype).dtype
 
 
+def _wider(first: Any, second: Any) -> Any:
+    """The real type JAX promotes the two to; for a float8 type, which JAX promotes with
+    no other, the one of more bits (float32 beside float8_e4m3fn)."""
+    try:
+        return jnp.promote_types(first, second)
+    except jax.dtypes.TypePromotionError:
+        return first if jnp.finfo(first).bits >= jnp.finfo(second).bits else second
+
+
 @pytree((), ("out_sizes", "in_sizes", "dtype_name", "in_dtype_name", "layout"))
 class ChangeType(Map):
     """v -> v in another float type (``convert_element_type``). Between real and complex:
@@ -259,7 +268,7 @@ class ChangeType(Map):
         wide enough for both types (float64 from float32 to float64: no digit is lost)."""
         if not keeps_width():
             return self.in_dtype_name
-        real = jnp.promote_types(_real_type(self.in_dtype_name), _real_type(self.dtype))
+        real = _wider(_real_type(self.in_dtype_name), _real_type(self.dtype))
         complex_in = jnp.issubdtype(self.in_dtype_name, jnp.complexfloating)
         return jnp.promote_types(real, jnp.complex64) if complex_in else real
 

@@ -107,11 +107,14 @@ class DiagonalPlusLowRank(JacobianOperator):
 
     @property
     def dtype(self) -> Any:
-        return jnp.result_type(self.values, self.U, self.V)
+        """d's and U's: the output side's (V may be wider, as a ``LowRank``'s)."""
+        if jnp.iscomplexobj(self.V):
+            return jnp.result_type(self.values, self.U, self.V)
+        return jnp.result_type(self.values, self.U)
 
     def mv(self, tangent: ArrayLike) -> Array:
         tangent = check_tangent(self, "mv", tangent, self.in_shape)
-        return self.values * tangent + self.U @ (tangent @ self.V)
+        return (self.values * tangent + self.U @ (tangent @ self.V)).astype(self.dtype)
 
     def vm(self, cotangent: ArrayLike) -> Array:
         cotangent = check_tangent(self, "vm", cotangent, self.out_shape)
