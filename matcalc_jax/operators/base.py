@@ -657,6 +657,7 @@ class JacobianOperator:
             and not self.real_to_complex
             and self.composes_as_matrix()
             and self.commutes_with_scaling()
+            and not self.narrows()
         ):
             return False
         cotangent = jax.ShapeDtypeStruct(tuple(self.out_shape), self.dtype)
@@ -753,6 +754,17 @@ class JacobianOperator:
         """True when ``J (c v) = c J v`` for real scalars c (every map but a rounding)."""
         return kept_on(self, "commutes_with_scaling", lambda: not self.rounds and all(
             c.commutes_with_scaling() for c in self.children()
+        ))  # fmt: skip
+
+    #: True for a cast to a float type of fewer digits (float32 to bfloat16): JAX rounds
+    #: the tangent there, its transpose the cotangent.
+    narrows_type = False
+
+    def narrows(self) -> bool:
+        """True when a cast to fewer digits is part of the map: c J v is then not J (c v)
+        to the last digit of the narrower type, nor are ``vm``'s rows ``mv``'s matrix."""
+        return kept_on(self, "narrows", lambda: self.narrows_type or any(
+            c.narrows() for c in self.children()
         ))  # fmt: skip
 
     #: False for a map whose ``vm`` is not linear in its cotangent (``Pullback``: a
@@ -1358,8 +1370,8 @@ def _scale_outside_outer(outer: Scaled, inner: JacobianOperator) -> JacobianOper
 def _scale_outside_inner(outer: JacobianOperator, inner: Scaled) -> JacobianOperator | None:
     if jnp.iscomplexobj(inner.scale) and not outer.complex_linear():
         return None  # Re(c w) is not c Re(w)
-    if not outer.commutes_with_scaling():
-        return None  # round(c w) is not c round(w)
+    if not outer.commutes_with_scaling() or outer.narrows():
+        return None  # round(c w) is not c round(w): a scale stored in bfloat16 is rounded
     return _rescaled(compose(outer, inner.operator), inner.scale)
 
 

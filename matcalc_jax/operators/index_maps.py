@@ -257,6 +257,10 @@ class ChangeType(Map):
             self.dtype, jnp.complexfloating
         )
 
+    @property
+    def narrows_type(self) -> bool:  # float32 to bfloat16: fewer digits
+        return jnp.finfo(self.dtype).nmant < jnp.finfo(self.in_dtype_name).nmant
+
     def _apply(self, tangent: Array) -> Array:
         return cast(cast(tangent, self.in_dtype_name), self.dtype)
 
