@@ -969,6 +969,7 @@ def test_a_half_precision_diagonal_plus_low_rank_keeps_the_output_s_dtype(name, 
     assert J.dtype == expected.dtype and J.to_dense().dtype == expected.dtype
     v = jnp.linspace(-1.0, 1.0, 6, dtype=dtype)
     assert J.mv(v).dtype == expected.dtype
+    assert J.diagonal().dtype == J.trace().dtype == expected.dtype  # were float32
     dense = np.asarray(J.to_dense(), np.float64)
     np.testing.assert_allclose(dense, np.asarray(expected, np.float64), atol=tolerance(dtype))
 
@@ -1015,6 +1016,21 @@ def test_a_round_trip_through_fewer_digits_folded_into_a_factor_differs_by_its_r
     np.testing.assert_allclose(dense, expected, rtol=2.0**-8)
     g = lambda p: jnp.sum(w * lax.reduce_precision(p, 8, 7))  # noqa: E731
     np.testing.assert_array_equal(mj.jacobian(g)(x).to_dense(), jax.jacfwd(g)(x))
+
+
+def test_the_transpose_of_a_map_to_a_narrower_type_is_jacrev_s_rows():
+    """Documented: J.to_dense() of a float32 argument's float16 output is float16, as
+    jax.jacfwd's; J.T.to_dense() is the transposed map's, float32 and not rounded to
+    float16, as jax.jacrev's rows."""
+    W = jnp.array([[0.1234567, 1.7654321, -0.3333333], [2.5, -0.75, 0.125]], jnp.float32)
+    f = lambda p: (W @ p).astype(jnp.float16)  # noqa: E731
+    x = jnp.array([0.3, -1.2, 0.7], jnp.float32)
+    J = mj.jacobian(f)(x)
+    forward, rows = jax.jacfwd(f)(x), jax.jacrev(f)(x)
+    assert J.to_dense().dtype == forward.dtype == jnp.float16
+    np.testing.assert_array_equal(J.to_dense(), forward)
+    assert J.T.to_dense().dtype == rows.dtype == jnp.float32
+    np.testing.assert_array_equal(J.T.to_dense(), rows.T)
 
 
 def test_logdet_and_solve_through_a_rounding_are_its_matrix_s():

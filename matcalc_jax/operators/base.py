@@ -672,7 +672,8 @@ class JacobianOperator:
 
     def transpose(self) -> JacobianOperator:
         """J^T, the transpose of the map: ``J.T.mv(u) == J.vm(u)``, ``J.T.vm(v) == J.mv(v)``,
-        and ``J.T.to_dense()`` is ``J.to_dense()`` with its out and in axes swapped."""
+        and ``J.T.to_dense()`` is ``J.to_dense()`` with its out and in axes swapped (in the
+        transposed map's dtype: of a map to a narrower type, ``jax.jacrev``'s rows)."""
         return Transposed(self)
 
     @property

@@ -81,7 +81,7 @@ class LowRank(JacobianOperator):
 
     def diagonal(self) -> Array:
         self._check_square("diagonal")
-        return jnp.sum(self.U * self.V, axis=-1)
+        return jnp.sum(self.U * self.V, axis=-1).astype(self.dtype)
 
 
 @pytree(("values", "U", "V"), ("layout",))
@@ -132,7 +132,7 @@ class DiagonalPlusLowRank(JacobianOperator):
         return DiagonalPlusLowRank(scale * self.values, scale * self.U, self.V, self.layout)
 
     def diagonal(self) -> Array:
-        return self.values + jnp.sum(self.U * self.V, axis=-1)
+        return (self.values + jnp.sum(self.U * self.V, axis=-1)).astype(self.dtype)
 
     def _with_invertible_diagonal(self) -> tuple[Array, Array, Array, Array]:
         """(d', U', V', singular) with diag(d) + U V^T = diag(d') + U' V'^T and d' safe to

@@ -339,6 +339,18 @@ class InProgramDtypes(Wrapped):
     def _numerator(self) -> Array:
         return self.operator._numerator().astype(self.out_dtype_name)
 
+    def diagonal(self) -> Array:
+        return self.operator.diagonal().astype(self.out_dtype_name)
+
+    def trace(self) -> Array:
+        return self.operator.trace().astype(self.out_dtype_name)
+
+    def logdet(self) -> Array:
+        return self.operator.logdet().astype(self.out_dtype_name)
+
+    def solve(self, rhs: ArrayLike) -> Array:
+        return self.operator.solve(rhs).astype(self.in_dtype_name)
+
     def with_layout(self, layout: Layout) -> JacobianOperator:
         return InProgramDtypes(
             self.operator.with_layout(layout), self.in_dtype_name, self.out_dtype_name
