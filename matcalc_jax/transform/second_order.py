@@ -234,9 +234,15 @@ def _check_solution(
 
 def _capacitance_condition(op: JacobianOperator) -> float:
     """A diagonal plus low rank op's ``capacitance_condition``; 0 for another op."""
-    if isinstance(op, (Scaled, InProgramDtypes)):
-        return _capacitance_condition(op.operator)
+    op = _structure(op)
     return float(op.capacitance_condition()) if isinstance(op, DiagonalPlusLowRank) else 0.0
+
+
+def _structure(op: JacobianOperator) -> JacobianOperator:
+    """The structure under a scale and a rounding to the program's dtypes."""
+    while isinstance(op, (Scaled, InProgramDtypes)):
+        op = op.operator
+    return op
 
 
 def _woodbury_limit(op: JacobianOperator) -> float:
@@ -291,13 +297,13 @@ def _condition(
     another that a user's data is likely drawn from: a row of the data is in the range).
     Unscaled: Jacobi's scaling S op S spared badly scaled Hessians but let a singular one
     with columns scaled 10^+-4 through, and refused [[1e-7, 1], [1, 1e-7]] (condition 1)."""
-    bound = _condition_at_least(op.mv, op, rhs, solution)
+    bound = _condition_at_least(op, rhs, solution)
     probe = np.random.default_rng(_PROBE_SEED).standard_normal(size_of(op.in_shape))
     probe = jnp.asarray(probe.reshape(op.in_shape), op.dtype)
     probe_solution = solve(probe)
     if not bool(jnp.all(jnp.isfinite(probe_solution))):
         return math.inf
-    return max(bound, _condition_at_least(op.mv, op, probe, probe_solution))
+    return max(bound, _condition_at_least(op, probe, probe_solution))
 
 
 def _solved_entrywise(op: JacobianOperator) -> bool:
@@ -305,18 +311,13 @@ def _solved_entrywise(op: JacobianOperator) -> bool:
     d_i is right to the last digit whatever the condition number (diag(1, 1e6) in float32
     is past 1 / (16 eps) and solved exactly); singular only with a zero on the diagonal,
     which log|det| finds."""
-    if isinstance(op, (Scaled, InProgramDtypes)):
-        return _solved_entrywise(op.operator)
-    return isinstance(op, (Identity, Diagonal))
+    return isinstance(_structure(op), (Identity, Diagonal))
 
 
-def _condition_at_least(
-    mv: Callable[[Array], Array], op: JacobianOperator, rhs: Array, solution: Array
-) -> float:
-    """A lower bound on the condition number of the map ``mv`` (of op's shapes and
-    dtype): ||A|| ||A^{-1}|| >= (||A v|| / ||v||) (||x|| / ||b||), ||A|| bounded below by
-    two steps of the power method from a fixed vector. Two ``mv``, cheap for any
-    structure."""
+def _condition_at_least(op: JacobianOperator, rhs: Array, solution: Array) -> float:
+    """A lower bound on op's condition number: ||op|| ||op^{-1}|| >= (||op v|| / ||v||)
+    (||x|| / ||b||), ||op|| bounded below by two steps of the power method from a fixed
+    vector. Two ``mv``, cheap for any structure."""
     size = _norm(rhs)
     if size == 0 or not math.isfinite(size):
         return 0.0
@@ -324,7 +325,7 @@ def _condition_at_least(
     v = v.reshape(op.in_shape)
     largest, length = 0.0, _norm(v)
     for _ in range(2):
-        w = mv(v.astype(op.dtype))
+        w = op.mv(v.astype(op.dtype))
         image = _norm(w)
         largest = max(largest, image / max(length, 1e-300))
         if image == 0 or not math.isfinite(image):
