@@ -512,6 +512,36 @@ def test_a_diagonal_hessian_past_the_condition_bound_is_solved_exactly(dtype, la
             singular.solve(b)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_block_diagonal_hessian_is_checked_block_by_block(dtype):
+    """Blocks of condition 3 scaled by 1, 1e3 and 1e6 (condition 3e6 together, past
+    float32's 1 / (16 eps); 30 and 900 in float16) were refused, though each block is solved
+    on its own to 3e-8: the bound is now the largest of the blocks' own. A block singular in
+    exact arithmetic ([[1, 1/3], [1/3, 1/9]], a rounding away from singular) beside two
+    large ones is still refused, for b in its range too."""
+    large = (1e3, 1e6) if dtype == "float32" else (30.0, 900.0)
+    A, S = np.array([[2.0, 1.0], [1.0, 2.0]]), np.array([[1.0, 1 / 3], [1 / 3, 1 / 9]])
+    X = jnp.linspace(0.1, 1.0, 6, dtype=dtype).reshape(3, 2)
+    b = jnp.cos(jnp.arange(6, dtype=dtype)).reshape(3, 2)
+
+    def energy(blocks):
+        blocks = jnp.asarray(blocks, dtype)
+        return lambda P: jnp.sum(jax.vmap(lambda q, M: 0.5 * q @ M @ q)(P, blocks))
+
+    with jax.enable_x64(False):
+        f = energy(np.stack([A, large[0] * A, large[1] * A]))
+        H = mj.hessian(f)(X)
+        assert isinstance(H.operator, mj.BlockDiagonal)
+        dense = np.asarray(jax.hessian(f)(X), np.float64).reshape(6, 6)
+        expected = np.linalg.solve(dense, np.asarray(b, np.float64).ravel())
+        error = np.linalg.norm(np.asarray(H.solve(b), np.float64).ravel() - expected)
+        assert error / np.linalg.norm(expected) < 10 * float(jnp.finfo(dtype).eps)
+        G = mj.hessian(energy(np.stack([S, large[0] * A, large[1] * A])))(X)
+        for rhs in (b, G.mv(b)):
+            with pytest.raises(ValueError, match=r"the Hessian is singular"):
+                G.solve(rhs)
+
+
 @pytest.mark.parametrize("n", [50, 200])
 def test_a_diagonal_plus_low_rank_hessian_singular_after_rounding_is_an_error(n):
     """0.5 |x|^2 - sum(x)^2 / (2 n): H = I - 1 1^T / n, singular along 1. Woodbury's

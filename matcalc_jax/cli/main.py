@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from matcalc_jax.cli.console import WIDTH, Interrupts, Progress, clip, seconds
 from matcalc_jax.verification.processes import WorkerDiedError
@@ -272,9 +272,11 @@ def _check_input_path(command: str, path: str, option: str) -> None:
         raise ValueError(f"{command}: {option} {path} is a directory; expected a file path")
 
 
-def _stdout_taken(args: argparse.Namespace) -> bool:
-    """Whether an output option is ``-``: the command's table then goes to stderr."""
-    return any(getattr(args, attribute, None) == "-" for attribute in OUTPUT_OPTIONS)
+def _table_stream(args: argparse.Namespace) -> TextIO:
+    """Where the command's table goes: stdout, or stderr when an output option is ``-``
+    (stdout then carries that file alone)."""
+    taken = any(getattr(args, attribute, None) == "-" for attribute in OUTPUT_OPTIONS)
+    return sys.stderr if taken else sys.stdout
 
 
 def _write(args: argparse.Namespace, option: str, path: str, text: str, note: Any = None) -> None:
@@ -422,7 +424,7 @@ def _bench(args: argparse.Namespace) -> int:
         max_bytes=_max_bytes(args),
     )
     progress.finish()
-    out = sys.stderr if _stdout_taken(args) else sys.stdout
+    out = _table_stream(args)
     width = None if args.wide else WIDTH
     env = report.environment
     lines = [
@@ -475,7 +477,7 @@ def _bench_models(args: argparse.Namespace) -> int:
     with runtime.x64(dtype == "float64"):  # float64 arrays are float32 without it
         cases = bench_models(dtype=dtype, quick=args.quick, rounds=args.rounds)
         env = environment()
-    out = sys.stderr if _stdout_taken(args) else sys.stdout
+    out = _table_stream(args)
     print(f"device: {env['platform']} ({env['device_kind']}), jax {env['jax']}", file=out)
     print(format_models(cases), file=out)
     if args.json:
@@ -521,7 +523,7 @@ def _bench_hessian(args: argparse.Namespace) -> int:
     )  # fmt: skip
     code = _report(args, data, format_hessian)
     if args.plot:
-        out = sys.stderr if _stdout_taken(args) else sys.stdout
+        out = _table_stream(args)
         print(f"wrote {write_plot(data, args.plot)}", file=out)
     return code
 
@@ -536,7 +538,7 @@ def _report(args: argparse.Namespace, data: dict, formatter: Callable[[dict], st
 
     data["environment"] = env = environment()
     count = f" x {jax.device_count()}" if jax.device_count() > 1 else ""
-    out = sys.stderr if _stdout_taken(args) else sys.stdout
+    out = _table_stream(args)
     print(f"device: {env['platform']} ({env['device_kind']}){count}, jax {env['jax']}", file=out)
     table = formatter(data)
     print(table, file=out)
