@@ -512,6 +512,25 @@ def test_a_diagonal_hessian_past_the_condition_bound_is_solved_exactly(dtype, la
             singular.solve(b)
 
 
+def test_a_half_precision_hessian_whose_log_det_overflows_is_solved():
+    """0.01 I at n = 20000 in float16 has log|det| = -92103, -inf in float16: solve took
+    that for a zero pivot and refused a condition-1 Hessian (and a block-diagonal one of
+    condition-3 blocks). A zero on the diagonal is still the error."""
+    x, b = jnp.ones(20000, jnp.float16), jnp.ones(20000, jnp.float16)
+    H = mj.hessian(lambda x: 0.005 * jnp.sum(x**2))(x)
+    assert bool(jnp.isneginf(H.logdet()))
+    np.testing.assert_allclose(np.asarray(H.solve(b), np.float64), 100.0, rtol=1e-3)
+    A = jnp.array([[0.02, 0.01], [0.01, 0.02]], jnp.float16)
+    g = lambda x: jnp.sum(jax.vmap(lambda q: 0.5 * q @ (A @ q))(x))  # noqa: E731
+    G = mj.hessian(g)(jnp.ones((10000, 2), jnp.float16))
+    expected = np.linalg.solve(np.asarray(A, np.float64), np.ones(2))
+    solution = np.asarray(G.solve(jnp.ones((10000, 2), jnp.float16)), np.float64)
+    np.testing.assert_allclose(solution, np.broadcast_to(expected, (10000, 2)), rtol=2e-3)
+    singular = mj.hessian(lambda x: 0.005 * jnp.sum(x[1:] ** 2))(x)
+    with pytest.raises(ValueError, match=r"the Hessian is singular"):
+        singular.solve(b)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_a_block_diagonal_hessian_is_checked_block_by_block(dtype):
     """Blocks of condition 3 scaled by 1, 1e3 and 1e6 (condition 3e6 together, past
@@ -545,19 +564,43 @@ def test_a_block_diagonal_hessian_is_checked_block_by_block(dtype):
 @pytest.mark.parametrize("n", [50, 200])
 def test_a_diagonal_plus_low_rank_hessian_singular_after_rounding_is_an_error(n):
     """0.5 |x|^2 - sum(x)^2 / (2 n): H = I - 1 1^T / n, singular along 1. Woodbury's
-    capacitance 1 - n / n rounds to -eps, not 0, and solve returned a finite x for b in
-    the range and out of it (the probe's bound reached 4.7e13, under 1 / (16 eps)). The
-    same Hessian with 0.9 sum(x)^2 is solved."""
+    capacitance 1 - n / n rounded to -eps, not 0, and solve returned a finite x for b in
+    the range and out of it (the probe's bound reached 4.7e13, under 1 / (16 eps)); summed
+    with each addition's error carried, it is 0. With (1 - 1e-15) sum(x)^2 it is 1e-15,
+    which the capacitance's condition refuses. The same Hessian with 0.9 sum(x)^2 is
+    solved."""
     x = jnp.linspace(0.1, 1.0, n)
-    H = mj.hessian(lambda x: 0.5 * jnp.sum(x**2) - 0.5 * jnp.sum(x) ** 2 / n)(x)
-    assert isinstance(H.operator, mj.DiagonalPlusLowRank)
-    for b in (jnp.ones(n), x - jnp.mean(x)):
-        with pytest.raises(ValueError, match=r"Woodbury's identity has a condition number"):
-            H.solve(b)
+    for c, said in ((1.0, "singular"), (1 - 1e-15, "Woodbury's identity has a condition")):
+        H = mj.hessian(lambda x: 0.5 * jnp.sum(x**2) - 0.5 * c * jnp.sum(x) ** 2 / n)(x)  # noqa: B023
+        assert isinstance(H.operator, mj.DiagonalPlusLowRank)
+        for b in (jnp.ones(n), x - jnp.mean(x)):
+            with pytest.raises(ValueError, match=said):
+                H.solve(b)
     f = lambda x: 0.5 * jnp.sum(x**2) - 0.45 * jnp.sum(x) ** 2 / n  # noqa: E731
     b = jnp.cos(jnp.arange(n))
     expected = jnp.linalg.solve(jax.hessian(f)(x), b)
     np.testing.assert_allclose(mj.hessian(f)(x).solve(b), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1000, 3000])
+def test_a_float32_diagonal_plus_low_rank_hessian_singular_in_exact_arithmetic_is_an_error(n):
+    """I - 1 1^T / n in float32 for n >= 1000 was solved for b in its range: a matmul's sum
+    of n products put 9e-6 of rounding in Woodbury's capacitance (a condition of 2.2e5,
+    under 1 / (16 eps)), where the stored factors' own is at most 6e-8. Summed with the
+    error of each addition carried, it is. The same rounding made I - 0.999 1 1^T / n
+    (condition 1e3) solved 9e-3 off; now within cond eps."""
+    with jax.enable_x64(False):
+        x = jnp.linspace(0.1, 1.0, n, dtype=jnp.float32)
+        H = mj.hessian(lambda p: 0.5 * jnp.sum(p**2) - 0.5 * jnp.sum(p) ** 2 / n)(x)
+        assert isinstance(H.operator, mj.DiagonalPlusLowRank)
+        for b in (x - jnp.mean(x), jnp.ones(n, jnp.float32)):
+            with pytest.raises(ValueError, match=r"the Hessian is singular"):
+                H.solve(b)
+        f = lambda p: 0.5 * jnp.sum(p**2) - 0.4995 * jnp.sum(p) ** 2 / n  # noqa: E731
+        b = jnp.cos(jnp.arange(n, dtype=jnp.float32))
+        expected = np.linalg.solve(np.asarray(jax.hessian(f)(x), np.float64), b)
+        solution = np.asarray(mj.hessian(f)(x).solve(b), np.float64)
+    assert np.linalg.norm(solution - expected) / np.linalg.norm(expected) < 1e-4
 
 
 def test_the_singularity_check_is_of_the_hessian_itself_not_of_a_rescaled_one():
