@@ -512,6 +512,38 @@ def test_a_diagonal_hessian_past_the_condition_bound_is_solved_exactly(dtype, la
             singular.solve(b)
 
 
+@pytest.mark.parametrize("axis", [0, 1])
+def test_a_per_example_least_squares_hessian_and_its_gauss_newton_are_checked_by_block(axis):
+    """0.5 |W_b x_b|^2 summed over a vmapped batch (W_1 = 1000 W_0, condition 2.8e6, each
+    block 2.8): its Hessian is a composition, not a BlockDiagonal, and it and the
+    Gauss-Newton matrix of the same model were refused in float32, though solved to 3e-8.
+    Their batch axis (either axis of x) now bounds them block by block; a singular W_0 is
+    still the error."""
+    W = np.array([[1.0, 0.3], [0.2, 1.0]])
+    S = np.array([[1.0, 1 / 3], [1 / 3, 1 / 9]])  # singular in exact arithmetic
+    x0, b = jnp.ones((2, 2), jnp.float32), jnp.cos(jnp.arange(4.0, dtype=jnp.float32))
+
+    def model(first):
+        Ws = jnp.asarray(np.stack([first, 1000 * W]), jnp.float32)
+        return lambda x: jax.vmap(lambda xb, Wb: Wb @ xb, in_axes=(axis, 0))(x, Ws)
+
+    def half_square(y):
+        return 0.5 * jnp.sum(y**2)
+
+    with jax.enable_x64(False):
+        for make in (
+            lambda m: mj.hessian(lambda x: half_square(m(x)))(x0),
+            lambda m: mj.gauss_newton(m, half_square)(x0),
+        ):
+            H = make(model(W))
+            dense = np.asarray(H.to_dense(), np.float64).reshape(4, 4)
+            expected = np.linalg.solve(dense, np.asarray(b, np.float64))
+            solution = np.asarray(H.solve(b.reshape(2, 2)), np.float64).ravel()
+            assert np.linalg.norm(solution - expected) / np.linalg.norm(expected) < 1e-6
+            with pytest.raises(ValueError, match=r"is singular"):
+                make(model(S)).solve(b.reshape(2, 2))
+
+
 def test_a_half_precision_hessian_whose_log_det_overflows_is_solved():
     """0.01 I at n = 20000 in float16 has log|det| = -92103, -inf in float16: solve took
     that for a zero pivot and refused a condition-1 Hessian (and a block-diagonal one of

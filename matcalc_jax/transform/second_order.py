@@ -53,7 +53,6 @@ from matcalc_jax.operators.base import (
     pytree,
     size_of,
 )
-from matcalc_jax.operators.block_diagonal import BlockDiagonal
 from matcalc_jax.operators.diagonal import Diagonal
 from matcalc_jax.operators.identity import Identity
 from matcalc_jax.operators.low_rank import DiagonalPlusLowRank
@@ -268,16 +267,16 @@ def _singular_condition(dtype: Any) -> float:
 def _norm(a: Array) -> float:
     """The 2-norm of ``a`` in float64 on the host, scaled by its largest entry: no square
     overflows (a float32 right-hand side of 1e28), none underflows."""
-    return float(_row_norms(a, 1)[0])
+    return float(_row_norms(np.asarray(a).reshape(1, -1))[0])
 
 
-def _row_norms(a: Array, rows: int) -> np.ndarray:
-    """``_norm`` of each of the ``rows`` rows of ``a`` (its entries in order, split evenly)."""
-    a = np.abs(np.asarray(a)).astype(np.float64).reshape(rows, -1)
-    largest = np.max(a, axis=1, initial=0.0)
+def _row_norms(rows: Any) -> np.ndarray:
+    """``_norm`` of each row of the 2-d array ``rows``."""
+    rows = np.abs(np.asarray(rows)).astype(np.float64)
+    largest = np.max(rows, axis=1, initial=0.0)
     scalable = (largest > 0) & np.isfinite(largest)
     scale = np.where(scalable, largest, 1.0)
-    return np.where(scalable, scale * np.linalg.norm(a / scale[:, None], axis=1), largest)
+    return np.where(scalable, scale * np.linalg.norm(rows / scale[:, None], axis=1), largest)
 
 
 def _refinement(
@@ -308,30 +307,41 @@ def _condition(
     another that a user's data is likely drawn from: a row of the data is in the range).
     Unscaled: Jacobi's scaling S op S spared badly scaled Hessians but let a singular one
     with columns scaled 10^+-4 through, and refused [[1e-7, 1], [1, 1e-7]] (condition 1).
-    A block-diagonal op is bounded block by block (``_diagonal_blocks``)."""
-    blocks = _diagonal_blocks(op)
-    bound = _condition_at_least(op, rhs, solution, blocks)
+    A block-diagonal op is bounded block by block (``_block_axis``)."""
+    axis = _block_axis(op)
+    bound = _condition_at_least(op, rhs, solution, axis)
     probe = np.random.default_rng(_PROBE_SEED).standard_normal(size_of(op.in_shape))
     probe = jnp.asarray(probe.reshape(op.in_shape), op.dtype)
     probe_solution = solve(probe)
     if not bool(jnp.all(jnp.isfinite(probe_solution))):
         return math.inf
-    return max(bound, _condition_at_least(op, probe, probe_solution, blocks))
+    return max(bound, _condition_at_least(op, probe, probe_solution, axis))
 
 
-def _diagonal_blocks(op: JacobianOperator) -> int:
-    """N for a ``BlockDiagonal`` op (under a scale or a rounding) of (N, m) vectors: each
-    block is solved on its own, so the digits of x_b depend on cond(H_b) alone, and blocks
-    of condition 3 scaled by 1, 1e3 and 1e6 (condition 3e6 together, past float32's
-    1 / (16 eps)) are solved to 3e-8. 1 for any other op."""
-    structure = _structure(op)
-    if (
-        isinstance(structure, BlockDiagonal)
-        and structure.blocks.ndim == 3
-        and op.in_shape == op.out_shape == structure.in_shape
-    ):
-        return structure.in_shape[0]
-    return 1
+def _block_axis(op: JacobianOperator) -> int | None:
+    """The axis along which a square op mixes nothing (``batch_axes``: a ``BlockDiagonal``,
+    or the composition a per-example loss 0.5 |W_b x_b|^2 gives), the same axis of its
+    input and output; None for another op. Each block is then solved on its own, and the
+    digits of x_b depend on cond(H_b) alone: blocks of condition 3 scaled by 1, 1e3 and
+    1e6 (condition 3e6 together, past float32's 1 / (16 eps)) are solved to 3e-8."""
+    if op.in_shape != op.out_shape:
+        return None
+    shared = sorted(i for o, i in op.batch_axes() if o == i)
+    return shared[0] if shared else None
+
+
+def _rows(a: Any, shape: tuple[int, ...], axis: int | None) -> np.ndarray:
+    """``a`` as a 2-d host array, a row per block along ``axis`` (one row for None)."""
+    a = np.asarray(a).reshape(shape)
+    return a.reshape(1, -1) if axis is None else np.moveaxis(a, axis, 0).reshape(shape[axis], -1)
+
+
+def _unrows(rows: np.ndarray, shape: tuple[int, ...], axis: int | None) -> np.ndarray:
+    """The inverse of ``_rows``."""
+    if axis is None:
+        return rows.reshape(shape)
+    moved = (shape[axis], *shape[:axis], *shape[axis + 1 :])
+    return np.moveaxis(rows.reshape(moved), 0, axis)
 
 
 def _solved_entrywise(op: JacobianOperator) -> bool:
@@ -343,29 +353,30 @@ def _solved_entrywise(op: JacobianOperator) -> bool:
 
 
 def _condition_at_least(
-    op: JacobianOperator, rhs: Array, solution: Array, blocks: int = 1
+    op: JacobianOperator, rhs: Array, solution: Array, axis: int | None = None
 ) -> float:
     """A lower bound on op's condition number: ||op|| ||op^{-1}|| >= (||op v|| / ||v||)
     (||x|| / ||b||), ||op|| bounded below by two steps of the power method from a fixed
-    vector. Two ``mv``, cheap for any structure. For a block-diagonal op of ``blocks``
-    blocks (row b of the vectors is block b's), the largest of the blocks' bounds, each
-    taken the same way on its own rows (a block whose b_b is 0 says nothing)."""
-    sizes = _row_norms(rhs, blocks)
+    vector. Two ``mv``, cheap for any structure. For an op block diagonal along ``axis``
+    (``_block_axis``), the largest of the blocks' bounds, each taken the same way on its
+    own slice (a block whose b_b is 0 says nothing)."""
+    shape = op.in_shape
+    sizes = _row_norms(_rows(rhs, shape, axis))
     bounded = (sizes > 0) & np.isfinite(sizes)
     if not bounded.any():
         return 0.0
-    v = np.cos(np.arange(size_of(op.in_shape), dtype=np.float64)).reshape(blocks, -1)
-    largest, lengths = np.zeros(blocks), _row_norms(v, blocks)
+    v = _rows(np.cos(np.arange(size_of(shape), dtype=np.float64)), shape, axis)
+    largest, lengths = np.zeros(len(sizes)), _row_norms(v)
     for _ in range(2):
-        w = op.mv(jnp.asarray(v.reshape(op.in_shape), op.dtype))
-        images = _row_norms(w, blocks)
+        w = _rows(op.mv(jnp.asarray(_unrows(v, shape, axis), op.dtype)), shape, axis)
+        images = _row_norms(w)
         largest = np.fmax(largest, images / np.maximum(lengths, 1e-300))
         growing = (images > 0) & np.isfinite(images)
         if not growing.any():
             break
-        v = np.asarray(w).reshape(blocks, -1) / np.where(growing, images, 1.0)[:, None]
-        lengths = _row_norms(v, blocks)
-    bounds = largest * _row_norms(solution, blocks) / np.where(bounded, sizes, 1.0)
+        v = w / np.where(growing, images, 1.0)[:, None]
+        lengths = _row_norms(v)
+    bounds = largest * _row_norms(_rows(solution, shape, axis)) / np.where(bounded, sizes, 1.0)
     return float(np.max(bounds[bounded]))
 
 
@@ -577,6 +588,12 @@ class GaussNewton(JacobianOperator):
         else:
             weighted = self.curvature.to_dense("numerator").reshape(m, m) @ rows
         return jnp.sum(rows * weighted, axis=0).reshape(self.in_shape)
+
+    def batch_axes(self) -> frozenset[tuple[int, int]]:
+        """(a, a) where J keeps its input axis a apart as an output axis o (a model applied
+        to each example) that H keeps apart too: J^T H J is block diagonal along a."""
+        kept = {o for o, i in self.curvature.batch_axes() if o == i}
+        return frozenset((a, a) for o, a in self.jacobian.batch_axes() if o in kept)
 
     def _rank_deficient(self) -> bool:
         """J^T H J has rank at most m, J's output size: singular when m < n."""
