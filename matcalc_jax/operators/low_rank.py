@@ -19,6 +19,7 @@ from matcalc_jax.operators.base import (
     composition_rule,
     is_concrete,
     keeping_width,
+    one_program_when_eager,
     pytree,
     size_of,
 )
@@ -172,6 +173,7 @@ class DiagonalPlusLowRank(JacobianOperator):
         empty = zero & ((rows == 0) | (columns == 0))  # a zero row or column
         return values, U, V, (jnp.sum(zero) > count) | jnp.any(empty)
 
+    @one_program_when_eager
     def capacitance_condition(self) -> Array:
         """||I_r + |V|^T |D|^{-1} |U|||_2 / sigma_min(I_r + V^T D^{-1} U): how far the r x r
         system of Woodbury's identity is from singular beside the size of its terms. Past
@@ -205,6 +207,7 @@ class DiagonalPlusLowRank(JacobianOperator):
         total = diagonal_part + jnp.linalg.slogdet(_capacitance(values, U, V))[1]
         return jnp.where(singular, -jnp.inf, total)
 
+    @one_program_when_eager  # it checks no value: the caller's check (a Hessian's) does
     def solve(self, rhs: ArrayLike) -> Array:
         rhs = check_tangent(self, "solve", rhs, self.out_shape)
         if is_half(self.dtype):
@@ -229,6 +232,7 @@ def _capacitance(values: Array, U: Array, V: Array) -> Array:
 _SUMMED_PRODUCTS = 2**24
 
 
+@jax.jit
 def _products_summed(A: Array, B: Array) -> Array:
     """A^T B for A (n, r) and B (n, s), each entry's n products summed pairwise with the
     error of every addition carried along (Knuth's TwoSum: a sum in two floats), so that it
@@ -236,7 +240,8 @@ def _products_summed(A: Array, B: Array) -> Array:
     n eps times that. Woodbury's r x r system sums n products, and near singular it turns
     that rounding into the solution's: I - 0.999 1 1^T / n (condition 1e3) at n = 1000 in
     float32 was solved 9e-3 off, 6e-7 with these sums. Past ``_SUMMED_PRODUCTS`` products
-    (their memory), a matmul."""
+    (their memory), a matmul. One program when called eagerly (its log2(n) levels would
+    compile op by op, shape by shape)."""
     n = A.shape[0]
     if n < 2 or n * A.shape[1] * B.shape[1] > _SUMMED_PRODUCTS:
         return A.T @ B
