@@ -228,8 +228,9 @@ def _capacitance(values: Array, U: Array, V: Array) -> Array:
     return jnp.eye(rank, dtype=dtype) + _products_summed(V / values[:, None], U)
 
 
-#: The most products (n r s) ``_products_summed`` holds at once; past it, a matmul.
-_SUMMED_PRODUCTS = 2**24
+#: The most products (n r s) ``_products_summed`` holds at once (with their errors and
+#: padding, up to four arrays of that size: 128 MB in float64); past it, a matmul.
+_SUMMED_PRODUCTS = 2**22
 
 
 @jax.jit
