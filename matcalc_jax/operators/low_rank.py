@@ -233,7 +233,6 @@ def _capacitance(values: Array, U: Array, V: Array) -> Array:
 _SUMMED_PRODUCTS = 2**22
 
 
-@jax.jit
 def _products_summed(A: Array, B: Array) -> Array:
     """A^T B for A (n, r) and B (n, s), each entry's n products summed pairwise with the
     error of every addition carried along (Knuth's TwoSum: a sum in two floats), so that it
@@ -241,8 +240,9 @@ def _products_summed(A: Array, B: Array) -> Array:
     n eps times that. Woodbury's r x r system sums n products, and near singular it turns
     that rounding into the solution's: I - 0.999 1 1^T / n (condition 1e3) at n = 1000 in
     float32 was solved 9e-3 off, 6e-7 with these sums. Past ``_SUMMED_PRODUCTS`` products
-    (their memory), a matmul. One program when called eagerly (its log2(n) levels would
-    compile op by op, shape by shape)."""
+    (their memory), a matmul. Its callers (``solve``, ``logdet``,
+    ``capacitance_condition``) run as one program each when called eagerly, so its
+    log2(n) levels do not compile op by op."""
     n = A.shape[0]
     if n < 2 or n * A.shape[1] * B.shape[1] > _SUMMED_PRODUCTS:
         return A.T @ B
