@@ -363,6 +363,26 @@ def test_verify_in_two_threads_leaves_other_threads_in_their_mode():
     assert done.stdout.strip() == "[True, True] [] ['float32'] False", done.stderr[-2000:]
 
 
+def test_a_warm_verify_calls_no_closed_form_and_gives_the_same_report(tmp_path, monkeypatch):
+    """With a cache of programs, a second run loads the programs, the inputs and what the
+    closed form gave op by op (the eager-vs-jit check's side): it neither traces nor runs a
+    rule's Jacobian, and its report is the first run's, the eager check included."""
+    from matcalc_jax.catalogue.record import Rule
+
+    ids, dtypes = ["linear", "softmax"], ["float32", "float64"]
+    cold = verify(ids, dtypes=dtypes, sizes=[3], programs=tmp_path)
+    assert {c.reference for c in cold.checks} >= {"eager"}
+
+    def not_again(self, *args, **kwargs):
+        raise AssertionError(f"{self.id}: the closed form ran on a warm run")
+
+    monkeypatch.setattr(Rule, "jacobian", not_again)
+    warm = verify(ids, dtypes=dtypes, sizes=[3], programs=tmp_path)
+    assert [dataclasses.astuple(c) for c in warm.checks] == [
+        dataclasses.astuple(c) for c in cold.checks
+    ]
+
+
 def test_verify_in_two_processes_gives_the_same_report(tmp_path):
     """The rules checked in two worker processes: the same checks, in the same order,
     with the same errors (the same inputs, programs and options), and progress in order."""
@@ -425,7 +445,10 @@ def test_worker_processes_start_with_the_xla_flags_asked_for(monkeypatch):
     assert in_a_worker(()) == [1, None]
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     assert in_a_worker((flag,)) == [2, "--xla_force_host_platform_device_count=2"]
-    assert harness.worker_xla_flags() == ("--xla_cpu_use_fusion_emitters=false",)
+    assert harness.worker_xla_flags() == (
+        "--xla_cpu_use_fusion_emitters=false",
+        "--xla_cpu_parallel_codegen_split_count=1",
+    )
 
 
 def test_a_case_draws_the_same_numbers_whatever_the_threads_64_bit_mode():

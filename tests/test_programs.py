@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from jax._src import compilation_cache  # reset_cache: JAX has no public way to reopen it
 
+import matcalc_jax as mj
+from matcalc_jax.verification import harness
 from matcalc_jax.verification import programs as programs_module
 from matcalc_jax.verification.programs import ProgramCache, context_key
 
@@ -100,6 +102,35 @@ def test_the_key_changes_with_everything_a_program_depends_on(tmp_path, monkeypa
     assert cache._key("program", ("p",), _INPUTS) != cache._key("program", ("p",), other)
     faster = {"xla_backend_optimization_level": 0}
     assert cache._key("program", ("p",), _INPUTS) != cache._key("program", ("p",), _INPUTS, faster)
+
+
+def test_a_rule_record_changed_in_a_running_process_is_not_served_its_kept_programs(tmp_path):
+    """The package's files fix a key, but a record's function swapped inside a process
+    (a wrong closed form) must not be checked by what the right one compiled: the key
+    holds the compiled code of the record's functions, and of what their closures hold."""
+    import dataclasses
+
+    from matcalc_jax.verification.programs import code_digest
+
+    linear = mj.rule("linear")
+    wrong = dataclasses.replace(linear, closed_form=lambda A, x, layout="numerator": 2 * A)
+    assert mj.verify(["linear"], dtypes="float32", sizes=2, programs=tmp_path).passed
+    report = harness.check_rules([(0, wrong)], ["float32"], [2], 0, lambda e: None, 1,
+                                 ProgramCache(tmp_path))  # fmt: skip
+    assert {c.reference for c in report if not c.passed} >= {"jacfwd", "jacrev"}
+
+    def closing_over(k):
+        return lambda x: k(x)
+
+    def plus(x):
+        return x + 1
+
+    def times(x):
+        return x * 2
+
+    assert code_digest(plus) != code_digest(times)
+    assert code_digest(closing_over(plus)) != code_digest(closing_over(times))
+    assert code_digest(closing_over(plus)) == code_digest(closing_over(plus))
 
 
 def test_a_program_compiled_with_other_options_is_not_loaded(tmp_path):

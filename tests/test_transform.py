@@ -64,6 +64,40 @@ def test_corpus_program_against_autodiff(program):
     assert_jacobians_close(J.to_dense(), jax.jit(jax.jacrev(f))(x))
 
 
+def test_a_program_case_runs_the_transform_once_and_shares_it_only_while_it_lives(monkeypatch):
+    """A case's closed form (both layouts) reuses the operator of its structured form while
+    the case holds it, so the transform runs once per case, not three times; other
+    arguments, another precision, or an operator let go of, run it afresh."""
+    from matcalc_jax.verification import harness
+
+    calls = []
+    real = corpus.jacobian
+
+    def counted(fn, wrt):
+        calls.append(fn)
+        return real(fn, wrt)
+
+    monkeypatch.setattr(corpus, "jacobian", counted)
+    program = next(p for p in corpus.PROGRAMS if p.id == "layer_norm")
+    args = _args(program)
+    inputs = harness.draw_case(program, "float64", 5, key(0))
+    jax.make_jaxpr(harness.case_function(program, "float64", 5))(inputs)
+    assert len(calls) == 1
+
+    calls.clear()
+    op = program.structured(*args)
+    dense = program.jacobian(*args, layout="denominator")
+    assert len(calls) == 1
+    np.testing.assert_array_equal(dense, op.with_layout("denominator").to_dense())
+    program.jacobian(*[jnp.array(a) for a in args])  # copies: other objects
+    with jax.default_matmul_precision("float32"):
+        program.jacobian(*args)
+    assert len(calls) == 3
+    del op
+    program.jacobian(*args)
+    assert len(calls) == 4
+
+
 def test_programs_are_in_verify():
     report = mj.verify(["nn_softmax", "layer_norm"], dtypes=["float64"], sizes=[5])
     assert report.passed

@@ -81,7 +81,7 @@ from matcalc_jax.transform import hessian as transform_hessian
 from matcalc_jax.transform import jacobian as transform_jacobian
 from matcalc_jax.verification import references
 from matcalc_jax.verification.processes import WorkerDiedError, ordered_map
-from matcalc_jax.verification.programs import ProgramCache
+from matcalc_jax.verification.programs import ProgramCache, code_digest
 from matcalc_jax.verification.tolerance import (
     FINITE_DIFFERENCE_TOLERANCE,
     TOLERANCES,
@@ -118,14 +118,18 @@ DTYPES: tuple[str, ...] = ("float32", "float64")
 SIZES: tuple[int, ...] = (1, 4, 16)
 REPORT_SCHEMA = "matcalc-jax/verify/1"
 #: XLA options for the harness's programs. They run once, on arrays of a few hundred
-#: entries, so compile time is all their cost: no LLVM optimization, and on CPU XLA's
-#: elemental emitters rather than its fusion emitters (half the compile time of a case).
-#: The operations are the same; the code is slower, which nothing here notices, and a
-#: transcendental function may round differently in its last bits, which every check's
-#: tolerance holds (both sides of a comparison are in the same program).
+#: entries, so compile time is all their cost: no LLVM optimization; on CPU XLA's
+#: elemental emitters rather than its fusion emitters (half the compile time of a case);
+#: and the machine code generated in one piece rather than split into parts compiled on
+#: several threads (the split costs 10-35% more processor time per program, and ``verify``
+#: keeps every core busy already). The operations are the same; the code is slower, which
+#: nothing here notices, and a transcendental function may round differently in its last
+#: bits, which every check's tolerance holds (both sides of a comparison are in the same
+#: program).
 FAST_COMPILE: dict[str, Any] = {
     "xla_backend_optimization_level": 0,
     "xla_cpu_use_fusion_emitters": False,
+    "xla_cpu_parallel_codegen_split_count": 1,
 }
 
 
@@ -156,7 +160,7 @@ def worker_xla_flags() -> tuple[str, ...]:
     a process whose ``XLA_FLAGS`` names a flag it does not know. Not the optimization
     level: as a process-wide flag it changes the last bits of ``jax.random.normal`` (173 of
     4096 float32 draws on this project's CPU), and a worker would draw other inputs than
-    the caller; the emitter flag changes none."""
+    the caller; the emitter and split flags change none (checked: every case's draws)."""
     if jax.default_backend() != "cpu":
         return ()
     return tuple(
@@ -491,8 +495,10 @@ def prepare_case(
     programs: ProgramCache | None = None,
 ) -> PreparedCase:
     """Compile every program of one case, draw its inputs and (``eager``) run its closed
-    form op by op; run no compiled program. With ``programs``, the compiled programs and
-    the storage counts are read from that cache when it holds them (and kept there).
+    form op by op; run no compiled program. With ``programs``, the compiled programs, the
+    inputs, the storage counts and the eager closed form's result are read from that cache
+    when it holds them (and kept there): under its key, which fixes the package's source,
+    JAX, the machine and the inputs' seed, they are what this call would compute.
 
     Thread-safe: ``verify`` prepares cases ahead in worker threads (XLA compiles with
     the GIL released) while the main thread runs the compiled programs, one at a time. The
@@ -506,7 +512,11 @@ def prepare_case(
             f"rule {rule.id!r}: dtype={dtype.name} is checked against float64 references; "
             "call jax.config.update('jax_enable_x64', True) first"
         )
-    name = (rule.id, dtype.name, size, transform)
+    code = code_digest(
+        rule.fn, rule.make_example, rule.closed_form, rule.structured_form,
+        rule.hessian_form, rule.structured_hessian_form,
+    )  # fmt: skip
+    name = (rule.id, code, dtype.name, size, transform)
 
     def compiled(kind: str, function: Callable, arguments: Any) -> Any:
         if programs is None:
@@ -519,7 +529,7 @@ def prepare_case(
     else:
         seed = tuple(np.asarray(jax.random.key_data(key)).ravel().tolist())
         inputs = programs.arrays(
-            ("inputs", *name[:3], seed), lambda: draw_case(rule, dtype, size, key)
+            ("inputs", *name[:4], seed), lambda: draw_case(rule, dtype, size, key)
         )
         program = compiled("case", case_function(rule, dtype, size, transform), inputs)
     differences: list[tuple[str, Any]] = []
@@ -546,10 +556,16 @@ def prepare_case(
             return counts
 
         stored = count() if programs is None else programs.value(("storage", *name), count)
-    eager_jacobian = None
-    if eager:
+
+    def run_eagerly() -> Array:
         with jax.default_matmul_precision("highest"):
-            eager_jacobian = jax.block_until_ready(rule.jacobian(*inputs["args"]))
+            return jax.block_until_ready(rule.jacobian(*inputs["args"]))
+
+    eager_jacobian = None
+    if eager and programs is None:
+        eager_jacobian = run_eagerly()
+    elif eager:  # what the same code gave these inputs op by op, kept like a program
+        eager_jacobian = programs.arrays(("eager", *name[:4], seed), run_eagerly)
     return PreparedCase(
         rule, dtype.name, size, inputs, program, tuple(differences), eager_jacobian, stored
     )
@@ -664,7 +680,7 @@ class Progress:
 
     ``kind`` is ``"stage"`` before each compiled program of a case runs (``stage`` names it),
     and ``"rule"`` once a rule is done at every dtype and size (``checks`` are its checks,
-    ``elapsed_s`` the seconds it took).
+    ``elapsed_s`` the seconds it took; in worker processes, the sum of its tasks' seconds).
     """
 
     kind: str
@@ -905,11 +921,15 @@ def _check_in_processes(
     programs: ProgramCache | None,
     processes: int,
 ) -> list[Check]:
-    """``check_rules`` of every rule, one rule a task, in ``processes`` worker processes
-    (``processes.ordered_map``); progress in the run's order."""
+    """``check_rules`` of every rule, one rule and dtype a task, in ``processes`` worker
+    processes (``processes.ordered_map``); checks and progress in the run's order. A task
+    per dtype rather than per rule halves the last task, which one worker runs alone while
+    the others have nothing left."""
     directory = None if programs is None else str(programs.directory.resolve())
     tasks = [
-        (index, rule.id, dtypes, sizes, seed, directory) for index, rule in enumerate(selected)
+        (index, rule.id, (dtype,), sizes, seed, directory)
+        for index, rule in enumerate(selected)
+        for dtype in dtypes
     ]
     results = ordered_map(_check_rule_in_worker, tasks, processes, worker_xla_flags())
     cases, count = len(dtypes) * len(sizes), len(selected)
@@ -922,15 +942,20 @@ def _check_in_processes(
                 index, count,
             )
         )  # fmt: skip
-        try:
-            rule_checks, elapsed, dropped = next(results)
-        except WorkerDiedError:
-            raise WorkerDiedError(
-                f"verify: a worker process ended without a result while checking {rule.id} "
-                "(killed by a signal or out of memory); --processes 1 checks in this process"
-            ) from None
-        if programs is not None:
-            programs.dropped += dropped
+        rule_checks, elapsed = [], 0.0
+        for _ in dtypes:  # the rule's tasks, in the plan's order of dtypes
+            try:
+                dtype_checks, seconds, dropped = next(results)
+            except WorkerDiedError:
+                raise WorkerDiedError(
+                    f"verify: a worker process ended without a result while checking "
+                    f"{rule.id} (killed by a signal or out of memory); --processes 1 checks "
+                    "in this process"
+                ) from None
+            if programs is not None:
+                programs.dropped += dropped
+            rule_checks += dtype_checks
+            elapsed += seconds
         checks += rule_checks
         send(
             Progress(

@@ -13,7 +13,9 @@ a program depends on:
   kinds and count), the CPU (its architecture and feature flags), the ``XLA_FLAGS`` and every
   ``JAX_*`` / ``XLA_*`` environment variable, and every JAX configuration value, the
   calling thread's 64-bit mode and matrix-product precision included;
-- the program's name (rule, dtype, size, which program) and the shapes, dtypes and tree
+- the program's name (rule, dtype, size, which program; for ``verify``, the compiled
+  code of the rule record's functions, ``code_digest``, so that a record changed inside a
+  running process is not served what its files compiled) and the shapes, dtypes and tree
   of its arguments.
 
 A stale entry is impossible, not merely unlikely: any difference gives another name. The
@@ -33,6 +35,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import marshal
 import os
 import pickle
 import platform
@@ -62,6 +65,41 @@ def source_digest() -> str:
         digest.update(f"{path.relative_to(_PACKAGE).as_posix()}\0{len(data)}\0".encode())
         digest.update(data)
     return digest.hexdigest()
+
+
+def code_digest(*functions: Any) -> str:
+    """SHA-256 of the compiled code of ``functions``, of what a ``functools.partial`` or a
+    wrapper holds, and of the functions their closures hold (two levels down): a function
+    replaced inside a running process (a rule record's closed form swapped by a test, a
+    user's edited cell) gives another key, which the package's files alone would not."""
+    digest = hashlib.sha256()
+
+    def add(function: Any, depth: int) -> None:
+        function = getattr(function, "func", function)  # functools.partial
+        code = getattr(function, "__code__", None)
+        if code is None:
+            digest.update(repr(type(function).__qualname__).encode())
+            return
+        digest.update(marshal.dumps(code))
+        if depth == 0:
+            return
+        inner = [getattr(function, "__wrapped__", None)]
+        inner += [cell.cell_contents for cell in function.__closure__ or () if _filled(cell)]
+        for item in inner:
+            if callable(item):
+                add(item, depth - 1)
+
+    for function in functions:
+        add(function, 2)
+    return digest.hexdigest()
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 (an empty cell raises)
+    except ValueError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=1)
