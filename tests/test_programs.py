@@ -1,6 +1,8 @@
 """The cache of compiled programs: a warm run loads what a cold run compiled, a damaged or
 swapped file is dropped and compiled again, and no entry outlives what it depends on."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,6 +133,39 @@ def test_a_rule_record_changed_in_a_running_process_is_not_served_its_kept_progr
     assert code_digest(plus) != code_digest(times)
     assert code_digest(closing_over(plus)) != code_digest(closing_over(times))
     assert code_digest(closing_over(plus)) == code_digest(closing_over(plus))
+
+
+_DIGESTS = """
+import matcalc_jax as mj
+from matcalc_jax.verification.programs import code_digest
+def digests():
+    return [code_digest(r.fn, r.make_example, r.closed_form, r.structured_form, r.hessian_form,
+                        r.structured_hessian_form) for r in mj.rules() + mj.programs()]
+before = digests()
+mj.verify(["trace_quadratic", "det"], dtypes="float32", sizes=2)
+print(before == digests(), hash("?") % 1000, before)
+"""
+
+
+def test_a_rule_s_code_digest_is_the_same_in_every_process_and_after_a_run():
+    """The key of a rule's kept programs is the same whatever the process's string hashing,
+    and after the rule has run (``marshal``'s bytes follow reference counts: a warm run
+    once compiled ``trace_quadratic`` and ``det`` again, and kept them under new names)."""
+    import subprocess
+    import sys
+
+    runs = []
+    for seed in ("1", "2"):
+        environment = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run(
+            [sys.executable, "-c", _DIGESTS], capture_output=True, text=True, timeout=600,
+            env=environment, check=True,
+        )  # fmt: skip
+        same_after_a_run, string_hash, digests = done.stdout.split(" ", 2)
+        assert same_after_a_run == "True", done.stdout
+        runs.append((string_hash, digests))
+    assert runs[0][0] != runs[1][0]  # the two processes hashed strings differently
+    assert runs[0][1] == runs[1][1]
 
 
 def test_a_program_compiled_with_other_options_is_not_loaded(tmp_path):

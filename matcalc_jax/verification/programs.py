@@ -35,11 +35,11 @@ import contextlib
 import functools
 import hashlib
 import json
-import marshal
 import os
 import pickle
 import platform
 import threading
+import types
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -80,7 +80,7 @@ def code_digest(*functions: Any) -> str:
         if code is None:
             digest.update(repr(type(function).__qualname__).encode())
             return
-        digest.update(marshal.dumps(code))
+        digest.update(_code_bytes(code))
         if depth == 0:
             return
         inner = [getattr(function, "__wrapped__", None)]
@@ -92,6 +92,28 @@ def code_digest(*functions: Any) -> str:
     for function in functions:
         add(function, 2)
     return digest.hexdigest()
+
+
+def _code_bytes(code: types.CodeType) -> bytes:
+    """A code object's bytecode, names and constants (nested code objects the same way),
+    written the same in every process. Not ``marshal``: its bytes depend on the objects'
+    reference counts at the time, so the same function gave several keys in one run."""
+    return repr(
+        (code.co_qualname, code.co_code, code.co_names, code.co_varnames, code.co_freevars,
+         [_constant(c) for c in code.co_consts])
+    ).encode()  # fmt: skip
+
+
+def _constant(value: Any) -> Any:
+    """A constant of a code object, written independently of the process's string hashing
+    (a set's order) and of where objects live."""
+    if isinstance(value, types.CodeType):
+        return _code_bytes(value)
+    if isinstance(value, (frozenset, set)):
+        return ("set", sorted(repr(_constant(v)) for v in value))
+    if isinstance(value, tuple):
+        return tuple(_constant(v) for v in value)
+    return repr(value)
 
 
 def _filled(cell: Any) -> bool:
