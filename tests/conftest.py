@@ -71,10 +71,22 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+#: The cache ``matcalc-jax verify`` keeps by default (``$MATCALC_JAX_CACHE``), for every
+#: process of the run: a test that runs the command without ``--cache-dir`` must not read
+#: or write the user's own (``~/.cache/matcalc-jax``). Emptied when a run starts, so each
+#: run starts from none.
+VERIFY_CACHE = XLA_CACHE.parent / "matcalc-jax"
+os.environ["MATCALC_JAX_CACHE"] = str(VERIFY_CACHE)
+
+
 def pytest_configure(config):
-    """In the process that starts the run (not in an xdist worker): empty the cache of
-    compiled programs once it outgrows ``XLA_CACHE_LIMIT``."""
-    if hasattr(config, "workerinput") or not XLA_CACHE.is_dir():
+    """In the process that starts the run (not in an xdist worker): empty ``verify``'s
+    default cache, and the cache of compiled programs once it outgrows
+    ``XLA_CACHE_LIMIT``."""
+    if hasattr(config, "workerinput"):
+        return
+    shutil.rmtree(VERIFY_CACHE, ignore_errors=True)
+    if not XLA_CACHE.is_dir():
         return
     size = sum(p.stat().st_size for p in XLA_CACHE.iterdir() if p.is_file())
     if size > XLA_CACHE_LIMIT:

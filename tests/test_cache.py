@@ -76,3 +76,25 @@ def test_a_folder_in_the_manifest_s_place_is_replaced_by_the_manifest(tmp_path):
     cache.record(tmp_path)
     assert (tmp_path / cache.MANIFEST).is_file()
     assert cache.repair(tmp_path) == 0
+
+
+def test_the_default_cache_is_matcalc_jax_cache_then_xdg_cache_home_then_home(
+    monkeypatch, tmp_path
+):
+    """The order docs/verification.md gives; and this suite's processes run with their own
+    (tests/conftest.py), never the user's ~/.cache/matcalc-jax, which a test running the
+    command without ``--cache-dir`` once filled and repaired."""
+    from pathlib import Path
+
+    from matcalc_jax.cli.main import cache_directory
+
+    suite_cache = Path(__file__).resolve().parents[1] / "build" / "test-cache" / "matcalc-jax"
+    assert cache_directory() == suite_cache
+    monkeypatch.setenv("MATCALC_JAX_CACHE", str(tmp_path / "own"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_directory() == tmp_path / "own"
+    monkeypatch.delenv("MATCALC_JAX_CACHE")
+    assert cache_directory() == tmp_path / "xdg" / "matcalc-jax"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_directory() == tmp_path / "home" / ".cache" / "matcalc-jax"

@@ -225,13 +225,20 @@ def test_python_dash_m_runs_the_same_command():
         (["--rules", "softmax", "--dtype", ""], "--dtype '' names no dtype"),
         (["--rules", "softmax", "--dtype", ","], "--dtype ',' names no dtype"),
         (["--rules", "softmax", "--max-gib", "1e-30"], "--max-gib 1e-30 is under one byte"),
+        (["--rules", "softmax,nope"], "unknown rule id 'nope'"),
+        (["--rules", "inverse", "--sizes", "200"], "over the limit of 4.0 GiB"),
+        (["--rules", "softmax", "--sizes", "4", "--max-gib", "1e-8"], "over the limit of 0.0 GiB"),
     ],
 )
-def test_verify_refuses_bad_requests_before_any_work(capsys, argv, message):
-    """Usage errors exit 2 with one line, before a check runs (no verdict is printed)."""
+def test_verify_refuses_bad_requests_before_any_work(capsys, monkeypatch, tmp_path, argv, message):
+    """Usage errors exit 2 with one line, before a check runs (no verdict is printed) and
+    before the cache is opened: an unknown rule id or an oversized case neither created
+    nor repaired the default cache (it was made, and its JAX entries checked, first)."""
+    monkeypatch.setenv("MATCALC_JAX_CACHE", str(tmp_path / "cache"))
     assert main(["verify", *argv]) == 2
     captured = capsys.readouterr()
     assert message in captured.err and "verdict" not in captured.out
+    assert not (tmp_path / "cache").exists()
 
 
 def test_verify_json_is_strict_when_a_check_fails(tmp_path, monkeypatch):

@@ -297,7 +297,7 @@ def _write(args: argparse.Namespace, option: str, path: str, text: str, note: An
 
 def _verify(args: argparse.Namespace) -> int:
     from matcalc_jax.cli import cache
-    from matcalc_jax.verification.harness import DTYPES, checked_dtypes
+    from matcalc_jax.verification.harness import DTYPES, checked_dtypes, checked_request
 
     dtypes = list(checked_dtypes(_dtypes(args) or DTYPES))
     if args.cache_dir == "":
@@ -308,6 +308,9 @@ def _verify(args: argparse.Namespace) -> int:
         raise ValueError("verify: --no-cache and --cache-dir contradict each other; pass one")
     if args.rules is not None and not _split(args.rules):
         raise ValueError("verify: --rules names no rule; expected ids (matcalc-jax list)")
+    # the whole request (rule ids, sizes, the memory limit) is checked before the cache is
+    # opened: a usage error neither creates nor repairs a cache
+    checked_request(_split(args.rules), dtypes, args.sizes, args.seed, _max_bytes(args))
     if args.no_cache:
         return _run_verify(args, dtypes, None)
     directory = Path(args.cache_dir) if args.cache_dir else cache_directory()

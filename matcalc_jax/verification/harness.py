@@ -816,7 +816,7 @@ def refuse_oversized(
             )
 
 
-def _check_arguments(progress: Any, workers: Any, max_bytes: Any, programs: Any) -> None:
+def _check_arguments(progress: Any, workers: Any, programs: Any) -> None:
     """``ValueError`` or ``TypeError`` naming ``verify``'s argument that is not what it takes."""
     if progress is not None and not callable(progress):
         raise TypeError(f"verify: progress={progress!r}; expected a function or None")
@@ -824,18 +824,43 @@ def _check_arguments(progress: Any, workers: Any, max_bytes: Any, programs: Any)
         isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1
     ):
         raise ValueError(f"verify: workers={workers!r}; expected a positive integer or None")
-    if (
-        isinstance(max_bytes, bool)
-        or not isinstance(max_bytes, (int, float, np.integer, np.floating))
-        or not max_bytes > 0
-    ):
-        raise ValueError(f"verify: max_bytes={max_bytes!r}; expected a positive number")
     if programs is not None and not isinstance(programs, (ProgramCache, str, os.PathLike)):
         raise TypeError(
             f"verify: programs={programs!r}; expected a ProgramCache, a directory or None"
         )
     if isinstance(programs, (str, os.PathLike)) and not os.fspath(programs):
         raise ValueError("verify: programs is an empty path; expected a directory")
+
+
+def checked_request(
+    rule_ids: Iterable[str] | str | None,
+    dtypes: Iterable[Any] | str = DTYPES,
+    sizes: Iterable[int] | int | None = None,
+    seed: int = 0,
+    max_bytes: float = MAX_CASE_BYTES,
+) -> tuple[list[Rule], tuple[str, ...], tuple[int, ...]]:
+    """The rules, dtypes and sizes ``verify`` would check, each argument checked as
+    ``verify`` checks it: a ``ValueError`` or ``TypeError`` naming the argument (an unknown
+    rule id, a bad dtype, size or seed, a case over ``max_bytes``) before any work, so that
+    a caller (the command line) can refuse a bad request before it touches a cache."""
+    if isinstance(rule_ids, (bytes, bytearray)) or not (
+        rule_ids is None or isinstance(rule_ids, (str, Iterable))
+    ):
+        raise TypeError(f"verify: rule_ids={rule_ids!r}; expected a rule id or a list of them")
+    selected = select(rule_ids)
+    dtypes = checked_dtypes(dtypes)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (0 <= seed < 2**32):
+        raise ValueError(f"verify: seed={seed!r}; expected an integer in [0, 2**32)")
+    sizes = SIZES if sizes is None else checked_sizes(sizes)
+    if (
+        isinstance(max_bytes, bool)
+        or not isinstance(max_bytes, (int, float, np.integer, np.floating))
+        or not max_bytes > 0
+    ):
+        raise ValueError(f"verify: max_bytes={max_bytes!r}; expected a positive number")
+    cases = [(rule, dtype, size) for rule in selected for dtype in dtypes for size in sizes]
+    refuse_oversized("verify", cases, case_bytes, max_bytes)
+    return selected, dtypes, sizes
 
 
 def verify(
@@ -874,23 +899,8 @@ def verify(
     >>> report.passed, len(report.checks)
     (True, 10)
     """
-    if isinstance(rule_ids, (bytes, bytearray)) or not (
-        rule_ids is None or isinstance(rule_ids, (str, Iterable))
-    ):
-        raise TypeError(f"verify: rule_ids={rule_ids!r}; expected a rule id or a list of them")
-    selected = select(rule_ids)
-    dtypes = checked_dtypes(dtypes)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (0 <= seed < 2**32):
-        raise ValueError(f"verify: seed={seed!r}; expected an integer in [0, 2**32)")
-    sizes = SIZES if sizes is None else checked_sizes(sizes)
-    _check_arguments(progress, workers, max_bytes, programs)
-    plan = [
-        (index, rule, dtype, size)
-        for index, rule in enumerate(selected)
-        for dtype in dtypes
-        for size in sizes
-    ]
-    refuse_oversized("verify", [case[1:] for case in plan], case_bytes, max_bytes)
+    selected, dtypes, sizes = checked_request(rule_ids, dtypes, sizes, seed, max_bytes)
+    _check_arguments(progress, workers, programs)
     if programs is not None and not isinstance(programs, ProgramCache):
         try:
             programs = ProgramCache(programs)
