@@ -406,6 +406,23 @@ def test_verify_in_two_processes_gives_the_same_report(tmp_path):
         verify(ids, processes=0)
 
 
+def test_a_rule_changed_in_this_process_is_checked_as_this_process_holds_it(monkeypatch):
+    """Worker processes import the catalogue from the files: a wrong closed form swapped
+    in here passed every check there (the report said PASS). A rule whose record differs
+    from the worker's is checked in this process: the same failures as ``processes=1``."""
+    from matcalc_jax import catalogue
+
+    linear = mj.rule("linear")
+    wrong = dataclasses.replace(linear, closed_form=lambda A, x, layout="numerator": 2 * A)
+    monkeypatch.setitem(catalogue._BY_ID, "linear", wrong)
+    one = verify(["linear", "exp"], dtypes="float32", sizes=2)
+    two = verify(["linear", "exp"], dtypes="float32", sizes=2, processes=2)
+    assert not one.passed and one.rule_passed("exp")
+    assert [dataclasses.astuple(c) for c in two.checks] == [
+        dataclasses.astuple(c) for c in one.checks
+    ]
+
+
 def test_compiler_options_keep_only_those_this_jaxlib_accepts(monkeypatch):
     assert harness.compiler_options() == harness.FAST_COMPILE  # this jaxlib knows both
     monkeypatch.setattr(harness, "FAST_COMPILE", {**harness.FAST_COMPILE, "xla_no_such_flag": 1})

@@ -135,6 +135,44 @@ def test_a_rule_record_changed_in_a_running_process_is_not_served_its_kept_progr
     assert code_digest(closing_over(plus)) == code_digest(closing_over(plus))
 
 
+def test_a_helper_of_a_form_patched_in_a_running_process_is_not_served_kept_programs(
+    tmp_path, monkeypatch
+):
+    """The record's functions unchanged, but a module-level helper they call by name
+    (``linear._matrix_vector``) replaced by a wrong one: the kept programs and eager result
+    are the right helper's, so the key follows the functions a record reaches by a global
+    name too (a passing report was served before). Without a cache of programs, the
+    programs this process traced before are not reused either."""
+    import matcalc_jax.forms.linear as linear
+    from matcalc_jax.verification.programs import code_digest
+
+    assert mj.verify(["linear"], dtypes="float32", sizes=2, programs=tmp_path).passed
+    assert mj.verify(["linear"], dtypes="float32", sizes=2).passed  # traced in this process
+    right = linear._matrix_vector
+
+    def wrong(*args, **kwargs):
+        A, x = right(*args, **kwargs)
+        return 2 * A, x
+
+    monkeypatch.setattr(linear, "_matrix_vector", wrong)
+    fresh = mj.verify(["linear"], dtypes="float32", sizes=2)
+    assert not fresh.passed
+    report = mj.verify(["linear"], dtypes="float32", sizes=2, programs=tmp_path)
+    assert [c.reference for c in report.failures()] == [c.reference for c in fresh.failures()]
+    before = code_digest(_calls_helper)  # a function of the caller's own module
+    assert code_digest(_calls_helper) == before
+    monkeypatch.setitem(_calls_helper.__globals__, "_helper", lambda x: x - 1)
+    assert code_digest(_calls_helper) != before
+
+
+def _helper(x):
+    return x + 1
+
+
+def _calls_helper(x):
+    return _helper(x) * 2
+
+
 _DIGESTS = """
 import matcalc_jax as mj
 from matcalc_jax.verification.programs import code_digest

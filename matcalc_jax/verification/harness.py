@@ -377,9 +377,11 @@ def draw_case(rule: Rule, dtype: Any, size: int, key: Array) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=32)
-def _case_program(rule: Rule, dtype: Any, size: int, transform: bool = True) -> Callable:
+def _case_program(rule: Rule, dtype: Any, size: int, transform: bool, digest: str) -> Callable:
     """``case_function``, jit-compiled (without LLVM optimization: see
-    ``compiler_options``) and cached per case, for runs without a cache of programs."""
+    ``compiler_options``) and cached per case, for runs without a cache of programs; per
+    ``record_digest`` too, as JAX keeps what it traced per function: a helper of the rule
+    replaced in the process must be traced again, not served the program it gave before."""
     return jax.jit(case_function(rule, dtype, size, transform), compiler_options=compiler_options())
 
 
@@ -512,11 +514,7 @@ def prepare_case(
             f"rule {rule.id!r}: dtype={dtype.name} is checked against float64 references; "
             "call jax.config.update('jax_enable_x64', True) first"
         )
-    code = code_digest(
-        rule.fn, rule.make_example, rule.closed_form, rule.structured_form,
-        rule.hessian_form, rule.structured_hessian_form,
-    )  # fmt: skip
-    name = (rule.id, code, dtype.name, size, transform)
+    name = (rule.id, record_digest(rule), dtype.name, size, transform)
 
     def compiled(kind: str, function: Callable, arguments: Any) -> Any:
         if programs is None:
@@ -525,7 +523,7 @@ def prepare_case(
 
     if programs is None:
         inputs = draw_case(rule, dtype, size, key)
-        program = _case_program(rule, dtype, size, transform).lower(inputs).compile()
+        program = _case_program(rule, dtype, size, transform, name[1]).lower(inputs).compile()
     else:
         seed = tuple(np.asarray(jax.random.key_data(key)).ravel().tolist())
         inputs = programs.arrays(
@@ -569,6 +567,15 @@ def prepare_case(
     return PreparedCase(
         rule, dtype.name, size, inputs, program, tuple(differences), eager_jacobian, stored
     )
+
+
+def record_digest(rule: Rule) -> str:
+    """``code_digest`` of a rule record's functions: what it computes, as this process
+    holds it (a record or a helper replaced in the process gives another digest)."""
+    return code_digest(
+        rule.fn, rule.make_example, rule.closed_form, rule.structured_form,
+        rule.hessian_form, rule.structured_hessian_form,
+    )  # fmt: skip
 
 
 def check_rule(
@@ -934,10 +941,13 @@ def _check_in_processes(
     """``check_rules`` of every rule, one rule and dtype a task, in ``processes`` worker
     processes (``processes.ordered_map``); checks and progress in the run's order. A task
     per dtype rather than per rule halves the last task, which one worker runs alone while
-    the others have nothing left."""
+    the others have nothing left. A worker imports the catalogue from the package's files:
+    a rule whose record differs in this process (``record_digest``: a record or a helper
+    replaced here) is checked here instead, as this process holds it."""
     directory = None if programs is None else str(programs.directory.resolve())
+    digests = {rule.id: record_digest(rule) for rule in selected}
     tasks = [
-        (index, rule.id, (dtype,), sizes, seed, directory)
+        (index, rule.id, (dtype,), sizes, seed, directory, digests[rule.id])
         for index, rule in enumerate(selected)
         for dtype in dtypes
     ]
@@ -953,7 +963,7 @@ def _check_in_processes(
             )
         )  # fmt: skip
         rule_checks, elapsed = [], 0.0
-        for _ in dtypes:  # the rule's tasks, in the plan's order of dtypes
+        for dtype in dtypes:  # the rule's tasks, in the plan's order of dtypes
             try:
                 dtype_checks, seconds, dropped = next(results)
             except WorkerDiedError:
@@ -962,6 +972,12 @@ def _check_in_processes(
                     f"{rule.id} (killed by a signal or out of memory); --processes 1 checks "
                     "in this process"
                 ) from None
+            if dtype_checks is None:  # the worker's record is not this process's
+                started = time.perf_counter()
+                dtype_checks = check_rules(
+                    [(index, rule)], (dtype,), sizes, seed, lambda event: None, 1, programs
+                )
+                seconds = time.perf_counter() - started
             if programs is not None:
                 programs.dropped += dropped
             rule_checks += dtype_checks
@@ -983,16 +999,24 @@ def _check_rule_in_worker(
     sizes: Sequence[int],
     seed: int,
     directory: str | None,
-) -> tuple[list[Check], float, int]:
+    digest: str,
+) -> tuple[list[Check] | None, float, int]:
     """In a worker process: every check of one rule, the seconds they took, and the
-    damaged programs dropped."""
+    damaged programs dropped; no checks (``None``) when this process's record of the rule
+    is not the caller's (``digest``) or it has none."""
     from matcalc_jax.catalogue import rule
 
+    try:
+        record = rule(rule_id)
+    except (KeyError, ValueError):
+        return None, 0.0, 0
+    if record_digest(record) != digest:
+        return None, 0.0, 0
     started = time.perf_counter()
     programs = ProgramCache(directory) if directory is not None else None
     with runtime.precise(needs_x64(dtypes)):
         checks = check_rules(
-            [(index, rule(rule_id))], dtypes, sizes, seed, lambda event: None, 1, programs
+            [(index, record)], dtypes, sizes, seed, lambda event: None, 1, programs
         )
     dropped = programs.dropped if programs is not None else 0
     return checks, time.perf_counter() - started, dropped

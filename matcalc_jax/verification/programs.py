@@ -14,8 +14,9 @@ a program depends on:
   ``JAX_*`` / ``XLA_*`` environment variable, and every JAX configuration value, the
   calling thread's 64-bit mode and matrix-product precision included;
 - the program's name (rule, dtype, size, which program; for ``verify``, the compiled
-  code of the rule record's functions, ``code_digest``, so that a record changed inside a
-  running process is not served what its files compiled) and the shapes, dtypes and tree
+  code of the rule record's functions and of the functions they reach, ``code_digest``, so
+  that a record changed inside a running process is not served what its files compiled)
+  and the shapes, dtypes and tree
   of its arguments.
 
 A stale entry is impossible, not merely unlikely: any difference gives another name. The
@@ -69,18 +70,31 @@ def source_digest() -> str:
 
 def code_digest(*functions: Any) -> str:
     """SHA-256 of the compiled code of ``functions``, of what a ``functools.partial`` or a
-    wrapper holds, and of the functions their closures hold (two levels down): a function
-    replaced inside a running process (a rule record's closed form swapped by a test, a
-    user's edited cell) gives another key, which the package's files alone would not."""
+    wrapper holds, of the functions their closures hold (two levels down), and of the
+    functions they reach by a global name (a function of this package or of the caller's
+    own module, named directly or as an attribute of a module of this package, and so on
+    from those): a function replaced inside a running process (a rule record's closed form
+    swapped by a test, a helper of a form patched, a user's edited cell) gives another key,
+    which the package's files alone would not. Classes and their methods are not followed.
+    """
     digest = hashlib.sha256()
+    seen: set[int] = set()
+    held: list[Any] = []  # the functions seen stay alive, so their ids stay theirs
 
     def add(function: Any, depth: int) -> None:
         function = getattr(function, "func", function)  # functools.partial
+        if id(function) in seen:
+            return
+        seen.add(id(function))
+        held.append(function)
         code = getattr(function, "__code__", None)
         if code is None:
             digest.update(repr(type(function).__qualname__).encode())
             return
-        digest.update(_code_bytes(code))
+        digest.update(_code_sha(code))
+        for name, reached in _globals_reached(function, code):
+            digest.update(name.encode() + b"\0")
+            add(reached, depth)
         if depth == 0:
             return
         inner = [getattr(function, "__wrapped__", None)]
@@ -92,6 +106,53 @@ def code_digest(*functions: Any) -> str:
     for function in functions:
         add(function, 2)
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _code_sha(code: types.CodeType) -> bytes:
+    """SHA-256 of ``_code_bytes(code)`` (a code object never changes: kept per object)."""
+    return hashlib.sha256(_code_bytes(code)).digest()
+
+
+def _in_package(module: str) -> bool:
+    """Whether ``module`` (a name) is this package or one of its modules."""
+    return module.split(".")[0] == __name__.split(".")[0]
+
+
+def _names(code: types.CodeType) -> list[str]:
+    """The global and attribute names a code object and its nested code objects use."""
+    names = list(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names += _names(constant)
+    return names
+
+
+def _globals_reached(function: Any, code: types.CodeType) -> list[tuple[str, Any]]:
+    """The functions ``function`` reaches by a name of its code: a global of its module,
+    or an attribute of a module of this package it names (``linear._matrix_vector``), when
+    that function is this package's or of ``function``'s own module."""
+    namespace = getattr(function, "__globals__", None)
+    if not isinstance(namespace, dict):
+        return []
+    home = getattr(function, "__module__", None)
+
+    def ours(value: Any) -> bool:
+        module = getattr(value, "__module__", None) or ""
+        return isinstance(value, types.FunctionType) and (module == home or _in_package(module))
+
+    names = _names(code)
+    reached = []
+    for name in dict.fromkeys(names):
+        value = namespace.get(name)
+        if ours(value):
+            reached.append((name, value))
+        elif isinstance(value, types.ModuleType) and _in_package(value.__name__):
+            for attribute in dict.fromkeys(names):
+                inner = getattr(value, attribute, None)
+                if ours(inner):
+                    reached.append((f"{name}.{attribute}", inner))
+    return reached
 
 
 def _code_bytes(code: types.CodeType) -> bytes:
