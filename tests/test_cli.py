@@ -738,3 +738,42 @@ def test_a_worker_process_that_dies_is_one_line_and_exit_1(capsys, monkeypatch):
     assert capsys.readouterr().err.strip() == (
         "matcalc-jax: error: verify: a worker process ended while checking x"
     )
+
+
+def test_main_called_from_python_gives_back_the_caller_s_jax_options(tmp_path):
+    """``main([...])`` in a caller's process (a notebook, a test) set the platform and the
+    compilation cache's options for the process and kept them: the caller's later
+    programs went to the command's cache, which the next run then dropped as unvouched.
+    Now the run keeps its compiles in its own cache and gives the options back."""
+    import jax.numpy as jnp
+
+    options = (
+        "jax_platforms",
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
+    before = {name: getattr(jax.config, name) for name in options}
+    argv = ["verify", "--rules", "exp", "--dtype", "float32", "--sizes", "3"]
+    assert main([*argv, "--cache-dir", str(tmp_path / "run")]) == 0
+    assert {name: getattr(jax.config, name) for name in options} == before
+    kept = set(os.listdir(tmp_path / "run" / "xla"))
+    assert len(kept) > 1  # the run's own compiles, beside its manifest
+    jax.jit(lambda x: jnp.sinh(x) * 3.25 - 0.125)(jnp.arange(5.0)).block_until_ready()
+    assert set(os.listdir(tmp_path / "run" / "xla")) == kept
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("argv", [[], ["--json", "-"]], ids=["table", "json"])
+def test_a_full_standard_output_is_one_line_and_exit_2(argv):
+    """``verify > /dev/full``: a passing run ended in an ``OSError`` traceback, exit 1."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "matcalc_jax", "verify", "--rules", "exp", "--dtype",
+             "float32", "--sizes", "2", "--no-cache", *argv],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1].startswith("matcalc-jax: error: verify: cannot write")
+    assert "No space left on device" in done.stderr.splitlines()[-1]

@@ -297,3 +297,19 @@ def test_verify_loads_its_programs_and_repairs_damaged_ones(tmp_path):
     assert "dropped 3 damaged compiled programs" in err
     assert "warning" not in err.lower()
     assert "dropped" not in run_verify(argv, directory)
+
+
+def test_the_key_leaves_out_where_jax_keeps_its_compiles_and_nothing_else(tmp_path, monkeypatch):
+    """The same cache directory spelled relative or absolute gave another key (a warm run
+    compiled everything again); an option that can change a program still changes it."""
+    base = context_key()
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla"))
+        assert context_key() == base
+        jax.config.update("jax_compilation_cache_dir", "relative/xla")
+        assert context_key() == base
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+    with jax.numpy_rank_promotion("raise"):
+        assert context_key() != base

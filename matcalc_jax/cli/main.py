@@ -48,6 +48,26 @@ class EnvironmentUnavailableError(Exception):
     """This machine cannot do what was asked (no such platform, no float64): exit code 3."""
 
 
+class StdoutUnwritableError(Exception):
+    """Standard output took no more (a full disk, ``> /dev/full``): one line, exit code 2,
+    as for a ``--json`` file that cannot be written."""
+
+
+@contextlib.contextmanager
+def _writing_stdout(what: str) -> Iterator[None]:
+    """``StdoutUnwritableError`` naming ``what`` for a write to stdout that fails (a closed
+    pipe stays a ``BrokenPipeError``: the reader went away, which is no error)."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise StdoutUnwritableError(
+            f"cannot write {what} to standard output ({error.strerror or error})"
+        ) from None
+
+
 class _Deprecated(argparse.Action):
     """An old spelling of an option: it still works, with a note on stderr."""
 
@@ -158,7 +178,43 @@ def _enable_compilation_cache(directory: Path) -> str | None:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _reopen_jax_cache()  # JAX opens its cache once: a caller's process had opened its own
     return path
+
+
+def _reopen_jax_cache() -> None:
+    """Make JAX open its persistent compilation cache again, from its options, at the next
+    compile."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    compilation_cache.reset_cache()
+
+
+#: The JAX options a command sets for its own run (the platform; where and when JAX keeps
+#: what it compiled), given back when ``main`` returns: a caller's process keeps its own.
+_JAX_OPTIONS = (
+    "jax_platforms",
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+)
+
+
+@contextlib.contextmanager
+def _jax_options_given_back() -> Iterator[None]:
+    """Restore ``_JAX_OPTIONS`` on the way out (``main`` called from Python, as a notebook
+    or a test calls it), and JAX's cache to the caller's directory if the run moved it."""
+    import jax
+
+    before = {name: getattr(jax.config, name) for name in _JAX_OPTIONS}
+    try:
+        yield
+    finally:
+        changed = {name for name, value in before.items() if getattr(jax.config, name) != value}
+        for name in changed:
+            jax.config.update(name, before[name])
+        if "jax_compilation_cache_dir" in changed:
+            _reopen_jax_cache()
 
 
 def _default_processes() -> int:
@@ -284,8 +340,8 @@ def _write(args: argparse.Namespace, option: str, path: str, text: str, note: An
     "wrote PATH"). A failure after the run (a full disk, a folder removed meanwhile) is
     one line and exit 2, as a path refused before it."""
     if path == "-":
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        sys.stdout.flush()
+        with _writing_stdout(f"{option} -"):
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
     try:
         Path(path).write_text(text, encoding="utf-8")
@@ -397,7 +453,8 @@ def _run_verify(args: argparse.Namespace, dtypes: list[str], programs=None) -> i
         )
     args.verdict = 0 if report.passed else 1  # kept if the reader of stdout goes away
     to_stdout = args.json == "-"
-    print_report(report, wide=args.wide, out=sys.stderr if to_stdout else sys.stdout)
+    with _writing_stdout("the report"):
+        print_report(report, wide=args.wide, out=sys.stderr if to_stdout else sys.stdout)
     print(f"verify took {seconds(progress.elapsed())}", file=sys.stderr)
     if args.json:
         _write(args, "--json", args.json, report.to_json() + "\n")
@@ -946,13 +1003,19 @@ def _raised_by_the_package(error: BaseException) -> bool:
     return str(Path(frame.tb_frame.f_code.co_filename).resolve()).startswith(package)
 
 
+def _stdout_to_devnull() -> None:
+    """Point the process's standard output at the null device."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the return value is the exit code (see ``verify --help``)."""
     parser = build_parser()
     args = parser.parse_args(argv)  # a usage error exits 2 here, with argparse's message
     args.interrupts = interrupts = Interrupts()
     try:
-        with interrupts:
+        with interrupts, _jax_options_given_back():
             if args.command == "verify" and argv is None:  # the command line, not a caller's
                 _compile_for_speed()
             if args.command == "bench-scale" and args.platform == "cpu":
@@ -972,9 +1035,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 143
         print("\nmatcalc-jax: interrupted", file=sys.stderr)
         return 130
+    except StdoutUnwritableError as error:
+        _stdout_to_devnull()  # what is left in its buffer would fail again at exit
+        print(f"matcalc-jax: error: {args.command}: {error}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # the reader of stdout went away (| head): stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _stdout_to_devnull()
         # verify's verdict stands whoever reads the table (a failed check is 1, also for
         # `verify | head` under pipefail); cut off before it, verify did not pass
         return getattr(args, "verdict", 1) if args.command == "verify" else 0

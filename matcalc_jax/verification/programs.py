@@ -210,15 +210,34 @@ def _machine() -> dict[str, Any]:
             (name, value)
             for name, value in os.environ.items()
             if name.startswith(("JAX_", "XLA_", "TF_", "CUDA_", "LIBTPU"))
+            and name.lower() not in _WHERE_COMPILES_ARE_KEPT
         ),
     }
+
+
+#: JAX options (and their environment variables) that say where and when JAX keeps what it
+#: compiled, not what it compiles: left out of the key, so that one directory spelled two
+#: ways (relative, absolute) finds the same programs. The options that can change a
+#: program (XLA's own caches, profile-guided compiles) stay in it.
+_WHERE_COMPILES_ARE_KEPT = frozenset(
+    {
+        "jax_compilation_cache_dir",
+        "jax_compilation_cache_max_size",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    }
+)
 
 
 def context_key() -> str:
     """The part of a key that is the same for every program of this thread and process."""
     context = {
         **_machine(),
-        "config": sorted((name, repr(value)) for name, value in jax.config.values.items()),
+        "config": sorted(
+            (name, repr(value))
+            for name, value in jax.config.values.items()
+            if name not in _WHERE_COMPILES_ARE_KEPT
+        ),
         "x64": bool(jax.config.jax_enable_x64),  # thread-local: read in the calling thread
         "matmul_precision": repr(jax.config.jax_default_matmul_precision),
     }
