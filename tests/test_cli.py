@@ -777,3 +777,22 @@ def test_a_full_standard_output_is_one_line_and_exit_2(argv):
     assert "Traceback" not in done.stderr
     assert done.stderr.splitlines()[-1].startswith("matcalc-jax: error: verify: cannot write")
     assert "No space left on device" in done.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["verify", "--sizes", "x"], "matcalc-jax verify: error: argument --sizes"),
+        (["verify", "--no-such-option"], "matcalc-jax: error: unrecognized arguments"),
+        (["no-such-command"], "matcalc-jax: error: argument command: invalid choice"),
+    ],
+)
+def test_a_usage_error_argparse_finds_is_one_line(capsys, argv, said):
+    """argparse printed its usage block before the error (six lines for verify); the docs
+    promise one line naming the option, and where the usage is."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(said) and err.rstrip().endswith("--help)")

@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from matcalc_jax.cli.console import WIDTH, Interrupts, Progress, clip, seconds
 from matcalc_jax.verification.processes import WorkerDiedError
@@ -839,8 +839,16 @@ def _add_common(command: argparse.ArgumentParser, default_dtypes: str) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with a usage error in one line (argparse prints the usage block
+    first): the option, what it got and expected, and where the usage is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="matcalc-jax",
         description="Matrix-calculus rules: closed-form Jacobians checked against JAX autodiff.",
     )
