@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any
@@ -101,6 +102,21 @@ def assert_transform_matches_autodiff(f: Any, x: Any, *, forward: bool = True) -
         assert actual.dtype == expected.dtype, f"dtype {actual.dtype} != {expected.dtype}"
         assert_jacobians_close(actual, expected)
     return J
+
+
+def wrong_linear() -> Any:
+    """The ``linear`` rule record with a wrong closed form (``2 A`` where the Jacobian is
+    ``A``): the checks of its closed form against autodiff must fail."""
+    linear = mj.rule("linear")
+    return dataclasses.replace(linear, closed_form=lambda A, x, layout="numerator": 2 * A)
+
+
+def swap_in_wrong_linear(monkeypatch: Any) -> None:
+    """Put ``wrong_linear()`` in the catalogue under ``linear`` for one test, as a rule
+    edited in a running process would be."""
+    from matcalc_jax import catalogue
+
+    monkeypatch.setitem(catalogue._BY_ID, "linear", wrong_linear())
 
 
 def key(seed: int = 0) -> jax.Array:

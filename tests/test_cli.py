@@ -1,6 +1,5 @@
 """The command line: list, verify (table, exit code, JSON), docs --check, bad arguments."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -11,10 +10,11 @@ import jax
 import pytest
 
 import matcalc_jax as mj
-from matcalc_jax import catalogue
 from matcalc_jax.cli.main import main
 from matcalc_jax.verification.harness import Check, Report
 from matcalc_jax.verification.report import verdict
+
+from .helpers import swap_in_wrong_linear
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,14 +86,8 @@ def test_old_spellings_still_work_with_a_deprecation_note(capsys, tmp_path):
     assert "--size is deprecated; use --sizes" in err
 
 
-def _failing_linear(monkeypatch):
-    linear = mj.rule("linear")
-    wrong = dataclasses.replace(linear, closed_form=lambda A, x, layout="numerator": 2 * A)
-    monkeypatch.setitem(catalogue._BY_ID, "linear", wrong)
-
-
 def test_verify_exits_1_and_says_fail_when_a_check_fails(capsys, monkeypatch):
-    _failing_linear(monkeypatch)
+    swap_in_wrong_linear(monkeypatch)
     code, out, err = _verify(["--rules", "linear", "--dtype", "float32", "--sizes", "2"], capsys)
     assert code == 1
     assert "verdict: FAIL" in out and "verdict: PASS" not in out
@@ -707,13 +701,13 @@ def _verify_into_a_closed_pipe(argv, monkeypatch):
 def test_a_closed_pipe_keeps_verify_s_verdict(monkeypatch, failing):
     """`verify | head` exited 0 with a failed check (a pipefail script read a pass)."""
     if failing:
-        _failing_linear(monkeypatch)
+        swap_in_wrong_linear(monkeypatch)
     argv = ["--rules", "linear", "--dtype", "float32", "--sizes", "2", "--processes", "1"]
     argv += ["--no-cache"]  # in this process: the user's cache is not the suite's to fill
     assert _verify_into_a_closed_pipe(argv, monkeypatch) == (1 if failing else 0)
     argv += ["--json", "-"]
     if failing:
-        _failing_linear(monkeypatch)
+        swap_in_wrong_linear(monkeypatch)
     assert _verify_into_a_closed_pipe(argv, monkeypatch) == (1 if failing else 0)
 
 

@@ -32,7 +32,13 @@ from matcalc_jax.verification.harness import (
 )
 from matcalc_jax.verification.tolerance import TOLERANCES, tolerance
 
-from .helpers import SUITE_XLA_FLAG_NAMES, SUITE_XLA_FLAGS, key, under_suite_xla_flags
+from .helpers import (
+    SUITE_XLA_FLAG_NAMES,
+    SUITE_XLA_FLAGS,
+    key,
+    swap_in_wrong_linear,
+    under_suite_xla_flags,
+)
 
 
 def test_relative_error_is_normwise():
@@ -410,11 +416,7 @@ def test_a_rule_changed_in_this_process_is_checked_as_this_process_holds_it(monk
     """Worker processes import the catalogue from the files: a wrong closed form swapped
     in here passed every check there (the report said PASS). A rule whose record differs
     from the worker's is checked in this process: the same failures as ``processes=1``."""
-    from matcalc_jax import catalogue
-
-    linear = mj.rule("linear")
-    wrong = dataclasses.replace(linear, closed_form=lambda A, x, layout="numerator": 2 * A)
-    monkeypatch.setitem(catalogue._BY_ID, "linear", wrong)
+    swap_in_wrong_linear(monkeypatch)
     one = verify(["linear", "exp"], dtypes="float32", sizes=2)
     two = verify(["linear", "exp"], dtypes="float32", sizes=2, processes=2)
     assert not one.passed and one.rule_passed("exp")

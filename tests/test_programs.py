@@ -14,7 +14,7 @@ from matcalc_jax.verification import harness
 from matcalc_jax.verification import programs as programs_module
 from matcalc_jax.verification.programs import ProgramCache, context_key
 
-from .helpers import run_verify, swap_two_and_truncate_one
+from .helpers import run_verify, swap_two_and_truncate_one, wrong_linear
 
 
 def _function(scale):
@@ -110,12 +110,10 @@ def test_a_rule_record_changed_in_a_running_process_is_not_served_its_kept_progr
     """The package's files fix a key, but a record's function swapped inside a process
     (a wrong closed form) must not be checked by what the right one compiled: the key
     holds the compiled code of the record's functions, and of what their closures hold."""
-    import dataclasses
 
     from matcalc_jax.verification.programs import code_digest
 
-    linear = mj.rule("linear")
-    wrong = dataclasses.replace(linear, closed_form=lambda A, x, layout="numerator": 2 * A)
+    wrong = wrong_linear()
     assert mj.verify(["linear"], dtypes="float32", sizes=2, programs=tmp_path).passed
     report = harness.check_rules([(0, wrong)], ["float32"], [2], 0, lambda e: None, 1,
                                  ProgramCache(tmp_path))  # fmt: skip

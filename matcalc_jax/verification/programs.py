@@ -16,8 +16,7 @@ a program depends on:
 - the program's name (rule, dtype, size, which program; for ``verify``, the compiled
   code of the rule record's functions and of the functions they reach, ``code_digest``, so
   that a record changed inside a running process is not served what its files compiled)
-  and the shapes, dtypes and tree
-  of its arguments.
+  and the shapes, dtypes and tree of its arguments.
 
 A stale entry is impossible, not merely unlikely: any difference gives another name. The
 key is written inside the file too, with the SHA-256 of the payload; a file that is truncated,
