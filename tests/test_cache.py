@@ -98,3 +98,43 @@ def test_the_default_cache_is_matcalc_jax_cache_then_xdg_cache_home_then_home(
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_directory() == tmp_path / "home" / ".cache" / "matcalc-jax"
+
+
+def test_a_cache_directory_the_user_named_that_cannot_be_made_is_a_usage_error(
+    monkeypatch, tmp_path, capsys
+):
+    """``--cache-dir FILE/sub`` and ``MATCALC_JAX_CACHE=FILE`` ran the whole verification
+    without a cache, with two notes, where ``--cache-dir FILE`` exited 2: a place the user
+    named is refused before the run, in one line naming it."""
+    from matcalc_jax.cli.main import main
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    argv = ["verify", "--rules", "exp", "--dtype", "float32", "--sizes", "2"]
+    assert main([*argv, "--cache-dir", f"{a_file}/sub"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"matcalc-jax: error: verify: --cache-dir {a_file}/sub: cannot make the directory "
+        "(Not a directory)"
+    )
+    monkeypatch.setenv("MATCALC_JAX_CACHE", str(a_file))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"matcalc-jax: error: verify: MATCALC_JAX_CACHE={a_file} is not a directory"
+
+
+def test_a_default_cache_directory_that_cannot_be_made_is_one_note(monkeypatch, tmp_path, capsys):
+    """Where the default place cannot be made (a read-only home, ``$XDG_CACHE_HOME`` a
+    file) the run goes on without a cache, said in one note, not one per part of it."""
+    from matcalc_jax.cli.main import main
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    monkeypatch.delenv("MATCALC_JAX_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(a_file))
+    assert main(["verify", "--rules", "exp", "--dtype", "float32", "--sizes", "2"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note" in line]
+    assert notes == [
+        f"matcalc-jax: note: no cache: cannot make {a_file}/matcalc-jax (Not a directory); "
+        "nothing compiled is kept"
+    ]

@@ -12,7 +12,7 @@ import pytest
 import matcalc_jax as mj
 from matcalc_jax.cli.main import main
 from matcalc_jax.verification.harness import Check, Report
-from matcalc_jax.verification.report import verdict
+from matcalc_jax.verification.report import report_lines, verdict
 
 from .helpers import swap_in_wrong_linear
 
@@ -102,9 +102,14 @@ def test_verdict_counts_failures_and_names_the_rules():
 
     report = Report((check("a", True), check("b", False), check("b", False)), {})
     assert verdict(report) == "verdict: FAIL, 2 of 3 checks failed, in 1 of 2 rules (b)"
-    assert (
-        verdict(Report((check("a", True),), {})) == "verdict: PASS, all 1 checks of 1 rules passed"
+    assert verdict(Report((check("a", True),), {})) == "verdict: PASS, 1 check of 1 rule passed"
+    env = {"platform": "cpu", "device_kind": "cpu", "jax": "0", "x64": True}
+    two = Report((check("a", True), check("a", True)), env | {"matmul_precision": None})
+    assert verdict(two) == "verdict: PASS, all 2 checks of 1 rule passed"
+    assert verdict(Report((check("b", False),), {})) == (
+        "verdict: FAIL, 1 of 1 check failed, in 1 of 1 rule (b)"
     )
+    assert report_lines(two)[-2] == "1 of 1 rule passes (2 checks)"
     assert verdict(Report((), {})) == "verdict: nothing was checked"
 
 
@@ -757,20 +762,36 @@ def test_main_called_from_python_gives_back_the_caller_s_jax_options(tmp_path):
     assert set(os.listdir(tmp_path / "run" / "xla")) == kept
 
 
+_VERIFY_EXP = ["verify", "--rules", "exp", "--dtype", "float32", "--sizes", "2", "--no-cache"]
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-@pytest.mark.parametrize("argv", [[], ["--json", "-"]], ids=["table", "json"])
+@pytest.mark.parametrize(
+    "argv",
+    [_VERIFY_EXP, [*_VERIFY_EXP, "--json", "-"], ["list"], ["list", "--wide"]],
+    ids=["verify table", "verify json", "list", "list wide"],
+)
 def test_a_full_standard_output_is_one_line_and_exit_2(argv):
-    """``verify > /dev/full``: a passing run ended in an ``OSError`` traceback, exit 1."""
+    """``verify > /dev/full`` (and ``list > /dev/full``): a passing run ended in an
+    ``OSError`` traceback, exit 1."""
     with open("/dev/full", "w") as full:
         done = subprocess.run(
-            [sys.executable, "-m", "matcalc_jax", "verify", "--rules", "exp", "--dtype",
-             "float32", "--sizes", "2", "--no-cache", *argv],
+            [sys.executable, "-m", "matcalc_jax", *argv],
             stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
         )  # fmt: skip
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
-    assert done.stderr.splitlines()[-1].startswith("matcalc-jax: error: verify: cannot write")
-    assert "No space left on device" in done.stderr.splitlines()[-1]
+    assert done.stderr.splitlines()[-1] == (
+        f"matcalc-jax: error: {argv[0]}: cannot write to standard output (No space left on device)"
+    )
+
+
+def test_main_gives_back_the_caller_s_standard_output(capsys):
+    """``main`` guards standard output while it runs and hands the caller's stream back."""
+    stream = sys.stdout
+    assert main(["list"]) == 0
+    assert sys.stdout is stream
+    assert "product_inner" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

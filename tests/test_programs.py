@@ -163,6 +163,24 @@ def test_a_helper_of_a_form_patched_in_a_running_process_is_not_served_kept_prog
     assert code_digest(_calls_helper) != before
 
 
+def test_a_method_of_an_operator_patched_in_a_running_process_is_not_served_kept_programs(
+    tmp_path, monkeypatch
+):
+    """A method of the class a form builds (``Diagonal.to_dense``, which the checks of an
+    elementwise rule's structured form call) replaced by a wrong one: the key follows the
+    classes a record reaches by name into their methods' code (it did not follow classes,
+    and a passing report was served)."""
+    from matcalc_jax.operators import Diagonal
+
+    assert mj.verify(["exp"], dtypes="float32", sizes=2, programs=tmp_path).passed
+    right = Diagonal.to_dense
+    monkeypatch.setattr(Diagonal, "to_dense", lambda self: 2 * right(self))
+    fresh = mj.verify(["exp"], dtypes="float32", sizes=2)
+    assert not fresh.passed
+    report = mj.verify(["exp"], dtypes="float32", sizes=2, programs=tmp_path)
+    assert [c.reference for c in report.failures()] == [c.reference for c in fresh.failures()]
+
+
 def _helper(x):
     return x + 1
 

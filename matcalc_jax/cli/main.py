@@ -53,19 +53,45 @@ class StdoutUnwritableError(Exception):
     as for a ``--json`` file that cannot be written."""
 
 
+class _GuardedStdout:
+    """Standard output whose failed writes are ``StdoutUnwritableError`` (a full disk,
+    ``> /dev/full``), told apart from every other ``OSError`` of a run (a cache, a file);
+    a closed pipe stays a ``BrokenPipeError``: the reader went away, which is no error."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def _guarded(self, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise StdoutUnwritableError(
+                f"cannot write to standard output ({error.strerror or error})"
+            ) from None
+
+    def write(self, text: str) -> int:
+        return self._guarded(lambda: self.stream.write(text))
+
+    def flush(self) -> None:
+        self._guarded(self.stream.flush)
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, ...
+        return getattr(self.stream, name)
+
+
 @contextlib.contextmanager
-def _writing_stdout(what: str) -> Iterator[None]:
-    """``StdoutUnwritableError`` naming ``what`` for a write to stdout that fails (a closed
-    pipe stays a ``BrokenPipeError``: the reader went away, which is no error)."""
+def _stdout_guarded() -> Iterator[None]:
+    """Run with ``sys.stdout`` guarded, flushed at the end (what a command leaves in the
+    buffer fails there, not at the interpreter's exit); the caller's stream given back."""
+    stream = sys.stdout
+    sys.stdout = _GuardedStdout(stream)
     try:
         yield
         sys.stdout.flush()
-    except BrokenPipeError:
-        raise
-    except OSError as error:
-        raise StdoutUnwritableError(
-            f"cannot write {what} to standard output ({error.strerror or error})"
-        ) from None
+    finally:
+        sys.stdout = stream
 
 
 class _Deprecated(argparse.Action):
@@ -340,8 +366,7 @@ def _write(args: argparse.Namespace, option: str, path: str, text: str, note: An
     "wrote PATH"). A failure after the run (a full disk, a folder removed meanwhile) is
     one line and exit 2, as a path refused before it."""
     if path == "-":
-        with _writing_stdout(f"{option} -"):
-            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return
     try:
         Path(path).write_text(text, encoding="utf-8")
@@ -358,8 +383,6 @@ def _verify(args: argparse.Namespace) -> int:
     dtypes = list(checked_dtypes(_dtypes(args) or DTYPES))
     if args.cache_dir == "":
         raise ValueError("verify: --cache-dir is empty; expected a directory")
-    if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
-        raise ValueError(f"verify: --cache-dir {args.cache_dir} is not a directory")
     if args.no_cache and args.cache_dir:
         raise ValueError("verify: --no-cache and --cache-dir contradict each other; pass one")
     if args.rules is not None and not _split(args.rules):
@@ -367,9 +390,9 @@ def _verify(args: argparse.Namespace) -> int:
     # the whole request (rule ids, sizes, the memory limit) is checked before the cache is
     # opened: a usage error neither creates nor repairs a cache
     checked_request(_split(args.rules), dtypes, args.sizes, args.seed, _max_bytes(args))
-    if args.no_cache:
+    directory = None if args.no_cache else _made_cache_directory(args)
+    if directory is None:
         return _run_verify(args, dtypes, None)
-    directory = Path(args.cache_dir) if args.cache_dir else cache_directory()
     jax_cache = _enable_compilation_cache(directory / "xla")
     try:
         with _cache_write_warnings_left_out():
@@ -379,6 +402,34 @@ def _verify(args: argparse.Namespace) -> int:
             cache.record(jax_cache)
         if jax_cache is not None:
             _say_if_unwritable(jax_cache)
+
+
+def _made_cache_directory(args: argparse.Namespace) -> Path | None:
+    """``verify``'s cache directory, made. One the user named (``--cache-dir``,
+    ``$MATCALC_JAX_CACHE``) that cannot be made is a usage error naming it; the default one
+    (a read-only home) is a note, and the run keeps nothing (None)."""
+    if args.cache_dir:
+        directory, named = Path(args.cache_dir), f"--cache-dir {args.cache_dir}"
+    elif os.environ.get("MATCALC_JAX_CACHE"):
+        directory = cache_directory()
+        named = f"MATCALC_JAX_CACHE={os.environ['MATCALC_JAX_CACHE']}"
+    else:
+        directory, named = cache_directory(), None
+    if named and directory.exists() and not directory.is_dir():
+        raise ValueError(f"verify: {named} is not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        if named:
+            raise ValueError(f"verify: {named}: cannot make the directory ({reason})") from None
+        print(
+            f"matcalc-jax: note: no cache: cannot make {directory} ({reason}); "
+            "nothing compiled is kept",
+            file=sys.stderr,
+        )
+        return None
+    return directory
 
 
 def _say_if_unwritable(jax_cache: str) -> None:
@@ -453,8 +504,7 @@ def _run_verify(args: argparse.Namespace, dtypes: list[str], programs=None) -> i
         )
     args.verdict = 0 if report.passed else 1  # kept if the reader of stdout goes away
     to_stdout = args.json == "-"
-    with _writing_stdout("the report"):
-        print_report(report, wide=args.wide, out=sys.stderr if to_stdout else sys.stdout)
+    print_report(report, wide=args.wide, out=sys.stderr if to_stdout else sys.stdout)
     print(f"verify took {seconds(progress.elapsed())}", file=sys.stderr)
     if args.json:
         _write(args, "--json", args.json, report.to_json() + "\n")
@@ -1023,7 +1073,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)  # a usage error exits 2 here, with argparse's message
     args.interrupts = interrupts = Interrupts()
     try:
-        with interrupts, _jax_options_given_back():
+        with interrupts, _jax_options_given_back(), _stdout_guarded():
             if args.command == "verify" and argv is None:  # the command line, not a caller's
                 _compile_for_speed()
             if args.command == "bench-scale" and args.platform == "cpu":

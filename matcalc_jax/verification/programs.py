@@ -74,7 +74,9 @@ def code_digest(*functions: Any) -> str:
     own module, named directly or as an attribute of a module of this package, and so on
     from those): a function replaced inside a running process (a rule record's closed form
     swapped by a test, a helper of a form patched, a user's edited cell) gives another key,
-    which the package's files alone would not. Classes and their methods are not followed.
+    which the package's files alone would not. A class reached so (an operator a form
+    builds) adds the code of its methods and its bases' of this package (``_class_sha``),
+    not what those methods reach: a method patched in the process gives another key too.
     """
     digest = hashlib.sha256()
     seen: set[int] = set()
@@ -86,6 +88,10 @@ def code_digest(*functions: Any) -> str:
             return
         seen.add(id(function))
         held.append(function)
+        if isinstance(function, type):  # a class: its methods' code, not what they reach
+            digest.update(repr(function.__qualname__).encode())
+            digest.update(_class_sha(function))
+            return
         code = getattr(function, "__code__", None)
         if code is None:
             digest.update(repr(type(function).__qualname__).encode())
@@ -138,7 +144,8 @@ def _globals_reached(function: Any, code: types.CodeType) -> list[tuple[str, Any
 
     def ours(value: Any) -> bool:
         module = getattr(value, "__module__", None) or ""
-        return isinstance(value, types.FunctionType) and (module == home or _in_package(module))
+        followed = isinstance(value, (types.FunctionType, type))
+        return followed and (module == home or _in_package(module))
 
     names = _names(code)
     reached = []
@@ -152,6 +159,35 @@ def _globals_reached(function: Any, code: types.CodeType) -> list[tuple[str, Any
                 if ours(inner):
                     reached.append((f"{name}.{attribute}", inner))
     return reached
+
+
+#: Per class: the identities of what it and its bases of this package hold (kept alive
+#: with them, so that an id stays theirs), and the SHA-256 of its methods' code.
+_CLASS_SHAS: dict[type, tuple[tuple, tuple, bytes]] = {}
+
+
+def _class_sha(cls: type) -> bytes:
+    """SHA-256 of the code of the functions ``cls`` and its bases of this package define:
+    methods, static and class methods, properties' accessors (``object``'s and other
+    libraries' bases are part of the environment's key). Computed again only when one of
+    those classes holds another member (a method patched in the process)."""
+    chain = [k for k in cls.__mro__ if k is cls or _in_package(k.__module__ or "")]
+    members = tuple(tuple(vars(k).items()) for k in chain)
+    identity = tuple(tuple(map(id, (value for _, value in items))) for items in members)
+    kept = _CLASS_SHAS.get(cls)
+    if kept is not None and kept[1] == identity:
+        return kept[2]
+    digest = hashlib.sha256()
+    for klass, items in zip(chain, members, strict=True):
+        for name, member in items:
+            inner = getattr(member, "__func__", member)  # staticmethod, classmethod
+            accessors = [getattr(inner, part, None) for part in ("fget", "fset", "func")]
+            for function in [inner, *accessors]:
+                if isinstance(function, types.FunctionType):
+                    label = f"{klass.__qualname__}.{name}".encode()
+                    digest.update(label + b"\0" + _code_sha(function.__code__))
+    _CLASS_SHAS[cls] = (members, identity, digest.digest())
+    return digest.digest()
 
 
 def _code_bytes(code: types.CodeType) -> bytes:

@@ -19,6 +19,11 @@ SHORT_DTYPE = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64"
 _CELL, _FORMULA = 7, 46
 
 
+def counted(count: int, noun: str) -> str:
+    """``count`` and ``noun``, plural unless one: ``1 rule``, ``35 rules``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def verdict(report: Report) -> str:
     """One line that says what happened: every check passed, or how many failed, where."""
     checks, rules = len(report.checks), len(report.rule_ids)
@@ -26,12 +31,15 @@ def verdict(report: Report) -> str:
     if not checks:
         return "verdict: nothing was checked"
     if not failures:
-        return f"verdict: PASS, all {checks} checks of {rules} rules passed"
+        every = "all " if checks > 1 else ""
+        return (
+            f"verdict: PASS, {every}{counted(checks, 'check')} of {counted(rules, 'rule')} passed"
+        )
     failed = list(dict.fromkeys(c.rule for c in failures))
     names = ", ".join(failed[:4]) + (", ..." if len(failed) > 4 else "")
     return (
-        f"verdict: FAIL, {len(failures)} of {checks} checks failed, in {len(failed)} of "
-        f"{rules} rules ({names})"
+        f"verdict: FAIL, {len(failures)} of {counted(checks, 'check')} failed, in "
+        f"{len(failed)} of {counted(rules, 'rule')} ({names})"
     )
 
 
@@ -109,6 +117,7 @@ def report_lines(report: Report, *, wide: bool = False, width: int = 100) -> lis
             f"{check.error:.3e} > tolerance {check.tolerance:.1e} {check.detail}".rstrip()
         )
     passed = sum(report.rule_passed(r) for r in report.rule_ids)
-    lines.append(f"{passed} of {len(report.rule_ids)} rules pass ({len(report.checks)} checks)")
+    rules, checks = counted(len(report.rule_ids), "rule"), counted(len(report.checks), "check")
+    lines.append(f"{passed} of {rules} {'passes' if rules == '1 rule' else 'pass'} ({checks})")
     lines.append(verdict(report))
     return lines
