@@ -130,10 +130,11 @@ def python_blocks(markdown: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", markdown, re.S | re.M)
 
 
-def run_verify(argv, cache_dir):
-    """``matcalc-jax verify *argv --cache-dir cache_dir`` in a fresh process; asserts it
-    passed and returns its stderr. Without the caller's ``JAX_COMPILATION_CACHE_DIR``
-    (which would win over ``cache_dir``: the run's JAX cache would not be the one asked)."""
+def run_verify(argv, cache_dir, cwd=None):
+    """``matcalc-jax verify *argv --cache-dir cache_dir`` in a fresh process (in ``cwd``);
+    asserts it passed and returns its stderr. Without the caller's
+    ``JAX_COMPILATION_CACHE_DIR`` (which would win over ``cache_dir``: the run's JAX cache
+    would not be the one asked)."""
     import os
     import subprocess
     import sys
@@ -145,6 +146,7 @@ def run_verify(argv, cache_dir):
         text=True,
         timeout=300,
         env=env,
+        cwd=cwd,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stderr

@@ -2,6 +2,7 @@
 before JAX reads them, and the run passes without warnings."""
 
 import json
+import os
 
 from matcalc_jax.cli import cache
 
@@ -135,6 +136,18 @@ def test_a_default_cache_directory_that_cannot_be_made_is_one_note(monkeypatch, 
     assert main(["verify", "--rules", "exp", "--dtype", "float32", "--sizes", "2"]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "note" in line]
     assert notes == [
-        f"matcalc-jax: note: no cache: cannot make {a_file}/matcalc-jax (Not a directory); "
-        "nothing compiled is kept"
+        f"matcalc-jax: note: no cache: {a_file}/matcalc-jax: cannot make the directory "
+        "(Not a directory); nothing compiled is kept"
     ]
+
+
+def test_one_cache_directory_spelled_two_ways_is_one_cache(tmp_path):
+    """JAX's compile options hold its cache's path, so ``--cache-dir rel`` and the same
+    folder spelled ``/abs/./rel/../rel/`` kept two sets of JAX's entries (7 of 23 compiled
+    again); the directory is resolved before JAX is given it."""
+    argv = ["--rules", "exp", "--dtype", "float32", "--sizes", "2"]
+    run_verify(argv, "rel", cwd=tmp_path)
+    entries = set(os.listdir(tmp_path / "rel" / "xla"))
+    run_verify(argv, f"{tmp_path}/./rel/../rel/")
+    assert len(entries) > 1  # the run's compiles and their manifest
+    assert set(os.listdir(tmp_path / "rel" / "xla")) == entries

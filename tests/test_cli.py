@@ -219,6 +219,7 @@ def test_python_dash_m_runs_the_same_command():
         (["--rules", "softmax", "--cache-dir", ""], "--cache-dir is empty"),
         (["--rules", "softmax", "--cache-dir", "/dev/null"], "is not a directory"),
         (["--rules", "softmax", "--cache-dir", __file__], "is not a directory"),
+        (["--rules", "softmax", "--cache-dir", os.fsdecode(b"c\xff")], "is not UTF-8 as this"),
         (["--rules", "softmax", "--json", ""], "--json is empty"),
         (["--rules", "softmax", "--json", "new.json/"], "ends with a separator"),
         (["--rules", "softmax", "--dtype", ""], "--dtype '' names no dtype"),
@@ -234,6 +235,7 @@ def test_verify_refuses_bad_requests_before_any_work(capsys, monkeypatch, tmp_pa
     before the cache is opened: an unknown rule id or an oversized case neither created
     nor repaired the default cache (it was made, and its JAX entries checked, first)."""
     monkeypatch.setenv("MATCALC_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # a relative path wrongly made lands here
     assert main(["verify", *argv]) == 2
     captured = capsys.readouterr()
     assert message in captured.err and "verdict" not in captured.out
@@ -786,6 +788,49 @@ def test_a_full_standard_output_is_one_line_and_exit_2(argv):
     )
 
 
+def _closing(descriptor, argv):
+    """``python -m matcalc_jax *argv`` started with ``descriptor`` closed (``>&-``), by the
+    shell (a ``preexec_fn`` would fork this multithreaded process)."""
+    return ["sh", "-c", f'exec "$0" -m matcalc_jax "$@" {descriptor}>&-', sys.executable, *argv]
+
+
+def test_a_closed_standard_output_is_one_line_and_exit_2_before_any_work():
+    """``verify >&-`` ran every check, then an ``AttributeError`` traceback, exit 1;
+    ``list >&-`` exited 0 having written nothing."""
+    for argv in (_VERIFY_EXP, ["list"]):
+        done = subprocess.run(_closing(1, argv), stderr=subprocess.PIPE, text=True, timeout=300)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert done.stderr.splitlines() == [
+            f"matcalc-jax: error: {argv[0]}: cannot write to standard output (it is closed)"
+        ]
+
+
+def test_a_closed_standard_error_leaves_the_report_and_the_exit_code_as_they_are():
+    """``verify 2>&-`` was exit 1 with nothing on stdout (an ``AttributeError`` in the
+    progress line); an error with stderr closed must not land on stdout either."""
+    done = subprocess.run(_closing(2, _VERIFY_EXP), stdout=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0
+    assert done.stdout.splitlines()[-1] == "verdict: PASS, all 10 checks of 1 rule passed"
+    refused = subprocess.run(
+        _closing(2, ["verify", "--rules", "nope"]), stdout=subprocess.PIPE, text=True, timeout=300
+    )
+    assert (refused.returncode, refused.stdout) == (2, "")
+
+
+def test_json_to_dev_stdout_is_json_alone_on_standard_output(tmp_path):
+    """``--json /dev/stdout > FILE`` truncated the table and wrote "wrote /dev/stdout"
+    inside the JSON, exit 0 on a file no parser reads: it is written as ``--json -``."""
+    out = tmp_path / "out.json"
+    with open(out, "w") as stdout:
+        done = subprocess.run(
+            [sys.executable, "-m", "matcalc_jax", *_VERIFY_EXP, "--json", "/dev/stdout"],
+            stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(out.read_text())["schema"] == "matcalc-jax/verify/1"
+    assert "verdict: PASS" in done.stderr  # the table went to stderr, as for --json -
+
+
 def test_main_gives_back_the_caller_s_standard_output(capsys):
     """``main`` guards standard output while it runs and hands the caller's stream back."""
     stream = sys.stdout
@@ -811,3 +856,27 @@ def test_a_usage_error_argparse_finds_is_one_line(capsys, argv, said):
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1, err
     assert err.startswith(said) and err.rstrip().endswith("--help)")
+
+
+@pytest.mark.parametrize("failing", [("float64",), ("float64", "float32")], ids=["f64", "both"])
+def test_the_float64_check_says_no_float64_only_when_float32_works(monkeypatch, failing):
+    """Every TypeError of the first program (a cache path XLA's options could not take)
+    was reported as "float64 is not available", exit 3; it is so only when the same
+    program runs in float32."""
+    import importlib
+
+    import jax.numpy as jnp
+
+    cli = importlib.import_module("matcalc_jax.cli.main")  # the module, not main()
+    ones = jnp.ones
+
+    def refusing(shape, dtype=None):
+        if jnp.dtype(dtype).name in failing:
+            raise TypeError("incompatible function arguments")
+        return ones(shape, dtype)
+
+    monkeypatch.setattr(jnp, "ones", refusing)
+    expected = cli.EnvironmentUnavailableError if len(failing) == 1 else RuntimeError
+    with pytest.raises(expected) as raised:
+        cli._require_x64()
+    assert ("try --no-cache" in str(raised.value)) == (len(failing) == 2)

@@ -86,6 +86,37 @@ def test_arrays_and_values_round_trip_and_survive_damage(tmp_path):
     assert again.dropped == 2
 
 
+def test_an_entry_that_is_a_directory_is_dropped_and_kept_again(tmp_path):
+    """A directory where an entry's file belongs was read as absent, computed again and
+    never kept (the rename onto it failed), on every run."""
+    key = ProgramCache(tmp_path)._key("value", ("v",))
+    (tmp_path / key).mkdir()
+    (tmp_path / key / "inside").write_text("")
+    cache = ProgramCache(tmp_path)
+    assert cache.value(("v",), lambda: [1]) == [1]
+    assert cache.dropped == 1
+    again = ProgramCache(tmp_path)
+    assert again.value(("v",), lambda: pytest.fail("computed again")) == [1]
+    assert again.loaded == 1 and again.dropped == 0
+
+
+def test_a_dead_writer_s_temporary_file_is_removed_and_a_live_one_s_kept(tmp_path):
+    """A run killed between writing an entry's temporary file and renaming it left the
+    file forever; the next cache opened removes it, not a running writer's."""
+    import subprocess
+    import sys
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    dead = tmp_path / f".{'a' * 64}.{int(ended.stdout)}.1.tmp"
+    live = tmp_path / f".{'b' * 64}.{os.getpid()}.1.tmp"
+    other = tmp_path / "notes.tmp"  # not one of the cache's names
+    for path in (dead, live, other):
+        path.write_bytes(b"partial")
+    ProgramCache(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
+
+
 def test_the_key_changes_with_everything_a_program_depends_on(tmp_path, monkeypatch):
     base = context_key()
     with jax.enable_x64(not jax.config.jax_enable_x64):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import math
 import os
 import signal
@@ -84,14 +85,33 @@ class _GuardedStdout:
 @contextlib.contextmanager
 def _stdout_guarded() -> Iterator[None]:
     """Run with ``sys.stdout`` guarded, flushed at the end (what a command leaves in the
-    buffer fails there, not at the interpreter's exit); the caller's stream given back."""
+    buffer fails there, not at the interpreter's exit); the caller's stream given back. A
+    closed one (``>&-``) is refused before any work: every command writes there."""
     stream = sys.stdout
+    if stream is None:
+        raise StdoutUnwritableError("cannot write to standard output (it is closed)")
     sys.stdout = _GuardedStdout(stream)
     try:
         yield
         sys.stdout.flush()
     finally:
         sys.stdout = stream
+
+
+@contextlib.contextmanager
+def _stderr_open() -> Iterator[None]:
+    """A closed standard error (``2>&-``, which Python makes ``None``) read as the null
+    device while the command runs: its notes, progress and errors are dropped, neither a
+    crash nor printed to standard output (where ``print(file=None)`` goes)."""
+    if sys.stderr is not None:
+        yield
+        return
+    with open(os.devnull, "w", encoding="utf-8") as null:
+        sys.stderr = null
+        try:
+            yield
+        finally:
+            sys.stderr = None
 
 
 class _Deprecated(argparse.Action):
@@ -153,18 +173,29 @@ def _require_x64() -> None:
     with runtime.x64(True):
         try:
             ok = jnp.ones(2, jnp.float64).sum().dtype == jnp.float64
-        except (TypeError, ValueError, NotImplementedError) as error:  # no 64-bit support
+        except (TypeError, ValueError, NotImplementedError) as error:  # no 64-bit support?
+            try:  # the same program in float32: if it fails too, float64 is not the cause
+                jnp.ones(2, jnp.float32).sum().block_until_ready()
+            except Exception:
+                raise _unexpected(error) from error
             raise EnvironmentUnavailableError(
                 f"float64 is not available on {jax.devices()[0].platform}: {error}"
             ) from None
         except Exception as error:  # anything else is not about float64: say so
-            raise RuntimeError(
-                f"the float64 check failed unexpectedly ({type(error).__name__}: {error})"
-            ) from error
+            raise _unexpected(error) from error
     if not ok:
         raise EnvironmentUnavailableError(
             f"float64 is not available on {jax.devices()[0].platform} (JAX gives float32)"
         )
+
+
+def _unexpected(error: Exception) -> RuntimeError:
+    """The float64 check's failure that is not about float64 (a float32 program fails
+    too: a damaged JAX cache or installation), with what to try."""
+    return RuntimeError(
+        f"the float64 check failed unexpectedly ({type(error).__name__}: {error}); a "
+        "float32 program fails too, so float64 is not the cause: try --no-cache"
+    )
 
 
 def cache_directory() -> Path:
@@ -318,6 +349,9 @@ def _check_output_paths(args: argparse.Namespace) -> None:
     if command == "docs" and args.check:
         _check_input_path(command, args.out, "--out")
         return
+    for attribute in OUTPUT_OPTIONS:
+        if _is_standard_output(getattr(args, attribute, None)):
+            setattr(args, attribute, "-")  # /dev/stdout, or the file stdout goes to
     given = {option: getattr(args, attribute, None) for attribute, option in OUTPUT_OPTIONS.items()}
     to_stdout = [option for option, path in given.items() if path == "-"]
     if "--plot" in to_stdout:
@@ -329,6 +363,21 @@ def _check_output_paths(args: argparse.Namespace) -> None:
         _check_output_path(command, path, option)
     if getattr(args, "plots", None) is not None:
         _check_output_folder(command, args.plots, "--plots")
+
+
+def _is_standard_output(path: str | None) -> bool:
+    """Whether ``path`` is the file standard output writes (``/dev/stdout``, or the file
+    it was redirected to): written as ``-``, since writing it as a file truncated the
+    table before it and put "wrote PATH" inside it. The null device is left a path."""
+    if not path or path == "-" or sys.stdout is None:
+        return False
+    try:
+        target, out = os.stat(path), os.fstat(sys.stdout.fileno())
+        null = os.stat(os.devnull)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False  # a new file, or a stream without a descriptor (captured)
+    same = (target.st_dev, target.st_ino) == (out.st_dev, out.st_ino)
+    return same and (target.st_dev, target.st_ino) != (null.st_dev, null.st_ino)
 
 
 def _check_output_folder(command: str, path: str, option: str) -> None:
@@ -404,28 +453,42 @@ def _verify(args: argparse.Namespace) -> int:
             _say_if_unwritable(jax_cache)
 
 
+def _printable(path: str) -> str:
+    """``path`` as any stream can print it: bytes the locale could not decode (surrogates)
+    written as escapes."""
+    return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _made_cache_directory(args: argparse.Namespace) -> Path | None:
     """``verify``'s cache directory, made. One the user named (``--cache-dir``,
     ``$MATCALC_JAX_CACHE``) that cannot be made is a usage error naming it; the default one
     (a read-only home) is a note, and the run keeps nothing (None)."""
     if args.cache_dir:
-        directory, named = Path(args.cache_dir), f"--cache-dir {args.cache_dir}"
+        directory, named = Path(args.cache_dir), f"--cache-dir {_printable(args.cache_dir)}"
     elif os.environ.get("MATCALC_JAX_CACHE"):
         directory = cache_directory()
-        named = f"MATCALC_JAX_CACHE={os.environ['MATCALC_JAX_CACHE']}"
+        named = f"MATCALC_JAX_CACHE={_printable(os.environ['MATCALC_JAX_CACHE'])}"
     else:
         directory, named = cache_directory(), None
     if named and directory.exists() and not directory.is_dir():
         raise ValueError(f"verify: {named} is not a directory")
     try:
+        str(directory).encode("utf-8")  # JAX passes it on to XLA as UTF-8
         directory.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        reason = error.strerror or str(error)
+        # one directory however it is spelled: JAX's compile options (and so its cache's
+        # keys) hold the path
+        directory = directory.resolve()
+    except (OSError, UnicodeEncodeError) as error:
+        problem = (
+            "is not UTF-8 as this locale decodes it (JAX's compilation cache takes UTF-8 paths)"
+            if isinstance(error, UnicodeEncodeError)
+            else f"cannot make the directory ({error.strerror or error})"
+        )
         if named:
-            raise ValueError(f"verify: {named}: cannot make the directory ({reason})") from None
+            raise ValueError(f"verify: {named}: {problem}") from None
         print(
-            f"matcalc-jax: note: no cache: cannot make {directory} ({reason}); "
-            "nothing compiled is kept",
+            f"matcalc-jax: note: no cache: {_printable(str(directory))}: {problem}; nothing "
+            "compiled is kept",
             file=sys.stderr,
         )
         return None
@@ -1062,13 +1125,20 @@ def _raised_by_the_package(error: BaseException) -> bool:
 
 
 def _stdout_to_devnull() -> None:
-    """Point the process's standard output at the null device."""
+    """Point the process's standard output at the null device (if it has one)."""
+    if sys.stdout is None:
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the return value is the exit code (see ``verify --help``)."""
+    with _stderr_open():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # a usage error exits 2 here, with argparse's message
     args.interrupts = interrupts = Interrupts()

@@ -38,6 +38,7 @@ import json
 import os
 import pickle
 import platform
+import shutil
 import threading
 import types
 import uuid
@@ -333,6 +334,17 @@ def _not_written_to_jax_cache() -> contextlib.AbstractContextManager:
     return state(float("inf")) if callable(state) else contextlib.nullcontext()
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists
+        return True
+    return True
+
+
 class ProgramCache:
     """Compiled programs and derived values in ``directory``, keyed as the module says.
 
@@ -348,6 +360,17 @@ class ProgramCache:
         self.dropped = 0
         self.loaded = 0
         self._lock = threading.Lock()
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Delete the temporary files of writers that died before renaming them (a run
+        killed mid-write): ``.KEY.PID.THREAD.tmp`` whose process is gone from this
+        machine. Another live run's are left to it."""
+        for path in self.directory.glob(".*.tmp"):
+            parts = path.name.split(".")  # "", key, pid, thread, "tmp"
+            if len(parts) == 5 and parts[2].isdigit() and not _alive(int(parts[2])):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def _key(
         self, kind: str, name: tuple, arguments: Any = None, options: dict | None = None
@@ -365,6 +388,9 @@ class ProgramCache:
         path = self.directory / key
         try:
             data = path.read_bytes()
+        except IsADirectoryError:  # not an entry: it would keep the program from being kept
+            self._drop(path)
+            return None
         except OSError:
             return None
         header = MAGIC + key.encode() + b"\n"
@@ -379,7 +405,10 @@ class ProgramCache:
 
     def _drop(self, path: Path) -> None:
         try:
-            path.unlink()
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         except OSError:  # already removed by another process, or a read-only directory
             return
         with self._lock:
