@@ -420,6 +420,51 @@ def test_a_backward_rule_linear_over_the_reals_only_is_followed_as_jax_calls_it(
         np.testing.assert_allclose(vm, jax.vjp(f, x)[1](u)[0], rtol=1e-12)
 
 
+_C = 1 + 0.5j
+_CM = jnp.array([[1.0 + 0.5j, -0.3j, 0.2, 0.0], [0.1, 2.0 - 1j, 0.4j, -0.5],
+                 [0.0, 0.3, 1.5 + 0.2j, 0.7j], [-0.2j, 0.0, 0.6, 1.0 - 0.4j]])  # fmt: skip
+
+#: Backward rules of a real cotangent through complex values, with a map linear over the
+#: reals only on the way (a real or imaginary part, a conjugate, an inverse real DFT).
+REAL_LINEAR_BACKWARD_RULES = {
+    "imag of c g": lambda g: jnp.imag(g * _C),
+    "imag of a filter": lambda g: jnp.imag(jnp.fft.ifft(jnp.fft.fft(g) * _C)),
+    "irfft of rfft": lambda g: jnp.fft.irfft(jnp.fft.rfft(g), n=4),
+    "irfft of a filter": lambda g: jnp.fft.irfft(jnp.fft.rfft(g) * _C, n=4),
+    "irfft of a slice": lambda g: jnp.fft.irfft(g[:3] * _C, n=4),
+    "hfft": lambda g: jnp.fft.hfft(g * _C, n=6)[:4],
+    "real of a reversed spectrum": lambda g: jnp.real(jnp.fft.fft(g) * _C)[::-1],
+    "real of c fft plus g": lambda g: jnp.real(_C * jnp.fft.fft(g)) * 2 + g,
+    "real of a padded half spectrum": lambda g: jnp.real(
+        jnp.fft.ifft(jnp.pad(jnp.fft.rfft(g) * _C, (0, 1)))
+    ),
+    "real of a conjugate": lambda g: jnp.real(jnp.conj(jnp.fft.fft(g) * _C) * _CM[0]),
+    "real of a complex matrix": lambda g: jnp.real(_CM @ (_C * g)),
+}
+
+
+@pytest.mark.parametrize("name", list(REAL_LINEAR_BACKWARD_RULES))
+def test_a_backward_rule_through_complex_values_is_jax_s(name):
+    """A custom_vjp whose backward rule takes a real cotangent through complex values and
+    back: the matrix, diagonal and trace (and for most, mv and vm) were silently wrong. A
+    complex scale was moved across the transpose of a map from real tangents (Re(X^T c u)
+    is not c Re(X^T u)), and the imaginary part or inverse real DFT of such a value was
+    composed as a complex matrix, which no such map has (it is now a rule without one)."""
+    backward = REAL_LINEAR_BACKWARD_RULES[name]
+    g = jax.custom_vjp(lambda x: x * 1.0)
+    g.defvjp(lambda x: (x * 1.0, None), lambda r, ct: (backward(ct),))
+    f = lambda x: jnp.sin(g(x)) * 2  # noqa: E731
+    x, u = jnp.array([0.5, 1.5, -2.5, 3.5]), jnp.array([1.0, 2.0, -1.0, 0.5])
+    expected = jax.jacrev(f)(x)
+    for jit in (lambda f: f, jax.jit):
+        J = jit(mj.jacobian(f))(x)
+        np.testing.assert_allclose(J.to_dense(), expected, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(J.vm(u), jax.vjp(f, x)[1](u)[0], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(J.mv(u), expected @ u, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(J.diagonal(), jnp.diag(expected), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(J.trace(), jnp.trace(expected), rtol=1e-12, atol=1e-14)
+
+
 LINEAR_RULES_IN_A_LOOP = {
     "a fori_loop": lambda r, g: lax.fori_loop(0, 3, lambda i, a: 0.5 * a, g),
     "a scan over g": lambda r, g: lax.scan(lambda c, gi: (c + gi, c + gi), 0.0, g)[1],

@@ -1113,7 +1113,12 @@ class Scaled(JacobianOperator):
         return Scaled(self.scale, self.operator.with_layout(layout))
 
     def transpose(self) -> JacobianOperator:
-        if jnp.iscomplexobj(self.scale) and not self.operator.complex_linear():
+        # (c X)^T = c X^T for a complex c only where X is complex-linear on complex
+        # tangents: not for a real part, nor for a map from real tangents (x + 0i, a real
+        # DFT), whose transpose keeps the real part: Re(X^T (c u)) is not c Re(X^T u)
+        if jnp.iscomplexobj(self.scale) and not (
+            self.operator.complex_linear() and not self.operator.real_to_complex
+        ):
             return Transposed(self)
         return Scaled(self.scale, self.operator.transpose())
 

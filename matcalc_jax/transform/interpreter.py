@@ -276,6 +276,11 @@ def called_by(eqn: Any) -> str | None:
     return found[1][0].function_name if found and found[1] else None
 
 
+def _inverse_real_dft(eqn: Any) -> bool:
+    """Whether ``eqn`` is an inverse real DFT (``lax.fft`` of type ``IRFFT``)."""
+    return eqn.primitive.name == "fft" and jax.lax.FftType(eqn.params["fft_type"]).name == "IRFFT"
+
+
 @dataclass
 class Context:
     """The state of one transform: the rule table, the rule for a primitive without one
@@ -331,6 +336,13 @@ class Context:
             and is_complex(eqn.invars[0])
         ):
             # linear over the reals only: a complex seed would take imag(I) for 0
+            raise NotLinear(f"the primitive {name!r} of a varying complex value {where}")
+        if (name == "imag" and is_complex(eqn.invars[0])) or _inverse_real_dft(eqn):
+            # linear over the reals only, also of a complex value made from a real
+            # cotangent (imag(c g), irfft(rfft(g))): the matrix the rule's operators
+            # compose to is not the map's (its transpose's to_dense, diagonal and trace
+            # were wrong), so no matrix stands for the rule; an inverse real DFT reads a
+            # half spectrum as a Hermitian whole (drops the imaginary parts of its ends)
             raise NotLinear(f"the primitive {name!r} of a varying complex value {where}")
         if name in ADDITIVE and any(map(nonzero, _floats(ins, in_ops))):
             # a constant added in (g + 0.1 x) makes the rule affine, not linear (a traced
