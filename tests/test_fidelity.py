@@ -465,6 +465,22 @@ def test_a_backward_rule_through_complex_values_is_jax_s(name):
         np.testing.assert_allclose(J.trace(), jnp.trace(expected), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("name", list(REAL_LINEAR_BACKWARD_RULES))
+def test_the_transpose_of_a_jacobian_through_complex_values_is_jax_s(name):
+    """The same maps in a forward program: ``J.transpose()`` is ``jax.jacfwd``'s matrix
+    transposed, in its matrix, products and diagonal (a complex scale is not moved across
+    the transpose of a map from real tangents)."""
+    h = REAL_LINEAR_BACKWARD_RULES[name]
+    f = lambda x: jnp.sin(h(x)) * 2  # noqa: E731
+    x, v = jnp.array([0.5, 1.5, -2.5, 3.5]), jnp.array([1.0, 2.0, -1.0, 0.5])
+    expected = jax.jacfwd(f)(x).T
+    T = mj.jacobian(f)(x).transpose()
+    np.testing.assert_allclose(T.to_dense(), expected, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(T.mv(v), expected @ v, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(T.vm(v), v @ expected, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(T.diagonal(), jnp.diag(expected), rtol=1e-12, atol=1e-14)
+
+
 LINEAR_RULES_IN_A_LOOP = {
     "a fori_loop": lambda r, g: lax.fori_loop(0, 3, lambda i, a: 0.5 * a, g),
     "a scan over g": lambda r, g: lax.scan(lambda c, gi: (c + gi, c + gi), 0.0, g)[1],
