@@ -369,7 +369,7 @@ def _is_standard_output(path: str | None) -> bool:
     """Whether ``path`` is the file standard output writes (``/dev/stdout``, or the file
     it was redirected to): written as ``-``, since writing it as a file truncated the
     table before it and put "wrote PATH" inside it. The null device is left a path."""
-    if not path or path == "-" or sys.stdout is None:
+    if not path or path == "-":
         return False
     try:
         target, out = os.stat(path), os.fstat(sys.stdout.fileno())

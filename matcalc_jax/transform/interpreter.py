@@ -330,19 +330,13 @@ class Context:
             raise NotLinear(f"a sort by a varying key {where}")
         if adds_a_constant(eqn):
             raise NotLinear(f"the primitive {name!r} with a fill value {where}")
-        if (
-            self.complex_cotangent
-            and name in ("real", "imag", "conj")
-            and is_complex(eqn.invars[0])
-        ):
-            # linear over the reals only: a complex seed would take imag(I) for 0
-            raise NotLinear(f"the primitive {name!r} of a varying complex value {where}")
-        if (name == "imag" and is_complex(eqn.invars[0])) or _inverse_real_dft(eqn):
-            # linear over the reals only, also of a complex value made from a real
-            # cotangent (imag(c g), irfft(rfft(g))): the matrix the rule's operators
-            # compose to is not the map's (its transpose's to_dense, diagonal and trace
-            # were wrong), so no matrix stands for the rule; an inverse real DFT reads a
-            # half spectrum as a Hermitian whole (drops the imaginary parts of its ends)
+        # linear over the reals only, so that no matrix of the rule stands for it: real and
+        # conj of a complex cotangent (a complex seed would take imag(I) for 0); imag of any
+        # complex value, one made from a real cotangent too (imag(c g): the matrix the
+        # operators compose to is not the map's); an inverse real DFT, which reads a half
+        # spectrum as a Hermitian whole (drops the imaginary parts of its ends)
+        over_the_reals = name == "imag" or (self.complex_cotangent and name in ("real", "conj"))
+        if (over_the_reals and is_complex(eqn.invars[0])) or _inverse_real_dft(eqn):
             raise NotLinear(f"the primitive {name!r} of a varying complex value {where}")
         if name in ADDITIVE and any(map(nonzero, _floats(ins, in_ops))):
             # a constant added in (g + 0.1 x) makes the rule affine, not linear (a traced

@@ -117,7 +117,8 @@ def report_lines(report: Report, *, wide: bool = False, width: int = 100) -> lis
             f"{check.error:.3e} > tolerance {check.tolerance:.1e} {check.detail}".rstrip()
         )
     passed = sum(report.rule_passed(r) for r in report.rule_ids)
-    rules, checks = counted(len(report.rule_ids), "rule"), counted(len(report.checks), "check")
-    lines.append(f"{passed} of {rules} {'passes' if rules == '1 rule' else 'pass'} ({checks})")
+    count = len(report.rule_ids)
+    rules, checks = counted(count, "rule"), counted(len(report.checks), "check")
+    lines.append(f"{passed} of {rules} {'passes' if count == 1 else 'pass'} ({checks})")
     lines.append(verdict(report))
     return lines
