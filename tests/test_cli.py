@@ -770,12 +770,21 @@ _VERIFY_EXP = ["verify", "--rules", "exp", "--dtype", "float32", "--sizes", "2",
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 @pytest.mark.parametrize(
     "argv",
-    [_VERIFY_EXP, [*_VERIFY_EXP, "--json", "-"], ["list"], ["list", "--wide"]],
-    ids=["verify table", "verify json", "list", "list wide"],
+    [
+        _VERIFY_EXP,
+        [*_VERIFY_EXP, "--json", "-"],
+        ["list"],
+        ["list", "--wide"],
+        ["--help"],
+        ["verify", "--help"],
+        ["docs", "--help"],
+    ],
+    ids=["verify table", "verify json", "list", "list wide", "help", "verify help", "docs help"],
 )
 def test_a_full_standard_output_is_one_line_and_exit_2(argv):
     """``verify > /dev/full`` (and ``list > /dev/full``): a passing run ended in an
-    ``OSError`` traceback, exit 1."""
+    ``OSError`` traceback, exit 1; ``--help > /dev/full`` exited 0, having written nothing
+    (argparse drops a failed write)."""
     with open("/dev/full", "w") as full:
         done = subprocess.run(
             [sys.executable, "-m", "matcalc_jax", *argv],
@@ -783,8 +792,9 @@ def test_a_full_standard_output_is_one_line_and_exit_2(argv):
         )  # fmt: skip
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+    named = "--help" if "--help" in argv else argv[0]
     assert done.stderr.splitlines()[-1] == (
-        f"matcalc-jax: error: {argv[0]}: cannot write to standard output (No space left on device)"
+        f"matcalc-jax: error: {named}: cannot write to standard output (No space left on device)"
     )
 
 

@@ -465,13 +465,16 @@ def test_a_backward_rule_through_complex_values_is_jax_s(name):
         np.testing.assert_allclose(J.trace(), jnp.trace(expected), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("last", [False, True], ids=["inside", "last"])
 @pytest.mark.parametrize("name", list(REAL_LINEAR_BACKWARD_RULES))
-def test_the_transpose_of_a_jacobian_through_complex_values_is_jax_s(name):
+def test_the_transpose_of_a_jacobian_through_complex_values_is_jax_s(name, last):
     """The same maps in a forward program: ``J.transpose()`` is ``jax.jacfwd``'s matrix
     transposed, in its matrix, products and diagonal (a complex scale is not moved across
-    the transpose of a map from real tangents)."""
+    the transpose of a map from real tangents). With the map last, its transpose comes
+    first in ``J^T``: the matrix of ``imag(c sin(x))^T`` was 0 (the transpose of a map
+    with no complex matrix was read from that map's matrix on real tangents)."""
     h = REAL_LINEAR_BACKWARD_RULES[name]
-    f = lambda x: jnp.sin(h(x)) * 2  # noqa: E731
+    f = (lambda x: h(jnp.sin(x) * 2)) if last else (lambda x: jnp.sin(h(x)) * 2)
     x, v = jnp.array([0.5, 1.5, -2.5, 3.5]), jnp.array([1.0, 2.0, -1.0, 0.5])
     expected = jax.jacfwd(f)(x).T
     T = mj.jacobian(f)(x).transpose()

@@ -4,6 +4,7 @@ solve. Every operator type of the package appears here (a new type without a cas
 ``test_every_operator_type_has_a_case``)."""
 
 import inspect
+import math
 import sys
 
 import chex
@@ -318,10 +319,28 @@ def test_transpose_is_the_transpose_of_the_map(name):
     chex.assert_trees_all_close(t.mv(u), op.vm(u), rtol=1e-12, atol=0)
     chex.assert_trees_all_close(t.vm(v), op.mv(v), rtol=1e-12, atol=0)
     expected = swap_out_in(op.to_dense("numerator"), len(op.out_shape))
+    if not op.complex_linear():  # no complex matrix stands for op (Im w): J^T e_i = vm(e_i)
+        units = jnp.eye(math.prod(op.out_shape), dtype=op.dtype).reshape(-1, *op.out_shape)
+        rows = jnp.stack([op.vm(e) for e in units])  # (out, *in)
+        expected = jnp.moveaxis(rows.reshape(len(units), -1), 0, -1).reshape(t.to_dense().shape)
     chex.assert_trees_all_close(t.to_dense("numerator"), expected, rtol=1e-12, atol=0)
     chex.assert_trees_all_close(op.T.T.to_dense(), op.to_dense(), rtol=1e-12, atol=0)
     assert t.layout == op.layout  # the layout is an arrangement, not part of the map
     chex.assert_trees_all_close(jax.jit(lambda o: o.T.to_dense())(op), t.to_dense())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_complex_vector_meets_a_real_operator_as_its_matrix(name):
+    """A real matrix is complex-linear: J (a + ib) = J a + i J b, and so for vm; a
+    ``LowRank`` or ``DiagonalPlusLowRank`` cast its mv to its own dtype and dropped the
+    imaginary part (the transpose of softmax o (c J) had a real matrix)."""
+    op = CASES[name]()
+    if jnp.issubdtype(op.dtype, jnp.complexfloating) or not op.complex_linear():
+        pytest.skip("a complex or only real-linear operator")
+    for method, shape in ((op.mv, op.in_shape), (op.vm, op.out_shape)):
+        a, b = _normal(53, shape), _normal(54, shape)
+        expected = method(a) + 1j * method(b)
+        chex.assert_trees_all_close(method(a + 1j * b), expected, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -342,7 +361,9 @@ def test_scaling_sum_and_negation_are_the_dense_ones(name):
     np.testing.assert_allclose(_matrix(2.5 * op), 2.5 * dense, rtol=1e-14)
     np.testing.assert_allclose(_matrix(-op), -dense, rtol=1e-14)
     np.testing.assert_allclose(_matrix(op + op), 2 * dense, rtol=1e-14)
-    np.testing.assert_allclose(_matrix((op * 3.0).T), 3.0 * dense.T, rtol=1e-14)
+    # of a map no complex matrix stands for (Im w), the transpose's matrix is not dense.T
+    transposed = dense.T if op.complex_linear() else _matrix(op.T)
+    np.testing.assert_allclose(_matrix((op * 3.0).T), 3.0 * transposed, rtol=1e-14)
 
 
 @pytest.mark.parametrize("name", sorted(SQUARE))
@@ -695,17 +716,70 @@ def test_an_eager_product_or_dense_matrix_is_one_program():
         (lambda: mj.Kronecker(jnp.ones(3), jnp.ones((2, 2))), r"Kronecker\(A, B\): A must be"),
         (lambda: mj.BlockDiagonal(jnp.ones((2, 2))), r"blocks must have shape \(N, n, m\)"),
         (lambda: mj.LowRank(jnp.ones((3, 1)), jnp.ones((3, 2))), r"the same rank axis"),
+        (
+            lambda: mj.Scaled(jnp.array([1.0, 2.0, 3.0]), mj.Dense(jnp.ones((3, 3)), 1)),
+            r"Scaled\(scale, operator\): scale must be a number .* got shape \(3,\)",
+        ),
+        (
+            lambda: mj.WeightedGram(jnp.ones((4, 2)), jnp.ones(3)),
+            r"WeightedGram\(X, weights\): weights must be a number or of shape \(4,\)",
+        ),
+        (
+            lambda: mj.WeightedGram(jnp.ones(4), jnp.ones(4)),
+            r"WeightedGram\(X, weights\): X must be a matrix \(n, d\); got shape \(4,\)",
+        ),
+        (
+            lambda: mj.DiagonalPlusLowRank(
+                jnp.ones((2, 2)), jnp.ones((2, 2, 1)), jnp.ones((2, 2, 1))
+            ),
+            r"DiagonalPlusLowRank\(values, U, V\): values must be a vector",
+        ),
+        (
+            lambda: mj.DiagonalPlusLowRank(jnp.ones(3), jnp.ones((3, 1)), jnp.ones((3, 2))),
+            r"got shapes \(3,\), \(3, 1\) and \(3, 2\)",
+        ),
     ],
-    ids=["Kronecker of a vector", "BlockDiagonal of a matrix", "LowRank of two ranks"],
+    ids=[
+        "Kronecker of a vector",
+        "BlockDiagonal of a matrix",
+        "LowRank of two ranks",
+        "Scaled by a vector",
+        "WeightedGram with too few weights",
+        "WeightedGram of a vector",
+        "DiagonalPlusLowRank of a matrix",
+        "DiagonalPlusLowRank of two ranks",
+    ],
 )
 def test_constructors_refuse_factors_of_the_wrong_rank(make, said):
     """They built operators of nonsense shapes (a Kronecker of a vector A) or failed deep
-    inside einsum when used; a batch of operators (jax.vmap returning one) still builds."""
+    inside einsum when used (a DiagonalPlusLowRank of 2-d values); a Scaled by a vector had
+    an mv that scaled rows and a matrix that scaled columns. A batch of operators (jax.vmap
+    returning one) still builds."""
     with pytest.raises(ValueError, match=said):
         make()
     batched = jax.vmap(lambda a: mj.Kronecker(a, a))(jnp.ones((3, 2, 2)))
     assert batched.A.shape == (3, 2, 2)
     assert jax.vmap(lambda b: mj.BlockDiagonal(b).trace())(jnp.ones((4, 2, 3, 3))).shape == (4,)
+    scaled = jax.vmap(lambda c: mj.Scaled(c, mj.Dense(jnp.eye(2), 1)).trace())(jnp.arange(3.0))
+    np.testing.assert_allclose(scaled, 2 * jnp.arange(3.0))
+    low_rank = jax.vmap(lambda d: mj.DiagonalPlusLowRank(d, d[:, None], d[:, None]).trace())
+    np.testing.assert_allclose(low_rank(jnp.ones((4, 3))), jnp.full(4, 6.0))
+
+
+def test_a_weighted_gram_with_one_weight_is_that_weight_for_every_row():
+    """``WeightedGram(A, 2)``, as the docs write the least-squares Hessian: its ``mv`` was
+    right, but ``to_dense``, ``diagonal``, ``trace`` and ``logdet`` failed inside indexing or
+    einsum."""
+    A = _normal(0, (5, 3))
+    expected = 2 * A.T @ A
+    for weight in (2.0, jnp.array(2.0), 2):
+        G = mj.WeightedGram(A, weight)
+        assert G.weights.shape == (5,)
+        np.testing.assert_allclose(G.to_dense(), expected, rtol=1e-6)
+        np.testing.assert_allclose(G.mv(jnp.ones(3)), expected @ jnp.ones(3), rtol=1e-6)
+        np.testing.assert_allclose(G.diagonal(), jnp.diag(expected), rtol=1e-6)
+        np.testing.assert_allclose(G.trace(), jnp.trace(expected), rtol=1e-6)
+        np.testing.assert_allclose(G.logdet(), jnp.linalg.slogdet(expected)[1], rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -723,11 +797,13 @@ def test_a_complex_scale_of_a_real_jacobian_transposes_as_jax_does(f):
         (1j * J, lambda v: 1j * J.mv(v)),
         (J * (2 - 1j), lambda v: (2 - 1j) * J.mv(v)),
         (((1 + 2j) * J) @ softmax, lambda v: (1 + 2j) * J.mv(softmax.mv(v))),
+        ((1 + 2j) * mj.Dense(J.to_dense(), 1), lambda v: (1 + 2j) * J.mv(v)),
     ]:
         expected = jax.vjp(apply, x)[1](u)[0]
-        actual = op.vm(u)
-        assert actual.dtype == expected.dtype == jnp.float64
-        np.testing.assert_allclose(actual, expected, atol=1e-15)
+        for actual in (op.vm(u), op.T.mv(u)):  # the transpose's mv was J^T (c u), complex
+            assert actual.dtype == expected.dtype == jnp.float64
+            np.testing.assert_allclose(actual, expected, atol=1e-15)
+        np.testing.assert_allclose(op.T.to_dense(), op.to_dense().T, atol=1e-15)
 
 
 _DENSIFIED = []

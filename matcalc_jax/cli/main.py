@@ -1138,9 +1138,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
 
 
+def _parsed(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``: a usage error exits 2 there, with argparse's message. Its
+    ``--help`` text goes through the stdout guard (argparse drops a failed write, so
+    ``--help > /dev/full`` exited 0 having written nothing). A closed stdout is refused by
+    the command's own guard, which names the command (argparse writes ``--help`` to stderr
+    then)."""
+    if sys.stdout is None:
+        return parser.parse_args(argv)
+    try:
+        with _stdout_guarded():
+            try:
+                return parser.parse_args(argv)
+            except SystemExit:
+                sys.stdout.flush()
+                raise
+    except StdoutUnwritableError as error:
+        _stdout_to_devnull()
+        print(f"matcalc-jax: error: --help: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)  # a usage error exits 2 here, with argparse's message
+    args = _parsed(parser, argv)
     args.interrupts = interrupts = Interrupts()
     try:
         with interrupts, _jax_options_given_back(), _stdout_guarded():

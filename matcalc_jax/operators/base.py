@@ -111,6 +111,33 @@ READ_AS_ONE = (
 )  # fmt: skip
 
 
+#: The products a real operator extends to complex vectors (``complex_extended``).
+COMPLEX_EXTENDED = ("mv", "vm")
+
+
+def complex_extended(method: Callable) -> Callable:
+    """``method(op, vector)`` (``mv``, ``vm``) of a real, complex-linear operator on a complex
+    vector as its matrix acts on one: J (a + ib) = J a + i J b. Written for real vectors, a
+    method may cast its result to the operator's real dtype and drop the imaginary part
+    (``DiagonalPlusLowRank``), or run a JAX program of real tangents."""
+    if getattr(method, "complex_extended", False):
+        return method
+
+    @functools.wraps(method)
+    def run(self: Any, vector: ArrayLike) -> Array:
+        if (
+            jnp.iscomplexobj(vector)
+            and not jnp.issubdtype(self.dtype, jnp.complexfloating)
+            and self.complex_linear()
+        ):
+            real, imaginary = method(self, jnp.real(vector)), method(self, jnp.imag(vector))
+            return real + 1j * imaginary
+        return method(self, vector)
+
+    run.complex_extended = True  # type: ignore[attr-defined]
+    return run
+
+
 def one_program_when_eager(method: Callable) -> Callable:
     """``method(op, *arrays)`` as one compiled program when called on concrete arrays.
 
@@ -312,6 +339,8 @@ def pytree(
             _register_as_graph(cls, *data, meta)
         else:
             _register_with_ranks(cls, data, meta)
+        for name in COMPLEX_EXTENDED:
+            setattr(cls, name, complex_extended(getattr(cls, name)))
         for name in EAGER_AS_ONE_PROGRAM:
             setattr(cls, name, one_program_when_eager(getattr(cls, name)))
         return cls
@@ -1014,6 +1043,14 @@ class Transposed(JacobianOperator):
         return self.operator.mv(cotangent)
 
     def _numerator(self) -> Array:
+        if not self.operator.complex_linear():
+            # no complex matrix stands for the map (Im w, conj w, an inverse real DFT:
+            # their matrix on real tangents is not their transpose's): the columns are
+            # the transpose applied to the unit cotangents, J^T e_i = (e_i^T J)^T
+            n = size_of(self.in_shape)
+            basis = jnp.eye(n, dtype=self.operator.dtype).reshape((n, *self.in_shape))
+            columns = jax.vmap(self.mv)(basis).reshape(n, size_of(self.out_shape))
+            return jnp.moveaxis(columns, 0, -1).reshape(self.out_shape + self.in_shape)
         return from_numerator(
             self.operator._numerator(), len(self.operator.out_shape), "denominator"
         )
@@ -1082,6 +1119,13 @@ class Scaled(JacobianOperator):
     scale: Array
     operator: JacobianOperator
 
+    def __post_init__(self) -> None:
+        if isinstance(self.operator, JacobianOperator) and np.ndim(self.scale) != 0:
+            raise ValueError(
+                f"Scaled(scale, operator): scale must be a number (a 0-d array); got shape "
+                f"{tuple(np.shape(self.scale))} (rows scaled by d: Diagonal(d) @ J)"
+            )
+
     layout = property(lambda self: self.operator.layout)  # type: ignore[assignment]
     out_shape = property(lambda self: self.operator.out_shape)
     in_shape = property(lambda self: self.operator.in_shape)
@@ -1115,9 +1159,10 @@ class Scaled(JacobianOperator):
     def transpose(self) -> JacobianOperator:
         # (c X)^T = c X^T for a complex c only where X is complex-linear on complex
         # tangents: not for a real part, nor for a map from real tangents (x + 0i, a real
-        # DFT), whose transpose keeps the real part: Re(X^T (c u)) is not c Re(X^T u)
+        # DFT, a real X itself, which c makes complex), whose transpose keeps the real
+        # part: Re(X^T (c u)) is not c Re(X^T u)
         if jnp.iscomplexobj(self.scale) and not (
-            self.operator.complex_linear() and not self.operator.real_to_complex
+            self.operator.complex_linear() and not self.real_to_complex
         ):
             return Transposed(self)
         return Scaled(self.scale, self.operator.transpose())

@@ -15,7 +15,8 @@ from matcalc_jax.operators.base import JacobianOperator, check_tangent, pytree
 
 @pytree(("X", "weights"), ("layout",))
 class WeightedGram(JacobianOperator):
-    """X^T diag(w) X for X of shape (n, d) and weights w of shape (n,): a (d, d) symmetric map.
+    """X^T diag(w) X for X of shape (n, d) and weights w of shape (n,) (or one number for every
+    row, as in ``WeightedGram(A, 2)``): a (d, d) symmetric map.
 
     The Hessians of logistic regression (w = s(1 - s)) and of least squares (w = 2) have this
     form. It is never multiplied out unless asked: ``mv`` is X^T (w * (X v)), two
@@ -33,6 +34,21 @@ class WeightedGram(JacobianOperator):
     X: Array
     weights: Array
     layout: Layout = "numerator"
+
+    def __post_init__(self) -> None:
+        rows = tuple(jnp.shape(self.X))[:1]
+        if jnp.ndim(self.X) != 2:
+            raise ValueError(
+                f"WeightedGram(X, weights): X must be a matrix (n, d); got shape "
+                f"{tuple(jnp.shape(self.X))}"
+            )
+        if jnp.ndim(self.weights) == 0:  # one weight for every row: X^T X w
+            object.__setattr__(self, "weights", jnp.broadcast_to(self.weights, rows))
+        elif tuple(jnp.shape(self.weights)) != rows:
+            raise ValueError(
+                f"WeightedGram(X, weights): weights must be a number or of shape {rows} (one "
+                f"per row of X); got shape {tuple(jnp.shape(self.weights))}"
+            )
 
     @property
     def out_shape(self) -> tuple[int, ...]:

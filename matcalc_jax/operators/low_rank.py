@@ -100,6 +100,18 @@ class DiagonalPlusLowRank(JacobianOperator):
     V: Array
     layout: Layout = "numerator"
 
+    def __post_init__(self) -> None:
+        shapes = [tuple(jnp.shape(a)) for a in (self.values, self.U, self.V)]
+        n = shapes[0][:1]
+        if not (
+            len(shapes[0]) == 1 and len(shapes[1]) == 2 and n == shapes[1][:1] == shapes[2][:1]
+            and shapes[1] == shapes[2]
+        ):  # fmt: skip
+            raise ValueError(
+                "DiagonalPlusLowRank(values, U, V): values must be a vector (n,) and U, V "
+                f"matrices (n, r); got shapes {shapes[0]}, {shapes[1]} and {shapes[2]}"
+            )
+
     @property
     def out_shape(self) -> tuple[int, ...]:
         return tuple(self.values.shape)

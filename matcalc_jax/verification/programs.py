@@ -367,10 +367,15 @@ class ProgramCache:
         killed mid-write): ``.KEY.PID.THREAD.tmp`` whose process is gone from this
         machine. Another live run's are left to it."""
         for path in self.directory.glob(".*.tmp"):
-            parts = path.name.split(".")  # "", key, pid, thread, "tmp"
+            parts = path.name.split(".")  # see _temporary: "", key, pid, thread, "tmp"
             if len(parts) == 5 and parts[2].isdigit() and not _alive(int(parts[2])):
                 with contextlib.suppress(OSError):
                     path.unlink()
+
+    def _temporary(self, key: str) -> Path:
+        """Where this thread writes ``key`` before renaming it: ``.KEY.PID.THREAD.tmp``
+        (``_remove_leftovers`` reads the writer's process id from it)."""
+        return self.directory / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
 
     def _key(
         self, kind: str, name: tuple, arguments: Any = None, options: dict | None = None
@@ -416,7 +421,7 @@ class ProgramCache:
 
     def _write(self, key: str, body: bytes) -> None:
         data = MAGIC + key.encode() + b"\n" + hashlib.sha256(body).hexdigest().encode() + b"\n"
-        temporary = self.directory / f".{key}.{os.getpid()}.{threading.get_ident()}.tmp"
+        temporary = self._temporary(key)
         try:
             temporary.write_bytes(data + body)
             os.replace(temporary, self.directory / key)
