@@ -3,6 +3,8 @@ before JAX reads them, and the run passes without warnings."""
 
 import json
 import os
+import subprocess
+import sys
 
 from matcalc_jax.cli import cache
 
@@ -151,3 +153,49 @@ def test_one_cache_directory_spelled_two_ways_is_one_cache(tmp_path):
     run_verify(argv, f"{tmp_path}/./rel/../rel/")
     assert len(entries) > 1  # the run's compiles and their manifest
     assert set(os.listdir(tmp_path / "rel" / "xla")) == entries
+
+
+def test_an_earlier_run_s_size_estimates_are_read_and_kept_by_rule(tmp_path):
+    """``verify`` keeps ``case_bytes``'s estimates beside its caches (a warm run traced 159
+    rules' shapes again, its first 1.3 s). Each rule keeps its latest code's alone; a
+    damaged file is read as none."""
+    read = {"exp|old|2|jax 1": 10, "log|d1|2|jax 1": 20}
+    known = {**read, "exp|new|2|jax 1": 11, "exp|new|4|jax 1": 12}
+    cache.keep_entries(tmp_path, known, read)
+    kept = cache.read_entries(tmp_path)
+    assert kept == {"log|d1|2|jax 1": 20, "exp|new|2|jax 1": 11, "exp|new|4|jax 1": 12}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    (tmp_path / cache.ENTRIES).write_text('{"exp|new|2|jax 1": -3, "a": true, "b": 5')
+    assert cache.read_entries(tmp_path) == {}
+    (tmp_path / cache.ENTRIES).write_text('{"exp|new|2|jax 1": -3, "a": true, "b": 5}')
+    assert cache.read_entries(tmp_path) == {"b": 5}
+    assert cache.read_entries(tmp_path / "absent") == {}
+
+
+def test_a_kept_size_estimate_is_the_one_verify_refuses_by(tmp_path):
+    """The estimate in the cache directory is the one used, for the rule's present code
+    only: an estimate of 2**40 entries for ``exp`` at size 2 refuses that request (exit 2),
+    the same estimate under another digest is not read, and a damaged file is none."""
+    import matcalc_jax as mj
+    from matcalc_jax.verification import harness
+
+    key = harness.entries_key(mj.rule("exp"), 2)
+    argv = ["--rules", "exp", "--dtype", "float32", "--sizes", "2"]
+    directory = tmp_path / "cache"
+    directory.mkdir()
+    stale = key.replace(key.split("|")[1], "0" * 64)
+    (directory / cache.ENTRIES).write_text(json.dumps({stale: 2**40}))
+    run_verify(argv, directory)
+    kept = cache.read_entries(directory)
+    assert kept[key] < 100 and stale not in kept  # estimated from the shapes, and kept
+    (directory / cache.ENTRIES).write_text(json.dumps({key: 2**40}))
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    done = subprocess.run(
+        [sys.executable, "-m", "matcalc_jax", "verify", *argv, "--cache-dir", str(directory)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "rule 'exp' at size 2 (float32) needs about" in done.stderr
+    (directory / cache.ENTRIES).write_text("{damaged")
+    run_verify(argv, directory)
+    assert cache.read_entries(directory)[key] == kept[key]

@@ -83,3 +83,52 @@ def record(directory: str | os.PathLike) -> None:
     except OSError:  # a read-only cache: nothing vouched for, entries dropped next time
         with contextlib.suppress(OSError):
             temporary.unlink()
+
+
+#: The file, in ``verify``'s cache directory, of the case sizes an earlier run estimated.
+ENTRIES = "case-entries.json"
+
+
+def read_entries(directory: str | os.PathLike) -> dict[str, int]:
+    """The estimates ``case_bytes`` kept in ``directory`` (``harness.KNOWN_ENTRIES``); empty
+    when the file is absent, unreadable or not a mapping of keys to entry counts. Reads
+    only: nothing is made (a refused request leaves no cache behind)."""
+    try:
+        data = json.loads((Path(directory) / ENTRIES).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        key: value
+        for key, value in data.items()
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    }
+
+
+def keep_entries(directory: str | os.PathLike, known: dict[str, int], read: dict[str, int]) -> None:
+    """Write ``known`` to ``directory`` (temporary file, then rename) when it holds more than
+    was ``read``: each rule's estimates from its latest code only (a key's first part is the
+    rule's id, its second the record's digest), so that the file does not grow with every
+    change of a rule."""
+    if known.items() <= read.items():
+        return
+    latest = dict(_rule_and_digest(key) for key in known.keys() - read.keys())
+    kept = {}
+    for key, value in known.items():
+        rule, digest = _rule_and_digest(key)
+        if latest.get(rule, digest) == digest:
+            kept[key] = value
+    temporary = Path(directory) / f".{ENTRIES}.{os.getpid()}.tmp"
+    try:
+        temporary.write_text(json.dumps(kept, sort_keys=True), encoding="utf-8")
+        os.replace(temporary, Path(directory) / ENTRIES)
+    except OSError:  # a read-only cache: estimated again next time
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+
+
+def _rule_and_digest(key: str) -> tuple[str, str]:
+    """A ``harness.entries_key``'s rule id and record digest."""
+    rule, _, rest = key.partition("|")
+    return rule, rest.partition("|")[0]

@@ -427,6 +427,7 @@ def _write(args: argparse.Namespace, option: str, path: str, text: str, note: An
 
 def _verify(args: argparse.Namespace) -> int:
     from matcalc_jax.cli import cache
+    from matcalc_jax.verification import harness
     from matcalc_jax.verification.harness import DTYPES, checked_dtypes, checked_request
 
     dtypes = list(checked_dtypes(_dtypes(args) or DTYPES))
@@ -437,11 +438,15 @@ def _verify(args: argparse.Namespace) -> int:
     if args.rules is not None and not _split(args.rules):
         raise ValueError("verify: --rules names no rule; expected ids (matcalc-jax list)")
     # the whole request (rule ids, sizes, the memory limit) is checked before the cache is
-    # opened: a usage error neither creates nor repairs a cache
+    # opened: a usage error neither creates nor repairs a cache (an earlier run's size
+    # estimates are read from it, if it is there)
+    read = {} if args.no_cache else cache.read_entries(_cache_directory_named(args))
+    harness.KNOWN_ENTRIES.update(read)
     checked_request(_split(args.rules), dtypes, args.sizes, args.seed, _max_bytes(args))
     directory = None if args.no_cache else _made_cache_directory(args)
     if directory is None:
         return _run_verify(args, dtypes, None)
+    cache.keep_entries(directory, harness.KNOWN_ENTRIES, read)
     jax_cache = _enable_compilation_cache(directory / "xla")
     try:
         with _cache_write_warnings_left_out():
@@ -457,6 +462,12 @@ def _printable(path: str) -> str:
     """``path`` as any stream can print it: bytes the locale could not decode (surrogates)
     written as escapes."""
     return path.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _cache_directory_named(args: argparse.Namespace) -> Path:
+    """``verify``'s cache directory as given (``--cache-dir``, else ``cache_directory()``),
+    neither made nor resolved."""
+    return Path(args.cache_dir) if args.cache_dir else cache_directory()
 
 
 def _made_cache_directory(args: argparse.Namespace) -> Path | None:
