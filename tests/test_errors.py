@@ -325,3 +325,21 @@ def test_a_transform_of_something_not_callable_says_so_when_made(make, said):
     with pytest.raises(TypeError) as raised:
         make()
     assert said in str(raised.value)
+
+
+def _while_loop_sum(x):
+    step = lambda c: (jnp.sin(c[0]), c[1] + 1)  # noqa: E731
+    return jax.lax.while_loop(lambda c: c[1] < 3, step, (x, 0))[0].sum()
+
+
+@pytest.mark.parametrize("transform", [mj.hessian, mj.laplacian], ids=["hessian", "laplacian"])
+def test_a_second_derivative_through_a_while_loop_names_the_transform(transform):
+    """JAX's reverse mode cannot run a while_loop: the error was JAX's alone, naming neither
+    the transform nor the function; it now says which and why, JAX's words kept."""
+    with pytest.raises(ValueError) as raised:
+        transform(_while_loop_sum)(jnp.ones(3))
+    message = str(raised.value)
+    assert message.startswith(
+        f"matcalc_jax.{transform.__name__}: jax.grad(_while_loop_sum), whose Jacobian the "
+        "Hessian is, cannot be built: Reverse-mode differentiation does not work"
+    ), message

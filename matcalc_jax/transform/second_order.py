@@ -481,7 +481,20 @@ def _hessian_at(
     """``hessian(program)(*args)`` for arguments already checked and the output's shapes
     ``out`` already read (``jax.eval_shape``)."""
     _check_scalar(what, name, out[0] if has_aux else out, role)
-    gradient = jax.grad(program, argnums, has_aux=has_aux)
+    grad = jax.grad(program, argnums, has_aux=has_aux)
+
+    @functools.wraps(grad)
+    def gradient(*arguments: Any) -> Any:
+        try:
+            return grad(*arguments)
+        except (ValueError, TypeError, NotImplementedError) as error:
+            # f itself traced already (its shapes): what fails here is JAX's reverse mode
+            # (a while_loop, a fori_loop with traced bounds), whose message names neither
+            raise type(error)(
+                f"matcalc_jax.{what}: jax.grad({name}), whose Jacobian the Hessian is, "
+                f"cannot be built: {error}"
+            ) from error
+
     result = first_order.jacobian(gradient, argnums, has_aux=has_aux, ravel=ravel)(*args)
     H, aux = result if has_aux else (result, None)
     H = jax.tree_util.tree_map(simplify, H, is_leaf=is_operator)
