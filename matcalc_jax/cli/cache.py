@@ -73,14 +73,21 @@ def record(directory: str | os.PathLike) -> None:
     directory = Path(directory)
     digests = {path.name: _digest(path) for path in _entries(directory)}
     text = json.dumps({name: d for name, d in digests.items() if d is not None})
-    temporary = directory / f".{MANIFEST}.{os.getpid()}.tmp"
     manifest = directory / MANIFEST
     if manifest.is_dir() and not manifest.is_symlink():  # not ours to read: make way
         shutil.rmtree(manifest, ignore_errors=True)
+    # a read-only cache: nothing vouched for, entries dropped next time
+    _write_whole(manifest, text)
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """``text`` into ``path`` by a temporary file and a rename: whole or absent (a reader
+    never sees half of it); nothing written where the directory is read-only."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, manifest)
-    except OSError:  # a read-only cache: nothing vouched for, entries dropped next time
+        os.replace(temporary, path)
+    except OSError:
         with contextlib.suppress(OSError):
             temporary.unlink()
 
@@ -119,13 +126,8 @@ def keep_entries(directory: str | os.PathLike, known: dict[str, int], read: dict
         rule, digest = _rule_and_digest(key)
         if latest.get(rule, digest) == digest:
             kept[key] = value
-    temporary = Path(directory) / f".{ENTRIES}.{os.getpid()}.tmp"
-    try:
-        temporary.write_text(json.dumps(kept, sort_keys=True), encoding="utf-8")
-        os.replace(temporary, Path(directory) / ENTRIES)
-    except OSError:  # a read-only cache: estimated again next time
-        with contextlib.suppress(OSError):
-            temporary.unlink()
+    # a read-only cache: estimated again next time
+    _write_whole(Path(directory) / ENTRIES, json.dumps(kept, sort_keys=True))
 
 
 def _rule_and_digest(key: str) -> tuple[str, str]:

@@ -111,6 +111,17 @@ READ_AS_ONE = (
 )  # fmt: skip
 
 
+def matrix_of(
+    apply: Callable[[Array], Array], out_shape: tuple, in_shape: tuple, dtype: Any
+) -> Array:
+    """The numerator-layout matrix of the linear map ``apply``: its columns are ``apply`` of
+    the unit vectors of ``in_shape`` in ``dtype``, one ``jax.vmap``-ped call."""
+    n = size_of(in_shape)
+    basis = jnp.eye(n, dtype=dtype).reshape((n, *in_shape))
+    columns = jax.vmap(apply)(basis).reshape(n, size_of(out_shape))  # sizes: one may be 0
+    return jnp.moveaxis(columns, 0, -1).reshape(tuple(out_shape) + tuple(in_shape))
+
+
 #: The products a real operator extends to complex vectors (``complex_extended``).
 COMPLEX_EXTENDED = ("mv", "vm")
 
@@ -1047,10 +1058,7 @@ class Transposed(JacobianOperator):
             # no complex matrix stands for the map (Im w, conj w, an inverse real DFT:
             # their matrix on real tangents is not their transpose's): the columns are
             # the transpose applied to the unit cotangents, J^T e_i = (e_i^T J)^T
-            n = size_of(self.in_shape)
-            basis = jnp.eye(n, dtype=self.operator.dtype).reshape((n, *self.in_shape))
-            columns = jax.vmap(self.mv)(basis).reshape(n, size_of(self.out_shape))
-            return jnp.moveaxis(columns, 0, -1).reshape(self.out_shape + self.in_shape)
+            return matrix_of(self.mv, self.out_shape, self.in_shape, self.operator.dtype)
         return from_numerator(
             self.operator._numerator(), len(self.operator.out_shape), "denominator"
         )

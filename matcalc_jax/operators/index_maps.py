@@ -31,6 +31,7 @@ from matcalc_jax.operators.base import (
     check_tangent,
     composition_rule,
     keeps_width,
+    matrix_of,
     pytree,
     size_of,
 )
@@ -78,11 +79,7 @@ class Map(ShapedOperator):
         raise NotImplementedError
 
     def _numerator(self) -> Array:
-        n = size_of(self.in_shape)
-        basis = jnp.eye(n, dtype=self.dtype).reshape((n, *self.in_shape))
-        columns = jax.vmap(self._apply)(basis)  # (n, *out_shape)
-        columns = columns.reshape(n, size_of(self.out_shape))  # sizes, not -1: one may be 0
-        return jnp.moveaxis(columns, 0, -1).reshape(self.out_shape + self.in_shape)
+        return matrix_of(self._apply, self.out_shape, self.in_shape, self.dtype)
 
 
 @pytree((), ("out_sizes", "in_sizes", "dtype_name", "layout"))
