@@ -76,28 +76,35 @@ def _exp_times(a: Array, b: Array) -> Array:
     normal number. For a > K (K = half of -log of the smallest normal number, an integer)
     it is (b exp(K - a)) e^-K, where K - a is exact. 0 wherever the exponential is 0, also
     if b overflowed there."""
-    return _exp_times_and_exp(a, b)[0]
+    exponential, scale = _scaled_exp(a)
+    return _times(b, exponential) * scale
 
 
-def _exp_times_and_exp(a: Array, b: Array) -> tuple[Array, Array]:
-    """(``_exp_times`` (a, b), exp(-a)) from one exponential, exp(-a) as exp(K - a) e^-K
-    where a > K (a subnormal there may flush to 0)."""
+def _scaled_exp(a: Array) -> tuple[Array, Array]:
+    """exp(-a) for a >= 0 as a product of two normal numbers: (exp(-a), 1) where a <= K and
+    (exp(K - a), e^-K) above, K the integer part of half of -log of the dtype's smallest
+    normal number. A product or quotient formed from the first factor and multiplied by the
+    second last is never flushed as a subnormal exp(-a) would be."""
     k = float(math.floor(-math.log(float(jnp.finfo(a.dtype).tiny)) / 2))
     big = a > k
-    exponential = jnp.exp(jnp.where(big, k - a, -a))
-    product = jnp.where(exponential == 0, jnp.zeros((), a.dtype), b * exponential)
-    scale = math.exp(-k)
-    return (
-        jnp.where(big, product * scale, product),
-        jnp.where(big, exponential * scale, exponential),
-    )
+    scale = jnp.where(big, jnp.asarray(math.exp(-k), a.dtype), jnp.ones((), a.dtype))
+    return jnp.exp(jnp.where(big, k - a, -a)), scale
 
 
-def _exp_over_square(a: Array, b: Array) -> Array:
-    """b e / (1 + e)^2 with e = exp(-a), a >= 0, from one exponential (where a > K, 1 + e
-    rounds to 1 in every dtype but float16, and is right to rounding in float16)."""
-    numerator, e = _exp_times_and_exp(a, b)
-    return numerator / jnp.square(1 + e)
+def _times(b: Array | float, exponential: Array) -> Array:
+    """b exp, 0 where exp is 0 (also where b overflowed); a Python number b is finite, so
+    its product needs no guard."""
+    if isinstance(b, int | float):
+        return b * exponential
+    return jnp.where(exponential == 0, jnp.zeros((), exponential.dtype), b * exponential)
+
+
+def _exp_over_square(a: Array, b: Array | float) -> Array:
+    """b e / (1 + e)^2 with e = exp(-a), a >= 0, from one exponential, scaled after the
+    division (``_scaled_exp``): where a > K, 1 + e rounds to 1 in every dtype but float16
+    (right to rounding in float16)."""
+    exponential, scale = _scaled_exp(a)
+    return _times(b, exponential) / jnp.square(1 + exponential * scale) * scale
 
 
 def _exp_minus_abs(x: Array) -> Array:
@@ -143,7 +150,7 @@ log_sigmoid = _custom(lambda x: -_softplus_value(-x), lambda x: sigmoid(-x))
 
 def _tanh_prime_value(x: Array) -> Array:
     a = 2 * jnp.abs(x)
-    return _exp_over_square(a, jnp.asarray(4, x.dtype))
+    return _exp_over_square(a, 4)
 
 
 def _tanh_value(x: Array) -> Array:
