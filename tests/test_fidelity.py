@@ -484,6 +484,22 @@ def test_the_transpose_of_a_jacobian_through_complex_values_is_jax_s(name, last)
     np.testing.assert_allclose(T.diagonal(), jnp.diag(expected), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("name", list(REAL_LINEAR_BACKWARD_RULES))
+def test_the_transpose_through_complex_values_is_a_real_map(name):
+    """``J.T`` of a real program through complex values is a real map: its dtype said
+    complex128, so ``-J.T`` scaled by a complex -1 and returned a complex matrix and
+    products (of the right values)."""
+    h = REAL_LINEAR_BACKWARD_RULES[name]
+    f = lambda x: h(jnp.sin(x) * 2)  # noqa: E731
+    x, u = jnp.array([0.5, 1.5, -2.5, 3.5]), jnp.array([1.0, 2.0, -1.0, 0.5])
+    expected = -jax.jacfwd(f)(x).T
+    T = mj.jacobian(f)(x).T
+    assert T.dtype == jnp.float64
+    for result, reference in (((-T).to_dense(), expected), ((-T).mv(u), expected @ u)):
+        assert result.dtype == jnp.float64
+        np.testing.assert_allclose(result, reference, rtol=1e-12, atol=1e-14)
+
+
 LINEAR_RULES_IN_A_LOOP = {
     "a fori_loop": lambda r, g: lax.fori_loop(0, 3, lambda i, a: 0.5 * a, g),
     "a scan over g": lambda r, g: lax.scan(lambda c, gi: (c + gi, c + gi), 0.0, g)[1],

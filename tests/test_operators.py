@@ -330,6 +330,16 @@ def test_transpose_is_the_transpose_of_the_map(name):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
+def test_an_operator_s_dtype_is_what_its_products_return(name):
+    """``dtype`` is the dtype of ``mv``'s result, also for a transpose: ``ImaginaryPart.T``
+    maps real cotangents to complex ones, and said float64."""
+    op = CASES[name]()
+    for o in (op, op.T):
+        v = jnp.ones(o.in_shape, op.dtype)
+        assert jnp.dtype(o.dtype) == o.mv(v).dtype, (name, o is op)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_a_complex_vector_meets_a_real_operator_as_its_matrix(name):
     """A real matrix is complex-linear: J (a + ib) = J a + i J b, and so for vm; a
     ``LowRank`` or ``DiagonalPlusLowRank`` cast its mv to its own dtype and dropped the

@@ -1045,7 +1045,22 @@ class Transposed(JacobianOperator):
     layout = property(lambda self: self.operator.layout)  # type: ignore[assignment]
     out_shape = property(lambda self: self.operator.in_shape)
     in_shape = property(lambda self: self.operator.out_shape)
-    dtype = property(lambda self: self.operator.dtype)
+
+    @property
+    def dtype(self) -> Any:
+        """What ``mv`` returns: the held operator's ``vm`` of a cotangent of its dtype, as
+        ``jax.vjp`` types it (real for the transpose of a map from real tangents to complex
+        ones, complex for that of Im w, float32 for that of a cast from float32 to float16)."""
+        return kept_on(self, "dtype", lambda: jnp.dtype(jax.eval_shape(
+            self.operator.vm, jax.ShapeDtypeStruct(self.operator.out_shape, self.operator.dtype)
+        ).dtype))  # fmt: skip
+
+    def complex_linear(self) -> bool:
+        # J^T of a map from real tangents keeps a real part (JAX's pairing): J^T (i u) is
+        # not i J^T u, and no complex vector splits over it into real and imaginary parts.
+        return kept_on(self, "complex_linear", lambda: self.operator.complex_linear() and not (
+            self.operator.real_to_complex
+        ))  # fmt: skip
 
     def mv(self, tangent: ArrayLike) -> Array:
         return self.operator.vm(tangent)
