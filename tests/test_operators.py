@@ -476,7 +476,11 @@ def test_diagonal_plus_low_rank_with_a_zero_row_or_column_is_singular(side):
 SINGULAR_JACOBIANS = {
     # relu units off: a Diagonal with zeros, behind a dense layer (a Composition)
     "relu": lambda x: jax.nn.relu(x),
-    "W relu(x)": lambda x: jnp.sin(jnp.arange(16.0)).reshape(4, 4) @ jax.nn.relu(x),
+    # W of condition 3.2 (sin(arange(16)) alone has rank 2: the regular case below then
+    # compared two equal, wrong solutions)
+    "W relu(x)": lambda x: (
+        (jnp.sin(jnp.arange(16.0)).reshape(4, 4) + 2 * jnp.eye(4)) @ jax.nn.relu(x)
+    ),
 }
 
 
@@ -499,6 +503,39 @@ def test_a_singular_jacobian_solves_to_nan_everywhere(name):
     np.testing.assert_allclose(
         mj.jacobian(f)(regular).solve(b), np.linalg.solve(jax.jacfwd(f)(regular), b), rtol=1e-10
     )
+
+
+#: Jacobians singular to working precision: the LU's smallest pivot rounds to 1e-16, not 0,
+#: and ``jnp.linalg.solve`` returns a finite x of size 1e17 that does not solve J x = b.
+_RANK_2 = jnp.asarray(
+    np.random.default_rng(0).normal(size=(4, 2)) @ np.random.default_rng(1).normal(size=(2, 4))
+)
+NEARLY_SINGULAR_JACOBIANS = {
+    "A x": lambda x: _RANK_2 @ x,
+    "tanh(A x)": lambda x: jnp.tanh(_RANK_2 @ x),
+    "A sin(x)": lambda x: _RANK_2 @ jnp.sin(x),
+}
+
+
+@pytest.mark.parametrize("name", list(NEARLY_SINGULAR_JACOBIANS))
+def test_a_jacobian_singular_to_working_precision_does_not_solve_silently(name):
+    """An eager ``J.solve(b)`` of a Jacobian singular to rounding returned that finite x
+    (as ``jnp.linalg.solve`` does) where a Hessian's solve raised: it is now the same
+    ``ValueError``, naming the operator; under ``jit`` it is still the factorization's x."""
+    f = NEARLY_SINGULAR_JACOBIANS[name]
+    x, b = jnp.linspace(0.1, 0.4, 4), jnp.array([1.0, 2.0, 3.5, 1.0])
+    J = mj.jacobian(f)(x)
+    dense = np.asarray(jax.jacfwd(f)(x))
+    silent = np.linalg.solve(dense, b)
+    assert np.all(np.isfinite(silent)) and np.linalg.norm(dense @ silent - b) > 1e-3 * 4
+    with pytest.raises(ValueError, match=rf"matcalc_jax\.{type(J).__name__}\.solve: the "
+                       r"operator is singular to working precision"):  # fmt: skip
+        J.solve(b)
+    traced = jax.jit(lambda J, b: J.solve(b))(J, b)
+    assert traced.shape == (4,) and np.linalg.norm(dense @ np.asarray(traced) - b) > 1e-3
+    regular = mj.jacobian(lambda x: f(x) + 2 * x)(x)  # J + 2 I: solved, unchanged
+    np.testing.assert_allclose(regular.solve(b), np.linalg.solve(dense + 2 * np.eye(4), b),
+                               rtol=1e-10)  # fmt: skip
 
 
 def test_a_singular_block_solves_to_nan_in_each_of_its_entries():
@@ -682,13 +719,15 @@ def test_an_eager_diagonal_plus_low_rank_solve_is_one_program():
     """``solve`` and ``capacitance_condition`` of a concrete diagonal plus low rank
     operator compiled each operation on its own (Woodbury's shifts, top_k, the r x r
     solve: 2.4 s for a new n); each is now one program, with the values under ``jit``,
-    and a second call compiles nothing."""
+    and a second call compiles nothing. (An eager solve also compiles the ``mv`` its
+    check of the solution makes, a second program.)"""
     rng = np.random.default_rng(37)
     d, U, V = rng.uniform(1, 2, 37), rng.normal(size=(37, 3)), rng.normal(size=(37, 3))
     op = mj.DiagonalPlusLowRank(jnp.asarray(d), jnp.asarray(U), jnp.asarray(V))
     b = jax.device_put(rng.normal(size=37))
     expected = jax.jit(lambda o, b: (o.solve(b), o.capacitance_condition()))(op, b)
     calls = {"solve": lambda: op.solve(b), "capacitance_condition": op.capacitance_condition}
+    op.mv(b)  # the check's product, compiled apart
     assert not _one_program_each(op, calls, expected)
     assert lowerings_during(lambda: op.solve(b)) == 0
     dense = d[:, None] * np.eye(37) + U @ V.T

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import matcalc_jax as mj
+from matcalc_jax.operators import singular
 from matcalc_jax.operators.banded import Banded
-from matcalc_jax.transform import second_order
 from matcalc_jax.transform.second_order import GaussNewton, Hessian
 
 jax.config.update("jax_enable_x64", True)
@@ -471,8 +471,8 @@ def test_a_singular_solve_the_condition_bound_misses_is_an_error():
     A = Hessian(mj.jacobian(lambda x: jnp.array([[2.0, 1.0], [1.0, 3.0]]) @ x)(jnp.zeros(2)))
     wrong = lambda rhs: 3 * A.solve(rhs)  # noqa: E731  (condition 2.6; x three times too large)
     with pytest.raises(ValueError, match=r"a step of iterative refinement changes the solution"):
-        second_order._check_solution("f", "A", "A", A, b[:2], wrong(b[:2]), A.solve)
-    second_order._check_solution("f", "A", "A", A, b[:2], A.solve(b[:2]), A.solve)
+        singular.check_solution("f", "A", "A", A, b[:2], wrong(b[:2]), A.solve)
+    singular.check_solution("f", "A", "A", A, b[:2], A.solve(b[:2]), A.solve)
     weights = jnp.array([1.0, 1.0, 1.0, 1.0, 1.0, 1e-13])
     f = lambda x: jnp.sum(jnp.cosh(x) * weights) + jnp.sum(x) ** 2  # noqa: E731
     solution = mj.hessian(f)(x).solve(b)

@@ -32,6 +32,7 @@ from jax.typing import ArrayLike
 from matcalc_jax.core.chunks import assemble, check_chunk_size
 from matcalc_jax.core.layout import Layout, check_layout, from_numerator
 from matcalc_jax.core.precision import in_working_precision
+from matcalc_jax.operators.singular import check_solution
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -146,6 +147,42 @@ def complex_extended(method: Callable) -> Callable:
         return method(self, vector)
 
     run.complex_extended = True  # type: ignore[attr-defined]
+    return run
+
+
+#: Set while an eager ``solve`` runs: the solves it makes (a composite's factors, the
+#: check's own probes) are the outer solve's, checked once, by it.
+_SOLVING = threading.local()
+
+
+def checked_solve(method: Callable) -> Callable:
+    """``solve(op, rhs)`` that, called on concrete arrays, raises a ``ValueError`` for a
+    singular op (``singular.check_solution``, named by ``op.solve_names()``) instead of
+    returning the finite x that does not solve the system an LU's rounded zero pivot gives;
+    where ``op.refuses_every_singular_solve`` (a Hessian's), also for a NaN solution or a
+    condition number past 1 / (16 eps).
+    Under a trace the solution is what the factorization gives, as ``jnp.linalg.solve``."""
+    if getattr(method, "checked_solve", False):
+        return method
+
+    @functools.wraps(method)
+    def run(self: Any, rhs: ArrayLike) -> Array:
+        if getattr(_SOLVING, "inside", False):
+            return method(self, rhs)
+        _SOLVING.inside = True
+        try:
+            solution = method(self, rhs)
+            call, matrix, symbol = self.solve_names()
+            solve = functools.partial(method, self)
+            check_solution(
+                call, matrix, symbol, self, jnp.asarray(rhs), solution, solve,
+                every_singular=self.refuses_every_singular_solve,
+            )  # fmt: skip
+        finally:
+            _SOLVING.inside = False
+        return solution
+
+    run.checked_solve = True  # type: ignore[attr-defined]
     return run
 
 
@@ -354,6 +391,7 @@ def pytree(
             setattr(cls, name, complex_extended(getattr(cls, name)))
         for name in EAGER_AS_ONE_PROGRAM:
             setattr(cls, name, one_program_when_eager(getattr(cls, name)))
+        cls.solve = checked_solve(cls.solve)
         return cls
 
     return register
@@ -739,10 +777,32 @@ class JacobianOperator:
 
     def solve(self, rhs: ArrayLike) -> Array:
         """x with J x = rhs (``rhs`` of ``out_shape``, x of ``in_shape``); only for square
-        operators."""
+        operators. Where J is singular: NaN (in a singular block only, for a block diagonal
+        J) where the factorization meets an exact zero pivot; called outside ``jit``, a
+        ``ValueError`` where it would return a finite x that does not solve the system (a
+        step of iterative refinement changes it by half its norm: J singular to working
+        precision), and under ``jit`` that x, as ``jnp.linalg.solve``."""
         matrix = self._square_matrix("solve")
         rhs = check_tangent(self, "solve", rhs, self.out_shape)
         return dense_solve(matrix, rhs.reshape(-1)).reshape(self.in_shape)
+
+    def solve_names(self) -> tuple[str, str, str]:
+        """How a singular ``solve``'s error names the call, the matrix and its symbol."""
+        return type(self).__name__, "the operator", "J"
+
+    #: False where ``solve`` answers an exact zero pivot with NaN (in that block only) and
+    #: an eager solve refuses only a finite x that does not solve the system; True where it
+    #: refuses every singular system (a Hessian's, a Gauss-Newton matrix's).
+    refuses_every_singular_solve = False
+
+    #: True where x_i = b_i / d_i, right to the last digit whatever the condition number
+    #: (``Identity``, ``Diagonal``): the singular check asks no condition number of it.
+    solved_entrywise = False
+
+    def solve_structure(self) -> JacobianOperator:
+        """The operator whose structure ``solve`` uses: itself, or the one held under a scale
+        or a rounding to the program's dtypes."""
+        return self
 
     def _square_matrix(self, what: str) -> Array:
         """The dense numerator Jacobian as an (n, n) matrix, for the default rules."""
@@ -1131,6 +1191,9 @@ class Wrapped(JacobianOperator):
     def solve(self, rhs: ArrayLike) -> Array:
         return self.operator.solve(rhs)
 
+    def solve_structure(self) -> JacobianOperator:
+        return self.operator.solve_structure()
+
     def batch_axes(self) -> frozenset[tuple[int, int]]:
         return self.operator.batch_axes()
 
@@ -1205,6 +1268,9 @@ class Scaled(JacobianOperator):
 
     def solve(self, rhs: ArrayLike) -> Array:
         return self.operator.solve(rhs) / self.scale
+
+    def solve_structure(self) -> JacobianOperator:
+        return self.operator.solve_structure()
 
     def batch_axes(self) -> frozenset[tuple[int, int]]:
         return self.operator.batch_axes()

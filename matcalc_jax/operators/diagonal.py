@@ -29,6 +29,7 @@ class Diagonal(JacobianOperator):
 
     values: Array
     layout: Layout = "numerator"
+    solved_entrywise = True
 
     @property
     def out_shape(self) -> tuple[int, ...]:

@@ -25,6 +25,7 @@ class Identity(JacobianOperator):
     size_shape: tuple[int, ...]
     dtype_name: str
     layout: Layout = "numerator"
+    solved_entrywise = True
     trivial_in_composition = True
 
     @property
