@@ -2,14 +2,15 @@
 finite x that does not solve the system (what an LU's rounded zero pivot gives, as
 ``jnp.linalg.solve`` gives it). Every operator's ``solve`` runs it when called on concrete
 arrays (``base.checked_solve``); under ``jit`` the solution is what the factorization
-gives. It reads an operator through its methods alone (``logdet``, ``mv``, ``batch_axes``,
-``solve_structure``), so that ``base`` can import it."""
+gives. It reads an operator through its methods and attributes alone (``logdet``, ``mv``,
+``batch_axes``, ``solve_structure`` and its ``solved_entrywise`` or
+``capacitance_condition``), so that ``base`` can import it."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -89,7 +90,7 @@ def _refinement_says(change: float) -> str:
     )
 
 
-def _raise(call: str, matrix: str, symbol: str, how: str) -> None:
+def _raise(call: str, matrix: str, symbol: str, how: str) -> NoReturn:
     raise ValueError(
         f"matcalc_jax.{call}.solve: {matrix} is {how}; no solution of {symbol} x = rhs "
         "exists or it is not unique. Regularize it (add a multiple of the identity) or use mv."

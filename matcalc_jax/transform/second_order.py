@@ -151,6 +151,7 @@ class Hessian(Wrapped):
 
     operator: JacobianOperator
     name: str = "f"
+    refuses_every_singular_solve = True
 
     def mv(self, tangent: ArrayLike) -> Array:
         return self.operator.mv(check_tangent(self, "mv", tangent, self.in_shape))
@@ -168,8 +169,6 @@ class Hessian(Wrapped):
 
     def solve(self, rhs: ArrayLike) -> Array:
         return self.operator.solve(check_tangent(self, "solve", rhs, self.out_shape))
-
-    refuses_every_singular_solve = True
 
     def solve_names(self) -> tuple[str, str, str]:
         return f"hessian({self.name})", "the Hessian", "H"
@@ -359,6 +358,7 @@ class GaussNewton(JacobianOperator):
 
     jacobian: JacobianOperator
     curvature: JacobianOperator
+    refuses_every_singular_solve = True
 
     layout = property(lambda self: self.jacobian.layout)  # type: ignore[assignment]
     out_shape = property(lambda self: self.jacobian.in_shape)
@@ -422,8 +422,6 @@ class GaussNewton(JacobianOperator):
         if self._rank_deficient():
             return jnp.full(self.in_shape, jnp.nan, jnp.result_type(self.dtype, rhs))
         return super().solve(rhs)
-
-    refuses_every_singular_solve = True
 
     def solve_names(self) -> tuple[str, str, str]:
         return "gauss_newton(...)", "J^T H J", "G"
