@@ -512,6 +512,48 @@ def test_a_diagonal_hessian_past_the_condition_bound_is_solved_exactly(dtype, la
             singular.solve(b)
 
 
+def _conditioned(rng, n, condition):
+    """An (n, n) matrix with singular values spaced evenly in log from 1 to condition."""
+    left, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    right, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    return left @ np.diag(np.geomspace(1.0, condition, n)) @ right
+
+
+def test_a_kronecker_hessian_is_judged_by_its_factors():
+    """0.5 |A X B|_F^2 has the Hessian (A^T A) (x) (B B^T), solved by a solve with each
+    factor: the digits of x depend on cond(A^T A) + cond(B B^T), not on their product, the
+    whole Hessian's condition number. With cond(A) = cond(B) = 100 in float32 (factors of
+    condition 1e4, the Hessian 1e8, past 1 / (16 eps)) the solve was refused, though x is
+    right to 1e-4. A diagonal factor counts as condition 1 (its solve is entrywise). A
+    factor past the bound is still the error, and so is a singular one."""
+    rng = np.random.default_rng(5)
+    X, b = (jnp.asarray(rng.standard_normal((6, 5)), jnp.float32) for _ in range(2))
+
+    def hessian(A, B):
+        A, B = jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32)
+        H = mj.hessian(lambda X: 0.5 * jnp.sum((A @ X @ B) ** 2))(X)
+        assert isinstance(H.solve_structure(), mj.Kronecker)
+        return H
+
+    with jax.enable_x64(False):
+        scaling = np.diag([1e3, 1.0, 1e-3, 2.0, 3.0])  # diagonal: solved entrywise
+        for H in (
+            hessian(_conditioned(rng, 6, 100.0), _conditioned(rng, 5, 100.0)),
+            hessian(_conditioned(rng, 6, 10.0), scaling),
+        ):
+            structure = H.solve_structure()
+            left, right = (np.asarray(f, np.float64) for f in (structure.A, structure.B))
+            assert np.linalg.cond(np.kron(left, right.T)) > 1 / (16 * np.finfo(np.float32).eps)
+            # The exact x of the factors held (the float32 dense matrix is no reference:
+            # its rounding alone moves x by cond(H) eps).
+            expected = np.linalg.solve(left, np.asarray(b, np.float64)) @ np.linalg.inv(right)
+            solution = np.asarray(H.solve(b), np.float64)
+            assert np.linalg.norm(solution - expected) / np.linalg.norm(expected) < 1e-4
+        for A in (_conditioned(rng, 6, 1e4), np.diag([1.0, 2.0, 3.0, 4.0, 5.0, 0.0])):
+            with pytest.raises(ValueError, match=r"the Hessian is singular"):
+                hessian(A, _conditioned(rng, 5, 2.0)).solve(b)
+
+
 @pytest.mark.parametrize("axis", [0, 1])
 def test_a_per_example_least_squares_hessian_and_its_gauss_newton_are_checked_by_block(axis):
     """0.5 |W_b x_b|^2 summed over a vmapped batch (W_1 = 1000 W_0, condition 2.8e6, each

@@ -9,6 +9,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from matcalc_jax.core.layout import Layout
+from matcalc_jax.core.precision import is_half
 from matcalc_jax.operators.base import (
     JacobianOperator,
     Transposed,
@@ -16,6 +17,7 @@ from matcalc_jax.operators.base import (
     composition_rule,
     dense_solve,
     log_abs_det,
+    one_program_when_eager,
     pytree,
 )
 
@@ -93,9 +95,32 @@ class Kronecker(JacobianOperator):
         left = dense_solve(self.A, rhs)  # A^{-1} C
         return dense_solve(self.B.T, left.T).T  # (A^{-1} C) B^{-1}
 
+    @one_program_when_eager
+    def factor_condition(self) -> Array:
+        """cond(A) + cond(B) in the 2-norm: what the digits of ``solve``'s x = A^{-1} C B^{-1}
+        depend on, one solve with each factor, rather than the whole map's condition
+        number cond(A) cond(B). Factors of condition 1e4 in float32 are solved to 1e-4,
+        while their product, 1e8, is past 1 / (16 eps). A diagonal factor counts 1: its
+        solve, c_i / d_i, is right to the last digit at any condition number. Infinite where
+        a factor is singular (a half type's computed in float32: no half SVD)."""
+        self._check_square("factor_condition")
+        return _condition_of(self.A) + _condition_of(self.B)
+
 
 @composition_rule(Kronecker, Kronecker)
 def _kronecker_kronecker(outer: Kronecker, inner: Kronecker) -> Kronecker | None:
     if inner.B.ndim != 2:
         return None
     return Kronecker(outer.A @ inner.A, inner.B @ outer.B, outer.layout)
+
+
+def _condition_of(factor: Array) -> Array:
+    """``factor``'s 2-norm condition number, 1 for a diagonal one, inf for a singular one."""
+    if is_half(factor.dtype):
+        factor = factor.astype(jnp.float32)
+    values = jnp.linalg.svd(factor, compute_uv=False)
+    largest, smallest = values[0], values[-1]
+    condition = jnp.where(smallest > 0, largest / jnp.where(smallest > 0, smallest, 1), jnp.inf)
+    diagonal = jnp.diagonal(factor)
+    if_diagonal = jnp.where(jnp.all(diagonal != 0), 1.0, jnp.inf)
+    return jnp.where(jnp.all(factor == jnp.diag(diagonal)), if_diagonal, condition)

@@ -3,8 +3,8 @@ finite x that does not solve the system (what an LU's rounded zero pivot gives, 
 ``jnp.linalg.solve`` gives it). Every operator's ``solve`` runs it when called on concrete
 arrays (``base.checked_solve``); under ``jit`` the solution is what the factorization
 gives. It reads an operator through its methods and attributes alone (``logdet``, ``mv``,
-``batch_axes``, ``solve_structure`` and its ``solved_entrywise`` or
-``capacitance_condition``), so that ``base`` can import it."""
+``batch_axes``, ``solve_structure`` and its ``solved_entrywise``,
+``capacitance_condition`` or ``factor_condition``), so that ``base`` can import it."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def check_solution(
 
     With ``every_singular`` (a Hessian's solve): log|det| = -inf (but for a half type's
     overflowed sum beside a finite solution), a non-finite solution of a finite right-hand
-    side, or one singular to working precision: ``_condition`` past ``1 / (16 eps)`` (the
+    side, or one singular to working precision: ``_past_condition``, past ``1 / (16 eps)`` (the
     LU of a matrix singular in exact arithmetic, softmax cross-entropy's Hessian, rounds to
     a finite x of size 1e16 that does not solve it; a right-hand side in the range of a
     rank-deficient one gives one finite x of many), or a step of iterative refinement,
@@ -71,16 +71,32 @@ def check_solution(
             f"condition number of {woodbury:.1e} beside the size of its terms)"
         )
     elif (
-        finite
-        and not _solved_entrywise(op)
-        and (condition := _condition(op, rhs, solution, solve)) > _singular_condition(op.dtype)
+        finite and not _solved_entrywise(op) and (past := _past_condition(op, rhs, solution, solve))
     ):
-        how = f"singular to working precision (condition number at least {condition:.1e})"
+        how = f"singular to working precision ({past})"
     elif finite and (change := _refinement(op, rhs, solution, solve)) >= 0.5:
         how = _refinement_says(change)
     else:
         return
     _raise(call, matrix, symbol, how)
+
+
+def _past_condition(
+    op: Any, rhs: Array, solution: Array, solve: Callable[[Array], Array]
+) -> str | None:
+    """What says op's solve has no correct digit, past ``_singular_condition``; None below
+    it. A structure solved factor by factor (a ``Kronecker``: its ``factor_condition``) is
+    judged by its factors' condition numbers, summed: (A^T A) (x) (B B^T) with factors of
+    condition 1e4 is 1e8 in all and solved to 1e-3 in float32. Another by ``_condition``."""
+    limit = _singular_condition(op.dtype)
+    factors = getattr(op.solve_structure(), "factor_condition", None)
+    if factors is not None:
+        condition = float(factors())
+        says = f"the condition numbers of its factors sum to {condition:.1e}"
+    else:
+        condition = _condition(op, rhs, solution, solve)
+        says = f"condition number at least {condition:.1e}"
+    return says if condition > limit else None
 
 
 def _refinement_says(change: float) -> str:
