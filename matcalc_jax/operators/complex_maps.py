@@ -54,6 +54,13 @@ def _half_spectrum_weights(length: int, dtype: Any) -> Array:
     return weights.at[-1].set(1) if length % 2 == 0 else weights
 
 
+def reads_half_spectrum(fft_type: Any) -> bool:
+    """Whether a ``lax.fft`` of type ``fft_type`` is the inverse real DFT (``IRFFT``): it
+    reads a half spectrum as a Hermitian whole (drops the imaginary parts of its ends), so
+    it is linear over the reals only, not over the complex numbers."""
+    return lax.FftType(fft_type).name == "IRFFT"
+
+
 @pytree((), ("out_sizes", "in_sizes", "dtype_name", "fft_type", "lengths", "layout"))
 class Fourier(Map):
     """The discrete Fourier transform over the last ``len(lengths)`` axes (``lax.fft``), of
@@ -68,8 +75,8 @@ class Fourier(Map):
         return lax.FftType(self.fft_type).name
 
     @property
-    def real_linear_only(self) -> bool:  # reads a half spectrum as a Hermitian whole
-        return self._kind() == "IRFFT"
+    def real_linear_only(self) -> bool:
+        return reads_half_spectrum(self.fft_type)
 
     @property
     def real_to_complex(self) -> bool:  # a real signal to its half spectrum

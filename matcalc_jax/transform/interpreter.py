@@ -33,6 +33,7 @@ from jax import Array
 from jax.extend import core as jex_core
 
 from matcalc_jax.operators.base import Composition, JacobianOperator
+from matcalc_jax.operators.complex_maps import reads_half_spectrum
 from matcalc_jax.operators.index_maps import ChangeType
 
 Operator = JacobianOperator | None
@@ -278,7 +279,7 @@ def called_by(eqn: Any) -> str | None:
 
 def _inverse_real_dft(eqn: Any) -> bool:
     """Whether ``eqn`` is an inverse real DFT (``lax.fft`` of type ``IRFFT``)."""
-    return eqn.primitive.name == "fft" and jax.lax.FftType(eqn.params["fft_type"]).name == "IRFFT"
+    return eqn.primitive.name == "fft" and reads_half_spectrum(eqn.params["fft_type"])
 
 
 @dataclass
