@@ -236,6 +236,14 @@ CASES: dict[str, Case] = {
         tuple(np.linspace(-1.0, 1.0, 9)),
         ulps=8,
     ),
+    # in all four operands: dl[0] and du[-1], which the solve does not read, vary too
+    "tridiagonal_solve": Case(
+        lambda x: lax.linalg.tridiagonal_solve(
+            x[0:3], x[3:6] + 3, x[6:9], jnp.stack([x[9:12], x[9:12] * x[0]], axis=-1)
+        ).ravel(),
+        tuple(np.linspace(-1.0, 1.0, 12)),
+        ulps=8,
+    ),
     "cholesky": Case(
         lambda x: jnp.linalg.cholesky(SPD.astype(x.dtype) + jnp.outer(x[:3], x[:3]) / 4).ravel(),
         tuple(np.linspace(-1.0, 1.0, 3)),

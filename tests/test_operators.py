@@ -129,6 +129,15 @@ CASES = {
         jnp.tril(_well_conditioned(57, 3)),
         operators.Static(tuple(sorted({**_TRIANGULAR, "conjugate_a": False}.items()))),
     ),
+    "TridiagonalSolve": lambda: operators.TridiagonalSolve(
+        (4, 2),
+        (4, 2),
+        "float64",
+        _normal(58, (4,)),
+        _normal(59, (4,)) + 4.0,
+        _normal(60, (4,)),
+        operators.Static(()),
+    ),
     "LinearSolve": lambda: _found(
         lambda b: jax.lax.custom_linear_solve(
             lambda x: _well_conditioned(58, 3) @ x,
@@ -184,6 +193,9 @@ CASES = {
     ),
     "TriangularProduct": lambda: operators.TriangularProduct(
         (3, 2), (3, 3), "float64", _normal(70, (3, 2)), operators.Static(_TRIANGULAR)
+    ),
+    "TridiagonalProduct": lambda: operators.TridiagonalProduct(
+        (4, 2), (4,), "float64", _normal(61, (4, 2))
     ),
     "CholeskyTangent": lambda: operators.CholeskyTangent(
         (3, 3),

@@ -53,10 +53,12 @@ composites, and ``Wrapped``, the base of an operator that holds another and is i
 The maps of JAX's primitives, a module a family: ``index_maps`` (``Reshape``, ``Embed``,
 ``Restrict``, ``Reverse``, ``DynamicSlice``, ``ChangeType``, ``Rounding``, ``Gather``,
 ``TakeAlong``),
-``selection`` (``Select``), ``solves`` (``TriangularSolve``, ``LinearSolve``),
+``selection`` (``Select``), ``solves`` (``TriangularSolve``, ``TridiagonalSolve``,
+``LinearSolve``),
 ``convolution`` (``Convolution``, ``WindowSum``, ``WindowChoice``), ``complex_maps``
 (``ImaginaryPart``, ``Conjugate``, ``Fourier``), ``stacked`` (``Stacked``),
-``matrix_functions`` (``TriangularProduct``, ``CholeskyTangent``, ``EighTangent``,
+``matrix_functions`` (``TriangularProduct``, ``TridiagonalProduct``, ``CholeskyTangent``,
+``EighTangent``,
 ``QRTangent``, ``SVDTangent``, ``LUTangent``) and ``programs`` (``Linearized``,
 ``LinearizedByRows``, ``Pullback``, ``JointPullback``, ``FromCotangents``,
 ``WithFallbacks``, ``InProgramDtypes``). Most derive from ``Map``
@@ -112,6 +114,7 @@ from matcalc_jax.operators.matrix_functions import (
     QRTangent,
     SVDTangent,
     TriangularProduct,
+    TridiagonalProduct,
 )
 from matcalc_jax.operators.programs import (
     FromCotangents,
@@ -123,7 +126,7 @@ from matcalc_jax.operators.programs import (
     WithFallbacks,
 )
 from matcalc_jax.operators.selection import Select
-from matcalc_jax.operators.solves import LinearSolve, TriangularSolve
+from matcalc_jax.operators.solves import LinearSolve, TriangularSolve, TridiagonalSolve
 from matcalc_jax.operators.stacked import Stacked
 from matcalc_jax.operators.zero import Zero
 
@@ -176,6 +179,8 @@ __all__ = [
     "Transposed",
     "TriangularProduct",
     "TriangularSolve",
+    "TridiagonalProduct",
+    "TridiagonalSolve",
     "WeightedGram",
     "WindowChoice",
     "WindowSum",

@@ -48,6 +48,24 @@ class TriangularProduct(Map):
         return _triangle(m, p["lower"], p["unit_diagonal"])
 
 
+@pytree(("rows",), ("out_sizes", "in_sizes", "dtype_name", "layout"))
+class TridiagonalProduct(Map):
+    """dv -> dv[..., i] rows[..., i, :]: how one diagonal of a tridiagonal solve's matrix
+    moves dT X, ``rows`` being X with its rows moved to that diagonal's place (X[i - 1]
+    for the diagonal below, X[i] for the diagonal, X[i + 1] above; zero past the ends, so
+    ``dl[0]`` and ``du[-1]`` move nothing, as in JAX's rule). Transposed: the sum over the
+    columns of C rows."""
+
+    rows: Array
+    layout: Layout = "numerator"
+
+    def _apply(self, tangent: Array) -> Array:
+        return tangent[..., None] * self.rows
+
+    def _apply_transpose(self, cotangent: Array) -> Array:
+        return jnp.sum(cotangent * self.rows, axis=-1)
+
+
 def _phi(m: Array) -> Array:
     """The lower triangle with the diagonal halved (self-adjoint: its own transpose)."""
     n = m.shape[-1]

@@ -1,5 +1,6 @@
 """Solves as operators: ``triangular_solve`` with a constant triangular matrix
-(``TriangularSolve``) and ``custom_linear_solve`` through its own solver programs
+(``TriangularSolve``), ``tridiagonal_solve`` with a constant tridiagonal one
+(``TridiagonalSolve``) and ``custom_linear_solve`` through its own solver programs
 (``LinearSolve``). Each stores the factor, or the programs and their constants, never the
 inverse: ``mv`` solves, ``vm`` solves with the transpose.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import jax.numpy as jnp
 from jax import Array, lax
 from jax.extend import core as jex_core
 
@@ -37,6 +39,31 @@ class TriangularSolve(Map):
 
     def _apply_transpose(self, cotangent: Array) -> Array:
         return self._solve(cotangent, transpose=True)
+
+
+@pytree(("dl", "d", "du"), ("out_sizes", "in_sizes", "dtype_name", "params", "layout"))
+class TridiagonalSolve(Map):
+    """B -> T^{-1} B for a constant tridiagonal T (``tridiagonal_solve``): ``d`` its diagonal,
+    ``dl`` the one below (``dl[0]`` unused), ``du`` the one above (``du[-1]`` unused). Its
+    transpose solves with T^T, whose diagonal below is ``du`` moved down one place and
+    whose diagonal above is ``dl`` moved up one (as JAX's transpose rule)."""
+
+    dl: Array
+    d: Array
+    du: Array
+    params: Static
+    layout: Layout = "numerator"
+
+    def _apply(self, tangent: Array) -> Array:
+        params = dict(self.params.value)
+        return lax.linalg.tridiagonal_solve(self.dl, self.d, self.du, tangent, **params)
+
+    def _apply_transpose(self, cotangent: Array) -> Array:
+        zero = jnp.zeros_like(self.d[..., :1])
+        below = jnp.concatenate([zero, self.du[..., :-1]], axis=-1)
+        above = jnp.concatenate([self.dl[..., 1:], zero], axis=-1)
+        params = dict(self.params.value)
+        return lax.linalg.tridiagonal_solve(below, self.d, above, cotangent, **params)
 
 
 def run_closed(jaxpr: Any, consts: Sequence[Array], *args: Array) -> list[Array]:

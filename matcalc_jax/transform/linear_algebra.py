@@ -1,5 +1,6 @@
 """Rules for the factorizations and solves of a matrix that depends on the argument:
-``triangular_solve`` in its matrix, ``lu``, ``qr``, ``svd``, ``cholesky`` and ``eigh``; the
+``triangular_solve`` and ``tridiagonal_solve`` in their matrices, ``lu``, ``qr``, ``svd``,
+``cholesky`` and ``eigh``; the
 matrix-calculus rules JAX's own ``jvp`` rules evaluate (``jax/_src/lax/linalg.py``), each a
 lazy map with its transpose written out (``matcalc_jax.operators.matrix_functions``), never
 the dense Jacobian.
@@ -9,6 +10,8 @@ primitive              the Jacobian in the matrix (tangent dA)
 =====================  =====================================================================
 ``triangular_solve``   X = op(A)^{-1} B:  dX = -op(A)^{-1} op(mask(dA)) X  (left side), the
                        mask the triangle the solve reads; with B's part, the existing solve
+``tridiagonal_solve``  X = T^{-1} B:  dX = T^{-1} (dB - dT X), dT X a sum over the three
+                       diagonals of dv_i X_{i+k} (k = -1, 0, 1)
 ``qr`` (thin)          dQ = Q (O - C) + B, dR = (C - O) R with B = dX R^{-1}, C = Q^T B,
                        O = L - L^T, L the strict lower triangle of C
 ``cholesky``           A = L L^T:  dL = L phi(L^{-1} dA L^{-T}), phi the lower triangle with
@@ -33,8 +36,9 @@ from matcalc_jax.operators.matrix_functions import (
     QRTangent,
     SVDTangent,
     TriangularProduct,
+    TridiagonalProduct,
 )
-from matcalc_jax.operators.solves import TriangularSolve
+from matcalc_jax.operators.solves import TriangularSolve, TridiagonalSolve
 from matcalc_jax.transform.interpreter import NoRule
 from matcalc_jax.transform.registry import pointwise, total
 
@@ -53,6 +57,26 @@ def _triangular_solve(ctx, eqn, ins, ops, outs):
             tuple(y.shape), tuple(a.shape), y.dtype.name, y, Static(dict(eqn.params))
         )
         terms.append(compose(solve, compose(moved, ops[0])).scaled(jnp.asarray(-1, y.dtype)))
+    return [total(terms)]
+
+
+@pointwise("tridiagonal_solve", linear=lambda carried: not any(carried[:3]))
+def _tridiagonal_solve(ctx, eqn, ins, ops, outs):
+    dl, d, du, b = ins
+    x = outs[0]
+    params = Static(tuple(sorted(eqn.params.items())))
+    solve = TridiagonalSolve(tuple(x.shape), tuple(b.shape), x.dtype.name, dl, d, du, params)
+    terms = [None if ops[3] is None else compose(solve, ops[3])]
+    zero = jnp.zeros_like(x[..., :1, :])
+    moved = (  # X's rows where each diagonal meets them: X[i - 1], X[i], X[i + 1]
+        jnp.concatenate([zero, x[..., :-1, :]], axis=-2),
+        x,
+        jnp.concatenate([x[..., 1:, :], zero], axis=-2),
+    )
+    for diagonal, op, rows in zip(ins[:3], ops[:3], moved, strict=True):
+        if op is not None:  # dX = -T^{-1} (dT X)
+            product = TridiagonalProduct(tuple(x.shape), tuple(diagonal.shape), x.dtype.name, rows)
+            terms.append(compose(solve, compose(product, op)).scaled(jnp.asarray(-1, x.dtype)))
     return [total(terms)]
 
 
