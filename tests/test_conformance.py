@@ -365,6 +365,14 @@ CASES: dict[str, Case] = {
     ),
     "sort": Case(lambda x: jnp.sort(x) + lax.sort((x[::-1], x * x), num_keys=1)[1], PAIRS),
     "top_k": Case(lambda x: lax.top_k(x, 4)[0], PAIRS),
+    # exact on a CPU; along either axis, largest and smallest
+    "approx_top_k": Case(
+        lambda x: jnp.concatenate([
+            lax.approx_max_k(x.reshape(4, 4), 2)[0].ravel(),
+            lax.approx_min_k(x.reshape(4, 4), 3, reduction_dimension=0)[0].ravel(),
+        ]),
+        PAIRS,
+    ),
     "reduce_prod": Case(
         lambda x: jnp.prod(x[:6].reshape(2, 3), axis=1), (2.0, 0.0, -1.5, 0.0, 0.0, 3.0), ulps=2
     ),

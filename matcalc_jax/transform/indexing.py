@@ -275,10 +275,15 @@ def _sort(ctx, eqn, ins, ops, outs):
     ]  # fmt: skip
 
 
-@pointwise("top_k")  # the indices depend on the operand: not linear in a backward rule
+@pointwise(
+    "top_k", "approx_top_k"
+)  # the indices depend on the operand: not linear in a backward rule
 def _top_k(ctx, eqn, ins, ops, outs):
+    """The entries the primitive chose, read from the indices it returns (``approx_max_k``
+    and ``approx_min_k`` too, along their ``reduction_dimension``, as JAX's jvp reads them)."""
     x = ins[0]
     values, indices = outs
-    axis = eqn.params.get("axis", -1) % x.ndim
+    params = eqn.params
+    axis = params.get("reduction_dimension", params.get("axis", -1)) % x.ndim
     take = TakeAlong(tuple(values.shape), tuple(x.shape), values.dtype.name, indices, axis)
     return [compose(take, ops[0]), None]
