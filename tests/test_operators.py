@@ -149,7 +149,7 @@ CASES = {
         operators.LinearSolve,
     ),
     "Linearized": lambda: operators.Linearized(
-        (3,), (3,), "float64", (_normal(62, (3,)), _normal(63, (3,))), _MUL, 0, 0, "a case"
+        (3,), (3,), "float64", (_normal(62, (3,)), _normal(63, (3,))), _MUL, 0, 0, "a case", (0,)
     ),
     "Pullback": lambda: _found(_clipped, _normal(64, (3,)), operators.Pullback),
     "LinearizedByRows": lambda: _found(

@@ -353,6 +353,24 @@ def test_fallback_is_opt_in_and_recorded():
     assert mj.jacobian(jnp.sin)(VECTOR).fallbacks == ()
 
 
+def test_the_fallback_differentiates_every_varying_operand_as_jax_does():
+    """A reduce of two arrays that both vary: the fallback differentiated one operand at a
+    time and held the other with JAX's symbolic zero, which JAX's own rule for it cannot
+    take (a TypeError from inside jax.jvp), while jax.jacfwd of the program, where both
+    vary, answers. Each varying operand now gets an explicit zero tangent; the initial
+    values, which JAX's rule refuses any tangent for, stay constant."""
+
+    def pair(x):
+        sums = lax.reduce((x, 2 * x), (0.0, 1.0), lambda a, b: (a[0] + b[0], a[1] * b[1]), (0,))
+        return jnp.sin(sums[0] * x) + sums[1]
+
+    J = mj.jacobian(pair, fallback="autodiff")(VECTOR)
+    assert len(J.fallbacks) == 2
+    u = jnp.cos(jnp.arange(VECTOR.shape[0], dtype=jnp.float64))
+    assert_jacobians_close(J.to_dense(), jax.jacfwd(pair)(VECTOR))
+    assert_jacobians_close(J.vm(u), jax.vjp(pair, VECTOR)[1](u)[0])
+
+
 def test_the_fallback_of_a_primitive_from_real_to_complex_values():
     """eig takes a real matrix to complex eigenvalues: the fallback's densify pushed its
     complex basis into jax.jvp with the real operand, and JAX refused the tangent's

@@ -41,28 +41,38 @@ from matcalc_jax.operators.index_maps import Map, Static
         "position",
         "output",
         "where",
+        "varied",
         "layout",
     ),
 )
 class Linearized(Map):
     """The autodiff fallback: one primitive's local Jacobian with respect to one operand,
     applied through JAX's ``jvp`` and ``vjp`` of that primitive alone. Only built when the
-    caller passes ``fallback="autodiff"``; listed in ``J.fallbacks``."""
+    caller passes ``fallback="autodiff"``; listed in ``J.fallbacks``.
+
+    JAX differentiates the primitive in every operand that varies with the argument
+    (``varied``, which holds ``position``), the others' tangents explicit zeros, and holds
+    the rest constant, as its ``jvp`` of the whole program does: its rule for a ``reduce``
+    of several arrays cannot take its symbolic zero for a varying operand (a ``TypeError``
+    from inside it), and refuses a tangent, even an explicit zero, for an initial value."""
 
     operands: tuple[Array, ...]
     primitive: Static
     position: int
     output: int
     where: str
+    varied: tuple[int, ...]
     layout: Layout = "numerator"
     is_fallback = True
 
-    def _local(self) -> Callable[[Array], Array]:
+    def _local(self) -> Callable[..., Array]:
+        """The primitive as a function of the ``varied`` operands (the others held)."""
         primitive, params = self.primitive.value
-        operands = list(self.operands)
 
-        def local(x: Array) -> Array:
-            args = [*operands[: self.position], x, *operands[self.position + 1 :]]
+        def local(*xs: Array) -> Array:
+            args = list(self.operands)
+            for i, x in zip(self.varied, xs, strict=True):
+                args[i] = x
             out = primitive.bind(*args, **params)
             return out[self.output] if primitive.multiple_results else out
 
@@ -74,11 +84,16 @@ class Linearized(Map):
         operand = self.operands[self.position]
         if not jnp.iscomplexobj(operand):
             tangent = jnp.real(tangent)
-        return jax.jvp(self._local(), (operand,), (tangent.astype(operand.dtype),))[1]
+        primals = tuple(self.operands[i] for i in self.varied)
+        tangents = tuple(
+            tangent.astype(operand.dtype) if i == self.position else jnp.zeros_like(primal)
+            for i, primal in zip(self.varied, primals, strict=True)
+        )
+        return jax.jvp(self._local(), primals, tangents)[1]
 
     def _apply_transpose(self, cotangent: Array) -> Array:
-        _, pullback = jax.vjp(self._local(), self.operands[self.position])
-        return pullback(cotangent)[0]
+        _, pullback = jax.vjp(self._local(), *(self.operands[i] for i in self.varied))
+        return pullback(cotangent)[self.varied.index(self.position)]
 
     def describe(self) -> str:
         primitive, _ = self.primitive.value

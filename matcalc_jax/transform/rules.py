@@ -769,6 +769,7 @@ def fallback(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> A
 
         return outs, _through_joint(outs, differentiable, list(ins), wanted, ops, joint)
     out_ops = []
+    varied = tuple(k for k, op in enumerate(ops) if op is not None)
     for j, y in enumerate(outs):
         if not jnp.issubdtype(y.dtype, jnp.inexact):
             out_ops.append(None)
@@ -777,7 +778,7 @@ def fallback(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> A
         for k, op in enumerate(ops):
             if op is not None:
                 shapes = (tuple(y.shape), tuple(ins[k].shape), y.dtype.name)
-                local = Linearized(*shapes, operands, primitive, k, j, where)
+                local = Linearized(*shapes, operands, primitive, k, j, where, varied)
                 ctx.fallbacks.append(local.describe())
                 terms.append(compose(local, op))
         out_ops.append(total(terms))
