@@ -746,6 +746,33 @@ def test_an_eager_diagonal_plus_low_rank_solve_is_one_program():
     np.testing.assert_allclose(op.solve(b), np.linalg.solve(dense, b), rtol=1e-12)
 
 
+def test_an_eager_composition_with_a_low_rank_factor_is_one_program_per_side():
+    """Composing a concrete low-rank operator with a composite one pulls its r columns
+    back through the whole composite (``vm``), or pushes them forward (``mv``) through
+    each of the composite's factors in turn as the composition regroups. Eagerly each such
+    vmapped product compiled every operation on its own (and the finiteness check of the
+    rows pulled back four more); it is one program per product, 1 and 3 here, with the
+    factors of the dense products, and a second composition compiles nothing."""
+    rng = np.random.default_rng(61)
+    A, B = rng.normal(size=(6, 5)), rng.normal(size=(5, 4))
+    d, P, Q, R = (rng.normal(size=shape) for shape in [(5,), (4, 2), (6, 2), (4, 2)])
+    composite = mj.compose(mj.Dense(jnp.asarray(A), 1), mj.Diagonal(jnp.sin(jnp.asarray(d))))
+    composite = mj.compose(composite, mj.Dense(jnp.asarray(B), 1))  # 6 x 4
+    after, before = (mj.LowRank(jnp.asarray(P), jnp.asarray(F)) for F in (Q, R))
+    dense = A @ np.diag(np.sin(d)) @ B
+
+    for make, expected, programs in [
+        (lambda: mj.compose(after, composite), P @ Q.T @ dense, 1),  # Q pulled back
+        (lambda: mj.compose(composite, before), dense @ P @ R.T, 3),  # P pushed forward
+    ]:
+        made = []
+        first = lowerings_during(lambda: made.append(jax.block_until_ready(make())))  # noqa: B023
+        assert type(made[0]) is mj.LowRank
+        np.testing.assert_allclose(made[0].to_dense(), expected, rtol=1e-12)
+        assert first == programs
+        assert lowerings_during(make) == 0  # the same structure and shapes: compiled
+
+
 # Last in the file: it empties JAX's caches (once), which would make the tests after it
 # compile again what they share with those before.
 def test_an_eager_product_or_dense_matrix_is_one_program():

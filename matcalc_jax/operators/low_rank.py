@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
@@ -18,7 +20,10 @@ from matcalc_jax.operators.base import (
     check_tangent,
     composition_rule,
     is_concrete,
+    is_concrete_graph,
     keeping_width,
+    keeps_width,
+    on_graph,
     one_program_when_eager,
     pytree,
     size_of,
@@ -270,9 +275,25 @@ def _products_summed(A: Array, B: Array) -> Array:
     return hi[0] + lo[0]
 
 
-def _columns(apply: Any, factor: Array) -> Array:
-    """``apply`` on each of the r columns of a factor of shape ``shape + (r,)``."""
-    return jax.vmap(apply, in_axes=-1, out_axes=-1)(factor)
+def _columns(op: JacobianOperator, product: str, factor: Array) -> Array:
+    """``op.mv`` or ``op.vm`` (``product``) of each of the r columns of a factor of shape
+    ``shape + (r,)``, one ``jax.vmap``-ped call. On concrete arrays it is one compiled
+    program per operator structure and shapes: eagerly, the vmapped product of a composite
+    compiles each of its operations on its own (the transform's eager Jacobian of
+    ``gp_log_likelihood`` made 118 of them)."""
+    if is_concrete_graph(op, (factor,)):
+        return _columns_program(op, product, keeps_width(), factor)
+    return _apply_to_columns(op, product, keeps_width(), factor)
+
+
+def _apply_to_columns(op: JacobianOperator, product: str, wide: bool, factor: Array) -> Array:
+    """``_columns``, traced inside ``keeping_width`` where ``wide`` (the caller's, passed
+    so that a compiled program is kept per width)."""
+    with keeping_width() if wide else contextlib.nullcontext():
+        return jax.vmap(getattr(op, product), in_axes=-1, out_axes=-1)(factor)
+
+
+_columns_program = on_graph(_apply_to_columns, static_argnums=(1, 2))
 
 
 def _canonical(U: Array, V: Array, layout: Layout) -> LowRank:
@@ -292,7 +313,7 @@ def _canonical(U: Array, V: Array, layout: Layout) -> LowRank:
 
 @composition_rule(JacobianOperator, LowRank)
 def _after_low_rank(outer: JacobianOperator, inner: LowRank) -> LowRank:
-    return _canonical(_columns(outer.mv, inner.U), inner.V, inner.layout)
+    return _canonical(_columns(outer, "mv", inner.U), inner.V, inner.layout)
 
 
 @composition_rule(LowRank, JacobianOperator)
@@ -317,15 +338,17 @@ def _pulled_back(inner: JacobianOperator, V: Array) -> Array:
     and runs only if there is one (a ``lax.cond``). A map from complex values is left to
     ``vm`` (a real-linear map needs both e_j and i e_j)."""
     with keeping_width():  # the float64 digits of a map from float32 values: jacfwd's
-        W = _columns(inner.vm, V)
+        W = _columns(inner, "vm", V)
     if not jnp.issubdtype(W.dtype, jnp.floating) or W.size == 0:
         return W
     rows = W.reshape(size_of(tuple(inner.in_shape)), V.shape[-1])
-    bad = ~jnp.all(jnp.isfinite(rows), axis=1)
-    if not is_concrete(bad):  # traced: the forward pass is a branch, taken when needed
+    if not is_concrete(rows):  # traced: the forward pass is a branch, taken when needed
+        bad = ~jnp.all(jnp.isfinite(rows), axis=1)
         rows = jax.lax.cond(jnp.any(bad), _forward_rows, lambda *a: a[0], rows, bad, inner, V)
-    elif bool(jnp.any(bad)):  # eager: one program per operator structure, compiled once
-        rows = _forward_rows_program(rows, bad, inner, V)
+        return rows.reshape(W.shape)
+    bad = ~np.all(np.isfinite(np.asarray(rows)), axis=1)  # eager: on the host, no compile
+    if bad.any():  # one program per operator structure, compiled once
+        rows = _forward_rows_program(rows, jnp.asarray(bad), inner, V)
     return rows.reshape(W.shape)
 
 
