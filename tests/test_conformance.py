@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 import matcalc_jax as mj
 from matcalc_jax.transform import registry
@@ -162,6 +163,7 @@ CASES: dict[str, Case] = {
     "copy": Case(jnp.copy),
     "optimization_barrier": Case(lax.optimization_barrier),
     "device_put": Case(lambda x: jax.device_put(x) * 2 + jax.device_put((x, x * x))[1]),
+    "name": Case(lambda x: checkpoint_name(lax.sin(x), "h") * checkpoint_name(x, "x")),
     # elementwise, binary: ties and zeros in both operands
     "add": Case(_binary(lax.add), PAIRS),
     "sub": Case(_binary(lax.sub), PAIRS),

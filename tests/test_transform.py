@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 import matcalc_jax as mj
 from matcalc_jax import operators
@@ -271,6 +272,10 @@ ZOO = {
     "sort_free_round": (lambda x: jnp.round(x) + jnp.floor(x) + x),
     "jit_inside": (lambda x: jax.jit(lambda y: jnp.tanh(y) * 2)(x)),
     "checkpoint": (lambda x: jax.checkpoint(lambda y: jnp.sin(y) ** 2)(x)),
+    # remat keeping only the named activations, as transformer code writes it
+    "checkpoint_name": (lambda x: jax.checkpoint(
+        lambda y: jnp.tanh(MATRIX.T @ checkpoint_name(jnp.tanh(MATRIX @ y[:4]), "hidden")),
+        policy=jax.checkpoint_policies.save_only_these_names("hidden"))(x)),
     "solve": (lambda x: jnp.linalg.solve(jnp.eye(6) * 3 + jnp.outer(x, x) / 9, x)),
     "triangular": (lambda x: jax.scipy.linalg.solve_triangular(UPPER, x[:3])),
     # an implicit diffusion step whose coefficients depend on the state, as PDE code writes it

@@ -127,7 +127,8 @@ def _neg(ctx, eqn, ins, ops, outs):
     return [ops[0].scaled(jnp.asarray(-1, outs[0].dtype))]
 
 
-@pointwise("copy", "copy_p", "optimization_barrier", "device_put", linear=True)
+# ``name``: jax.ad_checkpoint.checkpoint_name, a label for remat's policies.
+@pointwise("copy", "copy_p", "optimization_barrier", "device_put", "name", linear=True)
 def _same(ctx, eqn, ins, ops, outs):
     return list(ops)
 
@@ -140,7 +141,7 @@ def _reduce_precision(ctx, eqn, ins, ops, outs):
 
 # Holomorphic maps keep their derivative formula on complex values; sign's is 0 in JAX.
 COMPLEX.update(elementwise.HOLOMORPHIC, ("abs", "sign", "stop_gradient", "pow"))
-COMPLEX.update(("copy", "copy_p", "optimization_barrier", "device_put"))
+COMPLEX.update(("copy", "copy_p", "optimization_barrier", "device_put", "name"))
 
 
 @pointwise("add", "add_any", complex=True, linear=True)
