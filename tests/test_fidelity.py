@@ -1317,6 +1317,19 @@ def test_max_pooling_at_a_tie_is_jax_jvp_s_in_both_directions():
     np.testing.assert_array_equal(J.vm(u).ravel(), u.ravel() @ forward)
 
 
+def test_a_running_product_with_a_nan_entry_is_jacfwd_s_both_ways():
+    """Documented: at a NaN entry JAX's jvp of cumprod (a forward scan of each tangent)
+    fills the rows from it on with NaN, while its vjp (a backward scan) finds that entry's
+    own column finite, so jax.jacfwd and jax.jacrev differ; the transform's matrix is
+    jax.jacfwd's and its vm that matrix's transpose, NaN where jax.vjp has 32."""
+    z, u = jnp.array([1.0, jnp.nan, 2.0, 3.0]), jnp.array([1.0, 2.0, 3.0, 4.0])
+    J, forward = mj.jacobian(jnp.cumprod)(z), jax.jacfwd(jnp.cumprod)(z)
+    np.testing.assert_array_equal(J.to_dense(), forward)
+    np.testing.assert_array_equal(J.mv(u), jax.jvp(jnp.cumprod, (z,), (u,))[1])
+    np.testing.assert_array_equal(J.vm(u), u @ forward)  # all NaN: row 1 on is NaN
+    assert jax.vjp(jnp.cumprod, z)[1](u)[0][1] == 32.0  # u_1 z_0 + u_2 z_0 z_2 + u_3 z_0 z_2 z_3
+
+
 # ---------------------------------------------------------------- 7. strict promotion
 
 
