@@ -746,6 +746,25 @@ def test_an_eager_diagonal_plus_low_rank_solve_is_one_program():
     np.testing.assert_allclose(op.solve(b), np.linalg.solve(dense, b), rtol=1e-12)
 
 
+def test_batch_axes_asks_a_shared_node_once(monkeypatch):
+    """``batch_axes`` (asked by every composition and by the Jacobian's blocks) recursed
+    into a shared node once per path: a recurrent net's Hessian reaches the Jacobian of an
+    early step on a number of paths exponential in the steps (a flax LSTM of 3 steps: 3.7
+    million calls, 88 of its 100 s). Each node keeps its answer: a graph of 10 levels,
+    each reaching the level below on three edges (3^10 paths to the leaf), asks the leaf
+    once per edge into it, 3 times."""
+    asked = []
+    leaf = mj.Diagonal(jnp.arange(1.0, 4.0))
+    monkeypatch.setattr(
+        mj.Diagonal, "batch_axes", lambda self: asked.append(1) or frozenset({(0, 0)})
+    )
+    node = leaf
+    for _ in range(10):
+        node = mj.Sum((mj.Composition(node, node), node))
+    assert node.batch_axes() == frozenset({(0, 0)})
+    assert len(asked) == 3
+
+
 def test_an_eager_composition_with_a_low_rank_factor_is_one_program_per_side():
     """Composing a concrete low-rank operator with a composite one pulls its r columns
     back through the whole composite (``vm``), or pushes them forward (``mv``) through

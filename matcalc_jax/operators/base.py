@@ -1331,6 +1331,11 @@ class Sum(JacobianOperator):
         return self._each(lambda t: t.trace())
 
     def batch_axes(self) -> frozenset[tuple[int, int]]:
+        # Kept: a term shared by many paths (a recurrent net's Hessian) is asked once, not
+        # once per path, a number that grows exponentially with the graph's depth.
+        return kept_on(self, "batch_axes", self._batch_axes)
+
+    def _batch_axes(self) -> frozenset[tuple[int, int]]:
         return frozenset.intersection(*(t.batch_axes() for t in self.terms))
 
 
@@ -1408,6 +1413,9 @@ class Composition(JacobianOperator):
         return super().solve(rhs)
 
     def batch_axes(self) -> frozenset[tuple[int, int]]:
+        return kept_on(self, "batch_axes", self._batch_axes)  # kept, as a Sum's
+
+    def _batch_axes(self) -> frozenset[tuple[int, int]]:
         inner = dict(self.inner.batch_axes())  # middle axis -> input axis
         return frozenset((o, inner[m]) for o, m in self.outer.batch_axes() if m in inner)
 

@@ -24,6 +24,7 @@ from matcalc_jax.operators.base import (
     Scaled,
     check_tangent,
     compose,
+    kept_on,
     pytree,
 )
 from matcalc_jax.operators.diagonal import Diagonal
@@ -93,6 +94,9 @@ class Select(JacobianOperator):
         return self._select([None if b is None else b.diagonal() for b in self.branches])
 
     def batch_axes(self) -> frozenset[tuple[int, int]]:
+        return kept_on(self, "batch_axes", self._batch_axes)  # kept, as a Sum's
+
+    def _batch_axes(self) -> frozenset[tuple[int, int]]:
         present = [b.batch_axes() for b in self.branches if b is not None]
         return frozenset.intersection(*present)
 
