@@ -468,6 +468,28 @@ def test_an_internal_error_is_not_read_as_a_usage_error(monkeypatch):
         cli.main(["verify", "--no-cache"])
 
 
+def test_a_key_error_of_the_package_s_own_lookup_is_not_a_usage_error(monkeypatch):
+    """A KeyError from a subscript in the package's code (a parameter a newer JAX renamed)
+    is a bug and keeps its traceback; a ``raise`` of the package's own check (an unknown
+    rule id) is a usage error, exit 2 in one line."""
+    import importlib
+
+    cli = importlib.import_module("matcalc_jax.cli.main")
+
+    from types import SimpleNamespace
+
+    from matcalc_jax.transform.registry import RULES
+
+    def broken(args):  # the scan rule given an equation without the parameters it reads
+        return RULES["scan"](None, SimpleNamespace(params={}), [], [])
+
+    monkeypatch.setattr(cli, "_verify", broken)
+    with pytest.raises(KeyError, match="jaxpr"):
+        cli.main(["verify", "--no-cache"])
+    monkeypatch.undo()
+    assert cli.main(["verify", "--rules", "no_such_rule", "--no-cache"]) == 2
+
+
 def _children(pid):
     """The processes whose parent is ``pid`` (Linux: read from /proc)."""
     found = []

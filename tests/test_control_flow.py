@@ -199,6 +199,25 @@ def lstm_outputs(xs):
     return lax.scan(cell, (jnp.zeros(3), jnp.zeros(3)), xs)[1]
 
 
+def test_a_scan_s_jacobian_needs_no_cpu_backend(monkeypatch):
+    """In a process on a GPU alone (``JAX_PLATFORMS=cuda``, as ``verify --platform gpu``)
+    JAX has no CPU backend; JAX's scan puts a NumPy operand it forwards to an output there.
+    The transform's loop over the steps hands it none: simulated by a CPU backend that is
+    not there."""
+    from jax._src import xla_bridge
+
+    present = xla_bridge.local_devices
+
+    def without_cpu(*args, backend=None, **kwargs):
+        if backend == "cpu":
+            raise RuntimeError("Unknown backend cpu. Available backends are ['cuda']")
+        return present(*args, backend=backend, **kwargs)
+
+    monkeypatch.setattr(xla_bridge, "local_devices", without_cpu)
+    xs = jnp.sin(jnp.arange(40.0)).reshape(10, 4)
+    assert_jacobians_close(mj.jacobian(lstm_outputs)(xs).to_dense(), jax.jacfwd(lstm_outputs)(xs))
+
+
 def test_a_loop_that_goes_dense_carries_dense_jacobians_from_its_first_step():
     """The state starts constant and its Jacobian grows a new structure each step, so the
     loop carries dense Jacobians. Which way a loop settles is found by tracing its first

@@ -1509,3 +1509,22 @@ def test_a_float64_map_of_float32_values_keeps_its_float64_digits():
     np.testing.assert_allclose(G.diagonal(), 2 * jnp.sum(rows**2, axis=0), rtol=1e-15)
     vm, reference = mj.jacobian(g)(a).vm(c), jax.vjp(g, a)[1](c)[0]
     np.testing.assert_allclose(vm, reference, rtol=1e-7)
+
+
+def test_a_backward_rule_s_cotangents_are_read_as_each_jax_returns_them():
+    """JAX up to 0.10 returns a flat backward rule's cotangents as a list; from 0.11 the
+    pair (that list, the rule's logs). Read as cotangents, the pair gave every input of a
+    clip_gradient a cotangent of 0, without an error."""
+    from matcalc_jax.operators.programs import backward_cotangents
+
+    class Rule:
+        def __init__(self, returned):
+            self.returned = returned
+
+        def call_wrapped(self, *args):
+            return self.returned
+
+    g, h = jnp.ones(3), jnp.zeros(2)
+    for returned in ([g, h], ([g, h], None)):
+        found = backward_cotangents(Rule(returned), "residual", "cotangent")
+        assert len(found) == 2 and found[0] is g and found[1] is h

@@ -470,6 +470,18 @@ def test_worker_processes_start_with_the_xla_flags_asked_for(monkeypatch):
     )
 
 
+def test_worker_processes_take_device_memory_as_they_need_it(monkeypatch):
+    """Workers sharing one GPU: none takes JAX's default three quarters of its memory at
+    start (the second would fail), unless the caller's environment says otherwise."""
+    from matcalc_jax.verification.processes import ordered_map
+
+    name = "XLA_PYTHON_CLIENT_PREALLOCATE"
+    monkeypatch.delenv(name, raising=False)
+    assert list(ordered_map(os.getenv, [(name,), (name,)], 2)) == ["false", "false"]
+    monkeypatch.setenv(name, "true")
+    assert list(ordered_map(os.getenv, [(name,)], 1)) == ["true"]
+
+
 def test_a_case_draws_the_same_numbers_whatever_the_threads_64_bit_mode():
     """A float32 case's inputs do not depend on whether the thread drawing them has 64-bit
     mode on (the caller's thread in one process, a worker's in another): a seed reproduces

@@ -206,3 +206,32 @@ def test_sharding_helpers_leave_unsharded_arrays_alone():
     assert batch_like(jnp.zeros(4), x) is not None
     np.testing.assert_array_equal(batch_like(jnp.arange(4.0), x), jnp.arange(4.0))
     jax.jit(lambda x: (replicated_like(x), batch_like(x[:, 0], x))[1])(x)
+
+
+def test_a_program_measured_but_never_run_is_compiled_on_a_gpu_without_autotuning(
+    monkeypatch,
+):
+    """bench-scale's dense baseline (64 GiB on a GPU) is compiled only, for its memory:
+    XLA's GPU autotuner would run candidate kernels on buffers that large, and the compile
+    failed out of memory. On a GPU such a program is compiled with autotuning off; a timed
+    one keeps it, and the CPU is asked nothing new."""
+    from jax.stages import Lowered
+
+    import matcalc_jax.benchmark.scale as scale
+
+    asked = []
+    compile_as_given = Lowered.compile
+
+    def recorded(self, compiler_options=None, **kwargs):
+        asked.append(compiler_options)
+        return compile_as_given(self, compiler_options, **kwargs)
+
+    monkeypatch.setattr(Lowered, "compile", recorded)
+    x = jnp.ones((4, 4))
+    footprint(jnp.sin, x)
+    footprint(jnp.sin, x, rounds=1)
+    monkeypatch.setattr(scale.jax, "default_backend", lambda: "gpu")
+    found = footprint(jnp.cos, x)
+    footprint(jnp.cos, x, rounds=1)
+    assert asked == [None, None, {"xla_gpu_autotune_level": 0}, None]
+    assert found.output_bytes == x.nbytes

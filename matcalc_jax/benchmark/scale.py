@@ -110,15 +110,22 @@ class Footprint:
         }
 
 
-def compiled(fn: Callable, *args: Any) -> Any:
-    """``fn`` traced, lowered and compiled for ``args`` (their shardings included)."""
-    return jax.jit(fn).lower(*args).compile()
+def compiled(fn: Callable, *args: Any, autotune: bool = True) -> Any:
+    """``fn`` traced, lowered and compiled for ``args`` (their shardings included); on a GPU
+    with ``autotune=False``, without timing candidate kernels (XLA's
+    ``xla_gpu_autotune_level=0``)."""
+    lowered = jax.jit(fn).lower(*args)
+    if autotune or jax.default_backend() != "gpu":
+        return lowered.compile()
+    return lowered.compile({"xla_gpu_autotune_level": 0})
 
 
 def footprint(fn: Callable, *args: Any, rounds: int = 0) -> Footprint:
     """The memory and collectives of ``jax.jit(fn)`` on ``args``; with ``rounds``, also the
-    median seconds of that many calls after a warm-up."""
-    program = compiled(fn, *args)
+    median seconds of that many calls after a warm-up. With none, the program is compiled
+    and never run: on a GPU without autotuning, which runs candidate kernels on buffers of
+    the program's size (a dense Jacobian of 64 GiB could not be compiled at all)."""
+    program = compiled(fn, *args, autotune=bool(rounds))
     memory = program.memory_analysis()
     seconds = None
     if rounds:

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import linecache
 import math
 import os
 import signal
@@ -1123,16 +1124,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _raised_by_the_package(error: BaseException) -> bool:
-    """True when ``error`` was raised by this package's own code (its checks of what it was
-    asked: an unknown rule, a bad size), not inside JAX, NumPy or Python (a bug, whose
-    traceback must be seen rather than read as a usage error)."""
+    """True when ``error`` was raised by a ``raise`` statement of this package's own code
+    (its checks of what it was asked: an unknown rule, a bad size), not inside JAX, NumPy
+    or Python, nor by the package's own subscript or call (``params["num_consts"]`` that a
+    newer JAX no longer has): a bug, whose traceback must be seen rather than read as a
+    usage error."""
     package = str(Path(__file__).resolve().parents[1])
     frame = error.__traceback__
     while frame is not None and frame.tb_next is not None:
         frame = frame.tb_next
     if frame is None:
         return False
-    return str(Path(frame.tb_frame.f_code.co_filename).resolve()).startswith(package)
+    filename = frame.tb_frame.f_code.co_filename
+    if not str(Path(filename).resolve()).startswith(package):
+        return False
+    return linecache.getline(filename, frame.tb_lineno).lstrip().startswith("raise ")
 
 
 def _stdout_to_devnull() -> None:

@@ -281,7 +281,18 @@ def _call_backward(backward: Static, residuals: tuple, cotangents: dict[int, Arr
         cotangents[j] if j in cotangents else jnp.zeros(shape, dtype)
         for j, (shape, dtype) in enumerate(shapes)
     ]
-    return bwd.call_wrapped(*residuals, *full)
+    return backward_cotangents(bwd, *residuals, *full)
+
+
+def backward_cotangents(bwd: Any, *args: Any) -> list:
+    """A ``custom_vjp``'s flat backward rule (JAX's ``bwd`` of a ``custom_vjp_call``) at
+    ``args``, the residuals then the outputs' cotangents: the inputs' cotangents. JAX up to
+    0.10 returns them as a list; from 0.11, the pair (that list, the rule's logs), which read
+    as cotangents gave every input a cotangent of 0 without an error."""
+    out = bwd.call_wrapped(*args)
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], list):
+        return out[0]
+    return list(out)
 
 
 def _cotangent_of(backward: Static, pulled: list, position: int) -> Array:

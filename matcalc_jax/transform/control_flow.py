@@ -49,7 +49,7 @@ from matcalc_jax.operators.index_maps import DynamicSlice, Embed, Reshape
 from matcalc_jax.operators.selection import diagonal_factor, select
 from matcalc_jax.operators.stacked import Stacked
 from matcalc_jax.transform.interpreter import Context, NoRule, NotLinear, Operator, bind
-from matcalc_jax.transform.registry import RELEVANT, rule
+from matcalc_jax.transform.registry import RELEVANT, rule, scan_layout
 
 #: Steps run unrolled, at most, while a carry's structure settles.
 SETTLE_STEPS = 3
@@ -274,7 +274,7 @@ class _Loop:
 def _scan(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
     params = eqn.params
     body, length, reverse = params["jaxpr"], params["length"], params["reverse"]
-    n_consts, n_carry = params["num_consts"], params["num_carry"]
+    n_consts, n_carry = scan_layout(params)
     split = (n_consts, n_consts + n_carry)
     consts, init, xs = ins[: split[0]], ins[split[0] : split[1]], ins[split[1] :]
     const_ops, init_ops, xs_ops = ops[: split[0]], ops[split[0] : split[1]], ops[split[1] :]
@@ -314,7 +314,10 @@ def _scan(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operator]) -> Any:
             )  # fmt: skip
 
         state = (list(carry), jax.tree_util.tree_leaves(list(carry_ops)))
-        steps = np.arange(first, first + count, dtype=np.int32)  # no eager program
+        # A device array, not NumPy's: JAX's scan puts a NumPy operand it forwards to an
+        # output on its CPU backend, which a process on a GPU alone (``JAX_PLATFORMS=cuda``)
+        # does not have. ``asarray`` copies it to the device; no eager program.
+        steps = jnp.asarray(np.arange(first, first + count, dtype=np.int32))
         (carry, leaves), (ys, ys_leaves) = lax.scan(body_fn, state, steps, reverse=reverse)
         carry_ops = jax.tree_util.tree_unflatten(carry_structure, leaves)
         offset = 0

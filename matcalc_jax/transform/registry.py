@@ -31,6 +31,22 @@ LINEAR: dict[str, Callable[[list[bool]], bool]] = {}
 Linearity = bool | Callable[[list[bool]], bool]
 
 
+def scan_layout(params: dict[str, Any]) -> tuple[int, int]:
+    """A ``scan`` equation's operands are its constants, its initial carry and the arrays it
+    scans over, in that order: the first two counts. JAX up to 0.10 names them
+    ``num_consts`` and ``num_carry``; from 0.11 the flat tree ``ft_in`` packs the three
+    groups."""
+    if "num_consts" in params:
+        return params["num_consts"], params["num_carry"]
+    if "ft_in" in params:
+        consts, carry, _ = params["ft_in"].unpack()
+        return len(consts), len(carry)
+    raise NotImplementedError(
+        "scan: this JAX's scan names its operand groups neither num_consts/num_carry nor "
+        f"ft_in (its parameters: {sorted(params)}); the transform does not know this JAX"
+    )
+
+
 def one_factor(carried: list[bool]) -> bool:
     """Linear when one operand varies (a product, a contraction)."""
     return sum(carried) == 1

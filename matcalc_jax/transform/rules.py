@@ -64,7 +64,13 @@ from matcalc_jax.operators.index_maps import (
     Static,
     slice_config,
 )
-from matcalc_jax.operators.programs import JointPullback, Linearized, LinearizedByRows, Pullback
+from matcalc_jax.operators.programs import (
+    JointPullback,
+    Linearized,
+    LinearizedByRows,
+    Pullback,
+    backward_cotangents,
+)
 from matcalc_jax.operators.selection import select
 from matcalc_jax.operators.solves import LinearSolve
 from matcalc_jax.transform import complex_values, elementwise
@@ -582,7 +588,7 @@ def _custom_vjp_call(ctx: Context, eqn: Any, ins: list[Array], ops: list[Operato
     wanted = [k for k, op in enumerate(ops) if op is not None]
 
     def pullback(*cotangents: Array) -> list[Array]:
-        cts_in = bwd.call_wrapped(*res, *cotangents)
+        cts_in = backward_cotangents(bwd, *res, *cotangents)
         return [
             jnp.zeros(ins[k].shape, ins[k].dtype) if _is_symbolic_zero(cts_in[k]) else cts_in[k]
             for k in wanted

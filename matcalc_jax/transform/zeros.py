@@ -45,7 +45,7 @@ import jax
 from jax.extend import core as jex_core
 
 from matcalc_jax.transform.interpreter import adds_a_constant, is_float, nonzero
-from matcalc_jax.transform.registry import LINEAR
+from matcalc_jax.transform.registry import LINEAR, scan_layout
 
 
 class Fact(NamedTuple):
@@ -201,7 +201,7 @@ def _fixed_point(body: Any, before: list[Fact], carry: list[Fact], after: list[F
 
 def _scan(eqn: Any, ins: list[Fact]) -> list[Fact]:
     """A scan's carry and stacked outputs: ``(consts, carry, xs) -> (carry, ys)``."""
-    n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
+    n_consts, n_carry = scan_layout(eqn.params)
     consts, carry = ins[:n_consts], ins[n_consts : n_consts + n_carry]
     carry, outs = _fixed_point(eqn.params["jaxpr"], consts, carry, ins[n_consts + n_carry :])
     return [*carry, *outs[n_carry:]]

@@ -40,7 +40,10 @@ def _start_worker(options: dict[str, Any], caller: int, xla_flags: Sequence[str]
     """In each worker, before any task: ignore Ctrl-C; die with the caller (process id
     ``caller``), also when it died while this worker started; the caller's JAX options;
     ``xla_flags`` added to ``XLA_FLAGS`` (read when the worker's backend starts), except a
-    flag the caller's ``XLA_FLAGS`` sets already."""
+    flag the caller's ``XLA_FLAGS`` sets already; device memory taken as it is needed
+    (``XLA_PYTHON_CLIENT_PREALLOCATE=false``, unless the caller's environment says), since
+    JAX takes three quarters of a GPU's memory in each process that starts on it, and a
+    second worker on the same GPU would find too little left to start."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):  # blocked by the caller while it started us
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -53,6 +56,7 @@ def _start_worker(options: dict[str, Any], caller: int, xla_flags: Sequence[str]
     added = [flag for flag in xla_flags if flag.split("=")[0] not in present]
     if added:
         os.environ["XLA_FLAGS"] = " ".join([present, *added]).strip()
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
 
     for name, value in options.items():
