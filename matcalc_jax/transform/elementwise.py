@@ -45,6 +45,8 @@ UNARY: dict[str, Callable[[Array, Array], Array]] = {
     "rsqrt": lambda x, y: -0.5 * (y / x),
     "cbrt": lambda x, y: lax.integer_pow(y, -2) / 3,
     "square": lambda x, y: 2 * x,
+    # JAX 0.11 and later: 1 - x^2 as (1 + x)(1 - x), tanh's derivative in its jvp.
+    "one_minus_square": lambda x, y: -2 * x,
     # JAX: select(x >= 0, g, -g): 1 at 0 and -0, -1 at NaN.
     "abs": lambda x, y: jnp.where(x >= 0, jnp.ones((), y.dtype), -jnp.ones((), y.dtype)),
     "erf": lambda x, y: _TWO_OVER_SQRT_PI * jnp.exp(-jnp.square(x)),
@@ -73,6 +75,7 @@ def _bessel_i1e(x: Array, y: Array) -> Array:
 HOLOMORPHIC = (
     "exp", "exp2", "log", "log1p", "expm1", "tanh", "logistic", "sin", "cos", "tan", "asin",
     "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "sqrt", "rsqrt", "square",
+    "one_minus_square",
 )  # fmt: skip
 
 #: Maps whose derivative is zero wherever it exists (JAX differentiates them to zero).

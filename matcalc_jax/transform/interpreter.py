@@ -78,8 +78,8 @@ def adds_a_constant(eqn: Any) -> bool:
 #: Linear primitives whose outputs are made by a program of their own (a call, a loop, a
 #: branch): 0 operands do not make them 0 (a branch may return a constant).
 OPAQUE_WHEN_LINEAR = frozenset(
-    ("cond", "while", "scan", "pjit", "jit", "closed_call", "core_call", "remat", "remat2",
-     "checkpoint", "custom_linear_solve")
+    ("cond", "while", "scan", "pjit", "jit", "closed_call", "core_call", "eval_jaxpr", "remat",
+     "remat2", "checkpoint", "custom_linear_solve")
 )  # fmt: skip
 
 

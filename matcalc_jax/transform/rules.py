@@ -184,6 +184,27 @@ def _div(ctx, eqn, ins, ops, outs):
     ]
 
 
+@pointwise("polynomial", complex=True, linear=lambda carried: not carried[0])
+def _polynomial(ctx, eqn, ins, ops, outs):
+    """JAX 0.12's ``lax.polynomial(x, (c_0, ..., c_N))`` = sum_k c_k x^k, by Horner's
+    scheme, its coefficients broadcast with x. dy/dx is the polynomial of the k c_k; dy/dc_k
+    is that of the k-th unit coefficients, x^k evaluated by the same scheme (NaN at an
+    infinite x where a 0 coefficient multiplies it, as JAX's jvp evaluates it)."""
+    x, *coefficients = ins
+    y, unroll = outs[0], eqn.params.get("unroll")
+    terms = []
+    if ops[0] is not None:
+        scaled = [jnp.asarray(k, c.dtype) * c for k, c in enumerate(coefficients[1:], 1)]
+        terms.append(times(lax.polynomial(x, scaled, unroll=unroll), broadcast(ops[0], y.shape)))
+    for k, op in enumerate(ops[1:]):
+        if op is not None:
+            units = [jnp.zeros_like(x)] * len(coefficients)
+            units[k] = jnp.ones_like(x)
+            power = jnp.broadcast_to(lax.polynomial(x, units, unroll=unroll), y.shape)
+            terms.append(times(power, broadcast(op, y.shape)))
+    return [total(terms)]
+
+
 @pointwise(*elementwise.BINARY)
 def _binary(ctx, eqn, ins, ops, outs):
     a, b = ins
@@ -519,7 +540,8 @@ def _call(param: str) -> Rule:
 
 # A call is linear when its inner program is: the interpreter checks that equation by equation.
 rule("jit", "pjit", "remat", "remat2", "checkpoint", complex=True, linear=True)(_call("jaxpr"))
-rule("closed_call", "core_call", complex=True, linear=True)(_call("call_jaxpr"))
+# ``eval_jaxpr``: JAX 0.11 and later's closed_call, the same parameter.
+rule("closed_call", "core_call", "eval_jaxpr", complex=True, linear=True)(_call("call_jaxpr"))
 
 
 @rule("custom_jvp_call", complex=True)
