@@ -68,5 +68,8 @@ def assemble(
 
     image = jax.eval_shape(lambda: replicated(fn(jnp.zeros(size, dtype))))
     # On the image's mesh (whole on each device) when the map is sharded, else plain.
-    initial = jnp.zeros(result_shape, image.dtype, out_sharding=replicated_like(image))
+    initial = jnp.zeros(result_shape, image.dtype)
+    whole = replicated_like(image)
+    if whole is not None:  # by reshard: from JAX 0.11, zeros' out_sharding on a mesh that
+        initial = jax.sharding.reshard(initial, whole)  # no context sets left it unplaced
     return jax.lax.fori_loop(0, steps, step, initial)
