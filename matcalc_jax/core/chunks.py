@@ -67,9 +67,11 @@ def assemble(
         return jax.lax.dynamic_update_slice(result, images, (start,) + (zero,) * len(image_shape))
 
     image = jax.eval_shape(lambda: replicated(fn(jnp.zeros(size, dtype))))
-    # On the image's mesh (whole on each device) when the map is sharded, else plain.
+    # On the image's mesh (whole on each device) when the map is sharded, else plain. Placed
+    # by reshard: from JAX 0.11, zeros' out_sharding on a mesh that no context sets left the
+    # array unplaced (a ShardingTypeError at the first chunk written).
     initial = jnp.zeros(result_shape, image.dtype)
     whole = replicated_like(image)
-    if whole is not None:  # by reshard: from JAX 0.11, zeros' out_sharding on a mesh that
-        initial = jax.sharding.reshard(initial, whole)  # no context sets left it unplaced
+    if whole is not None:
+        initial = jax.sharding.reshard(initial, whole)
     return jax.lax.fori_loop(0, steps, step, initial)
